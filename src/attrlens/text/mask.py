@@ -1,0 +1,92 @@
+"""Maskers: turn masks over features into perturbed token sequences.
+
+A mask is a bool array of shape (n_masks, n_features), 1 = keep. A masker maps each mask
+row to the token ids and explicit position ids of the perturbed prompt:
+
+* ``delete``         masked tokens are removed; surviving tokens keep their original
+                     position ids (RoPE phases do not shift).
+* ``replace``        every masked token becomes the mask token; positions unchanged.
+* ``attention_off``  GiLOT's masking (token id 0 and attention 0, positions unchanged). For
+                     teacher-forced scoring this equals ``delete`` exactly: a key that no
+                     query may attend to contributes nothing, so the engine runs it as a
+                     deletion. Generation-based methods apply it with an attention mask.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import InputError, unknown_name_message
+from .segment import FeatureSet
+
+MASKERS = ("delete", "replace", "attention_off")
+
+
+@dataclass(frozen=True)
+class PerturbedInput:
+    """Token ids and position ids of one perturbed prompt; ``first_change`` is the index of
+    the first token that differs from the unmasked prompt (= len when nothing changed)."""
+
+    ids: np.ndarray
+    positions: np.ndarray
+    first_change: int
+
+
+class Masker:
+    """Applies masks to one tokenized prompt. ``kind`` is one of MASKERS."""
+
+    def __init__(
+        self,
+        kind: str,
+        prompt_ids: np.ndarray | list[int],
+        features: FeatureSet,
+        *,
+        mask_token_id: int = 0,
+    ):
+        if kind not in MASKERS:
+            raise InputError(unknown_name_message("masker", kind, MASKERS))
+        self.kind = kind
+        self.prompt_ids = np.asarray(prompt_ids, dtype=np.int64)
+        self.features = features
+        self.mask_token_id = int(mask_token_id)
+        self.n_features = len(features)
+        # token -> feature index (-1 frozen), as an array for vectorised masking
+        self.owner = np.asarray(features.token_features(), dtype=np.int64)
+        if self.owner.shape[0] != self.prompt_ids.shape[0]:
+            raise InputError("The feature set was built for a different tokenization.")
+
+    def check(self, masks: np.ndarray) -> np.ndarray:
+        masks = np.asarray(masks)
+        if masks.ndim == 1:
+            masks = masks[None, :]
+        if masks.ndim != 2 or masks.shape[1] != self.n_features:
+            raise InputError(
+                f"Masks must have shape (n_masks, {self.n_features}); got {masks.shape}."
+            )
+        return masks.astype(bool)
+
+    def token_keep(self, masks: np.ndarray) -> np.ndarray:
+        """(n_masks, n_tokens) bool: which prompt tokens are kept under each mask."""
+        masks = self.check(masks)
+        keep = np.ones((masks.shape[0], self.owner.shape[0]), dtype=bool)
+        feat_tok = self.owner >= 0
+        keep[:, feat_tok] = masks[:, self.owner[feat_tok]]
+        return keep
+
+    def apply(self, masks: np.ndarray) -> list[PerturbedInput]:
+        """One :class:`PerturbedInput` per mask row."""
+        keep = self.token_keep(masks)
+        n_tok = self.prompt_ids.shape[0]
+        pos = np.arange(n_tok)
+        out = []
+        for row in keep:
+            dropped = np.flatnonzero(~row)
+            first = int(dropped[0]) if dropped.size else n_tok
+            if self.kind == "replace":
+                ids = np.where(row, self.prompt_ids, self.mask_token_id)
+                out.append(PerturbedInput(ids, pos, first))
+            else:
+                out.append(PerturbedInput(self.prompt_ids[row], pos[row], first))
+        return out

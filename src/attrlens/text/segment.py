@@ -1,0 +1,253 @@
+"""Segmenters: split the explainable regions of a prompt into features.
+
+Every feature is a set of char spans of the prompt text and the indices of the prompt tokens
+that fall in them. Invariants (checked by property tests): features never overlap, together
+they cover exactly the non-blank explainable regions, and keeping every feature reproduces
+the input.
+
+Whitespace belongs to the feature that follows it (a word feature is " word", matching
+byte-level BPE tokens such as "Ġword"); trailing whitespace of a region goes to its last
+feature.
+"""
+
+from __future__ import annotations
+
+import bisect
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from ..errors import InputError, unknown_name_message
+
+GRANULARITIES = ("token", "word", "sentence", "message", "span")
+
+_WORD = re.compile(r"\S+")
+# a sentence ends at . ! ? (or runs of them, or an ellipsis), optionally followed by closing
+# quotes/brackets, and then whitespace; a line break also ends a sentence
+_SENT_END = re.compile(r"(?:[.!?\u2026\u3002]+[\"'\u2019\u201d)\]]*(?=\s|$))|\n")
+
+
+@dataclass(frozen=True)
+class Feature:
+    """One explainable unit: label, char spans of the prompt text, prompt token indices."""
+
+    index: int
+    label: str
+    spans: tuple[tuple[int, int], ...]
+    tokens: tuple[int, ...]
+
+    def to_json(self) -> dict:
+        return {"index": self.index, "label": self.label, "spans": [list(s) for s in self.spans]}
+
+
+@dataclass(frozen=True)
+class FeatureSet:
+    """Immutable, ordered set of non-overlapping features of one prompt."""
+
+    features: tuple[Feature, ...]
+    granularity: str
+    n_tokens: int
+
+    def __len__(self) -> int:
+        return len(self.features)
+
+    def __iter__(self):
+        return iter(self.features)
+
+    def __getitem__(self, i: int) -> Feature:
+        return self.features[i]
+
+    @property
+    def labels(self) -> list[str]:
+        return [f.label for f in self.features]
+
+    def token_features(self) -> list[int]:
+        """For each prompt token, the index of its feature or -1 (frozen)."""
+        owner = [-1] * self.n_tokens
+        for f in self.features:
+            for t in f.tokens:
+                owner[t] = f.index
+        return owner
+
+
+def _spread(region: tuple[int, int], cuts: list[int]) -> list[tuple[int, int]]:
+    """Spans [cuts[i], cuts[i+1]) within region, the first starting at the region start."""
+    s, e = region
+    bounds = [s] + [c for c in cuts if s < c < e] + [e]
+    return [(a, b) for a, b in zip(bounds, bounds[1:]) if b > a]
+
+
+def _word_spans(text: str, region: tuple[int, int]) -> list[tuple[int, int]]:
+    s, e = region
+    words = [(m.start() + s, m.end() + s) for m in _WORD.finditer(text[s:e])]
+    if not words:
+        return []
+    # each feature = leading whitespace + word; trailing whitespace joins the last one
+    return _spread(region, [w[1] for w in words[:-1]])
+
+
+def _sentence_spans(text: str, region: tuple[int, int]) -> list[tuple[int, int]]:
+    s, e = region
+    chunk = text[s:e]
+    cuts: list[int] = []
+    for m in _SENT_END.finditer(chunk):
+        # the next sentence (with its leading whitespace) begins after the end mark
+        if chunk[m.end():].strip():
+            cuts.append(s + m.end())
+    spans = _spread(region, sorted(set(cuts)))
+    # blank-only pieces (e.g. runs of newlines) join the following sentence
+    merged: list[tuple[int, int]] = []
+    carry: int | None = None
+    for a, b in spans:
+        if not text[a:b].strip():
+            carry = a if carry is None else carry
+            continue
+        merged.append((carry if carry is not None else a, b))
+        carry = None
+    if carry is not None and merged:
+        merged[-1] = (merged[-1][0], e)
+    return merged
+
+
+def char_segments(
+    text: str,
+    regions: Sequence[tuple[int, int]],
+    granularity: str,
+    *,
+    offsets: Sequence[tuple[int, int]] | None = None,
+    spans: Sequence[tuple[int, int]] | None = None,
+) -> list[tuple[tuple[int, int], ...]]:
+    """Char spans of each feature (a tuple of spans per feature), in text order.
+
+    offsets: token char offsets (needed for ``granularity="token"``).
+    spans:   user-given (start, end) spans of ``text`` (for ``granularity="span"``).
+    """
+    if granularity not in GRANULARITIES:
+        raise InputError(unknown_name_message("granularity", granularity, GRANULARITIES))
+    regions = [r for r in regions if text[r[0]:r[1]].strip()]
+    out: list[tuple[tuple[int, int], ...]] = []
+    if granularity == "word":
+        for r in regions:
+            out.extend((sp,) for sp in _word_spans(text, r))
+    elif granularity == "sentence":
+        for r in regions:
+            out.extend((sp,) for sp in _sentence_spans(text, r))
+    elif granularity == "message":
+        out = [(r,) for r in regions]
+    elif granularity == "token":
+        if offsets is None:
+            raise InputError("Token granularity needs the token offsets.")
+        for r in regions:
+            s, e = r
+            cuts = []
+            for a, b in offsets:
+                if b <= a or b <= s or a >= e:
+                    continue
+                a, b = max(a, s), min(b, e)
+                if text[a:b].strip():  # a blank-only token joins the next one
+                    cuts.append(a)
+            pieces = _spread(r, cuts[1:]) if cuts else []
+            out.extend((p,) for p in pieces)
+    else:  # span
+        if not spans:
+            raise InputError("Span granularity needs at least one (start, end) span.")
+        cleaned = []
+        for sp in spans:
+            if len(sp) != 2 or not all(isinstance(x, int) for x in sp):
+                raise InputError(f"A span must be two ints (start, end); got {sp!r}.")
+            a, b = sp
+            if not (0 <= a < b <= len(text)):
+                raise InputError(
+                    f"The span ({a}, {b}) is outside the text (length {len(text)}) or empty."
+                )
+            if not any(rs <= a and b <= re_ for rs, re_ in regions):
+                raise InputError(
+                    f"The span ({a}, {b}) is not inside an explainable region of the prompt."
+                )
+            cleaned.append((a, b))
+        cleaned.sort()
+        for (a1, b1), (a2, _) in zip(cleaned, cleaned[1:]):
+            if a2 < b1:
+                raise InputError(f"The spans overlap at ({a2}, {b1}); features must be disjoint.")
+        out = [(sp,) for sp in cleaned]
+    return out
+
+
+def assign_tokens(
+    feature_spans: Sequence[tuple[tuple[int, int], ...]],
+    offsets: Sequence[tuple[int, int]],
+) -> list[tuple[int, ...]]:
+    """Token indices of each feature: a token goes to the feature it overlaps most."""
+    flat = sorted((a, b, fi) for fi, sps in enumerate(feature_spans) for a, b in sps)
+    starts = [a for a, _, _ in flat]
+    owned: list[list[int]] = [[] for _ in feature_spans]
+    for ti, (a, b) in enumerate(offsets):
+        if b <= a:
+            continue
+        j = max(0, bisect.bisect_right(starts, a) - 1)
+        best, best_fi = 0, -1
+        while j < len(flat) and flat[j][0] < b:
+            fa, fb, fi = flat[j]
+            ov = min(b, fb) - max(a, fa)
+            if ov > best:
+                best, best_fi = ov, fi
+            j += 1
+        if best_fi >= 0:
+            owned[best_fi].append(ti)
+    return [tuple(t) for t in owned]
+
+
+def _label(text: str, spans: tuple[tuple[int, int], ...]) -> str:
+    raw = " ".join(text[a:b] for a, b in spans).strip()
+    return re.sub(r"\s+", " ", raw) if raw else repr(text[spans[0][0]:spans[-1][1]])
+
+
+def segment(
+    text: str,
+    regions: Sequence[tuple[int, int]],
+    offsets: Sequence[tuple[int, int]],
+    granularity: str = "word",
+    *,
+    spans: Sequence[tuple[int, int]] | None = None,
+) -> FeatureSet:
+    """Segment the explainable regions of ``text`` into a :class:`FeatureSet`."""
+    fspans = char_segments(text, regions, granularity, offsets=offsets, spans=spans)
+    tokens = assign_tokens(fspans, offsets)
+    # a feature no token was assigned to (its text shares one token with a neighbour)
+    # cannot be masked on its own: merge it into the feature holding that token
+    merged_spans: list[list[tuple[int, int]]] = []
+    merged_tokens: list[list[int]] = []
+    for sps, toks in zip(fspans, tokens):
+        if not toks and merged_spans:
+            merged_spans[-1].extend(sps)
+        elif not toks:
+            merged_spans.append(list(sps))
+            merged_tokens.append([])
+        else:
+            if merged_tokens and not merged_tokens[-1]:
+                merged_spans[-1].extend(sps)
+                merged_tokens[-1].extend(toks)
+            else:
+                merged_spans.append(list(sps))
+                merged_tokens.append(list(toks))
+    feats = []
+    for sps, toks in zip(merged_spans, merged_tokens):
+        if not toks:
+            continue
+        sps = sorted(sps)
+        # adjacent spans of one feature become one span
+        joined: list[tuple[int, int]] = []
+        for a, b in sps:
+            if joined and joined[-1][1] == a:
+                joined[-1] = (joined[-1][0], b)
+            else:
+                joined.append((a, b))
+        feats.append(
+            Feature(len(feats), _label(text, tuple(joined)), tuple(joined), tuple(sorted(toks)))
+        )
+    if not feats:
+        raise InputError(
+            f"Segmentation at granularity '{granularity}' found no features in the explainable "
+            f"text; the prompt may be blank or only template. Try another granularity."
+        )
+    return FeatureSet(tuple(feats), granularity, len(offsets))
