@@ -493,13 +493,7 @@ class OpenAIBackend:
             missing = tokens is None or (generated and not tokens) or not all(t.top for t in tokens)
             if missing:
                 self._logprobs_supported = False
-                raise CapabilityError(
-                    f"The server at {self.base_url} returned no log-probs for model "
-                    f"{self.model!r}; methods that need them (spex with a closed model, "
-                    "log-prob targets) cannot run on it. Use a server that supports "
-                    "logprobs/top_logprobs (llama.cpp, vLLM, OpenAI) or pick a method that "
-                    "needs only generated text (e.g. ropelime, gsmile with a text target)."
-                )
+                raise CapabilityError(self._no_logprobs_message())
             if tokens:
                 self._logprobs_supported = True
         return Completion(
@@ -646,6 +640,15 @@ class OpenAIBackend:
         return results  # type: ignore[return-value]
 
     # --- log-prob helpers ----------------------------------------------------------------
+    def _no_logprobs_message(self) -> str:
+        return (
+            f"The server at {self.base_url} returned no log-probs for model {self.model!r}; "
+            "methods that need them (spex with a closed model, log-prob targets) cannot run "
+            "on it. Use a server that supports logprobs/top_logprobs (llama.cpp, vLLM, "
+            "OpenAI) or pick a method that needs only generated text (e.g. ropelime, or "
+            "gsmile with a text-similarity target)."
+        )
+
     def require_logprobs(self) -> None:
         """Raise CapabilityError unless the server returns top-k log-probs.
 
@@ -653,6 +656,8 @@ class OpenAIBackend:
         """
         if self._logprobs_supported is None:
             self.chat([{"role": "user", "content": "Hi"}], max_tokens=1, top_logprobs=1)
+        if self._logprobs_supported is False:
+            raise CapabilityError(self._no_logprobs_message())
 
     def complete_logprobs(
         self,

@@ -68,7 +68,11 @@ class LlamaServer:
     ``host``: a loopback address only (the server has no authentication).
     ``port``: TCP port; None picks a free one. ``n_ctx``: context size in tokens, split
     between ``n_parallel`` slots. ``n_threads``: CPU threads for generation and prompt
-    processing. ``model_alias``: the model name clients send and ``/v1/models`` lists.
+    processing; None = half the CPUs this process may use (at least 1, at most 8), because
+    llama.cpp's threads synchronise at every layer and slow down sharply when they
+    outnumber the cores left free (2 threads on a busy 2-core machine: 10x slower).
+    ``n_parallel``: requests decoded at once (slots). ``model_alias``: the model name
+    clients send and ``/v1/models`` lists.
     ``startup_timeout``: seconds to wait for ``/health`` to answer 200.
 
     Use as a context manager, or call ``start()`` / ``stop()``::
@@ -84,7 +88,7 @@ class LlamaServer:
         host: str = "127.0.0.1",
         port: int | None = None,
         n_ctx: int = 4096,
-        n_threads: int = 2,
+        n_threads: int | None = None,
         n_parallel: int = 1,
         model_alias: str = "smollm2",
         startup_timeout: float = 120.0,
@@ -106,6 +110,17 @@ class LlamaServer:
         return f"LlamaServer(model_alias={self.model_alias!r}, {state})"
 
     # --- public properties ---------------------------------------------------------------
+    @property
+    def threads(self) -> int:
+        """The number of CPU threads the server uses (``n_threads`` or the automatic one)."""
+        if self.n_threads is not None:
+            return self.n_threads
+        try:
+            n_cpus = len(os.sched_getaffinity(0))
+        except AttributeError:  # not on Linux
+            n_cpus = os.cpu_count() or 2
+        return max(1, min(8, n_cpus // 2))
+
     @property
     def running(self) -> bool:
         """True while the child process is alive."""
@@ -144,7 +159,8 @@ class LlamaServer:
         if self.port is not None:
             check_param(owner, "port", self.port, kind=int, low=1, high=65535)
         check_param(owner, "n_ctx", self.n_ctx, kind=int, low=16)
-        check_param(owner, "n_threads", self.n_threads, kind=int, low=1)
+        if self.n_threads is not None:
+            check_param(owner, "n_threads", self.n_threads, kind=int, low=1)
         check_param(owner, "n_parallel", self.n_parallel, kind=int, low=1)
         check_param(owner, "startup_timeout", self.startup_timeout, low=0.1)
         if not isinstance(self.model_alias, str) or not self.model_alias.strip():
@@ -183,7 +199,7 @@ class LlamaServer:
             "--n-ctx",
             str(self.n_ctx),
             "--threads",
-            str(self.n_threads),
+            str(self.threads),
             "--parallel",
             str(self.n_parallel),
             "--alias",
@@ -314,12 +330,17 @@ class LlamaServer:
                 self.stop(timeout=2.0)
 
 
-def run_server_cli(model: str | None = None, port: int | None = None, n_ctx: int = 4096) -> int:
+def run_server_cli(
+    model: str | None = None,
+    port: int | None = None,
+    n_ctx: int = 4096,
+    n_threads: int | None = None,
+) -> int:
     """``attrlens serve``: start the server, print its URL and model name, block until Ctrl-C.
 
-    Returns the process exit status (0 after Ctrl-C).
+    Returns the process exit status (0 after Ctrl-C, 3 if the server died on its own).
     """
-    server = LlamaServer(model, port=port, n_ctx=n_ctx)
+    server = LlamaServer(model, port=port, n_ctx=n_ctx, n_threads=n_threads)
     server.start()
     try:
         print(f"llama.cpp server running at {server.base_url}", flush=True)
