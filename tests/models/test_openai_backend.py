@@ -49,6 +49,16 @@ def test_string_prompt_is_one_user_message(fake_openai, tmp_path):
     assert make(fake_openai, tmp_path).chat("a b").text == "echo: a b"
 
 
+def test_capabilities_and_provenance(fake_openai, tmp_path):
+    from attrlens.models.base import require
+
+    be = make(fake_openai, tmp_path)
+    assert be.capabilities == {"generate", "top_logprobs"}
+    assert be.info.id == f"fake-model@{fake_openai.base_url}" and be.info.sha256 is None
+    with pytest.raises(CapabilityError, match="score"):
+        require(be, "score", method="lime")
+
+
 def test_top_logprobs_are_parsed(fake_openai, tmp_path):
     be = make(fake_openai, tmp_path)
     comp = be.chat("red green", top_logprobs=3)
@@ -138,9 +148,11 @@ def test_retry_after_is_capped_by_backoff_max(fake_openai, tmp_path):
 
 def test_timeout_is_retried(fake_openai, tmp_path):
     fake_openai.script = [("delay", 1.0)]
-    be = make(fake_openai, tmp_path, timeout=0.3)
+    be = make(fake_openai, tmp_path, timeout=0.5)
+    t0 = time.monotonic()
     assert be.chat("slow one").text == "echo: slow one"
-    assert be.counters["retries"] == 1
+    assert time.monotonic() - t0 < 1.0  # did not wait for the slow answer
+    assert be.counters["retries"] >= 1 and fake_openai.n_chat == be.counters["retries"] + 1
 
 
 def test_gives_up_with_one_clear_error(fake_openai, tmp_path):

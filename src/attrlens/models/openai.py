@@ -40,6 +40,7 @@ from ..errors import (
     ServerGoneError,
     check_param,
 )
+from .base import ModelInfo
 from .cache import CACHE_FILE_NAME, CallCache, cache_key
 
 Message = dict[str, str]
@@ -275,6 +276,11 @@ class OpenAIBackend:
     def model_id(self) -> str:
         """Identifier recorded in results' provenance: ``model@base_url``."""
         return f"{self.model}@{self.base_url}"
+
+    @property
+    def info(self) -> ModelInfo:
+        """Provenance, like local backends' ``info`` (no weights file to hash: sha256=None)."""
+        return ModelInfo(self.model_id, None)
 
     @property
     def capabilities(self) -> set[str]:

@@ -345,11 +345,7 @@ def run_server_cli(
     try:
         print(f"llama.cpp server running at {server.base_url}", flush=True)
         print(f"model name: {server.model_name}", flush=True)
-        print(
-            f"Use it with: --api-base {server.base_url} --api-model {server.model_name}  "
-            "(Ctrl-C stops it)",
-            flush=True,
-        )
+        print("It speaks the OpenAI chat-completions API; Ctrl-C stops it.", flush=True)
         while server.running:
             time.sleep(0.5)
         print("The llama.cpp server stopped unexpectedly.", file=sys.stderr)
