@@ -240,6 +240,9 @@ def test_wrong_model_name_lists_served_models(fake_openai, tmp_path):
     with pytest.raises(BackendError, match="gpt-nonexistent.*fake-model"):
         be.chat("p")
     assert fake_openai.n_chat == 0  # refused before any paid call
+    typo = make(fake_openai, tmp_path, model="fake-modle")
+    with pytest.raises(BackendError, match="Did you mean 'fake-model'"):
+        typo.check()
 
 
 def test_server_without_models_route_is_accepted(tmp_path):

@@ -18,6 +18,7 @@ the object, printed, or made part of a cache key.
 
 from __future__ import annotations
 
+import difflib
 import email.utils
 import math
 import os
@@ -384,7 +385,7 @@ class OpenAIBackend:
                 time.sleep(delay)
         elapsed = time.monotonic() - started
         raise ServerGoneError(
-            f"The server at {self.base_url} could not be reached for {method} {path} after "
+            f"The server at {self.base_url} gave no usable answer to {method} {path} in "
             f"{retries + 1} attempt(s) over {elapsed:.1f} s; last error: {last}. Check that "
             "it is running and the URL is right; completed calls are kept in the cache, so a "
             "rerun resumes where this one stopped."
@@ -439,10 +440,15 @@ class OpenAIBackend:
                 return
             names = self.served_models()
             if names is not None and self.model not in names:
+                close = difflib.get_close_matches(self.model, names, n=1, cutoff=0.5)
+                hint = f" Did you mean {close[0]!r}?" if close else ""
+                shown = ", ".join(names[:30]) + (
+                    f", ... ({len(names)} in all)" if len(names) > 30 else ""
+                )
                 raise BackendError(
                     f"The server at {self.base_url} does not serve a model named "
-                    f"{self.model!r}; it serves: {', '.join(names)}. Pass one of these as "
-                    "the model name."
+                    f"{self.model!r}; it serves: {shown}.{hint} Pass one of these as the "
+                    "model name."
                 )
             self._checked = True
 
@@ -522,6 +528,8 @@ class OpenAIBackend:
             if hit is not None:
                 self._count(cached_calls=1)
                 return self._completion(hit, cached=True, wants_lp=wants_lp)
+        if abort is not None and abort.is_set():
+            raise _Aborted()
         self.check()
         resp = self._request("POST", "/chat/completions", json=body, abort=abort)
         try:
