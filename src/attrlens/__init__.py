@@ -1,0 +1,45 @@
+"""attrlens: explain the outputs of large language models.
+
+Public API: :func:`explain`, :func:`explain_game`, :func:`load_model`, :class:`Attribution`,
+:func:`list_methods`. Heavy libraries (torch, transformers) load only when a model is used.
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from .errors import (  # noqa: E402
+    AttrlensError,
+    BackendError,
+    CapabilityError,
+    InputError,
+    ParameterError,
+)
+from .result import Attribution  # noqa: E402
+
+
+def __getattr__(name: str):
+    if name in ("explain", "explain_game", "load_model"):
+        from . import api
+
+        return getattr(api, name)
+    if name == "list_methods":
+        from .explainers.base import list_methods
+
+        return list_methods
+    raise AttributeError(f"module 'attrlens' has no attribute {name!r}")
+
+
+__all__ = [
+    "Attribution",
+    "AttrlensError",
+    "BackendError",
+    "CapabilityError",
+    "InputError",
+    "ParameterError",
+    "explain",
+    "explain_game",
+    "list_methods",
+    "load_model",
+    "__version__",
+]

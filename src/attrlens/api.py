@@ -1,0 +1,273 @@
+"""Public entry points: load_model, explain, explain_game."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from .errors import InputError, ParameterError, check_param, unknown_name_message
+from .explainers.base import ExplainContext, Explainer, get_explainer
+from .game import Game, as_game
+from .result import Attribution
+
+Progress = Callable[[int, int], None]
+
+
+def load_model(path: str | None = None, *, dtype: str = "float32") -> Any:
+    """Load a local model (default: the embedded SmolLM2-135M-Instruct)."""
+    from .models.hf import load_model as _load
+
+    return _load(path, dtype=dtype)
+
+
+def _make_explainer(method: str | Explainer, params: dict[str, Any]) -> Explainer:
+    if isinstance(method, Explainer):
+        return method
+    if not isinstance(method, str):
+        raise ParameterError(f"The method must be a name or an Explainer; got {method!r}.")
+    cls = get_explainer(method)
+    try:
+        return cls(**params)
+    except TypeError as exc:
+        import inspect
+
+        valid = [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "kwargs")]
+        raise ParameterError(
+            f"Bad parameter for method '{method}': {exc}. Valid parameters: {', '.join(valid)}."
+        ) from None
+
+
+def explain_game(
+    fn: Callable[[np.ndarray], np.ndarray] | Game,
+    n_features: int,
+    *,
+    method: str | Explainer = "loo",
+    budget: int | None = None,
+    seed: int = 0,
+    labels: Sequence[str] | None = None,
+    progress: Progress | None = None,
+    **params: Any,
+) -> Attribution:
+    """Explain any value function ``masks (m, n) bool -> values (m,)`` (1 = keep).
+
+    Values are read as "higher = more of the behaviour being explained"; scores are positive
+    for features whose presence raises the value.
+    """
+    check_param("explain_game", "seed", seed, kind=int, low=0)
+    explainer = _make_explainer(method, {"budget": budget, **params})
+    if explainer.needs_model:
+        raise ParameterError(
+            f"The method '{explainer.name}' needs a language model; use attrlens.explain."
+        )
+    game = as_game(fn, n_features, progress=progress)
+    t0 = time.perf_counter()
+    exp = explainer.explain_game(game, seed=seed)
+    wall = time.perf_counter() - t0
+    labels = list(labels) if labels is not None else [f"x{i}" for i in range(n_features)]
+    if len(labels) != n_features:
+        raise InputError(f"{len(labels)} labels given for {n_features} features.")
+    return Attribution(
+        method=explainer.name,
+        scores=exp.scores,
+        labels=labels,
+        params={**explainer.get_params(), **exp.params},
+        model={"id": None, "sha256": None},
+        interactions=exp.interactions,
+        per_output_token=exp.per_output_token,
+        cost={"model_forwards": 0, "tokens_processed": 0, "api_calls": 0, "wall_s": wall,
+              "value_calls": game.n_calls},
+        seed=seed,
+        extra={"metadata": exp.extra} if exp.extra else {},
+    )
+
+
+def explain(
+    prompt: str | list[dict[str, str]],
+    *,
+    model: Any = None,
+    method: str | Explainer = "loo",
+    granularity: str = "word",
+    output: str | None = None,
+    target: str = "nll",
+    budget: int | None = None,
+    seed: int = 0,
+    masker: str | None = None,
+    spans: Sequence[tuple[int, int]] | None = None,
+    chat: bool | None = None,
+    max_new_tokens: int = 32,
+    reduction: str = "mean",
+    top_k: int = 100,
+    contrast: str | None = None,
+    prefix_reuse: bool = True,
+    target_backend: Any = None,
+    progress: Progress | None = None,
+    **params: Any,
+) -> Attribution:
+    """Explain why ``model`` gives ``output`` (default: its own greedy answer) to ``prompt``.
+
+    prompt:      text, or chat messages [{"role", "content"}] (only user content is explained)
+    granularity: token | word | sentence | message | span (with ``spans``: char spans of the
+                 rendered prompt text for chat prompts, of the text itself for raw prompts)
+    target:      nll | logprob | kl | js | tv | contrastive (with ``contrast``)
+    masker:      delete | replace | attention_off (default: the method's)
+    target_backend: a closed-model backend (OpenAIBackend) whose output is explained
+    params:      method parameters (e.g. beams=10 for gilot, k=3 for rope_lime)
+    """
+    from .models.hf import HFModel
+    from .scoring.engine import ScoringEngine
+    from .scoring.targets import make_target
+    from .text.mask import MASKERS, Masker
+    from .text.prompt import build_prompt
+    from .text.segment import GRANULARITIES, segment
+
+    t_start = time.perf_counter()
+    check_param("explain", "seed", seed, kind=int, low=0)
+    check_param("explain", "max_new_tokens", max_new_tokens, kind=int, low=1)
+    if granularity not in GRANULARITIES:
+        raise ParameterError(unknown_name_message("granularity", granularity, GRANULARITIES))
+    explainer = _make_explainer(method, {"budget": budget, **params})
+    masker = masker or explainer.default_masker
+    if masker not in MASKERS:
+        raise ParameterError(unknown_name_message("masker", masker, MASKERS))
+    if model is None or isinstance(model, str):
+        model = load_model(model)
+    if not isinstance(model, HFModel):
+        raise ParameterError("The model must be an attrlens model (attrlens.load_model(...)).")
+
+    pr = build_prompt(prompt, model, chat=chat)
+    prompt_ids, offsets = model.tokenize(pr.text, add_special_tokens=not pr.chat)
+    if spans is not None and not pr.chat:
+        spans = [tuple(s) for s in spans]
+    features = segment(pr.text, pr.regions, offsets, granularity, spans=spans)
+
+    api_calls_before = 0
+    if target_backend is not None:
+        api_calls_before = int(target_backend.counters.get("api_calls", 0))
+    if output is None and target_backend is not None:
+        msgs = list(pr.messages) if pr.messages else [{"role": "user", "content": pr.text}]
+        output = target_backend.chat(msgs, max_tokens=max_new_tokens, temperature=0.0).text
+        if not output.strip():
+            raise InputError("The closed model returned an empty answer; nothing to explain.")
+    if output is None:
+        if len(prompt_ids) >= model.context_length:
+            raise InputError(
+                f"The prompt has {len(prompt_ids)} tokens, more than the model's context of "
+                f"{model.context_length}; shorten the prompt."
+            )
+        output_ids = model.generate(prompt_ids, max_new_tokens=max_new_tokens)
+        if not output_ids:
+            raise InputError(
+                "The model's answer is empty (it ended at once); pass --output-text to "
+                "explain a given output."
+            )
+        output_text = model.decode(output_ids)
+    else:
+        if not isinstance(output, str):
+            raise InputError("The output must be a string.")
+        output_ids, _ = model.tokenize(output)
+        if not output_ids:
+            raise InputError(
+                f"The output text {output!r} tokenizes to nothing; give a non-empty output."
+            )
+        output_text = output
+    total = len(prompt_ids) + len(output_ids)
+    if total > model.context_length:
+        raise InputError(
+            f"The prompt ({len(prompt_ids)} tokens) plus the output ({len(output_ids)} tokens) "
+            f"is {total} tokens, longer than the model's context of {model.context_length}."
+        )
+
+    engine = ScoringEngine(model, prompt_ids, output_ids, prefix_reuse=prefix_reuse)
+    alt_engine = None
+    if target == "contrastive":
+        if not contrast:
+            raise InputError("The contrastive target needs --contrast-text (the alternative).")
+        alt_ids, _ = model.tokenize(contrast)
+        if not alt_ids:
+            raise InputError(f"The contrast text {contrast!r} tokenizes to nothing.")
+        alt_engine = ScoringEngine(model, prompt_ids, alt_ids, prefix_reuse=prefix_reuse)
+    tgt = make_target(target, engine, reduction=reduction, k=top_k, alt_engine=alt_engine)
+    mk = Masker(masker, prompt_ids, features, mask_token_id=model.mask_token_id)
+
+    def value_fn(masks: np.ndarray) -> np.ndarray:
+        return tgt.per_token(mk.apply(masks))
+
+    game = Game(
+        value_fn,
+        len(features),
+        per_token=True,
+        reduce=(lambda m: m.sum(-1)) if tgt.reduction == "sum" else (lambda m: m.mean(-1)),
+        progress=progress,
+        batch_size=256,
+    )
+    ctx = ExplainContext(
+        game=game,
+        seed=seed,
+        model=model,
+        prompt=pr,
+        prompt_ids=np.asarray(prompt_ids),
+        offsets=offsets,
+        features=features,
+        output_ids=np.asarray(output_ids),
+        output_text=output_text,
+        masker=mk,
+        engine=engine,
+        target=tgt,
+        target_backend=target_backend,
+        progress=progress,
+        options={"granularity": granularity, "max_new_tokens": max_new_tokens, "chat": pr.chat},
+    )
+    if explainer.needs_closed_model and target_backend is None:
+        raise ParameterError(
+            f"The method '{explainer.name}' explains a closed model: give --target-url and "
+            f"--target-model (or target_backend=OpenAIBackend(...))."
+        )
+    exp = explainer.explain_context(ctx)
+
+    cost = {
+        "model_forwards": int(engine.counters["model_forwards"]
+                              + (alt_engine.counters["model_forwards"] if alt_engine else 0)
+                              + exp.extra.pop("_model_forwards", 0)),
+        "tokens_processed": int(engine.counters["tokens_processed"]
+                                + (alt_engine.counters["tokens_processed"] if alt_engine else 0)
+                                + exp.extra.pop("_tokens_processed", 0)),
+        "api_calls": 0,
+        "wall_s": time.perf_counter() - t_start,
+        "value_calls": game.n_calls,
+        "padded_tokens": int(engine.counters["padded_tokens"]),
+    }
+    if target_backend is not None:
+        cost["api_calls"] = int(target_backend.counters.get("api_calls", 0)) - api_calls_before
+        for key in ("cached_calls", "prompt_tokens", "completion_tokens", "cost_usd"):
+            if key in target_backend.counters:
+                cost[key] = target_backend.counters[key]
+    params_out = {
+        **explainer.get_params(),
+        **exp.params,
+        "granularity": granularity,
+        "target": tgt.params(),
+        "masker": masker,
+        "prefix_reuse": prefix_reuse,
+        "chat_template": pr.chat,
+    }
+    if target_backend is not None:
+        params_out["target_model"] = getattr(target_backend, "model", None)
+        params_out["target_url"] = getattr(target_backend, "base_url", None)
+    return Attribution(
+        method=explainer.name,
+        scores=exp.scores,
+        labels=features.labels,
+        spans=[[list(s) for s in f.spans] for f in features],
+        input_text=pr.text,
+        output_text=output_text,
+        params=params_out,
+        model={"id": model.info.id, "sha256": model.info.sha256},
+        interactions=exp.interactions,
+        per_output_token=exp.per_output_token,
+        cost=cost,
+        seed=seed,
+        extra={"metadata": exp.extra} if exp.extra else {},
+    )

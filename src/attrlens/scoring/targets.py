@@ -1,0 +1,159 @@
+"""Targets: value functions of a masked prompt, computed from the output distributions.
+
+Every target yields a per-output-token matrix (n_masks, T) and an aggregate value per mask.
+Values are oriented so that **higher = the explained output is better supported** (game
+convention): ``nll`` gives the negative NLL (mean log-prob), divergences give minus the
+divergence from the unmasked run. Explainers therefore never flip signs; a feature whose
+removal lowers the value gets a positive score.
+
+Targets:
+    nll          -(1/T) Σ_t -log p(o_t | x(z), o_<t)   (reduction "mean"; "sum" optional)
+    logprob      Σ_t log p(o_t | x(z), o_<t)            (total log-prob)
+    kl, js, tv   -(1/T) Σ_t D(p_t^0, p_t^z) over the union of the top-k tokens of both
+                 distributions (k = 100), renormalised (GiLOT's vocabulary compression)
+    contrastive  log p(o | x(z)) - log p(o' | x(z)) for a second candidate output o'
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from ..errors import InputError, unknown_name_message
+from ..text.mask import PerturbedInput
+from .engine import ScoringEngine, gather_logprobs, unmasked_input
+
+TARGETS = ("nll", "logprob", "kl", "js", "tv", "contrastive")
+_DIV_EPS = 1e-12
+
+
+class Target:
+    """Base: ``per_token(inputs)`` -> (n, T) matrix; ``aggregate`` -> (n,) values."""
+
+    name = "target"
+    reduction = "mean"
+
+    def __init__(self, engine: ScoringEngine):
+        self.engine = engine
+
+    def per_token(self, inputs: Sequence[PerturbedInput]) -> np.ndarray:  # pragma: no cover
+        raise NotImplementedError
+
+    def aggregate(self, per_token: np.ndarray) -> np.ndarray:
+        return per_token.sum(-1) if self.reduction == "sum" else per_token.mean(-1)
+
+    def params(self) -> dict[str, Any]:
+        return {"target": self.name, "reduction": self.reduction}
+
+
+class LogProbTarget(Target):
+    """Log-probs of the fixed output; ``nll`` (mean) or ``logprob`` (sum)."""
+
+    def __init__(self, engine: ScoringEngine, *, name: str = "nll", reduction: str = "mean"):
+        super().__init__(engine)
+        self.name = name
+        self.reduction = reduction
+
+    def per_token(self, inputs: Sequence[PerturbedInput]) -> np.ndarray:
+        return np.stack(self.engine.run(inputs, gather_logprobs))
+
+
+class DivergenceTarget(Target):
+    """Minus a divergence between the unmasked and masked next-token distributions."""
+
+    def __init__(self, engine: ScoringEngine, *, kind: str = "kl", k: int = 100):
+        super().__init__(engine)
+        self.name = kind
+        self.kind = kind
+        self.k = k
+        self._ref: Any = None  # (T, V) log-probs of the unmasked prompt
+
+    def params(self) -> dict[str, Any]:
+        return {"target": self.name, "reduction": self.reduction, "top_k_union": self.k}
+
+    def _reference(self) -> Any:
+        if self._ref is None:
+            import torch
+
+            ref = self.engine.run([unmasked_input(self.engine.prompt_ids)], lambda lp, _o: [lp[0]])
+            self._ref = ref[0] if isinstance(ref[0], torch.Tensor) else torch.as_tensor(ref[0])
+        return self._ref
+
+    def per_token(self, inputs: Sequence[PerturbedInput]) -> np.ndarray:
+        import torch
+
+        ref = self._reference()
+        k = min(self.k, ref.shape[-1])
+        ref_mask = torch.zeros_like(ref, dtype=torch.bool)
+        ref_mask.scatter_(-1, ref.topk(k, dim=-1).indices, True)
+        p_full = ref.exp()
+
+        def reducer(lq: Any, _out: Any) -> np.ndarray:
+            mask = ref_mask[None].expand_as(lq).clone()
+            mask.scatter_(-1, lq.topk(k, dim=-1).indices, True)
+            p = torch.where(mask, p_full[None], 0.0)
+            q = torch.where(mask, lq.exp(), 0.0)
+            p = p / p.sum(-1, keepdim=True)
+            q = q / q.sum(-1, keepdim=True)
+            d = divergence(p, q, self.kind)
+            return (-d).double().cpu().numpy()
+
+        return np.stack(self.engine.run(inputs, reducer))
+
+
+def divergence(p: Any, q: Any, kind: str) -> Any:
+    """KL(p‖q), Jensen-Shannon or total variation along the last axis (torch tensors)."""
+    import torch
+
+    if kind == "kl":
+        return torch.where(p > 0, p * (torch.log(p + _DIV_EPS) - torch.log(q + _DIV_EPS)), 0.0).sum(-1)
+    if kind == "js":
+        m = 0.5 * (p + q)
+        return 0.5 * divergence(p, m, "kl") + 0.5 * divergence(q, m, "kl")
+    if kind == "tv":
+        return 0.5 * (p - q).abs().sum(-1)
+    raise InputError(unknown_name_message("divergence", kind, ("kl", "js", "tv")))
+
+
+class ContrastiveTarget(Target):
+    """log p(o | x(z)) - log p(o' | x(z)): why the output and not the alternative."""
+
+    name = "contrastive"
+
+    def __init__(self, engine: ScoringEngine, alt_engine: ScoringEngine):
+        super().__init__(engine)
+        self.alt_engine = alt_engine
+        self.reduction = "sum"
+
+    def per_token(self, inputs: Sequence[PerturbedInput]) -> np.ndarray:
+        a = np.stack(self.engine.run(inputs, gather_logprobs)).sum(-1)
+        b = np.stack(self.alt_engine.run(inputs, gather_logprobs)).sum(-1)
+        return (a - b)[:, None]
+
+
+def make_target(
+    name: str,
+    engine: ScoringEngine,
+    *,
+    reduction: str = "mean",
+    k: int = 100,
+    alt_engine: ScoringEngine | None = None,
+) -> Target:
+    """Build a target by name (one of TARGETS)."""
+    if name not in TARGETS:
+        raise InputError(unknown_name_message("target", name, TARGETS))
+    if reduction not in ("mean", "sum"):
+        raise InputError(f"The reduction must be 'mean' or 'sum'; got {reduction!r}.")
+    if name == "nll":
+        return LogProbTarget(engine, name="nll", reduction=reduction)
+    if name == "logprob":
+        return LogProbTarget(engine, name="logprob", reduction="sum")
+    if name in ("kl", "js", "tv"):
+        return DivergenceTarget(engine, kind=name, k=k)
+    if alt_engine is None:
+        raise InputError(
+            "The contrastive target needs a second candidate output (--contrast-text TEXT)."
+        )
+    return ContrastiveTarget(engine, alt_engine)

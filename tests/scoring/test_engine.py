@@ -1,0 +1,111 @@
+"""ScoringEngine: prefix reuse equals scoring from scratch; targets behave."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from attrlens.scoring.engine import ScoringEngine, unmasked_input
+from attrlens.scoring.targets import divergence, make_target
+from attrlens.text.mask import Masker
+from attrlens.text.prompt import build_prompt
+from attrlens.text.segment import segment
+
+PROMPT = "The quick brown fox jumps over the lazy dog. Explain why the sky is blue."
+
+
+@pytest.fixture(scope="module")
+def setup(tiny_model):
+    pr = build_prompt(PROMPT, tiny_model)
+    ids, offsets = tiny_model.tokenize(pr.text)
+    fs = segment(pr.text, pr.regions, offsets, "word")
+    out = tiny_model.tokenize(" Because of Rayleigh scattering.")[0]
+    masks = np.random.default_rng(1).random((24, len(fs))) > 0.35
+    masks[0] = True
+    return tiny_model, np.asarray(ids), fs, np.asarray(out), masks
+
+
+def _scratch(model, inp, out, L):
+    """Reference: one full forward of the whole model per perturbed input."""
+    seq = torch.as_tensor(np.concatenate([inp.ids, out]))[None]
+    pos = torch.as_tensor(np.concatenate([inp.positions, np.arange(L, L + len(out))]))[None]
+    with torch.no_grad():
+        lp = model.model(input_ids=seq, position_ids=pos, attention_mask=torch.ones_like(seq)).logits
+    lp = lp.float().log_softmax(-1)[0]
+    k = len(inp.ids)
+    return np.array([lp[k - 1 + t, out[t]].item() for t in range(len(out))])
+
+
+@pytest.mark.parametrize("kind", ["delete", "replace"])
+def test_prefix_reuse_equals_scratch(setup, kind):
+    model, ids, fs, out, masks = setup
+    inputs = Masker(kind, ids, fs, mask_token_id=0).apply(masks)
+    reuse = ScoringEngine(model, ids, out, prefix_reuse=True, max_batch_tokens=300)
+    plain = ScoringEngine(model, ids, out, prefix_reuse=False)
+    a = reuse.token_logprobs(inputs)
+    b = plain.token_logprobs(inputs)
+    ref = np.stack([_scratch(model, x, out, len(ids)) for x in inputs])
+    np.testing.assert_allclose(a, ref, atol=1e-4)
+    np.testing.assert_allclose(b, ref, atol=1e-4)
+    # prefix reuse processes fewer tokens, and the masks change the scores
+    assert reuse.counters["tokens_processed"] < plain.counters["tokens_processed"]
+    assert reuse.counters["model_forwards"] > 1  # small token budget forces several batches
+    assert np.ptp(a.sum(1)) > 1e-3
+
+
+def test_batching_does_not_change_scores(setup):
+    model, ids, fs, out, masks = setup
+    inputs = Masker("delete", ids, fs).apply(masks)
+    big = ScoringEngine(model, ids, out, max_batch_tokens=100000).token_logprobs(inputs)
+    small = ScoringEngine(model, ids, out, max_batch_tokens=60, max_logit_rows=7).token_logprobs(inputs)
+    np.testing.assert_allclose(big, small, atol=1e-5)
+
+
+def test_topk_distributions_are_sorted_logprobs(setup):
+    model, ids, fs, out, _ = setup
+    eng = ScoringEngine(model, ids, out)
+    vals, idx = eng.topk_distributions([unmasked_input(ids)], k=5)
+    assert vals.shape == (1, len(out), 5) and idx.shape == (1, len(out), 5)
+    assert np.all(np.diff(vals, axis=-1) <= 1e-7)
+    assert np.all(np.exp(vals).sum(-1) <= 1 + 1e-6)
+
+
+def test_targets_orientation_and_zero_divergence_when_unmasked(setup):
+    model, ids, fs, out, masks = setup
+    mk = Masker("delete", ids, fs)
+    inputs = mk.apply(masks)
+    eng = ScoringEngine(model, ids, out)
+    lp = eng.token_logprobs(inputs)
+    nll = make_target("nll", eng)
+    np.testing.assert_allclose(nll.aggregate(nll.per_token(inputs)), lp.mean(1), atol=1e-6)
+    tot = make_target("logprob", eng)
+    np.testing.assert_allclose(tot.aggregate(tot.per_token(inputs)), lp.sum(1), atol=1e-6)
+    for kind in ("kl", "js", "tv"):
+        t = make_target(kind, eng, k=20)
+        v = t.aggregate(t.per_token(inputs))
+        assert abs(v[0]) < 1e-6  # row 0 is the unmasked prompt
+        assert np.all(v <= 1e-6) and v.min() < -1e-4  # minus a divergence
+        if kind == "tv":
+            assert v.min() >= -1.0
+
+
+def test_divergence_formulas():
+    p = torch.tensor([[0.5, 0.5, 0.0]])
+    q = torch.tensor([[0.25, 0.25, 0.5]])
+    assert divergence(p, q, "kl").item() == pytest.approx(np.log(2), abs=1e-6)
+    assert divergence(p, q, "tv").item() == pytest.approx(0.5, abs=1e-7)
+    js = divergence(p, q, "js").item()
+    assert js == pytest.approx(divergence(q, p, "js").item(), abs=1e-7)
+    assert 0 < js <= np.log(2)
+
+
+def test_contrastive_target(setup):
+    model, ids, fs, out, masks = setup
+    alt = np.asarray(model.tokenize(" The sky.")[0])
+    e1, e2 = ScoringEngine(model, ids, out), ScoringEngine(model, ids, alt)
+    inputs = Masker("delete", ids, fs).apply(masks[:4])
+    t = make_target("contrastive", e1, alt_engine=e2)
+    v = t.aggregate(t.per_token(inputs))
+    expected = e1.token_logprobs(inputs).sum(1) - e2.token_logprobs(inputs).sum(1)
+    np.testing.assert_allclose(v, expected, atol=1e-6)

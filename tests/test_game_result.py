@@ -1,0 +1,94 @@
+"""Game (memo, counting) and Attribution (JSON schema round trip, bad files)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from attrlens.errors import InputError
+from attrlens.game import Game, as_game
+from attrlens.result import REQUIRED_KEYS, SCHEMA, Attribution
+
+
+def test_game_memoises_and_counts_distinct_masks():
+    calls = []
+
+    def fn(m):
+        calls.append(len(m))
+        return m.sum(1).astype(float)
+
+    g = Game(fn, 4)
+    m = np.array([[1, 1, 0, 0], [1, 1, 0, 0], [0, 0, 0, 0]], dtype=bool)
+    np.testing.assert_array_equal(g(m), [2, 2, 0])
+    assert g.n_calls == 2 and calls == [2]
+    np.testing.assert_array_equal(g(m[:1]), [2])
+    assert g.n_calls == 2 and calls == [2]  # memo hit, fn not called again
+
+
+def test_game_rejects_bad_shapes_and_values():
+    g = Game(lambda m: np.zeros(len(m)), 3)
+    with pytest.raises(InputError, match="shape"):
+        g(np.ones((2, 4), dtype=bool))
+    bad = Game(lambda m: np.full(len(m), np.nan), 2)
+    with pytest.raises(InputError, match="NaN"):
+        bad(np.ones((1, 2), dtype=bool))
+    short = Game(lambda m: np.zeros(1), 2)
+    with pytest.raises(InputError, match="one value per mask"):
+        short(np.array([[1, 1], [1, 0], [0, 1]], dtype=bool))
+    with pytest.raises(InputError, match="features"):
+        as_game(g, 5)
+
+
+def _attr():
+    return Attribution(
+        method="loo",
+        scores=np.array([0.5, -0.25, np.nan]),
+        labels=["a", "b", "c"],
+        spans=[[[0, 1]], [[1, 3]], [[3, 4]]],
+        input_text="abcd",
+        output_text="out",
+        params={"budget": None},
+        model={"id": "m", "sha256": "00"},
+        per_output_token=np.ones((3, 2)),
+        interactions={"index": "fourier", "order": 2, "terms": [{"features": [0, 1], "value": 0.1}]},
+        cost={"model_forwards": 3, "tokens_processed": 10, "api_calls": 0, "wall_s": 0.1},
+        seed=7,
+    )
+
+
+def test_attribution_json_has_exactly_the_schema_keys_and_round_trips(tmp_path):
+    a = _attr()
+    path = a.save(tmp_path / "r.json")
+    d = json.loads(path.read_text())
+    assert set(REQUIRED_KEYS) <= set(d) and d["schema"] == SCHEMA
+    assert d["scores"][2] is None  # non-finite floats become null, the file stays valid JSON
+    assert d["input"]["features"][1] == {"index": 1, "label": "b", "spans": [[1, 3]]}
+    b = Attribution.load(path)
+    np.testing.assert_array_equal(b.scores[:2], a.scores[:2])
+    assert np.isnan(b.scores[2])
+    assert b.labels == a.labels and b.seed == 7 and b.model == a.model
+    assert b.interactions == a.interactions
+    np.testing.assert_array_equal(b.per_output_token, a.per_output_token)
+    assert b.top_k(1) == [(0, "a", 0.5)]
+
+
+def test_loading_something_else_fails_clearly(tmp_path):
+    p = tmp_path / "x.json"
+    p.write_text("{not json")
+    with pytest.raises(InputError, match="not JSON"):
+        Attribution.load(p)
+    p.write_text(json.dumps({"schema": "other"}))
+    with pytest.raises(InputError, match="not an attrlens result"):
+        Attribution.load(p)
+    with pytest.raises(InputError, match="does not exist"):
+        Attribution.load(tmp_path / "missing.json")
+
+
+def test_html_report_escapes_text():
+    a = _attr()
+    a.input_text = "<script>x</script>"
+    a.spans = [[[0, 8]], [[8, 9]], [[9, 18]]]
+    html = a.to_html()
+    assert "<script>x" not in html and "&lt;script&gt;" in html

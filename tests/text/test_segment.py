@@ -1,0 +1,93 @@
+"""Segmenters: property tests of the invariants and hand-checked cases."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from attrlens.errors import InputError
+from attrlens.text.segment import char_segments, segment
+
+TEXT = st.text(
+    alphabet=st.sampled_from(list("ab cé.!?\n,;—😀  \tx")), min_size=0, max_size=60
+)
+
+
+def _flat(segs):
+    return sorted(sp for feat in segs for sp in feat)
+
+
+@settings(max_examples=200, deadline=None)
+@given(TEXT, st.sampled_from(["word", "sentence", "message"]))
+def test_features_cover_region_exactly_and_never_overlap(text, gran):
+    region = (0, len(text))
+    if not text.strip():
+        assert char_segments(text, [region], gran) == []
+        return
+    spans = _flat(char_segments(text, [region], gran))
+    # disjoint and contiguous: each span starts where the previous ended
+    assert spans[0][0] == 0 and spans[-1][1] == len(text)
+    for (a1, b1), (a2, b2) in zip(spans, spans[1:]):
+        assert b1 == a2 and a2 < b2
+    # keeping every feature reproduces the input
+    assert "".join(text[a:b] for a, b in spans) == text
+
+
+@settings(max_examples=100, deadline=None)
+@given(TEXT, TEXT)
+def test_two_regions_with_frozen_text_between(a, b):
+    text = a + "<|frozen|>" + b
+    regions = [(0, len(a)), (len(a) + 10, len(text))]
+    spans = _flat(char_segments(text, regions, "word"))
+    covered = "".join(text[s:e] for s, e in spans)
+    expected = "".join(text[s:e] for s, e in regions if text[s:e].strip())
+    assert covered == expected
+    assert all(not (s < len(a) + 10 and e > len(a)) for s, e in spans)  # frozen never a feature
+
+
+def test_word_features_carry_leading_whitespace_and_punctuation():
+    text = "  Hello  world, this is.  ?!  "
+    segs = [text[a:b] for (sp,) in char_segments(text, [(0, len(text))], "word") for a, b in [sp]]
+    assert segs == ["  Hello", "  world,", " this", " is.", "  ?!  "]
+
+
+def test_sentences_and_unicode():
+    text = "Première phrase. Deuxième… troisième!\n\nQuatre? 😀 fin"
+    segs = [text[a:b] for (sp,) in char_segments(text, [(0, len(text))], "sentence") for a, b in [sp]]
+    assert segs == ["Première phrase.", " Deuxième…", " troisième!", "\n\nQuatre?", " 😀 fin"]
+
+
+def test_span_granularity_validates_spans():
+    text = "alpha beta gamma"
+    segs = char_segments(text, [(0, len(text))], "span", spans=[(6, 10), (0, 5)])
+    assert segs == [((0, 5),), ((6, 10),)]
+    with pytest.raises(InputError, match="overlap"):
+        char_segments(text, [(0, len(text))], "span", spans=[(0, 7), (6, 10)])
+    with pytest.raises(InputError, match="outside"):
+        char_segments(text, [(0, len(text))], "span", spans=[(0, 99)])
+
+
+def test_unknown_granularity_suggests_closest():
+    with pytest.raises(InputError, match="Did you mean 'word'"):
+        char_segments("a b", [(0, 3)], "words")
+
+
+def test_segment_assigns_tokens_with_model_offsets(tiny_model):
+    text = "The capital  of France?"
+    ids, offsets = tiny_model.tokenize(text)
+    fs = segment(text, [(0, len(text))], offsets, "word")
+    assert fs.labels == ["The", "capital", "of", "France?"]
+    owned = sorted(t for f in fs for t in f.tokens)
+    assert owned == list(range(len(ids)))  # every token of the region belongs to one feature
+    # token granularity: every non-blank token is its own feature
+    ft = segment(text, [(0, len(text))], offsets, "token")
+    assert sum(len(f.tokens) for f in ft) == len(ids)
+    assert len(ft) >= len(fs)
+
+
+def test_blank_only_prompt_has_no_features(tiny_model):
+    text = "   \n "
+    _, offsets = tiny_model.tokenize(text)
+    with pytest.raises(InputError, match="no features"):
+        segment(text, [(0, len(text))], offsets, "word")
