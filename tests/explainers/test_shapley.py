@@ -1,0 +1,170 @@
+"""KernelSHAP, Banzhaf and Faith-Banzhaf against brute force and planted games."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+
+import attrlens
+from attrlens.errors import ParameterError
+from attrlens.explainers.shapley import kernel_shap_design, ridge_gcv, uniform_masks
+from attrlens.game import Game
+
+N = 7
+
+
+def table_game(n: int, seed: int = 1):
+    """An arbitrary (dense) game: v(z) = a random table indexed by z."""
+    table = np.random.default_rng(seed).normal(size=2**n)
+
+    def fn(masks):
+        idx = (masks.astype(np.int64) << np.arange(n)).sum(1)
+        return table[idx]
+
+    return fn
+
+
+def all_masks(n: int) -> np.ndarray:
+    return np.array(list(itertools.product([False, True], repeat=n)))
+
+
+def brute_force(fn, n: int, kind: str) -> np.ndarray:
+    """Exact Shapley or Banzhaf values by enumerating every coalition."""
+    out = np.zeros(n)
+    z = all_masks(n)
+    for i in range(n):
+        without = z[~z[:, i]]
+        with_i = without.copy()
+        with_i[:, i] = True
+        diff = fn(with_i) - fn(without)
+        if kind == "banzhaf":
+            out[i] = diff.mean()
+        else:
+            s = without.sum(1)
+            w = np.array([math.factorial(k) * math.factorial(n - k - 1) / math.factorial(n) for k in s])
+            out[i] = (w * diff).sum()
+    return out
+
+
+def test_kernel_shap_exact_with_full_budget_and_efficient():
+    fn = table_game(N)
+    g = Game(fn, N)
+    a = attrlens.explain_game(g, N, method="kernel_shap", budget=2**N, seed=0)
+    np.testing.assert_allclose(a.scores, brute_force(fn, N, "shapley"), atol=1e-10)
+    assert g.n_calls == 2**N
+    assert a.extra["metadata"]["exact"] is True
+
+
+@pytest.mark.parametrize("budget", [20, 60, 100])
+def test_kernel_shap_sampled_is_efficient_within_budget_and_close(budget):
+    fn = table_game(N, seed=4)
+    g = Game(fn, N)
+    a = attrlens.explain_game(g, N, method="kernel_shap", budget=budget, seed=2)
+    assert g.n_calls <= budget
+    full, empty = fn(np.ones((1, N), bool))[0], fn(np.zeros((1, N), bool))[0]
+    np.testing.assert_allclose(a.scores.sum(), full - empty, atol=1e-10)  # efficiency
+    exact = brute_force(fn, N, "shapley")
+    # a dense random game is the hardest case; the error shrinks as the budget grows
+    err = np.abs(a.scores - exact).max()
+    assert err < {20: 2.0, 60: 0.6, 100: 0.3}[budget]
+
+
+def test_kernel_shap_is_exact_on_additive_game_with_small_budget():
+    w = np.array([0.5, -1.0, 2.0, 0.0, 1.5, -0.25, 0.75, 3.0, -2.0, 1.0])
+    fn = lambda m: m.astype(float) @ w + 0.2  # noqa: E731
+    a = attrlens.explain_game(fn, len(w), method="kernel_shap", budget=40, seed=0)
+    np.testing.assert_allclose(a.scores, w, atol=1e-10)
+
+
+def test_kernel_shap_design_weights_follow_the_shapley_kernel():
+    n = 6
+    masks, w = kernel_shap_design(n, 2**n - 2, np.random.default_rng(0))
+    assert len(masks) == 2**n - 2 and len({m.tobytes() for m in masks}) == 2**n - 2
+    s = masks.sum(1)
+    kernel = (n - 1) / (np.array([math.comb(n, k) for k in s]) * s * (n - s))
+    np.testing.assert_allclose(w / w.sum(), kernel / kernel.sum(), rtol=1e-12)
+
+
+def test_banzhaf_recovers_linear_game_and_brute_force():
+    w = np.array([1.0, -2.0, 0.5, 0.0, 3.0, -0.75, 0.25, 1.25])
+    fn = lambda m: m.astype(float) @ w - 1.0  # noqa: E731
+    a = attrlens.explain_game(fn, len(w), method="banzhaf", budget=60, seed=0)
+    np.testing.assert_allclose(a.scores, w, atol=1e-4)
+    np.testing.assert_allclose(a.extra["metadata"]["intercept"], -1.0, atol=1e-4)
+    # every coalition seen: least squares gives the exact Banzhaf value of any game
+    fn2 = table_game(N, seed=5)
+    b = attrlens.explain_game(fn2, N, method="banzhaf", budget=2**N, seed=0)
+    np.testing.assert_allclose(b.scores, brute_force(fn2, N, "banzhaf"), atol=1e-10)
+
+
+def test_faith_banzhaf_recovers_planted_pairwise_game():
+    n = 8
+    rng = np.random.default_rng(3)
+    lin = rng.normal(size=n)
+    pairs = {(0, 3): 2.0, (2, 5): -1.5, (6, 7): 0.75}
+
+    def fn(m):
+        z = m.astype(float)
+        return 0.4 + z @ lin + sum(v * z[:, i] * z[:, j] for (i, j), v in pairs.items())
+
+    g = Game(fn, n)
+    a = attrlens.explain_game(g, n, method="faith_banzhaf", budget=120, order=2, seed=1)
+    assert g.n_calls <= 120
+    terms = {tuple(t["features"]): t["value"] for t in a.interactions["terms"]}
+    assert a.interactions["index"] == "fbii" and a.interactions["order"] == 2
+    assert len(terms) == 1 + n + n * (n - 1) // 2
+    np.testing.assert_allclose(terms[()], 0.4, atol=1e-4)
+    for i in range(n):
+        np.testing.assert_allclose(terms[(i,)], lin[i], atol=1e-4)
+    for S, v in terms.items():
+        if len(S) == 2:
+            np.testing.assert_allclose(v, pairs.get(S, 0.0), atol=1e-4)
+    # scores are the Banzhaf values of the game (a pair's term splits half to each player)
+    np.testing.assert_allclose(a.scores, brute_force(fn, n, "banzhaf"), atol=1e-4)
+    sv = attrlens.explain_game(fn, n, method="faith_banzhaf", budget=120, order=2, scores="shapley")
+    np.testing.assert_allclose(sv.scores, brute_force(fn, n, "shapley"), atol=1e-4)
+
+
+def test_faith_banzhaf_order_one_equals_banzhaf():
+    fn = table_game(6, seed=9)
+    a = attrlens.explain_game(fn, 6, method="faith_banzhaf", budget=40, order=1, alpha=0.5)
+    b = attrlens.explain_game(fn, 6, method="banzhaf", budget=40, alpha=0.5)
+    np.testing.assert_allclose(a.scores, b.scores, atol=1e-12)
+
+
+def test_bad_parameters_are_rejected():
+    fn = table_game(6)
+    with pytest.raises(ParameterError, match="'order'"):
+        attrlens.explain_game(fn, 6, method="faith_banzhaf", budget=64, order=0)
+    with pytest.raises(ParameterError, match="'alpha'"):
+        attrlens.explain_game(fn, 6, method="banzhaf", budget=64, alpha=-1.0)
+    with pytest.raises(ParameterError, match="'index'"):
+        attrlens.explain_game(fn, 6, method="faith_banzhaf", budget=64, index="nope")
+    with pytest.raises(ParameterError, match="interaction terms"):
+        attrlens.explain_game(lambda m: m.sum(1) * 1.0, 300, method="faith_banzhaf", budget=64,
+                              order=3)
+
+
+def test_uniform_masks_distinct_and_exhaustive():
+    rng = np.random.default_rng(0)
+    m = uniform_masks(12, 500, rng)
+    assert m.shape == (500, 12) and len({r.tobytes() for r in m}) == 500
+    assert abs(m.mean() - 0.5) < 0.03
+    assert len(uniform_masks(5, 100, rng)) == 32  # all of {0,1}^5, once each
+
+
+def test_ridge_gcv_matches_least_squares_on_noise_free_data():
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(50, 5))
+    coef = rng.normal(size=5)
+    y = X @ coef + 3.0
+    c, b0, alpha = ridge_gcv(X, y)
+    assert alpha == pytest.approx(1e-6)
+    np.testing.assert_allclose(c, coef, atol=1e-5)
+    np.testing.assert_allclose(b0, 3.0, atol=1e-5)
+    noisy = rng.normal(size=50)  # pure noise: cross-validation shrinks hard
+    c2, _, alpha2 = ridge_gcv(X, noisy)
+    assert alpha2 > 1.0 and np.abs(c2).max() < 0.2
