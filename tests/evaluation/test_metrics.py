@@ -1,0 +1,153 @@
+"""Supporting-fact metrics (METHODS §5.5) and the HotpotQA loader."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from attrlens.errors import InputError
+from attrlens.evaluation.hotpotqa import load_hotpotqa, spans_in
+from attrlens.evaluation.metrics import (
+    auroc,
+    bootstrap_ci,
+    mrr,
+    precision_at_k,
+    recall_at_k,
+    supporting_fact_metrics,
+    top_k_exact_match,
+)
+
+DATA = Path("/work/shared/data/hotpotqa_dev_distractor_100.jsonl")
+
+
+def brute_auroc(s, g):
+    pos = [a for a, l in zip(s, g) if l]
+    neg = [a for a, l in zip(s, g) if not l]
+    tot = sum(1.0 if p > q else 0.5 if p == q else 0.0 for p, q in itertools.product(pos, neg))
+    return tot / (len(pos) * len(neg))
+
+
+def test_auroc_matches_pairwise_count_with_ties(rng):
+    for _ in range(20):
+        s = rng.integers(0, 4, size=12).astype(float)  # many ties
+        g = rng.random(12) < 0.4
+        if g.all() or not g.any():
+            continue
+        assert auroc(s, g) == pytest.approx(brute_auroc(s, g), abs=1e-12)
+
+
+def test_auroc_extremes_and_one_class():
+    g = np.array([0, 1, 0, 1, 0], bool)
+    assert auroc([0, 5, 1, 4, 2], g) == 1.0
+    assert auroc([5, 0, 4, 1, 3], g) == 0.0
+    assert auroc([1, 2, 3], [True, True, True]) == 0.5
+
+
+def test_ranking_metrics_on_a_known_order():
+    # order by score: 3, 0, 4, 1, 2 ; gold = {0, 2}
+    s = np.array([0.8, 0.3, 0.1, 0.9, 0.5])
+    g = np.array([1, 0, 1, 0, 0], bool)
+    assert precision_at_k(s, g) == pytest.approx(0.5)  # top-2 = {3, 0}
+    assert recall_at_k(s, g, 2) == pytest.approx(0.5)
+    assert recall_at_k(s, g, 5) == pytest.approx(1.0)
+    assert top_k_exact_match(s, g, 2) == 0.0
+    assert mrr(s, g) == pytest.approx(0.5)
+    s2 = np.array([0.8, 0.3, 0.85, 0.1, 0.5])
+    assert top_k_exact_match(s2, g, 2) == 1.0
+    assert mrr(s2, g) == 1.0
+
+
+def test_ties_break_in_feature_order():
+    g = np.array([0, 1, 0], bool)
+    assert mrr([1.0, 1.0, 1.0], g) == pytest.approx(0.5)
+    assert precision_at_k([1.0, 1.0, 1.0], g, 1) == 0.0
+
+
+def test_supporting_fact_metrics_bundle_and_errors():
+    m = supporting_fact_metrics([0.1, 0.9, 0.8, 0.0], [1, 2])
+    assert m["auroc"] == 1.0 and m["top2_em"] == 1.0 and m["recall_at_2"] == 1.0
+    assert m["precision_at_g"] == 1.0 and m["mrr"] == 1.0
+    with pytest.raises(InputError, match="outside"):
+        supporting_fact_metrics([0.1, 0.2], [5])
+    with pytest.raises(InputError, match="must match"):
+        auroc([1, 2, 3], [True, False])
+    with pytest.raises(InputError, match="NaN"):
+        auroc([1, np.nan], [True, False])
+
+
+def test_bootstrap_ci_brackets_the_mean():
+    v = np.random.default_rng(1).normal(0.7, 0.1, size=50)
+    mean, lo, hi = bootstrap_ci(v, seed=0)
+    assert lo < mean < hi
+    assert mean == pytest.approx(v.mean(), abs=1e-12)
+    assert hi - lo < 0.1
+
+
+# ---- HotpotQA loader --------------------------------------------------------------------------
+
+
+def _record(**kw):
+    rec = {
+        "id": "x",
+        "dev_index": 0,
+        "question": "Who?",
+        "answer": "A",
+        "type": "bridge",
+        "context": [["T1", ["One.", " Two.", " Three."]], ["T2", ["Four.", " ", " Five."]],
+                    ["T3", ["Six."]]],
+        "supporting_facts": [["T1", 1], ["T2", 2], ["T9", 0], ["T1", 7]],
+    }
+    rec.update(kw)
+    return rec
+
+
+def test_loader_maps_gold_and_spans(tmp_path):
+    f = tmp_path / "h.jsonl"
+    f.write_text(json.dumps(_record()) + "\n\n", encoding="utf-8")
+    (item,) = load_hotpotqa(f)
+    # the blank sentence of T2 is dropped and T2's facts renumbered: (T2, 2) -> index 4
+    assert item.sentences == ["One.", " Two.", " Three.", "Four.", " Five.", "Six."]
+    assert item.gold == [1, 4]  # facts outside the context are left out
+    assert item.meta["dropped_blank_sentences"] == 1
+    text, spans = item.prompt()
+    assert [text[a:b].strip() for a, b in spans] == [s.strip() for s in item.sentences]
+    assert "Question: Who?" in text and text.endswith("Answer:")
+    # deleting every sentence span leaves only the fixed frame
+    kept = "".join(text[a:b] for a, b in zip([0] + [e for _, e in spans], [s for s, _ in spans] + [len(text)]))
+    assert "One" not in kept and "Title: T2" in kept
+    shifted = spans_in("<pre>" + text + "<post>", text, spans)
+    assert shifted[0] == (spans[0][0] + 5, spans[0][1] + 5)
+
+
+def test_truncation_keeps_gold_paragraphs(tmp_path):
+    f = tmp_path / "h.jsonl"
+    f.write_text(json.dumps(_record()) + "\n", encoding="utf-8")
+    (item,) = load_hotpotqa(f)
+    t = item.truncated(0, seed=0)
+    assert [p[0] for p in t.paragraphs] == ["T1", "T2"]
+    assert [t.sentences[i] for i in t.gold] == [" Two.", " Five."]
+    t1 = item.truncated(1, seed=0)
+    assert len(t1.paragraphs) == 3
+
+
+def test_loader_errors(tmp_path):
+    with pytest.raises(InputError, match="does not exist"):
+        load_hotpotqa(tmp_path / "none.jsonl")
+    f = tmp_path / "bad.jsonl"
+    f.write_text('{"question": "q"}\n', encoding="utf-8")
+    with pytest.raises(InputError, match="not a HotpotQA record"):
+        load_hotpotqa(f)
+
+
+@pytest.mark.skipif(not DATA.is_file(), reason="shared HotpotQA sample not present")
+def test_shared_sample_gold_is_complete():
+    items = load_hotpotqa(DATA, n=20)
+    assert len(items) == 20
+    for it in items:
+        assert len(it.gold) == len({tuple(f) for f in it.supporting_facts})
+        text, spans = it.prompt()
+        assert len(spans) == it.n_sentences
