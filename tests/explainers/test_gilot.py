@@ -1,0 +1,373 @@
+"""GiLOT: beam marginals, masking, own vs shared beams, distances, use cases, CLI."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+import torch
+
+import attrlens
+from attrlens.errors import InputError, ParameterError
+from attrlens.explainers.gilot import (
+    Comparison,
+    align_slots,
+    compare,
+    compress,
+    features_in_span,
+    gilot_attribution,
+    kl_divergence,
+    marked_spans,
+    query_weight,
+)
+from attrlens.explainers.gilot_beams import BeamRunner, make_inputs, unmasked_inputs
+from attrlens.result import Attribution
+
+PROMPT = "The quick brown fox jumps over the lazy dog. Explain why the sky is blue."
+B, J = 4, 5
+
+
+@pytest.fixture(scope="module")
+def ids(tiny_model):
+    return np.asarray(tiny_model.tokenize(PROMPT)[0])
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_model, ids):
+    runner = BeamRunner(tiny_model, ids, beams=B, horizon=J)
+    ((_, marg),) = list(runner.search(unmasked_inputs(ids)))
+    return marg
+
+
+def _direct_marginal(model, ids, keep, beams):
+    """Reference implementation: plain full forwards (no cache, no batching tricks) of each
+    beam under the prompt with attention mask ``keep``; prefix-deduplicated mixture."""
+    L = len(ids)
+    b, Jm1 = beams.tokens.shape
+    eos = set(model.eos_token_ids)
+    per_beam, logw = [], []
+    for k in range(b):
+        seq = np.concatenate([np.where(keep, ids, 0), beams.tokens[k]])
+        att = np.concatenate([keep, np.ones(Jm1, dtype=bool)]).astype(np.int64)
+        with torch.no_grad():
+            lg = model.model(
+                input_ids=torch.as_tensor(seq)[None], attention_mask=torch.as_tensor(att)[None],
+                position_ids=torch.arange(len(seq))[None],
+            ).logits[0]
+        lp = torch.log_softmax(lg.double(), -1)[L - 1 :].numpy()  # (J, V)
+        w, ended = [0.0], False
+        for t in range(Jm1):
+            if ended:
+                lp[t + 1] = -np.inf
+                lp[t + 1, model.eos_token_ids[0]] = 0.0
+                w.append(w[-1])
+                continue
+            w.append(w[-1] + lp[t, beams.tokens[k, t]])
+            ended = int(beams.tokens[k, t]) in eos
+            if ended:
+                lp[t + 1] = -np.inf
+                lp[t + 1, model.eos_token_ids[0]] = 0.0
+        per_beam.append(lp)
+        logw.append(w)
+    per_beam, logw = np.stack(per_beam), np.asarray(logw)  # (b, J, V), (b, J)
+    out = []
+    for j in range(Jm1 + 1):
+        seen, mix, mass = set(), 0.0, 0.0
+        for k in range(b):
+            pre = tuple(beams.tokens[k, :j].tolist())
+            if pre in seen:
+                continue
+            seen.add(pre)
+            mix = mix + np.exp(logw[k, j]) * np.exp(per_beam[k, j])
+            mass += np.exp(logw[k, j])
+        out.append(mix / mass)
+    return np.stack(out)
+
+
+# ---- beam marginals -------------------------------------------------------------------------
+def test_beams_equal_transformers_beam_search(tiny_model, ids, reference):
+    assert not reference.beams.ended.any()  # no EOS here, so HF's bookkeeping agrees
+    with torch.no_grad():
+        out = tiny_model.model.generate(
+            input_ids=torch.as_tensor(ids)[None], attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+            num_beams=B, num_return_sequences=B, do_sample=False, max_new_tokens=J - 1,
+            length_penalty=0.0, output_scores=True, return_dict_in_generate=True,
+            pad_token_id=3, eos_token_id=tiny_model.eos_token_ids,
+        )
+    np.testing.assert_array_equal(out.sequences[:, len(ids):].numpy(), reference.beams.tokens)
+    np.testing.assert_allclose(
+        reference.beams.token_logp.sum(1), out.sequences_scores.numpy(), atol=1e-4
+    )
+
+
+def test_marginals_sum_to_one_and_match_direct_mixture(tiny_model, ids, reference):
+    probs = reference.logp.double().exp().numpy()
+    np.testing.assert_allclose(probs.sum(-1), np.ones(J), atol=1e-5)
+    direct = _direct_marginal(tiny_model, ids, np.ones(len(ids), bool), reference.beams)
+    np.testing.assert_allclose(probs, direct, atol=2e-5)
+
+
+def test_beam_mass_in_unit_interval_and_non_increasing(reference):
+    mass = reference.mass
+    assert mass.shape == (J,)
+    assert mass[0] == pytest.approx(1.0, abs=1e-9)
+    assert np.all(mass > 0) and np.all(mass <= 1 + 1e-9)
+    assert np.all(np.diff(mass) <= 1e-12)
+    assert mass[-1] < mass[0]  # the beams do not cover everything
+
+
+class _EosLikely:
+    """The tiny model with its EOS logit raised, so that some beams end early."""
+
+    def __init__(self, model, bonus):
+        self._m, self._bonus = model, bonus
+
+    def __getattr__(self, name):
+        return getattr(self._m, name)
+
+    def lm_head(self, h):
+        logits = self._m.lm_head(h).clone()
+        logits[..., self._m.eos_token_ids[0]] += self._bonus
+        return logits
+
+
+def test_eos_is_absorbing(tiny_model, ids):
+    model = _EosLikely(tiny_model, 3.0)
+    runner = BeamRunner(model, ids, beams=6, horizon=6)
+    eos = tiny_model.eos_token_ids[0]
+    ((_, marg),) = list(runner.search(unmasked_inputs(ids)))
+    beams = marg.beams
+    assert beams.ended.any() and not beams.ended[:, -1].all()  # some beams never end
+    probs = marg.logp.double().exp().numpy()
+    np.testing.assert_allclose(probs.sum(-1), np.ones(6), atol=1e-5)
+    assert np.all(np.diff(marg.mass) <= 1e-12)
+    # an ended beam has log-prob 0 after its end and keeps feeding EOS
+    assert np.all(beams.token_logp[beams.ended] == 0.0)
+    assert np.all(beams.tokens[beams.ended] == eos)
+    # the marginal puts the ended beams' weight on EOS
+    assert probs[-1, eos] > 0.05
+
+
+# ---- own vs shared beams ----------------------------------------------------------------------
+def test_own_and_shared_agree_for_all_keep(tiny_model, ids, reference):
+    runner = BeamRunner(tiny_model, ids, beams=B, horizon=J)
+    inp = make_inputs(ids, np.ones((2, len(ids)), dtype=bool))
+    own = dict(runner.search(inp))
+    shared = dict(runner.teacher_force(inp, reference.beams))
+    for r in (0, 1):
+        np.testing.assert_allclose(own[r].logp.numpy(), reference.logp.numpy(), atol=1e-4)
+        np.testing.assert_allclose(shared[r].logp.numpy(), own[r].logp.numpy(), atol=1e-4)
+        np.testing.assert_allclose(shared[r].mass, own[r].mass, rtol=1e-4)
+        np.testing.assert_array_equal(own[r].beams.tokens, reference.beams.tokens)
+    res = {
+        mode: gilot_attribution(tiny_model, ids, np.ones((1, len(ids)), bool), beams=B,
+                                horizon=J, beam_mode=mode, distance="kl")
+        for mode in ("own", "shared")
+    }
+    for mode in res:
+        np.testing.assert_allclose(res[mode].scores, [0.0], atol=1e-5)
+
+
+def test_shared_mode_teacher_forces_the_original_beams(tiny_model, ids, reference):
+    keep = np.ones((1, len(ids)), dtype=bool)
+    keep[0, 2:5] = False
+    runner = BeamRunner(tiny_model, ids, beams=B, horizon=J)
+    inp = make_inputs(ids, keep)
+    ((_, shared),) = list(runner.teacher_force(inp, reference.beams))
+    direct = _direct_marginal(tiny_model, ids, keep[0], reference.beams)
+    np.testing.assert_allclose(shared.logp.double().exp().numpy(), direct, atol=2e-5)
+    ((_, own),) = list(runner.search(inp))
+    # the masked input's own beams differ from the shared ones on this random model
+    assert not np.array_equal(own.beams.tokens, reference.beams.tokens)
+
+
+# ---- masking ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("distance", ["kl", "ot"])
+def test_masking_an_unattended_token_changes_nothing(tiny_model, ids, distance):
+    L = len(ids)
+    ref = np.ones(L, dtype=bool)
+    ref[3] = False  # token 3 is already off in the reference input
+    keep = np.ones((2, L), dtype=bool)
+    keep[0, 3] = False  # masking it again: no effect
+    keep[1, 6] = False  # control: a token the model does attend to
+    res = gilot_attribution(tiny_model, ids, keep, beams=B, horizon=J, distance=distance,
+                            reference_keep=ref, ot_iter=300)
+    assert res.scores[0] == pytest.approx(0.0, abs=2e-3)
+    assert res.scores[1] > 20 * max(res.scores[0], 1e-4)
+    assert np.all(res.per_position >= 0)
+
+
+def test_attention_off_and_delete_agree_except_for_the_last_token(tiny_model, ids):
+    L = len(ids)
+    keep = np.ones((1, L), dtype=bool)
+    keep[0, 4] = False
+    a = make_inputs(ids, keep, kind="attention_off")
+    d = make_inputs(ids, keep, kind="delete")
+    np.testing.assert_array_equal(a.keep, d.keep)
+    assert a.predictor[0] == d.predictor[0] == L - 1
+    last = np.ones((1, L), dtype=bool)
+    last[0, -2:] = False
+    assert make_inputs(ids, last, kind="delete").predictor[0] == L - 3
+    assert make_inputs(ids, last, kind="attention_off").predictor[0] == L - 1
+    assert make_inputs(ids, last, kind="attention_off").ids[0, -1] == 0
+
+
+# ---- distances -------------------------------------------------------------------------------
+def test_compress_is_the_renormalised_top_k_union():
+    rng = np.random.default_rng(0)
+    lp = torch.log_softmax(torch.as_tensor(rng.normal(size=(2, 3, 12)) * 2), -1)
+    ids, p, q = compress(lp[0], lp[1], top_k=3)
+    for r in range(3):
+        want = set(lp[0, r].topk(3).indices.tolist()) | set(lp[1, r].topk(3).indices.tolist())
+        got = set(ids[r][p[r] > 0].tolist())
+        assert got == want
+        pr = lp[0, r].exp().numpy()
+        sel = np.array(sorted(want))
+        np.testing.assert_allclose(
+            np.sort(p[r][p[r] > 0].numpy()), np.sort(pr[sel] / pr[sel].sum()), atol=1e-12
+        )
+        np.testing.assert_allclose(q[r].sum().item(), 1.0, atol=1e-12)
+
+
+def test_gilot_kl_equals_a_direct_kl(tiny_model, ids, reference):
+    L = len(ids)
+    keep = np.ones((1, L), dtype=bool)
+    keep[0, 7:9] = False
+    res = gilot_attribution(tiny_model, ids, keep, beams=B, horizon=J, beam_mode="shared",
+                            distance="kl")
+    p = _direct_marginal(tiny_model, ids, np.ones(L, bool), reference.beams)
+    q = _direct_marginal(tiny_model, ids, keep[0], reference.beams)
+    kl = (p * (np.log(p) - np.log(q))).sum(-1)
+    np.testing.assert_allclose(res.per_position[0], kl, rtol=1e-3, atol=1e-5)
+    assert res.scores[0] == pytest.approx(kl.mean(), rel=1e-3)
+    lp = torch.log(torch.as_tensor(p))
+    np.testing.assert_allclose(kl_divergence(lp, lp), np.zeros(J), atol=1e-12)
+
+
+# ---- the registered explainers ------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def short_attr(tiny_model):
+    return attrlens.explain("the lazy dog is blue", model=tiny_model, method="gilot", beams=3,
+                            horizon=3, ot_iter=200, per_position=True)
+
+
+def test_explain_gilot_result(short_attr):
+    a = short_attr
+    assert a.method == "gilot"
+    assert a.labels == ["the", "lazy", "dog", "is", "blue"]
+    assert np.all(np.isfinite(a.scores)) and np.all(a.scores >= 0) and a.scores.max() > 0
+    meta = a.extra["metadata"]
+    assert len(meta["beam_mass"]) == 3 and meta["beam_mass"][0] == pytest.approx(1.0)
+    assert a.per_output_token.shape == (5, 3)
+    np.testing.assert_allclose(a.per_output_token.mean(1), a.scores, atol=1e-12)
+    assert a.cost["model_forwards"] > 0 and a.cost["tokens_processed"] >= meta["tokens_min"]
+    assert meta["model_s"] > 0 and "ot_solver_s" in meta
+    assert len(meta["beams"]) == 3
+    back = Attribution.from_dict(a.to_dict())
+    np.testing.assert_allclose(back.scores, a.scores)
+
+
+def test_deterministic(tiny_model, short_attr):
+    again = attrlens.explain("the lazy dog is blue", model=tiny_model, method="gilot",
+                             beams=3, horizon=3, ot_iter=200, per_position=True)
+    np.testing.assert_array_equal(again.scores, short_attr.scores)
+
+
+def test_gilot_kl_registered(tiny_model):
+    a = attrlens.explain("the lazy dog", model=tiny_model, method="gilot_kl", beams=2,
+                         horizon=2, masker="delete")
+    assert a.method == "gilot_kl" and a.params["distance"] == "kl"
+    assert a.params["masker"] == "delete" and np.all(a.scores >= 0)
+
+
+@pytest.mark.parametrize(
+    "params",
+    [{"beams": 0}, {"horizon": 0}, {"beam_mode": "mine"}, {"distance": "l2"}, {"top_k": 0},
+     {"solver": "magic"}, {"cost": "third"}, {"shared_weights": "x"}],
+)
+def test_rejects_bad_parameters(tiny_model, params):
+    with pytest.raises(ParameterError):
+        attrlens.explain("the lazy dog", model=tiny_model, method="gilot", **params)
+
+
+# ---- use cases -------------------------------------------------------------------------------
+def test_query_weight_is_the_share_on_the_query():
+    text = "a b c d"
+    attr = Attribution(method="gilot", scores=np.array([0.1, 0.3, 0.2, 0.4]),
+                       labels=["a", "b", "c", "d"], spans=[[[0, 1]], [[1, 3]], [[3, 5]], [[5, 7]]],
+                       input_text=text)
+    aqw = query_weight(attr, [2, 3])
+    assert aqw == pytest.approx(0.6 / 1.0)
+    assert query_weight(attr, query_span=(3, 7)) == pytest.approx(aqw)
+    assert features_in_span(attr, (1, 5)) == [1, 2]
+    assert 0 <= query_weight(attr, [0]) <= 1
+    with pytest.raises(InputError):
+        query_weight(attr, [9])
+    neg = Attribution(method="loo", scores=np.array([1.0, -1.0]), labels=["x", "y"])
+    with pytest.raises(InputError):
+        query_weight(neg, [0])
+
+
+def test_query_weight_on_a_gilot_attribution(tiny_model, short_attr):
+    idx = features_in_span(short_attr, (short_attr.input_text.find("is"), len(short_attr.input_text)))
+    assert [short_attr.labels[i] for i in idx] == ["is", "blue"]
+    aqw = query_weight(short_attr, idx)
+    s = short_attr.scores
+    assert aqw == pytest.approx((s[3] + s[4]) / s.sum(), rel=1e-12)
+    assert 0.0 <= aqw <= 1.0
+
+
+def test_marked_spans():
+    clean, spans = marked_spans("Input: a Output: b [[Input: c Output:]]")
+    assert clean == "Input: a Output: b Input: c Output:"
+    assert [clean[a:b] for a, b in spans] == ["Input: c Output:"]
+    with pytest.raises(InputError):
+        marked_spans("x [[ y")
+
+
+def test_compare_aligns_the_differing_word(tiny_model):
+    cmp = compare("the quick brown fox", "the quick red fox", model=tiny_model, beams=2,
+                  horizon=2, ot_iter=100)
+    assert isinstance(cmp, Comparison)
+    assert cmp.slots == [([2], [2])]
+    assert cmp.a.labels[cmp.slot_a[0]] == "brown" and cmp.b.labels[cmp.slot_b[0]] == "red"
+    assert cmp.a.method == cmp.b.method == "gilot"
+    row = cmp.summary()[0]
+    assert row["a"]["score"] == pytest.approx(cmp.a.scores[2])
+    assert row["b"]["score"] == pytest.approx(cmp.b.scores[2])
+    assert 1 <= row["a"]["rank"] <= 4
+    assert align_slots(["a", "female", "x"], ["a", "male", "x"]) == [([1], [1])]
+
+
+def test_cli_registers_compare_and_aqw(tmp_path, tiny_model, capsys):
+    from attrlens.cli import build_parser, main
+
+    args = build_parser().parse_args(["compare", "a b", "a c", "--beams", "2", "--horizon", "2"])
+    assert args.func.__name__ == "cmd_compare" and args.beams == 2
+    args = build_parser().parse_args(["aqw", "x [[y]]", "--query-span", "0:1"])
+    assert args.func.__name__ == "cmd_aqw"
+    # a full run on the tiny model saved as a local model directory
+    d = tmp_path / "tiny"
+    tiny_model.model.save_pretrained(d)
+    tiny_model.tokenizer.save_pretrained(d)
+    rc = main(["aqw", "the lazy dog [[is blue]]", "--model", str(d), "--beams", "2",
+               "--horizon", "2", "--param", "ot_iter=50", "--quiet"])
+    out = capsys.readouterr().out
+    assert rc == 0
+    value = float(out.strip().split()[-1])
+    assert 0.0 <= value <= 1.0
+
+
+# ---- the embedded model ------------------------------------------------------------------------
+@pytest.mark.integration
+def test_gilot_on_the_default_model(default_model):
+    t0 = time.perf_counter()
+    a = attrlens.explain("Name the capital of France.", model=default_model, method="gilot",
+                         beams=4, horizon=4)
+    wall = time.perf_counter() - t0
+    assert wall < 60
+    assert np.all(np.isfinite(a.scores)) and np.all(a.scores >= 0) and a.scores.max() > 0
+    mass = a.extra["metadata"]["beam_mass"]
+    assert len(mass) == 4 and mass[0] == pytest.approx(1.0) and 0 < mass[-1] <= 1
+    assert "France" in " ".join(a.labels)
