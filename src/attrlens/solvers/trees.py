@@ -1,0 +1,215 @@
+"""ProxySPEX numerics: exact Fourier spectrum of LightGBM tree ensembles, truncation, refit.
+
+ProxySPEX (Butler et al., NeurIPS 2025; METHODS.md §3.1, pinned to spectralexplain's
+``proxy_spex``): fit gradient-boosted trees to (z, v(z)) on uniform random masks, read off
+the trees' exact Walsh-Hadamard spectrum, keep the largest coefficients covering 95% of the
+non-constant energy and refit them with ridge regression in the basis (-1)^<z,k>.
+
+A tree over binary inputs is a sum over its leaves of the leaf value times the indicator of
+the leaf's path.  At a split on feature i with child A taken when z_i = 0 and child B when
+z_i = 1,
+
+    f(z) = (A(z) + B(z))/2 + (-1)^{z_i} (A(z) - B(z))/2,
+
+so F(S) += (A(S) + B(S))/2 and F(S xor {i}) += (A(S) - B(S))/2 (METHODS §3.1 step 3; the
+symmetric difference keeps the formula exact when a feature repeats along a path).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import numpy as np
+
+from attrlens.errors import InputError, ParameterError, check_param
+from attrlens.solvers.fourier import fourier_basis
+
+Coeffs = dict[tuple[int, ...], float]
+
+_ZERO_THRESHOLD = 1e-35  # LightGBM's kZeroThreshold: |x| <= this counts as zero
+
+
+def _goes_left(node: dict[str, Any], value: float) -> bool:
+    """LightGBM's routing of a feature value (0.0 or 1.0) at a split node."""
+    decision = node.get("decision_type", "<=")
+    missing = node.get("missing_type", "None")
+    if decision == "<=":
+        if missing == "Zero" and abs(value) <= _ZERO_THRESHOLD:
+            return bool(node.get("default_left", True))
+        return value <= float(node["threshold"])
+    if decision == "==":  # categorical: threshold lists the categories sent left, "0||3"
+        cats = {int(c) for c in str(node["threshold"]).split("||") if c != ""}
+        return int(value) in cats
+    raise InputError(f"Unsupported LightGBM decision_type {decision!r} in the tree dump.")
+
+
+def _tree_spectrum(node: dict[str, Any], n: int) -> Coeffs:
+    """Fourier coefficients of one (sub)tree of a LightGBM ``dump_model`` structure."""
+    if "leaf_value" in node:
+        if "leaf_coeff" in node:
+            raise InputError("Linear-tree LightGBM models are not supported (leaf_coeff present).")
+        return {(): float(node["leaf_value"])}
+    feat = int(node["split_feature"])
+    if not 0 <= feat < n:
+        raise InputError(f"The booster splits on feature {feat}, outside [0, {n}); pass the right n.")
+    left = _tree_spectrum(node["left_child"], n)
+    right = _tree_spectrum(node["right_child"], n)
+    at_zero = left if _goes_left(node, 0.0) else right
+    at_one = left if _goes_left(node, 1.0) else right
+    if at_zero is at_one:  # both values take the same branch: the split is inert
+        return at_zero
+    out: Coeffs = {}
+    for key in set(at_zero) | set(at_one):
+        a, b = at_zero.get(key, 0.0), at_one.get(key, 0.0)
+        out[key] = out.get(key, 0.0) + 0.5 * (a + b)
+        flip = tuple(sorted(set(key) ^ {feat}))
+        out[flip] = out.get(flip, 0.0) + 0.5 * (a - b)
+    return out
+
+
+def lightgbm_to_fourier(booster: Any, n: int) -> Coeffs:
+    """Exact Fourier spectrum of a LightGBM regressor on {0,1}^n (sum over its trees).
+
+    booster: ``lightgbm.Booster`` or a fitted ``LGBMRegressor``; n: number of features.
+    Returns {sorted feature tuple: F(k)} with sum_k F(k) (-1)^<z,k> = booster.predict(z) for
+    every 0/1 mask z (exact zeros dropped).
+    """
+    check_param("lightgbm_to_fourier", "n", n, kind=int, low=1)
+    bst = getattr(booster, "booster_", booster)
+    if not hasattr(bst, "dump_model"):
+        raise InputError("lightgbm_to_fourier needs a lightgbm.Booster or a fitted LGBMRegressor.")
+    dump = bst.dump_model()
+    if dump.get("num_tree_per_iteration", 1) != 1:
+        raise InputError("Only single-output (regression) LightGBM models can be converted.")
+    total: Coeffs = {}
+    for tree in dump["tree_info"]:
+        for key, val in _tree_spectrum(tree["tree_structure"], n).items():
+            total[key] = total.get(key, 0.0) + val
+    if dump.get("average_output", False):  # random-forest mode averages the trees
+        n_trees = max(1, len(dump["tree_info"]))
+        total = {k: v / n_trees for k, v in total.items()}
+    return {k: v for k, v in total.items() if v != 0.0}
+
+
+def truncate_energy(coeffs: Coeffs, energy: float = 0.95, *, inclusive: bool = False) -> Coeffs:
+    """Keep the largest non-constant coefficients covering ``energy`` of sum_{k != ()} F(k)^2.
+
+    As spectralexplain: find the first coefficient (by decreasing |F|) at which the
+    cumulative energy share reaches ``energy`` and keep those strictly larger in magnitude
+    than it (``inclusive=True`` also keeps it and its ties, as shapiq does).  The constant
+    term is always kept.
+    """
+    check_param("truncate_energy", "energy", energy, kind=(int, float), low=0.0, high=1.0)
+    const = {(): coeffs[()]} if () in coeffs else {}
+    rest = {k: v for k, v in coeffs.items() if k != ()}
+    if not rest:
+        return const
+    mags = np.abs(np.array(list(rest.values()), dtype=np.float64))
+    sq = np.sort(mags**2)[::-1]
+    total = sq.sum()
+    if total == 0.0:
+        return const
+    share = np.cumsum(sq) / total
+    idx = int(np.argmax(share >= energy)) if np.any(share >= energy) else len(sq) - 1
+    thresh = float(np.sqrt(sq[idx]))
+    keep = mags >= thresh if inclusive else mags > thresh
+    out = dict(const)
+    out.update({k: v for (k, v), kp in zip(rest.items(), keep) if kp})
+    return out
+
+
+def ridge_refit(keys: list[tuple[int, ...]], masks: np.ndarray, values: np.ndarray) -> Coeffs:
+    """Refit coefficients on a fixed support: RidgeCV(alphas=logspace(-6, 6, 100)), no intercept.
+
+    keys: the support (the constant () should be among them); masks (N, n) bool; values (N,).
+    """
+    from sklearn.linear_model import RidgeCV
+
+    keys = list(keys)
+    if not keys:
+        return {}
+    x = fourier_basis(keys, masks)
+    reg = RidgeCV(alphas=np.logspace(-6, 6, 100), fit_intercept=False).fit(x, values)
+    return {k: float(c) for k, c in zip(keys, reg.coef_)}
+
+
+_GRIDS = {
+    "small": {"n_estimators": [500, 1000], "learning_rate": [0.01, 0.1]},
+    "full": {"n_estimators": [500, 1000, 5000], "learning_rate": [0.01, 0.1]},
+}
+
+
+def proxyspex_fit(
+    masks: np.ndarray,
+    values: np.ndarray,
+    *,
+    max_order: int = 5,
+    seed: int = 0,
+    energy: float = 0.95,
+    grid: Literal["small", "full"] | dict[str, list] = "small",
+    n_jobs: int = 1,
+    cv: int = 5,
+    return_info: bool = False,
+) -> Coeffs | tuple[Coeffs, dict[str, Any]]:
+    """ProxySPEX: LightGBM proxy -> exact spectrum -> energy truncation -> ridge refit.
+
+    masks: (N, n) {0,1} (1 = keep), ideally uniform random; values: (N,) v(masks).
+    max_order: t; the depth grid is {max(1, t-2), t}.  grid: "small" (500/1000 trees,
+    default, for speed), "full" (adds 5000 trees, as spectralexplain) or an explicit
+    sklearn param_grid dict.  Model selection: ``cv``-fold (unshuffled) CV R^2.  n_jobs:
+    LightGBM threads.  seed: LightGBM random_state.  energy: truncation share (0.95).
+    Returns {sorted feature tuple: F(k)}; with return_info also a dict holding best_params,
+    cv_r2, n_tree_coeffs and n_kept.
+    """
+    import lightgbm as lgb
+    from sklearn.model_selection import GridSearchCV, KFold
+
+    owner = "proxyspex_fit"
+    check_param(owner, "max_order", max_order, kind=int, low=1)
+    check_param(owner, "seed", seed, kind=int, low=0)
+    check_param(owner, "n_jobs", n_jobs, kind=int, low=-1)
+    check_param(owner, "cv", cv, kind=int, low=2)
+    z = np.asarray(masks)
+    y = np.asarray(values, dtype=np.float64).reshape(-1)
+    if z.ndim != 2:
+        raise InputError(f"masks must be 2-D (n_masks, n_features); got shape {z.shape}.")
+    if y.shape[0] != z.shape[0]:
+        raise InputError(f"values has {y.shape[0]} entries but masks has {z.shape[0]} rows.")
+    if z.shape[0] < 2 * cv:
+        raise InputError(f"ProxySPEX needs at least {2 * cv} samples for {cv}-fold CV; got {z.shape[0]}.")
+    if not np.all(np.isfinite(y)):
+        raise InputError("values contains NaN or infinite entries.")
+    if isinstance(grid, str):
+        if grid not in _GRIDS:
+            raise ParameterError(
+                f"The 'grid' parameter of proxyspex_fit must be one of 'small', 'full' or a dict. "
+                f"Got {grid!r} instead."
+            )
+        param_grid: dict[str, list] = {
+            "max_depth": sorted({max(1, max_order - 2), max_order}),
+            **_GRIDS[grid],
+        }
+    elif isinstance(grid, dict):
+        param_grid = dict(grid)
+    else:
+        raise ParameterError(f"The 'grid' parameter of proxyspex_fit must be a str or dict. Got {grid!r}.")
+    x = z.astype(np.float64)
+    base = lgb.LGBMRegressor(verbose=-1, n_jobs=n_jobs, random_state=seed)
+    search = GridSearchCV(base, param_grid=param_grid, scoring="r2", cv=KFold(n_splits=cv), n_jobs=1)
+    search.fit(x, y)
+    tree_coeffs = lightgbm_to_fourier(search.best_estimator_, z.shape[1])
+    kept = truncate_energy(tree_coeffs, energy)
+    keys = sorted(set(kept) | {()}, key=lambda k: (len(k), k))
+    coeffs = ridge_refit(keys, z, y)
+    if not return_info:
+        return coeffs
+    info = {
+        "best_params": dict(search.best_params_),
+        "cv_r2": float(search.best_score_),
+        "n_tree_coeffs": len(tree_coeffs),
+        "n_kept": len(keys),
+    }
+    return coeffs, info
+
+
+__all__ = ["lightgbm_to_fourier", "proxyspex_fit", "ridge_refit", "truncate_energy"]

@@ -1,0 +1,150 @@
+"""BCH code construction and batched decoding used by the SPEX delays (METHODS §3 Steps 1, 3)."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+from attrlens.errors import ParameterError
+from attrlens.solvers import bch
+from attrlens.solvers.bch import make_bch_code
+
+
+@pytest.mark.parametrize(
+    ("n", "t", "delays"),
+    [(8, 5, 21), (16, 5, 28), (32, 5, 28), (64, 5, 36), (100, 5, 41), (128, 5, 41),
+     (256, 5, 46), (512, 5, 51), (1000, 5, 56), (128, 3, 25)],
+)
+def test_parity_length_matches_methods_table(n: int, t: int, delays: int) -> None:
+    code = make_bch_code(n, t)
+    assert code.n_parity + 1 == delays
+    assert code.k_code >= n
+    # shortest: the next smaller field cannot hold n message bits
+    if code.m > 4:
+        assert bch.bch_dimension(code.m - 1, t) < n
+
+
+def test_primitive_polys_are_galois_bch_defaults() -> None:
+    galois = pytest.importorskip("galois")
+    for m in (3, 6, 7, 10, 11, 12):  # the ones where MATLAB's choice differs from Conway's too
+        assert bch._PRIMITIVE_POLY[m] == int(galois.matlab_primitive_poly(2, m)), m
+
+
+def _random_supports(rng: np.random.Generator, count: int, n: int, max_w: int) -> np.ndarray:
+    k = np.zeros((count, n), dtype=bool)
+    for i in range(count):
+        k[i, rng.choice(n, size=rng.integers(0, max_w + 1), replace=False)] = True
+    return k
+
+
+# Reference values computed once with galois 0.4.11: ``galois.BCH(63, d=7)`` (n=20, t=3).
+# Live galois takes ~20 s here (code construction and decoder JIT), so it is opt-in below.
+_GALOIS_GEN = 492239
+_GALOIS_D_COLS = [84110, 42055, 234308, 117154, 58577, 242447, 137440, 68720, 34360, 17180, 8590,
+                  4295, 248068, 124034, 62017, 243783, 138564, 69282, 34641, 230095]
+_GALOIS_ERR = [-1, 0, 1, 1, -1, 0, 1, 2, 3, 2, -1, -1, 1, -1, -1, -1, -1, -1, -1, -1, 2, -1, 2, -1,
+               -1, -1, -1, -1, 3, -1, -1, 3, -1, 0, 3, 2, -1, 1, -1, -1, -1, -1, -1, -1, -1, -1,
+               -1, -1, -1, -1, -1, -1, 3, -1, -1, -1, -1, -1, -1, -1]
+_GALOIS_MSG = {3: (8,), 7: (7, 17), 8: (8, 13), 9: (14,), 20: (13,), 22: (2, 7), 28: (6, 9),
+               31: (3, 6, 11), 34: (2, 11), 35: (10, 18), 37: (0,), 52: (4,)}
+
+
+def _golden_words(dmat: np.ndarray) -> np.ndarray:
+    """60 received parity words: noisy parities of random supports, then random words."""
+    n, t = 20, 3
+    rng = np.random.default_rng(3)
+    n_par = dmat.shape[0]
+    ks = np.zeros((40, n), dtype=int)
+    for i in range(40):
+        ks[i, rng.choice(n, size=rng.integers(0, t + 3), replace=False)] = 1
+    words = (ks @ dmat.T) % 2 ^ (rng.random((40, n_par)) < 0.05)
+    return np.vstack([words, rng.integers(0, 2, size=(20, n_par))]).astype(np.uint8)
+
+
+def test_generator_delays_and_decoder_equal_galois_reference() -> None:
+    """Generator, delay matrix and decode results (failures included) equal galois.BCH's."""
+    code = make_bch_code(20, 3)
+    assert (code.n_code, code.k_code) == (63, 45)
+    assert code.generator == _GALOIS_GEN
+    cols = code.delay_matrix()[1:].T.astype(int)  # (n, P), bit p is row p, MSB first
+    got = [int("".join(map(str, c)), 2) for c in cols]
+    assert got == _GALOIS_D_COLS
+    msgs, n_err = code.decode_parity(_golden_words(code.delay_matrix()[1:].astype(int)))
+    np.testing.assert_array_equal(n_err, _GALOIS_ERR)
+    for i, row in enumerate(msgs):
+        assert tuple(np.flatnonzero(row)) == _GALOIS_MSG.get(i, ()), i
+
+
+@pytest.mark.skipif(not os.environ.get("ATTRLENS_LIVE_GALOIS"), reason="slow; set ATTRLENS_LIVE_GALOIS=1")
+def test_decoder_equals_live_galois() -> None:  # pragma: no cover - opt-in
+    galois = pytest.importorskip("galois")
+    code = make_bch_code(20, 3)
+    ref = galois.BCH(code.n_code, d=7)
+    assert int(ref.generator_poly) == code.generator
+    words = _golden_words(code.delay_matrix()[1:].astype(int))
+    full = np.hstack([np.zeros((words.shape[0], 20), dtype=int), words.astype(int)])
+    ref_msgs, ref_err = ref.decode(galois.GF2(full), errors=True)
+    msgs, n_err = code.decode_parity(words)
+    np.testing.assert_array_equal(n_err, np.asarray(ref_err))
+    np.testing.assert_array_equal(msgs, np.asarray(ref_msgs).astype(bool))
+
+
+def test_delay_rows_are_parity_bits() -> None:
+    code = make_bch_code(64, 5)
+    rng = np.random.default_rng(0)
+    ks = _random_supports(rng, 50, 64, 5)
+    dmat = code.delay_matrix().astype(int)
+    assert dmat.shape == (code.n_parity + 1, 64)
+    np.testing.assert_array_equal(dmat[0], 0)
+    np.testing.assert_array_equal((ks.astype(int) @ dmat[1:].T) % 2, code.encode_parity(ks))
+
+
+@pytest.mark.parametrize(("n", "t"), [(64, 5), (1000, 5), (128, 3)])
+def test_hard_decoding_recovers_supports_up_to_t_errors(n: int, t: int) -> None:
+    code = make_bch_code(n, t)
+    rng = np.random.default_rng(n + t)
+    ks = _random_supports(rng, 200, n, t)
+    parity = code.encode_parity(ks)
+    # extra parity errors keep the total error weight <= t
+    noisy = parity.copy()
+    for i in range(200):
+        spare = t - int(ks[i].sum())
+        if spare:
+            flip = rng.choice(code.n_parity, size=rng.integers(0, spare + 1), replace=False)
+            noisy[i, flip] ^= 1
+    msgs, n_err = code.decode_parity(noisy)
+    np.testing.assert_array_equal(msgs, ks)
+    assert np.all(n_err >= ks.sum(axis=1)) and np.all(n_err <= t)
+    msgs0, n_err0 = code.decode_parity(parity)
+    np.testing.assert_array_equal(n_err0, ks.sum(axis=1))
+
+
+def test_soft_chase_decoding_fixes_unreliable_bits_hard_decoding_cannot() -> None:
+    n, t = 128, 5
+    code = make_bch_code(n, t)
+    k = np.zeros((1, n), dtype=bool)
+    k[0, [3, 40, 99]] = True
+    sign = 1.0 - 2.0 * code.encode_parity(k).astype(float)  # exact ratios U_p/U_0 = +-1
+    bad = np.array([2, 7, 11, 30])  # 3 + 4 = 7 > t errors, all on unreliable bits
+    sign[0, bad] *= -0.1
+    hard_msgs, hard_err = code.decode_parity(sign < 0)
+    assert hard_err[0] == -1
+    soft_msgs, soft_err = code.decode_soft(sign)
+    np.testing.assert_array_equal(soft_msgs[0], k[0])
+    # first-found decode of k: 2-4 unreliable bits flipped back, 3 + (4 - flipped) errors
+    assert 3 <= soft_err[0] <= t
+    # with chase depth 0 the soft decoder reduces to hard decoding
+    _, err0 = code.decode_soft(sign, chase_depth=0)
+    assert err0[0] == -1
+
+
+def test_bad_arguments_raise_parameter_error() -> None:
+    with pytest.raises(ParameterError):
+        make_bch_code(0, 5)
+    with pytest.raises(ParameterError):
+        make_bch_code(10, 0)
+    code = make_bch_code(16, 2)
+    with pytest.raises(ParameterError, match="shape"):
+        code.decode_parity(np.zeros((2, code.n_parity + 1), dtype=np.uint8))
