@@ -205,9 +205,17 @@ def fourier_basis(keys: list[tuple[int, ...]], masks: np.ndarray) -> np.ndarray:
     z = _as_masks(masks)
     if not keys:
         return np.zeros((z.shape[0], 0))
-    kmat = keys_to_matrix(keys, z.shape[1])
-    par = np.asarray((kmat @ z.T.astype(np.float32)).T).astype(np.int64) & 1
+    kmat, cols = _compact_keys(keys, z.shape[1])
+    zt = np.ascontiguousarray(z[:, cols].T).astype(np.float32)
+    par = np.asarray(kmat @ zt).T.astype(np.int64) & 1
     return 1.0 - 2.0 * par
+
+
+def _compact_keys(keys: list[tuple[int, ...]], n: int):  # -> (csr_matrix, np.ndarray)
+    """Key matrix restricted to the features the keys use, and those feature indices."""
+    kmat = keys_to_matrix(keys, n)
+    cols = np.unique(kmat.indices)
+    return kmat[:, cols].tocsr(), cols
 
 
 def predict(coeffs: Coeffs, masks: np.ndarray, *, chunk: int = 8192) -> np.ndarray:
@@ -221,9 +229,10 @@ def predict(coeffs: Coeffs, masks: np.ndarray, *, chunk: int = 8192) -> np.ndarr
         return out
     keys = list(coeffs)
     vals = np.array([coeffs[k] for k in keys], dtype=np.float64)
-    kmat = keys_to_matrix(keys, z.shape[1])
+    kmat, cols = _compact_keys(keys, z.shape[1])
     for s in range(0, z.shape[0], chunk):
-        zt = z[s : s + chunk].T.astype(np.float32)
+        # only the columns the keys touch; transposed so the sparse product streams rows
+        zt = np.ascontiguousarray(z[s : s + chunk, cols].T).astype(np.float32)
         par = np.asarray(kmat @ zt).astype(np.int64) & 1  # (n_keys, chunk)
         out[s : s + chunk] = vals @ (1.0 - 2.0 * par)
     return out
