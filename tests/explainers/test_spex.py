@@ -217,7 +217,29 @@ def test_proxyspex_fits_a_planted_low_order_game():
     energy = {k: v**2 for k, v in coeffs.items() if k}
     expected = 1 - sum(e for k, e in energy.items() if k not in kept) / sum(energy.values())
     assert faithfulness_r2(a, g, n_test=1000, seed=1).r2 == pytest.approx(expected, abs=0.03)
-    full = attrlens.explain_game(g, n, method="proxyspex", budget=400, energy=1.0, seed=0)
+    # a small LightGBM grid keeps this second fit fast
+    grid = {"n_estimators": [300], "learning_rate": [0.1], "max_depth": [3]}
+    full = attrlens.explain_game(g, n, method="proxyspex", budget=400, energy=1.0, grid=grid)
     assert faithfulness_r2(full, g, n_test=1000, seed=1).r2 > 0.98
     np.testing.assert_allclose(full.scores, brute_shapley(fn, n), atol=0.1)
     assert a.extra["metadata"]["cv_r2"] > 0.95
+
+
+# ---- on a language model ---------------------------------------------------------------
+def test_spex_explains_a_model_output_with_the_logprob_target(tiny_model):
+    seen = []
+    a = attrlens.explain("The quick brown fox jumps over the lazy dog.", model=tiny_model,
+                         method="spex", b=3, target="logprob", output=" Paris", chat=False,
+                         index="fourier", progress=lambda d, t: seen.append((d, t)))
+    n = a.n_features
+    assert n == 9 and a.cost["value_calls"] <= get_explainer("spex")().min_budget(n)
+    assert np.all(np.isfinite(a.scores)) and a.interactions["index"] == "fourier"
+    assert seen and seen[-1][0] == seen[-1][1]  # progress reached queries done == total
+    # the Shapley scores are those of the recovered dictionary (closed form, METHODS §0)
+    coeffs = {tuple(t["features"]): t["value"] for t in a.interactions["terms"]}
+    phi = np.zeros(n)
+    for k, f in coeffs.items():
+        if len(k) % 2:
+            phi[list(k)] += -2 * f / len(k)
+    np.testing.assert_allclose(a.scores, phi, atol=1e-9)
+

@@ -271,7 +271,7 @@ class ProxySpexExplainer(_FourierExplainer):
         budget: int | None = None,
         max_order: int = 5,
         energy: float = 0.95,
-        grid: str = "small",
+        grid: str | dict[str, list[Any]] = "small",
         index: str = "fsii",
         order: int | None = None,
         scores: str = "shapley",
@@ -282,7 +282,14 @@ class ProxySpexExplainer(_FourierExplainer):
     def validate(self, n_features: int) -> None:
         self._check_common()
         check_param("ProxySpexExplainer", "energy", self.params["energy"], low=1e-9, high=1.0)
-        check_param("ProxySpexExplainer", "grid", self.params["grid"], choices=("small", "full"))
+        grid = self.params["grid"]
+        if not isinstance(grid, dict):
+            check_param("ProxySpexExplainer", "grid", grid, choices=("small", "full"))
+        elif not grid or not all(isinstance(v, list) and v for v in grid.values()):
+            raise ParameterError(
+                "The 'grid' parameter of ProxySpexExplainer must be 'small', 'full' or a dict "
+                f"of non-empty lists of LightGBM parameters. Got {grid!r} instead."
+            )
 
     def min_budget(self, n_features: int) -> int:
         return 20  # 5-fold cross-validation of the boosted trees needs a few masks per fold
