@@ -1,0 +1,331 @@
+"""RoPE-LIME: RoPE space, RWMD kernel, Sparse-K, the fit, the closed-model path."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+
+import attrlens
+from attrlens.errors import BackendError, ParameterError, ServerGoneError
+from attrlens.explainers.base import get_explainer
+from attrlens.explainers.rope_lime import RopeLimeExplainer, pairwise_cost, rope_vectors, rwmd_subset
+from attrlens.models.cache import CallCache
+from attrlens.models.openai import OpenAIBackend
+from attrlens.result import Attribution
+
+PROMPT = "The quick brown fox jumps over the lazy dog near the river bank today"
+OUTPUT = "The capital of France is Paris."
+FAST = {"backoff_base": 0.01, "backoff_max": 0.05, "timeout": 20.0}
+
+
+def explain(model, **kw):
+    kw.setdefault("output", OUTPUT)
+    return attrlens.explain(PROMPT, model=model, method="rope_lime", **kw)
+
+
+# ---- RoPE space ------------------------------------------------------------------------------
+
+
+def test_rope_vectors_equal_the_models_own_rotation(tiny_model):
+    from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+    ids = np.array([5, 17, 33, 40, 2, 99])
+    pos = np.array([0, 2, 3, 7, 8, 40])  # gapped: positions of survivors after a deletion
+    got = rope_vectors(tiny_model, ids, pos, space="embed_rope")
+    cfg = tiny_model.config
+    d_h = cfg.hidden_size // cfg.num_attention_heads
+    # independent RoPE: theta^(-2i/d_h) frequencies, HF rotate_half pairing
+    inv = 1.0 / (cfg.rope_parameters["rope_theta"] ** (np.arange(0, d_h, 2) / d_h))
+    ang = pos[:, None] * inv[None, :]
+    import torch
+
+    cos = torch.tensor(np.concatenate([np.cos(ang)] * 2, -1))[None]
+    sin = torch.tensor(np.concatenate([np.sin(ang)] * 2, -1))[None]
+    e = tiny_model.input_embeddings.weight.detach().double()[torch.tensor(ids)]
+    x = e.view(1, len(ids), -1, d_h).transpose(1, 2)  # (1, H, L, d_h)
+    ref, _ = apply_rotary_pos_emb(x, x, cos, sin)
+    ref = ref.transpose(1, 2).reshape(len(ids), -1).numpy()
+    np.testing.assert_allclose(got, ref, atol=1e-5)
+    # the rotation moves the vectors (position 0 stays put)
+    assert np.abs(got[1:] - e.numpy()[1:]).max() > 1e-2
+    np.testing.assert_allclose(got[0], e.numpy()[0], atol=1e-6)
+
+
+def test_layer0_keys_equal_the_models_cached_keys(tiny_model):
+    import torch
+
+    ids = torch.tensor([[5, 17, 33, 40, 2]])
+    pos = torch.tensor([[0, 2, 3, 7, 8]])
+    with torch.no_grad():
+        out = tiny_model.model(input_ids=ids, position_ids=pos, use_cache=True)
+    keys = out.past_key_values.layers[0].keys[0]  # (n_kv, L, d_h), post-RoPE
+    ref = keys.transpose(0, 1).reshape(5, -1).double().numpy()
+    got = rope_vectors(tiny_model, ids[0].numpy(), pos[0].numpy(), space="layer0_keys")
+    np.testing.assert_allclose(got, ref, atol=1e-5)
+
+
+def test_plain_space_is_the_input_embedding(tiny_model):
+    ids = np.array([3, 4, 5])
+    got = rope_vectors(tiny_model, ids, np.array([10, 20, 30]), space="plain")
+    ref = tiny_model.input_embeddings.weight.detach().double().numpy()[ids]
+    np.testing.assert_allclose(got, ref, atol=1e-7)
+
+
+# ---- RWMD ------------------------------------------------------------------------------------
+
+
+def exact_wmd(cost, keep):
+    import ot
+
+    a = np.full(cost.shape[0], 1.0 / cost.shape[0])
+    b = np.full(int(keep.sum()), 1.0 / keep.sum())
+    return float(ot.emd2(a, b, np.ascontiguousarray(cost[:, keep])))
+
+
+def test_rwmd_is_a_lower_bound_of_exact_wmd(rng):
+    for kind in ("cosine", "euclidean"):
+        vecs = rng.normal(size=(14, 8))
+        cost = pairwise_cost(vecs, vecs, kind)
+        keep = rng.random((30, 14)) < 0.6
+        keep[:, 0] = True
+        d = rwmd_subset(cost, keep)
+        w = np.array([exact_wmd(cost, k) for k in keep])
+        assert np.all(d <= w + 1e-9)
+        assert np.all(d > 0)  # every row drops at least one (distinct) vector
+        assert np.mean(w - d) > 1e-3  # a real relaxation, not the same number
+
+
+def test_rwmd_of_the_unmasked_prompt_is_zero_and_grows_with_removals(rng):
+    vecs = rng.normal(size=(10, 6))
+    cost = pairwise_cost(vecs, vecs)
+    full = np.ones((1, 10), bool)
+    assert rwmd_subset(cost, full)[0] == pytest.approx(0.0, abs=1e-12)
+    nested = np.ones((4, 10), bool)
+    for r in range(1, 4):
+        nested[r:, r - 1] = False  # each row removes one more token
+    d = rwmd_subset(cost, nested)
+    assert np.all(np.diff(d) >= -1e-12)
+
+
+def test_rwmd_matches_the_solver_module(rng):
+    rwmd_mod = pytest.importorskip("attrlens.solvers.rwmd")
+    vecs = rng.normal(size=(9, 5))
+    cost = pairwise_cost(vecs, vecs)
+    keep = rng.random((6, 9)) < 0.5
+    keep[:, 3] = True
+    ours = rwmd_subset(cost, keep)
+    for row, d in zip(keep, ours):
+        wa = np.full(9, 1 / 9)
+        wb = np.full(int(row.sum()), 1 / row.sum())
+        ref = rwmd_mod.rwmd(wa, wb, cost[:, row])
+        assert d == pytest.approx(float(ref), abs=1e-9)
+
+
+# ---- Sparse-K, kernel and fit on synthetic games ---------------------------------------------
+
+
+def test_sparse_k_masks_remove_exactly_k_and_include_the_full_prompt():
+    ex = RopeLimeExplainer(k=3)
+    m = ex.sample_masks(10, 40, seed=1)
+    assert m[0].all()
+    assert np.all((~m[1:]).sum(1) == 3)
+    assert len({r.tobytes() for r in m}) == len(m)  # no duplicates
+    # B >= C(n, K): every subset, once
+    m = RopeLimeExplainer(k=2).sample_masks(6, 100, seed=1)
+    assert len(m) == 1 + math.comb(6, 2)
+
+
+def test_fit_recovers_an_additive_game():
+    w_true = np.array([1.0, -2.0, 0.5, 0.0, 3.0, -0.75, 0.25, 1.5])
+    ex = RopeLimeExplainer(k=3, alpha=1e-9)
+    masks = ex.sample_masks(8, 200, seed=0)
+    y = masks @ w_true + 0.3
+    coef, intercept, r2 = ex.fit(masks, y, np.ones(len(y)))
+    np.testing.assert_allclose(coef, w_true, atol=1e-6)
+    assert intercept == pytest.approx(0.3, abs=1e-6)
+    assert r2 == pytest.approx(1.0, abs=1e-9)
+
+
+def test_kernel_is_one_at_zero_distance_and_recorded():
+    ex = RopeLimeExplainer(kernel_width=0.25)
+    w, sigma = ex.kernel(np.array([0.0, 0.25, 0.5]))
+    np.testing.assert_allclose(w, [1.0, math.exp(-0.5), math.exp(-2.0)], atol=1e-12)
+    assert sigma == 0.25
+    w, sigma = RopeLimeExplainer(kernel_width="median").kernel(np.array([0.0, 0.1, 0.2, 0.3]))
+    assert sigma == pytest.approx(0.2) and w[0] == 1.0
+
+
+# ---- on the tiny model -----------------------------------------------------------------------
+
+
+def test_k1_equals_leave_one_out(tiny_model):
+    loo = attrlens.explain(PROMPT, model=tiny_model, method="loo", output=OUTPUT)
+    n = loo.n_features
+    a = explain(tiny_model, k=1, budget=n, solver="ols", return_samples=True)
+    np.testing.assert_allclose(a.scores, loo.scores, atol=1e-6)
+    masks = np.array(a.extra["metadata"]["samples"]["masks"], bool)
+    expect = np.ones((n + 1, n), bool)
+    expect[np.arange(1, n + 1), np.arange(n)] = False
+    assert {r.tobytes() for r in masks} == {r.tobytes() for r in expect}
+    # a larger budget cannot add LOO samples: there are only n of them
+    b = explain(tiny_model, k=1, budget=5 * n, solver="ols")
+    np.testing.assert_allclose(b.scores, loo.scores, atol=1e-6)
+
+
+def test_result_records_every_resolution_and_round_trips(tiny_model, tmp_path):
+    a = explain(tiny_model, k=2, budget=20, seed=4, return_samples=True)
+    p = a.params
+    for key, val in (("k", 2), ("sampling", "exact"), ("space", "embed_rope"), ("cost", "cosine"),
+                     ("kernel_width", 0.25), ("alpha", 1.0), ("solver", "ridge"),
+                     ("rwmd_filter_quantile", None), ("k_effective", 2), ("sigma", 0.25),
+                     ("masker", "delete")):
+        assert p[key] == val, key
+    assert p["target"]["target"] == "nll"
+    meta = a.extra["metadata"]
+    assert meta["n_samples"] == 21 and meta["surrogate_evaluations"] == 21
+    assert -1.0 <= meta["fit_r2_weighted"] <= 1.0
+    s = meta["samples"]
+    assert s["distances"][0] == 0.0 and s["weights"][0] == 1.0  # kernel of the full prompt
+    assert all(0 < w < 1 for w in s["weights"][1:])
+    assert a.cost["api_calls"] == 0
+    back = Attribution.load(a.save(tmp_path / "r.json"))
+    np.testing.assert_allclose(back.scores, a.scores, atol=1e-12)
+    assert back.params["k_effective"] == 2
+    again = explain(tiny_model, k=2, budget=20, seed=4)
+    np.testing.assert_allclose(again.scores, a.scores, atol=1e-12)
+    other = explain(tiny_model, k=2, budget=20, seed=5)
+    assert np.abs(other.scores - a.scores).max() > 1e-6
+
+
+def test_per_output_token_scores_average_to_the_scores(tiny_model):
+    a = explain(tiny_model, budget=24)
+    assert a.per_output_token.shape[0] == a.n_features
+    np.testing.assert_allclose(a.per_output_token.mean(1), a.scores, atol=1e-8)
+
+
+@pytest.mark.parametrize("space", ["layer0_keys", "plain"])
+@pytest.mark.parametrize("target", ["kl", "js"])
+def test_other_spaces_and_divergence_targets_run(tiny_model, space, target):
+    a = explain(tiny_model, budget=16, space=space, target=target, sampling="balanced")
+    assert np.all(np.isfinite(a.scores)) and a.params["space"] == space
+    assert a.params["target"]["target"] == target
+
+
+def test_rwmd_filter_keeps_close_masks(tiny_model):
+    a = explain(tiny_model, budget=16, k=3, sampling="up_to_k", rwmd_filter_quantile=0.5,
+                return_samples=True)
+    info = a.extra["metadata"]["rwmd_filter"]
+    d = np.array(a.extra["metadata"]["samples"]["distances"])
+    assert np.all(d[1:] <= info["threshold"] + 1e-9)
+    assert 1 <= info["kept"] <= 16
+
+
+def test_k_is_clipped_to_n_minus_one(tiny_model):
+    a = attrlens.explain("red green blue", model=tiny_model, method="rope_lime", output=OUTPUT,
+                         k=5, budget=8)
+    assert a.params["k_effective"] == a.n_features - 1
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [{"k": 0}, {"space": "rope"}, {"sampling": "greedy"}, {"kernel_width": -1.0},
+     {"solver": "lasso"}, {"rwmd_filter_quantile": 1.5}, {"cost": "l1"}],
+)
+def test_bad_parameters_are_rejected(tiny_model, bad):
+    with pytest.raises(ParameterError, match=next(iter(bad))):
+        explain(tiny_model, budget=8, **bad)
+
+
+def test_registered_with_the_right_needs():
+    cls = get_explainer("rope_lime")
+    assert cls.needs_model and not cls.needs_closed_model and cls.default_masker == "delete"
+
+
+# ---- against a closed model (OpenAI-compatible servers) --------------------------------------
+
+
+def backend_for(server, tmp_path, model=None, **kw):
+    cache = kw.pop("cache", CallCache(tmp_path / "calls.sqlite"))
+    return OpenAIBackend(server.base_url, model or getattr(server, "model_name", "fake-model"),
+                         cache=cache, **{**FAST, **kw})
+
+
+def test_one_closed_call_for_the_output(tiny_model, fake_openai, tmp_path):
+    be = backend_for(fake_openai, tmp_path)
+    a = attrlens.explain(PROMPT, model=tiny_model, method="rope_lime", target_backend=be,
+                         budget=12, max_new_tokens=8)
+    assert a.cost["api_calls"] == 1 and fake_openai.n_chat == 1
+    assert a.output_text.startswith("echo:")
+    assert a.params["target_model"] == "fake-model"
+    # with the output given, no call at all
+    b = attrlens.explain(PROMPT, model=tiny_model, method="rope_lime", target_backend=be,
+                         budget=12, output=a.output_text)
+    assert b.cost["api_calls"] == 0 and fake_openai.n_chat == 1
+    np.testing.assert_allclose(b.scores, a.scores, atol=1e-10)
+
+
+def test_server_without_logprobs_is_fine(tiny_model, tmp_path):
+    from server_fixtures import FaultServer
+
+    srv = FaultServer(None, models=["fake-model"], strip_logprobs=True).start()
+    try:
+        a = attrlens.explain(PROMPT, model=tiny_model, method="rope_lime",
+                             target_backend=backend_for(srv, tmp_path), budget=8)
+    finally:
+        srv.close()
+    assert a.cost["api_calls"] == 1 and np.all(np.isfinite(a.scores))
+
+
+def test_unreachable_url_is_one_clear_error(tiny_model, tmp_path):
+    from server_fixtures import free_port
+
+    be = OpenAIBackend(f"http://127.0.0.1:{free_port()}/v1", "m", cache=False,
+                       max_retries=1, **FAST)
+    with pytest.raises(ServerGoneError, match="127.0.0.1"):
+        attrlens.explain(PROMPT, model=tiny_model, method="rope_lime", target_backend=be, budget=8)
+
+
+def test_wrong_model_name_is_one_clear_error(tiny_model, fake_openai, tmp_path):
+    be = backend_for(fake_openai, tmp_path, model="gpt-fake")
+    with pytest.raises(BackendError, match="fake-model"):
+        attrlens.explain(PROMPT, model=tiny_model, method="rope_lime", target_backend=be, budget=8)
+
+
+@pytest.mark.integration
+def test_real_server_and_faults_give_the_same_result(default_model, llama_server, fault_proxy, tmp_path):
+    prompt = "Paris is the capital of France. Berlin is the capital of Germany. What is the capital of France?"
+    kw = dict(model=default_model, method="rope_lime", granularity="sentence", budget=8,
+              max_new_tokens=8)
+    clean = attrlens.explain(prompt, target_backend=backend_for(llama_server, tmp_path, cache=False), **kw)
+    assert clean.cost["api_calls"] == 1 and clean.output_text.strip()
+    fault_proxy.script = [("status", 503, None), "drop", ("status", 429, "0"), ("status", 502, None)]
+    be = OpenAIBackend(fault_proxy.base_url, llama_server.model_name, cache=False, **FAST)
+    faulty = attrlens.explain(prompt, target_backend=be, **kw)
+    assert faulty.output_text == clean.output_text
+    np.testing.assert_allclose(faulty.scores, clean.scores, atol=1e-9)
+    assert be.counters["retries"] >= 4 and faulty.cost["api_calls"] == 1
+
+
+@pytest.mark.integration
+def test_cli_with_a_closed_model(default_model, llama_server, tmp_path, monkeypatch):
+    from attrlens.cli import main
+
+    monkeypatch.setenv("ATTRLENS_CACHE_DIR", str(tmp_path / "cache"))
+    out = tmp_path / "r.json"
+    rc = main(["explain", "Paris is in France. The sky is blue. Where is Paris?", "--method",
+               "rope_lime", "--granularity", "sentence", "--target-url", llama_server.base_url,
+               "--target-model", llama_server.model_name, "--k", "1", "--budget", "3",
+               "--max-new-tokens", "6", "--json", str(out), "--quiet"])
+    assert rc == 0
+    a = Attribution.load(out)
+    assert a.method == "rope_lime" and a.cost["api_calls"] == 1 and a.params["k"] == 1
+    rc = main(["explain", "Paris is in France. The sky is blue. Where is Paris?", "--method",
+               "rope_lime", "--granularity", "sentence", "--target-url", llama_server.base_url,
+               "--target-model", llama_server.model_name, "--output-text", a.output_text,
+               "--k", "1", "--budget", "3", "--json", str(out), "--quiet"])
+    b = Attribution.load(out)
+    assert rc == 0 and b.cost["api_calls"] == 0
+    np.testing.assert_allclose(b.scores, a.scores, atol=1e-9)
