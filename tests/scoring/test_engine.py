@@ -109,3 +109,17 @@ def test_contrastive_target(setup):
     v = t.aggregate(t.per_token(inputs))
     expected = e1.token_logprobs(inputs).sum(1) - e2.token_logprobs(inputs).sum(1)
     np.testing.assert_allclose(v, expected, atol=1e-6)
+
+
+def test_bfloat16_model_scores_close_to_float32(setup):
+    import copy
+
+    from attrlens.models.hf import HFModel
+
+    model, ids, fs, out, masks = setup
+    bf = HFModel(copy.deepcopy(model.model).to(torch.bfloat16), model.tokenizer, info=model.info)
+    inputs = Masker("delete", ids, fs).apply(masks[:6])
+    a = ScoringEngine(model, ids, out).token_logprobs(inputs)
+    b = ScoringEngine(bf, ids, out).token_logprobs(inputs)
+    assert np.all(np.isfinite(b))
+    np.testing.assert_allclose(b.mean(1), a.mean(1), atol=0.5)  # bf16 keeps ~3 significant digits
