@@ -53,7 +53,7 @@ def test_r2_equals_one_for_an_exact_surrogate_and_counts_the_test_set_once():
 
 def test_r2_matches_a_manual_computation():
     rng = np.random.default_rng(0)
-    fn = lambda m: additive(m) + 2.0 * m[:, 0] * m[:, 1]  # noqa: E731 - not additive
+    fn = lambda m: additive(m) + 2.0 * m[:, 0] * m[:, 1]
     scores = W + rng.normal(scale=0.3, size=N)
     a = attribution(scores, intercept=0.5)  # a linear surrogate β0 + βᵀz (LIME-style)
     masks = uniform_test_masks(N, 1000, seed=7)

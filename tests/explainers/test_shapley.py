@@ -74,7 +74,7 @@ def test_kernel_shap_sampled_is_efficient_within_budget_and_close(budget):
 
 def test_kernel_shap_is_exact_on_additive_game_with_small_budget():
     w = np.array([0.5, -1.0, 2.0, 0.0, 1.5, -0.25, 0.75, 3.0, -2.0, 1.0])
-    fn = lambda m: m.astype(float) @ w + 0.2  # noqa: E731
+    fn = lambda m: m.astype(float) @ w + 0.2
     a = attrlens.explain_game(fn, len(w), method="kernel_shap", budget=40, seed=0)
     np.testing.assert_allclose(a.scores, w, atol=1e-10)
 
@@ -90,7 +90,7 @@ def test_kernel_shap_design_weights_follow_the_shapley_kernel():
 
 def test_banzhaf_recovers_linear_game_and_brute_force():
     w = np.array([1.0, -2.0, 0.5, 0.0, 3.0, -0.75, 0.25, 1.25])
-    fn = lambda m: m.astype(float) @ w - 1.0  # noqa: E731
+    fn = lambda m: m.astype(float) @ w - 1.0
     a = attrlens.explain_game(fn, len(w), method="banzhaf", budget=60, seed=0)
     np.testing.assert_allclose(a.scores, w, atol=1e-4)
     np.testing.assert_allclose(a.extra["metadata"]["intercept"], -1.0, atol=1e-4)

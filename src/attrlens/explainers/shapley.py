@@ -165,7 +165,6 @@ def kernel_shap_design(
     left = n_samples
     remaining = mass.copy()
     n_pairs = n // 2  # sizes 1..floor(n/2) with their complements
-    done_sizes = 0
     for s in range(1, n_pairs + 1):
         paired = s != n - s
         count = math.comb(n, s) * (2 if paired else 1)
@@ -184,7 +183,6 @@ def kernel_shap_design(
                 weights.append(w_each)
             remaining[size - 1] = 0.0
         left -= count
-        done_sizes = s
     if left > 0 and remaining.sum() > 0:
         # paired random sampling over the sizes not enumerated
         p = remaining / remaining.sum()
@@ -208,7 +206,6 @@ def kernel_shap_design(
             for r, c in counts.values():
                 masks.append(r)
                 weights.append(c * scale)
-    del done_sizes
     if not masks:
         return np.zeros((0, n), dtype=bool), np.zeros(0)
     return np.asarray(masks, dtype=bool), np.asarray(weights, dtype=float)
@@ -354,7 +351,7 @@ class _RegressionExplainer(Explainer):
         extra: dict[str, Any] = {
             "intercept": float(mob[()]),
             "alpha": alpha,
-            "n_samples": int(len(masks)),
+            "n_samples": len(masks),
             "exact_design": bool(exhaustive),
             "surrogate": {"basis": "mobius", "terms": mobius_terms(mob)},
         }

@@ -227,7 +227,7 @@ class SpexExplainer(_FourierExplainer):
 
         n = game.n_features
         self.validate(n)
-        b, budget = self.choose_b(n)
+        b, _ = self.choose_b(n)
         p = self.params
         design = make_design(n, b=b, t=p["max_order"], n_groups=p["n_groups"], seed=seed)
         values = game(design.masks())  # the Game memo removes repeated masks
@@ -312,7 +312,7 @@ class ProxySpexExplainer(_FourierExplainer):
             masks, values, max_order=self.params["max_order"], seed=seed,
             energy=self.params["energy"], grid=self.params["grid"], return_info=True,
         )
-        extra: dict[str, Any] = {"n_samples": int(len(masks)), **info}
+        extra: dict[str, Any] = {"n_samples": len(masks), **info}
         return self._explanation(coeffs, n, extra)
 
 
