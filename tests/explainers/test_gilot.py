@@ -28,6 +28,15 @@ PROMPT = "The quick brown fox jumps over the lazy dog. Explain why the sky is bl
 B, J = 4, 5
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    # the tiny model's small ops run several times faster on one thread on a busy machine
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
 @pytest.fixture(scope="module")
 def ids(tiny_model):
     return np.asarray(tiny_model.tokenize(PROMPT)[0])

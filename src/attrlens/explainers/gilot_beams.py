@@ -157,21 +157,24 @@ class Beams:
         return len(seen)
 
 
-def prefix_representatives(tokens: np.ndarray, ended: np.ndarray) -> np.ndarray:
-    """(J, b) bool: for each position j, one beam per distinct prefix y_<j (the first one)."""
+def prefix_owners(tokens: np.ndarray, ended: np.ndarray) -> np.ndarray:
+    """(J, b) int: for each position j and beam k, the first beam with the same prefix y_<j
+    (beams with equal prefixes have equal next-token distributions and prefix weights)."""
     b, Jm1 = tokens.shape
-    rep = np.zeros((Jm1 + 1, b), dtype=bool)
-    rep[0, 0] = True  # the empty prefix
-    # padding after EOS is part of the prefix only as "ended": mark it with -1
+    owner = np.zeros((Jm1 + 1, b), dtype=np.int64)  # j = 1: the empty prefix, beam 0
+    # padding after EOS enters the prefix only as "ended": mark it with -1
     key = np.where(ended, -1, tokens)
     for j in range(1, Jm1 + 1):
-        seen: set[tuple[int, ...]] = set()
+        first: dict[tuple[int, ...], int] = {}
         for k in range(b):
-            pre = tuple(key[k, :j].tolist())
-            if pre not in seen:
-                seen.add(pre)
-                rep[j, k] = True
-    return rep
+            owner[j, k] = first.setdefault(tuple(key[k, :j].tolist()), k)
+    return owner
+
+
+def prefix_representatives(tokens: np.ndarray, ended: np.ndarray) -> np.ndarray:
+    """(J, b) bool: for each position j, one beam per distinct prefix y_<j (the first one)."""
+    owner = prefix_owners(tokens, ended)
+    return owner == np.arange(tokens.shape[0])[None, :]
 
 
 def prefix_logp(token_logp: np.ndarray) -> np.ndarray:
@@ -184,7 +187,7 @@ def prefix_logp(token_logp: np.ndarray) -> np.ndarray:
 class Marginal:
     """Beam-marginalised next-token distributions of one input.
 
-    logp:  (J, V) torch float32 log p_x(Y_j)
+    logp:  (J, V) torch float64 log p_x(Y_j)
     mass:  (J,) probability mass of the distinct beam prefixes at each position
     beams: the beams that define it (own search, or the shared ones)
     """
@@ -416,43 +419,44 @@ class BeamRunner:
 
     # ---- marginals ----------------------------------------------------------------------
     def _marginal(self, h: Any, beams: Beams, token_logp: np.ndarray | None = None) -> Marginal:
-        """Mixture of one input's per-beam distributions; h is (b, J, H).
+        """Mixture of one input's per-beam distributions; h is (b, J, H) hidden states.
 
-        token_logp: the prefix weights' token log-probs (default: recomputed from h, i.e.
-        the weights of the model that produced h).
+        Only one beam per distinct prefix goes through the LM head (equal prefixes give
+        equal distributions). token_logp: the token log-probs of the prefix weights
+        (default: recomputed from h, i.e. the weights of the model that produced h).
         """
         import torch
 
         dev = self.model.device
         b, J = h.shape[0], h.shape[1]
-        lp = self._logprobs(h)  # (b, J, V)
+        owner = prefix_owners(beams.tokens, beams.ended)  # (J, b)
+        jj, kk = np.nonzero(owner == np.arange(b)[None, :])  # representative (j, k) pairs
+        row_of = np.full((J, b), -1, dtype=np.int64)
+        row_of[jj, kk] = np.arange(len(jj))
+        lp = self._logprobs(h[torch.as_tensor(kk), torch.as_tensor(jj)])  # (n_rep, V)
         if J > 1:
-            ended = torch.as_tensor(beams.ended, device=dev)
             # after EOS the next token is EOS with certainty (absorbing end)
-            stop = torch.zeros((b, J), dtype=torch.bool, device=dev)
-            stop[:, 1:] = ended | torch.isin(
-                torch.as_tensor(beams.tokens, device=dev),
-                torch.as_tensor(self.eos_ids, device=dev),
-            )
-            point = torch.full_like(lp[0, 0], float("-inf"))
+            stop = np.zeros((b, J), dtype=bool)
+            stop[:, 1:] = beams.ended | np.isin(beams.tokens, self.eos_ids)
+            point = torch.full_like(lp[0], float("-inf"))
             point[self.eos] = 0.0
-            lp = torch.where(stop[:, :, None], point, lp)
+            lp = torch.where(torch.as_tensor(stop[kk, jj], device=dev)[:, None], point, lp)
             if token_logp is None:
-                tl = lp[:, :-1].gather(
-                    -1, torch.as_tensor(beams.tokens, device=dev)[:, :, None]
-                )[..., 0].double().cpu().numpy()
-                token_logp = np.where(beams.ended, 0.0, tl)
+                # y_t is scored by the distribution at position t of its prefix's owner
+                t = np.arange(J - 1)[None, :]
+                rows = row_of[t, owner[t, np.arange(b)[:, None]]]  # (b, J-1)
+                tl = lp[torch.as_tensor(rows), torch.as_tensor(beams.tokens)]
+                token_logp = np.where(beams.ended, 0.0, tl.double().cpu().numpy())
         else:
             token_logp = np.zeros((b, 0))
-        logw = prefix_logp(token_logp)  # (b, J)
-        rep = prefix_representatives(beams.tokens, beams.ended)  # (J, b)
-        logw = np.where(rep.T, logw, -np.inf)
-        log_mass = np.logaddexp.reduce(logw, axis=0)  # (J,), no underflow for tiny weights
-        mass = np.exp(log_mass)
-        lw = torch.as_tensor(logw - log_mass[None, :], dtype=torch.float32, device=dev)
-        logm = torch.logsumexp(lw[:, :, None] + lp, dim=0)  # (J, V)
+        logw = prefix_logp(token_logp)[kk, jj]  # (n_rep,)
+        log_mass = np.full(J, -np.inf)
+        np.logaddexp.at(log_mass, jj, logw)  # no underflow for tiny prefix weights
+        lw = torch.as_tensor(logw - log_mass[jj], dtype=torch.float64, device=dev)
+        mix = torch.zeros((J, lp.shape[-1]), dtype=torch.float64, device=dev)
+        mix.index_add_(0, torch.as_tensor(jj, device=dev), (lp.double() + lw[:, None]).exp())
         used = Beams(beams.tokens, token_logp, beams.ended)
-        return Marginal(logp=logm, mass=mass, beams=used)
+        return Marginal(logp=mix.log(), mass=np.exp(log_mass), beams=used)
 
     def search(self, inp: BeamInputs, *, progress: Any = None) -> Iterator[tuple[int, Marginal]]:
         """Own beams: beam search on every input, marginals from its own beams and weights.
