@@ -292,7 +292,7 @@ def test_gilot_kl_registered(tiny_model):
 
 @pytest.mark.parametrize(
     "params",
-    [{"beams": 0}, {"horizon": 0}, {"beam_mode": "mine"}, {"distance": "l2"}, {"top_k": 0},
+    [{"beams": 0}, {"horizon": 0}, {"beam_mode": "mine"}, {"distance": "l2"}, {"vocab_k": 0},
      {"solver": "magic"}, {"cost": "third"}, {"shared_weights": "x"}],
 )
 def test_rejects_bad_parameters(tiny_model, params):

@@ -227,9 +227,9 @@ def gilot_attribution(
     masker: str = "attention_off",
     mask_token_id: int = 0,
     distance: str = "ot",
-    top_k: int = 100,
-    top_p: float | None = None,
-    top_p_cap: int = 1000,
+    vocab_k: int = 100,
+    vocab_p: float | None = None,
+    vocab_cap: int = 1000,
     cost: str = "full",
     solver: str = "ipot",
     ot_beta: float = 1.0,
@@ -285,8 +285,8 @@ def gilot_attribution(
             if distance == "kl":
                 per_pos[row] = kl_divergence(p_logp, marg.logp)
             else:
-                ids, p, q = compress(p_logp, marg.logp, top_k=top_k, top_p=top_p,
-                                     top_p_cap=top_p_cap)
+                ids, p, q = compress(p_logp, marg.logp, top_k=vocab_k, top_p=vocab_p,
+                                     top_p_cap=vocab_cap)
                 comp.append((row, ids, p, q))
         t_comp += time.perf_counter() - t0
     t_solve = 0.0
@@ -335,8 +335,9 @@ class GilotExplainer(Explainer):
     beam_mode:   "own" (beam search on every masked input) | "shared" (original beams
                  teacher-forced under the masked inputs)
     distance:    "ot" | "kl"
-    top_k:       tokens per side of the vocabulary union (OT); top_p (and top_p_cap) use
-                 nuclei instead (the official code: 0.9999, 1000)
+    vocab_k:     tokens per side of the vocabulary union (OT); ``vocab_p`` (with
+                 ``vocab_cap``) uses top-p nuclei instead (the official code: 0.9999, 1000).
+                 (Not ``top_k``: that name is attrlens.explain's own target parameter.)
     cost:        "full" = 1 - cos (the paper) | "half" = (1 - cos) / 2 (reproduction code)
     solver:      OT solver of ``attrlens.solvers.ot``: ipot | sinkhorn | exact
     ot_beta, ot_iter, smoothing: IPOT step (β), iterations, marginal smoothing
@@ -362,9 +363,9 @@ class GilotExplainer(Explainer):
         horizon: int = 10,
         beam_mode: str = "own",
         distance: str | None = None,
-        top_k: int = 100,
-        top_p: float | None = None,
-        top_p_cap: int = 1000,
+        vocab_k: int = 100,
+        vocab_p: float | None = None,
+        vocab_cap: int = 1000,
         cost: str = "full",
         solver: str = "ipot",
         ot_beta: float = 1.0,
@@ -376,8 +377,8 @@ class GilotExplainer(Explainer):
     ):
         super().__init__(
             budget=budget, beams=beams, horizon=horizon, beam_mode=beam_mode,
-            distance=self._distance if distance is None else distance, top_k=top_k,
-            top_p=top_p, top_p_cap=top_p_cap, cost=cost, solver=solver, ot_beta=ot_beta,
+            distance=self._distance if distance is None else distance, vocab_k=vocab_k,
+            vocab_p=vocab_p, vocab_cap=vocab_cap, cost=cost, solver=solver, ot_beta=ot_beta,
             ot_iter=ot_iter, smoothing=smoothing, shared_weights=shared_weights,
             per_position=per_position, max_batch_tokens=max_batch_tokens,
         )
@@ -392,10 +393,10 @@ class GilotExplainer(Explainer):
         check_param(own, "horizon", p["horizon"], kind=int, low=1)
         check_param(own, "beam_mode", p["beam_mode"], choices=BEAM_MODES)
         check_param(own, "distance", p["distance"], choices=DISTANCES)
-        check_param(own, "top_k", p["top_k"], kind=int, low=1)
-        if p["top_p"] is not None:
-            check_param(own, "top_p", p["top_p"], kind=float, low=1e-9, high=1.0)
-        check_param(own, "top_p_cap", p["top_p_cap"], kind=int, low=1)
+        check_param(own, "vocab_k", p["vocab_k"], kind=int, low=1)
+        if p["vocab_p"] is not None:
+            check_param(own, "vocab_p", p["vocab_p"], kind=float, low=1e-9, high=1.0)
+        check_param(own, "vocab_cap", p["vocab_cap"], kind=int, low=1)
         check_param(own, "cost", p["cost"], choices=COSTS)
         check_param(own, "solver", p["solver"], choices=SOLVERS)
         check_param(own, "ot_beta", p["ot_beta"], low=1e-9)
@@ -420,8 +421,8 @@ class GilotExplainer(Explainer):
             beams=p["beams"], horizon=p["horizon"], beam_mode=p["beam_mode"], masker=kind,
             # attention_off feeds id 0 like the paper's code; replace uses the masker's token
             mask_token_id=ctx.masker.mask_token_id if kind == "replace" else 0,
-            distance=p["distance"], top_k=p["top_k"], top_p=p["top_p"],
-            top_p_cap=p["top_p_cap"], cost=p["cost"], solver=p["solver"],
+            distance=p["distance"], vocab_k=p["vocab_k"], vocab_p=p["vocab_p"],
+            vocab_cap=p["vocab_cap"], cost=p["cost"], solver=p["solver"],
             ot_beta=p["ot_beta"], ot_iter=p["ot_iter"], smoothing=p["smoothing"],
             shared_weights=p["shared_weights"], max_batch_tokens=p["max_batch_tokens"],
             progress=ctx.progress,
