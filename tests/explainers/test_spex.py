@@ -243,3 +243,11 @@ def test_spex_explains_a_model_output_with_the_logprob_target(tiny_model):
             phi[list(k)] += -2 * f / len(k)
     np.testing.assert_allclose(a.scores, phi, atol=1e-9)
 
+
+
+def test_proxyspex_on_a_tiny_game_uses_the_exact_spectrum():
+    w = np.array([1.0, -2.0, 0.5])
+    fn = lambda m: m.astype(float) @ w + 0.25 * m[:, 0] * m[:, 2]
+    a = attrlens.explain_game(fn, 3, method="proxyspex", budget=64, energy=1.0)
+    assert a.extra["metadata"]["exact_small_game"] is True
+    np.testing.assert_allclose(a.scores, brute_shapley(fn, 3), atol=1e-9)

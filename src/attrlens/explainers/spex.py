@@ -23,6 +23,7 @@ harness (evaluation/faithfulness.py).
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import numpy as np
@@ -308,10 +309,21 @@ class ProxySpexExplainer(_FourierExplainer):
         rng = np.random.default_rng(seed)
         masks = uniform_masks(n, budget, rng)
         values = game(masks)
-        coeffs, info = proxyspex_fit(
-            masks, values, max_order=self.params["max_order"], seed=seed,
-            energy=self.params["energy"], grid=self.params["grid"], return_info=True,
-        )
+        if len(masks) < self.min_budget(n):
+            # so few features that every coalition was evaluated, but too few rows for the
+            # trees' cross-validation: the exact spectrum (up to max_order) by least squares
+            from ..solvers.fourier import fourier_basis
+
+            keys = [k for r in range(min(n, self.params["max_order"]) + 1)
+                    for k in itertools.combinations(range(n), r)]
+            sol, *_ = np.linalg.lstsq(fourier_basis(keys, masks), values, rcond=None)
+            coeffs = {k: float(c) for k, c in zip(keys, sol) if c != 0.0}
+            info: dict[str, Any] = {"exact_small_game": True}
+        else:
+            coeffs, info = proxyspex_fit(
+                masks, values, max_order=self.params["max_order"], seed=seed,
+                energy=self.params["energy"], grid=self.params["grid"], return_info=True,
+            )
         extra: dict[str, Any] = {"n_samples": len(masks), **info}
         return self._explanation(coeffs, n, extra)
 
