@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import math
 
 import numpy as np
@@ -11,7 +10,7 @@ import pytest
 import attrlens
 from attrlens.errors import BackendError, ParameterError, ServerGoneError
 from attrlens.explainers.base import get_explainer
-from attrlens.explainers.rope_lime import RopeLimeExplainer, pairwise_cost, rope_vectors, rwmd_subset
+from attrlens.explainers.rope_lime import RopeLimeExplainer, rope_vectors
 from attrlens.models.cache import CallCache
 from attrlens.models.openai import OpenAIBackend
 from attrlens.result import Attribution
@@ -77,51 +76,45 @@ def test_plain_space_is_the_input_embedding(tiny_model):
 # ---- RWMD ------------------------------------------------------------------------------------
 
 
-def exact_wmd(cost, keep):
-    import ot
-
-    a = np.full(cost.shape[0], 1.0 / cost.shape[0])
-    b = np.full(int(keep.sum()), 1.0 / keep.sum())
-    return float(ot.emd2(a, b, np.ascontiguousarray(cost[:, keep])))
-
-
 def test_rwmd_is_a_lower_bound_of_exact_wmd(rng):
-    for kind in ("cosine", "euclidean"):
+    from attrlens.solvers.rwmd import rwmd_many, wmd
+
+    for metric in ("cosine", "euclidean"):
         vecs = rng.normal(size=(14, 8))
-        cost = pairwise_cost(vecs, vecs, kind)
         keep = rng.random((30, 14)) < 0.6
         keep[:, 0] = True
-        d = rwmd_subset(cost, keep)
-        w = np.array([exact_wmd(cost, k) for k in keep])
+        d = rwmd_many(vecs, keep_masks=keep, metric=metric)
+        w = np.array([wmd(vecs, vecs[k], metric=metric) for k in keep])
         assert np.all(d <= w + 1e-9)
         assert np.all(d > 0)  # every row drops at least one (distinct) vector
         assert np.mean(w - d) > 1e-3  # a real relaxation, not the same number
 
 
-def test_rwmd_of_the_unmasked_prompt_is_zero_and_grows_with_removals(rng):
-    vecs = rng.normal(size=(10, 6))
-    cost = pairwise_cost(vecs, vecs)
-    full = np.ones((1, 10), bool)
-    assert rwmd_subset(cost, full)[0] == pytest.approx(0.0, abs=1e-12)
-    nested = np.ones((4, 10), bool)
-    for r in range(1, 4):
-        nested[r:, r - 1] = False  # each row removes one more token
-    d = rwmd_subset(cost, nested)
-    assert np.all(np.diff(d) >= -1e-12)
+def test_distances_are_rwmd_between_the_original_and_perturbed_rope_documents(tiny_model):
+    """D(z) of the explainer = RWMD between the RoPE vectors of the original prompt's feature
+    tokens and those of the perturbed prompt (the masker's ids at its position ids)."""
+    from attrlens.solvers.rwmd import rwmd
 
+    a = explain(tiny_model, k=3, budget=12, return_samples=True)
+    s = a.extra["metadata"]["samples"]
+    masks = np.array(s["masks"], bool)
+    from attrlens.text.mask import Masker
+    from attrlens.text.prompt import build_prompt
+    from attrlens.text.segment import segment
 
-def test_rwmd_matches_the_solver_module(rng):
-    rwmd_mod = pytest.importorskip("attrlens.solvers.rwmd")
-    vecs = rng.normal(size=(9, 5))
-    cost = pairwise_cost(vecs, vecs)
-    keep = rng.random((6, 9)) < 0.5
-    keep[:, 3] = True
-    ours = rwmd_subset(cost, keep)
-    for row, d in zip(keep, ours):
-        wa = np.full(9, 1 / 9)
-        wb = np.full(int(row.sum()), 1 / row.sum())
-        ref = rwmd_mod.rwmd(wa, wb, cost[:, row])
-        assert d == pytest.approx(float(ref), abs=1e-9)
+    pr = build_prompt(PROMPT, tiny_model)
+    ids, offsets = tiny_model.tokenize(pr.text)
+    feats = segment(pr.text, pr.regions, offsets, "word")
+    owner = np.array(feats.token_features())
+    mk = Masker("delete", ids, feats)
+    ft = np.flatnonzero(owner >= 0)
+    d0 = rope_vectors(tiny_model, np.array(ids)[ft], ft)
+    for z, dz in zip(masks, s["distances"]):
+        inp = mk.apply(z[None])[0]
+        feat = owner[inp.positions] >= 0
+        docz = rope_vectors(tiny_model, inp.ids[feat], inp.positions[feat])
+        assert dz == pytest.approx(rwmd(d0, docz), abs=1e-9)
+    assert s["distances"][0] == 0.0 and s["weights"][0] == 1.0  # the unmasked prompt
 
 
 # ---- Sparse-K, kernel and fit on synthetic games ---------------------------------------------
@@ -154,7 +147,7 @@ def test_kernel_is_one_at_zero_distance_and_recorded():
     w, sigma = ex.kernel(np.array([0.0, 0.25, 0.5]))
     np.testing.assert_allclose(w, [1.0, math.exp(-0.5), math.exp(-2.0)], atol=1e-12)
     assert sigma == 0.25
-    w, sigma = RopeLimeExplainer(kernel_width="median").kernel(np.array([0.0, 0.1, 0.2, 0.3]))
+    w, sigma = RopeLimeExplainer(kernel_width="median").kernel(np.array([0.0, 0.1, 0.2, 0.3, 0.4]))
     assert sigma == pytest.approx(0.2) and w[0] == 1.0
 
 

@@ -346,7 +346,8 @@ class GSmileExplainer(Explainer):
         return Explanation(scores=coef, extra=extra, params=params)
 
     def _fit(self, masks: np.ndarray, y: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, float, dict[str, float]]:
-        from ..solvers.regression import weighted_ols, weighted_r2, weighted_ridge
+        """Weighted linear surrogate with intercept; (coef, intercept, fidelity metrics)."""
+        from ..solvers.regression import fidelity_metrics, weighted_ols, weighted_ridge
 
         X = masks.astype(np.float64)
         if self.params["solver"] == "ols":
@@ -354,11 +355,7 @@ class GSmileExplainer(Explainer):
         else:
             coef, intercept = weighted_ridge(X, y, w, alpha=float(self.params["alpha"]), fit_intercept=True)
         coef = np.asarray(coef, dtype=np.float64)
-        yhat = X @ coef + float(intercept)
-        fid = {
-            "r2_weighted": float(weighted_r2(y, yhat, w)),
-            "mse_weighted": float(np.sum(w * (y - yhat) ** 2) / np.sum(w)),
-            "mae_weighted": float(np.sum(w * np.abs(y - yhat)) / np.sum(w)),
-            "mean_loss": float(abs(y.mean() - yhat.mean())),
-        }
+        fid = fidelity_metrics(y, X @ coef + float(intercept), w, n_params=X.shape[1])
+        fid = {k: (v if np.isfinite(v) else None) for k, v in fid.items()}
+        fid["r2_weighted"] = fid.pop("weighted_r2")
         return coef, float(intercept), fid

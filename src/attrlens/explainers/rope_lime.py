@@ -10,7 +10,8 @@ Every perturbation is then scored by the open surrogate S on that fixed o (METHO
     y(z)       the game's value: -mean NLL of o under S given x(z) (or -KL/-JS/-TV against
                the unmasked run); higher = o better supported.
     D(z)       RWMD (Kusner et al. 2015) between the bags of RoPE vectors of the feature
-               tokens of x and of x(z), at their original positions, ground cost 1 - cos.
+               tokens of x and of x(z), at their original positions, ground cost 1 - cos
+               (solvers.rwmd.rwmd_many).
     π(z)       sqrt(exp(-D(z)^2 / σ^2)), σ = 0.25 (π(1) = 1).
     fit        weighted ridge  min Σ π (y - β0 - βᵀz)^2 + α|β|^2, α = 1, intercept free.
     scores     β (= -β of the NLL regression: positive = keeping the feature supports o).
@@ -97,38 +98,6 @@ def rope_vectors(
         cos, sin = rot(x, pos[None])  # (1, L, d_h) each, in x's dtype
         out = _rotate(x, cos[0], sin[0])
         return out.reshape(out.shape[0], -1).double().cpu().numpy()
-
-
-def pairwise_cost(a: np.ndarray, b: np.ndarray, kind: str = "cosine") -> np.ndarray:
-    """(len(a), len(b)) ground cost between rows: 1 - cos (default) or Euclidean distance."""
-    if kind == "cosine":
-        an = a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)
-        bn = b / np.maximum(np.linalg.norm(b, axis=1, keepdims=True), 1e-12)
-        return np.clip(1.0 - an @ bn.T, 0.0, 2.0)
-    d2 = (a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2.0 * a @ b.T
-    return np.sqrt(np.maximum(d2, 0.0))
-
-
-def rwmd_subset(cost: np.ndarray, keep: np.ndarray) -> np.ndarray:
-    """RWMD between the full bag D0 and each sub-bag Dz ⊆ D0, uniform token masses.
-
-    cost: (L, L) ground cost among the tokens of D0; keep: (m, L) bool, the tokens in Dz.
-        ℓ1 = (1/|D0|) Σ_{a∈D0} min_{b∈Dz} c(a, b),  ℓ2 = (1/|Dz|) Σ_{b∈Dz} min_{a∈D0} c(a, b)
-        D  = max(ℓ1, ℓ2)                              -> (m,)
-    An empty Dz gets the largest cost in ``cost`` (there is nothing left to move mass to).
-    """
-    keep = np.asarray(keep, dtype=bool)
-    out = np.empty(keep.shape[0], dtype=np.float64)
-    col_min = cost.min(0)  # min over a∈D0, for every b
-    big = float(cost.max()) if cost.size else 0.0
-    for i, row in enumerate(keep):
-        if not row.any():
-            out[i] = big
-            continue
-        l1 = cost[:, row].min(1).mean()
-        l2 = col_min[row].mean()
-        out[i] = max(l1, l2)
-    return out
 
 
 # ---- the explainer ---------------------------------------------------------------------------
@@ -222,15 +191,11 @@ class RopeLimeExplainer(Explainer):
         )
 
     def kernel(self, distances: np.ndarray) -> tuple[np.ndarray, float]:
-        """Locality weights π = sqrt(exp(-D^2/σ^2)) and the σ used."""
-        d = np.asarray(distances, dtype=np.float64)
-        width = self.params["kernel_width"]
-        if width == "median":
-            pos = d[d > 0]
-            sigma = float(np.median(pos)) if pos.size else 1.0
-        else:
-            sigma = float(width)
-        return np.sqrt(np.exp(-(d**2) / sigma**2)), sigma
+        """Locality weights π = sqrt(exp(-D^2/σ^2)) and the σ used ('median': of D)."""
+        from ..solvers.rwmd import kernel_weights
+
+        w, sigma = kernel_weights(distances, sigma=self.params["kernel_width"], return_sigma=True)
+        return np.asarray(w, dtype=np.float64), float(sigma)
 
     def fit(self, masks: np.ndarray, y: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, float, float]:
         """Weighted linear surrogate: (coef (n,) or (n, T), intercept, weighted R^2)."""
@@ -260,12 +225,14 @@ class RopeLimeExplainer(Explainer):
         owner = np.asarray(ctx.features.token_features(), dtype=np.int64)
         feat_tok = np.flatnonzero(owner >= 0)
         vecs = rope_vectors(model, np.asarray(ctx.prompt_ids)[feat_tok], feat_tok, space=p["space"])
-        cost = pairwise_cost(vecs, vecs, p["cost"])
-        np.fill_diagonal(cost, 0.0)  # exact zero self-cost: D(1) = 0 and π(1) = 1 exactly
 
         def distances(masks: np.ndarray) -> np.ndarray:
+            # D_z = the kept feature tokens of D_0 at their original positions: RWMD over
+            # one (|D0|, |D0|) cost matrix, uniform token masses
+            from ..solvers.rwmd import rwmd_many
+
             keep = ctx.masker.token_keep(masks)[:, feat_tok]
-            return rwmd_subset(cost, keep)
+            return np.asarray(rwmd_many(vecs, keep_masks=keep, metric=p["cost"]), dtype=np.float64)
 
         masks = self.sample_masks(n, budget, ctx.seed)
         filter_info = None

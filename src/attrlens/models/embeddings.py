@@ -209,20 +209,8 @@ def nbow(words: Sequence[str]) -> tuple[list[str], np.ndarray]:
     return vocab, w / w.sum()
 
 
-def ground_cost(a: np.ndarray, b: np.ndarray, kind: str = "cosine") -> np.ndarray:
-    """(len(a), len(b)) cost between row vectors: ``1 - cos`` or Euclidean distance."""
-    if kind == "cosine":
-        an = a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)
-        bn = b / np.maximum(np.linalg.norm(b, axis=1, keepdims=True), 1e-12)
-        return np.clip(1.0 - an @ bn.T, 0.0, 2.0)
-    if kind == "euclidean":
-        d2 = (a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2.0 * a @ b.T
-        return np.sqrt(np.maximum(d2, 0.0))
-    raise ParameterError(unknown_name_message("ground cost", kind, GROUND_COSTS))
-
-
 class WordMoversDistance:
-    """Exact Word Mover's Distance between texts (EMD via POT), memoised per text pair.
+    """Exact Word Mover's Distance between texts (EMD via POT, ``solvers.rwmd.wmd``).
 
     WMD(a, b) = min_T Σ_ij T_ij c(u_i, v_j)  s.t. T 1 = nBOW(a), Tᵀ 1 = nBOW(b)
     (Kusner et al. 2015), with c = ``cost`` between the word vectors of ``embeddings``.
@@ -252,9 +240,11 @@ class WordMoversDistance:
         vb, wb = nbow(b)
         if va == vb and np.array_equal(wa, wb):
             return 0.0
-        c = ground_cost(self.embeddings.vectors(va), self.embeddings.vectors(vb), self.cost)
+        from ..solvers.rwmd import wmd
+
         self.n_solves += 1
-        return float(exact_emd(wa, wb, c))
+        return float(wmd(self.embeddings.vectors(va), self.embeddings.vectors(vb),
+                         weights_a=wa, weights_b=wb, metric=self.cost))
 
     def distance(self, a: str, b: str) -> float:
         """WMD between two texts."""
@@ -271,14 +261,3 @@ class WordMoversDistance:
         if vocab:
             self.embeddings.vectors(sorted(vocab))
         return np.asarray([self.words_distance(ra, lst) for lst in lists], dtype=np.float64)
-
-
-def exact_emd(a: np.ndarray, b: np.ndarray, cost: np.ndarray) -> float:
-    """Exact earth mover's distance Σ T*C for histograms a (n,), b (m,) (POT network simplex)."""
-    import ot
-
-    a = np.ascontiguousarray(a, dtype=np.float64)
-    b = np.ascontiguousarray(b, dtype=np.float64)
-    # POT demands equal masses to numerical precision
-    b = b * (a.sum() / b.sum())
-    return float(ot.emd2(a, b, np.ascontiguousarray(cost, dtype=np.float64)))
