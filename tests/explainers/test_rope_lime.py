@@ -122,8 +122,8 @@ def test_distances_are_rwmd_between_the_original_and_perturbed_rope_documents(ti
 
 def test_sparse_k_masks_remove_exactly_k_and_include_the_full_prompt():
     ex = RopeLimeExplainer(k=3)
-    m = ex.sample_masks(10, 40, seed=1)
-    assert m[0].all()
+    m = ex.sample_masks(10, 40, seed=1)  # budget = evaluations, the full prompt included
+    assert len(m) == 40 and m[0].all()
     assert np.all((~m[1:]).sum(1) == 3)
     assert len({r.tobytes() for r in m}) == len(m)  # no duplicates
     # B >= C(n, K): every subset, once
@@ -157,7 +157,7 @@ def test_kernel_is_one_at_zero_distance_and_recorded():
 def test_k1_equals_leave_one_out(tiny_model):
     loo = attrlens.explain(PROMPT, model=tiny_model, method="loo", output=OUTPUT)
     n = loo.n_features
-    a = explain(tiny_model, k=1, budget=n, solver="ols", return_samples=True)
+    a = explain(tiny_model, k=1, budget=n + 1, solver="ols", return_samples=True)
     np.testing.assert_allclose(a.scores, loo.scores, atol=1e-6)
     masks = np.array(a.extra["metadata"]["samples"]["masks"], bool)
     expect = np.ones((n + 1, n), bool)
@@ -178,7 +178,8 @@ def test_result_records_every_resolution_and_round_trips(tiny_model, tmp_path):
         assert p[key] == val, key
     assert p["target"]["target"] == "nll"
     meta = a.extra["metadata"]
-    assert meta["n_samples"] == 21 and meta["surrogate_evaluations"] == 21
+    assert meta["n_samples"] == 20 and meta["surrogate_evaluations"] == 20  # budget respected
+    assert p["n_perturbations"] == 19
     assert -1.0 <= meta["fit_r2_weighted"] <= 1.0
     s = meta["samples"]
     assert s["distances"][0] == 0.0 and s["weights"][0] == 1.0  # kernel of the full prompt
@@ -213,23 +214,24 @@ def test_rwmd_filter_keeps_close_masks(tiny_model):
     info = a.extra["metadata"]["rwmd_filter"]
     d = np.array(a.extra["metadata"]["samples"]["distances"])
     assert np.all(d[1:] <= info["threshold"] + 1e-9)
-    assert 1 <= info["kept"] <= 16
+    assert 1 <= info["kept"] <= 15
 
 
 def test_k_is_clipped_to_n_minus_one(tiny_model):
-    a = attrlens.explain("red green blue", model=tiny_model, method="rope_lime", output=OUTPUT,
-                         k=5, budget=8)
+    with pytest.warns(UserWarning, match="k_effective"):
+        a = attrlens.explain("red green blue", model=tiny_model, method="rope_lime",
+                             output=OUTPUT, k=5, budget=8)
     assert a.params["k_effective"] == a.n_features - 1
 
 
 @pytest.mark.parametrize(
     "bad",
     [{"k": 0}, {"space": "rope"}, {"sampling": "greedy"}, {"kernel_width": -1.0},
-     {"solver": "lasso"}, {"rwmd_filter_quantile": 1.5}, {"cost": "l1"}],
+     {"solver": "lasso"}, {"rwmd_filter_quantile": 1.5}, {"cost": "l1"}, {"budget": 1}],
 )
 def test_bad_parameters_are_rejected(tiny_model, bad):
     with pytest.raises(ParameterError, match=next(iter(bad))):
-        explain(tiny_model, budget=8, **bad)
+        explain(tiny_model, **{"budget": 8, **bad})
 
 
 def test_registered_with_the_right_needs():

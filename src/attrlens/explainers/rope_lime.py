@@ -6,7 +6,7 @@ Every perturbation is then scored by the open surrogate S on that fixed o (METHO
 
     masks      Sparse-K: each sample removes exactly K features (uniform K-subsets, no
                repeats; all of them when B >= C(n, K)), plus the unperturbed prompt.
-               K = 1 with B = n is leave-one-out.
+               K = 1 with B = n is leave-one-out. (``budget`` = B + 1 evaluations.)
     y(z)       the game's value: -mean NLL of o under S given x(z) (or -KL/-JS/-TV against
                the unmasked run); higher = o better supported.
     D(z)       RWMD (Kusner et al. 2015) between the bags of RoPE vectors of the feature
@@ -22,6 +22,7 @@ this class and is recorded in the result's params.
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import numpy as np
@@ -105,10 +106,13 @@ def rope_vectors(
 
 @register
 class RopeLimeExplainer(Explainer):
-    """RoPE-LIME; ``budget`` = Sparse-K samples scored by the surrogate (the unperturbed
-    prompt is scored in addition). Parameters ([R] = our resolution, METHODS §1):
+    """RoPE-LIME. ``budget`` = surrogate evaluations, the unperturbed prompt included (the
+    house convention), i.e. METHODS' B = budget - 1 Sparse-K samples; K = 1 with budget
+    n + 1 is leave-one-out. Default min(512, max(64, 2n)). Parameters ([R] = our
+    resolution, METHODS §1):
 
-    k:            features removed per sample (Sparse-K) [R: 3]; clipped to n-1
+    k:            features removed per sample (Sparse-K) [R: 3]; clipped to n-1 (warned
+                  and recorded as k_effective)
     sampling:     'exact' (uniform K-subsets) | 'balanced' (each feature removed about
                   equally often) | 'up_to_k' (size uniform in 1..K) [R: exact]
     space:        'embed_rope' | 'layer0_keys' | 'plain' [R: embed_rope]
@@ -117,7 +121,7 @@ class RopeLimeExplainer(Explainer):
     alpha:        ridge penalty (intercept unpenalised) [R: 1.0]
     solver:       'ridge' | 'ols' (weighted least squares) [R: ridge]
     rwmd_filter_quantile: None, or q in (0, 1]: keep only masks whose D(z) is at most the
-                  q-quantile of a pilot draw of 4B masks [R: None]
+                  q-quantile of a pilot draw of 4(budget-1) masks [R: None]
     return_samples: put the masks, values and weights in the result's metadata
     """
 
@@ -159,7 +163,7 @@ class RopeLimeExplainer(Explainer):
         )
 
     def min_budget(self, n_features: int) -> int:
-        return 1
+        return 2  # the unperturbed prompt and one Sparse-K sample
 
     def default_budget(self, n_features: int) -> int:
         return int(min(512, max(64, 2 * n_features)))
@@ -181,12 +185,14 @@ class RopeLimeExplainer(Explainer):
 
     # -- pieces, usable on their own ----------------------------------------------------------
     def sample_masks(self, n: int, budget: int, seed: int) -> np.ndarray:
-        """(m, n) Sparse-K masks, row 0 = the unperturbed prompt; m <= budget + 1."""
+        """(m, n) distinct Sparse-K masks, row 0 = the unperturbed prompt; m <= budget
+        (fewer when all C(n, K) subsets fit in the budget: then every one is taken)."""
         from ..solvers.sampling import sparse_k_masks
 
         k = min(int(self.params["k"]), n - 1)
         return np.asarray(
-            sparse_k_masks(n, budget, k, mode=self.params["sampling"], seed=seed, include_full=True),
+            sparse_k_masks(n, budget - 1, k, mode=self.params["sampling"], seed=seed,
+                           include_full=True),
             dtype=bool,
         )
 
@@ -219,6 +225,12 @@ class RopeLimeExplainer(Explainer):
         budget = self.resolve_budget(n)
         p = self.params
         k_eff = min(int(p["k"]), n - 1)
+        if k_eff != p["k"]:
+            warnings.warn(
+                f"rope_lime: k={p['k']} is not below the {n} features; each sample removes "
+                f"k={k_eff} instead (recorded as k_effective).",
+                stacklevel=2,
+            )
         model = ctx.model
 
         # RoPE vectors of every feature token of the prompt, at its original position
@@ -277,6 +289,7 @@ class RopeLimeExplainer(Explainer):
         cfg = model.config
         params = {
             "k_effective": k_eff,
+            "n_perturbations": int(len(masks) - 1),
             "sigma": sigma,
             "kernel": "sqrt(exp(-D^2/sigma^2))",
             "distance": "rwmd",
@@ -293,11 +306,11 @@ class RopeLimeExplainer(Explainer):
         self, masks: np.ndarray, n: int, budget: int, seed: int, q: float, distances: Any
     ) -> tuple[np.ndarray, dict[str, Any]]:
         """Keep the masks whose D(z) is at most the q-quantile of a pilot draw (METHODS §1(f)9)."""
-        pilot = self.sample_masks(n, 4 * budget, seed + 1)[1:]
+        pilot = self.sample_masks(n, 4 * (budget - 1) + 1, seed + 1)[1:]
         if len(pilot) == 0:
             return masks, {"quantile": q, "threshold": None, "kept": int(len(masks) - 1)}
         d_pilot = distances(pilot)
         thr = float(np.quantile(d_pilot, q))
-        pool = pilot[d_pilot <= thr + 1e-12][:budget]
+        pool = pilot[d_pilot <= thr + 1e-12][: budget - 1]
         out = np.vstack([masks[:1], pool])
         return out, {"quantile": q, "threshold": thr, "pilot": int(len(pilot)), "kept": int(len(pool))}

@@ -1,0 +1,253 @@
+"""Benchmark: explaining a closed model on HotpotQA — gSMILE vs RoPE-LIME (issue 4).
+
+The closed model is the llama.cpp server (xllamacpp) serving the embedded SmolLM2-135M-Instruct
+GGUF on loopback, reached only over its OpenAI-compatible HTTP API. The surrogate of
+RoPE-LIME is the embedded model loaded with transformers (float32). Features are all context
+sentences of the (truncated) SPEX-format prompt; the question and the frame stay fixed; the
+gold labels are the supporting facts.
+
+Per item: one greedy closed call gives the output o (counted for every method). Then
+    gsmile     (budget 64): 64 more closed calls, WMD similarities, weighted OLS
+    rope_lime  K in {1, 3, 5} x surrogate budget in {64, 128}: no further closed call
+Reported: AUROC vs the supporting facts, Precision@|G|, Recall@2, top-2 EM, MRR (means with
+95% bootstrap CIs), closed-model API calls and wall time per explanation, paired Wilcoxon
+tests.
+
+    .venv/bin/python benchmarks/closed_models.py --n 20 --distractors 1 --out /tmp/closed.json
+    .venv/bin/python benchmarks/closed_models.py --summarize /tmp/closed.json [more.json ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import re
+import string
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+DATA = "/work/shared/data/hotpotqa_dev_distractor_100.jsonl"
+
+
+def normalize_answer(s: str) -> str:
+    """SQuAD/HotpotQA answer normalisation: lower, no punctuation/articles/extra spaces."""
+    s = s.lower()
+    s = "".join(ch for ch in s if ch not in set(string.punctuation))
+    s = re.sub(r"\b(a|an|the)\b", " ", s)
+    return " ".join(s.split())
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", default=DATA)
+    ap.add_argument("--n", type=int, default=20, help="items (file order)")
+    ap.add_argument("--distractors", type=int, default=1,
+                    help="distractor paragraphs kept besides the gold ones (-1 = full context)")
+    ap.add_argument("--max-new-tokens", type=int, default=8)
+    ap.add_argument("--gsmile-budget", type=int, default=64)
+    ap.add_argument("--budgets", type=int, nargs="+", default=[64, 128])
+    ap.add_argument("--ks", type=int, nargs="+", default=[1, 3, 5])
+    ap.add_argument("--methods", nargs="+", default=["gsmile", "rope_lime"],
+                    help="which method families to run (gsmile, rope_lime)")
+    ap.add_argument("--threads", type=int, default=1, help="llama.cpp threads")
+    ap.add_argument("--torch-threads", type=int, default=1,
+                    help="torch threads of the surrogate (1 is fastest on a busy 2-core machine)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--cache", default="/tmp/attrlens_closed_bench.sqlite",
+                    help="call cache file (makes the run resumable)")
+    ap.add_argument("--out", default="/tmp/closed_models_results.json",
+                    help="results JSON; rows already in it are not run again")
+    ap.add_argument("--outputs-from", help="take the closed outputs from this results JSON "
+                    "(e.g. of a gsmile run), so that this run needs no server")
+    args = ap.parse_args(argv)
+
+    import torch
+
+    import attrlens
+    from attrlens.evaluation.hotpotqa import load_hotpotqa, spans_in
+    from attrlens.evaluation.metrics import supporting_fact_metrics
+    from attrlens.models.cache import CallCache
+    from attrlens.models.openai import OpenAIBackend
+    from attrlens.models.server import LlamaServer
+
+    torch.set_num_threads(args.torch_threads)
+    out_path = Path(args.out)
+    state = json.loads(out_path.read_text()) if out_path.is_file() else {}
+    rows: list[dict] = state.get("rows", [])
+    outputs: dict[str, dict] = state.get("outputs", {})
+    if args.outputs_from:
+        outputs = {**json.loads(Path(args.outputs_from).read_text())["outputs"], **outputs}
+    done = {(r["item"], r["method"]) for r in rows}
+
+    def save() -> None:
+        tmp = out_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"args": vars(args), "outputs": outputs, "rows": rows}, indent=1))
+        tmp.replace(out_path)
+
+    items = load_hotpotqa(args.data, n=args.n)
+    if args.distractors >= 0:
+        items = [it.truncated(args.distractors, seed=args.seed) for it in items]
+    model = attrlens.load_model()
+    t_all = time.perf_counter()
+    need_server = "gsmile" in args.methods or (
+        not args.outputs_from and any(str(i) not in outputs for i in range(len(items))))
+    srv = LlamaServer(n_ctx=4096, n_threads=args.threads, n_parallel=1) if need_server else None
+    with srv or contextlib.nullcontext():
+        backend = None
+        if srv is not None:
+            backend = OpenAIBackend(srv.base_url, srv.model_name, cache=CallCache(args.cache),
+                                    concurrency=1, timeout=600.0)
+        for idx, it in enumerate(items):
+            prompt, spans = it.prompt()
+            rendered = model.render_chat([{"role": "user", "content": prompt}])
+            spans_r = spans_in(rendered, prompt, spans)
+            gold = it.gold
+            base = dict(model=model, granularity="span", spans=spans_r,
+                        max_new_tokens=args.max_new_tokens, seed=args.seed)
+            # the one closed call every method pays: the output to explain
+            key = str(idx)
+            while key not in outputs and args.outputs_from and backend is None:
+                # another process (the gsmile run) is still producing the outputs
+                time.sleep(10)
+                outputs.update(json.loads(Path(args.outputs_from).read_text())["outputs"])
+            if key not in outputs:
+                c0 = dict(backend.counters)
+                t0 = time.perf_counter()
+                text = backend.chat([{"role": "user", "content": prompt}],
+                                    max_tokens=args.max_new_tokens, temperature=0.0).text
+                outputs[key] = {"text": text, "wall_s": time.perf_counter() - t0,
+                                "real_call": bool(backend.counters["api_calls"] - c0["api_calls"])}
+                save()
+            out = outputs[key]["text"]
+            t_out = outputs[key]["wall_s"]
+            em = normalize_answer(out) == normalize_answer(it.answer)
+            common = {"item": idx, "dev_index": it.dev_index, "n_features": len(spans),
+                      "gold": gold, "answer": it.answer, "output": out, "em": em,
+                      "prompt_tokens": len(model.tokenize(rendered)[0])}
+            print(f"[{idx}] n={len(spans)} gold={gold} out={out!r} gold_answer={it.answer!r}",
+                  flush=True)
+
+            def record(method: str, a, wall: float, closed: int, **extra):
+                if a.n_features != len(spans):
+                    raise SystemExit(f"item {idx}: {a.n_features} features, {len(spans)} spans")
+                m = supporting_fact_metrics(a.scores, gold)
+                meta = a.extra.get("metadata", {})
+                rows.append({**common, "method": method, **extra, **m,
+                             "closed_calls": closed, "wall_s": wall,
+                             "surrogate_evaluations": meta.get("surrogate_evaluations"),
+                             "n_samples": meta.get("n_samples"),
+                             "tokens_processed": a.cost.get("tokens_processed"),
+                             "fit_r2_weighted": meta.get("fit_r2_weighted"),
+                             "scores": a.scores.tolist()})
+                done.add((idx, method))
+                save()
+                print(f"    {method:<22} auroc={m['auroc']:.3f} r@2={m['recall_at_2']:.2f} "
+                      f"calls={closed} wall={wall:.1f}s", flush=True)
+
+            name = f"gsmile_B{args.gsmile_budget}"
+            if "gsmile" in args.methods and (idx, name) not in done:
+                c1 = dict(backend.counters)
+                t1 = time.perf_counter()
+                a = attrlens.explain(prompt, method="gsmile", output=out, target_backend=backend,
+                                     budget=args.gsmile_budget, **base)
+                wall = time.perf_counter() - t1 + t_out
+                real = int(backend.counters["api_calls"] - c1["api_calls"])
+                cached = int(backend.counters["cached_calls"] - c1["cached_calls"])
+                # logical calls: what a run without any cache pays (output + perturbations)
+                record(name, a, wall, 1 + real + cached, budget=args.gsmile_budget,
+                       real_calls=real, cached_calls=cached)
+            if "rope_lime" not in args.methods:
+                continue
+            for budget in args.budgets:
+                for k in args.ks:
+                    name = f"rope_lime_K{k}_B{budget}"
+                    if (idx, name) in done:
+                        continue
+                    if k == 1:
+                        # with B >= n, K = 1 enumerates the same n leave-one-out masks at
+                        # every budget: the explanation is identical, so compute it once
+                        prev = [r for r in rows if r["item"] == idx and r.get("k") == 1
+                                and r["budget"] >= len(spans)]
+                        if prev and budget >= len(spans):
+                            rows.append({**prev[0], "method": name, "budget": budget,
+                                         "copied_from": prev[0]["method"]})
+                            done.add((idx, name))
+                            save()
+                            continue
+                    t1 = time.perf_counter()
+                    a = attrlens.explain(prompt, method="rope_lime", output=out, budget=budget,
+                                         k=k, **base)
+                    wall = time.perf_counter() - t1 + t_out
+                    # 1 = the output call (made above; RoPE-LIME itself makes none)
+                    record(name, a, wall, 1 + a.cost["api_calls"], budget=budget, k=k)
+    print(f"this run: {(time.perf_counter() - t_all) / 60:.1f} min")
+    summarize(rows)
+    return 0
+
+
+def summarize(rows: list[dict]) -> None:
+    """Print the table of means (95% bootstrap CI) and the paired tests."""
+    from scipy.stats import wilcoxon
+
+    from attrlens.evaluation.metrics import bootstrap_ci
+
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    by = {m: [r for r in rows if r["method"] == m] for m in methods}
+    print("\n| method | items | AUROC | P@|G| | Recall@2 | Recall@5 | top-2 EM | MRR | "
+          "closed calls / expl. | surrogate evals / expl. | wall s / expl. (median) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for m in methods:
+        rs = by[m]
+
+        def ci(key: str) -> str:
+            mean, lo, hi = bootstrap_ci([r[key] for r in rs], seed=0)
+            return f"{mean:.3f} [{lo:.3f}, {hi:.3f}]"
+
+        sur = [r["surrogate_evaluations"] for r in rs if r["surrogate_evaluations"] is not None]
+        print(f"| {m} | {len(rs)} | {ci('auroc')} | {np.mean([r['precision_at_g'] for r in rs]):.3f} "
+              f"| {ci('recall_at_2')} | {np.mean([r['recall_at_5'] for r in rs]):.3f} "
+              f"| {np.mean([r['top2_em'] for r in rs]):.3f} | {np.mean([r['mrr'] for r in rs]):.3f} "
+              f"| {np.mean([r['closed_calls'] for r in rs]):.1f} "
+              f"| {np.mean(sur) if sur else 0:.1f} "
+              f"| {np.median([r['wall_s'] for r in rs]):.1f} |")
+    print("\nPaired Wilcoxon tests on per-item AUROC (two-sided):")
+    pairs = []
+    budgets = sorted({r.get("budget") for r in rows if r["method"].startswith("rope_lime")})
+    ks = sorted({r.get("k") for r in rows if r["method"].startswith("rope_lime")})
+    for b in budgets:
+        for k in ks:
+            if k != 1:
+                pairs.append((f"rope_lime_K{k}_B{b}", f"rope_lime_K1_B{b}"))
+    g = [m for m in methods if m.startswith("gsmile")]
+    if g:
+        for b in budgets:
+            for k in ks:
+                pairs.append((f"rope_lime_K{k}_B{b}", g[0]))
+    for a_name, b_name in pairs:
+        if a_name not in by or b_name not in by:
+            continue
+        a = {r["item"]: r["auroc"] for r in by[a_name]}
+        b = {r["item"]: r["auroc"] for r in by[b_name]}
+        common = sorted(set(a) & set(b))
+        d = np.array([a[i] - b[i] for i in common])
+        p = wilcoxon(d).pvalue if np.any(d != 0) else 1.0
+        print(f"  {a_name} - {b_name}: mean diff {d.mean():+.3f}, wins {int((d > 0).sum())}/"
+              f"{len(d)}, p = {p:.3f}")
+    ems = {r["item"]: r["em"] for r in rows}
+    print(f"\nClosed-model answers matching the gold answer (EM): {sum(ems.values())}/{len(ems)}")
+    walls = [r["wall_s"] for r in rows]
+    print(f"Sum of explanation wall times: {sum(walls) / 60:.1f} min")
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "--summarize":
+        rows = []
+        for f in sys.argv[2:]:
+            rows += json.loads(Path(f).read_text())["rows"]
+        summarize(rows)
+    else:
+        sys.exit(main())
