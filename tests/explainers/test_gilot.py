@@ -226,11 +226,12 @@ def test_attention_off_and_delete_agree_except_for_the_last_token(tiny_model, id
 def test_compress_is_the_renormalised_top_k_union():
     rng = np.random.default_rng(0)
     lp = torch.log_softmax(torch.as_tensor(rng.normal(size=(2, 3, 12)) * 2), -1)
-    ids, p, q = compress(lp[0], lp[1], top_k=3)
+    ids, p, q, valid = compress(lp[0], lp[1], top_k=3)
     for r in range(3):
         want = set(lp[0, r].topk(3).indices.tolist()) | set(lp[1, r].topk(3).indices.tolist())
-        got = set(ids[r][p[r] > 0].tolist())
-        assert got == want
+        got = set(ids[r][valid[r]].tolist())
+        assert got == want and int(valid[r].sum()) == len(want)
+        assert float(p[r][~valid[r]].abs().sum() + q[r][~valid[r]].abs().sum()) == 0.0
         pr = lp[0, r].exp().numpy()
         sel = np.array(sorted(want))
         np.testing.assert_allclose(
@@ -319,7 +320,8 @@ def test_query_weight_is_the_share_on_the_query():
 
 
 def test_query_weight_on_a_gilot_attribution(tiny_model, short_attr):
-    idx = features_in_span(short_attr, (short_attr.input_text.find("is"), len(short_attr.input_text)))
+    text = short_attr.input_text
+    idx = features_in_span(short_attr, (text.rfind(" is"), len(text)))
     assert [short_attr.labels[i] for i in idx] == ["is", "blue"]
     aqw = query_weight(short_attr, idx)
     s = short_attr.scores
@@ -380,3 +382,16 @@ def test_gilot_on_the_default_model(default_model):
     mass = a.extra["metadata"]["beam_mass"]
     assert len(mass) == 4 and mass[0] == pytest.approx(1.0) and 0 < mass[-1] <= 1
     assert "France" in " ".join(a.labels)
+
+
+def test_ipot_agrees_with_exact_ot(tiny_model, ids):
+    L = len(ids)
+    keep = np.ones((3, L), dtype=bool)
+    keep[0, 2], keep[1, 5:7], keep[2, 10] = False, False, False
+    kw = dict(beams=3, horizon=3, beam_mode="shared")
+    exact = gilot_attribution(tiny_model, ids, keep, solver="exact", **kw)
+    ipot = gilot_attribution(tiny_model, ids, keep, solver="ipot", ot_iter=1000, **kw)
+    assert exact.solver == "exact" and ipot.solver == "ipot"
+    assert gilot_attribution(tiny_model, ids, keep[:1], **kw).solver == "exact"  # auto on CPU
+    np.testing.assert_allclose(ipot.per_position, exact.per_position, rtol=2e-2, atol=1e-4)
+    assert np.all(exact.scores > 0)

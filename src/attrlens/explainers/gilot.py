@@ -45,6 +45,9 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import importlib
+import sys
+import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -60,10 +63,11 @@ DISTANCES = ("ot", "kl")
 BEAM_MODES = ("own", "shared")
 SHARED_WEIGHTS = ("masked", "original")
 COSTS = ("full", "half")
-SOLVERS = ("ipot", "sinkhorn", "exact")
+SOLVERS = ("auto", "ipot", "sinkhorn", "exact")
 
-# float64 bytes of cost + plan + kernel per batched OT call (bounds solver memory)
-_OT_BATCH_BYTES = 96 * 2**20
+# float64 bytes of the cost matrices built for one ot_distance call (the solver chunks its
+# own work further)
+_OT_BATCH_BYTES = 64 * 2**20
 
 
 # ---- distances ------------------------------------------------------------------------------
@@ -74,13 +78,14 @@ def compress(
     top_k: int = 100,
     top_p: float | None = None,
     top_p_cap: int = 1000,
-) -> tuple[Any, Any, Any]:
+) -> tuple[Any, Any, Any, Any]:
     """GiLOT's dynamic vocabulary compression of row pairs of distributions.
 
     p_logp, q_logp: (P, V) torch log-probabilities. Returns ids (P, N) long, p (P, N) and
-    q (P, N) float64: both restricted to the union of the top-k tokens of p and of q (or
-    their top-p nuclei, each capped at ``top_p_cap`` tokens) and renormalised. Slots that
-    repeat a token or fall outside a nucleus carry zero mass (N = 2k or 2 x cap).
+    q (P, N) float64, and the support mask (P, N) bool: p and q restricted to the union of
+    the top-k tokens of p and of q (or of their top-p nuclei, each capped at ``top_p_cap``
+    tokens) and renormalised. Slots that repeat a token or fall outside a nucleus are
+    padding (mask False, zero mass); N = 2k (or 2 x cap).
     """
     import torch
 
@@ -107,7 +112,7 @@ def compress(
     q = q_logp.gather(-1, ids).double().exp() * valid
     p = p / p.sum(-1, keepdim=True).clamp_min(1e-300)
     q = q / q.sum(-1, keepdim=True).clamp_min(1e-300)
-    return ids, p, q
+    return ids, p, q, valid
 
 
 def kl_divergence(p_logp: Any, q_logp: Any, *, eps: float = 1e-12) -> np.ndarray:
@@ -126,19 +131,18 @@ def kl_divergence(p_logp: Any, q_logp: Any, *, eps: float = 1e-12) -> np.ndarray
 
 
 def _cost_matrices(emb: Any, ids: Any, *, half: bool) -> Any:
-    """(B, N, N) float64 cost 1 - cos(e_u, e_v) (or half of it) for each row of token ids."""
-    import torch
+    """(B, N, N) float64 cost 1 - cos(e_u, e_v) (or half of it) for each row of token ids
+    (GiLOT Eq. 7; zero on the diagonal)."""
+    from ..solvers.ot import cosine_cost
 
-    e = emb[ids]  # (B, N, H), rows already unit-norm
-    c = 1.0 - torch.bmm(e, e.transpose(1, 2))
-    c = c.clamp(0.0, 2.0)
-    return c / 2.0 if half else c
+    return cosine_cost(emb[ids], half=half)
 
 
 def ot_distances(
     ids: Any,
     p: Any,
     q: Any,
+    valid: Any,
     emb: Any,
     *,
     cost: str = "full",
@@ -146,45 +150,39 @@ def ot_distances(
     beta: float = 1.0,
     max_iter: int = 1000,
     smoothing: float = 1e-4,
-    solver_options: dict[str, Any] | None = None,
+    tol: float | None = None,
 ) -> np.ndarray:
     """Batched OT distances between compressed distribution pairs.
 
-    ids, p, q: (P, N) as returned by :func:`compress` (zero mass = padding); emb: (V, H)
-    unit-norm float64 embedding rows. Problems are grouped by their number of real tokens,
-    compacted to that size and solved ``B`` at a time with ``ot_distance``; ``smoothing``
-    (GiLOT's code adds 1e-4 to both marginals, unnormalised) is added to real tokens only.
+    ids, p, q, valid: (P, N) as returned by :func:`compress`; emb: (V, H) unit-norm float64
+    embedding rows. Problems are sorted by their number of real tokens, compacted to it and
+    solved in a few calls of :func:`attrlens.solvers.ot.ot_distance` (padding = zero mass
+    outside the support mask; ``smoothing``, GiLOT's +1e-4, goes on the support only).
     Returns (P,) float64.
     """
     import torch
 
     from ..solvers.ot import ot_distance
 
-    P, N = ids.shape
-    valid = (p > 0) | (q > 0)
+    P = ids.shape[0]
     n_real = valid.sum(-1)
     # largest problems first: a batch is then as wide as its first problem
     order = torch.argsort(-n_real, stable=True)
     out = np.zeros(P, dtype=np.float64)
     # compact real tokens to the front of each row (stable: keeps the sorted id order)
     front = torch.argsort((~valid).to(torch.int8), dim=-1, stable=True)
-    ids_c = ids.gather(-1, front)
-    p_c = p.gather(-1, front)
-    q_c = q.gather(-1, front)
-    v_c = valid.gather(-1, front)
+    ids_c, p_c, q_c, v_c = (x.gather(-1, front) for x in (ids, p, q, valid))
     i = 0
     while i < P:
         size = max(int(n_real[order[i]]), 1)
-        per = max(1, _OT_BATCH_BYTES // (3 * 8 * size * size))
+        per = max(1, _OT_BATCH_BYTES // (8 * size * size))
         rows = order[i : i + per]
-        a = (p_c[rows, :size] + smoothing) * v_c[rows, :size]
-        b = (q_c[rows, :size] + smoothing) * v_c[rows, :size]
         c = _cost_matrices(emb, ids_c[rows, :size], half=cost == "half")
-        d = ot_distance(a, b, c, method=solver, beta=beta, max_iter=max_iter,
-                        **(solver_options or {}))
-        d = d[0] if isinstance(d, tuple) else d
-        d = d.detach().cpu().numpy() if hasattr(d, "detach") else np.asarray(d)
-        out[rows.cpu().numpy()] = np.asarray(d, dtype=np.float64).reshape(-1)
+        mask = v_c[rows, :size]
+        d = ot_distance(p_c[rows, :size], q_c[rows, :size], c, method=solver, beta=beta,
+                        max_iter=max_iter, smoothing=smoothing, tol=tol, mask_p=mask,
+                        mask_q=mask)
+        out[rows.cpu().numpy()] = d.detach().double().cpu().numpy().reshape(-1)
         i += len(rows)
     return out
 
@@ -214,6 +212,7 @@ class GilotResult:
     counters: dict[str, float] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
     union_size: float = 0.0
+    solver: str = ""
 
 
 def gilot_attribution(
@@ -231,11 +230,11 @@ def gilot_attribution(
     vocab_p: float | None = None,
     vocab_cap: int = 1000,
     cost: str = "full",
-    solver: str = "ipot",
+    solver: str = "auto",
     ot_beta: float = 1.0,
     ot_iter: int = 1000,
     smoothing: float = 1e-4,
-    solver_options: dict[str, Any] | None = None,
+    ot_tol: float | None = None,
     shared_weights: str = "masked",
     reference_keep: np.ndarray | None = None,
     max_batch_tokens: int = 8192,
@@ -251,6 +250,13 @@ def gilot_attribution(
     Other parameters: see :class:`GilotExplainer`. Validated by the caller.
     """
     import torch
+
+    solver = resolve_solver(solver, model)
+    importer = None
+    if distance == "ot" and solver == "exact" and "ot" not in sys.modules:
+        # POT takes seconds to import; do it while the model works
+        importer = threading.Thread(target=importlib.import_module, args=("ot",), daemon=True)
+        importer.start()
 
     prompt_ids = np.asarray(prompt_ids, dtype=np.int64)
     L = prompt_ids.shape[0]
@@ -276,7 +282,7 @@ def gilot_attribution(
             inputs, reference.beams, weights=shared_weights, progress=progress
         )
     p_logp = reference.logp
-    comp: list[tuple[int, Any, Any, Any]] = []
+    comp: list[tuple[Any, ...]] = []
     t_comp = 0.0
     for row, marg in stream:
         masked_mass[row] = marg.mass
@@ -285,25 +291,23 @@ def gilot_attribution(
             if distance == "kl":
                 per_pos[row] = kl_divergence(p_logp, marg.logp)
             else:
-                ids, p, q = compress(p_logp, marg.logp, top_k=vocab_k, top_p=vocab_p,
-                                     top_p_cap=vocab_cap)
-                comp.append((row, ids, p, q))
+                comp.append((row, *compress(p_logp, marg.logp, top_k=vocab_k, top_p=vocab_p,
+                                            top_p_cap=vocab_cap)))
         t_comp += time.perf_counter() - t0
     t_solve = 0.0
     union = 0.0
     if distance == "ot" and comp:
         t0 = time.perf_counter()
+        if importer is not None:
+            importer.join()
         with torch.no_grad():
             emb = model.input_embeddings.weight.detach().double()
             emb = emb / emb.norm(dim=-1, keepdim=True).clamp_min(1e-12)
             rows = [r for r, *_ in comp]
-            ids = torch.cat([c[1] for c in comp])
-            p = torch.cat([c[2] for c in comp])
-            q = torch.cat([c[3] for c in comp])
-            union = float(((p > 0) | (q > 0)).sum(-1).double().mean())
-            d = ot_distances(ids, p, q, emb, cost=cost, solver=solver, beta=ot_beta,
-                             max_iter=ot_iter, smoothing=smoothing,
-                             solver_options=solver_options)
+            ids, p, q, valid = (torch.cat([c[i] for c in comp]) for i in range(1, 5))
+            union = float(valid.sum(-1).double().mean())
+            d = ot_distances(ids, p, q, valid, emb, cost=cost, solver=solver, beta=ot_beta,
+                             max_iter=ot_iter, smoothing=smoothing, tol=ot_tol)
         per_pos[np.asarray(rows)] = d.reshape(len(rows), J)
         t_solve = time.perf_counter() - t0
     c = runner.counters
@@ -322,7 +326,18 @@ def gilot_attribution(
         },
         timings={"model_s": float(c["model_s"]), "compress_s": t_comp, "solver_s": t_solve},
         union_size=union,
+        solver=solver,
     )
+
+
+def resolve_solver(solver: str, model: Any) -> str:
+    """``"auto"``: batched IPOT (the paper's solver) when the model runs on an accelerator;
+    exact network simplex on CPU, where it is several times faster than 1000 IPOT iterations
+    and gives the value IPOT converges to."""
+    if solver != "auto":
+        return solver
+    dev = getattr(model, "device", None)
+    return "exact" if dev is None or getattr(dev, "type", "cpu") == "cpu" else "ipot"
 
 
 # ---- explainers --------------------------------------------------------------------------
@@ -339,8 +354,11 @@ class GilotExplainer(Explainer):
                  ``vocab_cap``) uses top-p nuclei instead (the official code: 0.9999, 1000).
                  (Not ``top_k``: that name is attrlens.explain's own target parameter.)
     cost:        "full" = 1 - cos (the paper) | "half" = (1 - cos) / 2 (reproduction code)
-    solver:      OT solver of ``attrlens.solvers.ot``: ipot | sinkhorn | exact
-    ot_beta, ot_iter, smoothing: IPOT step (β), iterations, marginal smoothing
+    solver:      OT solver of ``attrlens.solvers.ot``: auto | ipot | sinkhorn | exact;
+                 auto = ipot (β, 1000 iterations, batched) on an accelerator, exact network
+                 simplex on CPU (faster there, and the value IPOT converges to)
+    ot_beta, ot_iter, ot_tol, smoothing: IPOT step (β), iterations, optional early-stop
+                 tolerance on the marginal error, marginal smoothing (+1e-4 as the code)
     shared_weights: prefix weights in shared mode: "masked" | "original"
     per_position: also return the (m, J) matrix of per-position distances
     max_batch_tokens: rows x cache length per forward (memory bound)
@@ -367,9 +385,10 @@ class GilotExplainer(Explainer):
         vocab_p: float | None = None,
         vocab_cap: int = 1000,
         cost: str = "full",
-        solver: str = "ipot",
+        solver: str = "auto",
         ot_beta: float = 1.0,
         ot_iter: int = 1000,
+        ot_tol: float | None = None,
         smoothing: float = 1e-4,
         shared_weights: str = "masked",
         per_position: bool = False,
@@ -379,7 +398,7 @@ class GilotExplainer(Explainer):
             budget=budget, beams=beams, horizon=horizon, beam_mode=beam_mode,
             distance=self._distance if distance is None else distance, vocab_k=vocab_k,
             vocab_p=vocab_p, vocab_cap=vocab_cap, cost=cost, solver=solver, ot_beta=ot_beta,
-            ot_iter=ot_iter, smoothing=smoothing, shared_weights=shared_weights,
+            ot_iter=ot_iter, ot_tol=ot_tol, smoothing=smoothing, shared_weights=shared_weights,
             per_position=per_position, max_batch_tokens=max_batch_tokens,
         )
 
@@ -401,6 +420,8 @@ class GilotExplainer(Explainer):
         check_param(own, "solver", p["solver"], choices=SOLVERS)
         check_param(own, "ot_beta", p["ot_beta"], low=1e-9)
         check_param(own, "ot_iter", p["ot_iter"], kind=int, low=1)
+        if p["ot_tol"] is not None:
+            check_param(own, "ot_tol", p["ot_tol"], low=0.0)
         check_param(own, "smoothing", p["smoothing"], low=0.0)
         check_param(own, "shared_weights", p["shared_weights"], choices=SHARED_WEIGHTS)
         check_param(own, "per_position", p["per_position"], choices=(True, False))
@@ -423,7 +444,8 @@ class GilotExplainer(Explainer):
             mask_token_id=ctx.masker.mask_token_id if kind == "replace" else 0,
             distance=p["distance"], vocab_k=p["vocab_k"], vocab_p=p["vocab_p"],
             vocab_cap=p["vocab_cap"], cost=p["cost"], solver=p["solver"],
-            ot_beta=p["ot_beta"], ot_iter=p["ot_iter"], smoothing=p["smoothing"],
+            ot_beta=p["ot_beta"], ot_iter=p["ot_iter"], ot_tol=p["ot_tol"],
+            smoothing=p["smoothing"],
             shared_weights=p["shared_weights"], max_batch_tokens=p["max_batch_tokens"],
             progress=ctx.progress,
         )
@@ -454,6 +476,7 @@ class GilotExplainer(Explainer):
         }
         if p["distance"] == "ot":
             extra["union_size_mean"] = res.union_size
+            extra["ot_solver"] = res.solver
         return Explanation(
             scores=res.scores,
             per_output_token=res.per_position if p["per_position"] else None,
