@@ -106,8 +106,8 @@ def main(argv: list[str] | None = None) -> int:
             rendered = model.render_chat([{"role": "user", "content": prompt}])
             spans_r = spans_in(rendered, prompt, spans)
             gold = it.gold
-            base = dict(model=model, granularity="span", spans=spans_r,
-                        max_new_tokens=args.max_new_tokens, seed=args.seed)
+            base = {"model": model, "granularity": "span", "spans": spans_r,
+                        "max_new_tokens": args.max_new_tokens, "seed": args.seed}
             # the one closed call every method pays: the output to explain
             key = str(idx)
             while key not in outputs and args.outputs_from and backend is None:
@@ -131,10 +131,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[{idx}] n={len(spans)} gold={gold} out={out!r} gold_answer={it.answer!r}",
                   flush=True)
 
-            def record(method: str, a, wall: float, closed: int, **extra):
-                if a.n_features != len(spans):
-                    raise SystemExit(f"item {idx}: {a.n_features} features, {len(spans)} spans")
-                m = supporting_fact_metrics(a.scores, gold)
+            def record(method: str, a, wall: float, closed: int, *, common=common, **extra):
+                if a.n_features != common["n_features"]:
+                    raise SystemExit(f"item {common['item']}: {a.n_features} features, "
+                                     f"{common['n_features']} spans")
+                m = supporting_fact_metrics(a.scores, common["gold"])
                 meta = a.extra.get("metadata", {})
                 rows.append({**common, "method": method, **extra, **m,
                              "closed_calls": closed, "wall_s": wall,
@@ -143,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
                              "tokens_processed": a.cost.get("tokens_processed"),
                              "fit_r2_weighted": meta.get("fit_r2_weighted"),
                              "scores": a.scores.tolist()})
-                done.add((idx, method))
+                done.add((common["item"], method))
                 save()
                 print(f"    {method:<22} auroc={m['auroc']:.3f} r@2={m['recall_at_2']:.2f} "
                       f"calls={closed} wall={wall:.1f}s", flush=True)
@@ -203,7 +204,7 @@ def summarize(rows: list[dict]) -> None:
     for m in methods:
         rs = by[m]
 
-        def ci(key: str) -> str:
+        def ci(key: str, rs: list[dict] = rs) -> str:
             mean, lo, hi = bootstrap_ci([r[key] for r in rs], seed=0)
             return f"{mean:.3f} [{lo:.3f}, {hi:.3f}]"
 

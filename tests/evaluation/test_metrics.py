@@ -149,5 +149,5 @@ def test_shared_sample_gold_is_complete():
     assert len(items) == 20
     for it in items:
         assert len(it.gold) == len({tuple(f) for f in it.supporting_facts})
-        text, spans = it.prompt()
+        _, spans = it.prompt()
         assert len(spans) == it.n_sentences

@@ -84,7 +84,7 @@ def test_prefix_order_sorts_kept_features_first():
 def test_perturbed_prompts_delete_features_in_chat_messages(tiny_model):
     pr = build_prompt([{"role": "system", "content": "Be brief."},
                        {"role": "user", "content": "alpha beta beta gamma"}], tiny_model)
-    ids, offsets = tiny_model.tokenize(pr.text)
+    _, offsets = tiny_model.tokenize(pr.text)
     feats = segment(pr.text, pr.regions, offsets, "word")
     pp = PerturbedPrompts(pr, feats)
     assert pp.text(np.ones(4, bool)) == "alpha beta beta gamma"
@@ -282,8 +282,8 @@ def test_failure_mid_run_is_one_error_and_resumes_from_the_cache(tiny_model, fak
 @pytest.mark.integration
 def test_real_server_through_faults_gives_the_same_result(default_model, llama_server, fault_proxy):
     prompt = "Paris is the capital of France. Berlin is in Germany. Name the capital of France."
-    kw = dict(model=default_model, method="gsmile", granularity="sentence", budget=6,
-              max_new_tokens=8, seed=2)
+    kw = {"model": default_model, "method": "gsmile", "granularity": "sentence", "budget": 6,
+              "max_new_tokens": 8, "seed": 2}
     clean_be = OpenAIBackend(llama_server.base_url, llama_server.model_name, cache=False, **FAST)
     clean = attrlens.explain(prompt, target_backend=clean_be, **kw)
     assert clean.cost["api_calls"] == 1 + clean.extra["metadata"]["n_samples"]

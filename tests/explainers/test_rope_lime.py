@@ -292,8 +292,8 @@ def test_wrong_model_name_is_one_clear_error(tiny_model, fake_openai, tmp_path):
 @pytest.mark.integration
 def test_real_server_and_faults_give_the_same_result(default_model, llama_server, fault_proxy, tmp_path):
     prompt = "Paris is the capital of France. Berlin is the capital of Germany. What is the capital of France?"
-    kw = dict(model=default_model, method="rope_lime", granularity="sentence", budget=8,
-              max_new_tokens=8)
+    kw = {"model": default_model, "method": "rope_lime", "granularity": "sentence", "budget": 8,
+              "max_new_tokens": 8}
     clean = attrlens.explain(prompt, target_backend=backend_for(llama_server, tmp_path, cache=False), **kw)
     assert clean.cost["api_calls"] == 1 and clean.output_text.strip()
     fault_proxy.script = [("status", 503, None), "drop", ("status", 429, "0"), ("status", 502, None)]

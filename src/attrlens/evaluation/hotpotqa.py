@@ -114,7 +114,7 @@ class HotpotItem:
         text = "".join(parts)
         return text, spans
 
-    def truncated(self, n_distractors: int, *, seed: int = 0) -> "HotpotItem":
+    def truncated(self, n_distractors: int, *, seed: int = 0) -> HotpotItem:
         """The same item with its gold paragraphs plus ``n_distractors`` random other ones.
 
         Paragraph order is kept; the choice of distractors is deterministic for a seed.

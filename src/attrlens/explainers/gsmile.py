@@ -320,7 +320,7 @@ class GSmileExplainer(Explainer):
             "intercept": intercept,
             "fit_r2_weighted": fid.pop("r2_weighted"),
             "fidelity": fid,
-            "n_samples": int(len(masks)),
+            "n_samples": len(masks),
             "closed_calls_by_explainer": int(backend.counters.get("api_calls", 0)) - calls_before,
             "cached_calls_by_explainer": int(backend.counters.get("cached_calls", 0)) - cached_before,
             "wmd_solves": int(wmd.n_solves),

@@ -268,7 +268,7 @@ class RopeLimeExplainer(Explainer):
         extra: dict[str, Any] = {
             "intercept": intercept,
             "fit_r2_weighted": r2,
-            "n_samples": int(len(masks)),
+            "n_samples": len(masks),
             "surrogate_evaluations": int(ctx.game.n_calls),
             "rwmd": {
                 "min": float(D[1:].min()) if len(D) > 1 else 0.0,
@@ -313,4 +313,4 @@ class RopeLimeExplainer(Explainer):
         thr = float(np.quantile(d_pilot, q))
         pool = pilot[d_pilot <= thr + 1e-12][: budget - 1]
         out = np.vstack([masks[:1], pool])
-        return out, {"quantile": q, "threshold": thr, "pilot": int(len(pilot)), "kept": int(len(pool))}
+        return out, {"quantile": q, "threshold": thr, "pilot": len(pilot), "kept": len(pool)}
