@@ -14,8 +14,18 @@ from attrlens.solvers.bch import make_bch_code
 
 @pytest.mark.parametrize(
     ("n", "t", "delays"),
-    [(8, 5, 21), (16, 5, 28), (32, 5, 28), (64, 5, 36), (100, 5, 41), (128, 5, 41),
-     (256, 5, 46), (512, 5, 51), (1000, 5, 56), (128, 3, 25)],
+    [
+        (8, 5, 21),
+        (16, 5, 28),
+        (32, 5, 28),
+        (64, 5, 36),
+        (100, 5, 41),
+        (128, 5, 41),
+        (256, 5, 46),
+        (512, 5, 51),
+        (1000, 5, 56),
+        (128, 3, 25),
+    ],
 )
 def test_parity_length_matches_methods_table(n: int, t: int, delays: int) -> None:
     code = make_bch_code(n, t)
@@ -26,10 +36,22 @@ def test_parity_length_matches_methods_table(n: int, t: int, delays: int) -> Non
         assert bch.bch_dimension(code.m - 1, t) < n
 
 
-def test_primitive_polys_are_galois_bch_defaults() -> None:
-    galois = pytest.importorskip("galois")
-    for m in (3, 6, 7, 10, 11, 12):  # the ones where MATLAB's choice differs from Conway's too
-        assert bch._PRIMITIVE_POLY[m] == int(galois.matlab_primitive_poly(2, m)), m
+# galois.BCH(n_code, d=2t+1).generator_poly, computed once with galois 0.4.11 (each code
+# takes several seconds to build there); the fields behind them use MATLAB's default
+# primitive polynomials for m = 7, 8, 11, 12.
+_GALOIS_GENERATORS = {
+    (64, 5): (127, 92, 54347703511),
+    (128, 5): (255, 215, 1320665984273),
+    (1000, 5): (2047, 1992, 60000916472962765),
+    (128, 3): (255, 231, 29073845),
+    (4000, 5): (4095, 4035, 1364209695925637015),
+}
+
+
+@pytest.mark.parametrize(("n", "t"), list(_GALOIS_GENERATORS))
+def test_generator_polynomials_equal_galois(n: int, t: int) -> None:
+    code = make_bch_code(n, t)
+    assert (code.n_code, code.k_code, code.generator) == _GALOIS_GENERATORS[(n, t)]
 
 
 def _random_supports(rng: np.random.Generator, count: int, n: int, max_w: int) -> np.ndarray:
@@ -42,13 +64,104 @@ def _random_supports(rng: np.random.Generator, count: int, n: int, max_w: int) -
 # Reference values computed once with galois 0.4.11: ``galois.BCH(63, d=7)`` (n=20, t=3).
 # Live galois takes ~20 s here (code construction and decoder JIT), so it is opt-in below.
 _GALOIS_GEN = 492239
-_GALOIS_D_COLS = [84110, 42055, 234308, 117154, 58577, 242447, 137440, 68720, 34360, 17180, 8590,
-                  4295, 248068, 124034, 62017, 243783, 138564, 69282, 34641, 230095]
-_GALOIS_ERR = [-1, 0, 1, 1, -1, 0, 1, 2, 3, 2, -1, -1, 1, -1, -1, -1, -1, -1, -1, -1, 2, -1, 2, -1,
-               -1, -1, -1, -1, 3, -1, -1, 3, -1, 0, 3, 2, -1, 1, -1, -1, -1, -1, -1, -1, -1, -1,
-               -1, -1, -1, -1, -1, -1, 3, -1, -1, -1, -1, -1, -1, -1]
-_GALOIS_MSG = {3: (8,), 7: (7, 17), 8: (8, 13), 9: (14,), 20: (13,), 22: (2, 7), 28: (6, 9),
-               31: (3, 6, 11), 34: (2, 11), 35: (10, 18), 37: (0,), 52: (4,)}
+_GALOIS_D_COLS = [
+    84110,
+    42055,
+    234308,
+    117154,
+    58577,
+    242447,
+    137440,
+    68720,
+    34360,
+    17180,
+    8590,
+    4295,
+    248068,
+    124034,
+    62017,
+    243783,
+    138564,
+    69282,
+    34641,
+    230095,
+]
+_GALOIS_ERR = [
+    -1,
+    0,
+    1,
+    1,
+    -1,
+    0,
+    1,
+    2,
+    3,
+    2,
+    -1,
+    -1,
+    1,
+    -1,
+    -1,
+    -1,
+    -1,
+    -1,
+    -1,
+    -1,
+    2,
+    -1,
+    2,
+    -1,
+    -1,
+    -1,
+    -1,
+    -1,
+    3,
+    -1,
+    -1,
+    3,
+    -1,
+    0,
+    3,
+    2,
+    -1,
+    1,
+    -1,
+    -1,
+    -1,
+    -1,
+    -1,
+    -1,
+    -1,
+    -1,
+    -1,
+    -1,
+    -1,
+    -1,
+    -1,
+    -1,
+    3,
+    -1,
+    -1,
+    -1,
+    -1,
+    -1,
+    -1,
+    -1,
+]
+_GALOIS_MSG = {
+    3: (8,),
+    7: (7, 17),
+    8: (8, 13),
+    9: (14,),
+    20: (13,),
+    22: (2, 7),
+    28: (6, 9),
+    31: (3, 6, 11),
+    34: (2, 11),
+    35: (10, 18),
+    37: (0,),
+    52: (4,),
+}
 
 
 def _golden_words(dmat: np.ndarray) -> np.ndarray:
@@ -77,9 +190,13 @@ def test_generator_delays_and_decoder_equal_galois_reference() -> None:
         assert tuple(np.flatnonzero(row)) == _GALOIS_MSG.get(i, ()), i
 
 
-@pytest.mark.skipif(not os.environ.get("ATTRLENS_LIVE_GALOIS"), reason="slow; set ATTRLENS_LIVE_GALOIS=1")
+@pytest.mark.skipif(
+    not os.environ.get("ATTRLENS_LIVE_GALOIS"), reason="slow; set ATTRLENS_LIVE_GALOIS=1"
+)
 def test_decoder_equals_live_galois() -> None:  # pragma: no cover - opt-in
     galois = pytest.importorskip("galois")
+    for m in range(3, 21):
+        assert bch._PRIMITIVE_POLY[m] == int(galois.matlab_primitive_poly(2, m)), m
     code = make_bch_code(20, 3)
     ref = galois.BCH(code.n_code, d=7)
     assert int(ref.generator_poly) == code.generator
@@ -117,7 +234,7 @@ def test_hard_decoding_recovers_supports_up_to_t_errors(n: int, t: int) -> None:
     msgs, n_err = code.decode_parity(noisy)
     np.testing.assert_array_equal(msgs, ks)
     assert np.all(n_err >= ks.sum(axis=1)) and np.all(n_err <= t)
-    msgs0, n_err0 = code.decode_parity(parity)
+    _msgs0, n_err0 = code.decode_parity(parity)
     np.testing.assert_array_equal(n_err0, ks.sum(axis=1))
 
 
@@ -129,7 +246,7 @@ def test_soft_chase_decoding_fixes_unreliable_bits_hard_decoding_cannot() -> Non
     sign = 1.0 - 2.0 * code.encode_parity(k).astype(float)  # exact ratios U_p/U_0 = +-1
     bad = np.array([2, 7, 11, 30])  # 3 + 4 = 7 > t errors, all on unreliable bits
     sign[0, bad] *= -0.1
-    hard_msgs, hard_err = code.decode_parity(sign < 0)
+    _hard_msgs, hard_err = code.decode_parity(sign < 0)
     assert hard_err[0] == -1
     soft_msgs, soft_err = code.decode_soft(sign)
     np.testing.assert_array_equal(soft_msgs[0], k[0])
@@ -146,5 +263,7 @@ def test_bad_arguments_raise_parameter_error() -> None:
     with pytest.raises(ParameterError):
         make_bch_code(10, 0)
     code = make_bch_code(16, 2)
+    with pytest.raises(ParameterError, match="chase_depth"):
+        code.decode_soft(np.ones((1, code.n_parity)), chase_depth=17)
     with pytest.raises(ParameterError, match="shape"):
         code.decode_parity(np.zeros((2, code.n_parity + 1), dtype=np.uint8))

@@ -34,15 +34,21 @@ def planted_spectrum(n: int, size: int, seed: int, *, max_order: int = 3) -> dic
 
 
 def assert_same_spectrum(got: dict, want: dict, atol: float = 1e-8) -> None:
-    assert set(got) == set(want), (set(got) ^ set(want))
+    assert set(got) == set(want), set(got) ^ set(want)
     np.testing.assert_allclose([got[k] for k in want], [want[k] for k in want], atol=atol)
 
 
 # ---------------------------------------------------------------- query counts
 @pytest.mark.parametrize(
     ("n", "b", "t", "count"),
-    [(128, 8, 5, 31_488), (1000, 8, 5, 43_008), (64, 8, 5, 27_648), (8, 4, 5, 1_008),
-     (512, 10, 5, 156_672), (128, 8, 3, 19_200)],
+    [
+        (128, 8, 5, 31_488),
+        (1000, 8, 5, 43_008),
+        (64, 8, 5, 27_648),
+        (8, 4, 5, 1_008),
+        (512, 10, 5, 156_672),
+        (128, 8, 3, 19_200),
+    ],
 )
 def test_query_counts_match_methods_table(n: int, b: int, t: int, count: int) -> None:
     assert n_queries(n, b, t=t) == count
@@ -93,7 +99,11 @@ def test_nested_b_is_a_subset_of_the_design() -> None:
 
 
 def test_design_is_seeded() -> None:
-    a, b_, c = make_design(30, b=4, seed=5), make_design(30, b=4, seed=5), make_design(30, b=4, seed=6)
+    a, b_, c = (
+        make_design(30, b=4, seed=5),
+        make_design(30, b=4, seed=5),
+        make_design(30, b=4, seed=6),
+    )
     np.testing.assert_array_equal(a.Ms, b_.Ms)
     assert not np.array_equal(a.Ms, c.Ms)
 
@@ -135,9 +145,13 @@ def _planted_case(n: int, size: int, seed: int):
     return coeffs, design, predict(coeffs, design.masks())
 
 
-@pytest.mark.parametrize(("n", "size", "seed"), [(64, 15, 0), (64, 20, 1), (1000, 20, 2), (1000, 12, 3)])
+@pytest.mark.parametrize(
+    ("n", "size", "seed"), [(64, 15, 0), (64, 20, 1), (1000, 20, 2), (1000, 12, 3)]
+)
 @pytest.mark.parametrize("decoder", ["hard", "soft"])
-def test_planted_sparse_spectrum_is_recovered_exactly(decoder: str, n: int, size: int, seed: int) -> None:
+def test_planted_sparse_spectrum_is_recovered_exactly(
+    decoder: str, n: int, size: int, seed: int
+) -> None:
     coeffs, design, values = _planted_case(n, size, seed)
     assert design.n_queries == {64: 27_648, 1000: 43_008}[n]
     res = spex_transform(design, values, decoder=decoder)

@@ -87,7 +87,10 @@ def brute_shapley(game: Game) -> np.ndarray:
 def brute_banzhaf(game: Game) -> np.ndarray:
     n = game.n
     return np.array(
-        [sum(game(t | {i}) - game(t) for t in game.complements((i,))) / 2 ** (n - 1) for i in range(n)]
+        [
+            sum(game(t | {i}) - game(t) for t in game.complements((i,))) / 2 ** (n - 1)
+            for i in range(n)
+        ]
     )
 
 
@@ -96,7 +99,9 @@ def brute_sii(game: Game) -> dict:
     out = {}
     for s in _subsets_of(n):
         out[s] = sum(
-            math.factorial(n - len(t) - len(s)) * math.factorial(len(t)) / math.factorial(n - len(s) + 1)
+            math.factorial(n - len(t) - len(s))
+            * math.factorial(len(t))
+            / math.factorial(n - len(s) + 1)
             * game.delta(s, t)
             for t in game.complements(s)
         )
@@ -106,7 +111,8 @@ def brute_sii(game: Game) -> dict:
 def brute_bii(game: Game) -> dict:
     n = game.n
     return {
-        s: sum(game.delta(s, t) for t in game.complements(s)) / 2 ** (n - len(s)) for s in _subsets_of(n)
+        s: sum(game.delta(s, t) for t in game.complements(s)) / 2 ** (n - len(s))
+        for s in _subsets_of(n)
     }
 
 
@@ -117,7 +123,11 @@ def brute_stii(game: Game, order: int) -> dict:
         if len(s) < order:
             out[s] = game.delta(s, frozenset())
         else:
-            out[s] = order / n * sum(game.delta(s, t) / math.comb(n - 1, len(t)) for t in game.complements(s))
+            out[s] = (
+                order
+                / n
+                * sum(game.delta(s, t) / math.comb(n - 1, len(t)) for t in game.complements(s))
+            )
     return out
 
 
@@ -141,7 +151,9 @@ def brute_fsii(game: Game, order: int) -> dict:
     size = game.masks.sum(axis=1)
     inner = (size > 0) & (size < n)
     w = np.zeros(len(size))
-    w[inner] = (n - 1) / (np.array([math.comb(n, s) for s in size[inner]]) * size[inner] * (n - size[inner]))
+    w[inner] = (n - 1) / (
+        np.array([math.comb(n, s) for s in size[inner]]) * size[inner] * (n - size[inner])
+    )
     a_eq = x[~inner]
     b_eq = game.values[~inner]
     xtwx = x.T @ (w[:, None] * x)
@@ -179,7 +191,9 @@ def test_fourier_to_mobius_equals_brute_force(game: Game, mobius: dict) -> None:
 
 def test_mobius_to_fourier_round_trip(fourier: dict, mobius: dict) -> None:
     keys = _subsets_of(N)
-    np.testing.assert_allclose(_dense(mobius_to_fourier(mobius), keys), _dense(fourier, keys), atol=1e-12)
+    np.testing.assert_allclose(
+        _dense(mobius_to_fourier(mobius), keys), _dense(fourier, keys), atol=1e-12
+    )
 
 
 def test_mobius_reconstructs_game(game: Game, mobius: dict) -> None:
@@ -200,8 +214,12 @@ def test_banzhaf_closed_form(game: Game, fourier: dict) -> None:
 
 def test_sii_and_bii_equal_definitions(game: Game, mobius: dict) -> None:
     keys = _subsets_of(N)
-    np.testing.assert_allclose(_dense(mobius_to_sii(mobius), keys), _dense(brute_sii(game), keys), atol=1e-10)
-    np.testing.assert_allclose(_dense(mobius_to_bii(mobius), keys), _dense(brute_bii(game), keys), atol=1e-10)
+    np.testing.assert_allclose(
+        _dense(mobius_to_sii(mobius), keys), _dense(brute_sii(game), keys), atol=1e-10
+    )
+    np.testing.assert_allclose(
+        _dense(mobius_to_bii(mobius), keys), _dense(brute_bii(game), keys), atol=1e-10
+    )
 
 
 @pytest.mark.parametrize("order", [1, 2, 3])
@@ -230,7 +248,9 @@ def test_fsii_equals_shapley_weighted_least_squares(game: Game, mobius: dict, or
 
 def test_fsii_order_one_is_shapley(fourier: dict, mobius: dict) -> None:
     got = mobius_to_fsii(mobius, 1)
-    np.testing.assert_allclose([got.get((i,), 0.0) for i in range(N)], shapley_values(fourier, N), atol=1e-10)
+    np.testing.assert_allclose(
+        [got.get((i,), 0.0) for i in range(N)], shapley_values(fourier, N), atol=1e-10
+    )
 
 
 def test_sparse_spectrum_at_n8_against_brute_force() -> None:
@@ -253,7 +273,8 @@ def test_sparse_spectrum_at_n8_against_brute_force() -> None:
 def test_dispatchers_and_errors(fourier: dict, mobius: dict) -> None:
     keys = _subsets_of(N, 2)
     np.testing.assert_allclose(
-        _dense(interaction_index(fourier, "FSII", order=2), keys), _dense(mobius_to_fsii(mobius, 2), keys)
+        _dense(interaction_index(fourier, "FSII", order=2), keys),
+        _dense(mobius_to_fsii(mobius, 2), keys),
     )
     np.testing.assert_allclose(
         _dense(mobius_to_index(mobius, "sii"), keys), _dense(mobius_to_sii(mobius), keys)

@@ -38,8 +38,9 @@ def test_tree_spectrum_reproduces_booster_predictions_exactly() -> None:
     rng = np.random.default_rng(0)
     x = rng.integers(0, 2, size=(600, n)).astype(float)
     y = _hierarchical_game(x) + 0.3 * rng.normal(size=600)
-    model = lgb.LGBMRegressor(n_estimators=40, max_depth=4, learning_rate=0.2, verbose=-1,
-                              random_state=0, n_jobs=1).fit(x, y)
+    model = lgb.LGBMRegressor(
+        n_estimators=40, max_depth=4, learning_rate=0.2, verbose=-1, random_state=0, n_jobs=1
+    ).fit(x, y)
     coeffs = lightgbm_to_fourier(model, n)
     z = _all_masks(n)
     np.testing.assert_allclose(predict(coeffs, z), model.predict(z.astype(float)), atol=1e-9)
@@ -65,24 +66,57 @@ def _leaf(v: float) -> dict:
 
 def test_routing_rules_zero_as_missing_and_repeated_features() -> None:
     # missing_type "Zero" with default_left False sends z_i = 0 RIGHT (1 <= 1.5 goes left)
-    tree = {"split_feature": 0, "threshold": 1.5, "decision_type": "<=", "default_left": False,
-            "missing_type": "Zero", "left_child": _leaf(1.0), "right_child": _leaf(5.0)}
+    tree = {
+        "split_feature": 0,
+        "threshold": 1.5,
+        "decision_type": "<=",
+        "default_left": False,
+        "missing_type": "Zero",
+        "left_child": _leaf(1.0),
+        "right_child": _leaf(5.0),
+    }
     coeffs = lightgbm_to_fourier(_FakeBooster(tree), 2)
     np.testing.assert_allclose(predict(coeffs, np.array([[0, 0], [1, 0]], dtype=bool)), [5.0, 1.0])
     # the same feature split twice along a path (second split inert on the z_0 = 0 side)
-    inner = {"split_feature": 0, "threshold": 0.5, "decision_type": "<=", "default_left": True,
-             "missing_type": "None", "left_child": _leaf(2.0), "right_child": _leaf(7.0)}
-    tree = {"split_feature": 0, "threshold": 0.5, "decision_type": "<=", "default_left": True,
-            "missing_type": "None", "left_child": inner,
-            "right_child": {"split_feature": 1, "threshold": 1e-35, "decision_type": "<=",
-                            "default_left": True, "missing_type": "None",
-                            "left_child": _leaf(-1.0), "right_child": _leaf(4.0)}}
+    inner = {
+        "split_feature": 0,
+        "threshold": 0.5,
+        "decision_type": "<=",
+        "default_left": True,
+        "missing_type": "None",
+        "left_child": _leaf(2.0),
+        "right_child": _leaf(7.0),
+    }
+    tree = {
+        "split_feature": 0,
+        "threshold": 0.5,
+        "decision_type": "<=",
+        "default_left": True,
+        "missing_type": "None",
+        "left_child": inner,
+        "right_child": {
+            "split_feature": 1,
+            "threshold": 1e-35,
+            "decision_type": "<=",
+            "default_left": True,
+            "missing_type": "None",
+            "left_child": _leaf(-1.0),
+            "right_child": _leaf(4.0),
+        },
+    }
     coeffs = lightgbm_to_fourier(_FakeBooster(tree), 2)
     z = _all_masks(2)
     np.testing.assert_allclose(predict(coeffs, z), [2.0, 2.0, -1.0, 4.0], atol=1e-12)
     # categorical split: categories listed in threshold go left
-    tree = {"split_feature": 1, "threshold": "1", "decision_type": "==", "default_left": False,
-            "missing_type": "None", "left_child": _leaf(3.0), "right_child": _leaf(-3.0)}
+    tree = {
+        "split_feature": 1,
+        "threshold": "1",
+        "decision_type": "==",
+        "default_left": False,
+        "missing_type": "None",
+        "left_child": _leaf(3.0),
+        "right_child": _leaf(-3.0),
+    }
     coeffs = lightgbm_to_fourier(_FakeBooster(tree), 2)
     np.testing.assert_allclose(predict(coeffs, z), [-3.0, 3.0, -3.0, 3.0], atol=1e-12)
     with pytest.raises(InputError, match="outside"):
@@ -95,7 +129,12 @@ def test_truncation_keeps_coefficients_strictly_above_the_threshold() -> None:
     coeffs = {(): 5.0, (0,): 3.0, (1,): -2.0, (2,): 1.0, (3,): 0.5}
     # energy shares: 9, 13, 14, 14.25 of 14.25 -> 0.632, 0.912, 0.982: threshold coefficient (2,)
     assert truncate_energy(coeffs, 0.95) == {(): 5.0, (0,): 3.0, (1,): -2.0}
-    assert truncate_energy(coeffs, 0.95, inclusive=True) == {(): 5.0, (0,): 3.0, (1,): -2.0, (2,): 1.0}
+    assert truncate_energy(coeffs, 0.95, inclusive=True) == {
+        (): 5.0,
+        (0,): 3.0,
+        (1,): -2.0,
+        (2,): 1.0,
+    }
     assert truncate_energy(coeffs, 0.5) == {(): 5.0}
     assert truncate_energy({(): 1.0}) == {(): 1.0}
     with pytest.raises(ParameterError):

@@ -61,6 +61,7 @@ _PRIMITIVE_POLY = {
     20: 1048585,
 }
 _MAX_M = max(_PRIMITIVE_POLY)
+_MAX_CHASE_DEPTH = 16
 
 
 def _gf_tables(m: int) -> tuple[np.ndarray, np.ndarray]:
@@ -326,6 +327,11 @@ class BCHCode:
         msgs, n_err = self.decode_parity(hard)
         failed = np.nonzero(n_err < 0)[0]
         depth = 2 * self.t if chase_depth is None else int(chase_depth)
+        if depth > _MAX_CHASE_DEPTH:
+            raise ParameterError(
+                f"The 'chase_depth' parameter must be at most {_MAX_CHASE_DEPTH} (all 2^depth "
+                f"flip patterns are ranked). Got {depth} instead."
+            )
         depth = min(depth, self.n_parity)
         if failed.size == 0 or depth <= 0:
             return msgs, n_err
@@ -337,8 +343,15 @@ class BCHCode:
         absr = np.abs(r[failed])
         chase_pos = np.argsort(absr, axis=1, kind="stable")[:, :depth]  # (F, depth)
         chase_rel = np.take_along_axis(absr, chase_pos, axis=1)
-        costs = chase_rel @ subsets.T  # (F, 2^depth)
-        order = np.argsort(costs, axis=1, kind="stable")[:, :n_pat]  # (F, n_pat)
+        rows_per = max(1, (1 << 22) >> depth)  # bound the (rows, 2^depth) cost matrix
+        order = np.concatenate(
+            [
+                np.argsort(chase_rel[s : s + rows_per] @ subsets.T, axis=1, kind="stable")[
+                    :, :n_pat
+                ]
+                for s in range(0, failed.size, rows_per)
+            ]
+        )  # (F, n_pat) cheapest flip patterns, by total reliability
         order = order[:, 1:] if n_pat > 1 else order[:, :0]  # drop the empty pattern (failed)
         n_try = order.shape[1]
         if n_try == 0:

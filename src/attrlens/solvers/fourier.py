@@ -148,7 +148,9 @@ def make_design(n: int, *, b: int, t: int = 5, n_groups: int = 3, seed: int = 0)
     code = make_bch_code(n, t)
     rng = np.random.default_rng(seed)
     ms = rng.integers(0, 2, size=(n_groups, n, b), dtype=np.uint8)
-    return SpexDesign(n=n, b=b, t=t, n_groups=n_groups, seed=seed, Ms=ms, D=code.delay_matrix(), code=code)
+    return SpexDesign(
+        n=n, b=b, t=t, n_groups=n_groups, seed=seed, Ms=ms, D=code.delay_matrix(), code=code
+    )
 
 
 # ---------------------------------------------------------------------- WHT
@@ -314,7 +316,9 @@ def spex_transform(
             f"(n={design.n}, b={design.b}, t={design.t}); pass v(design.masks())."
         )
     if not np.all(np.isfinite(vals)):
-        raise InputError("values contains NaN or infinite entries; the value function must be finite.")
+        raise InputError(
+            "values contains NaN or infinite entries; the value function must be finite."
+        )
 
     code = design.code
     c_groups, n_del, n_bins = design.n_groups, design.n_delays, 1 << b
@@ -354,7 +358,11 @@ def spex_transform(
             to_check[cs[~ok], js[~ok]] = False  # multitons wait until something is peeled in
             singles_k, singles_rho = cand[ok], rho[ok]
         cont = bool(to_check.any())
-        if trap_exit is not None and it >= trap_exit and peeled_at[it - 1] == peeled_at[it - trap_exit]:
+        if (
+            trap_exit is not None
+            and it >= trap_exit
+            and peeled_at[it - 1] == peeled_at[it - trap_exit]
+        ):
             cont = False
             stopped = "trap_exit"
         if singles_k.shape[0]:
@@ -368,8 +376,11 @@ def spex_transform(
             jidx = _bin_index(keys_u, ms)  # (U, C)
             gidx = np.broadcast_to(np.arange(c_groups)[None, :], jidx.shape)
             delta = rho_u[:, None, None] * sig_u[:, None, :]  # (U, 1, P+1)
-            np.subtract.at(bins, (gidx.reshape(-1), jidx.reshape(-1)), np.broadcast_to(
-                delta, (keys_u.shape[0], c_groups, n_del)).reshape(-1, n_del))
+            np.subtract.at(
+                bins,
+                (gidx.reshape(-1), jidx.reshape(-1)),
+                np.broadcast_to(delta, (keys_u.shape[0], c_groups, n_del)).reshape(-1, n_del),
+            )
             to_check[gidx.reshape(-1), jidx.reshape(-1)] = True
             for r in range(keys_u.shape[0]):
                 kb = packed[first[r]].tobytes()
@@ -445,7 +456,9 @@ def spex_decode(
     ).coeffs
 
 
-def _lasso_refit(design: SpexDesign, vals: np.ndarray, b: int, coeffs: Coeffs, *, seed: int) -> Coeffs:
+def _lasso_refit(
+    design: SpexDesign, vals: np.ndarray, b: int, coeffs: Coeffs, *, seed: int
+) -> Coeffs:
     """LassoCV refit on support + {()} + all singletons, on the queries of the b-design.
 
     Memory: N x (|support| + n + 1) floats (e.g. 43k x 1.3k = 450 MB at n = 1000, b = 8).
@@ -472,9 +485,8 @@ def proxyspex_fit(masks: np.ndarray, values: np.ndarray, **kwargs):  # type: ign
 
 __all__ = [
     "Coeffs",
-    "proxyspex_fit",
-    "SpexDesign",
     "SpexDecodeResult",
+    "SpexDesign",
     "b_for_budget",
     "fourier_basis",
     "fourier_r2",
@@ -483,6 +495,7 @@ __all__ = [
     "make_design",
     "n_queries",
     "predict",
+    "proxyspex_fit",
     "spex_decode",
     "spex_transform",
 ]

@@ -212,7 +212,9 @@ def mobius_to_index(
         return mobius_to_bii(mobius)
     if order is None:
         raise ParameterError(f"The '{name}' index needs an 'order' (e.g. order=2); got None.")
-    return {"stii": mobius_to_stii, "fsii": mobius_to_fsii, "fbii": mobius_to_fbii}[name](mobius, order)
+    return {"stii": mobius_to_stii, "fsii": mobius_to_fsii, "fbii": mobius_to_fbii}[name](
+        mobius, order
+    )
 
 
 def interaction_index(

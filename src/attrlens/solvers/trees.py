@@ -51,7 +51,9 @@ def _tree_spectrum(node: dict[str, Any], n: int) -> Coeffs:
         return {(): float(node["leaf_value"])}
     feat = int(node["split_feature"])
     if not 0 <= feat < n:
-        raise InputError(f"The booster splits on feature {feat}, outside [0, {n}); pass the right n.")
+        raise InputError(
+            f"The booster splits on feature {feat}, outside [0, {n}); pass the right n."
+        )
     left = _tree_spectrum(node["left_child"], n)
     right = _tree_spectrum(node["right_child"], n)
     at_zero = left if _goes_left(node, 0.0) else right
@@ -176,7 +178,9 @@ def proxyspex_fit(
     if y.shape[0] != z.shape[0]:
         raise InputError(f"values has {y.shape[0]} entries but masks has {z.shape[0]} rows.")
     if z.shape[0] < 2 * cv:
-        raise InputError(f"ProxySPEX needs at least {2 * cv} samples for {cv}-fold CV; got {z.shape[0]}.")
+        raise InputError(
+            f"ProxySPEX needs at least {2 * cv} samples for {cv}-fold CV; got {z.shape[0]}."
+        )
     if not np.all(np.isfinite(y)):
         raise InputError("values contains NaN or infinite entries.")
     if isinstance(grid, str):
@@ -192,10 +196,14 @@ def proxyspex_fit(
     elif isinstance(grid, dict):
         param_grid = dict(grid)
     else:
-        raise ParameterError(f"The 'grid' parameter of proxyspex_fit must be a str or dict. Got {grid!r}.")
+        raise ParameterError(
+            f"The 'grid' parameter of proxyspex_fit must be a str or dict. Got {grid!r}."
+        )
     x = z.astype(np.float64)
     base = lgb.LGBMRegressor(verbose=-1, n_jobs=n_jobs, random_state=seed)
-    search = GridSearchCV(base, param_grid=param_grid, scoring="r2", cv=KFold(n_splits=cv), n_jobs=1)
+    search = GridSearchCV(
+        base, param_grid=param_grid, scoring="r2", cv=KFold(n_splits=cv), n_jobs=1
+    )
     search.fit(x, y)
     tree_coeffs = lightgbm_to_fourier(search.best_estimator_, z.shape[1])
     kept = truncate_energy(tree_coeffs, energy)

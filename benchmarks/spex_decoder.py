@@ -1,0 +1,206 @@
+"""Benchmark: attrlens' SPEX decoder vs the authors' package (spectralexplain / sparse-transform).
+
+Both decoders see the same planted sparse spectra (``--coeffs`` supports of order 1..3,
+|F| in [0.5, 2], random signs, plus a constant; noiseless unless ``--noise``) at each n,
+with SPEX's defaults (C = 3, t = 5, b = 8, soft = 2-Chase with depth 2t, hard =
+Berlekamp-Massey only).  Per (n, decoder) we report:
+
+* queries: value-function evaluations (counted by a wrapper around the value function);
+* decode time: median wall time of everything after the model calls -- for attrlens
+  ``spex_transform`` (WHT + peeling); for spectralexplain the WHTs it computes while
+  sampling (``signal.transformTimes``) plus ``support_recovery`` (peeling);
+* exact recovery: decoded keys equal the planted keys and all values within 1e-6.
+
+Each package samples its own design (random M_c) once per seed; the value function is not
+timed.  spectralexplain's first decode JIT-compiles galois and is run once untimed.
+
+    .venv/bin/python benchmarks/spex_decoder.py --n 128 1000 --seeds 3 --repeats 3
+
+Use ``--skip-reference`` to time attrlens alone (spectralexplain not installed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from attrlens.solvers.fourier import make_design, predict, spex_transform
+
+
+def planted_spectrum(n: int, size: int, seed: int, max_order: int = 3) -> dict:
+    rng = np.random.default_rng(seed)
+    coeffs: dict = {(): float(rng.uniform(-2, 2))}
+    while len(coeffs) < size + 1:
+        order = int(rng.integers(1, max_order + 1))
+        key = tuple(sorted(int(i) for i in rng.choice(n, size=order, replace=False)))
+        coeffs[key] = float(rng.choice([-1.0, 1.0]) * rng.uniform(0.5, 2.0))
+    return coeffs
+
+
+def exact(got: dict, want: dict, tol: float = 1e-6) -> bool:
+    return set(got) == set(want) and all(abs(got[k] - want[k]) <= tol for k in want)
+
+
+class Counted:
+    """Value function v(masks) of a planted spectrum, counting evaluated masks."""
+
+    def __init__(self, coeffs: dict, noise: float, seed: int):
+        self.coeffs, self.noise, self.calls = coeffs, noise, 0
+        self.rng = np.random.default_rng(seed + 10_000)
+
+    def __call__(self, masks) -> np.ndarray:
+        z = np.asarray(masks).astype(bool)
+        self.calls += z.shape[0]
+        v = predict(self.coeffs, z)
+        if self.noise:
+            v = v + self.rng.normal(scale=self.noise, size=v.shape)
+        return v
+
+
+def run_attrlens(coeffs, n, b, t, seed, decoder, repeats, noise):
+    design = make_design(n, b=b, t=t, seed=seed)
+    fn = Counted(coeffs, noise, seed)
+    values = fn(design.masks())
+    times, res = [], None
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        res = spex_transform(design, values, decoder=decoder, noise_sd=noise)
+        times.append(time.perf_counter() - t0)
+    return fn.calls, statistics.median(times), exact(res.coeffs, coeffs), len(res.coeffs)
+
+
+def run_reference(coeffs, n, b, t, seed, decoder, repeats, noise):
+    from spectralexplain.support_recovery import sampling_strategy, support_recovery
+
+    np.random.seed(seed)  # the reference draws M_c from numpy's global RNG
+    fn = Counted(coeffs, noise, seed)
+    signal, _ = sampling_strategy(fn, b, b, n, sample_save_dir=None, t=t)
+    wht_time = float(np.sum([[tt[b] for tt in row] for row in signal.transformTimes]))
+    times, out = [], None
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        out = support_recovery(decoder, signal, b, t)
+        times.append(time.perf_counter() - t0 + wht_time)
+    got = {tuple(int(i) for i in np.flatnonzero(k)): float(v) for k, v in out.items()}
+    return fn.calls, statistics.median(times), exact(got, coeffs), len(got)
+
+
+def reference_code_construction(n: int, t: int, repeats: int) -> float:
+    """Median time of the galois-based BCH(n, t) that every ``support_recovery`` call builds."""
+    from sparse_transform.qsft.codes.BCH import BCH
+
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        BCH(n, t)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def attrlens_code_construction(n: int, t: int, repeats: int) -> float:
+    """Median uncached time of attrlens' BCH code (built once per design, then cached)."""
+    from attrlens.solvers.bch import make_bch_code
+
+    times = []
+    for _ in range(repeats):
+        make_bch_code.cache_clear()
+        t0 = time.perf_counter()
+        make_bch_code(n, t)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--n", type=int, nargs="+", default=[128, 1000])
+    ap.add_argument("--b", type=int, default=8)
+    ap.add_argument("--t", type=int, default=5)
+    ap.add_argument("--coeffs", type=int, default=20)
+    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--noise", type=float, default=0.0)
+    ap.add_argument("--decoders", nargs="+", default=["hard", "soft"])
+    ap.add_argument("--skip-reference", action="store_true")
+    args = ap.parse_args(argv)
+
+    have_ref = not args.skip_reference
+    if have_ref:
+        try:
+            import spectralexplain  # noqa: F401
+        except ImportError as err:
+            print(f"spectralexplain unavailable ({err}); timing attrlens only", file=sys.stderr)
+            have_ref = False
+        else:  # warm-up: galois JIT compilation is not decode time
+            warm = planted_spectrum(16, 3, 0)
+            run_reference(warm, 16, 3, args.t, 0, "soft", 1, 0.0)
+
+    rows, code_times = [], {}
+    for n in args.n:
+        for decoder in args.decoders:
+            ours_t, ref_t, ours_ok, ref_ok, ours_q, ref_q = [], [], 0, 0, set(), set()
+            for seed in range(args.seeds):
+                coeffs = planted_spectrum(n, args.coeffs, seed)
+                q, tm, ok, _ = run_attrlens(
+                    coeffs, n, args.b, args.t, seed, decoder, args.repeats, args.noise
+                )
+                ours_t.append(tm), ours_q.add(q)
+                ours_ok += ok
+                if have_ref:
+                    q, tm, ok, _ = run_reference(
+                        coeffs, n, args.b, args.t, seed, decoder, args.repeats, args.noise
+                    )
+                    ref_t.append(tm), ref_q.add(q)
+                    ref_ok += ok
+                print(
+                    f"n={n} {decoder} seed={seed}: attrlens {ours_t[-1] * 1e3:.1f} ms"
+                    + (f", spectralexplain {ref_t[-1] * 1e3:.1f} ms" if have_ref else ""),
+                    file=sys.stderr,
+                )
+            rows.append((n, decoder, ours_q, ours_t, ours_ok, ref_q, ref_t, ref_ok))
+        code_times[n] = (
+            attrlens_code_construction(n, args.t, args.repeats),
+            reference_code_construction(n, args.t, args.repeats) if have_ref else float("nan"),
+        )
+
+    print(
+        f"\nplanted spectra: {args.coeffs} coefficients (+ constant), order <= 3, noise sd {args.noise}; "
+        f"b={args.b}, t={args.t}, C=3; {args.seeds} seeds x median of {args.repeats} decodes\n"
+    )
+    print(
+        "| n | decoder | queries (attrlens / ref) | decode ms (attrlens / ref) | ref without its code construction, ms | speed-up (total / without construction) | exact recovery (attrlens / ref) |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    for n, dec, oq, ot, ook, rq, rt, rok in rows:
+        om = statistics.median(ot) * 1e3
+        if have_ref:
+            rm = statistics.median(rt) * 1e3
+            rm_peel = rm - code_times[n][1] * 1e3
+            print(
+                f"| {n} | {dec} | {'/'.join(map(str, sorted(oq)))} / {'/'.join(map(str, sorted(rq)))} | "
+                f"{om:.1f} / {rm:.1f} | {rm_peel:.1f} | {rm / om:.0f}x / {rm_peel / om:.0f}x | "
+                f"{ook}/{args.seeds} / {rok}/{args.seeds} |"
+            )
+        else:
+            print(
+                f"| {n} | {dec} | {'/'.join(map(str, sorted(oq)))} / - | {om:.1f} / - | - | - | {ook}/{args.seeds} / - |"
+            )
+    print(
+        "\nBCH code construction, median s (attrlens uncached, once per design / spectralexplain, "
+        "inside every support_recovery call):"
+    )
+    for n, (ours, ref) in code_times.items():
+        print(f"- n={n}: {ours:.3f} / {ref:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
