@@ -273,6 +273,7 @@ def test_explain_gilot_result(short_attr):
     np.testing.assert_allclose(a.per_output_token.mean(1), a.scores, atol=1e-12)
     assert a.cost["model_forwards"] > 0 and a.cost["tokens_processed"] >= meta["tokens_min"]
     assert meta["model_s"] > 0 and "ot_solver_s" in meta
+    assert a.params["solver"] == meta["ot_solver"] == "exact"  # "auto" on CPU
     assert len(meta["beams"]) == 3
     back = Attribution.from_dict(a.to_dict())
     np.testing.assert_allclose(back.scores, a.scores)

@@ -154,8 +154,8 @@ def ot_distances(
 ) -> np.ndarray:
     """Batched OT distances between compressed distribution pairs.
 
-    ids, p, q, valid: (P, N) as returned by :func:`compress`; emb: (V, H) unit-norm float64
-    embedding rows. Problems are sorted by their number of real tokens, compacted to it and
+    ids, p, q, valid: (P, N) as returned by :func:`compress`; emb: (V, H) input-embedding
+    matrix (the cost uses float64 cosines of the gathered rows). Problems are sorted by their number of real tokens, compacted to it and
     solved in a few calls of :func:`attrlens.solvers.ot.ot_distance` (padding = zero mass
     outside the support mask; ``smoothing``, GiLOT's +1e-4, goes on the support only).
     Returns (P,) float64.
@@ -301,8 +301,7 @@ def gilot_attribution(
         if importer is not None:
             importer.join()
         with torch.no_grad():
-            emb = model.input_embeddings.weight.detach().double()
-            emb = emb / emb.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+            emb = model.input_embeddings.weight.detach()  # rows gathered per batch
             rows = [r for r, *_ in comp]
             ids, p, q, valid = (torch.cat([c[i] for c in comp]) for i in range(1, 5))
             union = float(valid.sum(-1).double().mean())
@@ -360,7 +359,9 @@ class GilotExplainer(Explainer):
     ot_beta, ot_iter, ot_tol, smoothing: IPOT step (β), iterations, optional early-stop
                  tolerance on the marginal error, marginal smoothing (+1e-4 as the code)
     shared_weights: prefix weights in shared mode: "masked" | "original"
-    per_position: also return the (m, J) matrix of per-position distances
+    per_position: also return the (m, J) matrix of per-position distances as the result's
+                 ``per_output_token`` (column j = output position j of the beam marginals,
+                 not a token of the displayed greedy output)
     max_batch_tokens: rows x cache length per forward (memory bound)
 
     ``budget`` (value-function evaluations in other methods) is the number of inputs whose
@@ -481,7 +482,8 @@ class GilotExplainer(Explainer):
             scores=res.scores,
             per_output_token=res.per_position if p["per_position"] else None,
             extra=extra,
-            params={"masker_ids": "id 0 + attention 0" if kind == "attention_off" else kind},
+            # the solver actually used ("auto" resolves by device)
+            params={"solver": res.solver} if p["distance"] == "ot" else {},
         )
 
 
