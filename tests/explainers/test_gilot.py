@@ -174,8 +174,8 @@ def test_own_and_shared_agree_for_all_keep(tiny_model, ids, reference):
                                 horizon=J, beam_mode=mode, distance="kl")
         for mode in ("own", "shared")
     }
-    for mode in res:
-        np.testing.assert_allclose(res[mode].scores, [0.0], atol=1e-5)
+    for r in res.values():
+        np.testing.assert_allclose(r.scores, [0.0], atol=1e-5)
 
 
 def test_shared_mode_teacher_forces_the_original_beams(tiny_model, ids, reference):
@@ -389,7 +389,7 @@ def test_ipot_agrees_with_exact_ot(tiny_model, ids):
     L = len(ids)
     keep = np.ones((3, L), dtype=bool)
     keep[0, 2], keep[1, 5:7], keep[2, 10] = False, False, False
-    kw = dict(beams=3, horizon=3, beam_mode="shared")
+    kw = {"beams": 3, "horizon": 3, "beam_mode": "shared"}
     exact = gilot_attribution(tiny_model, ids, keep, solver="exact", **kw)
     ipot = gilot_attribution(tiny_model, ids, keep, solver="ipot", ot_iter=1000, **kw)
     assert exact.solver == "exact" and ipot.solver == "ipot"

@@ -57,7 +57,7 @@ import numpy as np
 
 from ..errors import InputError, ParameterError, check_param
 from .base import ExplainContext, Explainer, Explanation, register
-from .gilot_beams import Beams, BeamRunner, make_inputs
+from .gilot_beams import BeamRunner, Beams, make_inputs
 
 DISTANCES = ("ot", "kl")
 BEAM_MODES = ("own", "shared")
@@ -695,7 +695,7 @@ class Comparison:
 
 def align_slots(labels_a: Sequence[str], labels_b: Sequence[str]) -> list[tuple[list[int], list[int]]]:
     """Feature slots where two label sequences differ: [(indices in a, indices in b)]."""
-    norm = lambda s: s.strip().lower()  # noqa: E731
+    norm = lambda s: s.strip().lower()
     sm = difflib.SequenceMatcher(a=[norm(x) for x in labels_a], b=[norm(x) for x in labels_b],
                                  autojunk=False)
     return [
