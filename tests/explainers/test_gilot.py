@@ -49,22 +49,29 @@ def reference(tiny_model, ids):
     return marg
 
 
-def _direct_marginal(model, ids, keep, beams):
+def _direct_marginal(model, ids, keep, beams, *, delete=False):
     """Reference implementation: plain full forwards (no cache, no batching tricks) of each
-    beam under the prompt with attention mask ``keep``; prefix-deduplicated mixture."""
+    beam under the prompt with attention mask ``keep`` (or, with ``delete``, with the masked
+    tokens removed at unchanged positions); prefix-deduplicated mixture."""
     L = len(ids)
     b, Jm1 = beams.tokens.shape
     eos = set(model.eos_token_ids)
     per_beam, logw = [], []
     for k in range(b):
-        seq = np.concatenate([np.where(keep, ids, 0), beams.tokens[k]])
-        att = np.concatenate([keep, np.ones(Jm1, dtype=bool)]).astype(np.int64)
+        if delete:
+            seq = np.concatenate([ids[keep], beams.tokens[k]])
+            pos = np.concatenate([np.flatnonzero(keep), np.arange(L, L + Jm1)])
+            att = np.ones(len(seq), dtype=np.int64)
+        else:
+            seq = np.concatenate([np.where(keep, ids, 0), beams.tokens[k]])
+            pos = np.arange(len(seq))
+            att = np.concatenate([keep, np.ones(Jm1, dtype=bool)]).astype(np.int64)
         with torch.no_grad():
             lg = model.model(
                 input_ids=torch.as_tensor(seq)[None], attention_mask=torch.as_tensor(att)[None],
-                position_ids=torch.arange(len(seq))[None],
+                position_ids=torch.as_tensor(pos)[None],
             ).logits[0]
-        lp = torch.log_softmax(lg.double(), -1)[L - 1 :].numpy()  # (J, V)
+        lp = torch.log_softmax(lg.double(), -1)[len(seq) - Jm1 - 1 :].numpy()  # (J, V)
         w, ended = [0.0], False
         for t in range(Jm1):
             if ended:
@@ -205,6 +212,19 @@ def test_masking_an_unattended_token_changes_nothing(tiny_model, ids, distance):
     assert res.scores[0] == pytest.approx(0.0, abs=2e-3)
     assert res.scores[1] > 20 * max(res.scores[0], 1e-4)
     assert np.all(res.per_position >= 0)
+
+
+def test_attention_off_equals_deleting_the_tokens(tiny_model, ids, reference):
+    keep = np.ones(len(ids), dtype=bool)
+    keep[[1, 6, 7]] = False
+    runner = BeamRunner(tiny_model, ids, beams=B, horizon=J)
+    tail = keep.copy()
+    tail[-2:] = False  # deleting the last tokens: Y_1 comes from the last kept token
+    for kind, kp in (("attention_off", keep), ("delete", keep), ("delete", tail)):
+        inp = make_inputs(ids, kp[None, :], kind=kind)
+        ((_, marg),) = list(runner.teacher_force(inp, reference.beams))
+        gone = _direct_marginal(tiny_model, ids, kp, reference.beams, delete=True)
+        np.testing.assert_allclose(marg.logp.exp().numpy(), gone, atol=2e-5)
 
 
 def test_attention_off_and_delete_agree_except_for_the_last_token(tiny_model, ids):
