@@ -233,3 +233,24 @@ def test_decoder_rejects_bad_inputs() -> None:
         make_design(16, b=0)
     # the all-zero function decodes to the empty spectrum
     assert spex_decode(design, good) == {}
+
+
+def test_max_iter_stop_warns_and_is_reported() -> None:
+    coeffs, design, values = _planted_case(64, 20, 1)
+    with pytest.warns(RuntimeWarning, match="max_iter"):
+        res = spex_transform(design, values, max_iter=1)
+    assert res.stopped_by == "max_iter" and res.n_iterations == 1
+    assert 0 < len(res.coeffs) <= len(coeffs)
+
+
+def test_trap_exit_stops_a_stagnant_decoder() -> None:
+    """Pure noise: the same few keys get re-peeled forever; trap_exit ends it."""
+    design = make_design(32, b=4, seed=9)
+    values = np.random.default_rng(0).normal(size=design.n_queries)
+    for trap in (15, 3):
+        res = spex_transform(design, values, trap_exit=trap)
+        assert res.stopped_by == "trap_exit"
+        assert res.n_iterations == trap + 1  # nothing new after the first round
+    with pytest.warns(RuntimeWarning, match="max_iter"):
+        res = spex_transform(design, values, trap_exit=None, max_iter=40)
+    assert res.stopped_by == "max_iter" and res.n_iterations == 40

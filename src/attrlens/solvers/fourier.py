@@ -19,6 +19,7 @@ SPEX (Kang et al., ICML 2025; METHODS.md §3, pinned to sparse-transform 0.2.1):
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -253,7 +254,7 @@ def fourier_r2(coeffs: Coeffs, masks: np.ndarray, values: np.ndarray) -> float:
     return 1.0 - float(np.sum(resid**2)) / denom
 
 
-def _rows_to_keys(rows: np.ndarray) -> list[tuple[int, ...]]:
+def _rows_to_keys(rows) -> list[tuple[int, ...]]:  # rows: iterable of (n,) bool
     return [tuple(int(i) for i in np.flatnonzero(r)) for r in rows]
 
 
@@ -393,9 +394,15 @@ def spex_transform(
         if not cont and stopped != "trap_exit":
             stopped = "converged"
 
-    coeffs: Coeffs = {}
-    for key_row, value in found.values():
-        coeffs[tuple(int(i) for i in np.flatnonzero(key_row))] = value
+    if stopped == "max_iter":
+        warnings.warn(
+            f"SPEX peeling stopped after max_iter={max_iter} rounds with bins left to check; "
+            "the spectrum may be incomplete. Raise max_iter or enable trap_exit.",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+    rows = [key_row for key_row, _ in found.values()]
+    coeffs: Coeffs = dict(zip(_rows_to_keys(rows), (value for _, value in found.values())))
     if refit == "lasso":
         coeffs = _lasso_refit(design, vals, b, coeffs, seed=seed)
     energy = np.einsum("cjp,cjp->cj", bins, bins)
