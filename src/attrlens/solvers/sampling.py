@@ -1,0 +1,289 @@
+"""Perturbation-mask samplers: Sparse-K (RoPE-LIME) and Bernoulli (LIME / gSMILE).
+
+Masks are bool arrays ``(n_masks, n_features)`` with True = feature kept (METHODS §0).
+
+Sparse-K (METHODS §1(b) step 2, our reconstruction): every perturbed mask removes exactly
+``K`` features, a uniformly random K-subset, and no mask appears twice; ``K = 1`` with
+``budget = n`` is leave-one-out. ``budget`` counts the perturbed masks; the all-ones row
+(the original input) comes first on top of them when ``include_full`` is set.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Callable
+
+import numpy as np
+
+from attrlens.errors import ParameterError, check_param
+
+__all__ = ["bernoulli_masks", "sparse_k_masks"]
+
+_SPARSE_MODES = ("exact", "balanced", "up_to_k")
+# Enumerate the whole candidate set (and draw from it without replacement) when it has at
+# most this many masks and the budget is a sizeable part of it; rejection sampling would
+# then spend most draws on duplicates.
+_ENUM_LIMIT = 200_000
+# Upper bound on rejection rounds (each round draws a batch); unreachable in practice
+# because enumeration takes over whenever duplicates could dominate.
+_MAX_ROUNDS = 10_000
+
+
+def sparse_k_masks(
+    n: int,
+    budget: int,
+    k: int,
+    *,
+    mode: str = "exact",
+    seed: int = 0,
+    include_full: bool = True,
+) -> np.ndarray:
+    """Sparse-K masks: each perturbed mask removes exactly K (or up to K) features.
+
+    Args:
+        n: number of features.
+        budget: number of distinct perturbed masks wanted; capped at the number of
+            possible masks (``C(n, K)``, or ``sum_{s<=K} C(n, s)`` for ``up_to_k``), in
+            which case all of them are enumerated (in lexicographic order of the removed
+            set, so ``K = 1, budget = n`` gives leave-one-out with row ``i`` removing
+            feature ``i``).
+        k: features removed per mask, ``1 <= k <= n``.
+        mode: ``"exact"`` (uniform random K-subsets), ``"balanced"`` (each feature removed
+            in ``floor(budget K / n)`` or ``ceil(budget K / n)`` masks; features with the
+            fewest removals so far are taken first, ties broken at random, duplicate
+            masks redrawn) or ``"up_to_k"`` (size uniform in ``{1..K}``, then a uniform
+            subset of that size).
+        seed: seed of ``np.random.default_rng``.
+        include_full: put the all-ones mask (the original input) first.
+
+    Returns:
+        bool ``(m, n)`` with ``m = min(budget, n_possible) + include_full``; no two rows
+        are equal.
+    """
+    owner = "sparse_k_masks"
+    check_param(owner, "n", n, kind=int, low=1)
+    check_param(owner, "budget", budget, kind=int, low=1)
+    check_param(owner, "k", k, kind=int, low=1)
+    if k > n:
+        raise ParameterError(
+            f"The 'k' parameter of {owner} must be an int in the range [1, n={n}] (a mask "
+            f"cannot remove more features than there are). Got {k} instead."
+        )
+    check_param(owner, "mode", mode, choices=_SPARSE_MODES)
+    check_param(owner, "seed", seed, kind=(int, np.integer))
+    rng = np.random.default_rng(seed)
+
+    if mode == "up_to_k":
+        sizes = list(range(1, k + 1))
+        total = sum(math.comb(n, s) for s in sizes)
+    else:
+        sizes = [k]
+        total = math.comb(n, k)
+
+    if budget >= total:
+        removed = _enumerate_removals(n, sizes)
+    elif mode == "balanced":
+        removed = _balanced_removals(n, budget, k, rng)
+    else:
+        # Distribution over masks of the base draw: uniform size, then uniform subset.
+        def weight_of(size: int) -> float:
+            return 1.0 / (len(sizes) * math.comb(n, size))
+
+        def draw(count: int) -> np.ndarray:
+            sz = rng.choice(sizes, size=count) if len(sizes) > 1 else np.full(count, k)
+            keys = rng.random((count, n))
+            ranks = np.argsort(np.argsort(keys, axis=1), axis=1)
+            return ranks < sz[:, None]  # True = removed: the sz smallest keys per row
+
+        removed = _draw_unique(
+            rng,
+            budget,
+            n,
+            total=total,
+            draw=draw,
+            enumerate_all=lambda: _enumerate_removals(n, sizes),
+            weight_of=weight_of,
+        )
+    masks = ~removed
+    if include_full:
+        masks = np.vstack([np.ones((1, n), dtype=bool), masks])
+    return masks
+
+
+def bernoulli_masks(
+    n: int,
+    budget: int,
+    *,
+    p_keep: float = 0.5,
+    seed: int = 0,
+    unique: bool = True,
+    min_kept: int = 0,
+    exclude_empty: bool = True,
+) -> np.ndarray:
+    """LIME / gSMILE masks: each feature kept independently with probability ``p_keep``.
+
+    Masks with fewer than ``min_kept`` kept features, and the all-removed mask when
+    ``exclude_empty``, are redrawn (gSMILE rejects ``z = 0`` and needs 2 kept words). With
+    ``unique`` no mask repeats (draws without replacement from the conditioned
+    distribution); ParameterError if fewer than ``budget`` distinct valid masks exist.
+
+    Returns:
+        bool ``(budget, n)``, True = kept.
+    """
+    owner = "bernoulli_masks"
+    check_param(owner, "n", n, kind=int, low=1)
+    check_param(owner, "budget", budget, kind=int, low=1)
+    check_param(owner, "p_keep", p_keep, low=0.0, high=1.0)
+    check_param(owner, "seed", seed, kind=(int, np.integer))
+    check_param(owner, "unique", unique, kind=bool)
+    check_param(owner, "min_kept", min_kept, kind=int, low=0, high=n)
+    check_param(owner, "exclude_empty", exclude_empty, kind=bool)
+    rng = np.random.default_rng(seed)
+    lo = max(min_kept, 1 if exclude_empty else 0)
+    # Sizes (number kept) that are valid and have positive probability.
+    sizes = [
+        s
+        for s in range(lo, n + 1)
+        if (p_keep > 0 or s == 0) and (p_keep < 1 or s == n)
+    ]
+    if not sizes:
+        raise ParameterError(
+            f"No mask can be drawn by {owner}: with p_keep={p_keep}, min_kept={min_kept} "
+            f"and exclude_empty={exclude_empty} every possible mask is rejected."
+        )
+    total = sum(math.comb(n, s) for s in sizes)
+    if unique and budget > total:
+        raise ParameterError(
+            f"The 'budget' parameter of {owner} must be at most {total} here (the number "
+            f"of distinct valid masks of {n} features). Got {budget} instead; lower the "
+            f"budget or pass unique=False."
+        )
+
+    def draw(count: int) -> np.ndarray:
+        z = rng.random((count, n)) < p_keep
+        return z[z.sum(axis=1) >= lo]
+
+    if not unique:
+        out = np.empty((0, n), dtype=bool)
+        for _ in range(_MAX_ROUNDS):
+            out = np.vstack([out, draw(max(2 * (budget - len(out)), 16))])
+            if len(out) >= budget:
+                return out[:budget]
+        raise RuntimeError(f"{owner}: rejection sampling did not finish")  # pragma: no cover
+
+    def weight_of(size: int) -> float:
+        return p_keep**size * (1.0 - p_keep) ** (n - size)
+
+    return _draw_unique(
+        rng,
+        budget,
+        n,
+        total=total,
+        draw=draw,
+        enumerate_all=lambda: _enumerate_kept(n, sizes),
+        weight_of=weight_of,
+    )
+
+
+# --------------------------------------------------------------------------------------
+# helpers
+# --------------------------------------------------------------------------------------
+
+
+def _enumerate_removals(n: int, sizes: list[int]) -> np.ndarray:
+    """All masks removing ``s`` features for ``s`` in sizes, True = removed, lex order."""
+    rows = []
+    for s in sizes:
+        for combo in itertools.combinations(range(n), s):
+            row = np.zeros(n, dtype=bool)
+            row[list(combo)] = True
+            rows.append(row)
+    return np.array(rows, dtype=bool).reshape(-1, n)
+
+
+def _enumerate_kept(n: int, sizes: list[int]) -> np.ndarray:
+    """All masks keeping ``s`` features for ``s`` in sizes (True = kept)."""
+    return _enumerate_removals(n, sizes)
+
+
+def _draw_unique(
+    rng: np.random.Generator,
+    budget: int,
+    n: int,
+    *,
+    total: int,
+    draw: Callable[[int], np.ndarray],
+    enumerate_all: Callable[[], np.ndarray],
+    weight_of: Callable[[int], float],
+) -> np.ndarray:
+    """``budget`` distinct rows, drawn in sequence without replacement.
+
+    Sequential sampling without replacement from the base distribution: each new row is a
+    base draw conditioned on being new. Rejection sampling does exactly that; when the
+    candidate set is small enough to list and the budget is a sizeable part of it, the
+    same distribution is drawn from the list instead (``weight_of(row sum)`` is the base
+    probability of a row), which cannot stall on duplicates.
+    """
+    if total <= _ENUM_LIMIT and total * n <= 50_000_000 and 4 * budget >= total:
+        cands = enumerate_all()
+        probs = np.array([weight_of(int(s)) for s in cands.sum(axis=1)])
+        idx = rng.choice(len(cands), size=budget, replace=False, p=probs / probs.sum())
+        return cands[idx]
+    out = np.empty((budget, n), dtype=bool)
+    seen: set[bytes] = set()
+    filled = 0
+    for _ in range(_MAX_ROUNDS):
+        batch = draw(max(2 * (budget - filled), 16))
+        for row in batch:
+            key = np.packbits(row).tobytes()
+            if key in seen:
+                continue
+            seen.add(key)
+            out[filled] = row
+            filled += 1
+            if filled == budget:
+                return out
+    raise RuntimeError("mask sampling did not finish")  # pragma: no cover
+
+
+def _balanced_removals(
+    n: int, budget: int, k: int, rng: np.random.Generator
+) -> np.ndarray:
+    """Balanced exact-K removal sets (True = removed), ``budget < C(n, k)``.
+
+    Each new mask removes the K features removed least often so far, ties broken by fresh
+    random keys; taking the K smallest counts keeps ``max - min <= 1`` over features, so
+    every feature ends up removed ``floor(budget K / n)`` or ``ceil(budget K / n)`` times.
+    A duplicate is redrawn with new tie-breaking keys; if the least-removed features only
+    admit masks already used (rare: it needs nearly all K-subsets of a count class to be
+    taken), features one removal ahead are admitted, which may break the balance by one.
+    """
+    counts = np.zeros(n, dtype=np.int64)
+    out = np.zeros((budget, n), dtype=bool)
+    seen: set[bytes] = set()
+    for i in range(budget):
+        row, key = None, b""
+        for attempt in range(200):
+            # First tries: pure tie-breaking among equal counts. Later tries add noise of
+            # growing scale, so features one removal ahead can enter before balance is
+            # given up entirely.
+            scale = 0.0 if attempt < 10 else 0.1 * (attempt - 9)
+            noise = rng.random(n)
+            order = np.lexsort((noise, counts + scale * noise))
+            cand = np.zeros(n, dtype=bool)
+            cand[order[:k]] = True
+            key = np.packbits(cand).tobytes()
+            if key not in seen:
+                row = cand
+                break
+        while row is None:
+            cand = np.zeros(n, dtype=bool)
+            cand[rng.choice(n, size=k, replace=False)] = True
+            key = np.packbits(cand).tobytes()
+            if key not in seen:
+                row = cand
+        seen.add(key)
+        out[i] = row
+        counts += row
+    return out
