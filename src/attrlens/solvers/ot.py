@@ -283,7 +283,8 @@ def _to_tensor(x: Any, device: Any) -> torch.Tensor:
         t = x.detach().to(dtype=torch.float64)
         return t if device is None else t.to(device)
     try:
-        arr = np.asarray(x, dtype=np.float64)
+        # a copy when needed: torch cannot wrap negative strides (e.g. p[::-1])
+        arr = np.ascontiguousarray(x, dtype=np.float64)
     except (TypeError, ValueError) as exc:
         raise InputError(f"Expected a numeric array; got {type(x).__name__}.") from exc
     return torch.from_numpy(arr).to(device if device is not None else "cpu")
@@ -294,7 +295,7 @@ def _to_mask(x: Any, device: Any) -> torch.Tensor:
 
     if _is_tensor(x):
         return x.detach().to(device=device, dtype=torch.bool)
-    return torch.from_numpy(np.asarray(x, dtype=bool)).to(device)
+    return torch.from_numpy(np.ascontiguousarray(x, dtype=bool)).to(device)
 
 
 def _prepare(
@@ -443,13 +444,17 @@ def _ipot_chunk(
     import torch
 
     nb, n, m = c.shape
+    supp_a = a > 0
+    supp_b = b > 0
     g_kernel = torch.exp(-c / beta)
-    r_mat = g_kernel / (n * m)  # Q_1 = G * P_0
+    # P_0 is uniform over the support (1 / (N_b M_b)) and exactly 0 on padding, so a padded
+    # problem runs the same iterates as the unpadded one.
+    supp = supp_a.unsqueeze(-1) & supp_b.unsqueeze(-2)
+    sizes = supp_a.sum(-1, dtype=c.dtype) * supp_b.sum(-1, dtype=c.dtype)
+    r_mat = torch.where(supp, g_kernel, 0.0) / sizes.view(-1, 1, 1)  # Q_1 = G * P_0
     alpha = torch.ones_like(a)
     gamma = torch.ones_like(b)
     v = torch.ones_like(b)
-    supp_a = a > 0
-    supp_b = b > 0
     active = torch.ones(nb, dtype=torch.bool, device=c.device)
     err = torch.zeros(nb, dtype=c.dtype, device=c.device)
     t = 0
@@ -542,17 +547,23 @@ def _sinkhorn_log(
     log_b = torch.where(b > 0, b.log(), neg_inf)
     f = torch.zeros_like(a)
     g = torch.zeros_like(b)
-    spread = float((c.amax(dim=(-1, -2)) - c.amin(dim=(-1, -2))).max())
-    e = max(eps, spread) if eps_scaling else eps
+    # Per-problem schedule (so a problem's result does not depend on its batch mates):
+    # eps_t = max(eps, range(C_b) * 0.9^t), then eps until the end.
+    spread = (c.amax(dim=(-1, -2)) - c.amin(dim=(-1, -2))).clamp_min(eps)
+    e = spread if eps_scaling else torch.full_like(spread, eps)
+    e3 = e.view(-1, 1, 1)
     best_err = torch.full_like(a[:, 0], math.inf)
     best_f, best_g = f.clone(), g.clone()
+    at_eps = not eps_scaling
     t = 0
     for t in range(1, max_iter + 1):
-        if eps_scaling:
-            e = max(eps, e * _EPS_DECAY)
-        f = e * (log_a - torch.logsumexp((g.unsqueeze(-2) - c) / e, dim=-1))
-        g = e * (log_b - torch.logsumexp((f.unsqueeze(-1) - c) / e, dim=-2))
-        if tol is not None and e == eps and (t % _CHECK_EVERY == 0 or t == max_iter):
+        if not at_eps:
+            e = (e * _EPS_DECAY).clamp_min(eps)
+            e3 = e.view(-1, 1, 1)
+            at_eps = bool((e <= eps).all())
+        f = e.unsqueeze(-1) * (log_a - torch.logsumexp((g.unsqueeze(-2) - c) / e3, dim=-1))
+        g = e.unsqueeze(-1) * (log_b - torch.logsumexp((f.unsqueeze(-1) - c) / e3, dim=-2))
+        if tol is not None and at_eps and (t % _CHECK_EVERY == 0 or t == max_iter):
             err = _sinkhorn_row_error(f, g, c, a, eps)
             better = err < best_err
             best_err = torch.where(better, err, best_err)
@@ -560,9 +571,9 @@ def _sinkhorn_log(
             best_g = torch.where(better.unsqueeze(-1), g, best_g)
             if bool((best_err <= tol).all()):
                 break
-    if e > eps:
+    if not at_eps:
         warnings.warn(
-            f"Sinkhorn eps scaling stopped at eps={e:.3g} > eps={eps} after "
+            f"Sinkhorn eps scaling stopped at eps={float(e.max()):.3g} > eps={eps} after "
             f"max_iter={max_iter} iterations; increase max_iter.",
             RuntimeWarning,
             stacklevel=3,
@@ -570,7 +581,7 @@ def _sinkhorn_log(
     elif tol is not None:
         f, g = best_f, best_g
     # Potentials stay finite only on the support; -inf + -inf stays -inf (no NaN).
-    plan = torch.exp((f.unsqueeze(-1) + g.unsqueeze(-2) - c) / e)
+    plan = torch.exp((f.unsqueeze(-1) + g.unsqueeze(-2) - c) / e3)
     dist = (plan * c).sum(dim=(-1, -2))
     err = (plan.sum(-1) - a).abs().sum(-1)
     conv = err <= tol if tol is not None else None
