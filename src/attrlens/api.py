@@ -62,7 +62,7 @@ def explain_game(
         raise ParameterError(
             f"The method '{explainer.name}' needs a language model; use attrlens.explain."
         )
-    game = as_game(fn, n_features, progress=progress)
+    game = as_game(fn, n_features, progress=progress, batch_size=1024)
     t0 = time.perf_counter()
     exp = explainer.explain_game(game, seed=seed)
     wall = time.perf_counter() - t0
@@ -91,7 +91,7 @@ def explain(
     method: str | Explainer = "loo",
     granularity: str = "word",
     output: str | None = None,
-    target: str = "nll",
+    target: str | None = None,
     budget: int | None = None,
     seed: int = 0,
     masker: str | None = None,
@@ -111,11 +111,51 @@ def explain(
     prompt:      text, or chat messages [{"role", "content"}] (only user content is explained)
     granularity: token | word | sentence | message | span (with ``spans``: char spans of the
                  rendered prompt text for chat prompts, of the text itself for raw prompts)
-    target:      nll | logprob | kl | js | tv | contrastive (with ``contrast``)
+    target:      nll | logprob | kl | js | tv | contrastive (with ``contrast``); default: the
+                 method's (``logprob`` for spex/proxyspex, ``nll`` for the others)
     masker:      delete | replace | attention_off (default: the method's)
     target_backend: a closed-model backend (OpenAIBackend) whose output is explained
     params:      method parameters (e.g. beams=10 for gilot, k=3 for rope_lime)
     """
+    t_start = time.perf_counter()
+    explainer = _make_explainer(method, {"budget": budget, **params})
+    ctx = prepare(
+        prompt, model=model, granularity=granularity, output=output,
+        target=target or explainer.default_target, seed=seed,
+        masker=masker or explainer.default_masker, spans=spans, chat=chat,
+        max_new_tokens=max_new_tokens, reduction=reduction, top_k=top_k, contrast=contrast,
+        prefix_reuse=prefix_reuse, target_backend=target_backend, progress=progress,
+    )
+    if explainer.needs_closed_model and target_backend is None:
+        raise ParameterError(
+            f"The method '{explainer.name}' explains a closed model: give --target-url and "
+            f"--target-model (or target_backend=OpenAIBackend(...))."
+        )
+    return finish(explainer, ctx, explainer.explain_context(ctx), t_start=t_start)
+
+
+def prepare(
+    prompt: str | list[dict[str, str]],
+    *,
+    model: Any = None,
+    granularity: str = "word",
+    output: str | None = None,
+    target: str = "nll",
+    seed: int = 0,
+    masker: str = "delete",
+    spans: Sequence[tuple[int, int]] | None = None,
+    chat: bool | None = None,
+    max_new_tokens: int = 32,
+    reduction: str = "mean",
+    top_k: int = 100,
+    contrast: str | None = None,
+    prefix_reuse: bool = True,
+    target_backend: Any = None,
+    progress: Progress | None = None,
+) -> ExplainContext:
+    """Everything before the explainer runs: model, prompt, features, output, engine, target
+    and the Game (masks -> target values). One context can serve several methods, which then
+    share the Game's memo (benchmarks use this to evaluate a test set once)."""
     from .models.hf import HFModel
     from .scoring.engine import ScoringEngine
     from .scoring.targets import make_target
@@ -123,13 +163,10 @@ def explain(
     from .text.prompt import build_prompt
     from .text.segment import GRANULARITIES, segment
 
-    t_start = time.perf_counter()
     check_param("explain", "seed", seed, kind=int, low=0)
     check_param("explain", "max_new_tokens", max_new_tokens, kind=int, low=1)
     if granularity not in GRANULARITIES:
         raise ParameterError(unknown_name_message("granularity", granularity, GRANULARITIES))
-    explainer = _make_explainer(method, {"budget": budget, **params})
-    masker = masker or explainer.default_masker
     if masker not in MASKERS:
         raise ParameterError(unknown_name_message("masker", masker, MASKERS))
     if model is None or isinstance(model, str):
@@ -218,14 +255,19 @@ def explain(
         target=tgt,
         target_backend=target_backend,
         progress=progress,
-        options={"granularity": granularity, "max_new_tokens": max_new_tokens, "chat": pr.chat},
+        options={"granularity": granularity, "max_new_tokens": max_new_tokens, "chat": pr.chat,
+                 "masker": masker, "prefix_reuse": prefix_reuse, "alt_engine": alt_engine,
+                 "api_calls_before": api_calls_before},
     )
-    if explainer.needs_closed_model and target_backend is None:
-        raise ParameterError(
-            f"The method '{explainer.name}' explains a closed model: give --target-url and "
-            f"--target-model (or target_backend=OpenAIBackend(...))."
-        )
-    exp = explainer.explain_context(ctx)
+    return ctx
+
+
+def finish(explainer: Explainer, ctx: ExplainContext, exp: Any, *, t_start: float) -> Attribution:
+    """Turn an explainer's output on a prepared context into an :class:`Attribution`."""
+    engine, game, tgt = ctx.engine, ctx.game, ctx.target
+    alt_engine = ctx.options["alt_engine"]
+    target_backend = ctx.target_backend
+    features, pr = ctx.features, ctx.prompt
 
     cost = {
         "model_forwards": int(engine.counters["model_forwards"]
@@ -240,17 +282,18 @@ def explain(
         "padded_tokens": int(engine.counters["padded_tokens"]),
     }
     if target_backend is not None:
-        cost["api_calls"] = int(target_backend.counters.get("api_calls", 0)) - api_calls_before
+        cost["api_calls"] = (int(target_backend.counters.get("api_calls", 0))
+                             - ctx.options["api_calls_before"])
         for key in ("cached_calls", "prompt_tokens", "completion_tokens", "cost_usd"):
             if key in target_backend.counters:
                 cost[key] = target_backend.counters[key]
     params_out = {
         **explainer.get_params(),
         **exp.params,
-        "granularity": granularity,
+        "granularity": ctx.options["granularity"],
         "target": tgt.params(),
-        "masker": masker,
-        "prefix_reuse": prefix_reuse,
+        "masker": ctx.options["masker"],
+        "prefix_reuse": ctx.options["prefix_reuse"],
         "chat_template": pr.chat,
     }
     if target_backend is not None:
@@ -262,12 +305,12 @@ def explain(
         labels=features.labels,
         spans=[[list(s) for s in f.spans] for f in features],
         input_text=pr.text,
-        output_text=output_text,
+        output_text=ctx.output_text,
         params=params_out,
-        model={"id": model.info.id, "sha256": model.info.sha256},
+        model={"id": ctx.model.info.id, "sha256": ctx.model.info.sha256},
         interactions=exp.interactions,
         per_output_token=exp.per_output_token,
         cost=cost,
-        seed=seed,
+        seed=ctx.seed,
         extra={"metadata": exp.extra} if exp.extra else {},
     )

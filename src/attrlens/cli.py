@@ -188,7 +188,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--dtype", default="float32", help="float32 | bfloat16 | float16")
     e.add_argument("--output-text", help="explain this output instead of the model's own answer")
     e.add_argument("--contrast-text", help="alternative output for --target contrastive")
-    e.add_argument("--target", default="nll", help="nll | logprob | kl | js | tv | contrastive")
+    e.add_argument("--target", help="nll | logprob | kl | js | tv | contrastive "
+                   "(default: the method's)")
     e.add_argument("--masker", help="delete | replace | attention_off (default: the method's)")
     e.add_argument("--budget", type=int, help="maximum number of value-function evaluations")
     e.add_argument("--seed", type=int, default=0)
