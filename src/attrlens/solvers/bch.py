@@ -208,6 +208,10 @@ class BCHCode:
         cols = np.arange(width)
         rows = np.arange(nb)[:, None]
         for r in range(two_t):
+            if r % 2 == 1:
+                # binary BCH: S_2i = S_i^2 makes every second discrepancy zero (Berlekamp)
+                shift += 1
+                continue
             disc = syn[:, r].copy()
             if r:
                 prods = self._mul(conn[:, 1 : r + 1], syn[:, r - 1 :: -1][:, :r])
