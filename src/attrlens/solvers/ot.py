@@ -455,6 +455,13 @@ def _ipot_chunk(
     alpha = torch.ones_like(a)
     gamma = torch.ones_like(b)
     v = torch.ones_like(b)
+    # One iteration of a balanced problem moves log(alpha), log(gamma) by at most about
+    # 2 range(C) / beta (the dual potentials live in a band of that width), so checking
+    # every 25 beta / range(C) iterations keeps them below e^(50 + 50) between folds. An
+    # unbalanced problem (sum a != sum b) drifts by log(sum b / sum a) per iteration
+    # instead, hence the cap of 10.
+    spread = float((c.amax(dim=(-1, -2)) - c.amin(dim=(-1, -2))).max())
+    scale_check_every = max(1, min(10, int(25.0 * beta / max(spread, 1e-12))))
     active = torch.ones(nb, dtype=torch.bool, device=c.device)
     err = torch.zeros(nb, dtype=c.dtype, device=c.device)
     t = 0
@@ -462,9 +469,9 @@ def _ipot_chunk(
         # Q = diag(alpha) R diag(gamma) equals G * P_{t-1}.
         for _ in range(inner_iter):
             qv = alpha * torch.bmm(r_mat, (gamma * v).unsqueeze(-1)).squeeze(-1)
-            u = a / qv.clamp_min(_TINY)
+            u = a / qv.clamp_min_(_TINY)
             qtu = gamma * torch.bmm((alpha * u).unsqueeze(1), r_mat).squeeze(1)
-            v = b / qtu.clamp_min(_TINY)
+            v = b / qtu.clamp_min_(_TINY)
         if tol is None:
             alpha = alpha * u
             gamma = gamma * v
@@ -479,10 +486,14 @@ def _ipot_chunk(
                 break
         if t == max_iter:
             break
-        if _scale_too_large(alpha, gamma, supp_a, supp_b):
-            r_mat.mul_(alpha.unsqueeze(-1)).mul_(gamma.unsqueeze(-2))
-            alpha = torch.ones_like(alpha)
-            gamma = torch.ones_like(gamma)
+        if t % scale_check_every == 0:
+            # (u, v) -> (u c, v / c) leaves every plan unchanged; without this the running
+            # v of an unbalanced problem grows geometrically until it overflows.
+            v = v / v.amax(dim=-1, keepdim=True).clamp_min(_TINY)
+            if _scale_too_large(alpha, gamma, supp_a, supp_b):
+                r_mat.mul_(alpha.unsqueeze(-1)).mul_(gamma.unsqueeze(-2))
+                alpha = torch.ones_like(alpha)
+                gamma = torch.ones_like(gamma)
         if tol is None:
             r_mat.mul_(g_kernel)
         else:
