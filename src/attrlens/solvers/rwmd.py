@@ -46,8 +46,11 @@ def pairwise_cost(
         )
         cost = np.clip(1.0 - na @ nb.T, 0.0, 2.0)
     else:
-        sq = (a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2.0 * (a @ b.T)
-        cost = np.sqrt(np.maximum(sq, 0.0))
+        from scipy.spatial.distance import cdist
+
+        # cdist sums squared differences directly: the |a|^2 + |b|^2 - 2ab expansion
+        # loses ~1e-8 to cancellation for near-identical vectors.
+        cost = cdist(a, b, metric="euclidean")
     if doc_b is None:
         np.fill_diagonal(cost, 0.0)
     return cost
