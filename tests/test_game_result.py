@@ -92,3 +92,10 @@ def test_html_report_escapes_text():
     a.spans = [[[0, 8]], [[8, 9]], [[9, 18]]]
     html = a.to_html()
     assert "<script>x" not in html and "&lt;script&gt;" in html
+
+
+def test_html_report_shows_beam_confidence():
+    a = _attr()
+    a.extra = {"metadata": {"beam_mass": [1.0, 0.5]}}
+    html = a.to_html()
+    assert "Confidence" in html and "<td>0.500</td>" in html

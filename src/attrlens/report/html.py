@@ -42,6 +42,18 @@ def render_html(attr: Any) -> str:
         for i, lab, s in attr.top_k(min(20, attr.n_features))
     )
     cost = html.escape(json.dumps(attr.cost))
+    meta = attr.extra.get("metadata") if isinstance(attr.extra, dict) else None
+    conf = ""
+    if isinstance(meta, dict) and meta.get("beam_mass") is not None:
+        cells = "".join(
+            f"<td>{float(m):.3f}</td>" for m in meta["beam_mass"]
+        )
+        heads = "".join(f"<th>{j + 1}</th>" for j in range(len(meta["beam_mass"])))
+        conf = (
+            "<h2>Confidence</h2><p>Probability mass covered by the beams at each output "
+            f"position (low mass = rough marginals):</p><table><tr>{heads}</tr><tr>{cells}</tr>"
+            "</table>"
+        )
     params = html.escape(json.dumps(attr.params, default=str))
     return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>attrlens · {html.escape(attr.method)}</title>
@@ -57,6 +69,7 @@ code{{font-size:.8rem}}
 <h2>Input</h2><div class="prompt">{"".join(pieces)}</div>
 <h2>Output</h2><div class="prompt">{html.escape(attr.output_text)}</div>
 <h2>Top features</h2><table><tr><th>#</th><th>feature</th><th>score</th></tr>{rows}</table>
+{conf}
 <h2>Cost</h2><code>{cost}</code>
 <h2>Parameters</h2><code>{params}</code>
 </body></html>
