@@ -12,7 +12,11 @@ Berlekamp-Massey only).  Per (n, decoder) we report:
 * exact recovery: decoded keys equal the planted keys and all values within 1e-6.
 
 Each package samples its own design (random M_c) once per seed; the value function is not
-timed.  spectralexplain's first decode JIT-compiles galois and is run once untimed.
+timed.  For each n, spectralexplain first decodes a small problem untimed (galois
+JIT-compiles its decoder for each field GF(2^m)), and its
+``support_recovery`` builds a galois BCH code on every call (a parameter search taking
+seconds): the benchmark caches that code so the decode column times the decoding proper,
+and reports the construction time separately ("as shipped" = decode + construction).
 
     .venv/bin/python benchmarks/spex_decoder.py --n 128 1000 --seeds 3 --repeats 3
 
@@ -31,7 +35,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from attrlens.solvers.fourier import make_design, predict, spex_transform
+from attrlens.solvers.fourier import fourier_r2, make_design, predict, spex_transform
 
 
 def planted_spectrum(n: int, size: int, seed: int, max_order: int = 3) -> dict:
@@ -44,8 +48,19 @@ def planted_spectrum(n: int, size: int, seed: int, max_order: int = 3) -> dict:
     return coeffs
 
 
-def exact(got: dict, want: dict, tol: float = 1e-6) -> bool:
+def exact(got: dict, want: dict, tol: float) -> bool:
     return set(got) == set(want) and all(abs(got[k] - want[k]) <= tol for k in want)
+
+
+def _tol(noise: float) -> float:
+    """Recovery tolerance on each coefficient: 1e-6 noiseless, else 0.05 (|F| >= 0.5)."""
+    return 1e-6 if noise == 0 else 0.05
+
+
+def surrogate_r2(got: dict, want: dict, n: int) -> float:
+    """R^2 of the decoded spectrum against the noiseless planted function, 1000 uniform masks."""
+    z = np.random.default_rng(12345).integers(0, 2, size=(1000, n)).astype(bool)
+    return fourier_r2(got, z, predict(want, z))
 
 
 class Counted:
@@ -73,7 +88,34 @@ def run_attrlens(coeffs, n, b, t, seed, decoder, repeats, noise):
         t0 = time.perf_counter()
         res = spex_transform(design, values, decoder=decoder, noise_sd=noise)
         times.append(time.perf_counter() - t0)
-    return fn.calls, statistics.median(times), exact(res.coeffs, coeffs), len(res.coeffs)
+    got = res.coeffs
+    return (
+        fn.calls,
+        statistics.median(times),
+        exact(got, coeffs, _tol(noise)),
+        surrogate_r2(got, coeffs, n),
+    )
+
+
+_REF_CODES: dict = {}
+
+
+def _cache_reference_code() -> None:
+    """Build spectralexplain's galois BCH code once per (n, t) instead of in every decode call.
+
+    ``support_recovery`` constructs ``BCH(n, t)`` (a galois parameter search, seconds per
+    call) each time it runs; caching it times the reference's decoding proper.  The
+    construction time is measured and reported separately.
+    """
+    import spectralexplain.support_recovery as sr
+    from sparse_transform.qsft.codes.BCH import BCH
+
+    def cached(n: int, t: int):
+        if (n, t) not in _REF_CODES:
+            _REF_CODES[(n, t)] = BCH(n, t)
+        return _REF_CODES[(n, t)]
+
+    sr.BCH = cached
 
 
 def run_reference(coeffs, n, b, t, seed, decoder, repeats, noise):
@@ -89,7 +131,12 @@ def run_reference(coeffs, n, b, t, seed, decoder, repeats, noise):
         out = support_recovery(decoder, signal, b, t)
         times.append(time.perf_counter() - t0 + wht_time)
     got = {tuple(int(i) for i in np.flatnonzero(k)): float(v) for k, v in out.items()}
-    return fn.calls, statistics.median(times), exact(got, coeffs), len(got)
+    return (
+        fn.calls,
+        statistics.median(times),
+        exact(got, coeffs, _tol(noise)),
+        surrogate_r2(got, coeffs, n),
+    )
 
 
 def reference_code_construction(n: int, t: int, repeats: int) -> float:
@@ -139,63 +186,75 @@ def main(argv: list[str] | None = None) -> int:
         except ImportError as err:
             print(f"spectralexplain unavailable ({err}); timing attrlens only", file=sys.stderr)
             have_ref = False
-        else:  # warm-up: galois JIT compilation is not decode time
-            warm = planted_spectrum(16, 3, 0)
-            run_reference(warm, 16, 3, args.t, 0, "soft", 1, 0.0)
+        else:
+            _cache_reference_code()
 
     rows, code_times = [], {}
     for n in args.n:
+        code_times[n] = (
+            attrlens_code_construction(n, args.t, args.repeats),
+            reference_code_construction(n, args.t, 1) if have_ref else float("nan"),
+        )
+        if have_ref:  # warm-up: galois JIT-compiles its decoder per field GF(2^m), untimed
+            for dec in args.decoders:
+                run_reference(planted_spectrum(n, 3, 0), n, 3, args.t, 0, dec, 1, 0.0)
         for decoder in args.decoders:
             ours_t, ref_t, ours_ok, ref_ok, ours_q, ref_q = [], [], 0, 0, set(), set()
+            ours_r2, ref_r2 = [], []
             for seed in range(args.seeds):
                 coeffs = planted_spectrum(n, args.coeffs, seed)
-                q, tm, ok, _ = run_attrlens(
+                q, tm, ok, r2 = run_attrlens(
                     coeffs, n, args.b, args.t, seed, decoder, args.repeats, args.noise
                 )
-                ours_t.append(tm), ours_q.add(q)
+                ours_t.append(tm), ours_q.add(q), ours_r2.append(r2)
                 ours_ok += ok
                 if have_ref:
-                    q, tm, ok, _ = run_reference(
+                    q, tm, ok, r2 = run_reference(
                         coeffs, n, args.b, args.t, seed, decoder, args.repeats, args.noise
                     )
-                    ref_t.append(tm), ref_q.add(q)
+                    ref_t.append(tm), ref_q.add(q), ref_r2.append(r2)
                     ref_ok += ok
                 print(
                     f"n={n} {decoder} seed={seed}: attrlens {ours_t[-1] * 1e3:.1f} ms"
                     + (f", spectralexplain {ref_t[-1] * 1e3:.1f} ms" if have_ref else ""),
                     file=sys.stderr,
                 )
-            rows.append((n, decoder, ours_q, ours_t, ours_ok, ref_q, ref_t, ref_ok))
-        code_times[n] = (
-            attrlens_code_construction(n, args.t, args.repeats),
-            reference_code_construction(n, args.t, args.repeats) if have_ref else float("nan"),
-        )
+            rows.append(
+                (n, decoder, ours_q, ours_t, ours_ok, ref_q, ref_t, ref_ok, ours_r2, ref_r2)
+            )
 
     print(
         f"\nplanted spectra: {args.coeffs} coefficients (+ constant), order <= 3, noise sd {args.noise}; "
         f"b={args.b}, t={args.t}, C=3; {args.seeds} seeds x median of {args.repeats} decodes\n"
     )
+    tol = _tol(args.noise)
     print(
-        "| n | decoder | queries (attrlens / ref) | decode ms (attrlens / ref) | ref without its code construction, ms | speed-up (total / without construction) | exact recovery (attrlens / ref) |"
+        "| n | decoder | queries (attrlens / ref) | decode ms, code cached (attrlens / ref) "
+        "| speed-up | ref as shipped (+ code construction), ms "
+        f"| recovered, support + values within {tol:g} (attrlens / ref) "
+        "| min test R^2 (attrlens / ref) |"
     )
-    print("|---|---|---|---|---|---|---|")
-    for n, dec, oq, ot, ook, rq, rt, rok in rows:
+    print("|---|---|---|---|---|---|---|---|")
+    for n, dec, oq, ot, ook, rq, rt, rok, or2, rr2 in rows:
         om = statistics.median(ot) * 1e3
+        qo = "/".join(map(str, sorted(oq)))
         if have_ref:
             rm = statistics.median(rt) * 1e3
-            rm_peel = rm - code_times[n][1] * 1e3
+            qr = "/".join(map(str, sorted(rq)))
+            shipped = rm + code_times[n][1] * 1e3
             print(
-                f"| {n} | {dec} | {'/'.join(map(str, sorted(oq)))} / {'/'.join(map(str, sorted(rq)))} | "
-                f"{om:.1f} / {rm:.1f} | {rm_peel:.1f} | {rm / om:.0f}x / {rm_peel / om:.0f}x | "
-                f"{ook}/{args.seeds} / {rok}/{args.seeds} |"
+                f"| {n} | {dec} | {qo} / {qr} | {om:.1f} / {rm:.1f} | {rm / om:.0f}x | "
+                f"{shipped:.0f} | {ook}/{args.seeds} / {rok}/{args.seeds} | "
+                f"{min(or2):.4f} / {min(rr2):.4f} |"
             )
         else:
             print(
-                f"| {n} | {dec} | {'/'.join(map(str, sorted(oq)))} / - | {om:.1f} / - | - | - | {ook}/{args.seeds} / - |"
+                f"| {n} | {dec} | {qo} / - | {om:.1f} / - | - | - | {ook}/{args.seeds} / - | "
+                f"{min(or2):.4f} / - |"
             )
     print(
-        "\nBCH code construction, median s (attrlens uncached, once per design / spectralexplain, "
-        "inside every support_recovery call):"
+        "\nBCH code construction, s (attrlens: median uncached, once per design, then cached / "
+        "spectralexplain: galois parameter search, inside every support_recovery call):"
     )
     for n, (ours, ref) in code_times.items():
         print(f"- n={n}: {ours:.3f} / {ref:.2f}")
