@@ -10,8 +10,8 @@ import pytest
 torch = pytest.importorskip("torch")
 pot = pytest.importorskip("ot")
 
-from attrlens.errors import InputError, ParameterError  # noqa: E402
-from attrlens.solvers.ot import cosine_cost, ot_distance, solve_ot  # noqa: E402
+from attrlens.errors import InputError, ParameterError
+from attrlens.solvers.ot import cosine_cost, ot_distance, solve_ot
 
 
 @pytest.fixture(autouse=True)
@@ -86,12 +86,18 @@ def test_ipot_with_gilot_smoothing_within_2_percent_on_zero_diagonal_costs(kind)
     np.testing.assert_allclose(ot_distance(p, q, c), _exact(p, q, c), rtol=0.02)
 
 
-@pytest.mark.parametrize("kind", ["dirichlet", "softmax", "euclidean"])
+# Default eps = 0.01 on cosine costs (max error seen over 20 problems per cell: 1.1%).
+# Euclidean point clouds have near neighbours ~0.05 apart, so eps = 0.01 blurs them (up to
+# 3.3% at N = 200); eps = 0.003 with 2000 iterations stays below 0.6%.
+@pytest.mark.parametrize(
+    "kind,eps,max_iter",
+    [("dirichlet", 0.01, 1000), ("softmax", 0.01, 1000), ("euclidean", 0.003, 2000)],
+)
 @pytest.mark.parametrize("n", [5, 50, 200])
-def test_sinkhorn_within_2_percent_of_exact_emd(kind, n):
+def test_sinkhorn_within_2_percent_of_exact_emd(kind, eps, max_iter, n):
     rng = np.random.default_rng(200 + n)
     p, q, c = _problems(kind, 2, n, rng)
-    sink = ot_distance(p, q, c, method="sinkhorn", eps=0.01, max_iter=1000)
+    sink = ot_distance(p, q, c, method="sinkhorn", eps=eps, max_iter=max_iter)
     np.testing.assert_allclose(sink, _exact(p, q, c), rtol=0.02)
 
 
@@ -140,8 +146,9 @@ def test_plan_marginals():
     np.testing.assert_allclose(plan.sum(-1), p, atol=1e-12)
     np.testing.assert_allclose(plan.sum(-2), q, atol=1e-12)
 
-    _, plan = ot_distance(p, q, c, method="sinkhorn", eps=0.05, tol=1e-10, max_iter=5000,
-                          return_plan=True)
+    _, plan = ot_distance(
+        p, q, c, method="sinkhorn", eps=0.05, tol=1e-10, max_iter=5000, return_plan=True
+    )
     np.testing.assert_allclose(plan.sum(-1), p, atol=1e-9)
     np.testing.assert_allclose(plan.sum(-2), q, atol=1e-12)
 
@@ -187,7 +194,8 @@ def test_symmetric_cost_gives_symmetric_distance():
         ("sinkhorn", {"eps": 0.05, "tol": 1e-11, "max_iter": 5000}, 1e-8),
     ):
         np.testing.assert_allclose(
-            ot_distance(p, q, c, method=method, **kw), ot_distance(q, p, c, method=method, **kw),
+            ot_distance(p, q, c, method=method, **kw),
+            ot_distance(q, p, c, method=method, **kw),
             rtol=rtol,
         )
 

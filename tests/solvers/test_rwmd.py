@@ -7,8 +7,8 @@ import pytest
 
 pot = pytest.importorskip("ot")
 
-from attrlens.errors import InputError, ParameterError  # noqa: E402
-from attrlens.solvers.rwmd import (  # noqa: E402
+from attrlens.errors import InputError, ParameterError
+from attrlens.solvers.rwmd import (
     kernel_weights,
     pairwise_cost,
     rwmd,
@@ -80,7 +80,9 @@ def test_wmd_equals_pot_emd_on_the_same_cost(rng):
     wb = rng.random(4)
     cost = pairwise_cost(a, b, metric="euclidean")
     ref = pot.emd2(wa / wa.sum(), wb / wb.sum(), cost)
-    assert wmd(a, b, weights_a=wa, weights_b=wb, metric="euclidean") == pytest.approx(ref, abs=1e-12)
+    assert wmd(a, b, weights_a=wa, weights_b=wb, metric="euclidean") == pytest.approx(
+        ref, abs=1e-12
+    )
 
 
 @pytest.mark.parametrize("metric", ["cosine", "euclidean"])
@@ -93,9 +95,7 @@ def test_rwmd_many_with_keep_masks_equals_the_loop(rng, metric):
     keep[4] = False
     keep[4, 7] = True  # a single kept token
     fast = rwmd_many(doc0, keep_masks=keep, weights0=w0, metric=metric)
-    loop = [
-        rwmd(doc0, doc0[k], weights_a=w0, weights_b=w0[k], metric=metric) for k in keep
-    ]
+    loop = [rwmd(doc0, doc0[k], weights_a=w0, weights_b=w0[k], metric=metric) for k in keep]
     np.testing.assert_allclose(fast, loop, atol=1e-12)
     assert fast[3] == pytest.approx(0.0, abs=1e-12)
     assert fast.shape == (40,)

@@ -11,8 +11,8 @@ from attrlens.errors import ParameterError
 from attrlens.solvers.sampling import bernoulli_masks, sparse_k_masks
 
 hypothesis = pytest.importorskip("hypothesis")
-from hypothesis import given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 
 def _n_unique(masks: np.ndarray) -> int:

@@ -18,6 +18,23 @@ code) is added only on the support: for a square problem (``N == M``, one index 
 both sides, as in GiLOT's top-k union) index ``i`` is padding iff ``p_i == 0`` and
 ``q_i == 0``; for a rectangular problem, row ``i`` is padding iff ``p_i == 0`` and column
 ``j`` iff ``q_j == 0``. Pass ``mask_p`` / ``mask_q`` to state the support explicitly.
+
+Accuracy (measured against POT's exact EMD on random problems with N <= 200 and costs in
+[0, 2]). IPOT with beta = 1, 1000 iterations is within 0.12 % on cosine costs of random
+embeddings (Dirichlet or peaked softmax marginals) and on Euclidean point clouds. It can
+miss by far more (up to ~100 % relative, ~1e-2 absolute) when W itself is tiny (~0.005,
+``q`` a 2 % perturbation of ``p``): IPOT has then not converged after 1000 iterations
+(``OTResult.marginal_error`` shows it; 30000 iterations fix it), and smaller beta is worse
+at a fixed iteration count. GiLOT's +1e-4 smoothing is free on costs with a zero diagonal
+(the extra mass stays in place) but adds ``N * 1e-4`` of mass that must move otherwise
+(+2.4 % at N = 200 on Euclidean point clouds). Sinkhorn's ``<P_eps, C>`` is biased upward
+by the entropic blur: eps = 0.01 is within ~1 % on cosine costs, eps = 0.003 (2000
+iterations) is needed on Euclidean point clouds, and no small eps is within 2 % once W is
+comparable to eps.
+
+Cost. IPOT is O(max_iter * B * N * M) and memory-bound: 600 problems of N = 200 with 1000
+iterations take ~45 s of CPU time on one core (``method="exact"`` solves the same batch in
+~4 s); on a GPU the whole batch is one chunk.
 """
 
 from __future__ import annotations
@@ -160,7 +177,7 @@ def ot_distance(
         dist_out: Any = float(dist) if dist.dim() == 0 else dist.cpu().numpy()
     else:
         dist_out = dist
-    if not return_plan:
+    if not return_plan or res.plan is None:
         return dist_out
     plan = res.plan.reshape(*res.batch_shape, *res.plan.shape[-2:])
     return dist_out, (plan.cpu().numpy() if as_numpy else plan)
@@ -208,12 +225,25 @@ def solve_ot(
 
     if method == "ipot":
         dist, plan, conv, n_iter, err = _ipot_batched(
-            c, a, b, beta=beta, max_iter=max_iter, inner_iter=inner_iter, tol=tol,
-            return_plan=return_plan, chunk_size=chunk_size,
+            c,
+            a,
+            b,
+            beta=beta,
+            max_iter=max_iter,
+            inner_iter=inner_iter,
+            tol=tol,
+            return_plan=return_plan,
+            chunk_size=chunk_size,
         )
     elif method == "sinkhorn":
         dist, plan, conv, n_iter, err = _sinkhorn_log(
-            c, a, b, eps=eps, max_iter=max_iter, tol=tol, eps_scaling=eps_scaling,
+            c,
+            a,
+            b,
+            eps=eps,
+            max_iter=max_iter,
+            tol=tol,
+            eps_scaling=eps_scaling,
             return_plan=return_plan,
         )
     else:
@@ -256,9 +286,11 @@ def cosine_cost(emb_a: Any, emb_b: Any = None, *, half: bool = False) -> Any:
             f"same d; got {tuple(ea.shape)} and {tuple(eb.shape)}."
         )
     na = ea / torch.linalg.vector_norm(ea, dim=-1, keepdim=True).clamp_min(1e-12)
-    nb = na if emb_b is None else eb / torch.linalg.vector_norm(
-        eb, dim=-1, keepdim=True
-    ).clamp_min(1e-12)
+    nb = (
+        na
+        if emb_b is None
+        else eb / torch.linalg.vector_norm(eb, dim=-1, keepdim=True).clamp_min(1e-12)
+    )
     cost = 1.0 - na @ nb.transpose(-1, -2)
     if emb_b is None:
         cost.diagonal(dim1=-2, dim2=-1).zero_()
@@ -320,9 +352,7 @@ def _prepare(
     if n == 0 or m == 0:
         raise InputError("ot_distance got an empty distribution (N or M is 0).")
     try:
-        batch_shape = tuple(
-            torch.broadcast_shapes(pt.shape[:-1], qt.shape[:-1], ct.shape[:-2])
-        )
+        batch_shape = tuple(torch.broadcast_shapes(pt.shape[:-1], qt.shape[:-1], ct.shape[:-2]))
     except RuntimeError as exc:
         raise InputError(
             f"The leading (batch) shapes of p {tuple(pt.shape[:-1])}, q "
@@ -406,8 +436,13 @@ def _ipot_batched(
             chunk_size = bsz
     outs = [
         _ipot_chunk(
-            c[i : i + chunk_size], a[i : i + chunk_size], b[i : i + chunk_size],
-            beta=beta, max_iter=max_iter, inner_iter=inner_iter, tol=tol,
+            c[i : i + chunk_size],
+            a[i : i + chunk_size],
+            b[i : i + chunk_size],
+            beta=beta,
+            max_iter=max_iter,
+            inner_iter=inner_iter,
+            tol=tol,
             return_plan=return_plan,
         )
         for i in range(0, bsz, chunk_size)
@@ -443,7 +478,7 @@ def _ipot_chunk(
     """
     import torch
 
-    nb, n, m = c.shape
+    nb = c.shape[0]
     supp_a = a > 0
     supp_b = b > 0
     g_kernel = torch.exp(-c / beta)
@@ -622,9 +657,7 @@ def _exact(
     try:
         import ot as pot
     except ImportError as exc:  # pragma: no cover - POT is a declared dependency
-        raise ParameterError(
-            "method='exact' needs the POT package (pip install pot)."
-        ) from exc
+        raise ParameterError("method='exact' needs the POT package (pip install pot).") from exc
     an, bn, cn = (x.cpu().numpy() for x in (a, b, c))
     bsz, n, m = cn.shape
     dists = np.zeros(bsz)

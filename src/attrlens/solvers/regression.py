@@ -58,9 +58,7 @@ def weighted_ridge(
         # Least-norm solution: drop directions below the usual pseudo-inverse cutoff.
         cutoff = (s.max() if s.size else 0.0) * max(xs.shape) * np.finfo(float).eps
         shrink = np.divide(1.0, s, out=np.zeros_like(s), where=s > cutoff)
-    coef = vt.T @ (shrink[:, None] * (u.T @ ys)) if ya.ndim > 1 else vt.T @ (
-        shrink * (u.T @ ys)
-    )
+    coef = vt.T @ (shrink[:, None] * (u.T @ ys)) if ya.ndim > 1 else vt.T @ (shrink * (u.T @ ys))
     intercept = y_mean - x_mean @ coef
     if ya.ndim > 1:
         return coef.T, np.asarray(intercept)

@@ -24,9 +24,7 @@ __all__ = ["kernel_weights", "pairwise_cost", "rwmd", "rwmd_many", "wmd"]
 _METRICS = ("cosine", "euclidean")
 
 
-def pairwise_cost(
-    doc_a: Any, doc_b: Any | None = None, *, metric: str = "cosine"
-) -> np.ndarray:
+def pairwise_cost(doc_a: Any, doc_b: Any | None = None, *, metric: str = "cosine") -> np.ndarray:
     """Ground-cost matrix ``(n_a, n_b)`` between the rows of two documents (float64).
 
     ``cosine``: ``1 - cos``, clamped to [0, 2] (a zero vector has cosine 0 with anything);
@@ -41,8 +39,8 @@ def pairwise_cost(
         )
     if metric == "cosine":
         na = a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)
-        nb = na if doc_b is None else b / np.maximum(
-            np.linalg.norm(b, axis=1, keepdims=True), 1e-12
+        nb = (
+            na if doc_b is None else b / np.maximum(np.linalg.norm(b, axis=1, keepdims=True), 1e-12)
         )
         cost = np.clip(1.0 - na @ nb.T, 0.0, 2.0)
     else:
@@ -182,9 +180,7 @@ def _masked_row_min(cost: np.ndarray, keep: np.ndarray) -> np.ndarray:
     return out
 
 
-def kernel_weights(
-    distances: Any, *, sigma: float | str = 0.25, return_sigma: bool = False
-) -> Any:
+def kernel_weights(distances: Any, *, sigma: float | str = 0.25, return_sigma: bool = False) -> Any:
     """LIME/gSMILE locality kernel ``pi(d) = sqrt(exp(-d^2 / sigma^2)) = exp(-d^2/(2 sigma^2))``.
 
     Args:
@@ -220,8 +216,7 @@ def _as_doc(x: Any, name: str) -> np.ndarray:
     arr = np.asarray(x, dtype=float)
     if arr.ndim != 2 or arr.shape[0] == 0:
         raise InputError(
-            f"'{name}' must be a non-empty (n_tokens, d) array of vectors; got shape "
-            f"{arr.shape}."
+            f"'{name}' must be a non-empty (n_tokens, d) array of vectors; got shape {arr.shape}."
         )
     if not bool(np.isfinite(arr).all()):
         raise InputError(f"'{name}' contains NaN or infinite values.")

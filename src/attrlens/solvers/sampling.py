@@ -142,11 +142,7 @@ def bernoulli_masks(
     rng = np.random.default_rng(seed)
     lo = max(min_kept, 1 if exclude_empty else 0)
     # Sizes (number kept) that are valid and have positive probability.
-    sizes = [
-        s
-        for s in range(lo, n + 1)
-        if (p_keep > 0 or s == 0) and (p_keep < 1 or s == n)
-    ]
+    sizes = [s for s in range(lo, n + 1) if (p_keep > 0 or s == 0) and (p_keep < 1 or s == n)]
     if not sizes:
         raise ParameterError(
             f"No mask can be drawn by {owner}: with p_keep={p_keep}, min_kept={min_kept} "
@@ -247,9 +243,7 @@ def _draw_unique(
     raise RuntimeError("mask sampling did not finish")  # pragma: no cover
 
 
-def _balanced_removals(
-    n: int, budget: int, k: int, rng: np.random.Generator
-) -> np.ndarray:
+def _balanced_removals(n: int, budget: int, k: int, rng: np.random.Generator) -> np.ndarray:
     """Balanced exact-K removal sets (True = removed), ``budget < C(n, k)``.
 
     Each new mask removes the K features removed least often so far, ties broken by fresh
