@@ -98,6 +98,15 @@ def test_nested_b_is_a_subset_of_the_design() -> None:
         design.masks(8)
 
 
+@pytest.mark.parametrize("chunk", [1, 7, 32, 100, 10_000])
+def test_iter_masks_streams_the_same_rows(chunk: int) -> None:
+    design = make_design(20, b=5, seed=3)
+    for b in (5, 3):
+        blocks = list(design.iter_masks(b, chunk=chunk))
+        assert all(blk.shape[0] <= chunk for blk in blocks)
+        np.testing.assert_array_equal(np.concatenate(blocks), design.masks(b))
+
+
 def test_design_is_seeded() -> None:
     a, b_, c = (
         make_design(30, b=4, seed=5),

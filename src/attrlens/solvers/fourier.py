@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -133,6 +134,36 @@ class SpexDesign:
             ml = ((lbits.astype(np.int32) @ self.Ms[c, :, :b].T.astype(np.int32)) & 1).astype(bool)
             out[c] = ml[None, :, :] ^ dmat[:, None, :]
         return out.reshape(-1, self.n)
+
+    def iter_masks(self, b: int | None = None, *, chunk: int = 65536) -> Iterator[np.ndarray]:
+        """``masks(b)`` in consecutive row blocks of at most ``chunk`` rows (bounded memory).
+
+        Blocks follow the design order, so ``np.concatenate(list(iter_masks(b)))`` equals
+        ``masks(b)``; at n = 1000, b = 12 the full array would take 690 MB.
+        """
+        b = self.b if b is None else b
+        self._check_b(b)
+        check_param("SpexDesign.iter_masks", "chunk", chunk, kind=int, low=1)
+        lbits = _bits_msb(b).astype(np.int32)
+        dmat = self.D.astype(bool)
+        size = 1 << b
+        buf: list[np.ndarray] = []
+        held = 0
+        for c in range(self.n_groups):
+            ml = ((lbits @ self.Ms[c, :, :b].T.astype(np.int32)) & 1).astype(bool)
+            for p in range(self.n_delays):
+                block = ml ^ dmat[p][None, :]
+                for s in range(0, size, chunk):
+                    part = block[s : s + chunk]
+                    buf.append(part)
+                    held += part.shape[0]
+                    while held >= chunk:
+                        joined = np.concatenate(buf)
+                        yield joined[:chunk]
+                        rest = joined[chunk:]
+                        buf, held = ([rest] if rest.shape[0] else []), rest.shape[0]
+        if held:
+            yield np.concatenate(buf)
 
 
 def make_design(n: int, *, b: int, t: int = 5, n_groups: int = 3, seed: int = 0) -> SpexDesign:
