@@ -7,9 +7,9 @@ parity of message ``k``.  A singleton bin then yields the received word ``[0^n ;
 which equals ``codeword(k) + [k ; 0]``, so ``k`` (weight <= t) is recovered as an error
 pattern by bounded-distance decoding.
 
-The code is the one ``galois.BCH(2^m - 1, d=2t+1)`` builds: the field GF(2^m) is defined by
-MATLAB's default primitive polynomial (as in galois.BCH), alpha = x, and the generator polynomial is
-the least common multiple of the minimal polynomials of alpha^1..alpha^(2t).  We construct it
+The code is the one ``galois.BCH(2^m - 1, d=2t+1)`` builds: GF(2^m) is defined by MATLAB's
+default primitive polynomial (as galois.BCH does), alpha = x, and the generator polynomial
+is the least common multiple of the minimal polynomials of alpha^1..alpha^(2t).  We construct it
 here directly because building ``galois.BCH`` takes several seconds per code (JIT and
 minimal-polynomial search), and its per-word decoder costs tens of milliseconds; the tests
 check our generator, delay matrix and decoder against galois on small codes.
@@ -17,7 +17,8 @@ check our generator, delay matrix and decoder against galois on small codes.
 Decoding works on whole batches of received words:
   * syndromes are GF(2)-linear in the received bits, so all of them come from one matrix
     product of the parity bits with a precomputed (P, 2t*m) bit matrix;
-  * Berlekamp-Massey runs on all words at once (2t vectorised steps);
+  * Berlekamp-Massey runs on all words at once (t vectorised steps: for binary codes every
+    second discrepancy vanishes);
   * a cheap splitting test (x^(2^m) = x mod Lambda) discards locators without L distinct
     roots in the field, which is nearly every undecodable word;
   * the Chien search evaluates the remaining locators at all positions of the shortened word.
