@@ -342,10 +342,15 @@ def spex_transform(
     check_param(owner, "b", b, kind=int, low=1, high=design.b)
 
     vals = np.asarray(values, dtype=np.float64).reshape(-1)
-    if vals.shape[0] != design.n_queries:
+    if vals.shape[0] == design.n_queries:
+        sub_vals = vals[design.sample_index(b)]
+    elif vals.shape[0] == design.n_queries_at(b):  # only the nested b-design was evaluated
+        sub_vals = vals
+    else:
         raise InputError(
             f"values has {vals.shape[0]} entries but the design has {design.n_queries} queries "
-            f"(n={design.n}, b={design.b}, t={design.t}); pass v(design.masks())."
+            f"(n={design.n}, b={design.b}, t={design.t}; {design.n_queries_at(b)} at b={b}); "
+            "pass v(design.masks()) or v(design.masks(b))."
         )
     if not np.all(np.isfinite(vals)):
         raise InputError(
@@ -356,7 +361,7 @@ def spex_transform(
     c_groups, n_del, n_bins = design.n_groups, design.n_delays, 1 << b
     ms = design.Ms[:, :, :b]
     dmat_f = design.D.T.astype(np.float32)  # (n, P+1)
-    sub = vals[design.sample_index(b)].reshape(c_groups, n_del, n_bins)
+    sub = sub_vals.reshape(c_groups, n_del, n_bins)
     bins = np.ascontiguousarray(fwht(sub).transpose(0, 2, 1))  # (C, 2^b, P+1)
     init_energy = float(np.sum(bins**2))
 
@@ -435,7 +440,7 @@ def spex_transform(
     rows = [key_row for key_row, _ in found.values()]
     coeffs: Coeffs = dict(zip(_rows_to_keys(rows), (value for _, value in found.values())))
     if refit == "lasso":
-        coeffs = _lasso_refit(design, vals, b, coeffs, seed=seed)
+        coeffs = _lasso_refit(design, sub_vals, b, coeffs, seed=seed)
     energy = np.einsum("cjp,cjp->cj", bins, bins)
     return SpexDecodeResult(
         coeffs=coeffs,
@@ -466,7 +471,8 @@ def spex_decode(
     """Recover a sparse Fourier spectrum from SPEX queries (METHODS §3 Steps 2-3).
 
     design: the ``SpexDesign``; values: (design.n_queries,) v(design.masks()) in the
-    design's order.  b: use the nested sub-design with this exponent (default design.b).
+    design's order, or only v(design.masks(b)).  b: use the nested sub-design with this
+    exponent (default design.b).
     decoder: "soft" (hard BCH decoding, then 2-Chase when it fails) or "hard"
     (Berlekamp-Massey only).  chase_depth: least-reliable positions flipped by Chase
     (default 2t).  max_iter / trap_exit: peeling stops after max_iter rounds, or when
@@ -497,7 +503,7 @@ def spex_decode(
 def _lasso_refit(
     design: SpexDesign, vals: np.ndarray, b: int, coeffs: Coeffs, *, seed: int
 ) -> Coeffs:
-    """LassoCV refit on support + {()} + all singletons, on the queries of the b-design.
+    """LassoCV refit on support + {()} + all singletons; vals are v(design.masks(b)).
 
     Memory: N x (|support| + n + 1) floats (e.g. 43k x 1.3k = 450 MB at n = 1000, b = 8).
     """
@@ -505,12 +511,10 @@ def _lasso_refit(
     from sklearn.model_selection import KFold
 
     keys = sorted(set(coeffs) | {()} | {(i,) for i in range(design.n)}, key=lambda k: (len(k), k))
-    idx = design.sample_index(b)
-    masks = design.masks(b)
-    x = fourier_basis(keys, masks)
+    x = fourier_basis(keys, design.masks(b))
     alphas = [1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0]
     cv = KFold(n_splits=5, shuffle=True, random_state=seed)
-    reg = LassoCV(fit_intercept=False, cv=cv, alphas=alphas, random_state=seed).fit(x, vals[idx])
+    reg = LassoCV(fit_intercept=False, cv=cv, alphas=alphas, random_state=seed).fit(x, vals)
     return {k: float(c) for k, c in zip(keys, reg.coef_) if c != 0.0}
 
 
