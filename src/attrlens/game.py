@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from .errors import InputError
+from .text.mask import check_masks
 
 ValueFn = Callable[[np.ndarray], np.ndarray]
 Progress = Callable[[int, int], None]
@@ -55,14 +56,7 @@ class Game:
         return np.packbits(row).tobytes()
 
     def check_masks(self, masks: Any) -> np.ndarray:
-        masks = np.asarray(masks)
-        if masks.ndim == 1:
-            masks = masks[None, :]
-        if masks.ndim != 2 or masks.shape[1] != self.n_features:
-            raise InputError(
-                f"Masks must have shape (n_masks, {self.n_features}); got {masks.shape}."
-            )
-        return masks.astype(bool)
+        return check_masks(masks, self.n_features)
 
     def _evaluate(self, masks: np.ndarray) -> list[Any]:
         masks = self.check_masks(masks)

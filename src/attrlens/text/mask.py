@@ -24,6 +24,16 @@ from .segment import FeatureSet
 MASKERS = ("delete", "replace", "attention_off")
 
 
+def check_masks(masks: object, n_features: int) -> np.ndarray:
+    """Masks as a bool (n_masks, n_features) array (one row may be given as a vector)."""
+    masks = np.asarray(masks)
+    if masks.ndim == 1:
+        masks = masks[None, :]
+    if masks.ndim != 2 or masks.shape[1] != n_features:
+        raise InputError(f"Masks must have shape (n_masks, {n_features}); got {masks.shape}.")
+    return masks.astype(bool)
+
+
 @dataclass(frozen=True)
 class PerturbedInput:
     """Token ids and position ids of one perturbed prompt; ``first_change`` is the index of
@@ -58,14 +68,7 @@ class Masker:
             raise InputError("The feature set was built for a different tokenization.")
 
     def check(self, masks: np.ndarray) -> np.ndarray:
-        masks = np.asarray(masks)
-        if masks.ndim == 1:
-            masks = masks[None, :]
-        if masks.ndim != 2 or masks.shape[1] != self.n_features:
-            raise InputError(
-                f"Masks must have shape (n_masks, {self.n_features}); got {masks.shape}."
-            )
-        return masks.astype(bool)
+        return check_masks(masks, self.n_features)
 
     def token_keep(self, masks: np.ndarray) -> np.ndarray:
         """(n_masks, n_tokens) bool: which prompt tokens are kept under each mask."""
