@@ -99,3 +99,21 @@ def test_stdin_prompt_and_module_entry(tiny_dir, tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert [f["label"] for f in json.loads(path.read_text())["input"]["features"]] == [
         "The", "lazy", "dog"]
+
+
+def test_closed_model_values_from_the_cli(fake_openai, tmp_path, capsys):
+    path = tmp_path / "c.json"
+    code, out, err = run(
+        ["explain", "is it raining today", "--method", "loo", "--target-url",
+         fake_openai.base_url, "--target-model", "fake-model", "--closed-answers", "echo:,alt0",
+         "--no-cache", "--json", str(path)],
+        capsys,
+    )
+    assert code == 0, err
+    d = json.loads(path.read_text())
+    assert [f["label"] for f in d["input"]["features"]] == ["is", "it", "raining", "today"]
+    assert d["cost"]["api_calls"] >= 5  # n + 1 one-token completions (plus the probe)
+    assert d["params"]["closed_answers"] == ["echo:", "alt0"]
+    assert d["output"]["text"] == "log p(echo:) - log p(alt0)"
+    code, _, err = run(["explain", "hi", "--closed-answers", "A"], capsys)
+    assert code == 2 and "--target-url" in err

@@ -101,10 +101,40 @@ def _target_backend(args: argparse.Namespace) -> Any:
     return backend
 
 
+def _explain_closed_values(args: argparse.Namespace, prompt: Any, progress: Any) -> Any:
+    """Game-based methods on a closed model's own value: log p(A) - log p(B) of the first
+    answer token (no surrogate); --closed-answers A,B."""
+    from . import api
+    from .evaluation.closed_values import closed_game
+
+    backend = _target_backend(args)
+    if backend is None:
+        raise InputError("--closed-answers needs --target-url (and --target-model).")
+    answers = [a.strip() for a in args.closed_answers.split(",")]
+    if len(answers) != 2 or not all(answers):
+        raise InputError(f"--closed-answers takes two answers 'A,B'; got {args.closed_answers!r}.")
+    game = closed_game(backend, prompt, granularity=args.granularity, answers=answers,
+                       progress=progress)
+    attr = api.explain_game(game, game.n_features, method=args.method, budget=args.budget,
+                            seed=args.seed, labels=game.labels, **_method_params(args))
+    attr.output_text = f"log p({answers[0]}) - log p({answers[1]})"
+    attr.cost["api_calls"] = int(backend.counters.get("api_calls", 0))
+    attr.params.update(target_model=backend.model, target_url=backend.base_url,
+                       closed_answers=answers, granularity=args.granularity)
+    return attr
+
+
 def cmd_explain(args: argparse.Namespace) -> int:
     from . import api
 
     prompt = _read_prompt(args)
+    if args.closed_answers:
+        progress = _Progress(not args.quiet, f"explaining ({args.method}, closed model)")
+        try:
+            attr = _explain_closed_values(args, prompt, progress)
+        finally:
+            progress.close()
+        return _emit(attr, args)
     spans = None
     if args.spans:
         spans = [tuple(int(x) for x in s.split(":")) for s in args.spans.split(",")]
@@ -131,6 +161,10 @@ def cmd_explain(args: argparse.Namespace) -> int:
         )
     finally:
         progress.close()
+    return _emit(attr, args)
+
+
+def _emit(attr: Any, args: argparse.Namespace) -> int:
     if args.json:
         attr.save(args.json)
     if args.html:
@@ -218,6 +252,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--api-key-env", default="OPENAI_API_KEY",
                    help="environment variable holding the API key")
     c.add_argument("--no-cache", action="store_true", help="do not use the persistent call cache")
+    c.add_argument("--closed-answers", help="explain the closed model's own log p(A) - log p(B) "
+                   "of a one-token answer, 'A,B' (game-based methods, e.g. spex; no surrogate)")
     e.set_defaults(func=cmd_explain)
 
     m = sub.add_parser("methods", help="list the attribution methods")
@@ -265,7 +301,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("attrlens: interrupted", file=sys.stderr)
         return 130
-    except Exception as exc:  # noqa: BLE001 - last resort: one line, traceback on request
+    except Exception as exc:
         if os.environ.get("ATTRLENS_DEBUG"):
             raise
         print(

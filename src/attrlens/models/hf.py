@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 
 _DTYPES = ("float32", "bfloat16", "float16")
 _HASH_CACHE: dict[tuple[str, float, int], str] = {}
-_LOADED: dict[tuple[str, str], "HFModel"] = {}
+_LOADED: dict[tuple[str, str], HFModel] = {}
 
 
 def cache_dir() -> Path:
@@ -64,7 +64,7 @@ def load_model(
     *,
     dtype: str = "float32",
     cache: bool = True,
-) -> "HFModel":
+) -> HFModel:
     """Load a causal LM: the embedded default (``path=None``), a GGUF file or a model dir.
 
     Models are loaded once per process and shared. ``dtype`` is ``float32`` (default),
@@ -97,7 +97,7 @@ def load_model(
     return model
 
 
-def _load(file: Path, *, model_id: str, dtype: str, cache: bool) -> "HFModel":
+def _load(file: Path, *, model_id: str, dtype: str, cache: bool) -> HFModel:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
@@ -123,7 +123,7 @@ def _load(file: Path, *, model_id: str, dtype: str, cache: bool) -> "HFModel":
                 warnings.simplefilter("ignore")
                 tok = AutoTokenizer.from_pretrained(str(src), **kwargs)
                 mdl = AutoModelForCausalLM.from_pretrained(str(src), dtype=torch.float32, **kwargs)
-        except Exception as exc:  # noqa: BLE001 - any loader failure is the same user error
+        except Exception as exc:
             raise BackendError(
                 f"Could not load the GGUF model '{file}': {type(exc).__name__}: "
                 f"{str(exc).splitlines()[0] if str(exc) else ''}. Is it a GGUF of a "
@@ -153,7 +153,7 @@ def _load(file: Path, *, model_id: str, dtype: str, cache: bool) -> "HFModel":
                 warnings.simplefilter("ignore")
                 tok = AutoTokenizer.from_pretrained(str(file))
                 mdl = AutoModelForCausalLM.from_pretrained(str(file), dtype=torch.float32)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             raise BackendError(
                 f"Could not load the model directory '{file}': {type(exc).__name__}: "
                 f"{str(exc).splitlines()[0] if str(exc) else ''}"
