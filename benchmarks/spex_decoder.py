@@ -251,6 +251,7 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 ours_t.append(tm), ours_q.add(q), ours_r2.append(r2)
                 ours_ok += ok
+                ok_ours = ok
                 if have_ref:
                     q, tm, ok, r2 = run_reference(
                         coeffs, n, args.b, args.t, seed, decoder, args.repeats, args.noise
@@ -258,9 +259,16 @@ def main(argv: list[str] | None = None) -> int:
                     ref_t.append(tm), ref_q.add(q), ref_r2.append(r2)
                     ref_ok += ok
                 print(
-                    f"n={n} {decoder} seed={seed}: attrlens {ours_t[-1] * 1e3:.1f} ms"
-                    + (f", spectralexplain {ref_t[-1] * 1e3:.1f} ms" if have_ref else ""),
+                    f"n={n} {decoder} seed={seed}: attrlens {ours_t[-1] * 1e3:.1f} ms "
+                    f"recovered={bool(ok_ours)} R2={ours_r2[-1]:.4f}"
+                    + (
+                        f"; spectralexplain {ref_t[-1] * 1e3:.1f} ms "
+                        f"recovered={bool(ok)} R2={ref_r2[-1]:.4f}"
+                        if have_ref
+                        else ""
+                    ),
                     file=sys.stderr,
+                    flush=True,
                 )
             rows.append(
                 (n, decoder, ours_q, ours_t, ours_ok, ref_q, ref_t, ref_ok, ours_r2, ref_r2)
