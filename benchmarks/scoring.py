@@ -1,8 +1,9 @@
 """Scoring-engine benchmark: leave-one-out on the embedded model, three prompt sizes.
 
 For each prompt (chat template, ~20 / ~60 / ~200 prompt tokens, the model's own greedy answer
-of up to 16 tokens, word features) it measures, each job in a fresh subprocess so that peak
-memory is its own:
+of up to 16 tokens, word features) it measures, in one subprocess per prompt with the three
+engine jobs interleaved (so each sees the same machine load) and Captum in its own
+subprocess; peak memory is the resident-set peak above the loaded model, sampled every 5 ms:
 
 * ours       attrlens LOO with prefix reuse: wall time, tokens processed, forwards
 * scratch    attrlens LOO without prefix reuse (tokens processed from scratch)
@@ -71,51 +72,93 @@ def _setup(name: str):
     return model, pr, ids, fs, out
 
 
+class PeakRSS:
+    """Peak resident memory above the level at entry, sampled every 5 ms in a thread."""
+
+    def __enter__(self):
+        import threading
+
+        import psutil
+
+        self._proc = psutil.Process()
+        self.base = self._proc.memory_info().rss
+        self.peak = self.base
+        self._stop = threading.Event()
+
+        def watch():
+            while not self._stop.is_set():
+                self.peak = max(self.peak, self._proc.memory_info().rss)
+                self._stop.wait(0.005)
+
+        self._t = threading.Thread(target=watch, daemon=True)
+        self._t.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._t.join()
+        self.mb = (self.peak - self.base) / 2**20
+
+
 def job(kind: str, name: str, repeats: int, q: mp.Queue) -> None:
+    """kind "engine": ours / scratch / raw interleaved in one process (same load for each);
+    kind "captum": Captum alone."""
     import numpy as np
     import torch
 
     torch.set_num_threads(2)
     model, pr, ids, fs, out = _setup(name)
-    base_rss = _rss_mb()
-    res: dict = {"kind": kind, "prompt": name, "prompt_tokens": len(ids), "output_tokens": len(out),
-                 "features": len(fs)}
-    walls = []
-    if kind in ("ours", "scratch"):
+    meta = {"prompt": name, "prompt_tokens": len(ids), "output_tokens": len(out),
+            "features": len(fs)}
+    res: dict = {}
+    if kind == "engine":
         from attrlens.explainers.loo import loo_masks
         from attrlens.scoring.engine import ScoringEngine
         from attrlens.text.mask import Masker
 
         masks = loo_masks(len(fs))
         mk = Masker("delete", ids, fs)
-        for _ in range(repeats):
-            eng = ScoringEngine(model, ids, out, prefix_reuse=(kind == "ours"))
-            t0 = time.perf_counter()
-            lp = eng.token_logprobs(mk.apply(masks))
-            walls.append(time.perf_counter() - t0)
-        res.update(tokens=int(eng.counters["tokens_processed"]),
-                   padded=int(eng.counters["padded_tokens"]),
-                   forwards=int(eng.counters["model_forwards"]),
-                   loo_top=[fs.labels[i] for i in np.argsort(-(lp[0].mean() - lp[1:].mean(1)))[:3]])
-    elif kind == "raw":
-        # the same number of tokens as a from-scratch LOO, as equal-length batched rows
         rows, width = len(fs) + 1, len(ids) + len(out)
         x = torch.as_tensor(np.tile(np.concatenate([ids, out]), (rows, 1)))
+        bs = max(1, 8192 // width)
+        walls = {"ours": [], "scratch": [], "raw": []}
+        mem = {"ours": 0.0, "scratch": 0.0, "raw": 0.0}
         for _ in range(repeats):
-            t0 = time.perf_counter()
-            bs = max(1, 8192 // width)
-            with torch.inference_mode():
-                for s in range(0, rows, bs):
-                    model.decoder(input_ids=x[s:s + bs], attention_mask=torch.ones_like(x[s:s + bs]))
-            walls.append(time.perf_counter() - t0)
-        res.update(tokens=rows * width)
-    elif kind == "captum":
+            for k in ("ours", "scratch"):
+                eng = ScoringEngine(model, ids, out, prefix_reuse=(k == "ours"))
+                with PeakRSS() as pk:
+                    t0 = time.perf_counter()
+                    lp = eng.token_logprobs(mk.apply(masks))
+                    walls[k].append(time.perf_counter() - t0)
+                mem[k] = max(mem[k], pk.mb)
+                res[k] = {"tokens": int(eng.counters["tokens_processed"]),
+                          "padded": int(eng.counters["padded_tokens"]),
+                          "forwards": int(eng.counters["model_forwards"])}
+                if k == "ours":
+                    res["loo_top"] = [fs.labels[i] for i in
+                                      np.argsort(-(lp[0].mean() - lp[1:].mean(1)))[:3]]
+            # the machine's limit: plain batched forwards over the same number of tokens as a
+            # from-scratch LOO, equal-length rows
+            with PeakRSS() as pk:
+                t0 = time.perf_counter()
+                with torch.inference_mode():
+                    for s in range(0, rows, bs):
+                        model.decoder(input_ids=x[s:s + bs],
+                                      attention_mask=torch.ones_like(x[s:s + bs]))
+                walls["raw"].append(time.perf_counter() - t0)
+            mem["raw"] = max(mem["raw"], pk.mb)
+            res["raw"] = {"tokens": rows * width}
+        for k, ws in walls.items():
+            res[k]["wall_s"] = statistics.median(ws)
+            res[k]["walls"] = ws
+            res[k]["peak_mb_over_model"] = mem[k]
+    else:
         from captum.attr import FeatureAblation, LLMAttribution, TextTemplateInput
 
         text = pr.text
         template, values, cursor = "", [], 0
         for f in fs:
-            (a, b), = f.spans if len(f.spans) == 1 else [(f.spans[0][0], f.spans[-1][1])]
+            a, b = f.spans[0][0], f.spans[-1][1]
             template += text[cursor:a].replace("{", "{{").replace("}", "}}") + "{}"
             values.append(text[a:b])
             cursor = b
@@ -123,17 +166,18 @@ def job(kind: str, name: str, repeats: int, q: mp.Queue) -> None:
         inp = TextTemplateInput(template, values=values, baselines=[""] * len(values))
         target = model.decode(out, skip_special_tokens=False)
         fa = LLMAttribution(FeatureAblation(model.model), model.tokenizer)
-        for _ in range(min(repeats, 2 if name == "long" else repeats)):
-            t0 = time.perf_counter()
-            with torch.no_grad():
-                r = fa.attribute(inp, target=target)
-            walls.append(time.perf_counter() - t0)
+        walls = []
+        with PeakRSS() as pk:
+            for _ in range(repeats if name == "short" else 1):  # Captum is slow: one run
+                t0 = time.perf_counter()
+                with torch.no_grad():
+                    r = fa.attribute(inp, target=target)
+                walls.append(time.perf_counter() - t0)
         seq = np.asarray(r.seq_attr.detach().cpu().numpy())
-        res.update(captum_top=[values[i].strip() for i in np.argsort(-seq)[:3]])
-    res["wall_s"] = statistics.median(walls)
-    res["walls"] = walls
-    res["peak_rss_mb"] = _rss_mb()
-    res["rss_over_model_mb"] = _rss_mb() - base_rss
+        res["captum"] = {"wall_s": statistics.median(walls), "walls": walls,
+                         "peak_mb_over_model": pk.mb,
+                         "captum_top": [values[i].strip() for i in np.argsort(-seq)[:3]]}
+    res["meta"] = meta
     q.put(res)
 
 
@@ -154,36 +198,39 @@ def main() -> None:
     ap.add_argument("--prompts", default="short,medium,long")
     ap.add_argument("--out", default="benchmarks/scoring.json")
     args = ap.parse_args()
-    kinds = ["ours", "scratch", "raw"] + ([] if args.skip_captum else ["captum"])
+    kinds = ["engine"] + ([] if args.skip_captum else ["captum"])
     results = []
     for name in args.prompts.split(","):
-        row = {}
+        row: dict = {}
         for kind in kinds:
             r = run_job(kind, name, args.repeats)
-            row[kind] = r
-            print(json.dumps({k: v for k, v in r.items() if k != "walls"}), flush=True)
+            row.update(r)
+            print(json.dumps(r), flush=True)
         ours, scratch, raw = row["ours"], row["scratch"], row["raw"]
         summary = {
-            "prompt": name,
-            "prompt_tokens": ours["prompt_tokens"],
-            "output_tokens": ours["output_tokens"],
-            "features": ours["features"],
+            **row["meta"],
             "ours_wall_s": ours["wall_s"],
             "ours_tokens": ours["tokens"],
+            "ours_forwards": ours["forwards"],
             "scratch_tokens": scratch["tokens"],
             "token_ratio_scratch_over_ours": scratch["tokens"] / ours["tokens"],
             "engine_tok_per_s": ours["tokens"] / ours["wall_s"],
             "raw_tok_per_s": raw["tokens"] / raw["wall_s"],
             "scratch_wall_s": scratch["wall_s"],
+            "raw_wall_s": raw["wall_s"],
+            "peak_mb_over_model": {k: row[k]["peak_mb_over_model"] for k in
+                                   ("ours", "scratch", "raw", "captum") if k in row},
         }
-        summary["efficiency_engine_over_raw"] = summary["engine_tok_per_s"] / summary["raw_tok_per_s"]
-        summary["speedup_vs_raw_scratch_wall"] = (raw["wall_s"] / ours["wall_s"])
-        summary["peak_rss_mb"] = {k: row[k]["peak_rss_mb"] for k in row}
+        # issue formula: raw throughput / engine throughput (lower is better; the goal reads
+        # engine >= 0.8 x raw, i.e. engine/raw >= 0.8); both are reported
+        summary["engine_over_raw_throughput"] = summary["engine_tok_per_s"] / summary["raw_tok_per_s"]
+        summary["raw_over_engine_throughput"] = 1 / summary["engine_over_raw_throughput"]
+        summary["wall_speedup_vs_raw_scratch"] = raw["wall_s"] / ours["wall_s"]
         if "captum" in row:
             summary["captum_wall_s"] = row["captum"]["wall_s"]
             summary["speedup_vs_captum"] = row["captum"]["wall_s"] / ours["wall_s"]
             summary["captum_top"] = row["captum"]["captum_top"]
-            summary["ours_top"] = ours["loo_top"]
+            summary["ours_top"] = row["loo_top"]
         results.append(summary)
         print(json.dumps(summary), flush=True)
     with open(args.out, "w") as f:
