@@ -15,7 +15,8 @@ subprocess; peak memory is the resident-set peak above the loaded model, sampled
 Reported: efficiency = engine tokens/s ÷ raw tokens/s, token ratio scratch ÷ ours, speed-up
 captum ÷ ours, peak RSS. Medians over --repeats runs.
 
-    .venv/bin/python benchmarks/scoring.py [--repeats 3] [--skip-captum] [--out benchmarks/scoring.json]
+    .venv/bin/python benchmarks/scoring.py [--repeats 3] [--threads 2] [--skip-captum]
+        [--prompts short,medium,long] [--out benchmarks/scoring.json]
 """
 
 from __future__ import annotations
@@ -100,13 +101,13 @@ class PeakRSS:
         self.mb = (self.peak - self.base) / 2**20
 
 
-def job(kind: str, name: str, repeats: int, q: mp.Queue) -> None:
+def job(kind: str, name: str, repeats: int, q: mp.Queue, threads: int = 2) -> None:
     """kind "engine": ours / scratch / raw interleaved in one process (same load for each);
     kind "captum": Captum alone."""
     import numpy as np
     import torch
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(threads)
     model, pr, ids, fs, out = _setup(name)
     meta = {"prompt": name, "prompt_tokens": len(ids), "output_tokens": len(out),
             "features": len(fs)}
@@ -181,10 +182,10 @@ def job(kind: str, name: str, repeats: int, q: mp.Queue) -> None:
     q.put(res)
 
 
-def run_job(kind: str, name: str, repeats: int) -> dict:
+def run_job(kind: str, name: str, repeats: int, threads: int = 2) -> dict:
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
-    p = ctx.Process(target=job, args=(kind, name, repeats, q))
+    p = ctx.Process(target=job, args=(kind, name, repeats, q, threads))
     p.start()
     out = q.get()
     p.join()
@@ -197,13 +198,15 @@ def main() -> None:
     ap.add_argument("--skip-captum", action="store_true")
     ap.add_argument("--prompts", default="short,medium,long")
     ap.add_argument("--out", default="benchmarks/scoring.json")
+    ap.add_argument("--threads", type=int, default=2,
+                    help="torch threads (1 is faster when other jobs load the machine)")
     args = ap.parse_args()
     kinds = ["engine"] + ([] if args.skip_captum else ["captum"])
     results = []
     for name in args.prompts.split(","):
         row: dict = {}
         for kind in kinds:
-            r = run_job(kind, name, args.repeats)
+            r = run_job(kind, name, args.repeats, args.threads)
             row.update(r)
             print(json.dumps(r), flush=True)
         ours, scratch, raw = row["ours"], row["scratch"], row["raw"]
