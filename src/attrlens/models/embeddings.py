@@ -17,6 +17,7 @@ stripped, split on whitespace.
 
 from __future__ import annotations
 
+import abc
 import re
 import string
 from collections import Counter
@@ -43,7 +44,7 @@ class WordEmbeddings(Protocol):
     def vectors(self, words: Sequence[str]) -> np.ndarray: ...
 
 
-class _CachedEmbeddings:
+class _CachedEmbeddings(abc.ABC):
     """Base: a per-word memo around ``_embed(words) -> (len(words), d)``."""
 
     name = "embeddings"
@@ -51,8 +52,9 @@ class _CachedEmbeddings:
     def __init__(self) -> None:
         self._memo: dict[str, np.ndarray] = {}
 
-    def _embed(self, words: list[str]) -> np.ndarray:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abc.abstractmethod
+    def _embed(self, words: list[str]) -> np.ndarray:
+        """(len(words), d) vectors of ``words``."""
 
     def vectors(self, words: Sequence[str]) -> np.ndarray:
         """(len(words), d) float64 vectors (memoised per word)."""
@@ -66,8 +68,9 @@ class _CachedEmbeddings:
         return np.stack([self._memo[w] for w in words])
 
     @property
-    def dim(self) -> int:  # pragma: no cover - overridden
-        raise NotImplementedError
+    @abc.abstractmethod
+    def dim(self) -> int:
+        """Vector dimension."""
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name!r})"

@@ -16,6 +16,7 @@ Targets:
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Sequence
 from typing import Any
 
@@ -29,7 +30,7 @@ TARGETS = ("nll", "logprob", "kl", "js", "tv", "contrastive")
 _DIV_EPS = 1e-12
 
 
-class Target:
+class Target(abc.ABC):
     """Base: ``per_token(inputs)`` -> (n, T) matrix; ``aggregate`` -> (n,) values."""
 
     name = "target"
@@ -38,8 +39,9 @@ class Target:
     def __init__(self, engine: ScoringEngine):
         self.engine = engine
 
-    def per_token(self, inputs: Sequence[PerturbedInput]) -> np.ndarray:  # pragma: no cover
-        raise NotImplementedError
+    @abc.abstractmethod
+    def per_token(self, inputs: Sequence[PerturbedInput]) -> np.ndarray:
+        """(n, T) per-output-token values of the perturbed inputs."""
 
     def aggregate(self, per_token: np.ndarray) -> np.ndarray:
         return per_token.sum(-1) if self.reduction == "sum" else per_token.mean(-1)
