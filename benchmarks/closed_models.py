@@ -45,24 +45,57 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", default=DATA)
     ap.add_argument("--n", type=int, default=20, help="items (file order)")
-    ap.add_argument("--distractors", type=int, default=1,
-                    help="distractor paragraphs kept besides the gold ones (-1 = full context)")
+    ap.add_argument(
+        "--distractors",
+        type=int,
+        default=1,
+        help="distractor paragraphs kept besides the gold ones (-1 = full context)",
+    )
     ap.add_argument("--max-new-tokens", type=int, default=8)
     ap.add_argument("--gsmile-budget", type=int, default=64)
     ap.add_argument("--budgets", type=int, nargs="+", default=[64, 128])
     ap.add_argument("--ks", type=int, nargs="+", default=[1, 3, 5])
-    ap.add_argument("--methods", nargs="+", default=["gsmile", "rope_lime"],
-                    help="which method families to run (gsmile, rope_lime)")
+    ap.add_argument(
+        "--methods",
+        nargs="+",
+        default=["gsmile", "rope_lime"],
+        help="which method families to run (gsmile, rope_lime)",
+    )
     ap.add_argument("--threads", type=int, default=1, help="llama.cpp threads")
-    ap.add_argument("--torch-threads", type=int, default=1,
-                    help="torch threads of the surrogate (1 is fastest on a busy 2-core machine)")
+    ap.add_argument(
+        "--torch-threads",
+        type=int,
+        default=1,
+        help="torch threads of the surrogate (1 is fastest on a busy 2-core machine)",
+    )
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--cache", default="/tmp/attrlens_closed_bench.sqlite",
-                    help="call cache file (makes the run resumable)")
-    ap.add_argument("--out", default="/tmp/closed_models_results.json",
-                    help="results JSON; rows already in it are not run again")
-    ap.add_argument("--outputs-from", help="take the closed outputs from this results JSON "
-                    "(e.g. of a gsmile run), so that this run needs no server")
+    ap.add_argument(
+        "--cache",
+        default="/tmp/attrlens_closed_bench.sqlite",
+        help="call cache file (makes the run resumable)",
+    )
+    ap.add_argument(
+        "--out",
+        default="/tmp/closed_models_results.json",
+        help="results JSON; rows already in it are not run again",
+    )
+    ap.add_argument(
+        "--outputs-from",
+        help="take the closed outputs from this results JSON "
+        "(e.g. of a gsmile run), so that this run needs no server",
+    )
+    ap.add_argument(
+        "--explain-gold",
+        action="store_true",
+        help="diagnostic: RoPE-LIME explains the gold answer (passed as the output, "
+        "so no closed call) instead of the closed model's answer; methods get a "
+        "'_gold' suffix; gsmile is skipped (it needs the closed model's outputs)",
+    )
+    ap.add_argument(
+        "--reverse",
+        action="store_true",
+        help="go through the items last to first (a second worker on the same grid)",
+    )
     args = ap.parse_args(argv)
 
     import torch
@@ -93,23 +126,41 @@ def main(argv: list[str] | None = None) -> int:
         items = [it.truncated(args.distractors, seed=args.seed) for it in items]
     model = attrlens.load_model()
     t_all = time.perf_counter()
+    if args.explain_gold:
+        args.methods = [m for m in args.methods if m != "gsmile"]
     need_server = "gsmile" in args.methods or (
-        not args.outputs_from and any(str(i) not in outputs for i in range(len(items))))
+        not args.explain_gold
+        and not args.outputs_from
+        and any(str(i) not in outputs for i in range(len(items)))
+    )
     srv = LlamaServer(n_ctx=4096, n_threads=args.threads, n_parallel=1) if need_server else None
     with srv or contextlib.nullcontext():
         backend = None
         if srv is not None:
-            backend = OpenAIBackend(srv.base_url, srv.model_name, cache=CallCache(args.cache),
-                                    concurrency=1, timeout=600.0)
-        for idx, it in enumerate(items):
+            backend = OpenAIBackend(
+                srv.base_url,
+                srv.model_name,
+                cache=CallCache(args.cache),
+                concurrency=1,
+                timeout=600.0,
+            )
+        order = list(enumerate(items))
+        for idx, it in reversed(order) if args.reverse else order:
             prompt, spans = it.prompt()
             rendered = model.render_chat([{"role": "user", "content": prompt}])
             spans_r = spans_in(rendered, prompt, spans)
             gold = it.gold
-            base = {"model": model, "granularity": "span", "spans": spans_r,
-                        "max_new_tokens": args.max_new_tokens, "seed": args.seed}
+            base = {
+                "model": model,
+                "granularity": "span",
+                "spans": spans_r,
+                "max_new_tokens": args.max_new_tokens,
+                "seed": args.seed,
+            }
             # the one closed call every method pays: the output to explain
             key = str(idx)
+            if args.explain_gold:
+                outputs[key] = {"text": it.answer, "wall_s": 0.0, "real_call": False}
             while key not in outputs and args.outputs_from and backend is None:
                 # another process (the gsmile run) is still producing the outputs
                 time.sleep(10)
@@ -117,74 +168,137 @@ def main(argv: list[str] | None = None) -> int:
             if key not in outputs:
                 c0 = dict(backend.counters)
                 t0 = time.perf_counter()
-                text = backend.chat([{"role": "user", "content": prompt}],
-                                    max_tokens=args.max_new_tokens, temperature=0.0).text
-                outputs[key] = {"text": text, "wall_s": time.perf_counter() - t0,
-                                "real_call": bool(backend.counters["api_calls"] - c0["api_calls"])}
+                text = backend.chat(
+                    [{"role": "user", "content": prompt}],
+                    max_tokens=args.max_new_tokens,
+                    temperature=0.0,
+                ).text
+                outputs[key] = {
+                    "text": text,
+                    "wall_s": time.perf_counter() - t0,
+                    "real_call": bool(backend.counters["api_calls"] - c0["api_calls"]),
+                }
                 save()
             out = outputs[key]["text"]
             t_out = outputs[key]["wall_s"]
             em = normalize_answer(out) == normalize_answer(it.answer)
-            common = {"item": idx, "dev_index": it.dev_index, "n_features": len(spans),
-                      "gold": gold, "answer": it.answer, "output": out, "em": em,
-                      "prompt_tokens": len(model.tokenize(rendered)[0])}
-            print(f"[{idx}] n={len(spans)} gold={gold} out={out!r} gold_answer={it.answer!r}",
-                  flush=True)
+            common = {
+                "item": idx,
+                "dev_index": it.dev_index,
+                "n_features": len(spans),
+                "gold": gold,
+                "answer": it.answer,
+                "output": out,
+                "em": em,
+                "prompt_tokens": len(model.tokenize(rendered)[0]),
+            }
+            print(
+                f"[{idx}] n={len(spans)} gold={gold} out={out!r} gold_answer={it.answer!r}",
+                flush=True,
+            )
 
             def record(method: str, a, wall: float, closed: int, *, common=common, **extra):
                 if a.n_features != common["n_features"]:
-                    raise SystemExit(f"item {common['item']}: {a.n_features} features, "
-                                     f"{common['n_features']} spans")
+                    raise SystemExit(
+                        f"item {common['item']}: {a.n_features} features, "
+                        f"{common['n_features']} spans"
+                    )
                 m = supporting_fact_metrics(a.scores, common["gold"])
                 meta = a.extra.get("metadata", {})
-                rows.append({**common, "method": method, **extra, **m,
-                             "closed_calls": closed, "wall_s": wall,
-                             "surrogate_evaluations": meta.get("surrogate_evaluations"),
-                             "n_samples": meta.get("n_samples"),
-                             "tokens_processed": a.cost.get("tokens_processed"),
-                             "fit_r2_weighted": meta.get("fit_r2_weighted"),
-                             "scores": a.scores.tolist()})
+                rows.append(
+                    {
+                        **common,
+                        "method": method,
+                        **extra,
+                        **m,
+                        "closed_calls": closed,
+                        "wall_s": wall,
+                        "surrogate_evaluations": meta.get("surrogate_evaluations"),
+                        "n_samples": meta.get("n_samples"),
+                        "tokens_processed": a.cost.get("tokens_processed"),
+                        "fit_r2_weighted": meta.get("fit_r2_weighted"),
+                        "scores": a.scores.tolist(),
+                    }
+                )
                 done.add((common["item"], method))
                 save()
-                print(f"    {method:<22} auroc={m['auroc']:.3f} r@2={m['recall_at_2']:.2f} "
-                      f"calls={closed} wall={wall:.1f}s", flush=True)
+                print(
+                    f"    {method:<22} auroc={m['auroc']:.3f} r@2={m['recall_at_2']:.2f} "
+                    f"calls={closed} wall={wall:.1f}s",
+                    flush=True,
+                )
 
             name = f"gsmile_B{args.gsmile_budget}"
             if "gsmile" in args.methods and (idx, name) not in done:
                 c1 = dict(backend.counters)
                 t1 = time.perf_counter()
-                a = attrlens.explain(prompt, method="gsmile", output=out, target_backend=backend,
-                                     budget=args.gsmile_budget, **base)
+                a = attrlens.explain(
+                    prompt,
+                    method="gsmile",
+                    output=out,
+                    target_backend=backend,
+                    budget=args.gsmile_budget,
+                    **base,
+                )
                 wall = time.perf_counter() - t1 + t_out
                 real = int(backend.counters["api_calls"] - c1["api_calls"])
                 cached = int(backend.counters["cached_calls"] - c1["cached_calls"])
                 # logical calls: what a run without any cache pays (output + perturbations)
-                record(name, a, wall, 1 + real + cached, budget=args.gsmile_budget,
-                       real_calls=real, cached_calls=cached)
+                record(
+                    name,
+                    a,
+                    wall,
+                    1 + real + cached,
+                    budget=args.gsmile_budget,
+                    real_calls=real,
+                    cached_calls=cached,
+                )
             if "rope_lime" not in args.methods:
                 continue
             for budget in args.budgets:
                 for k in args.ks:
-                    name = f"rope_lime_K{k}_B{budget}"
+                    name = f"rope_lime_K{k}_B{budget}" + ("_gold" if args.explain_gold else "")
                     if (idx, name) in done:
                         continue
                     if k == 1:
                         # with B >= n, K = 1 enumerates the same n leave-one-out masks at
                         # every budget: the explanation is identical, so compute it once
-                        prev = [r for r in rows if r["item"] == idx and r.get("k") == 1
-                                and r["budget"] >= len(spans)]
+                        prev = [
+                            r
+                            for r in rows
+                            if r["item"] == idx
+                            and r.get("k") == 1
+                            and r["budget"] >= len(spans)
+                            and r["method"].endswith("_gold") == args.explain_gold
+                        ]
                         if prev and budget >= len(spans):
-                            rows.append({**prev[0], "method": name, "budget": budget,
-                                         "copied_from": prev[0]["method"]})
+                            rows.append(
+                                {
+                                    **prev[0],
+                                    "method": name,
+                                    "budget": budget,
+                                    "copied_from": prev[0]["method"],
+                                }
+                            )
                             done.add((idx, name))
                             save()
                             continue
                     t1 = time.perf_counter()
-                    a = attrlens.explain(prompt, method="rope_lime", output=out, budget=budget,
-                                         k=k, **base)
+                    a = attrlens.explain(
+                        prompt, method="rope_lime", output=out, budget=budget, k=k, **base
+                    )
                     wall = time.perf_counter() - t1 + t_out
-                    # 1 = the output call (made above; RoPE-LIME itself makes none)
-                    record(name, a, wall, 1 + a.cost["api_calls"], budget=budget, k=k)
+                    # 1 = the output call (made above; RoPE-LIME itself makes none); a gold
+                    # output is passed in, so that run makes no closed call at all
+                    record(
+                        name,
+                        a,
+                        wall,
+                        int(not args.explain_gold) + a.cost["api_calls"],
+                        budget=budget,
+                        k=k,
+                        explained=("gold" if args.explain_gold else "closed output"),
+                    )
     print(f"this run: {(time.perf_counter() - t_all) / 60:.1f} min")
     summarize(rows)
     return 0
@@ -196,10 +310,22 @@ def summarize(rows: list[dict]) -> None:
 
     from attrlens.evaluation.metrics import bootstrap_ci
 
-    methods = list(dict.fromkeys(r["method"] for r in rows))
+    # several workers may have run the same (item, method): keep the first
+    seen: set[tuple[int, str]] = set()
+    unique = []
+    for r in rows:
+        if (r["item"], r["method"]) not in seen:
+            seen.add((r["item"], r["method"]))
+            unique.append(r)
+    rows = sorted(unique, key=lambda r: r["item"])
+    methods = sorted(
+        dict.fromkeys(r["method"] for r in rows), key=lambda m: (m.startswith("rope"), len(m), m)
+    )
     by = {m: [r for r in rows if r["method"] == m] for m in methods}
-    print("\n| method | items | AUROC | P@|G| | Recall@2 | Recall@5 | top-2 EM | MRR | "
-          "closed calls / expl. | surrogate evals / expl. | wall s / expl. (median) |")
+    print(
+        "\n| method | items | AUROC | P@|G| | Recall@2 | Recall@5 | top-2 EM | MRR | "
+        "closed calls / expl. | surrogate evals / expl. | wall s / expl. (median) |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for m in methods:
         rs = by[m]
@@ -209,20 +335,23 @@ def summarize(rows: list[dict]) -> None:
             return f"{mean:.3f} [{lo:.3f}, {hi:.3f}]"
 
         sur = [r["surrogate_evaluations"] for r in rs if r["surrogate_evaluations"] is not None]
-        print(f"| {m} | {len(rs)} | {ci('auroc')} | {np.mean([r['precision_at_g'] for r in rs]):.3f} "
-              f"| {ci('recall_at_2')} | {np.mean([r['recall_at_5'] for r in rs]):.3f} "
-              f"| {np.mean([r['top2_em'] for r in rs]):.3f} | {np.mean([r['mrr'] for r in rs]):.3f} "
-              f"| {np.mean([r['closed_calls'] for r in rs]):.1f} "
-              f"| {np.mean(sur) if sur else 0:.1f} "
-              f"| {np.median([r['wall_s'] for r in rs]):.1f} |")
+        print(
+            f"| {m} | {len(rs)} | {ci('auroc')} | {np.mean([r['precision_at_g'] for r in rs]):.3f} "
+            f"| {ci('recall_at_2')} | {np.mean([r['recall_at_5'] for r in rs]):.3f} "
+            f"| {np.mean([r['top2_em'] for r in rs]):.3f} | {np.mean([r['mrr'] for r in rs]):.3f} "
+            f"| {np.mean([r['closed_calls'] for r in rs]):.1f} "
+            f"| {np.mean(sur) if sur else 0:.1f} "
+            f"| {np.median([r['wall_s'] for r in rs]):.1f} |"
+        )
     print("\nPaired Wilcoxon tests on per-item AUROC (two-sided):")
     pairs = []
     budgets = sorted({r.get("budget") for r in rows if r["method"].startswith("rope_lime")})
     ks = sorted({r.get("k") for r in rows if r["method"].startswith("rope_lime")})
-    for b in budgets:
-        for k in ks:
-            if k != 1:
-                pairs.append((f"rope_lime_K{k}_B{b}", f"rope_lime_K1_B{b}"))
+    for suffix in ("", "_gold"):
+        for b in budgets:
+            for k in ks:
+                if k != 1:
+                    pairs.append((f"rope_lime_K{k}_B{b}{suffix}", f"rope_lime_K1_B{b}{suffix}"))
     g = [m for m in methods if m.startswith("gsmile")]
     if g:
         for b in budgets:
@@ -236,9 +365,11 @@ def summarize(rows: list[dict]) -> None:
         common = sorted(set(a) & set(b))
         d = np.array([a[i] - b[i] for i in common])
         p = wilcoxon(d).pvalue if np.any(d != 0) else 1.0
-        print(f"  {a_name} - {b_name}: mean diff {d.mean():+.3f}, wins {int((d > 0).sum())}/"
-              f"{len(d)}, p = {p:.3f}")
-    ems = {r["item"]: r["em"] for r in rows}
+        print(
+            f"  {a_name} - {b_name}: mean diff {d.mean():+.3f}, wins {int((d > 0).sum())}/"
+            f"{len(d)}, p = {p:.3f}"
+        )
+    ems = {r["item"]: r["em"] for r in rows if not r["method"].endswith("_gold")}
     print(f"\nClosed-model answers matching the gold answer (EM): {sum(ems.values())}/{len(ems)}")
     walls = [r["wall_s"] for r in rows]
     print(f"Sum of explanation wall times: {sum(walls) / 60:.1f} min")
