@@ -41,6 +41,28 @@ def normalize_answer(s: str) -> str:
     return " ".join(s.split())
 
 
+def source_features(output: str, feature_texts: list[str]) -> list[int]:
+    """The features the output was copied from: those containing the longest word prefix of
+    the normalised output (at least 2 words, or 1 word of >= 4 characters; the 8-token
+    limit can cut the output's last word). Empty when no feature contains it.
+
+    The closed model is a 135M model whose answers are rarely right but are mostly copied
+    spans of the context; the sentence it copied from is where its answer demonstrably came
+    from, a ground truth that depends on the model's behaviour rather than on the dataset's
+    supporting facts.
+    """
+    ow = normalize_answer(output).split()
+    feats = [" " + normalize_answer(t) + " " for t in feature_texts]
+    for n_words in range(len(ow), 0, -1):
+        pre = " ".join(ow[:n_words])
+        if n_words == 1 and len(pre) < 4:
+            break
+        hits = [j for j, f in enumerate(feats) if f" {pre} " in f]
+        if hits:
+            return hits
+    return []
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", default=DATA)
@@ -187,6 +209,7 @@ def main(argv: list[str] | None = None) -> int:
                 "dev_index": it.dev_index,
                 "n_features": len(spans),
                 "gold": gold,
+                "source": source_features(out, [prompt[a:b] for a, b in spans]),
                 "answer": it.answer,
                 "output": out,
                 "em": em,
@@ -304,11 +327,29 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def summarize(rows: list[dict]) -> None:
-    """Print the table of means (95% bootstrap CI) and the paired tests."""
-    from scipy.stats import wilcoxon
+def add_source_labels(
+    rows: list[dict], data: str = DATA, distractors: int = 1, seed: int = 0
+) -> None:
+    """Fill in ``source`` (see ``source_features``) for rows written before it was recorded;
+    they come from runs with the default item set (file order, 1 distractor, seed 0)."""
+    missing = [r for r in rows if "source" not in r]
+    if not missing:
+        return
+    from attrlens.evaluation.hotpotqa import load_hotpotqa
 
-    from attrlens.evaluation.metrics import bootstrap_ci
+    items = load_hotpotqa(data, n=max(r["item"] for r in missing) + 1)
+    for r in missing:
+        it = items[r["item"]].truncated(distractors, seed=seed)
+        if it.dev_index != r["dev_index"]:
+            raise SystemExit(f"row of item {r['item']} is not from the default item set")
+        prompt, spans = it.prompt()
+        r["source"] = source_features(r["output"], [prompt[a:b] for a, b in spans])
+
+
+def summarize(rows: list[dict]) -> None:
+    """Print the tables of means (95% bootstrap CI) and the paired tests: against the
+    supporting facts, and against the sentence the explained output was copied from."""
+    from attrlens.evaluation.metrics import supporting_fact_metrics
 
     # several workers may have run the same (item, method): keep the first
     seen: set[tuple[int, str]] = set()
@@ -318,17 +359,42 @@ def summarize(rows: list[dict]) -> None:
             seen.add((r["item"], r["method"]))
             unique.append(r)
     rows = sorted(unique, key=lambda r: r["item"])
+    add_source_labels(rows)
     methods = sorted(
         dict.fromkeys(r["method"] for r in rows), key=lambda m: (m.startswith("rope"), len(m), m)
     )
     by = {m: [r for r in rows if r["method"] == m] for m in methods}
+    print("\n## Supporting facts (HotpotQA gold labels)")
+    _table(by)
+    _paired(by, rows)
+    ems = {r["item"]: r["em"] for r in rows if not r["method"].endswith("_gold")}
+    print(f"\nClosed-model answers matching the gold answer (EM): {sum(ems.values())}/{len(ems)}")
+
+    # the same scores against the sentence(s) the explained output was copied from; items
+    # whose output occurs in no feature (or in all of them) have no such label and are left out
+    by_src: dict[str, list[dict]] = {}
+    for m, rs in by.items():
+        for r in rs:
+            if 0 < len(r["source"]) < r["n_features"]:
+                by_src.setdefault(m, []).append(
+                    {**r, **supporting_fact_metrics(r["scores"], r["source"])}
+                )
+    print("\n## Answer source (the sentence the explained output was copied from)")
+    _table(by_src)
+    _paired(by_src, rows)
+    walls = [r["wall_s"] for r in rows]
+    print(f"\nSum of explanation wall times: {sum(walls) / 60:.1f} min")
+
+
+def _table(by: dict[str, list[dict]]) -> None:
+    from attrlens.evaluation.metrics import bootstrap_ci
+
     print(
         "\n| method | items | AUROC | P@|G| | Recall@2 | Recall@5 | top-2 EM | MRR | "
         "closed calls / expl. | surrogate evals / expl. | wall s / expl. (median) |"
     )
     print("|---|---|---|---|---|---|---|---|---|---|---|")
-    for m in methods:
-        rs = by[m]
+    for m, rs in by.items():
 
         def ci(key: str, rs: list[dict] = rs) -> str:
             mean, lo, hi = bootstrap_ci([r[key] for r in rs], seed=0)
@@ -343,7 +409,12 @@ def summarize(rows: list[dict]) -> None:
             f"| {np.mean(sur) if sur else 0:.1f} "
             f"| {np.median([r['wall_s'] for r in rs]):.1f} |"
         )
-    print("\nPaired Wilcoxon tests on per-item AUROC (two-sided):")
+
+
+def _paired(by: dict[str, list[dict]], rows: list[dict]) -> None:
+    from scipy.stats import wilcoxon
+
+    print("\nPaired Wilcoxon tests on per-item AUROC and Recall@2 (two-sided):")
     pairs = []
     budgets = sorted({r.get("budget") for r in rows if r["method"].startswith("rope_lime")})
     ks = sorted({r.get("k") for r in rows if r["method"].startswith("rope_lime")})
@@ -352,7 +423,7 @@ def summarize(rows: list[dict]) -> None:
             for k in ks:
                 if k != 1:
                     pairs.append((f"rope_lime_K{k}_B{b}{suffix}", f"rope_lime_K1_B{b}{suffix}"))
-    g = [m for m in methods if m.startswith("gsmile")]
+    g = [m for m in by if m.startswith("gsmile")]
     if g:
         for b in budgets:
             for k in ks:
@@ -360,19 +431,18 @@ def summarize(rows: list[dict]) -> None:
     for a_name, b_name in pairs:
         if a_name not in by or b_name not in by:
             continue
-        a = {r["item"]: r["auroc"] for r in by[a_name]}
-        b = {r["item"]: r["auroc"] for r in by[b_name]}
-        common = sorted(set(a) & set(b))
-        d = np.array([a[i] - b[i] for i in common])
-        p = wilcoxon(d).pvalue if np.any(d != 0) else 1.0
-        print(
-            f"  {a_name} - {b_name}: mean diff {d.mean():+.3f}, wins {int((d > 0).sum())}/"
-            f"{len(d)}, p = {p:.3f}"
-        )
-    ems = {r["item"]: r["em"] for r in rows if not r["method"].endswith("_gold")}
-    print(f"\nClosed-model answers matching the gold answer (EM): {sum(ems.values())}/{len(ems)}")
-    walls = [r["wall_s"] for r in rows]
-    print(f"Sum of explanation wall times: {sum(walls) / 60:.1f} min")
+        parts = []
+        for key in ("auroc", "recall_at_2"):
+            a = {r["item"]: r[key] for r in by[a_name]}
+            b = {r["item"]: r[key] for r in by[b_name]}
+            common = sorted(set(a) & set(b))
+            d = np.array([a[i] - b[i] for i in common])
+            p = wilcoxon(d).pvalue if np.any(d != 0) else 1.0
+            parts.append(
+                f"{key} {d.mean():+.3f} (wins {int((d > 0).sum())}/{len(d)}, "
+                f"losses {int((d < 0).sum())}, p = {p:.3f})"
+            )
+        print(f"  {a_name} - {b_name}: " + "; ".join(parts))
 
 
 if __name__ == "__main__":
