@@ -140,7 +140,16 @@ def main(argv: list[str] | None = None) -> int:
 
     def save() -> None:
         tmp = out_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"args": vars(args), "outputs": outputs, "rows": rows}, indent=1))
+        state = {
+            "args": vars(args),
+            "attrlens_version": attrlens.__version__,
+            # the closed model (llama.cpp) and the surrogate serve the same embedded GGUF file
+            "model": model.info.id,
+            "model_sha256": model.info.sha256,
+            "outputs": outputs,
+            "rows": rows,
+        }
+        tmp.write_text(json.dumps(state, indent=1))
         tmp.replace(out_path)
 
     items = load_hotpotqa(args.data, n=args.n)
