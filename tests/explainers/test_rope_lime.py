@@ -213,6 +213,8 @@ def test_rwmd_filter_keeps_close_masks(tiny_model):
     info = a.extra["metadata"]["rwmd_filter"]
     d = np.array(a.extra["metadata"]["samples"]["distances"])
     assert np.all(d[1:] <= info["threshold"] + 1e-9)
+    # every kept mask (row 0 = the unperturbed prompt) is in the fit, and no more
+    assert info["kept"] == len(d) - 1
     assert 1 <= info["kept"] <= 15
 
 
