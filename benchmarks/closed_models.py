@@ -336,25 +336,6 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def add_source_labels(
-    rows: list[dict], data: str = DATA, distractors: int = 1, seed: int = 0
-) -> None:
-    """Fill in ``source`` (see ``source_features``) for rows written before it was recorded;
-    they come from runs with the default item set (file order, 1 distractor, seed 0)."""
-    missing = [r for r in rows if "source" not in r]
-    if not missing:
-        return
-    from attrlens.evaluation.hotpotqa import load_hotpotqa
-
-    items = load_hotpotqa(data, n=max(r["item"] for r in missing) + 1)
-    for r in missing:
-        it = items[r["item"]].truncated(distractors, seed=seed)
-        if it.dev_index != r["dev_index"]:
-            raise SystemExit(f"row of item {r['item']} is not from the default item set")
-        prompt, spans = it.prompt()
-        r["source"] = source_features(r["output"], [prompt[a:b] for a, b in spans])
-
-
 def summarize(rows: list[dict]) -> None:
     """Print the tables of means (95% bootstrap CI) and the paired tests: against the
     supporting facts, and against the sentence the explained output was copied from."""
@@ -368,7 +349,6 @@ def summarize(rows: list[dict]) -> None:
             seen.add((r["item"], r["method"]))
             unique.append(r)
     rows = sorted(unique, key=lambda r: r["item"])
-    add_source_labels(rows)
     methods = sorted(
         dict.fromkeys(r["method"] for r in rows), key=lambda m: (m.startswith("rope"), len(m), m)
     )
