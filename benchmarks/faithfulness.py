@@ -49,7 +49,7 @@ def build_item(model: Any, instruction: str, body: str, *, output: str | None,
                candidates: tuple[str, ...] | None, max_new_tokens: int) -> dict[str, Any]:
     """A Game over the words of ``body`` (the rest of the prompt is frozen), as api.explain
     builds it: chat prompt -> tokens -> word features -> replace masker -> logprob target."""
-    from attrlens.game import Game
+    from attrlens.games import Game
     from attrlens.scoring.engine import ScoringEngine, gather_logprobs, unmasked_input
     from attrlens.scoring.targets import make_target
     from attrlens.text.mask import Masker

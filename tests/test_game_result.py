@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from attrlens.errors import InputError
-from attrlens.game import Game, as_game
+from attrlens.games import Game, as_game
 from attrlens.result import REQUIRED_KEYS, SCHEMA, Attribution
 
 

@@ -24,7 +24,7 @@ def __getattr__(name: str):
 
         return getattr(api, name)
     if name == "list_methods":
-        from .explainers.base import list_methods
+        from .registry import list_methods
 
         return list_methods
     raise AttributeError(f"module 'attrlens' has no attribute {name!r}")

@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .errors import InputError, ParameterError, check_param, unknown_name_message
-from .explainers.base import ExplainContext, Explainer, get_explainer
-from .game import Game, as_game
+from .errors import InputError, ParameterError, unknown_name_message
+from .params import check_param
+from .explainers.base import Explainer, Explanation
+from .registry import get_explainer
+from .games import Game, as_game
 from .result import Attribution
+
+if TYPE_CHECKING:
+    from .games.model import ModelInputs, ScoringGame
 
 Progress = Callable[[int, int], None]
 
@@ -23,21 +28,24 @@ def load_model(path: str | None = None, *, dtype: str = "float32") -> Any:
     return _load(path, dtype=dtype)
 
 
-def _make_explainer(method: str | Explainer, params: dict[str, Any]) -> Explainer:
+def make_explainer(method: str | Explainer, params: dict[str, Any]) -> Explainer:
+    """An explainer from a registered name and its parameters, or a given instance (then no
+    further parameters are accepted: they would be silently ignored)."""
     if isinstance(method, Explainer):
+        extra = sorted(k for k, v in params.items() if v is not None)
+        if extra:
+            raise ParameterError(
+                f"Parameters ({', '.join(extra)}) were given beside an explainer instance; "
+                f"set them on the instance ({type(method).__name__}({extra[0]}=...)) or pass "
+                f"the method by name."
+            )
         return method
     if not isinstance(method, str):
         raise ParameterError(f"The method must be a name or an Explainer; got {method!r}.")
     cls = get_explainer(method)
-    try:
-        return cls(**params)
-    except TypeError as exc:
-        import inspect
-
-        valid = [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "kwargs")]
-        raise ParameterError(
-            f"Bad parameter for method '{method}': {exc}. Valid parameters: {', '.join(valid)}."
-        ) from None
+    if params.get("budget") is None:
+        params = {k: v for k, v in params.items() if k != "budget"}
+    return cls(**params)
 
 
 def explain_game(
@@ -57,28 +65,25 @@ def explain_game(
     for features whose presence raises the value.
     """
     check_param("explain_game", "seed", seed, kind=int, low=0)
-    explainer = _make_explainer(method, {"budget": budget, **params})
-    if explainer.needs_model:
+    explainer = make_explainer(method, {"budget": budget, **params})
+    if explainer.needs != "game":
         raise ParameterError(
             f"The method '{explainer.name}' needs a language model; use attrlens.explain."
         )
-    game = as_game(fn, n_features, progress=progress, batch_size=1024)
-    t0 = time.perf_counter()
-    exp = explainer.explain_game(game, seed=seed)
-    wall = time.perf_counter() - t0
     labels = list(labels) if labels is not None else [f"x{i}" for i in range(n_features)]
     if len(labels) != n_features:
         raise InputError(f"{len(labels)} labels given for {n_features} features.")
+    game = as_game(fn, n_features, progress=progress, batch_size=1024)
+    exp = explainer.explain(game, seed=seed)
     return Attribution(
         method=explainer.name,
         scores=exp.scores,
         labels=labels,
-        params={**explainer.get_params(), **exp.params},
+        params=exp.params,
         model={"id": None, "sha256": None},
         interactions=exp.interactions,
         per_output_token=exp.per_output_token,
-        cost={"model_forwards": 0, "tokens_processed": 0, "api_calls": 0, "wall_s": wall,
-              "value_calls": game.n_calls},
+        cost=exp.cost.as_dict(),
         seed=seed,
         extra={"metadata": exp.extra} if exp.extra else {},
     )
@@ -118,20 +123,30 @@ def explain(
     params:      method parameters (e.g. beams=10 for gilot, k=3 for rope_lime)
     """
     t_start = time.perf_counter()
-    explainer = _make_explainer(method, {"budget": budget, **params})
-    ctx = prepare(
-        prompt, model=model, granularity=granularity, output=output,
-        target=target or explainer.default_target, seed=seed,
-        masker=masker or explainer.default_masker, spans=spans, chat=chat,
-        max_new_tokens=max_new_tokens, reduction=reduction, top_k=top_k, contrast=contrast,
-        prefix_reuse=prefix_reuse, target_backend=target_backend, progress=progress,
-    )
-    if explainer.needs_closed_model and target_backend is None:
+    explainer = make_explainer(method, {"budget": budget, **params})
+    if explainer.needs == "closed_model" and target_backend is None:
         raise ParameterError(
             f"The method '{explainer.name}' explains a closed model: give --target-url and "
             f"--target-model (or target_backend=OpenAIBackend(...))."
         )
-    return finish(explainer, ctx, explainer.explain_context(ctx), t_start=t_start)
+    api_before = _api_counters(target_backend)
+    inputs, scoring = prepare(
+        prompt, model=model, granularity=granularity, output=output,
+        target=target or explainer.default_target, masker=masker or explainer.default_masker,
+        spans=spans, chat=chat, max_new_tokens=max_new_tokens, reduction=reduction,
+        top_k=top_k, contrast=contrast, prefix_reuse=prefix_reuse,
+        target_backend=target_backend, progress=progress,
+    )
+    check_param("explain", "seed", seed, kind=int, low=0)
+    explainer.validate(inputs.n_features)  # before any game is built: cheap errors first
+    game = explainer.make_game(inputs, scoring, closed=target_backend)
+    exp = explainer.explain(game, seed=seed)
+    return finish(explainer, inputs, scoring, exp, t_start=t_start, seed=seed,
+                  target_backend=target_backend, api_before=api_before)
+
+
+def _api_counters(backend: Any) -> dict[str, float]:
+    return dict(getattr(backend, "counters", {}) or {})
 
 
 def prepare(
@@ -141,7 +156,6 @@ def prepare(
     granularity: str = "word",
     output: str | None = None,
     target: str = "nll",
-    seed: int = 0,
     masker: str = "delete",
     spans: Sequence[tuple[int, int]] | None = None,
     chat: bool | None = None,
@@ -152,10 +166,12 @@ def prepare(
     prefix_reuse: bool = True,
     target_backend: Any = None,
     progress: Progress | None = None,
-) -> ExplainContext:
-    """Everything before the explainer runs: model, prompt, features, output, engine, target
-    and the Game (masks -> target values). One context can serve several methods, which then
-    share the Game's memo (benchmarks use this to evaluate a test set once)."""
+) -> tuple[ModelInputs, ScoringGame]:
+    """Everything before a method runs: model, prompt, features, output, masker, and the
+    teacher-forced scoring game (masks -> target values). One preparation can serve several
+    methods, which then share the game's memo (benchmarks use this to evaluate a test set
+    once)."""
+    from .games.model import ModelInputs, ScoringGame
     from .models.hf import HFModel
     from .scoring.engine import ScoringEngine
     from .scoring.targets import make_target
@@ -163,7 +179,6 @@ def prepare(
     from .text.prompt import build_prompt
     from .text.segment import GRANULARITIES, segment
 
-    check_param("explain", "seed", seed, kind=int, low=0)
     check_param("explain", "max_new_tokens", max_new_tokens, kind=int, low=1)
     if granularity not in GRANULARITIES:
         raise ParameterError(unknown_name_message("granularity", granularity, GRANULARITIES))
@@ -180,9 +195,6 @@ def prepare(
         spans = [tuple(s) for s in spans]
     features = segment(pr.text, pr.regions, offsets, granularity, spans=spans)
 
-    api_calls_before = 0
-    if target_backend is not None:
-        api_calls_before = int(target_backend.counters.get("api_calls", 0))
     if output is None and target_backend is not None:
         msgs = list(pr.messages) if pr.messages else [{"role": "user", "content": pr.text}]
         output = target_backend.chat(msgs, max_tokens=max_new_tokens, temperature=0.0).text
@@ -218,6 +230,7 @@ def prepare(
         )
 
     engine = ScoringEngine(model, prompt_ids, output_ids, prefix_reuse=prefix_reuse)
+    engines = (engine,)
     alt_engine = None
     if target == "contrastive":
         if not contrast:
@@ -226,75 +239,54 @@ def prepare(
         if not alt_ids:
             raise InputError(f"The contrast text {contrast!r} tokenizes to nothing.")
         alt_engine = ScoringEngine(model, prompt_ids, alt_ids, prefix_reuse=prefix_reuse)
+        engines = (engine, alt_engine)
     tgt = make_target(target, engine, reduction=reduction, k=top_k, alt_engine=alt_engine)
     mk = Masker(masker, prompt_ids, features, mask_token_id=model.mask_token_id)
-
-    def value_fn(masks: np.ndarray) -> np.ndarray:
-        return tgt.per_token(mk.apply(masks))
-
-    game = Game(
-        value_fn,
-        len(features),
-        per_token=True,
-        reduce=(lambda m: m.sum(-1)) if tgt.reduction == "sum" else (lambda m: m.mean(-1)),
-        progress=progress,
-        batch_size=256,
-    )
-    ctx = ExplainContext(
-        game=game,
-        seed=seed,
+    inputs = ModelInputs(
         model=model,
         prompt=pr,
-        prompt_ids=np.asarray(prompt_ids),
-        offsets=offsets,
+        prompt_ids=np.asarray(prompt_ids, dtype=np.int64),
+        offsets=tuple(tuple(o) for o in offsets),
         features=features,
-        output_ids=np.asarray(output_ids),
+        output_ids=np.asarray(output_ids, dtype=np.int64),
         output_text=output_text,
         masker=mk,
-        engine=engine,
-        target=tgt,
-        target_backend=target_backend,
+        max_new_tokens=max_new_tokens,
+        prefix_reuse=prefix_reuse,
         progress=progress,
-        options={"granularity": granularity, "max_new_tokens": max_new_tokens, "chat": pr.chat,
-                 "masker": masker, "prefix_reuse": prefix_reuse, "alt_engine": alt_engine,
-                 "api_calls_before": api_calls_before},
     )
-    return ctx
+    return inputs, ScoringGame(inputs, tgt, engines=engines)
 
 
-def finish(explainer: Explainer, ctx: ExplainContext, exp: Any, *, t_start: float) -> Attribution:
-    """Turn an explainer's output on a prepared context into an :class:`Attribution`."""
-    engine, game, tgt = ctx.engine, ctx.game, ctx.target
-    alt_engine = ctx.options["alt_engine"]
-    target_backend = ctx.target_backend
-    features, pr = ctx.features, ctx.prompt
-
-    cost = {
-        "model_forwards": int(engine.counters["model_forwards"]
-                              + (alt_engine.counters["model_forwards"] if alt_engine else 0)
-                              + exp.extra.pop("_model_forwards", 0)),
-        "tokens_processed": int(engine.counters["tokens_processed"]
-                                + (alt_engine.counters["tokens_processed"] if alt_engine else 0)
-                                + exp.extra.pop("_tokens_processed", 0)),
-        "api_calls": 0,
-        "wall_s": time.perf_counter() - t_start,
-        "value_calls": game.n_calls,
-        "padded_tokens": int(engine.counters["padded_tokens"]),
-    }
+def finish(
+    explainer: Explainer,
+    inputs: ModelInputs,
+    scoring: ScoringGame,
+    exp: Explanation,
+    *,
+    t_start: float,
+    seed: int,
+    target_backend: Any = None,
+    api_before: dict[str, float] | None = None,
+) -> Attribution:
+    """Turn an explainer's output on prepared inputs into an :class:`Attribution`."""
+    features, pr = inputs.features, inputs.prompt
+    cost = exp.cost.as_dict()
+    cost["wall_s"] = time.perf_counter() - t_start
     if target_backend is not None:
-        cost["api_calls"] = (int(target_backend.counters.get("api_calls", 0))
-                             - ctx.options["api_calls_before"])
-        for key in ("cached_calls", "prompt_tokens", "completion_tokens", "cost_usd"):
-            if key in target_backend.counters:
-                cost[key] = target_backend.counters[key]
+        now, before = _api_counters(target_backend), api_before or {}
+        for key in ("api_calls", "cached_calls", "prompt_tokens", "completion_tokens",
+                    "cost_usd"):
+            if key in now:
+                cost[key] = now[key] - before.get(key, 0)
     params_out = {
-        **explainer.get_params(),
         **exp.params,
-        "granularity": ctx.options["granularity"],
-        "target": tgt.params(),
-        "masker": ctx.options["masker"],
-        "prefix_reuse": ctx.options["prefix_reuse"],
+        "granularity": features.granularity,
+        "target": scoring.target.params(),
+        "masker": inputs.masker.kind,
+        "prefix_reuse": inputs.prefix_reuse,
         "chat_template": pr.chat,
+        "max_new_tokens": inputs.max_new_tokens,
     }
     if target_backend is not None:
         params_out["target_model"] = getattr(target_backend, "model", None)
@@ -305,12 +297,12 @@ def finish(explainer: Explainer, ctx: ExplainContext, exp: Any, *, t_start: floa
         labels=features.labels,
         spans=[[list(s) for s in f.spans] for f in features],
         input_text=pr.text,
-        output_text=ctx.output_text,
+        output_text=inputs.output_text,
         params=params_out,
-        model={"id": ctx.model.info.id, "sha256": ctx.model.info.sha256},
+        model={"id": inputs.model.info.id, "sha256": inputs.model.info.sha256},
         interactions=exp.interactions,
         per_output_token=exp.per_output_token,
         cost=cost,
-        seed=ctx.seed,
+        seed=seed,
         extra={"metadata": exp.extra} if exp.extra else {},
     )

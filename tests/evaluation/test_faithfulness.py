@@ -20,7 +20,7 @@ from attrlens.evaluation.faithfulness import (
     topk_removal,
     uniform_test_masks,
 )
-from attrlens.game import Game
+from attrlens.games import Game
 from attrlens.result import Attribution
 
 N = 8

@@ -8,7 +8,7 @@ import pytest
 import attrlens
 from attrlens.errors import ParameterError
 from attrlens.explainers.base import get_explainer, list_methods
-from attrlens.game import Game
+from attrlens.games import Game
 from attrlens.result import Attribution
 
 N = 6

@@ -11,7 +11,7 @@ import pytest
 import attrlens
 from attrlens.errors import ParameterError
 from attrlens.explainers.shapley import kernel_shap_design, ridge_gcv, uniform_masks
-from attrlens.game import Game
+from attrlens.games import Game
 
 N = 7
 

@@ -12,7 +12,7 @@ import attrlens
 from attrlens.errors import ParameterError
 from attrlens.evaluation.faithfulness import faithfulness_r2
 from attrlens.explainers.base import get_explainer
-from attrlens.game import Game
+from attrlens.games import Game
 from attrlens.result import Attribution
 
 

@@ -25,8 +25,9 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import InputError, ParameterError, check_param
-from ..game import Game
+from ..errors import InputError, ParameterError
+from ..params import check_param
+from ..games import Game
 from ..text.prompt import validate_messages
 from ..text.segment import _label, char_segments
 

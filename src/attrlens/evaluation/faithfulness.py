@@ -27,8 +27,9 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import InputError, ParameterError, check_param
-from ..game import Game, as_game
+from ..errors import InputError, ParameterError
+from ..params import check_param
+from ..games import Game, as_game
 
 SURROGATE_BASES = ("fourier", "mobius")
 

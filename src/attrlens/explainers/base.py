@@ -1,62 +1,53 @@
-"""Explainer base class, the method registry and the context explainers run in.
+"""Explainer base class: declared parameters and the one ``explain`` every method runs through.
 
-Adding a method = one module with one class decorated by :func:`register`. Parameters are
-stored as given in ``__init__`` and validated when the work runs (``explain``).
+Adding a method = one class in one module, decorated with :func:`attrlens.registry.register`:
+
+    @register
+    class MyExplainer(Explainer):
+        name = "mine"
+        description = "One line for `attrlens methods`."
+        paper = "Author et al. (2025), Title"
+        parameters = (Param("alpha", 1.0, "ridge penalty", low=0),)
+
+        def min_budget(self, n_features): return n_features + 1
+
+        def _explain(self, game, *, budget, seed):
+            ...  # ask game(masks) for at most `budget` distinct masks
+            return Explanation(scores=...)
+
+``__init__`` stores parameters as given (unknown names are refused at once); the base
+class's :meth:`Explainer.explain` validates them against the declarations, resolves the
+budget, wraps the game so the budget is enforced, runs the method with the seed and fills
+in the cost. Subclasses may not override ``explain``.
 """
 
 from __future__ import annotations
 
-import importlib
+import time
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from ..errors import ParameterError, check_param, unknown_name_message
-from ..game import Game
+from ..errors import ParameterError
+from ..games import BudgetedGame, Cost, Game
+from ..params import Param, check_unknown, validate
+from ..registry import register  # noqa: F401  (re-exported for method modules)
 
-REGISTRY: dict[str, type["Explainer"]] = {}
+if TYPE_CHECKING:
+    from ..games.model import ModelInputs, ScoringGame
+    from ..models.openai import OpenAIBackend
 
-# modules holding registered explainers; imported on first registry access
-_MODULES = (
-    "loo",
-    "lime",
-    "shapley",
-    "spex",
-    "gilot",
-    "rope_lime",
-    "gsmile",
-    "gradients",
+#: what a method needs to run: any value function, a local model (teacher forcing, beams,
+#: internals), or a closed (served) model whose output is explained
+NEEDS = ("game", "local_model", "closed_model")
+
+BUDGET = Param(
+    "budget", None,
+    "maximum number of value-function evaluations (model or surrogate); default: the method's",
+    type=int, low=1, none_ok=True,
 )
-
-
-def register(cls: type["Explainer"]) -> type["Explainer"]:
-    """Class decorator: add an explainer to the registry under ``cls.name``."""
-    REGISTRY[cls.name] = cls
-    return cls
-
-
-def _load_all() -> None:
-    for mod in _MODULES:
-        try:
-            importlib.import_module(f"{__package__}.{mod}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"{__package__}.{mod}":
-                raise
-
-
-def get_explainer(name: str) -> type["Explainer"]:
-    """The explainer class registered as ``name`` (clear error listing the valid names)."""
-    _load_all()
-    if name not in REGISTRY:
-        raise ParameterError(unknown_name_message("method", name, REGISTRY))
-    return REGISTRY[name]
-
-
-def list_methods() -> dict[str, str]:
-    """{name: one-line description} of every registered method."""
-    _load_all()
-    return {k: REGISTRY[k].description for k in sorted(REGISTRY)}
 
 
 @dataclass
@@ -68,72 +59,116 @@ class Explanation:
     per_output_token: np.ndarray | None = None
     extra: dict[str, Any] = field(default_factory=dict)
     params: dict[str, Any] = field(default_factory=dict)
+    cost: Cost = field(default_factory=Cost)
 
 
-@dataclass
-class ExplainContext:
-    """Everything an explainer may need about one explanation of one model output.
-
-    Game-based explainers only use ``game`` and ``seed``; model-based ones (GiLOT, RoPE-LIME,
-    gSMILE, gradients) use the model, prompt, features and maskers directly.
-    """
-
-    game: Game
-    seed: int
-    model: Any = None
-    prompt: Any = None
-    prompt_ids: np.ndarray | None = None
-    offsets: list[tuple[int, int]] | None = None
-    features: Any = None
-    output_ids: np.ndarray | None = None
-    output_text: str = ""
-    masker: Any = None
-    engine: Any = None
-    target: Any = None
-    target_backend: Any = None
-    progress: Any = None
-    options: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def n_features(self) -> int:
-        return self.game.n_features
-
-
-class Explainer:
-    """Base class. Subclasses set ``name``/``description`` and implement ``explain_game``
-    (game-based) or override ``explain_context`` (model-based)."""
+class Explainer(ABC):
+    """Base class of every method. Subclasses declare ``parameters`` and implement
+    ``_explain``; model-based methods also implement ``make_game``."""
 
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
-    needs_model: ClassVar[bool] = False
-    needs_closed_model: ClassVar[bool] = False
+    paper: ClassVar[str] = ""
+    needs: ClassVar[str] = "game"
+    #: declared parameters (``budget`` is added by the base class when ``uses_budget``)
+    parameters: ClassVar[tuple[Param, ...]] = ()
+    #: False for methods whose cost is fixed by the input (e.g. gradients): then a budget is
+    #: refused as meaningless
+    uses_budget: ClassVar[bool] = True
     default_masker: ClassVar[str] = "delete"
     default_target: ClassVar[str] = "nll"
 
-    def __init__(self, *, budget: int | None = None, **params: Any):
-        self.budget = budget
-        self.params = params
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "explain" in cls.__dict__:
+            raise TypeError(
+                f"{cls.__name__} overrides Explainer.explain; implement _explain instead so "
+                f"parameters, budget and seed are handled in one place."
+            )
+        if cls.needs not in NEEDS:
+            raise TypeError(f"{cls.__name__}.needs must be one of {NEEDS}; got {cls.needs!r}.")
+        names = [p.name for p in cls.parameters]
+        if len(set(names)) != len(names) or "budget" in names:
+            raise TypeError(f"{cls.__name__} declares a parameter twice (or 'budget').")
+
+    def __init__(self, **params: Any):
+        self._check_names(params)
+        self.params: dict[str, Any] = {p.name: params.get(p.name, p.default)
+                                       for p in self.all_parameters()}
+
+    # ---- declarations --------------------------------------------------------------------
+    @classmethod
+    def all_parameters(cls) -> tuple[Param, ...]:
+        return ((BUDGET,) if cls.uses_budget else ()) + tuple(cls.parameters)
+
+    @classmethod
+    def owner(cls) -> str:
+        return cls.__name__
+
+    @classmethod
+    def _check_names(cls, params: dict[str, Any]) -> None:
+        if not cls.uses_budget and params.get("budget") is not None:
+            raise ParameterError(
+                f"The method '{cls.name}' takes no budget: its cost is fixed by the input "
+                f"(drop --budget)."
+            )
+        given = [k for k in params if not (k == "budget" and not cls.uses_budget)]
+        check_unknown(f"Method '{cls.name}'", given, cls.all_parameters())
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
         return f"{type(self).__name__}({args})"
 
     def get_params(self) -> dict[str, Any]:
-        return {"budget": self.budget, **self.params}
+        """Every declared parameter's value (given or default)."""
+        return dict(self.params)
 
-    # ---- budget --------------------------------------------------------------------------
+    @property
+    def budget(self) -> int | None:
+        return self.params.get("budget")
+
+    # ---- hooks ---------------------------------------------------------------------------
     def min_budget(self, n_features: int) -> int:
+        """The fewest evaluations the method can work with on n features."""
         return 1
 
     def default_budget(self, n_features: int) -> int:
         return self.min_budget(n_features)
 
-    def resolve_budget(self, n_features: int) -> int:
-        """The budget to use: the given one (validated) or the method's default."""
+    def check(self, n_features: int) -> None:
+        """Checks that involve several parameters or the number of features (optional)."""
+
+    def make_game(
+        self, inputs: ModelInputs, scoring: ScoringGame, *, closed: OpenAIBackend | None = None
+    ) -> Game:
+        """The game this method runs on for one prepared model input.
+
+        Game-based methods run on ``scoring`` (teacher-forced target values of the fixed
+        output); model-based methods override this and build their typed game from
+        ``inputs`` (and the closed model ``closed`` whose output is explained)."""
+        return scoring
+
+    @abstractmethod
+    def _explain(self, game: BudgetedGame, *, budget: int | None, seed: int) -> Explanation:
+        """The method itself: at most ``budget`` distinct masks from ``game``."""
+
+    # ---- the one entry point -------------------------------------------------------------
+    def validate(self, n_features: int) -> dict[str, Any]:
+        """Check every parameter against its declaration (ParameterError otherwise); the
+        normalised values become ``self.params``."""
+        self._check_names(self.params)
+        self.params = validate(self.owner(), self.params, self.all_parameters())
+        self.check(n_features)
+        return self.params
+
+    def resolve_budget(self, n_features: int) -> int | None:
+        """The budget to use: the given one (checked against the method's minimum) or the
+        method's default. None for methods that take no budget."""
+        if not self.uses_budget:
+            return None
         need = self.min_budget(n_features)
         if self.budget is None:
-            return max(need, self.default_budget(n_features))
-        check_param(type(self).__name__, "budget", self.budget, kind=int, low=1)
+            return int(max(need, self.default_budget(n_features)))
         if self.budget < need:
             raise ParameterError(
                 f"The budget {self.budget} is too small for {self.name} with {n_features} "
@@ -142,12 +177,22 @@ class Explainer:
             )
         return int(self.budget)
 
-    def validate(self, n_features: int) -> None:
-        """Check parameters (raise ParameterError); subclasses extend."""
-
-    # ---- work ----------------------------------------------------------------------------
-    def explain_game(self, game: Game, *, seed: int = 0) -> Explanation:  # pragma: no cover
-        raise ParameterError(f"The method '{self.name}' needs a model, not a bare game.")
-
-    def explain_context(self, ctx: ExplainContext) -> Explanation:
-        return self.explain_game(ctx.game, seed=ctx.seed)
+    def explain(self, game: Game, *, seed: int = 0) -> Explanation:
+        """Validate -> resolve the budget -> enforce it on the game -> run -> cost."""
+        if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0:
+            raise ParameterError(f"The seed must be an int >= 0. Got {seed!r} instead.")
+        n = game.n_features
+        self.validate(n)
+        budget = self.resolve_budget(n)
+        view = BudgetedGame(game, budget, owner=f"method '{self.name}'")
+        before = game.cost()
+        t0 = time.perf_counter()
+        exp = self._explain(view, budget=budget, seed=int(seed))
+        wall = time.perf_counter() - t0
+        cost = game.cost() - before
+        cost.value_calls = view.n_calls
+        cost.wall_s = wall
+        exp.cost = cost
+        exp.params = {**self.params, "budget": budget, **exp.params} if self.uses_budget else {
+            **self.params, **exp.params}
+        return exp

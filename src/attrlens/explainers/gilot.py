@@ -55,8 +55,10 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import InputError, ParameterError, check_param
-from .base import ExplainContext, Explainer, Explanation, register
+from ..errors import InputError, ParameterError
+from ..params import check_param
+from ..registry import register
+from .base import Explainer, Explanation
 from .gilot_beams import BeamRunner, Beams, make_inputs
 
 DISTANCES = ("ot", "kl")

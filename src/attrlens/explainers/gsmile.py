@@ -26,9 +26,11 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import InputError, ParameterError, check_param
+from ..errors import InputError, ParameterError
+from ..params import check_param
 from ..models.embeddings import EMBEDDINGS, GROUND_COSTS, WordMoversDistance, get_word_embeddings
-from .base import ExplainContext, Explainer, Explanation, register
+from ..registry import register
+from .base import Explainer, Explanation
 
 WEIGHT_DISTANCES = ("input", "output")
 SOLVERS = ("ols", "ridge")

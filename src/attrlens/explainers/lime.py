@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import check_param
-from ..game import Game
+from ..games import BudgetedGame
+from ..params import Param
+from ..registry import register
 from ..solvers.regression import weighted_r2, weighted_ridge
-from .base import Explainer, Explanation, register
+from .base import Explainer, Explanation
 
 
 def lime_masks(n: int, n_samples: int, rng: np.random.Generator) -> np.ndarray:
@@ -35,9 +36,12 @@ class LimeExplainer(Explainer):
 
     name = "lime"
     description = "LIME: random feature removals, cosine kernel, weighted ridge surrogate."
-
-    def __init__(self, *, budget: int | None = None, kernel_width: float = 0.25, alpha: float = 1.0):
-        super().__init__(budget=budget, kernel_width=kernel_width, alpha=alpha)
+    paper = "Ribeiro et al. (2016), 'Why should I trust you?'"
+    parameters = (
+        Param("kernel_width", 0.25, "width of the exponential kernel on cosine distance",
+              low=1e-9),
+        Param("alpha", 1.0, "ridge penalty of the weighted linear surrogate", low=0),
+    )
 
     def min_budget(self, n_features: int) -> int:
         return 2
@@ -45,14 +49,8 @@ class LimeExplainer(Explainer):
     def default_budget(self, n_features: int) -> int:
         return int(min(512, max(64, 2 * n_features)))
 
-    def validate(self, n_features: int) -> None:
-        check_param("LimeExplainer", "kernel_width", self.params["kernel_width"], low=1e-9)
-        check_param("LimeExplainer", "alpha", self.params["alpha"], low=0)
-
-    def explain_game(self, game: Game, *, seed: int = 0) -> Explanation:
+    def _explain(self, game: BudgetedGame, *, budget: int | None, seed: int) -> Explanation:
         n = game.n_features
-        self.validate(n)
-        budget = self.resolve_budget(n)
         rng = np.random.default_rng(seed)
         # distinct masks only, so the budget bounds value-function evaluations exactly
         n_distinct = min(budget, 2**n) if n < 63 else budget
@@ -81,5 +79,6 @@ class LimeExplainer(Explainer):
         r2 = weighted_r2(y, masks.astype(float) @ coef + intercept, w)
         return Explanation(
             scores=coef,
-            extra={"intercept": float(intercept), "fit_r2_weighted": float(r2), "n_samples": len(masks)},
+            extra={"intercept": float(intercept), "fit_r2_weighted": float(r2),
+                   "n_samples": len(masks)},
         )

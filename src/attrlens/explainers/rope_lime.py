@@ -27,8 +27,10 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import CapabilityError, InputError, ParameterError, check_param
-from .base import ExplainContext, Explainer, Explanation, register
+from ..errors import CapabilityError, InputError, ParameterError
+from ..params import check_param
+from ..registry import register
+from .base import Explainer, Explanation
 
 SPACES = ("embed_rope", "layer0_keys", "plain")
 SAMPLINGS = ("exact", "balanced", "up_to_k")

@@ -27,9 +27,11 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ParameterError, check_param
-from ..game import Game
-from .base import Explainer, Explanation, register
+from ..errors import ParameterError
+from ..params import check_param
+from ..games import Game
+from ..registry import register
+from .base import Explainer, Explanation
 
 # penalties tried by the automatic ridge; leave-one-out picks one (as RidgeCV does). The grid
 # stops at 1e3: larger penalties shrink every coefficient to ~0 on noisy games

@@ -28,9 +28,11 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ParameterError, check_param
-from ..game import Game
-from .base import Explainer, Explanation, register
+from ..errors import ParameterError
+from ..params import check_param
+from ..games import Game
+from ..registry import register
+from .base import Explainer, Explanation
 
 INDICES = ("fourier", "mobius", "shapley", "banzhaf", "sii", "bii", "fsii", "fbii", "stii")
 # indices defined "of order ℓ" (their values depend on ℓ); the others are truncated for display

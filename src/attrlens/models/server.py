@@ -27,7 +27,8 @@ from typing import IO
 
 import httpx
 
-from ..errors import BackendError, InputError, ParameterError, check_param
+from ..errors import BackendError, InputError, ParameterError
+from ..params import check_param
 
 _READY_PREFIX = "ATTRLENS_LISTENING "
 _LOOPBACK_NAMES = {"localhost"}

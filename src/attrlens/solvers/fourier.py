@@ -26,7 +26,8 @@ from typing import Literal
 
 import numpy as np
 
-from attrlens.errors import InputError, ParameterError, check_param
+from attrlens.errors import InputError, ParameterError
+from attrlens.params import check_param
 from attrlens.solvers.bch import BCHCode, make_bch_code
 
 Coeffs = dict[tuple[int, ...], float]

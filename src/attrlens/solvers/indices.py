@@ -24,7 +24,8 @@ from typing import Literal
 
 import numpy as np
 
-from attrlens.errors import InputError, ParameterError, check_param, unknown_name_message
+from attrlens.errors import InputError, ParameterError, unknown_name_message
+from attrlens.params import check_param
 
 Coeffs = dict[tuple[int, ...], float]
 

@@ -46,7 +46,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from attrlens.errors import InputError, ParameterError, check_param
+from attrlens.errors import InputError, ParameterError
+from attrlens.params import check_param
 
 if TYPE_CHECKING:
     import torch

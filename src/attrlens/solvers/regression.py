@@ -13,7 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from attrlens.errors import InputError, check_param
+from attrlens.errors import InputError
+from attrlens.params import check_param
 
 __all__ = ["fidelity_metrics", "weighted_ols", "weighted_r2", "weighted_ridge"]
 

@@ -17,7 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from attrlens.errors import InputError, ParameterError, check_param
+from attrlens.errors import InputError, ParameterError
+from attrlens.params import check_param
 
 __all__ = ["kernel_weights", "pairwise_cost", "rwmd", "rwmd_many", "wmd"]
 

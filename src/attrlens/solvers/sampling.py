@@ -16,7 +16,8 @@ from collections.abc import Callable
 
 import numpy as np
 
-from attrlens.errors import ParameterError, check_param
+from attrlens.errors import ParameterError
+from attrlens.params import check_param
 
 __all__ = ["bernoulli_masks", "sparse_k_masks"]
 
@@ -281,3 +282,10 @@ def _balanced_removals(n: int, budget: int, k: int, rng: np.random.Generator) ->
         out[i] = row
         counts += row
     return out
+
+
+def loo_masks(n: int) -> np.ndarray:
+    """(n + 1, n) masks: the full coalition, then each feature removed alone."""
+    masks = np.ones((n + 1, n), dtype=bool)
+    masks[np.arange(1, n + 1), np.arange(n)] = False
+    return masks

@@ -21,7 +21,8 @@ from typing import Any, Literal
 
 import numpy as np
 
-from attrlens.errors import InputError, ParameterError, check_param
+from attrlens.errors import InputError, ParameterError
+from attrlens.params import check_param
 from attrlens.solvers.fourier import fourier_basis
 
 Coeffs = dict[tuple[int, ...], float]
