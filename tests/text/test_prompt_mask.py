@@ -66,15 +66,83 @@ def test_delete_masker_keeps_original_positions(tiny_model):
     assert two.first_change == min(fs[0].tokens)
 
 
-def test_replace_masker_substitutes_mask_token(tiny_model):
+def test_replace_tokens_masker_substitutes_every_masked_token(tiny_model):
     pr, ids, fs = _setup(tiny_model)
-    mk = Masker("replace", ids, fs, mask_token_id=0)
+    mk = Masker("replace_tokens", ids, fs, mask_token_id=0)
     masks = np.ones((1, len(fs)), dtype=bool)
     masks[0, 2] = False
     (out,) = mk.apply(masks)
-    assert len(out.ids) == len(ids)
+    assert len(out.ids) == len(ids) and out.output_start is None
     for t in range(len(ids)):
         assert out.ids[t] == (0 if t in fs[2].tokens else ids[t])
+
+
+def test_replace_masker_puts_one_mask_token_per_masked_feature():
+    """Hand-built: features f0 = tokens 0-1, f1 = 2-4, f2 = 5, frozen token 6, f3 = 7-8."""
+    ids = np.array([10, 11, 12, 13, 14, 15, 16, 17, 18])
+    regions = ((0, 6), (7, 9))
+    offsets = [(i, i + 1) for i in range(9)]
+    fs = segment("aabbbcXdd", regions, offsets, "span", spans=[(0, 2), (2, 5), (5, 6), (7, 9)])
+    assert [list(f.tokens) for f in fs] == [[0, 1], [2, 3, 4], [5], [7, 8]]
+    mk = Masker("replace", ids, fs, mask_token_id=99)
+    masks = np.array([
+        [1, 1, 1, 1],  # nothing masked: the prompt itself
+        [1, 0, 1, 1],  # the 3-token feature -> one mask token
+        [0, 0, 1, 0],  # two adjacent masked features -> two mask tokens; frozen 16 kept
+        [1, 1, 0, 0],
+    ], dtype=bool)
+    full, one, two, three = mk.apply(masks)
+    np.testing.assert_array_equal(full.ids, ids)
+    assert full.first_change == 9 and full.output_start is None
+    expected = [
+        (one, [10, 11, 99, 15, 16, 17, 18], 2),
+        (two, [99, 99, 15, 16, 99], 0),
+        (three, [10, 11, 12, 13, 14, 99, 16, 99], 5),
+    ]
+    for out, seq, first in expected:
+        np.testing.assert_array_equal(out.ids, seq)
+        np.testing.assert_array_equal(out.positions, np.arange(len(seq)))  # contiguous
+        assert out.first_change == first and out.output_start == len(seq)
+        # the unchanged prefix is the prompt's own (prefix reuse stays valid)
+        np.testing.assert_array_equal(out.ids[:first], ids[:first])
+
+
+def _brute_force_mean_logprob(model, prompt_ids, output_ids):
+    """Mean log p(o_t | prompt, o_<t) from one plain forward (positions 0..L+T-1)."""
+    import torch
+
+    seq = torch.as_tensor(np.concatenate([prompt_ids, output_ids]).astype(np.int64))[None]
+    with torch.inference_mode():
+        logits = model.model(input_ids=seq).logits[0].double()
+    lp = torch.log_softmax(logits, -1)
+    L, T = len(prompt_ids), len(output_ids)
+    return float(np.mean([lp[L - 1 + t, output_ids[t]].item() for t in range(T)]))
+
+
+def test_loo_with_sentence_features_equals_brute_force_one_mask_token_prompts(tiny_model):
+    import attrlens
+
+    text = "The quick brown fox jumps. A stitch in time saves nine. The sky is blue."
+    output = " Paris is the capital"
+    a = attrlens.explain(text, model=tiny_model, method="loo", granularity="sentence",
+                         masker="replace", output=output, chat=False)
+    assert a.params["masker"] == "replace" and a.n_features == 3
+    ids, offsets = tiny_model.tokenize(text, add_special_tokens=True)
+    out_ids, _ = tiny_model.tokenize(output)
+    fs = segment(text, ((0, len(text)),), offsets, "sentence")
+    mask_id = tiny_model.mask_token_id
+    full = _brute_force_mean_logprob(tiny_model, np.asarray(ids), np.asarray(out_ids))
+    expected = []
+    for f in fs:
+        toks = sorted(f.tokens)
+        one = np.concatenate([ids[: toks[0]], [mask_id], ids[toks[-1] + 1:]])
+        expected.append(full - _brute_force_mean_logprob(tiny_model, one, np.asarray(out_ids)))
+    np.testing.assert_allclose(a.scores, expected, atol=2e-4)
+    # the per-token option differs (the prompt keeps its length)
+    b = attrlens.explain(text, model=tiny_model, method="loo", granularity="sentence",
+                         masker="replace_tokens", output=output, chat=False)
+    assert b.params["masker"] == "replace_tokens"
+    assert np.max(np.abs(b.scores - a.scores)) > 1e-3
 
 
 def test_masker_rejects_wrong_shape(tiny_model):

@@ -5,7 +5,14 @@ row to the token ids and explicit position ids of the perturbed prompt:
 
 * ``delete``         masked tokens are removed; surviving tokens keep their original
                      position ids (RoPE phases do not shift).
-* ``replace``        every masked token becomes the mask token; positions unchanged.
+* ``replace``        every masked *feature* becomes one mask token (METHODS.md §0, as in
+                     SPEX's reference: a masked sentence is one ``<unk>``, not one per
+                     token); positions are contiguous, so the perturbed prompt is exactly the
+                     prompt a model would read with the feature's text replaced by the mask
+                     token, and the output follows it directly (``output_start``).
+* ``replace_tokens`` every masked *token* becomes the mask token; positions unchanged (the
+                     perturbed prompt has the original length). Kept as a named option: it
+                     is what ``replace`` did before 0.2.
 * ``attention_off``  GiLOT's masking (token id 0 and attention 0, positions unchanged). For
                      teacher-forced scoring this equals ``delete`` exactly: a key that no
                      query may attend to contributes nothing, so the engine runs it as a
@@ -21,7 +28,7 @@ import numpy as np
 from ..errors import InputError, unknown_name_message
 from .segment import FeatureSet
 
-MASKERS = ("delete", "replace", "attention_off")
+MASKERS = ("delete", "replace", "replace_tokens", "attention_off")
 
 
 def check_masks(masks: object, n_features: int) -> np.ndarray:
@@ -36,16 +43,28 @@ def check_masks(masks: object, n_features: int) -> np.ndarray:
 
 @dataclass(frozen=True)
 class PerturbedInput:
-    """Token ids and position ids of one perturbed prompt; ``first_change`` is the index of
-    the first token that differs from the unmasked prompt (= len when nothing changed)."""
+    """Token ids and position ids of one perturbed prompt.
+
+    ids, positions: (L',) int64 arrays
+    first_change:   index of the first token that differs from the unmasked prompt (= len
+                    when nothing changed); tokens before it equal the unmasked prompt's,
+                    at the same positions
+    output_start:   position id of the first output token; None = the unmasked prompt's
+                    length L (``delete`` keeps that gap, as surviving tokens keep theirs)
+    """
 
     ids: np.ndarray
     positions: np.ndarray
     first_change: int
+    output_start: int | None = None
 
 
 class Masker:
-    """Applies masks to one tokenized prompt. ``kind`` is one of MASKERS."""
+    """Applies masks to one tokenized prompt. ``kind`` is one of MASKERS.
+
+    prompt_ids: (L,) token ids; features: the FeatureSet built on that tokenization;
+    mask_token_id: the id used by ``replace`` / ``replace_tokens``.
+    """
 
     def __init__(
         self,
@@ -87,9 +106,29 @@ class Masker:
         for row in keep:
             dropped = np.flatnonzero(~row)
             first = int(dropped[0]) if dropped.size else n_tok
-            if self.kind == "replace":
+            if self.kind == "replace_tokens":
                 ids = np.where(row, self.prompt_ids, self.mask_token_id)
                 out.append(PerturbedInput(ids, pos, first))
+            elif self.kind == "replace":
+                out.append(self._replace_features(row, first))
             else:
                 out.append(PerturbedInput(self.prompt_ids[row], pos[row], first))
         return out
+
+    def _replace_features(self, keep: np.ndarray, first: int) -> PerturbedInput:
+        """One mask token in place of each maximal run of masked tokens of one feature;
+        positions 0..L'-1 and the output right after (L')."""
+        if first == keep.shape[0]:
+            n = keep.shape[0]
+            return PerturbedInput(self.prompt_ids, np.arange(n), n)
+        ids: list[int] = []
+        prev_owner = -2
+        for t, kept in enumerate(keep):
+            if kept:
+                ids.append(int(self.prompt_ids[t]))
+                prev_owner = -2
+            elif self.owner[t] != prev_owner:  # the first masked token of a feature's run
+                ids.append(self.mask_token_id)
+                prev_owner = int(self.owner[t])
+        arr = np.asarray(ids, dtype=np.int64)
+        return PerturbedInput(arr, np.arange(arr.shape[0]), first, output_start=arr.shape[0])
