@@ -25,6 +25,12 @@ Decoding works on whole batches of received words:
 A word is declared decodable iff the locator has degree L <= t and exactly L roots inside
 the shortened word (a root in the removed positions means a decoding failure), exactly as
 galois does.
+
+The error capability ``t`` of a code is that of its *designed distance*, as
+``galois.BCH(n_code, k_code)`` defines it: the generator's roots may hold more consecutive
+powers alpha^1..alpha^(2t') than the 2t asked for (e.g. asking t = 4 at m = 5 gives the
+(31, 11) code, whose roots include alpha^1..alpha^10, so it corrects t = 5 errors), and the
+decoder then corrects up to that t'.
 """
 
 from __future__ import annotations
@@ -100,6 +106,16 @@ def _cyclotomic_union(m: int, t: int) -> list[int]:
     return sorted(roots)
 
 
+def designed_t(m: int, t: int) -> int:
+    """Error capability of the BCH code built for t: the largest t' whose 2t' consecutive
+    powers alpha^1..alpha^(2t') are all roots of the generator (designed distance 2t'+1)."""
+    roots = set(_cyclotomic_union(m, t))
+    top = 0
+    while top + 1 in roots:
+        top += 1
+    return top // 2
+
+
 def bch_dimension(m: int, t: int) -> int:
     """Dimension k of the primitive narrow-sense binary BCH code of length 2^m-1, distance 2t+1."""
     return (1 << m) - 1 - len(_cyclotomic_union(m, t))
@@ -145,13 +161,16 @@ class BCHCode:
     """Shortened binary BCH code used to build the SPEX delays and decode singleton bins.
 
     Attributes: ``n`` message length after shortening (= number of features), ``t`` error
-    capability, ``m`` field degree, ``n_code``/``k_code`` the unshortened length/dimension,
+    capability of the code (its designed distance is 2t+1, as galois.BCH reports; at least
+    the ``t_requested`` it was built for), ``m`` field degree, ``n_code``/``k_code`` the
+    unshortened length/dimension,
     ``n_parity`` P = n_code - k_code, ``generator`` the generator polynomial as a bitmask.
     """
 
     n: int
     t: int
     m: int
+    t_requested: int
     n_code: int
     k_code: int
     generator: int
@@ -320,7 +339,8 @@ class BCHCode:
         """Hard decoding, then Chase decoding for the words where it fails.
 
         reliab: (B, P) real soft values r_p; the hard bit is 1[r_p < 0] and |r_p| its
-        reliability.  For failed words, the ``chase_depth`` least reliable positions are
+        reliability.  For failed words, the ``chase_depth`` least reliable positions (default
+        2 t_requested, as the reference) are
         taken and the chase_depth*(chase_depth+1)/2 lowest-total-reliability flip patterns
         (the empty one included) are decoded; among the distinct successful decodes (first
         occurrence in increasing-reliability order) the one with the fewest corrected errors
@@ -331,7 +351,10 @@ class BCHCode:
         hard = r < 0
         msgs, n_err = self.decode_parity(hard)
         failed = np.nonzero(n_err < 0)[0]
-        depth = 2 * self.t if chase_depth is None else int(chase_depth)
+        if chase_depth is None:
+            depth = min(2 * self.t_requested, _MAX_CHASE_DEPTH)
+        else:
+            depth = int(chase_depth)
         if depth > _MAX_CHASE_DEPTH:
             raise ParameterError(
                 f"The 'chase_depth' parameter must be at most {_MAX_CHASE_DEPTH} (all 2^depth "
@@ -390,12 +413,15 @@ class BCHCode:
 
 @functools.lru_cache(maxsize=32)
 def make_bch_code(n: int, t: int) -> BCHCode:
-    """Shortest primitive binary BCH code with designed distance 2t+1 and k >= n, shortened to n."""
+    """Shortest primitive binary BCH code with designed distance >= 2t+1 and k >= n, shortened
+    to n; it corrects ``code.t >= t`` errors (the code's own designed distance)."""
     if not isinstance(n, int) or n < 1:
         raise ParameterError(f"The 'n' parameter of make_bch_code must be an int >= 1. Got {n!r}.")
     if not isinstance(t, int) or t < 1:
         raise ParameterError(f"The 't' parameter of make_bch_code must be an int >= 1. Got {t!r}.")
     m, n_code, k_code = bch_parameter_search(n, t)
+    t_req = t
+    t = designed_t(m, t_req)  # decode up to the designed distance (as galois.BCH)
     exp, log = _gf_tables(m)
     gen = _generator_poly(m, t, exp, log)
     n_par = n_code - k_code
@@ -425,6 +451,7 @@ def make_bch_code(n: int, t: int) -> BCHCode:
         n=n,
         t=t,
         m=m,
+        t_requested=t_req,
         n_code=n_code,
         k_code=k_code,
         generator=gen,
