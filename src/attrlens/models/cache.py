@@ -5,7 +5,17 @@ One SQLite file (``calls.sqlite``) in the user cache directory, first found of
 ``sha256(canonical JSON of (endpoint, model, request body))`` to the server's response JSON.
 Each successful call is committed on its own (WAL journal), so a run killed at any point
 keeps every call that had completed; several threads and processes may share one file.
-The API key is never part of a key or a row.
+
+The file holds full prompts and answers, so it is private: created 0600 in a 0700
+directory, and an existing file (and a directory holding nothing but the cache) is
+tightened to those modes when opened. No credential is ever written: the API key is never
+part of a key or a row, and an endpoint's userinfo (``http://user:password@host``) is left
+out of the key and the ``endpoint`` column (credentials do not change an answer, exactly
+like the API key). Rows written by older versions with credentials in ``endpoint`` are
+scrubbed when the file is opened. Deleted rows are overwritten (``secure_delete``).
+
+``cache_info`` and ``cache_clear`` are the management functions behind
+``attrlens cache info`` / ``attrlens cache clear``.
 """
 
 from __future__ import annotations
@@ -20,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import BackendError
+from ..redact import redact_url, strip_userinfo
 
 CACHE_FILE_NAME = "calls.sqlite"
 
@@ -45,6 +56,12 @@ def default_cache_dir() -> Path:
     return base / "attrlens"
 
 
+def endpoint_label(endpoint: str) -> str:
+    """The form of an endpoint URL that is stored and compared: no userinfo, no trailing
+    slash (``http://user:pw@host/v1/`` -> ``http://host/v1``)."""
+    return strip_userinfo(str(endpoint).strip()).rstrip("/")
+
+
 def canonical_json(obj: Any) -> str:
     """JSON with sorted keys and no insignificant whitespace: equal requests, equal text."""
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
@@ -53,9 +70,10 @@ def canonical_json(obj: Any) -> str:
 def cache_key(endpoint: str, model: str, request: dict[str, Any]) -> str:
     """sha256 hex digest identifying one call: endpoint (base URL), model and request body.
 
-    The endpoint is normalised (no trailing slash) so ``.../v1`` and ``.../v1/`` share rows.
+    The endpoint is normalised (no userinfo, no trailing slash): ``.../v1`` and ``.../v1/``
+    share rows, and credentials in the URL are neither stored nor hashed into the key.
     """
-    payload = {"endpoint": endpoint.rstrip("/"), "model": model, "request": request}
+    payload = {"endpoint": endpoint_label(endpoint), "model": model, "request": request}
     return hashlib.sha256(canonical_json(payload).encode("utf-8")).hexdigest()
 
 
@@ -77,14 +95,19 @@ class CallCache:
     def _connect(self) -> sqlite3.Connection:
         if self._conn is None:
             try:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
+                _private_dir(self.path.parent)
+                _private_file(self.path)
                 # autocommit (isolation_level=None): every put is its own committed write
                 conn = sqlite3.connect(
                     self.path, timeout=30.0, isolation_level=None, check_same_thread=False
                 )
                 conn.execute("PRAGMA journal_mode=WAL")
                 conn.execute("PRAGMA synchronous=NORMAL")
+                conn.execute("PRAGMA secure_delete=ON")  # deleted rows leave no trace
                 conn.execute(_SCHEMA)
+                for suffix in ("-wal", "-shm"):  # SQLite copies the file's mode; make sure
+                    _tighten(self.path.with_name(self.path.name + suffix), 0o600)
+                _scrub_endpoints(conn)
             except (OSError, sqlite3.Error) as exc:
                 raise BackendError(
                     f"Cannot open the call cache at {self.path}: {exc}. Set ATTRLENS_CACHE_DIR "
@@ -112,14 +135,18 @@ class CallCache:
         model: str = "",
         request: dict[str, Any] | None = None,
     ) -> None:
-        """Store one response, committed before returning (a later crash cannot lose it)."""
+        """Store one response, committed before returning (a later crash cannot lose it).
+
+        ``endpoint`` is stored without its userinfo (see ``endpoint_label``). Store only
+        answers the client accepted: a row is replayed on every later identical request.
+        """
         with self._lock:
             self._connect().execute(
                 "INSERT OR REPLACE INTO calls (key, endpoint, model, request, response, created)"
                 " VALUES (?, ?, ?, ?, ?, ?)",
                 (
                     key,
-                    endpoint,
+                    endpoint_label(endpoint),
                     model,
                     canonical_json(request or {}),
                     canonical_json(response),
@@ -138,10 +165,56 @@ class CallCache:
         with self._lock:
             return int(self._connect().execute("SELECT COUNT(*) FROM calls").fetchone()[0])
 
-    def clear(self) -> None:
-        """Delete every cached call."""
+    def delete(self, key: str) -> bool:
+        """Delete the row of ``key``; True if there was one."""
         with self._lock:
-            self._connect().execute("DELETE FROM calls")
+            cur = self._connect().execute("DELETE FROM calls WHERE key = ?", (key,))
+        return cur.rowcount > 0
+
+    def clear(self, endpoint: str | None = None) -> int:
+        """Delete every cached call (or those of ``endpoint``, compared without userinfo or
+        trailing slash); returns the number of rows deleted."""
+        with self._lock:
+            conn = self._connect()
+            if endpoint is None:
+                removed = conn.execute("DELETE FROM calls").rowcount
+            else:
+                want = endpoint_label(endpoint)
+                names = [
+                    row[0]
+                    for row in conn.execute("SELECT DISTINCT endpoint FROM calls")
+                    if endpoint_label(row[0]) == want
+                ]
+                removed = 0
+                for name in names:
+                    removed += conn.execute(
+                        "DELETE FROM calls WHERE endpoint = ?", (name,)
+                    ).rowcount
+            if removed:
+                _compact(conn)
+        return int(removed)
+
+    def info(self) -> dict[str, Any]:
+        """Summary of the file: see ``cache_info``."""
+        with self._lock:
+            conn = self._connect()
+            entries = int(conn.execute("SELECT COUNT(*) FROM calls").fetchone()[0])
+            endpoints: dict[str, int] = {}
+            for name, count in conn.execute(
+                "SELECT endpoint, COUNT(*) FROM calls GROUP BY endpoint"
+            ):
+                label = redact_url(endpoint_label(name)) or "(unknown)"
+                endpoints[label] = endpoints.get(label, 0) + int(count)
+            oldest, newest = conn.execute("SELECT MIN(created), MAX(created) FROM calls").fetchone()
+        return {
+            "path": str(self.path),
+            "exists": True,
+            "entries": entries,
+            "size_bytes": _size_on_disk(self.path),
+            "endpoints": dict(sorted(endpoints.items(), key=lambda kv: (-kv[1], kv[0]))),
+            "oldest": oldest,
+            "newest": newest,
+        }
 
     def close(self) -> None:
         """Close the database connection (it reopens on the next use)."""
@@ -155,3 +228,123 @@ class CallCache:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+# --- file modes, scrubbing, management --------------------------------------------------
+_PRIVATE_FILE = 0o600
+_PRIVATE_DIR = 0o700
+
+
+def _tighten(path: Path, mode: int) -> None:
+    """chmod ``path`` to ``mode`` when it exists, is ours and grants more (POSIX only)."""
+    if os.name != "posix":
+        return
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return
+    if st.st_uid == os.getuid() and (st.st_mode & 0o777) & ~mode:
+        path.chmod(mode)
+
+
+def _private_dir(path: Path) -> None:
+    """Create ``path`` 0700; tighten an existing one only when it holds nothing but cache
+    files (a directory the user shares with other things keeps its mode: the 0600 file is
+    what protects the calls)."""
+    if not path.exists():
+        path.mkdir(parents=True, exist_ok=True, mode=_PRIVATE_DIR)
+        _tighten(path, _PRIVATE_DIR)  # mkdir's mode is filtered by the umask only
+        return
+    try:
+        names = [p.name for p in path.iterdir()]
+    except OSError:
+        return
+    if all(n.startswith(CACHE_FILE_NAME) for n in names):
+        _tighten(path, _PRIVATE_DIR)
+
+
+def _private_file(path: Path) -> None:
+    """Create ``path`` 0600 (atomically, before SQLite opens it) or tighten an existing one."""
+    if os.name == "posix" and not path.exists():
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, _PRIVATE_FILE)
+        os.close(fd)
+    _tighten(path, _PRIVATE_FILE)
+
+
+def _scrub_endpoints(conn: sqlite3.Connection) -> None:
+    """Remove userinfo that older versions stored in the endpoint column."""
+    dirty = [
+        row[0]
+        for row in conn.execute("SELECT DISTINCT endpoint FROM calls WHERE endpoint LIKE '%@%'")
+        if endpoint_label(row[0]) != row[0]
+    ]
+    for name in dirty:
+        conn.execute(
+            "UPDATE calls SET endpoint = ? WHERE endpoint = ?", (endpoint_label(name), name)
+        )
+    if dirty:
+        _compact(conn)
+
+
+def _compact(conn: sqlite3.Connection) -> None:
+    """Fold the WAL into the file and rebuild it, so removed text is gone from disk.
+
+    Best effort: another process holding the file makes this a no-op (the rows are deleted
+    and, with secure_delete, overwritten either way)."""
+    try:
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        conn.execute("VACUUM")
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    except sqlite3.OperationalError:
+        pass
+
+
+def _size_on_disk(path: Path) -> int:
+    total = 0
+    for suffix in ("", "-wal", "-shm"):
+        try:
+            total += path.with_name(path.name + suffix).stat().st_size
+        except OSError:
+            pass
+    return total
+
+
+def _cache_path(cache_dir: str | os.PathLike[str] | None) -> Path:
+    base = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+    return base / CACHE_FILE_NAME
+
+
+def cache_info(cache_dir: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+    """What the call cache holds, without creating it.
+
+    ``cache_dir``: the directory of ``calls.sqlite`` (default ``default_cache_dir()``).
+    Returns ``{"path": str, "exists": bool, "entries": int, "size_bytes": int (file + WAL),
+    "endpoints": {endpoint URL (credentials redacted): entries, most first},
+    "oldest"/"newest": unix time of the first/last stored call or None}``.
+    """
+    path = _cache_path(cache_dir)
+    if not path.is_file():
+        return {
+            "path": str(path),
+            "exists": False,
+            "entries": 0,
+            "size_bytes": 0,
+            "endpoints": {},
+            "oldest": None,
+            "newest": None,
+        }
+    with CallCache(path) as cache:
+        return cache.info()
+
+
+def cache_clear(
+    endpoint: str | None = None, cache_dir: str | os.PathLike[str] | None = None
+) -> int:
+    """Delete cached calls: all of them, or those of ``endpoint`` (a base URL, compared
+    without userinfo or trailing slash). Returns the number of calls deleted (0 when the
+    cache does not exist; it is not created)."""
+    path = _cache_path(cache_dir)
+    if not path.is_file():
+        return 0
+    with CallCache(path) as cache:
+        return cache.clear(endpoint)

@@ -4,27 +4,37 @@ It exposes only what a hosted API gives: generated text and, where the server re
 them, the top-k log-probs of the generated tokens. There is no teacher forcing and no
 embeddings. Around each call it adds what paid, flaky, rate-limited services need:
 
-- timeouts; retries with exponential backoff and full jitter on 429, 5xx, dropped
-  connections and timeouts, honouring ``Retry-After``; other 4xx fail at once with the
-  server's message;
+- timeouts; retries with exponential backoff and full jitter on 408/409/425/429, 5xx,
+  dropped connections and timeouts, honouring ``Retry-After``; permanent errors (other
+  4xx, 501, 505, 511) fail at once, with the server's message cut to one line (an HTML
+  error page is reduced to its title);
+- redirects are followed (credentials are not sent to another host) and named in every
+  error, and once in a warning when a call succeeds through one;
 - a concurrency limit shared by every thread that uses the backend;
 - counters of real calls, cache hits, retries, tokens and (optionally) cost;
 - a persistent call cache (``CallCache``): each completed call is stored at once, so an
   interrupted run resumes without repeating paid calls, and a repeated run costs nothing.
+  Only answers the client accepts are stored: a malformed answer raises BackendError and
+  is asked for again next time.
 
-The API key is read from an environment variable at each request; it is never stored on
-the object, printed, or made part of a cache key.
+Secrets never leave the process: the API key is read from an environment variable at each
+request and is never stored on the object, printed, logged or made part of a cache key;
+credentials in the URL (``http://user:password@host/v1``) are sent as HTTP Basic auth and
+kept out of ``base_url``, ``public_url``, ``repr``, the cache and every message; any server
+text shown (error bodies, answers) passes through ``attrlens.redact.redact`` with both.
 """
 
 from __future__ import annotations
 
 import difflib
 import email.utils
+import logging
 import math
 import os
 import random
 import threading
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -39,15 +49,22 @@ from ..errors import (
     InputError,
     ParameterError,
     ServerGoneError,
-    check_param,
 )
+from ..params import check_param
+from ..redact import one_line, redact, redact_url, strip_userinfo
 from .base import ModelInfo
 from .cache import CACHE_FILE_NAME, CallCache, cache_key
 
 Message = dict[str, str]
 Messages = Sequence[Message]
 
-_RETRY_STATUS = {408, 409, 425, 429}  # plus every 5xx
+log = logging.getLogger(__name__)
+
+_RETRY_STATUS = {408, 409, 425, 429}  # plus every 5xx but the permanent ones
+# 501 Not Implemented, 505 HTTP Version Not Supported, 511 Network Authentication Required
+# (a captive portal): asking again cannot help
+_PERMANENT_5XX = {501, 505, 511}
+_REASON_CHARS = 200
 _ROLES = {"system", "user", "assistant", "developer", "tool"}
 
 
@@ -109,19 +126,40 @@ def _retry_after_seconds(value: str | None) -> float | None:
 
 
 def _server_message(resp: httpx.Response) -> str:
-    """The error text a server put in its body (OpenAI form ``{"error": {"message"}}``)."""
+    """One line for an HTTP error: ``HTTP <code> <phrase>: <the server's reason>``.
+
+    The reason is the OpenAI-form ``{"error": {"message"}}`` (or ``detail``) of a JSON body,
+    the title of an HTML page, or the body's text; HTML tags, control characters and
+    newlines removed, cut to about 200 characters. Not redacted here (the caller knows the
+    secrets)."""
+    code = resp.status_code
+    phrase = resp.reason_phrase or ""
+    reason = ""
     try:
         body = resp.json()
     except ValueError:
-        text = resp.text.strip()
-        return text[:300] if text else resp.reason_phrase
-    if isinstance(body, dict):
-        err = body.get("error", body)
-        if isinstance(err, dict):
-            msg = err.get("message") or err.get("detail") or err
-            return str(msg)[:300]
-        return str(err)[:300]
-    return str(body)[:300]
+        reason = resp.text
+    else:
+        if isinstance(body, dict):
+            err = body.get("error", body)
+            if isinstance(err, dict):
+                err = err.get("message") or err.get("detail") or err
+            reason = err if isinstance(err, str) else str(err)
+        else:
+            reason = str(body)
+    reason = one_line(reason, _REASON_CHARS)
+    head = f"HTTP {code} {phrase}".rstrip()
+    if not reason or reason.lower() in (phrase.lower(), f"{code} {phrase}".lower()):
+        return head
+    return f"{head}: {reason}"
+
+
+def _int(value: object) -> int:
+    """A token count from a server's ``usage`` (0 when absent or not a number)."""
+    try:
+        return max(0, int(value))  # type: ignore[call-overload]
+    except (TypeError, ValueError, OverflowError):
+        return 0
 
 
 def _parse_tokens(choice: dict[str, Any]) -> list[TokenLogprob] | None:
@@ -168,11 +206,26 @@ def _validate_messages(messages: object) -> list[Message]:
     return out
 
 
+class _Hidden:
+    """Holds secrets without showing them in ``repr``/``vars`` dumps."""
+
+    __slots__ = ("values",)
+
+    def __init__(self, values: tuple[str, ...]) -> None:
+        self.values = values
+
+    def __repr__(self) -> str:
+        return "<hidden>"
+
+
 class OpenAIBackend:
     """A chat model behind an OpenAI-compatible HTTP API (hosted, vLLM, llama.cpp, ...).
 
     ``base_url``: API root including the version, e.g. ``https://api.openai.com/v1`` or
-    ``LlamaServer().base_url``. ``model``: model name sent with each request.
+    ``LlamaServer().base_url``; credentials in it (``http://user:password@host/v1``) are
+    sent as HTTP Basic auth and never shown: the attribute ``base_url`` holds the URL
+    without them, ``public_url`` the URL with them replaced by ``***`` (record that one).
+    ``model``: model name sent with each request.
     ``api_key_env``: name of the environment variable holding the key (read per request;
     unset = no Authorization header, fine for local servers).
     ``timeout``: seconds per HTTP request. ``max_retries``: retries after the first try on
@@ -205,7 +258,7 @@ class OpenAIBackend:
         if not isinstance(base_url, str) or not base_url.startswith(("http://", "https://")):
             raise ParameterError(
                 f"The 'base_url' parameter of {owner} must be an http(s) URL such as "
-                f"'http://127.0.0.1:8080/v1'. Got {base_url!r} instead."
+                f"'http://127.0.0.1:8080/v1'. Got {redact_url(str(base_url))!r} instead."
             )
         if not isinstance(model, str) or not model:
             raise ParameterError(
@@ -222,7 +275,27 @@ class OpenAIBackend:
         ):
             if price is not None:
                 check_param(owner, name, price, low=0)
-        self.base_url = base_url.rstrip("/")
+        url = base_url.strip().rstrip("/")
+        try:
+            parsed = httpx.URL(url)
+        except (httpx.InvalidURL, ValueError) as exc:
+            raise ParameterError(
+                f"The 'base_url' parameter of {owner} is not a valid URL "
+                f"({type(exc).__name__}): {redact_url(url)!r}. Give one such as "
+                "'http://127.0.0.1:8080/v1'."
+            ) from None
+        # userinfo: sent as Basic auth, kept out of every URL the object shows or stores
+        raw_userinfo = url.split("://", 1)[1].split("/", 1)[0].rpartition("@")[0]
+        auth = (
+            httpx.BasicAuth(parsed.username, parsed.password)
+            if parsed.username or parsed.password
+            else None
+        )
+        self._url_secrets = _Hidden(
+            tuple(x for x in (raw_userinfo, parsed.password, parsed.username) if x)
+        )
+        self.base_url = strip_userinfo(url)
+        self.public_url = redact_url(url)
         self.model = model
         self.api_key_env = api_key_env
         self.timeout = float(timeout)
@@ -249,12 +322,17 @@ class OpenAIBackend:
         self._lock = threading.Lock()
         self._check_lock = threading.Lock()
         self._checked = False
+        self._warned_redirect = False
         self._logprobs_supported: bool | None = None
         self._client = httpx.Client(
+            auth=auth,
             timeout=httpx.Timeout(self.timeout),
             limits=httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency),
             # hosted endpoints sit behind proxies users configure; loopback never does
             trust_env=not self._is_loopback_url(),
+            # httpx drops the Authorization header when a redirect leaves the origin
+            follow_redirects=True,
+            max_redirects=5,
         )
         self.counters: dict[str, float] = {
             "api_calls": 0,
@@ -267,16 +345,16 @@ class OpenAIBackend:
 
     # --- presentation --------------------------------------------------------------------
     def __repr__(self) -> str:
-        # the key's variable name only, never its value
+        # the key's variable name only, never its value; the URL without credentials
         return (
-            f"OpenAIBackend(base_url={self.base_url!r}, model={self.model!r}, "
+            f"OpenAIBackend(base_url={self.public_url!r}, model={self.model!r}, "
             f"api_key_env={self.api_key_env!r}, cache={self.cache!r})"
         )
 
     @property
     def model_id(self) -> str:
-        """Identifier recorded in results' provenance: ``model@base_url``."""
-        return f"{self.model}@{self.base_url}"
+        """Identifier recorded in results' provenance: ``model@public_url``."""
+        return f"{self.model}@{self.public_url}"
 
     @property
     def info(self) -> ModelInfo:
@@ -296,12 +374,35 @@ class OpenAIBackend:
         host = httpx.URL(self.base_url).host
         return host in ("127.0.0.1", "localhost", "::1") or host.startswith("127.")
 
+    def _api_key(self) -> str | None:
+        return os.environ.get(self.api_key_env) if self.api_key_env else None
+
     def _headers(self) -> dict[str, str]:
         headers = {"Content-Type": "application/json"}
-        key = os.environ.get(self.api_key_env) if self.api_key_env else None
+        key = self._api_key()
         if key:
             headers["Authorization"] = f"Bearer {key}"
         return headers
+
+    def _say(self, message: str) -> str:
+        """``message`` safe to show: secrets (API key, URL credentials, anything key-like)
+        replaced by ``***``, on one line."""
+        text = redact(message, (self._api_key(), *self._url_secrets.values))
+        return " ".join(text.split())
+
+    def _redirect_note(self, resp: httpx.Response) -> str:
+        """`` (redirected: 301 to https://...)`` when ``resp`` came through a redirect whose
+        final URL differs from the one asked for; else ''."""
+        if not resp.history or str(resp.url) == str(resp.history[0].request.url):
+            return ""
+        codes = ", ".join(str(r.status_code) for r in resp.history)
+        note = f" (redirected: {codes} to {redact_url(str(resp.url))}"
+        if resp.request.method != resp.history[0].request.method:
+            note += (
+                f"; the redirect turned {resp.history[0].request.method} into "
+                f"{resp.request.method}: give the final URL as the base URL"
+            )
+        return note + ")"
 
     def _count(self, **deltas: float) -> None:
         with self._lock:
@@ -344,8 +445,9 @@ class OpenAIBackend:
     ) -> httpx.Response:
         """One logical request with retries; returns a 2xx response or raises.
 
-        4xx other than the retryable ones -> BackendError at once; retryable failures after
-        every retry -> ServerGoneError. ``abort`` (set by a failed sibling) stops retrying.
+        Permanent errors (4xx other than 408/409/425/429; 501, 505, 511) -> BackendError at
+        once; retryable failures after every retry -> ServerGoneError. ``abort`` (set by a
+        failed sibling) stops retrying. Every message is one line, without secrets.
         """
         url = self.base_url + path
         retries = self.max_retries if max_retries is None else max_retries
@@ -358,26 +460,51 @@ class OpenAIBackend:
             try:
                 with self._slots:
                     resp = self._client.request(method, url, json=json, headers=self._headers())
+            except httpx.TooManyRedirects as exc:
+                raise BackendError(
+                    self._say(
+                        f"The server at {self.public_url} redirected {method} {path} more than "
+                        f"5 times ({exc}). Give the URL the redirects end at as the base URL."
+                    )
+                ) from None
             except httpx.TimeoutException as exc:
                 last = f"no answer within {self.timeout:g} s ({type(exc).__name__})"
             except httpx.TransportError as exc:
                 # refused, reset, dropped without a response, DNS failure, ...
-                last = f"{type(exc).__name__}: {exc or 'connection failed'}"
+                last = f"{type(exc).__name__}: {one_line(str(exc)) or 'connection failed'}"
             else:
                 code = resp.status_code
-                if code < 400:
+                note = self._redirect_note(resp)
+                if code < 300:
+                    if note and not self._warned_redirect:
+                        self._warned_redirect = True
+                        msg = self._say(
+                            f"The server at {self.public_url} answered {method} {path}{note}. "
+                            "Give the final URL as the base URL to skip the detour."
+                        )
+                        warnings.warn(msg, UserWarning, stacklevel=4)
                     return resp
-                msg = _server_message(resp)
-                if code >= 500 or code in _RETRY_STATUS:
-                    last = f"HTTP {code}: {msg}"
+                msg = _server_message(resp) + note
+                if code < 400:  # a redirect httpx could not follow (no Location, 304, ...)
+                    raise BackendError(
+                        self._say(
+                            f"The server at {self.public_url} answered {method} {path} with "
+                            f"a redirect it gives no usable target for ({msg}). Check the URL."
+                        )
+                    )
+                if (code >= 500 and code not in _PERMANENT_5XX) or code in _RETRY_STATUS:
+                    last = msg
                     retry_after = _retry_after_seconds(resp.headers.get("retry-after"))
                 else:
-                    raise BackendError(self._client_error_message(code, msg, path))
+                    raise BackendError(self._say(self._client_error_message(code, msg, path)))
             if attempt == retries:
                 break
             if count_retries:
                 self._count(retries=1)
             delay = self._backoff(attempt, retry_after)
+            log.debug(
+                "%s", self._say(f"{method} {path} failed ({last}); retry in {delay:.2f} s")
+            )
             if abort is not None:
                 if abort.wait(delay):
                     raise _Aborted()
@@ -385,26 +512,34 @@ class OpenAIBackend:
                 time.sleep(delay)
         elapsed = time.monotonic() - started
         raise ServerGoneError(
-            f"The server at {self.base_url} gave no usable answer to {method} {path} in "
-            f"{retries + 1} attempt(s) over {elapsed:.1f} s; last error: {last}. Check that "
-            "it is running and the URL is right; completed calls are kept in the cache, so a "
-            "rerun resumes where this one stopped."
+            self._say(
+                f"The server at {self.public_url} gave no usable answer to {method} {path} in "
+                f"{retries + 1} attempt(s) over {elapsed:.1f} s; last error: {last}. Check "
+                "that it is running and the URL is right; completed calls are kept in the "
+                "cache, so a rerun resumes where this one stopped."
+            )
         )
 
     def _client_error_message(self, code: int, msg: str, path: str) -> str:
-        where = f"The server at {self.base_url}"
+        """Message for a permanent HTTP error; ``msg`` is ``HTTP <code> <phrase>: reason``."""
+        where = f"The server at {self.public_url}"
         if code in (401, 403):
             return (
-                f"{where} refused the request (HTTP {code}: {msg}). Put a valid API key in "
-                f"the environment variable {self.api_key_env}."
+                f"{where} refused the request ({msg}). Put a valid API key in the environment "
+                f"variable {self.api_key_env} (or valid credentials in the URL)."
             )
         if code == 404 and path == "/chat/completions":
             return (
-                f"{where} has no {path} route or no model {self.model!r} (HTTP 404: {msg}). "
-                "The base URL must be the API root including the version, e.g. "
+                f"{where} has no {path} route or no model {self.model!r} ({msg}). The base "
+                "URL must be the API root including the version, e.g. "
                 "'http://127.0.0.1:8080/v1', and the model a name the server serves."
             )
-        return f"{where} rejected the request to {path} (HTTP {code}): {msg}"
+        if code in (405, 501):
+            return (
+                f"{where} does not support the request to {path} ({msg}). Check that the "
+                "base URL is the root of an OpenAI-compatible API (e.g. ending in /v1)."
+            )
+        return f"{where} rejected the request to {path} ({msg})."
 
     # --- endpoint validation -------------------------------------------------------------
     def served_models(self) -> list[str] | None:
@@ -446,9 +581,11 @@ class OpenAIBackend:
                     f", ... ({len(names)} in all)" if len(names) > 30 else ""
                 )
                 raise BackendError(
-                    f"The server at {self.base_url} does not serve a model named "
-                    f"{self.model!r}; it serves: {shown}.{hint} Pass one of these as the "
-                    "model name."
+                    self._say(
+                        f"The server at {self.public_url} does not serve a model named "
+                        f"{self.model!r}; it serves: {shown}.{hint} Pass one of these as the "
+                        "model name."
+                    )
                 )
             self._checked = True
 
@@ -488,20 +625,39 @@ class OpenAIBackend:
             body["top_logprobs"] = top_logprobs
         return body
 
-    def _completion(self, resp_json: dict[str, Any], cached: bool, wants_lp: bool) -> Completion:
+    def _completion(
+        self, resp_json: Any, cached: bool, wants_lp: bool, note: str = ""
+    ) -> Completion:
+        """The Completion of a server answer; BackendError when the answer is malformed
+        (not an object, no ``choices``, no text in ``message.content``), CapabilityError
+        when log-probs were asked for and are missing. ``note``: redirect note for errors."""
+        where = f"The server at {self.public_url}{note}"
         choices = resp_json.get("choices") if isinstance(resp_json, dict) else None
-        if not choices or not isinstance(choices[0], dict):
+        if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
             raise BackendError(
-                f"The server at {self.base_url} answered without 'choices'; it does not look "
-                f"like an OpenAI-compatible chat-completions endpoint. Answer: {str(resp_json)[:200]}"
+                self._say(
+                    f"{where} answered without 'choices'; it does not look like an "
+                    "OpenAI-compatible chat-completions endpoint. Answer: "
+                    f"{one_line(str(resp_json), _REASON_CHARS)}"
+                )
             )
         choice = choices[0]
-        msg = choice.get("message") or {}
-        text = msg.get("content") or ""
-        usage = resp_json.get("usage") or {}
+        msg = choice.get("message")
+        text = msg.get("content") if isinstance(msg, dict) else None
+        if not isinstance(text, str):
+            got = "no 'message'" if not isinstance(msg, dict) else f"content {text!r}"
+            raise BackendError(
+                self._say(
+                    f"{where} answered with no text ({got}, finish_reason "
+                    f"{choice.get('finish_reason')!r}) for model {self.model!r}. The answer "
+                    "was not cached; retry once the server is fixed, or use another model."
+                )
+            )
+        usage = resp_json.get("usage")
+        usage = usage if isinstance(usage, dict) else {}
         tokens = _parse_tokens(choice) if wants_lp else None
         if wants_lp:
-            generated = bool(text) or int(usage.get("completion_tokens") or 0) > 0
+            generated = bool(text) or _int(usage.get("completion_tokens")) > 0
             missing = tokens is None or (generated and not tokens) or not all(t.top for t in tokens)
             if missing:
                 self._logprobs_supported = False
@@ -511,8 +667,8 @@ class OpenAIBackend:
         return Completion(
             text=text,
             tokens=tokens,
-            prompt_tokens=int(usage.get("prompt_tokens") or 0),
-            completion_tokens=int(usage.get("completion_tokens") or 0),
+            prompt_tokens=_int(usage.get("prompt_tokens")),
+            completion_tokens=_int(usage.get("completion_tokens")),
             cached=cached,
             finish_reason=choice.get("finish_reason"),
             raw=resp_json,
@@ -526,29 +682,43 @@ class OpenAIBackend:
         if key is not None:
             hit = self.cache.get(key)  # type: ignore[union-attr]
             if hit is not None:
-                self._count(cached_calls=1)
-                return self._completion(hit, cached=True, wants_lp=wants_lp)
+                try:
+                    completion = self._completion(hit, cached=True, wants_lp=wants_lp)
+                except CapabilityError:
+                    raise
+                except BackendError:
+                    # stored by an older version that cached malformed answers: ask again
+                    self.cache.delete(key)  # type: ignore[union-attr]
+                else:
+                    self._count(cached_calls=1)
+                    return completion
         if abort is not None and abort.is_set():
             raise _Aborted()
         self.check()
         resp = self._request("POST", "/chat/completions", json=body, abort=abort)
+        note = self._redirect_note(resp)
         try:
             data = resp.json()
         except ValueError as exc:
             raise BackendError(
-                f"The server at {self.base_url} answered /chat/completions with non-JSON "
-                f"text: {resp.text[:200]!r}"
+                self._say(
+                    f"The server at {self.public_url}{note} answered /chat/completions with "
+                    f"non-JSON text: {one_line(resp.text, _REASON_CHARS)!r}. The answer was "
+                    "not cached."
+                )
             ) from exc
-        usage = data.get("usage") or {} if isinstance(data, dict) else {}
-        p_tok = int(usage.get("prompt_tokens") or 0)
-        c_tok = int(usage.get("completion_tokens") or 0)
+        usage = data.get("usage") if isinstance(data, dict) else None
+        usage = usage if isinstance(usage, dict) else {}
+        p_tok = _int(usage.get("prompt_tokens"))
+        c_tok = _int(usage.get("completion_tokens"))
         cost = 0.0
         if self.price_prompt_per_1k is not None:
             cost += p_tok / 1000.0 * self.price_prompt_per_1k
         if self.price_completion_per_1k is not None:
             cost += c_tok / 1000.0 * self.price_completion_per_1k
         self._count(api_calls=1, prompt_tokens=p_tok, completion_tokens=c_tok, cost_usd=cost)
-        completion = self._completion(data, cached=False, wants_lp=wants_lp)
+        # validated before it is stored: a rejected answer is never replayed from the cache
+        completion = self._completion(data, cached=False, wants_lp=wants_lp, note=note)
         if key is not None:
             # stored right away: a crash after this line cannot cost this call again
             self.cache.put(  # type: ignore[union-attr]
@@ -656,7 +826,7 @@ class OpenAIBackend:
     # --- log-prob helpers ----------------------------------------------------------------
     def _no_logprobs_message(self) -> str:
         return (
-            f"The server at {self.base_url} returned no log-probs for model {self.model!r}; "
+            f"The server at {self.public_url} returned no log-probs for model {self.model!r}; "
             "methods that need them (spex with a closed model, log-prob targets) cannot run "
             "on it. Use a server that supports logprobs/top_logprobs (llama.cpp, vLLM, "
             "OpenAI) or pick a method that needs only generated text (e.g. ropelime, or "
