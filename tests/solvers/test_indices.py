@@ -18,6 +18,7 @@ from attrlens.solvers.indices import (
     mobius_to_fourier,
     mobius_to_fsii,
     mobius_to_index,
+    mobius_to_ksii,
     mobius_to_sii,
     mobius_to_stii,
     shapley_values,
@@ -163,6 +164,20 @@ def brute_fsii(game: Game, order: int) -> dict:
     return dict(zip(terms, sol[: len(terms)]))
 
 
+def brute_ksii(game: Game, order: int) -> dict:
+    """k-SII by its definition (Bordt & von Luxburg 2023): the brute-force SII aggregated
+    with Bernoulli numbers B_0 = 1, B_1 = -1/2, B_2 = 1/6, B_3 = 0, B_4 = -1/30, B_5 = 0;
+    the empty set carries the baseline v(0) (shapiq's convention)."""
+    bern = [1.0, -0.5, 1.0 / 6.0, 0.0, -1.0 / 30.0, 0.0, 1.0 / 42.0]
+    sii = brute_sii(game)
+    out = {(): game(())}
+    for s in _subsets_of(game.n, order):
+        if s:
+            out[s] = sum(bern[len(r) - len(s)] * v for r, v in sii.items()
+                         if len(r) <= order and set(s) <= set(r))
+    return out
+
+
 def _dense(d: dict, keys: list[tuple[int, ...]]) -> np.ndarray:
     return np.array([d.get(k, 0.0) for k in keys])
 
@@ -288,3 +303,26 @@ def test_dispatchers_and_errors(fourier: dict, mobius: dict) -> None:
         fourier_to_mobius({(3, 1): 1.0})
     with pytest.raises(InputError, match="n=2"):
         shapley_values({(5,): 1.0}, 2)
+
+
+@pytest.mark.parametrize("n", [3, 5, 6])
+def test_ksii_equals_bernoulli_aggregated_sii(n: int) -> None:
+    g = Game(np.random.default_rng(n).normal(size=2**n), n)
+    mob = fourier_to_mobius(brute_fourier(g))
+    full = g(range(n)) - g(())
+    for order in range(1, n + 1):
+        got = mobius_to_ksii(mob, order)
+        want = brute_ksii(g, order)
+        keys = _subsets_of(n, order)
+        np.testing.assert_allclose(_dense(got, keys), _dense(want, keys), atol=1e-9)
+        assert all(len(k) <= order for k in got)
+        # efficiency: the non-empty k-SII values add up to v(1) - v(0)
+        assert sum(v for k, v in got.items() if k) == pytest.approx(full, abs=1e-9)
+        assert got[()] == pytest.approx(g(()), abs=1e-12)
+    # order 1 = Shapley values, order n = the Moebius transform
+    np.testing.assert_allclose(_dense(mobius_to_ksii(mob, 1), [(i,) for i in range(n)]),
+                               brute_shapley(g), atol=1e-9)
+    keys = _subsets_of(n)
+    np.testing.assert_allclose(_dense(mobius_to_ksii(mob, n), keys), _dense(mob, keys), atol=1e-9)
+    assert interaction_index(brute_fourier(g), "ksii", order=2).keys() == mobius_to_ksii(
+        mob, 2).keys()

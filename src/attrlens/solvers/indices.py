@@ -10,6 +10,14 @@ is the empty set.  Conventions (METHODS.md §0 and §3 Step 4):
   * SII, BII, STII, FSII, FBII from the Moebius coefficients (Grabisch et al. 2000;
     Sundararajan et al. 2020; Tsai et al. 2023, "Faith-Shap", eqs. 13 and 16), as
     spectralexplain's ``utils.py`` computes them.
+  * k-SII (Bordt & von Luxburg 2023, "n-Shapley values"; shapiq's default SPEX index): the
+    SII aggregated with Bernoulli numbers, Phi_k(S) = sum_{R superset S, |R| <= k}
+    B_{|R|-|S|} SII(R) for 1 <= |S| <= k, and Phi_k(()) = v(0) = a(()).  Order 1 gives the
+    Shapley values, order n the Moebius transform; sum_{S != ()} Phi_k(S) = v(1) - v(0).
+
+This module is the one place for Moebius/Fourier helpers: the index conversions, the
+presence-basis design matrix, first-order values of a Moebius dictionary and the
+``interactions`` field {index, order, terms} the explainers return.
 
 The cost is sum over keys of 2^|k| (all subsets of every key), which is small for the
 low-degree spectra SPEX and ProxySPEX return (|k| <= t).
@@ -17,10 +25,12 @@ low-degree spectra SPEX and ProxySPEX return (|k| <= t).
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 from collections.abc import Iterator
-from typing import Literal
+from fractions import Fraction
+from typing import Any, Literal
 
 import numpy as np
 
@@ -29,7 +39,13 @@ from attrlens.params import check_param
 
 Coeffs = dict[tuple[int, ...], float]
 
-INDEX_NAMES = ("fourier", "mobius", "sii", "bii", "stii", "fsii", "fbii")
+INDEX_NAMES = ("fourier", "mobius", "sii", "bii", "ksii", "stii", "fsii", "fbii")
+#: indices an explainer's result can be given in (INDEX_NAMES plus the first-order values)
+INDICES = ("fourier", "mobius", "shapley", "banzhaf", "sii", "bii", "ksii", "fsii", "fbii",
+           "stii")
+#: indices defined "of order l" (their values depend on l); the others are only truncated
+ORDERED_INDICES = ("ksii", "fsii", "fbii", "stii")
+DEFAULT_ORDER = 2
 
 
 def _subsets(key: tuple[int, ...], max_size: int | None = None) -> Iterator[tuple[int, ...]]:
@@ -194,12 +210,58 @@ def mobius_to_fsii(mobius: Coeffs, order: int) -> Coeffs:
     return out
 
 
+@functools.lru_cache(maxsize=64)
+def bernoulli_numbers(count: int) -> tuple[float, ...]:
+    """B_0..B_{count-1} with B_1 = -1/2 (the convention of the k-SII aggregation)."""
+    out: list[Fraction] = []
+    for m in range(count):
+        if m == 0:
+            out.append(Fraction(1))
+            continue
+        out.append(-sum((math.comb(m + 1, j) * out[j] for j in range(m)), Fraction(0)) / (m + 1))
+    return tuple(float(b) for b in out)
+
+
+def _ksii_weight(s: int, t: int, k: int) -> float:
+    """Share of a(T), |T| = t, in Phi_k(S), |S| = s: sum_{r=s}^{min(k,t)} C(t-s, r-s)
+    B_{r-s} / (t - r + 1) (SII weight of each R between S and T, aggregated)."""
+    bern = bernoulli_numbers(k + 1)
+    return sum(math.comb(t - s, r - s) * bern[r - s] / (t - r + 1)
+               for r in range(s, min(k, t) + 1))
+
+
+def mobius_to_ksii(mobius: Coeffs, order: int) -> Coeffs:
+    """k-Shapley interaction index of order k (Bordt & von Luxburg 2023) from Moebius terms.
+
+    Phi_k(S) = sum_{T superset S} w(|S|, |T|, k) a(T) for 1 <= |S| <= k, with w the
+    Bernoulli aggregation of the SII weights 1/(|T|-|R|+1) (see ``_ksii_weight``);
+    Phi_k(()) = a(()) = v(0).  Efficiency: sum_{S != ()} Phi_k(S) = v(1) - v(0).
+    """
+    check_param("mobius_to_ksii", "order", order, kind=int, low=1)
+    _check_keys(mobius, "Moebius")
+    out: Coeffs = {}
+    weights: dict[tuple[int, int], float] = {}
+    for t_key, a in mobius.items():
+        if not t_key:
+            _add(out, (), float(a))
+            continue
+        for s in _subsets(t_key, order):
+            if not s:
+                continue
+            key = (len(s), len(t_key))
+            if key not in weights:
+                weights[key] = _ksii_weight(key[0], key[1], order)
+            _add(out, s, weights[key] * float(a))
+    return out
+
+
 def mobius_to_index(
     mobius: Coeffs,
-    index: Literal["mobius", "fourier", "sii", "bii", "stii", "fsii", "fbii"],
+    index: Literal["mobius", "fourier", "sii", "bii", "ksii", "stii", "fsii", "fbii"],
     order: int | None = None,
 ) -> Coeffs:
-    """Convert a Moebius dictionary to the named index ("stii"/"fsii"/"fbii" need ``order``)."""
+    """Convert a Moebius dictionary to the named index ("ksii"/"stii"/"fsii"/"fbii" need
+    ``order``)."""
     name = str(index).lower()
     if name not in INDEX_NAMES:
         raise ParameterError(unknown_name_message("interaction index", str(index), INDEX_NAMES))
@@ -213,18 +275,19 @@ def mobius_to_index(
         return mobius_to_bii(mobius)
     if order is None:
         raise ParameterError(f"The '{name}' index needs an 'order' (e.g. order=2); got None.")
-    return {"stii": mobius_to_stii, "fsii": mobius_to_fsii, "fbii": mobius_to_fbii}[name](
-        mobius, order
-    )
+    convert = {"ksii": mobius_to_ksii, "stii": mobius_to_stii, "fsii": mobius_to_fsii,
+               "fbii": mobius_to_fbii}
+    return convert[name](mobius, order)
 
 
 def interaction_index(
     coeffs: Coeffs,
-    index: Literal["fourier", "mobius", "sii", "bii", "stii", "fsii", "fbii"],
+    index: Literal["fourier", "mobius", "sii", "bii", "ksii", "stii", "fsii", "fbii"],
     *,
     order: int | None = None,
 ) -> Coeffs:
-    """Convert a Fourier dictionary to the named index ("stii"/"fsii"/"fbii" need ``order``)."""
+    """Convert a Fourier dictionary to the named index ("ksii"/"stii"/"fsii"/"fbii" need
+    ``order``)."""
     name = str(index).lower()
     if name not in INDEX_NAMES:
         raise ParameterError(unknown_name_message("interaction index", str(index), INDEX_NAMES))
@@ -233,17 +296,112 @@ def interaction_index(
     return mobius_to_index(fourier_to_mobius(coeffs), name, order)
 
 
+# ---- dictionaries -> result fields (shared by every interaction method) --------------------
+def terms_of(coeffs: Coeffs, *, tol: float = 0.0) -> list[dict[str, Any]]:
+    """[{features, value}] of a {subset: value} dictionary, sorted by size then features;
+    terms with |value| <= tol are left out."""
+    return [
+        {"features": [int(i) for i in k], "value": float(v)}
+        for k, v in sorted(coeffs.items(), key=lambda kv: (len(kv[0]), kv[0]))
+        if abs(v) > tol
+    ]
+
+
+def mobius_design(masks: np.ndarray, subsets: list[tuple[int, ...]]) -> np.ndarray:
+    """Presence-basis design: (m, len(subsets)) float, column j = prod_{i in S_j} z_i
+    (1 for the empty set); masks (m, n) bool, 1 = kept."""
+    masks = np.asarray(masks, dtype=bool)
+    out = np.empty((len(masks), len(subsets)), dtype=float)
+    for j, s in enumerate(subsets):
+        out[:, j] = masks[:, list(s)].all(1) if s else 1.0
+    return out
+
+
+def values_from_mobius(mobius: Coeffs, n: int, kind: str = "shapley") -> np.ndarray:
+    """Shapley (sum_{S contains i} a(S)/|S|) or Banzhaf (sum_{S contains i} a(S)/2^(|S|-1))
+    values of a Moebius dictionary, shape (n,)."""
+    check_param("values_from_mobius", "kind", kind, choices=("shapley", "banzhaf"))
+    out = np.zeros(n)
+    for s, a in mobius.items():
+        if s:
+            out[list(s)] += a * (1.0 / len(s) if kind == "shapley" else 0.5 ** (len(s) - 1))
+    return out
+
+
+def values_from_fourier(coeffs: Coeffs, n: int, kind: str = "shapley") -> np.ndarray:
+    """Shapley or Banzhaf values of a Fourier dictionary, shape (n,) (positive = raises v)."""
+    check_param("values_from_fourier", "kind", kind, choices=("shapley", "banzhaf"))
+    return shapley_values(coeffs, n) if kind == "shapley" else banzhaf_values(coeffs, n)
+
+
+def resolve_order(index: str, order: int | None) -> int | None:
+    """The order an index is reported at: l for the ordered indices (default 2), 1 for the
+    first-order values, else the display limit ``order`` (None = all terms)."""
+    if index in ORDERED_INDICES:
+        return DEFAULT_ORDER if order is None else int(order)
+    if index in ("shapley", "banzhaf"):
+        return 1
+    return None if order is None else int(order)
+
+
+def _finish(vals: Coeffs, index: str, order: int | None) -> dict[str, Any]:
+    if order is not None and index not in ORDERED_INDICES:
+        vals = {k: v for k, v in vals.items() if len(k) <= order}
+    return {"index": index, "order": order, "terms": terms_of(vals, tol=1e-15)}
+
+
+def interactions_from_mobius(
+    mobius: Coeffs, n: int, index: str, order: int | None
+) -> dict[str, Any]:
+    """The ``interactions`` field {index, order, terms} of a Moebius dictionary on n features.
+
+    ``order`` is l for ksii/fsii/fbii/stii (default 2); for fourier/mobius/sii/bii it only
+    limits the terms shown to |S| <= order (None = all)."""
+    check_param("interactions", "index", index, choices=INDICES)
+    order = resolve_order(index, order)
+    if index in ("shapley", "banzhaf"):
+        vals = values_from_mobius(mobius, n, index)
+        return _finish({(i,): float(vals[i]) for i in range(n)}, index, order)
+    ordered = order if index in ORDERED_INDICES else None
+    return _finish(mobius_to_index(mobius, index, ordered), index, order)  # type: ignore[arg-type]
+
+
+def interactions_from_fourier(
+    coeffs: Coeffs, n: int, index: str, order: int | None
+) -> dict[str, Any]:
+    """The ``interactions`` field {index, order, terms} of a Fourier dictionary on n features
+    (see :func:`interactions_from_mobius` for ``order``)."""
+    check_param("interactions", "index", index, choices=INDICES)
+    if index == "fourier":
+        return _finish(dict(coeffs), index, resolve_order(index, order))
+    if index in ("shapley", "banzhaf"):
+        vals = values_from_fourier(coeffs, n, index)
+        return _finish({(i,): float(vals[i]) for i in range(n)}, index, resolve_order(index, order))
+    return interactions_from_mobius(fourier_to_mobius(coeffs), n, index, order)
+
+
 __all__ = [
     "INDEX_NAMES",
+    "INDICES",
+    "ORDERED_INDICES",
     "banzhaf_values",
+    "bernoulli_numbers",
     "fourier_to_mobius",
     "interaction_index",
+    "interactions_from_fourier",
+    "interactions_from_mobius",
+    "mobius_design",
     "mobius_to_bii",
     "mobius_to_fbii",
     "mobius_to_fourier",
     "mobius_to_fsii",
     "mobius_to_index",
+    "mobius_to_ksii",
     "mobius_to_sii",
     "mobius_to_stii",
+    "resolve_order",
     "shapley_values",
+    "terms_of",
+    "values_from_fourier",
+    "values_from_mobius",
 ]
