@@ -23,6 +23,10 @@ def __getattr__(name: str):
         from . import api
 
         return getattr(api, name)
+    if name == "evaluate":
+        from .evaluation.runner import evaluate
+
+        return evaluate
     if name == "list_methods":
         from .registry import list_methods
 
@@ -37,6 +41,7 @@ __all__ = [
     "CapabilityError",
     "InputError",
     "ParameterError",
+    "evaluate",
     "explain",
     "explain_game",
     "list_methods",

@@ -1,0 +1,323 @@
+"""Evaluation data sets: one JSONL loader with adapters for the project's shared samples.
+
+Every record becomes an :class:`EvalItem` (prompt, optional fixed output, feature spans,
+gold feature indices). The format of a file is detected from its first record's fields:
+
+=========  ==========================================  ======================================
+kind       fields                                      item
+=========  ==========================================  ======================================
+generic    ``prompt`` or ``messages``; optional         as given (``spans`` are char spans of
+           ``output``, ``spans``, ``granularity``,      the prompt text, ``labels`` = gold
+           ``labels``, ``id``                           feature indices or a 0/1 vector)
+alpaca     ``instruction``, ``input``, ``output``       instruction (+ blank line + input);
+                                                        the model's own answer is explained
+                                                        (GiLOT); the reference kept in meta
+sst2       ``sentence``, ``label``, ``label_text``      review template; features = words of
+                                                        the sentence; output = the label word
+drop       ``passage``, ``question``, ``answers``       passage + question; features = words
+                                                        of the passage; output = answers[0]
+mmlu       ``question``, ``choices``, ``answer``        question + lettered choices; features
+                                                        = words of question and choices;
+                                                        output = " <letter>"
+hotpotqa   ``context``, ``supporting_facts``            SPEX prompt format; features =
+                                                        context sentences; gold = supporting
+                                                        facts; the model's own answer
+=========  ==========================================  ======================================
+
+Relative paths are resolved against the working directory first, then the repository root
+(so ``../shared/data/alpaca_50.jsonl`` works from anywhere inside the checkout).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import InputError
+
+KINDS = ("auto", "generic", "alpaca", "sst2", "drop", "mmlu", "hotpotqa")
+_WORD = re.compile(r"\S+")
+
+
+@dataclass(frozen=True)
+class EvalItem:
+    """One explicand.
+
+    prompt:      text, or chat messages [{"role", "content"}]
+    output:      the explained output (None = the model's own greedy answer)
+    granularity: feature granularity (None = the evaluation's default); "span" with ``spans``
+    spans:       ((start, end), ...) char spans of the prompt text (raw, before any chat
+                 template) that are the features; None = segment by granularity
+    gold:        sorted gold feature indices (supporting facts), or None
+    meta:        provenance (source kind, index fields, reference answer)
+    """
+
+    id: str
+    prompt: str | tuple[dict[str, str], ...]
+    output: str | None = None
+    granularity: str | None = None
+    spans: tuple[tuple[int, int], ...] | None = None
+    gold: tuple[int, ...] | None = None
+    meta: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    def content(self) -> dict[str, Any]:
+        """The fields that define the item (what its content hash covers)."""
+        prompt = self.prompt if isinstance(self.prompt, str) else [dict(m) for m in self.prompt]
+        return {
+            "prompt": prompt,
+            "output": self.output,
+            "granularity": self.granularity,
+            "spans": [list(s) for s in self.spans] if self.spans is not None else None,
+            "gold": list(self.gold) if self.gold is not None else None,
+        }
+
+    @property
+    def sha256(self) -> str:
+        """sha256 of the canonical JSON of :meth:`content`."""
+        return canonical_sha256(self.content())
+
+
+def canonical_sha256(obj: Any) -> str:
+    """sha256 hex of ``obj`` as canonical JSON (sorted keys, no spaces, UTF-8)."""
+    text = json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def repo_root() -> Path:
+    """The checkout's root (the directory above ``src/``)."""
+    return Path(__file__).resolve().parents[3]
+
+
+def resolve_data_path(path: str | Path) -> Path:
+    """An existing data file: absolute, relative to the working directory, or relative to the
+    repository root (in that order)."""
+    p = Path(path)
+    if p.is_file():
+        return p
+    if not p.is_absolute():
+        q = repo_root() / p
+        if q.is_file():
+            return q
+    raise InputError(
+        f"The data file {str(path)!r} does not exist (looked in the working directory and the "
+        f"repository root {repo_root().name}/); give a JSONL file such as "
+        f"../shared/data/alpaca_50.jsonl."
+    )
+
+
+def word_spans(text: str, start: int = 0, end: int | None = None) -> list[tuple[int, int]]:
+    """(start, end) char spans of the whitespace-separated words of ``text[start:end]``."""
+    end = len(text) if end is None else end
+    return [(start + m.start(), start + m.end()) for m in _WORD.finditer(text[start:end])]
+
+
+def detect_kind(rec: dict[str, Any]) -> str:
+    """The adapter for a record, from its fields."""
+    if "prompt" in rec or "messages" in rec:
+        return "generic"
+    if "context" in rec and "supporting_facts" in rec:
+        return "hotpotqa"
+    if "instruction" in rec:
+        return "alpaca"
+    if "sentence" in rec and "label" in rec:
+        return "sst2"
+    if "passage" in rec and "question" in rec:
+        return "drop"
+    if "choices" in rec and "question" in rec:
+        return "mmlu"
+    raise InputError(
+        f"Cannot tell the data set of a record with fields {sorted(rec)}; give 'prompt' (or "
+        f"'messages') with optional 'output', 'spans', 'labels', or a record of the shared "
+        f"Alpaca, SST-2, DROP, MMLU or HotpotQA files."
+    )
+
+
+def _gold(labels: Any, n: int | None) -> tuple[int, ...] | None:
+    if labels is None:
+        return None
+    labels = list(labels)
+    if n is not None and len(labels) == n and all(v in (0, 1, True, False) for v in labels):
+        return tuple(i for i, v in enumerate(labels) if v)
+    return tuple(sorted({int(i) for i in labels}))
+
+
+def _generic(rec: dict[str, Any], idx: str) -> EvalItem:
+    if "messages" in rec:
+        msgs = rec["messages"]
+        if not isinstance(msgs, list) or not all(
+            isinstance(m, dict) and "role" in m and "content" in m for m in msgs
+        ):
+            raise InputError("'messages' must be a list of {role, content} objects.")
+        prompt: str | tuple[dict[str, str], ...] = tuple(
+            {"role": str(m["role"]), "content": str(m["content"])} for m in msgs
+        )
+    else:
+        prompt = str(rec["prompt"])
+    spans = rec.get("spans")
+    spans_t = tuple((int(a), int(b)) for a, b in spans) if spans is not None else None
+    gran = rec.get("granularity") or ("span" if spans_t is not None else None)
+    n = len(spans_t) if spans_t is not None else None
+    return EvalItem(
+        id=str(rec.get("id", idx)),
+        prompt=prompt,
+        output=rec.get("output"),
+        granularity=gran,
+        spans=spans_t,
+        gold=_gold(rec.get("labels"), n),
+        meta={"kind": "generic"},
+    )
+
+
+def _alpaca(rec: dict[str, Any], idx: str) -> EvalItem:
+    instr, inp = str(rec["instruction"]).strip(), str(rec.get("input", "")).strip()
+    prompt = f"{instr}\n\n{inp}" if inp else instr
+    sid = rec.get("subset_index")
+    return EvalItem(
+        id=f"alpaca-{sid}" if sid is not None else idx,
+        prompt=prompt,
+        meta={"kind": "alpaca", "subset_index": sid, "reference": rec.get("output")},
+    )
+
+
+def _sst2(rec: dict[str, Any], idx: str) -> EvalItem:
+    head = "Review: "
+    sent = str(rec["sentence"]).strip()
+    prompt = f"{head}{sent}\nIs this review positive or negative? Answer:"
+    spans = word_spans(prompt, len(head), len(head) + len(sent))
+    label = rec.get("label_text") or ("positive" if int(rec["label"]) == 1 else "negative")
+    di = rec.get("dev_index")
+    return EvalItem(
+        id=f"sst2-{di}" if di is not None else idx,
+        prompt=prompt,
+        output=f" {label}",
+        granularity="span",
+        spans=tuple(spans),
+        meta={"kind": "sst2", "dev_index": di, "label": rec.get("label")},
+    )
+
+
+def _drop(rec: dict[str, Any], idx: str) -> EvalItem:
+    head = "Passage: "
+    passage = str(rec["passage"]).strip()
+    prompt = f"{head}{passage}\nQuestion: {str(rec['question']).strip()}\nAnswer:"
+    spans = word_spans(prompt, len(head), len(head) + len(passage))
+    answers = list(rec.get("answers") or [])
+    sl = rec.get("source_line")
+    return EvalItem(
+        id=f"drop-{sl}" if sl is not None else idx,
+        prompt=prompt,
+        output=f" {answers[0]}" if answers else None,
+        granularity="span",
+        spans=tuple(spans),
+        meta={"kind": "drop", "source_line": sl, "answers": answers},
+    )
+
+
+def _mmlu(rec: dict[str, Any], idx: str) -> EvalItem:
+    letters = "ABCD"
+    lines = [str(rec["question"]).strip()]
+    lines += [f"{letters[i]}. {str(c).strip()}" for i, c in enumerate(rec["choices"])]
+    body = "\n".join(lines)
+    prompt = f"{body}\nAnswer with the letter of the correct choice. Answer:"
+    spans = word_spans(prompt, 0, len(body))
+    # the choice letters ("A.") are frozen: only words of the question and the choices count
+    spans = [s for s in spans if not re.fullmatch(r"[A-D]\.", prompt[s[0] : s[1]])]
+    sr = rec.get("source_row")
+    return EvalItem(
+        id=f"mmlu-{sr}" if sr is not None else idx,
+        prompt=prompt,
+        output=f" {rec['answer']}" if rec.get("answer") else None,
+        granularity="span",
+        spans=tuple(spans),
+        meta={"kind": "mmlu", "subject": rec.get("subject"), "source_row": sr},
+    )
+
+
+def _hotpotqa(rec: dict[str, Any], idx: str, line_no: int, path: Path) -> EvalItem:
+    from .hotpotqa import _parse
+
+    h = _parse(rec, line_no, path)
+    text, spans = h.prompt()
+    di = h.dev_index
+    return EvalItem(
+        id=f"hotpotqa-{di}" if di is not None else (h.id or idx),
+        prompt=text,
+        granularity="span",
+        spans=tuple(spans),
+        gold=tuple(h.gold),
+        meta={"kind": "hotpotqa", "dev_index": di, "answer": h.answer},
+    )
+
+
+def item_from_record(
+    rec: dict[str, Any], *, kind: str = "auto", index: int = 0, path: Path | None = None
+) -> EvalItem:
+    """One :class:`EvalItem` from a JSON record (``kind``: one of KINDS)."""
+    if kind not in KINDS:
+        raise InputError(f"Unknown data kind {kind!r}; expected one of {', '.join(KINDS)}.")
+    if kind == "auto":
+        kind = detect_kind(rec)
+    idx = f"{path.stem if path else 'item'}-{index}"
+    try:
+        if kind == "generic":
+            return _generic(rec, idx)
+        if kind == "alpaca":
+            return _alpaca(rec, idx)
+        if kind == "sst2":
+            return _sst2(rec, idx)
+        if kind == "drop":
+            return _drop(rec, idx)
+        if kind == "mmlu":
+            return _mmlu(rec, idx)
+        return _hotpotqa(rec, idx, index + 1, path or Path("data"))
+    except (KeyError, TypeError, ValueError, IndexError) as exc:
+        raise InputError(
+            f"Record {index + 1} is not a valid {kind} record: {type(exc).__name__}: {exc}"
+        ) from exc
+
+
+def load_items(
+    data: str | Path | Sequence[dict[str, Any] | EvalItem],
+    *,
+    kind: str = "auto",
+    limit: int | None = None,
+) -> list[EvalItem]:
+    """Items of a JSONL file (path) or of in-memory records / items, in order.
+
+    limit: keep the first ``limit`` items. Item ids must be unique (they key the results).
+    """
+    if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
+        raise InputError(f"limit must be a positive integer or None; got {limit!r}.")
+    items: list[EvalItem] = []
+    if isinstance(data, (str, Path)):
+        path = resolve_data_path(data)
+        with open(path, encoding="utf-8") as f:
+            for i, line in enumerate(f):
+                if limit is not None and len(items) >= limit:
+                    break
+                if not line.strip():
+                    continue
+                try:
+                    rec = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise InputError(f"{path.name}:{i + 1}: invalid JSON: {exc}") from exc
+                items.append(item_from_record(rec, kind=kind, index=i, path=path))
+    else:
+        for i, rec in enumerate(data):
+            if limit is not None and len(items) >= limit:
+                break
+            items.append(rec if isinstance(rec, EvalItem) else item_from_record(
+                rec, kind=kind, index=i))
+    seen: set[str] = set()
+    for it in items:
+        if it.id in seen:
+            raise InputError(f"Two items have the id {it.id!r}; item ids must be unique.")
+        seen.add(it.id)
+    if not items:
+        raise InputError("The data set has no items.")
+    return items

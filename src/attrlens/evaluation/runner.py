@@ -1,0 +1,749 @@
+"""``attrlens.evaluate``: run methods over a data set, score them, and aggregate, resumably.
+
+One *record* = one explanation (item × method with its parameters × model × seed) with its
+metric values. Records are computed independently of each other (each one prepares its own
+games), so a record's numbers do not depend on what ran before it, on the backend, or on
+whether the run was resumed; they are appended to ``DIR/records.jsonl`` as they finish
+(:mod:`.store`) and a rerun skips them. The summary (``DIR/summary.json`` and
+``DIR/summary.md``) holds, per method and metric, the mean over items with a 95% bootstrap
+CI, the same per n-feature bin (8-15, 16-31, 32-63, 64-127, SPEX), and paired Wilcoxon
+tests between methods. Each record's attribution is saved under ``DIR/attributions/``.
+
+Metrics (names for ``metrics=``):
+
+================  =============================================================================
+morf, lerf, abpc  fixed-output perturbation curves (METHODS §5.3): AUC of the mean-NLL change
+                  of the explained output, features masked by the evaluation masker
+morf_regen, ...   the same with greedy regeneration and 100·(1-cos) of MiniLM embeddings
+                  (``lerf_regen``, ``abpc_regen``; GiLOT's variant)
+r2                faithfulness R² on uniform test masks (§5.2; surrogate or calibrated) on the
+                  method's own target
+topk              mean over r = 1..10 of the top-k removal change Δ_r (§5.4)
+auroc, r_precision, recall_at_2, recall_at_5, mrr
+                  supporting-feature recovery against the item's gold features (§5.5)
+================  =============================================================================
+
+Backends: ``local`` (in process, the default) and ``ray`` (an actor pool of ``workers``
+actors, each loading the model once; a local Ray, or a cluster by ``address``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ..errors import ParameterError, unknown_name_message
+from ..params import check_param
+from .datasets import EvalItem, load_items
+from .store import ResultsStore, record_key
+
+if TYPE_CHECKING:
+    from ..models.hf import HFModel
+
+CURVE_METRICS = ("morf", "lerf", "abpc")
+REGEN_METRICS = ("morf_regen", "lerf_regen", "abpc_regen")
+GOLD_METRICS = ("auroc", "r_precision", "recall_at_2", "recall_at_5", "mrr")
+METRICS = CURVE_METRICS + REGEN_METRICS + ("r2", "topk") + GOLD_METRICS
+EVAL_MASKERS = ("attention_off", "delete", "replace")
+BINS = ((8, 15), (16, 31), (32, 63), (64, 127))
+BACKENDS = ("local", "ray")
+
+
+def bin_label(n: int) -> str:
+    """The n-feature bin of an item ("8-15", ..., "<8", ">=128")."""
+    for lo, hi in BINS:
+        if lo <= n <= hi:
+            return f"{lo}-{hi}"
+    return "<8" if n < BINS[0][0] else f">={BINS[-1][1] + 1}"
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """A method name and its parameters (as given; defaults are filled by the explainer)."""
+
+    name: str
+    params: tuple[tuple[str, Any], ...] = ()
+
+    @property
+    def param_dict(self) -> dict[str, Any]:
+        return dict(self.params)
+
+    @property
+    def label(self) -> str:
+        if not self.params:
+            return self.name
+        return f"{self.name}(" + ",".join(f"{k}={v}" for k, v in self.params) + ")"
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def parse_methods(methods: Sequence[str | tuple[str, dict[str, Any]] | MethodSpec] | str
+                  ) -> list[MethodSpec]:
+    """Method specs from names, (name, params) pairs, or a CLI string
+    ``"loo,lime:num_samples=64,kernel_shap:budget=128"`` (``:key=value`` per parameter, values
+    read as JSON where they parse)."""
+    if isinstance(methods, str):
+        methods = [m for m in methods.split(",") if m.strip()]
+    out: list[MethodSpec] = []
+    for m in methods:
+        if isinstance(m, MethodSpec):
+            out.append(m)
+        elif isinstance(m, str):
+            name, *kvs = m.strip().split(":")
+            params = {}
+            for kv in kvs:
+                if "=" not in kv:
+                    raise ParameterError(
+                        f"Method parameter {kv!r} in {m!r} is not key=value; write e.g. "
+                        f"lime:num_samples=64."
+                    )
+                k, v = kv.split("=", 1)
+                params[k.strip()] = _parse_value(v.strip())
+            out.append(MethodSpec(name.strip(), tuple(sorted(params.items()))))
+        elif isinstance(m, tuple) and len(m) == 2 and isinstance(m[0], str) and isinstance(
+            m[1], dict
+        ):
+            out.append(MethodSpec(m[0], tuple(sorted(m[1].items()))))
+        else:
+            raise ParameterError(
+                f"A method must be a name or a (name, params) pair; got {m!r}."
+            )
+    if not out:
+        raise ParameterError("No methods given; name at least one (e.g. methods=['loo']).")
+    labels = [s.label for s in out]
+    if len(set(labels)) != len(labels):
+        raise ParameterError(f"A method is listed twice: {labels}.")
+    return out
+
+
+def parse_metrics(metrics: Sequence[str] | str) -> tuple[str, ...]:
+    """Metric names (a list or a comma-separated string), checked against METRICS."""
+    if isinstance(metrics, str):
+        metrics = [m.strip() for m in metrics.split(",") if m.strip()]
+    out = []
+    for m in metrics:
+        if m not in METRICS:
+            raise ParameterError(unknown_name_message("metric", m, METRICS))
+        if m not in out:
+            out.append(m)
+    if not out:
+        raise ParameterError(f"No metrics given; choose from {', '.join(METRICS)}.")
+    return tuple(out)
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """Settings shared by every record of a run (all recorded, and part of the record key).
+
+    masker:          the evaluation's masking for the perturbation curves (GiLOT: attention_off)
+    n_test, n_calibration: R² test / calibration masks (§5.2)
+    r_max:           top-k removal sizes 1..r_max
+    max_new_tokens:  length of the explained output when the model generates it
+    regen_max_new_tokens: length of each regeneration (regenerate curves)
+    auc:             "mean" (GiLOT) or "trapezoid"
+    """
+
+    metrics: tuple[str, ...]
+    granularity: str = "word"
+    masker: str = "attention_off"
+    n_test: int = 1000
+    n_calibration: int = 200
+    r_max: int = 10
+    max_new_tokens: int = 32
+    regen_max_new_tokens: int = 32
+    auc: str = "mean"
+    chat: bool | None = None
+
+    def key_fields(self) -> dict[str, Any]:
+        """The settings that change a record's numbers (the metric list is not one: a record
+        with more metrics than asked serves a later run with fewer)."""
+        d = asdict(self)
+        d.pop("metrics")
+        return d
+
+
+def model_hash(model: HFModel) -> dict[str, Any]:
+    """{"id", "sha256"} of a loaded model (sha256 None for in-memory models)."""
+    return {"id": model.info.id, "sha256": model.info.sha256}
+
+
+def _json_clean(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {str(k): _json_clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_clean(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return _json_clean(obj.tolist())
+    if isinstance(obj, (np.floating, float)):
+        return float(obj)
+    if isinstance(obj, (np.integer,)):
+        return int(obj)
+    if isinstance(obj, (str, int, bool)) or obj is None:
+        return obj
+    return str(obj)
+
+
+def make_key(item: EvalItem, spec: MethodSpec, model: dict[str, Any], seed: int,
+             config: EvalConfig) -> str:
+    """The content key of a record."""
+    return record_key({
+        "item_id": item.id,
+        "item_sha256": item.sha256,
+        "method": spec.name,
+        "params": _json_clean(spec.param_dict),
+        "model": model,
+        "seed": seed,
+        "eval": config.key_fields(),
+    })
+
+
+class ItemRunner:
+    """Computes records for one model (one per process or Ray actor; loads the model once).
+
+    model: a loaded HFModel, a model path, or None (the embedded default model)
+    """
+
+    def __init__(self, model: Any, config: EvalConfig, seed: int):
+        from ..api import load_model
+        from ..models.hf import HFModel
+
+        if model is None or isinstance(model, str):
+            model = load_model(model)
+        if not isinstance(model, HFModel):
+            raise ParameterError(
+                "evaluate needs a local model: a path, None (the embedded model) or "
+                "attrlens.load_model(...)."
+            )
+        self.model = model
+        self.config = config
+        self.seed = seed
+        self._outputs: dict[str, str] = {}
+        self._encoder: Any = None
+
+    # ---- preparation -------------------------------------------------------------------
+    def _spans(self, item: EvalItem) -> list[tuple[int, int]] | None:
+        """The item's spans in the prompt the model sees (shifted into a chat rendering)."""
+        if item.spans is None:
+            return None
+        spans = [tuple(s) for s in item.spans]
+        if isinstance(item.prompt, str):
+            from ..text.prompt import build_prompt
+            from .hotpotqa import spans_in
+
+            pr = build_prompt(item.prompt, self.model, chat=self.config.chat)
+            if pr.chat:
+                spans = spans_in(pr.text, item.prompt, spans)
+        return spans
+
+    def _prepare(self, item: EvalItem, *, target: str, masker: str, output: str | None
+                 ) -> tuple[Any, Any]:
+        from ..api import prepare
+
+        prompt = item.prompt if isinstance(item.prompt, str) else [dict(m) for m in item.prompt]
+        return prepare(
+            prompt, model=self.model,
+            granularity=item.granularity or self.config.granularity,
+            output=output, target=target, masker=masker, spans=self._spans(item),
+            chat=self.config.chat, max_new_tokens=self.config.max_new_tokens,
+        )
+
+    def output_text(self, item: EvalItem) -> str:
+        """The explained output: the item's, or the model's greedy answer (cached)."""
+        if item.output is not None:
+            return item.output
+        if item.id not in self._outputs:
+            inputs, _ = self._prepare(item, target="nll", masker="delete", output=None)
+            self._outputs[item.id] = inputs.output_text
+        return self._outputs[item.id]
+
+    # ---- one record --------------------------------------------------------------------
+    def run(self, item: EvalItem, spec: MethodSpec, key: str) -> dict[str, Any]:
+        """Explain ``item`` with ``spec`` and compute the configured metrics (a record)."""
+        from ..api import finish, make_explainer
+
+        cfg = self.config
+        t0 = time.perf_counter()
+        output = self.output_text(item)
+        explainer = make_explainer(spec.name, dict(spec.param_dict))
+        if explainer.needs == "closed_model":
+            raise ParameterError(
+                f"The method '{spec.name}' explains a closed model; evaluate runs local models."
+            )
+        inputs, scoring = self._prepare(item, target=explainer.default_target,
+                                        masker=explainer.default_masker, output=output)
+        n = inputs.n_features
+        explainer.validate(n)
+        game = explainer.make_game(inputs, scoring, closed=None)
+        exp = explainer.explain(game, seed=self.seed)
+        attr = finish(explainer, inputs, scoring, exp, t_start=t0, seed=self.seed)
+        t_explain = time.perf_counter() - t0
+
+        metrics: dict[str, float] = {}
+        extra: dict[str, Any] = {}
+        want = set(cfg.metrics)
+        scores = np.asarray(attr.scores, dtype=np.float64)
+        if want & set(CURVE_METRICS):
+            from .curves import fixed_output_curves
+
+            _, eval_game = self._prepare(item, target="nll", masker=cfg.masker, output=output)
+            cur = fixed_output_curves(scores, eval_game, auc_kind=cfg.auc)
+            metrics.update(morf=cur.morf, lerf=cur.lerf, abpc=cur.abpc)
+            extra["curves"] = cur.as_dict()
+        if want & set(REGEN_METRICS):
+            cur = self._regen_curves(item, scores, output)
+            metrics.update(morf_regen=cur.morf, lerf_regen=cur.lerf, abpc_regen=cur.abpc)
+            extra["regen_curves"] = cur.as_dict()
+        if "r2" in want:
+            from .faithfulness import faithfulness_r2
+
+            f = faithfulness_r2(attr, scoring, n_test=cfg.n_test, seed=self.seed,
+                                n_calibration=cfg.n_calibration)
+            metrics["r2"] = f.r2
+            extra["r2_kind"] = f.kind
+        if "topk" in want:
+            from .faithfulness import topk_removal
+
+            deltas = topk_removal(attr, scoring, r_max=cfg.r_max)
+            metrics["topk"] = float(np.mean(deltas))
+            extra["topk_curve"] = [float(x) for x in deltas]
+        if want & set(GOLD_METRICS):
+            metrics.update(self._gold_metrics(item, scores))
+
+        return {
+            "key": key,
+            "item_id": item.id,
+            "item_sha256": item.sha256,
+            "method": spec.name,
+            "label": spec.label,
+            "params": _json_clean(spec.param_dict),
+            "resolved_params": _json_clean(attr.params),
+            "model": model_hash(self.model),
+            "seed": self.seed,
+            "eval": _json_clean(asdict(cfg)),
+            "n_features": n,
+            "bin": bin_label(n),
+            "metrics": {k: float(v) for k, v in metrics.items()},
+            **_json_clean(extra),
+            "output_text": output,
+            "cost": _json_clean(attr.cost),
+            "explain_s": t_explain,
+            "wall_s": time.perf_counter() - t0,
+            "finished_at": time.time(),
+            "attribution_data": attr.to_dict(),
+        }
+
+    def run_group(self, item: EvalItem, todo: list[tuple[MethodSpec, str]]
+                  ) -> list[dict[str, Any]]:
+        """Records of several methods on one item (the Ray actors' unit of work)."""
+        return [self.run(item, spec, key) for spec, key in todo]
+
+    def _gold_metrics(self, item: EvalItem, scores: np.ndarray) -> dict[str, float]:
+        nan = float("nan")
+        if item.gold is None:
+            return {m: nan for m in self.config.metrics if m in GOLD_METRICS}
+        from .metrics import supporting_fact_metrics
+
+        sf = supporting_fact_metrics(scores, list(item.gold))
+        names = {"auroc": "auroc", "r_precision": "precision_at_g",
+                 "recall_at_2": "recall_at_2", "recall_at_5": "recall_at_5", "mrr": "mrr"}
+        return {m: float(sf[names[m]]) for m in self.config.metrics if m in GOLD_METRICS}
+
+    def _regen_curves(self, item: EvalItem, scores: np.ndarray, output: str) -> Any:
+        """Regenerate curves: greedy regeneration from the masked prompt. With the
+        attention_off or delete masker the masked tokens are left out of the generation
+        input (teacher-forced, attention_off equals deletion; in generation positions of the
+        kept tokens are renumbered); replace generates from the prompt with mask tokens."""
+        from ..models.embeddings import MiniLMWordEmbeddings
+        from .curves import regenerate_curves
+
+        inputs, _ = self._prepare(item, target="nll", masker=self.config.masker, output=output)
+        model, masker = self.model, inputs.masker
+        memo: dict[bytes, str] = {}
+
+        def generate(masks: np.ndarray) -> list[str]:
+            out = []
+            for row, pert in zip(masks, masker.apply(masks)):
+                k = np.packbits(row).tobytes()
+                if k not in memo:
+                    ids = model.generate([int(t) for t in pert.ids],
+                                         max_new_tokens=self.config.regen_max_new_tokens)
+                    memo[k] = model.decode(ids)
+                out.append(memo[k])
+            return out
+
+        if self._encoder is None:
+            self._encoder = MiniLMWordEmbeddings()
+        return regenerate_curves(scores, generate, self._encoder.vectors, auc_kind=self.config.auc)
+
+
+# ---- progress ------------------------------------------------------------------------------
+class ProgressPrinter:
+    """``[evaluate] done/total records · elapsed · ETA`` lines on stderr."""
+
+    def __init__(self, total: int, skipped: int, *, enabled: bool = True):
+        self.total, self.skipped, self.enabled = total, skipped, enabled
+        self.done = 0
+        self.t0 = time.perf_counter()
+        if enabled:
+            print(f"[evaluate] {total} records to compute ({skipped} already in the store)",
+                  file=sys.stderr, flush=True)
+
+    def step(self, rec: dict[str, Any]) -> None:
+        self.done += 1
+        if not self.enabled:
+            return
+        el = time.perf_counter() - self.t0
+        eta = el / self.done * (self.total - self.done)
+        print(f"[evaluate] {self.done}/{self.total} records · {rec['item_id']} {rec['label']} "
+              f"· {el:.1f} s elapsed · ETA {eta:.0f} s", file=sys.stderr, flush=True)
+
+
+# ---- summary -------------------------------------------------------------------------------
+@dataclass
+class Summary:
+    """Aggregates of one evaluation (what summary.json holds).
+
+    table:  {method label: {metric: {"mean", "ci_low", "ci_high", "n"}}}
+    bins:   {method label: {metric: {bin: {...}}}}
+    paired: {metric: [{"a", "b", "n", "mean_diff", "p"}]}
+    """
+
+    out: Path
+    methods: list[str]
+    metrics: list[str]
+    n_items: int
+    table: dict[str, dict[str, dict[str, float]]]
+    bins: dict[str, dict[str, dict[str, dict[str, float]]]]
+    paired: dict[str, list[dict[str, Any]]]
+    settings: dict[str, Any] = field(default_factory=dict)
+    computed: int = 0
+    skipped: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form (no timings: equal runs give equal summaries)."""
+        return _json_clean({
+            "methods": self.methods, "metrics": self.metrics, "n_items": self.n_items,
+            "settings": self.settings, "table": self.table, "bins": self.bins,
+            "paired": self.paired, "records": "records.jsonl",
+        })
+
+    def markdown(self) -> str:
+        """A paper-style table: mean [95% CI] per method and metric, bins, paired tests."""
+        def cell(s: dict[str, float]) -> str:
+            if not s or s.get("n", 0) == 0 or not math.isfinite(s["mean"]):
+                return "–"
+            return f"{s['mean']:.3f} [{s['ci_low']:.3f}, {s['ci_high']:.3f}]"
+
+        st = self.settings
+        lines = [
+            "# attrlens evaluate",
+            "",
+            (f"data `{st.get('data')}`, {self.n_items} items, model `{st.get('model_id')}`, "
+            f"seed {st.get('seed')}, granularity {st.get('granularity')}, evaluation masker "
+            f"{st.get('masker')}, AUC {st.get('auc')}. Cells: mean [95% bootstrap CI] over "
+            f"items (n = items)."),
+            "",
+            "| method | " + " | ".join(self.metrics) + " | n |",
+            "|---|" + "---|" * (len(self.metrics) + 1),
+        ]
+        for m in self.methods:
+            row = self.table.get(m, {})
+            n = max((row[k]["n"] for k in self.metrics if k in row), default=0)
+            lines.append(f"| {m} | " + " | ".join(cell(row.get(k, {})) for k in self.metrics)
+                         + f" | {n} |")
+        bins_used = sorted({b for m in self.bins.values() for k in m.values() for b in k},
+                           key=_bin_order)
+        if bins_used:
+            lines += ["", "## By number of features", ""]
+            lines.append("| method | metric | " + " | ".join(bins_used) + " |")
+            lines.append("|---|---|" + "---|" * len(bins_used))
+            for m in self.methods:
+                for k in self.metrics:
+                    b = self.bins.get(m, {}).get(k, {})
+                    lines.append(f"| {m} | {k} | " + " | ".join(
+                        f"{cell(b[x])} (n={b[x]['n']})" if x in b else "–" for x in bins_used
+                    ) + " |")
+        if any(self.paired.values()):
+            lines += ["", "## Paired tests (Wilcoxon signed-rank, two-sided)", "",
+                      "| metric | a | b | n | mean(a - b) | p |", "|---|---|---|---|---|---|"]
+            for k, tests in self.paired.items():
+                for t in tests:
+                    lines.append(f"| {k} | {t['a']} | {t['b']} | {t['n']} | "
+                                 f"{t['mean_diff']:.4f} | {t['p']:.3g} |")
+        return "\n".join(lines) + "\n"
+
+
+def _bin_order(b: str) -> int:
+    if b.startswith("<"):
+        return -1
+    if b.startswith(">="):
+        return 10**6
+    return int(b.split("-")[0])
+
+
+def summarize_records(records: list[dict[str, Any]], methods: list[str], metrics: list[str],
+                      *, out: Path, settings: dict[str, Any], n_items: int) -> Summary:
+    """Aggregate records (one per item and method) into a :class:`Summary`."""
+    from .stats import paired_test, summarize
+
+    by: dict[str, dict[str, dict[str, float]]] = {m: {} for m in methods}
+    bins_of: dict[str, str] = {}
+    for r in records:
+        if r["label"] in by:
+            by[r["label"]][r["item_id"]] = r["metrics"]
+            bins_of[r["item_id"]] = r["bin"]
+    nan = float("nan")
+    table: dict[str, dict[str, dict[str, float]]] = {}
+    bins: dict[str, dict[str, dict[str, dict[str, float]]]] = {}
+    for m in methods:
+        ids = sorted(by[m])
+        table[m], bins[m] = {}, {}
+        for k in metrics:
+            vals = [by[m][i].get(k, nan) for i in ids]
+            table[m][k] = summarize(vals)
+            per_bin: dict[str, list[float]] = {}
+            for i, v in zip(ids, vals):
+                per_bin.setdefault(bins_of[i], []).append(v)
+            bins[m][k] = {b: summarize(v) for b, v in sorted(per_bin.items(),
+                                                              key=lambda kv: _bin_order(kv[0]))}
+    paired: dict[str, list[dict[str, Any]]] = {}
+    for k in metrics:
+        paired[k] = []
+        for i, a in enumerate(methods):
+            for b in methods[i + 1:]:
+                common = sorted(set(by[a]) & set(by[b]))
+                t = paired_test([by[a][j].get(k, nan) for j in common],
+                                [by[b][j].get(k, nan) for j in common])
+                paired[k].append({"a": a, "b": b, **t})
+    return Summary(out=out, methods=methods, metrics=metrics, n_items=n_items, table=table,
+                   bins=bins, paired=paired, settings=settings)
+
+
+# ---- backends ------------------------------------------------------------------------------
+Group = tuple[EvalItem, list[tuple[MethodSpec, str]]]
+
+
+def _run_local(runner: ItemRunner, groups: list[Group],
+               on_record: Callable[[dict[str, Any]], None]) -> None:
+    for item, todo in groups:
+        for spec, key in todo:
+            on_record(runner.run(item, spec, key))
+
+
+def _run_ray(model: Any, config: EvalConfig, seed: int, groups: list[Group], *, workers: int,
+             address: str | None, on_record: Callable[[dict[str, Any]], None]) -> None:
+    """Items spread over an actor pool of ``workers`` Ray actors (each loads the model once).
+
+    A loaded model is shipped once through the object store; a path or None is loaded by
+    each actor. Records are written by this (driver) process as groups finish.
+    """
+    try:
+        import ray
+        from ray.util import ActorPool
+    except ImportError as exc:
+        raise ParameterError(
+            "The ray backend needs Ray: pip install 'ray' (or use backend='local')."
+        ) from exc
+    started = False
+    if not ray.is_initialized():
+        if address:
+            ray.init(address=address, log_to_driver=False)
+        else:
+            ray.init(num_cpus=max(2, workers), include_dashboard=False, log_to_driver=False)
+        started = True
+    try:
+        from ..models.hf import HFModel
+
+        model_arg = ray.put(model) if isinstance(model, HFModel) else model
+        actor_cls = ray.remote(num_cpus=1)(ItemRunner)
+        actors = [actor_cls.remote(model_arg, config, seed) for _ in range(workers)]
+        pool = ActorPool(actors)
+        for recs in pool.map_unordered(lambda a, g: a.run_group.remote(g[0], g[1]), groups):
+            for r in recs:
+                on_record(r)
+    finally:
+        if started:
+            ray.shutdown()
+
+
+# ---- the entry point -----------------------------------------------------------------------
+def evaluate(
+    data: str | Path | Sequence[dict[str, Any] | EvalItem],
+    *,
+    methods: Sequence[str | tuple[str, dict[str, Any]] | MethodSpec] | str,
+    metrics: Sequence[str] | str = ("abpc",),
+    model: Any = None,
+    out: str | Path,
+    limit: int | None = None,
+    seed: int = 0,
+    backend: str = "local",
+    workers: int = 1,
+    address: str | None = None,
+    granularity: str = "word",
+    masker: str = "attention_off",
+    n_test: int = 1000,
+    n_calibration: int = 200,
+    r_max: int = 10,
+    max_new_tokens: int = 32,
+    regen_max_new_tokens: int = 32,
+    auc: str = "mean",
+    chat: bool | None = None,
+    kind: str = "auto",
+    progress: bool = True,
+) -> Summary:
+    """Run ``methods`` over the items of ``data``, score them with ``metrics``, aggregate.
+
+    data:     a JSONL path (repository-relative paths work from anywhere in the checkout) or
+              records / :class:`EvalItem` s; ``kind`` forces an adapter (see datasets.KINDS)
+    methods:  names, (name, params) pairs, or "loo,lime:num_samples=64"
+    metrics:  names from METRICS, or a comma-separated string
+    model:    a loaded model, a path, or None (the embedded model)
+    out:      output directory (records.jsonl, summary.json, summary.md, attributions/);
+              an existing one is resumed: finished records are not recomputed
+    backend:  "local" or "ray" (``workers`` actors; ``address`` of a cluster, else local Ray)
+    masker:   the evaluation's masking for MoRF/LeRF (attention_off, delete, replace)
+    Returns the :class:`Summary` (also written to ``out``).
+    """
+    check_param("evaluate", "seed", seed, kind=int, low=0)
+    check_param("evaluate", "backend", backend, choices=BACKENDS)
+    check_param("evaluate", "workers", workers, kind=int, low=1)
+    check_param("evaluate", "masker", masker, choices=EVAL_MASKERS)
+    check_param("evaluate", "auc", auc, choices=("mean", "trapezoid"))
+    check_param("evaluate", "n_test", n_test, kind=int, low=2)
+    check_param("evaluate", "n_calibration", n_calibration, kind=int, low=2)
+    check_param("evaluate", "r_max", r_max, kind=int, low=1)
+    check_param("evaluate", "max_new_tokens", max_new_tokens, kind=int, low=1)
+    check_param("evaluate", "regen_max_new_tokens", regen_max_new_tokens, kind=int, low=1)
+    specs = parse_methods(methods)
+    metric_names = parse_metrics(metrics)
+    from ..registry import get_explainer
+
+    for s in specs:
+        get_explainer(s.name)(**{k: v for k, v in s.params})  # unknown names/params fail now
+    items = load_items(data, kind=kind, limit=limit)
+    config = EvalConfig(metrics=metric_names, granularity=granularity, masker=masker,
+                        n_test=n_test, n_calibration=n_calibration, r_max=r_max,
+                        max_new_tokens=max_new_tokens, regen_max_new_tokens=regen_max_new_tokens,
+                        auc=auc, chat=chat)
+    store = ResultsStore(out)
+    out_dir = store.dir
+
+    # the driver loads the model too (for its hash; in-process runs use it)
+    runner = ItemRunner(model, config, seed)
+    mhash = model_hash(runner.model)
+    groups: list[Group] = []
+    n_skip = 0
+    keys: list[str] = []
+    for item in items:
+        todo = []
+        for spec in specs:
+            key = make_key(item, spec, mhash, seed, config)
+            keys.append(key)
+            old = store.get(key)
+            if old is not None and set(metric_names) <= set(old.get("metrics", {})):
+                n_skip += 1
+                continue
+            todo.append((spec, key))
+        if todo:
+            groups.append((item, todo))
+    prog = ProgressPrinter(sum(len(t) for _, t in groups), n_skip, enabled=progress)
+    att_dir = out_dir / "attributions"
+
+    def on_record(rec: dict[str, Any]) -> None:
+        data_ = rec.pop("attribution_data", None)
+        if data_ is not None:
+            att_dir.mkdir(exist_ok=True)
+            name = f"{rec['key'][:16]}.json"
+            (att_dir / name).write_text(json.dumps(data_, indent=1, allow_nan=True),
+                                        encoding="utf-8")
+            rec["attribution"] = f"attributions/{name}"
+        store.append(rec)
+        prog.step(rec)
+
+    if backend == "local" or not groups:
+        _run_local(runner, groups, on_record)
+    else:
+        _run_ray(runner.model, config, seed, groups, workers=workers, address=address,
+                 on_record=on_record)
+
+    wanted = set(keys)
+    records = [r for r in store.records() if r["key"] in wanted]
+    settings = {
+        "data": data if isinstance(data, str) else (str(data) if isinstance(data, Path)
+                                                    else "in-memory"),
+        "model_id": mhash["id"], "model_sha256": mhash["sha256"], "seed": seed,
+        **config.key_fields(),
+        "methods": {s.label: {"name": s.name, "params": _json_clean(s.param_dict)}
+                    for s in specs},
+    }
+    summary = summarize_records(records, [s.label for s in specs], list(metric_names),
+                                out=out_dir, settings=settings, n_items=len(items))
+    summary.computed, summary.skipped = prog.done, n_skip
+    (out_dir / "summary.json").write_text(
+        json.dumps(summary.to_dict(), indent=2, sort_keys=True, allow_nan=True) + "\n",
+        encoding="utf-8")
+    (out_dir / "summary.md").write_text(summary.markdown(), encoding="utf-8")
+    return summary
+
+
+# ---- CLI glue (the cli module adds the subcommand and calls these) -------------------------
+def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of ``attrlens evaluate``."""
+    p.add_argument("data", help="JSONL data set (prompt/messages records, or a shared "
+                                "Alpaca/SST-2/DROP/MMLU/HotpotQA file)")
+    p.add_argument("--methods", required=True,
+                   help="comma-separated methods, parameters as name:key=value "
+                        "(e.g. loo,lime:num_samples=64)")
+    p.add_argument("--metrics", default="abpc",
+                   help=f"comma-separated metrics from {','.join(METRICS)} (default abpc)")
+    p.add_argument("--out", required=True, help="output directory (resumed if it exists)")
+    p.add_argument("--limit", type=int, default=None, help="first N items only")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--backend", choices=BACKENDS, default="local")
+    p.add_argument("--workers", type=int, default=1, help="Ray actors (backend ray)")
+    p.add_argument("--address", default=None, help="Ray cluster address (default: local Ray)")
+    p.add_argument("--model", default=None, help="local model path (default: embedded)")
+    p.add_argument("--granularity", default="word")
+    p.add_argument("--eval-masker", choices=EVAL_MASKERS, default="attention_off",
+                   help="masking for MoRF/LeRF (GiLOT: attention_off)")
+    p.add_argument("--n-test", type=int, default=1000, help="R² test masks")
+    p.add_argument("--max-new-tokens", type=int, default=32)
+    p.add_argument("--quiet", action="store_true", help="no progress on stderr")
+
+
+def evaluate_from_args(args: argparse.Namespace) -> Summary:
+    """Run :func:`evaluate` from parsed ``attrlens evaluate`` arguments."""
+    return evaluate(
+        args.data, methods=args.methods, metrics=args.metrics, model=args.model, out=args.out,
+        limit=args.limit, seed=args.seed, backend=args.backend, workers=args.workers,
+        address=args.address, granularity=args.granularity, masker=args.eval_masker,
+        n_test=args.n_test, max_new_tokens=args.max_new_tokens, progress=not args.quiet,
+    )
+
+
+__all__ = [
+    "EvalConfig",
+    "ItemRunner",
+    "MethodSpec",
+    "Summary",
+    "add_evaluate_arguments",
+    "evaluate",
+    "evaluate_from_args",
+    "parse_methods",
+    "parse_metrics",
+    "summarize_records",
+]

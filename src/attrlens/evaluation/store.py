@@ -1,0 +1,87 @@
+"""Resumable results store: one JSON line per finished record, content keyed.
+
+A record is one (item, method, params, model hash, seed, evaluation settings) combination;
+its ``key`` is the sha256 of the canonical JSON of those fields (:func:`record_key`). Each
+record is appended and flushed (and fsynced) as it finishes, so a killed run loses at most
+the record in progress; a rerun reads the file, skips the keys already there and computes
+the rest. A torn last line (the kill came mid-write) is ignored. When a key occurs twice the
+later line wins.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from ..errors import InputError
+from .datasets import canonical_sha256
+
+RECORDS = "records.jsonl"
+
+
+def record_key(fields: dict[str, Any]) -> str:
+    """sha256 of the canonical JSON of the fields that define a record."""
+    return canonical_sha256(fields)
+
+
+class ResultsStore:
+    """Records of one output directory (``DIR/records.jsonl``)."""
+
+    def __init__(self, out: str | Path):
+        self.dir = Path(out)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.path = self.dir / RECORDS
+        self._records: dict[str, dict[str, Any]] = {}
+        self.torn_lines = 0
+        if self.path.is_file():
+            self._read()
+
+    def _read(self) -> None:
+        with open(self.path, encoding="utf-8") as f:
+            for line in f:
+                if not line.strip():
+                    continue
+                try:
+                    rec = json.loads(line)
+                except json.JSONDecodeError:
+                    self.torn_lines += 1  # a write cut short by a kill
+                    continue
+                if not isinstance(rec, dict) or "key" not in rec:
+                    raise InputError(
+                        f"{self.path} holds a line that is not a results record; give an "
+                        f"empty or attrlens output directory."
+                    )
+                self._records[rec["key"]] = rec
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._records
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    def get(self, key: str) -> dict[str, Any] | None:
+        return self._records.get(key)
+
+    def records(self) -> list[dict[str, Any]]:
+        """All records (latest per key), in first-written order."""
+        return list(self._records.values())
+
+    def append(self, record: dict[str, Any]) -> None:
+        """Write one finished record (a line, flushed to disk at once)."""
+        if "key" not in record:
+            raise InputError("A results record needs a 'key'.")
+        line = json.dumps(record, sort_keys=True, ensure_ascii=False, allow_nan=True)
+        # a torn line left by a kill must not swallow this record: start on a fresh line
+        lead = ""
+        if self.path.is_file() and self.path.stat().st_size > 0:
+            with open(self.path, "rb") as f:
+                f.seek(-1, os.SEEK_END)
+                if f.read(1) != b"\n":
+                    lead = "\n"
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(lead + line + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        self._records[record["key"]] = record
