@@ -10,8 +10,9 @@ import pytest
 
 import attrlens
 from attrlens.errors import ParameterError
-from attrlens.explainers.shapley import kernel_shap_design, ridge_gcv, uniform_masks
+from attrlens.explainers.shapley import ridge_fit
 from attrlens.games import Game
+from attrlens.solvers.coalitions import kernel_shap_design, uniform_masks
 
 N = 7
 
@@ -156,15 +157,15 @@ def test_uniform_masks_distinct_and_exhaustive():
     assert len(uniform_masks(5, 100, rng)) == 32  # all of {0,1}^5, once each
 
 
-def test_ridge_gcv_matches_least_squares_on_noise_free_data():
+def test_ridge_fit_matches_least_squares_on_noise_free_data():
     rng = np.random.default_rng(0)
     X = rng.normal(size=(50, 5))
     coef = rng.normal(size=5)
     y = X @ coef + 3.0
-    c, b0, alpha = ridge_gcv(X, y)
+    c, b0, alpha = ridge_fit(X, y)
     assert alpha == pytest.approx(1e-6)
     np.testing.assert_allclose(c, coef, atol=1e-5)
     np.testing.assert_allclose(b0, 3.0, atol=1e-5)
     noisy = rng.normal(size=50)  # pure noise: cross-validation shrinks hard
-    c2, _, alpha2 = ridge_gcv(X, noisy)
+    c2, _, alpha2 = ridge_fit(X, noisy)
     assert alpha2 > 1.0 and np.abs(c2).max() < 0.2
