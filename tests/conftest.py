@@ -8,8 +8,7 @@ import os
 
 import numpy as np
 import pytest
-
-from server_fixtures import *  # noqa: F403
+from server_fixtures import *
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")

@@ -94,7 +94,7 @@ def test_stdin_prompt_and_module_entry(tiny_dir, tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "attrlens", "explain", "-", "--model", str(tiny_dir),
          "--output-text", " jumps", "--json", str(path), "--quiet"],
-        input="The lazy dog", capture_output=True, text=True, timeout=120,
+        input="The lazy dog", capture_output=True, text=True, timeout=120, check=False,
     )
     assert proc.returncode == 0, proc.stderr
     assert [f["label"] for f in json.loads(path.read_text())["input"]["features"]] == [
@@ -103,7 +103,7 @@ def test_stdin_prompt_and_module_entry(tiny_dir, tmp_path):
 
 def test_closed_model_values_from_the_cli(fake_openai, tmp_path, capsys):
     path = tmp_path / "c.json"
-    code, out, err = run(
+    code, _out, err = run(
         ["explain", "is it raining today", "--method", "loo", "--target-url",
          fake_openai.base_url, "--target-model", "fake-model", "--closed-answers", "echo:,alt0",
          "--no-cache", "--json", str(path)],

@@ -53,6 +53,92 @@ def _clean(obj: Any) -> Any:
     return obj
 
 
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def validate_dict(d: Any, *, source: str = "the data") -> None:
+    """Check a result's JSON form against schema ``attrlens.attribution/1``; InputError naming
+    the first problem (and where) otherwise. Scores and matrix entries may be null (a
+    non-finite value)."""
+
+    def bad(what: str) -> InputError:
+        return InputError(f"{source} is not a valid attrlens result: {what}.")
+
+    if not isinstance(d, dict) or d.get("schema") != SCHEMA:
+        raise InputError(
+            f"{source} is not an attrlens result (expected \"schema\": \"{SCHEMA}\")."
+        )
+    missing = [k for k in REQUIRED_KEYS if k not in d]
+    if missing:
+        raise InputError(f"{source} is an incomplete attrlens result: missing {missing}.")
+    if not isinstance(d["method"], str) or not d["method"]:
+        raise bad("'method' must be a non-empty string")
+    for key in ("params", "model", "cost"):
+        if d[key] is not None and not isinstance(d[key], dict):
+            raise bad(f"'{key}' must be an object")
+    inp, out = d["input"], d["output"]
+    if not isinstance(inp, dict) or not isinstance(inp.get("features"), list):
+        raise bad("'input' must be an object with a 'features' list")
+    if not isinstance(inp.get("text", ""), str):
+        raise bad("'input.text' must be a string")
+    if not isinstance(out, dict) or not isinstance(out.get("text", ""), str):
+        raise bad("'output' must be an object with a string 'text'")
+    feats = inp["features"]
+    if not feats:
+        raise bad("the input has no features (empty 'input.features')")
+    text_len = len(inp.get("text", ""))
+    for i, f in enumerate(feats):
+        if not isinstance(f, dict) or not isinstance(f.get("label"), str):
+            raise bad(f"feature {i} has no string 'label'")
+        if f.get("index", i) != i:
+            raise bad(f"feature {i} has index {f.get('index')!r}")
+        spans = f.get("spans", [])
+        if not isinstance(spans, list):
+            raise bad(f"feature {i}: 'spans' must be a list of [start, end]")
+        for sp in spans:
+            if (not isinstance(sp, list) or len(sp) != 2
+                    or not all(isinstance(x, int) and not isinstance(x, bool) for x in sp)
+                    or not 0 <= sp[0] <= sp[1] <= text_len):
+                raise bad(f"feature {i} has span {sp!r} outside the input text "
+                          f"(0..{text_len})")
+    n = len(feats)
+    scores = d["scores"]
+    if not isinstance(scores, list) or not all(s is None or _is_number(s) for s in scores):
+        raise bad("'scores' must be a list of numbers (null for non-finite)")
+    if len(scores) != n:
+        raise InputError(f"{source}: {n} features but {len(scores)} scores.")
+    pot = d["per_output_token"]
+    if pot is not None:
+        if not isinstance(pot, list) or len(pot) != n or not all(
+                isinstance(r, list) for r in pot):
+            raise bad(f"'per_output_token' must be null or {n} rows (one per feature)")
+        widths = {len(r) for r in pot}
+        if len(widths) != 1:
+            raise bad(f"'per_output_token' is ragged (row lengths {sorted(widths)})")
+        if not all(v is None or _is_number(v) for r in pot for v in r):
+            raise bad("'per_output_token' must hold numbers (null for non-finite)")
+    inter = d["interactions"]
+    if inter is not None:
+        if not isinstance(inter, dict) or not isinstance(inter.get("terms", []), list):
+            raise bad("'interactions' must be null or an object with a 'terms' list")
+        for t in inter.get("terms", []):
+            idx = t.get("features") if isinstance(t, dict) else None
+            if not isinstance(idx, list) or not all(
+                    isinstance(j, int) and not isinstance(j, bool) and 0 <= j < n for j in idx):
+                raise bad(f"interaction term {t!r} names a feature outside 0..{n - 1}")
+            if not (t.get("value") is None or _is_number(t.get("value"))):
+                raise bad(f"interaction term {t!r} has a non-numeric value")
+    for k, v in (d["cost"] or {}).items():
+        if not (v is None or _is_number(v)):
+            raise bad(f"cost '{k}' must be a number; got {v!r}")
+    if d["seed"] is not None and not (isinstance(d["seed"], int)
+                                      and not isinstance(d["seed"], bool)):
+        raise bad(f"'seed' must be an integer or null; got {d['seed']!r}")
+    if not isinstance(d["version"], str):
+        raise bad("'version' must be a string")
+
+
 @dataclass
 class Attribution:
     """Scores per feature (positive = supports the output), with provenance and cost."""
@@ -127,18 +213,12 @@ class Attribution:
         return path
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any], *, source: str = "the data") -> "Attribution":
-        if not isinstance(d, dict) or d.get("schema") != SCHEMA:
-            raise InputError(
-                f"{source} is not an attrlens result (expected \"schema\": \"{SCHEMA}\")."
-            )
-        missing = [k for k in REQUIRED_KEYS if k not in d]
-        if missing:
-            raise InputError(f"{source} is an incomplete attrlens result: missing {missing}.")
-        feats = d["input"].get("features", [])
+    def from_dict(cls, d: dict[str, Any], *, source: str = "the data") -> Attribution:
+        """An Attribution from its JSON form, validated against the schema (InputError with
+        the first problem otherwise)."""
+        validate_dict(d, source=source)
+        feats = d["input"]["features"]
         scores = [np.nan if s is None else s for s in d["scores"]]
-        if len(feats) != len(scores):
-            raise InputError(f"{source}: {len(feats)} features but {len(scores)} scores.")
         pot = d.get("per_output_token")
         extra = {k: v for k, v in d.items() if k not in REQUIRED_KEYS}
         return cls(
@@ -151,7 +231,8 @@ class Attribution:
             params=d["params"] or {},
             model=d["model"] or {},
             interactions=d["interactions"],
-            per_output_token=None if pot is None else np.asarray(pot, dtype=float),
+            per_output_token=None if pot is None else np.asarray(
+                [[np.nan if v is None else v for v in row] for row in pot], dtype=float),
             cost=dict(d["cost"] or {}),
             seed=d["seed"],
             version=d["version"],
@@ -159,7 +240,7 @@ class Attribution:
         )
 
     @classmethod
-    def load(cls, path: str | Path) -> "Attribution":
+    def load(cls, path: str | Path) -> Attribution:
         path = Path(path)
         if not path.is_file():
             raise InputError(f"The result file '{path}' does not exist.")
@@ -167,6 +248,8 @@ class Attribution:
             d = json.loads(path.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise InputError(f"'{path}' is not an attrlens result: it is not JSON ({exc}).") from exc
+        except OSError as exc:
+            raise InputError(f"Could not read the result file '{path}': {exc}.") from exc
         return cls.from_dict(d, source=f"'{path}'")
 
     # ---- display -------------------------------------------------------------------------

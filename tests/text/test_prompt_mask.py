@@ -51,7 +51,7 @@ def _setup(tiny_model, text="The quick brown fox jumps"):
 
 
 def test_delete_masker_keeps_original_positions(tiny_model):
-    pr, ids, fs = _setup(tiny_model)
+    _pr, ids, fs = _setup(tiny_model)
     mk = Masker("delete", ids, fs)
     masks = np.ones((3, len(fs)), dtype=bool)
     masks[1, 1] = False
@@ -67,7 +67,7 @@ def test_delete_masker_keeps_original_positions(tiny_model):
 
 
 def test_replace_tokens_masker_substitutes_every_masked_token(tiny_model):
-    pr, ids, fs = _setup(tiny_model)
+    _pr, ids, fs = _setup(tiny_model)
     mk = Masker("replace_tokens", ids, fs, mask_token_id=0)
     masks = np.ones((1, len(fs)), dtype=bool)
     masks[0, 2] = False

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -28,7 +30,7 @@ def test_features_cover_region_exactly_and_never_overlap(text, gran):
     spans = _flat(char_segments(text, [region], gran))
     # disjoint and contiguous: each span starts where the previous ended
     assert spans[0][0] == 0 and spans[-1][1] == len(text)
-    for (a1, b1), (a2, b2) in zip(spans, spans[1:]):
+    for (a1, b1), (a2, b2) in itertools.pairwise(spans):
         assert b1 == a2 and a2 < b2
     # keeping every feature reproduces the input
     assert "".join(text[a:b] for a, b in spans) == text

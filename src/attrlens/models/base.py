@@ -1,8 +1,9 @@
-"""Backend protocol: what a language model offers to the explainers.
+"""Backend capabilities: what a language model offers, and what a method needs of it.
 
-A backend declares its capabilities as a set of names. Explainers ask with
-:func:`require`, which raises :class:`CapabilityError` naming the methods that need the
-missing capability.
+A backend declares its capabilities as a set of names (``capabilities``). A method declares
+what it needs (``Explainer.needs``: a game, a local model, a closed model);
+:func:`require_needs` checks a model (and a closed backend) against that before any work,
+and :func:`require` raises :class:`CapabilityError` naming what is missing.
 
 Capabilities:
     tokenize      text -> token ids with char offsets
@@ -21,14 +22,12 @@ from dataclasses import dataclass
 
 from ..errors import CapabilityError
 
-#: which methods need which capability, for error messages
-CAPABILITY_USERS: dict[str, str] = {
-    "score": "loo, lime, kernel_shap, banzhaf, spex, proxyspex (on an open model), rope_lime (surrogate)",
-    "generate": "every method when the output is not given",
-    "embeddings": "gilot (OT cost), rope_lime (RoPE space)",
-    "rotary": "rope_lime (space='embed_rope' or 'layer0_keys')",
-    "gradients": "integrated_gradients",
-    "top_logprobs": "spex/proxyspex on a closed model (log-prob difference value)",
+#: the capabilities each kind of need asks of the local model and of the closed backend
+#: (a game on a prompt is the local model's teacher-forced scores)
+NEEDS_CAPABILITIES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "game": (("tokenize", "generate", "score"), ()),
+    "local_model": (("tokenize", "generate", "score"), ()),
+    "closed_model": (("tokenize", "score"), ("generate",)),
 }
 
 
@@ -42,12 +41,32 @@ class ModelInfo:
 
 def require(backend: object, capability: str, *, method: str | None = None) -> None:
     """Raise CapabilityError unless ``backend`` declares ``capability``."""
-    caps = getattr(backend, "capabilities", set())
+    caps = set(getattr(backend, "capabilities", set()))
     if capability not in caps:
         who = f"The method '{method}'" if method else "This method"
-        users = CAPABILITY_USERS.get(capability, "")
+        offers = ", ".join(sorted(caps)) or "nothing"
         raise CapabilityError(
             f"{who} needs the backend capability '{capability}', which "
-            f"{type(backend).__name__} does not offer (it offers: {', '.join(sorted(caps))})."
-            + (f" Methods that need '{capability}': {users}." if users else "")
+            f"{type(backend).__name__} does not offer (it offers: {offers})."
         )
+
+
+def require_needs(
+    needs: str, model: object, closed: object | None = None, *, method: str | None = None
+) -> None:
+    """Check ``model`` (the local model) and ``closed`` (the served model whose output is
+    explained, if any) against what a method with ``needs`` uses; CapabilityError otherwise."""
+    if needs not in NEEDS_CAPABILITIES:
+        raise ValueError(f"Unknown need {needs!r}; expected one of {tuple(NEEDS_CAPABILITIES)}.")
+    local, served = NEEDS_CAPABILITIES[needs]
+    for cap in local:
+        require(model, cap, method=method)
+    if served:
+        if closed is None:
+            who = f"The method '{method}'" if method else "This method"
+            raise CapabilityError(
+                f"{who} explains a closed model: give --target-url and --target-model "
+                f"(target_backend=OpenAIBackend(...))."
+            )
+        for cap in served:
+            require(closed, cap, method=method)

@@ -409,12 +409,6 @@ class OpenAIBackend:
             for k, v in deltas.items():
                 self.counters[k] = self.counters.get(k, 0) + v
 
-    def reset_counters(self) -> None:
-        """Set every counter back to zero."""
-        with self._lock:
-            for k in self.counters:
-                self.counters[k] = 0.0 if k == "cost_usd" else 0
-
     def close(self) -> None:
         """Close HTTP connections (the cache stays usable)."""
         self._client.close()

@@ -1,10 +1,34 @@
-"""Terminal rendering with rich: the prompt coloured by score, the output, top-k, cost."""
+"""Terminal rendering with rich: the prompt coloured by score, the output, top-k, cost.
+
+Model and user text is always shown literally: it goes into ``rich.text.Text`` objects
+(never parsed as markup, so ``[INST]`` and ``arr[i]`` appear as written), and control
+characters (ANSI escapes included) are shown as visible ``\\xNN`` escapes by :func:`literal`.
+"""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import numpy as np
+
+# C0 controls except tab/newline, DEL, C1 controls (ESC starts ANSI sequences) and the
+# bidirectional overrides/isolates (which reorder what follows them on screen)
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+_CONTROL_NL = re.compile(r"[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def literal(text: object, *, keep_newlines: bool = True) -> str:
+    """``text`` with control characters made visible (``\\x1b``), safe for a terminal;
+    newlines and tabs are kept unless ``keep_newlines`` is False (then shown as ``\\n``)."""
+    s = str(text)
+    pattern = _CONTROL if keep_newlines else _CONTROL_NL
+    return pattern.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), s)
+
+
+def one_line(text: object) -> str:
+    """A message as one terminal-safe line (line breaks become spaces)."""
+    return " ".join(literal(text).split())
 
 
 def _style(score: float, scale: float) -> str:
@@ -12,12 +36,28 @@ def _style(score: float, scale: float) -> str:
     if scale <= 0 or not np.isfinite(score):
         return ""
     a = min(1.0, abs(score) / scale)
-    level = int(round(a * 4))
+    level = round(a * 4)
     if level == 0:
         return ""
     greens = ["", "on #1f3d1f", "on #2e5e2e", "on #3f8f3f", "on #4fbf4f"]
     reds = ["", "on #4a1f1f", "on #6e2b2b", "on #a33a3a", "on #d94a4a"]
     return (greens if score > 0 else reds)[level]
+
+
+def _scored_by(params: Any) -> str:
+    """'target nll (mean) · masker delete' from a result's params ('' when not recorded)."""
+    if not isinstance(params, dict):
+        return ""
+    parts = []
+    tgt = params.get("target")
+    if isinstance(tgt, dict) and tgt.get("target"):
+        red = f" ({tgt['reduction']})" if tgt.get("reduction") else ""
+        parts.append(f"target {tgt['target']}{red}")
+    elif isinstance(tgt, str):
+        parts.append(f"target {tgt}")
+    if params.get("masker"):
+        parts.append(f"masker {params['masker']}")
+    return literal(" · ".join(parts), keep_newlines=False)
 
 
 def render(attr: Any, *, top: int = 10, console: Any = None) -> None:
@@ -43,28 +83,33 @@ def render(attr: Any, *, top: int = 10, console: Any = None) -> None:
         cursor = first
         for a, b, i in marks:
             if a > cursor:
-                line.append(text[cursor:a], style="dim")
-            line.append(text[a:b], style=_style(scores[i], scale))
-            cursor = b
+                line.append(literal(text[cursor:a]), style="dim")
+            line.append(literal(text[max(a, cursor):b]), style=_style(scores[i], scale))
+            cursor = max(cursor, b)
         if cursor < last:
-            line.append(text[cursor:last], style="dim")
+            line.append(literal(text[cursor:last]), style="dim")
     else:
         for lab, s in zip(attr.labels, scores):
-            line.append(lab, style=_style(s, scale))
+            line.append(literal(lab), style=_style(s, scale))
             line.append(" ")
-    console.print(Text(f"attrlens · {attr.method}", style="bold"))
+    console.print(Text(f"attrlens · {literal(attr.method, keep_newlines=False)}", style="bold"))
     console.print(Text("input  ", style="bold cyan") + line)
-    console.print(Text("output ", style="bold cyan") + Text(attr.output_text))
-    table = Table(title=f"top {min(top, attr.n_features)} features", show_lines=False)
+    console.print(Text("output ", style="bold cyan") + Text(literal(attr.output_text)))
+    scored = _scored_by(attr.params)
+    if scored:
+        console.print(Text("scored ", style="bold cyan") + Text(scored))
+    table = Table(title=Text(f"top {min(top, attr.n_features)} features"), show_lines=False)
     table.add_column("#", justify="right")
     table.add_column("feature")
     table.add_column("score", justify="right")
     for i, lab, s in attr.top_k(top):
-        table.add_row(str(i), lab if len(lab) <= 60 else lab[:57] + "...", f"{s:+.4f}")
+        lab = literal(lab, keep_newlines=False)
+        table.add_row(Text(str(i)), Text(lab if len(lab) <= 60 else lab[:57] + "..."),
+                      Text(f"{s:+.4f}"))
     console.print(table)
     inter = attr.interactions
     if inter and inter.get("terms"):
-        t2 = Table(title=f"strongest interactions ({inter.get('index')})")
+        t2 = Table(title=Text(f"strongest interactions ({literal(inter.get('index'))})"))
         t2.add_column("features")
         t2.add_column("value", justify="right")
         terms = sorted(
@@ -72,7 +117,8 @@ def render(attr: Any, *, top: int = 10, console: Any = None) -> None:
             key=lambda t: -abs(t["value"]),
         )[:top]
         for t in terms:
-            t2.add_row(" × ".join(attr.labels[j] for j in t["features"]), f"{t['value']:+.4f}")
+            names = " × ".join(literal(attr.labels[j], keep_newlines=False) for j in t["features"])
+            t2.add_row(Text(names), Text(f"{t['value']:+.4f}"))
         if terms:
             console.print(t2)
     c = attr.cost

@@ -33,10 +33,6 @@ class Prompt:
     chat: bool = False
     meta: dict[str, Any] = field(default_factory=dict)
 
-    @property
-    def explainable_text(self) -> str:
-        return "".join(self.text[s:e] for s, e in self.regions)
-
 
 def validate_messages(messages: Any) -> tuple[Message, ...]:
     """Check the chat-message list shape; return it as a tuple of plain dicts."""

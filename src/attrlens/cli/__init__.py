@@ -1,0 +1,114 @@
+"""Command-line front end: one module per command (explain, methods, show, serve), and
+``main``. Thin: every option maps to one argument of the library call; a method's options
+are generated from its declared parameters.
+
+Errors print one line (``attrlens: error: ...``) and exit 2 (input/parameter) or 3
+(backend); terminal text from models and users is always shown literally.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from ..errors import AttrlensError, unknown_name_message
+from . import explain, methods, serve, show
+from .common import Parser, long_options, method_params, prescan_method
+
+__all__ = ["build_parser", "main", "method_params"]
+
+
+def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
+    """The parser; ``argv`` selects the method whose options ``explain`` offers."""
+    from .. import __version__
+
+    p = Parser(prog="attrlens", description="Explain the outputs of large language models.")
+    p.add_argument("--version", action="version", version=f"attrlens {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=Parser)
+    # a method's options are generated only when explain runs (other commands import no
+    # explainer module)
+    explain.add_parser(sub, prescan_method(argv, explain.DEFAULT_METHOD)
+                       if argv[:1] == ["explain"] else None)
+    methods.add_parser(sub)
+    show.add_parser(sub)
+    serve.add_parser(sub)
+    _extend_parser(sub)
+    return p
+
+
+def _extend_parser(sub: Any) -> None:
+    """Sub-commands contributed by method families (gilot's compare and aqw)."""
+    import importlib
+
+    try:
+        gilot = importlib.import_module(f"{__package__.rsplit('.', 1)[0]}.explainers.gilot")
+    except ImportError:
+        return
+    add = getattr(gilot, "add_cli", None)
+    if add is not None:
+        add(sub)
+
+
+# kept for commands contributed by method modules (gilot's add_cli)
+_method_params = method_params
+
+
+def _unknown_options(parser: argparse.ArgumentParser, argv: Sequence[str],
+                     extra: list[str]) -> str:
+    """One line for unrecognised arguments, listing the valid options."""
+    sub = None
+    if argv and argv[0] in parser._subparsers._group_actions[0].choices:  # type: ignore[union-attr]
+        sub = parser._subparsers._group_actions[0].choices[argv[0]]  # type: ignore[union-attr]
+    target = sub or parser
+    valid = long_options(target)
+    bad = next((a.split("=", 1)[0] for a in extra if a.startswith("-")), extra[0])
+    if bad.startswith("--"):
+        msg = unknown_name_message("option", bad, valid)
+    else:
+        msg = f"Unexpected argument {bad!r}. Valid options: {', '.join(valid)}."
+    if sub is not None and argv[0] == "explain":
+        from ..registry import REGISTRY
+
+        method = prescan_method(argv, explain.DEFAULT_METHOD)
+        owners = sorted(n for n, c in REGISTRY.items()
+                        if any(p.option == bad for p in c.parameters if p.cli))
+        if owners:
+            msg = (f"The method '{method}' has no option {bad}; it is a parameter of "
+                   f"{', '.join(owners)}.")
+        msg += (f" Options of method '{method}' are listed by 'attrlens explain --method "
+                f"{method} --help'.")
+    return msg
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from ..report.terminal import one_line
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        parser = build_parser(argv)
+        args, extra = parser.parse_known_args(argv)
+        if extra:
+            print(f"attrlens: error: {one_line(_unknown_options(parser, argv, extra))}",
+                  file=sys.stderr)
+            return 2
+        return int(args.func(args) or 0)
+    except AttrlensError as exc:
+        print(f"attrlens: error: {one_line(str(exc))}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("attrlens: interrupted", file=sys.stderr)
+        return 130
+    except SystemExit as exc:  # argparse: --help, --version, usage errors
+        return int(exc.code or 0) if isinstance(exc.code, int) else 2
+    except Exception as exc:
+        if os.environ.get("ATTRLENS_DEBUG"):
+            raise
+        print(
+            f"attrlens: internal error: {type(exc).__name__}: {one_line(str(exc))} "
+            f"(set ATTRLENS_DEBUG=1 for the traceback)",
+            file=sys.stderr,
+        )
+        return 1

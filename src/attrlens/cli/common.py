@@ -1,0 +1,242 @@
+"""Shared pieces of the commands: one-line errors, safe terminal text, progress, the prompt
+reader, the closed-model backend, method options generated from the declarations."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from ..errors import InputError, ParameterError, unknown_name_message
+
+if TYPE_CHECKING:
+    from ..explainers.base import Explainer
+    from ..params import Param
+    from ..result import Attribution
+
+#: what ``Explainer.needs`` means, in words (``attrlens methods NAME``)
+NEEDS_WORDS = {
+    "game": "a game: any value function masks -> values (on a prompt: a local model's "
+            "teacher-forced scores; with --closed-answers: a closed model's log-probs)",
+    "local_model": "a local model (its generations, beams or internals)",
+    "closed_model": "a closed (served) model: --target-url and --target-model, plus a local "
+                    "model as surrogate",
+}
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (``attrlens: error: ...``, exit 2)."""
+
+    def error(self, message: str) -> Any:  # type: ignore[override]
+        from ..report.terminal import one_line
+
+        print(f"attrlens: error: {one_line(message)} (see '{self.prog} --help')", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def long_options(parser: argparse.ArgumentParser) -> list[str]:
+    """The parser's ``--long`` option strings, sorted."""
+    return sorted(o for o in parser._option_string_actions if o.startswith("--"))
+
+
+# ---- method options generated from the declarations ------------------------------------------
+def method_options(cls: type[Explainer]) -> list[Param]:
+    """The declared parameters offered as CLI options (``budget`` is a fixed option)."""
+    return [p for p in cls.parameters if p.cli]
+
+
+def add_method_options(parser: argparse.ArgumentParser, cls: type[Explainer]) -> None:
+    """One option per declared parameter of ``cls`` (``--name``; the value is parsed by the
+    declaration, so a wrong value is refused with the declaration's message)."""
+    params = method_options(cls)
+    taken = set(parser._option_string_actions)
+    g = parser.add_argument_group(
+        f"parameters of method '{cls.name}' (see 'attrlens methods {cls.name}'; other methods "
+        f"take others: attrlens explain --method NAME --help)"
+    )
+    for p in params:
+        if p.option in taken:
+            raise TypeError(f"{cls.__name__} declares '{p.name}', which clashes with the CLI "
+                            f"option {p.option}; rename the parameter.")
+        text = f"{p.help} ({p.describe()}; default {p.default!r})".replace("%", "%%")
+        g.add_argument(p.option, dest=f"method_param__{p.name}", default=None,
+                       metavar=p.type.__name__.upper() if p.choices is None else "{"
+                       + ",".join(str(c) for c in p.choices) + "}", help=text)
+
+
+def method_params(args: argparse.Namespace) -> dict[str, Any]:
+    """The method parameters given as generated options, parsed by their declarations."""
+    cls = getattr(args, "method_class", None)
+    out: dict[str, Any] = {}
+    if cls is None:
+        return out
+    for p in method_options(cls):
+        text = getattr(args, f"method_param__{p.name}", None)
+        if text is not None:
+            out[p.name] = p.parse_cli(text)
+    return out
+
+
+def prescan_method(argv: Sequence[str], default: str) -> str:
+    """The ``--method`` value in ``argv`` (before the parser exists), else ``default``."""
+    value = default
+    for i, a in enumerate(argv):
+        if a == "--method" and i + 1 < len(argv):
+            value = argv[i + 1]
+        elif a.startswith("--method="):
+            value = a.split("=", 1)[1]
+    return value
+
+
+def make_checked_explainer(method: str, budget: int | None,
+                           params: dict[str, Any]) -> Explainer:
+    """The explainer with every declared parameter checked (types, ranges, choices) before
+    anything expensive runs; cross-parameter checks that need the feature count run later."""
+    from ..api import make_explainer
+    from ..params import validate
+
+    explainer = make_explainer(method, {"budget": budget, **params})
+    validate(explainer.owner(), explainer.params, explainer.all_parameters())
+    return explainer
+
+
+# ---- inputs --------------------------------------------------------------------------------
+def read_prompt(args: argparse.Namespace) -> str | list[dict[str, str]]:
+    """The prompt from the argument, stdin ('-') or a --messages JSON file (UTF-8)."""
+    if args.messages:
+        try:
+            with open(args.messages, encoding="utf-8") as f:
+                return json.load(f)
+        except UnicodeDecodeError as exc:
+            raise InputError(
+                f"The --messages file {args.messages} is not UTF-8 text (byte {exc.start}); "
+                f"save it as UTF-8."
+            ) from exc
+        except (OSError, json.JSONDecodeError) as exc:
+            raise InputError(f"Could not read chat messages from {args.messages}: {exc}") from exc
+    if args.prompt is None:
+        raise InputError("Give a PROMPT, '-' to read it from stdin, or --messages FILE.")
+    if args.prompt == "-":
+        data = sys.stdin.buffer.read() if hasattr(sys.stdin, "buffer") else sys.stdin.read()
+        if isinstance(data, str):
+            return data
+        try:
+            return data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise InputError(
+                f"The prompt on stdin is not UTF-8 text (invalid byte at offset {exc.start}); "
+                f"send UTF-8."
+            ) from exc
+    return args.prompt
+
+
+def parse_spans(text: str | None) -> list[tuple[int, int]] | None:
+    """'a:b,c:d' -> [(a, b), (c, d)] (clear error otherwise)."""
+    if not text:
+        return None
+    out = []
+    for part in text.split(","):
+        bits = part.split(":")
+        try:
+            a, b = (int(x) for x in bits)
+        except ValueError:
+            raise InputError(
+                f"--spans takes char spans START:END separated by commas, e.g. '0:5,6:11'; "
+                f"got {part!r}."
+            ) from None
+        out.append((a, b))
+    return out
+
+
+def check_output_path(path: str | None, option: str) -> None:
+    """Refuse an output file whose directory does not exist (before any work is done)."""
+    if not path:
+        return
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        raise InputError(f"{option} {path}: the directory {parent} does not exist; create it "
+                         f"first or choose another path.")
+    if os.path.isdir(path):
+        raise InputError(f"{option} {path} is a directory; give a file name.")
+
+
+def check_choice(kind: str, value: str | None, valid: Sequence[str]) -> None:
+    if value is not None and value not in valid:
+        raise ParameterError(unknown_name_message(kind, value, valid))
+
+
+def target_backend(args: argparse.Namespace) -> Any:
+    """The closed-model backend of --target-url/--target-model (checked), or None."""
+    if not getattr(args, "target_url", None):
+        if getattr(args, "target_model", None):
+            raise InputError("--target-model needs --target-url.")
+        return None
+    from ..models.openai import OpenAIBackend
+
+    backend = OpenAIBackend(
+        args.target_url,
+        args.target_model or "default",
+        api_key_env=args.api_key_env,
+        cache=not args.no_cache,
+    )
+    backend.check()
+    return backend
+
+
+# ---- outputs -------------------------------------------------------------------------------
+class Progress:
+    """A rich progress bar shown from the first report on (transient, on stderr)."""
+
+    def __init__(self, enabled: bool, label: str):
+        self.enabled = enabled
+        self.label = label
+        self._bar: Any = None
+        self._task: Any = None
+        self._offset = 0
+        self._last_total: int | None = None
+
+    def __call__(self, done: int, total: int) -> None:
+        if not self.enabled:
+            return
+        if self._bar is None:
+            from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
+            from rich.progress import Progress as Bar
+
+            self._bar = Bar(
+                TextColumn("{task.description}", markup=False), BarColumn(),
+                MofNCompleteColumn(), TimeElapsedColumn(), console=Console(stderr=True),
+                transient=True,
+            )
+            self._bar.start()
+            self._task = self._bar.add_task(self.label, total=total)
+        if total != self._last_total and self._last_total is not None and done <= total:
+            # a new round of evaluations: extend the bar
+            self._offset = self._bar.tasks[0].completed
+            self._bar.update(self._task, total=self._offset + total)
+        self._last_total = total
+        self._bar.update(self._task, completed=self._offset + done)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+
+
+def emit(attr: Attribution, args: argparse.Namespace) -> int:
+    """Write the JSON first (a display failure then loses nothing), then HTML, then show."""
+    if args.json:
+        attr.save(args.json)
+    if getattr(args, "html", None):
+        attr.to_html(args.html)
+    if not args.quiet:
+        from rich.console import Console
+        from rich.text import Text
+
+        console = Console()
+        attr.show(top=args.top, console=console)
+        if args.json:
+            console.print(Text(f"result written to {args.json}", style="dim"))
+    return 0

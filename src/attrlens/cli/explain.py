@@ -1,0 +1,166 @@
+"""``attrlens explain``: explain a model's output for a prompt.
+
+The method's options are generated from its declared parameters (``--method NAME`` selects
+which; ``attrlens explain --method NAME --help`` lists them). Everything cheap (method,
+parameters, granularity, masker, target, spans, files, prompt) is checked before the model
+loads.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from ..errors import InputError, ParameterError
+from .common import (
+    Progress,
+    add_method_options,
+    check_choice,
+    check_output_path,
+    emit,
+    make_checked_explainer,
+    method_params,
+    parse_spans,
+    read_prompt,
+    target_backend,
+)
+
+DEFAULT_METHOD = "loo"
+
+
+def add_parser(sub: Any, method: str | None) -> argparse.ArgumentParser:
+    """The ``explain`` sub-command, with the options of ``method`` (None or an unknown name
+    gets none; an unknown name is reported when the command runs)."""
+    from ..registry import REGISTRY, get_explainer
+
+    e = sub.add_parser("explain", help="explain a model's output for a prompt")
+    e.add_argument("prompt", nargs="?", help="prompt text, or '-' to read stdin (UTF-8)")
+    e.add_argument("--messages", help="JSON file with chat messages [{role, content}]")
+    e.add_argument("--method", default=DEFAULT_METHOD,
+                   help="attribution method (see 'attrlens methods'; default: loo)")
+    e.add_argument("--granularity", default="word",
+                   help="token | word | sentence | message | span")
+    e.add_argument("--spans", help="char spans for --granularity span: 'a:b,c:d'")
+    e.add_argument("--model", help="local model directory or .gguf file (default: embedded)")
+    e.add_argument("--dtype", default="float32", help="float32 | bfloat16 | float16")
+    e.add_argument("--output-text", help="explain this output instead of the model's own answer")
+    e.add_argument("--contrast-text", help="alternative output for --target contrastive")
+    e.add_argument("--target", help="nll | logprob | kl | js | tv | contrastive "
+                   "(default: the method's)")
+    e.add_argument("--masker", help="delete | replace | replace_tokens | attention_off "
+                   "(default: the method's)")
+    e.add_argument("--budget", help="maximum number of value-function evaluations "
+                   "(default: the method's; 'none' = the method's)")
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--max-new-tokens", type=int, default=32)
+    e.add_argument("--raw", action="store_true", help="do not apply the chat template")
+    e.add_argument("--json", help="write the result JSON here (written before any display)")
+    e.add_argument("--html", help="write an HTML report here")
+    e.add_argument("--top", type=int, default=10, help="rows of the top-k table")
+    e.add_argument("--quiet", action="store_true", help="no terminal output or progress")
+    c = e.add_argument_group("closed model (OpenAI-compatible endpoint)")
+    c.add_argument("--target-url", help="base URL of the endpoint, e.g. http://127.0.0.1:8080/v1")
+    c.add_argument("--target-model", help="model name at the endpoint")
+    c.add_argument("--api-key-env", default="OPENAI_API_KEY",
+                   help="environment variable holding the API key")
+    c.add_argument("--no-cache", action="store_true", help="do not use the persistent call cache")
+    c.add_argument("--closed-answers", help="explain the closed model's own log p(A) - log p(B) "
+                   "of a one-token answer, 'A,B' (game-based methods, e.g. spex; no surrogate)")
+    cls = None
+    if method is not None:
+        try:
+            cls = get_explainer(method)
+        except ParameterError:
+            cls = REGISTRY.get(method)
+    if cls is not None:
+        add_method_options(e, cls)
+    e.set_defaults(func=run, method_class=cls)
+    return e
+
+
+def _budget(text: str | None) -> int | None:
+    from ..explainers.base import BUDGET
+
+    return None if text is None else BUDGET.parse_cli(text)
+
+
+def run(args: argparse.Namespace) -> int:
+    from .. import api
+    from ..models.base import require_needs
+    from ..scoring.targets import TARGETS
+    from ..text.mask import MASKERS
+    from ..text.segment import GRANULARITIES
+
+    # ---- cheap checks first: method, parameters, names, spans, files, prompt ------------
+    explainer = make_checked_explainer(args.method, _budget(args.budget), method_params(args))
+    check_choice("granularity", args.granularity, GRANULARITIES)
+    check_choice("masker", args.masker, MASKERS)
+    check_choice("target", args.target, TARGETS)
+    spans = parse_spans(args.spans)
+    check_output_path(args.json, "--json")
+    check_output_path(args.html, "--html")
+    prompt = read_prompt(args)
+    if explainer.needs == "closed_model" and not args.target_url:
+        raise ParameterError(
+            f"The method '{explainer.name}' explains a closed model: give --target-url and "
+            f"--target-model."
+        )
+    if args.closed_answers:
+        return _closed_values(args, prompt, explainer)
+    backend = target_backend(args)  # the endpoint is checked before the model loads
+
+    progress = Progress(not args.quiet, f"explaining ({explainer.name})")
+    try:
+        model = api.load_model(args.model, dtype=args.dtype)
+        require_needs(explainer.needs, model, backend, method=explainer.name)
+        attr = api.explain(
+            prompt,
+            model=model,
+            method=explainer,
+            granularity=args.granularity,
+            output=args.output_text,
+            target=args.target,
+            seed=args.seed,
+            masker=args.masker,
+            spans=spans,
+            chat=False if args.raw else None,
+            max_new_tokens=args.max_new_tokens,
+            contrast=args.contrast_text,
+            target_backend=backend,
+            progress=progress,
+        )
+    finally:
+        progress.close()
+    return emit(attr, args)
+
+
+def _closed_values(args: argparse.Namespace, prompt: Any, explainer: Any) -> int:
+    """Game-based methods on a closed model's own value: log p(A) - log p(B) of the first
+    answer token (no surrogate); --closed-answers A,B."""
+    from .. import api
+    from ..evaluation.closed_values import closed_game
+
+    answers = [a.strip() for a in args.closed_answers.split(",")]
+    if len(answers) != 2 or not all(answers):
+        raise InputError(f"--closed-answers takes two answers 'A,B'; got {args.closed_answers!r}.")
+    if explainer.needs != "game":
+        raise ParameterError(
+            f"--closed-answers runs game-based methods; '{explainer.name}' needs "
+            f"{explainer.needs.replace('_', ' ')}."
+        )
+    backend = target_backend(args)
+    if backend is None:
+        raise InputError("--closed-answers needs --target-url (and --target-model).")
+    progress = Progress(not args.quiet, f"explaining ({explainer.name}, closed model)")
+    try:
+        game = closed_game(backend, prompt, granularity=args.granularity, answers=answers,
+                           progress=progress)
+        attr = api.explain_game(game, game.n_features, method=explainer, seed=args.seed,
+                                labels=game.labels)
+    finally:
+        progress.close()
+    attr.output_text = f"log p({answers[0]}) - log p({answers[1]})"
+    attr.cost["api_calls"] = int(backend.counters.get("api_calls", 0))
+    attr.params.update(target_model=backend.model, target_url=backend.base_url,
+                       closed_answers=answers, granularity=args.granularity)
+    return emit(attr, args)
