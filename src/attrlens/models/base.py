@@ -33,10 +33,13 @@ NEEDS_CAPABILITIES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
 
 @dataclass(frozen=True)
 class ModelInfo:
-    """Provenance of a model: a readable id and the sha256 of its weights file."""
+    """Provenance of a model: a readable id, the sha256 of its weights file, and where it
+    runs (device, e.g. ``cpu`` / ``cuda:0`` / ``cuda:0,cuda:1``, and dtype, e.g. ``float32``)."""
 
     id: str
     sha256: str | None
+    device: str | None = None
+    dtype: str | None = None
 
 
 def require(backend: object, capability: str, *, method: str | None = None) -> None:
