@@ -7,14 +7,10 @@ import pytest
 
 import attrlens
 from attrlens.errors import BackendError, ParameterError, ServerGoneError
-from attrlens.explainers.base import get_explainer
-from attrlens.explainers.gsmile import (
-    GSmileExplainer,
-    PerturbedPrompts,
-    gsmile_kernel,
-    minmax_similarity,
-    prefix_order,
-)
+from attrlens.explainers.gsmile import GSmileExplainer, minmax_similarity
+from attrlens.games.closed import PerturbedPrompts, RegenerationGame, prefix_order
+from attrlens.registry import get_explainer
+from attrlens.solvers.kernels import exponential_kernel
 from attrlens.models.cache import CallCache
 from attrlens.models.embeddings import (
     MiniLMWordEmbeddings,
@@ -69,10 +65,10 @@ class KeywordModel:
 def test_minmax_similarity_and_kernel():
     np.testing.assert_allclose(minmax_similarity(np.array([0.2, 0.4, 0.6])), [1.0, 0.5, 0.0], atol=1e-12)
     np.testing.assert_allclose(minmax_similarity(np.array([0.3, 0.3])), [1.0, 1.0], atol=0)
-    w = gsmile_kernel(np.array([0.0, 0.25]), 0.25)
+    w = exponential_kernel(np.array([0.0, 0.25]), 0.25, rescale=True)
     np.testing.assert_allclose(w, [1.0, np.sqrt(np.exp(-1.0))], atol=1e-12)
     # far samples keep their relative weights instead of underflowing to zero
-    far = gsmile_kernel(np.array([30.0, 30.1]), 0.25)
+    far = exponential_kernel(np.array([30.0, 30.1]), 0.25, rescale=True)
     assert far.max() == 1.0 and 0 < far.min() < 1
 
 
@@ -165,7 +161,8 @@ def test_keyword_model_gets_its_keyword(tiny_model):
     others = np.delete(a.scores, labels.index("France"))
     assert a.scores[labels.index("France")] > 0.5 and np.abs(others).max() < 0.2
     meta = a.extra["metadata"]
-    assert meta["closed_calls_by_explainer"] == 48 and a.cost["api_calls"] == 49
+    # 48 regenerations (the budget) plus the call for the explained output
+    assert a.cost["value_calls"] == 48 and a.cost["api_calls"] == 49
     assert meta["n_samples"] == 48
     # every prompt sent is the explainable text with whole words deleted, order kept
     words = PROMPT.split()
@@ -175,7 +172,7 @@ def test_keyword_model_gets_its_keyword(tiny_model):
         assert all(w in it for w in kept) and len(kept) >= 2
     p = a.params
     for key, val in (("budget", 48), ("p_keep", 0.5), ("min_kept", 2), ("embeddings", "surrogate"),
-                     ("cost_effective", "cosine"), ("kernel_width", 0.25), ("weight_distance", "input"),
+                     ("ground_cost", None), ("ground_cost_effective", "cosine"), ("kernel_width", 0.25), ("weight_distance", "input"),
                      ("solver", "ols"), ("reference_quirks", False), ("sigma", 0.25)):
         assert p[key] == val, key
     b = attrlens.explain(PROMPT, model=tiny_model, method="gsmile", target_backend=KeywordModel(),
@@ -187,8 +184,8 @@ def test_reference_quirks_never_query_the_perturbations(tiny_model):
     be = KeywordModel()
     a = attrlens.explain(PROMPT, model=tiny_model, method="gsmile", target_backend=be, budget=32,
                          reference_quirks=True)
-    assert a.extra["metadata"]["closed_calls_by_explainer"] == 0 and a.cost["api_calls"] == 1
-    assert a.params["cost_effective"] == "euclidean"
+    assert a.cost["value_calls"] == 0 and a.cost["api_calls"] == 1
+    assert a.params["ground_cost_effective"] == "euclidean"
     assert a.params["target_distance"] == "wmd(original output, perturbed prompt)"
     assert np.all(np.isfinite(a.scores))
     c = attrlens.explain(PROMPT, model=tiny_model, method="gsmile", target_backend=KeywordModel(),
@@ -199,13 +196,12 @@ def test_reference_quirks_never_query_the_perturbations(tiny_model):
 def test_needs_a_closed_model(tiny_model):
     with pytest.raises(ParameterError, match="--target-url"):
         attrlens.explain(PROMPT, model=tiny_model, method="gsmile", budget=8)
-    cls = get_explainer("gsmile")
-    assert cls.needs_closed_model and cls.needs_model
+    assert get_explainer("gsmile").needs == "closed_model"
 
 
 @pytest.mark.parametrize(
     "bad",
-    [{"p_keep": 0.0}, {"min_kept": -1}, {"embeddings": "glove"}, {"cost": "manhattan"},
+    [{"p_keep": 0.0}, {"min_kept": -1}, {"embeddings": "glove"}, {"ground_cost": "manhattan"},
      {"weight_distance": "both"}, {"solver": "rf"}, {"kernel_width": 0}],
 )
 def test_bad_parameters_are_rejected(tiny_model, bad):

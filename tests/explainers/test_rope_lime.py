@@ -9,8 +9,9 @@ import pytest
 
 import attrlens
 from attrlens.errors import BackendError, ParameterError, ServerGoneError
-from attrlens.explainers.base import get_explainer
-from attrlens.explainers.rope_lime import RopeLimeExplainer, rope_vectors
+from attrlens.explainers.rope_lime import RopeLimeExplainer
+from attrlens.models.embeddings import rope_vectors
+from attrlens.registry import get_explainer
 from attrlens.models.cache import CallCache
 from attrlens.models.openai import OpenAIBackend
 from attrlens.result import Attribution
@@ -122,18 +123,22 @@ def test_distances_are_rwmd_between_the_original_and_perturbed_rope_documents(ti
 
 def test_sparse_k_masks_remove_exactly_k_and_include_the_full_prompt():
     ex = RopeLimeExplainer(k=3)
+    ex.validate(10)
     m = ex.sample_masks(10, 40, seed=1)  # budget = evaluations, the full prompt included
     assert len(m) == 40 and m[0].all()
     assert np.all((~m[1:]).sum(1) == 3)
     assert len({r.tobytes() for r in m}) == len(m)  # no duplicates
     # B >= C(n, K): every subset, once
-    m = RopeLimeExplainer(k=2).sample_masks(6, 100, seed=1)
+    ex = RopeLimeExplainer(k=2)
+    ex.validate(6)
+    m = ex.sample_masks(6, 100, seed=1)
     assert len(m) == 1 + math.comb(6, 2)
 
 
 def test_fit_recovers_an_additive_game():
     w_true = np.array([1.0, -2.0, 0.5, 0.0, 3.0, -0.75, 0.25, 1.5])
     ex = RopeLimeExplainer(k=3, alpha=1e-9)
+    ex.validate(8)
     masks = ex.sample_masks(8, 200, seed=0)
     y = masks @ w_true + 0.3
     coef, intercept, r2 = ex.fit(masks, y, np.ones(len(y)))
@@ -144,11 +149,14 @@ def test_fit_recovers_an_additive_game():
 
 def test_kernel_is_one_at_zero_distance_and_recorded():
     ex = RopeLimeExplainer(kernel_width=0.25)
-    w, sigma = ex.kernel(np.array([0.0, 0.25, 0.5]))
+    w, sigma = ex.kernel()(np.array([0.0, 0.25, 0.5]))
     np.testing.assert_allclose(w, [1.0, math.exp(-0.5), math.exp(-2.0)], atol=1e-12)
     assert sigma == 0.25
-    w, sigma = RopeLimeExplainer(kernel_width="median").kernel(np.array([0.0, 0.1, 0.2, 0.3, 0.4]))
-    assert sigma == pytest.approx(0.2) and w[0] == 1.0
+    # the one 'median' rule: median of the positive distances (the unperturbed row's 0 is
+    # left out), the same as gSMILE's
+    w, sigma = RopeLimeExplainer(kernel_width="median").kernel()(
+        np.array([0.0, 0.1, 0.2, 0.3, 0.4]))
+    assert sigma == pytest.approx(0.25) and w[0] == 1.0
 
 
 # ---- on the tiny model -----------------------------------------------------------------------
@@ -171,8 +179,9 @@ def test_k1_equals_leave_one_out(tiny_model):
 def test_result_records_every_resolution_and_round_trips(tiny_model, tmp_path):
     a = explain(tiny_model, k=2, budget=20, seed=4, return_samples=True)
     p = a.params
-    for key, val in (("k", 2), ("sampling", "exact"), ("space", "embed_rope"), ("cost", "cosine"),
+    for key, val in (("k", 2), ("sampling", "exact"), ("space", "embed_rope"), ("ground_cost", "cosine"),
                      ("kernel_width", 0.25), ("alpha", 1.0), ("solver", "ridge"),
+                     ("kernel", "sqrt(exp(-d^2/width^2))"),
                      ("rwmd_filter_quantile", None), ("k_effective", 2), ("sigma", 0.25),
                      ("masker", "delete")):
         assert p[key] == val, key
@@ -228,7 +237,7 @@ def test_k_is_clipped_to_n_minus_one(tiny_model):
 @pytest.mark.parametrize(
     "bad",
     [{"k": 0}, {"space": "rope"}, {"sampling": "greedy"}, {"kernel_width": -1.0},
-     {"solver": "lasso"}, {"rwmd_filter_quantile": 1.5}, {"cost": "l1"}, {"budget": 1}],
+     {"solver": "lasso"}, {"rwmd_filter_quantile": 1.5}, {"ground_cost": "l1"}, {"budget": 1}],
 )
 def test_bad_parameters_are_rejected(tiny_model, bad):
     with pytest.raises(ParameterError, match=next(iter(bad))):
@@ -237,7 +246,7 @@ def test_bad_parameters_are_rejected(tiny_model, bad):
 
 def test_registered_with_the_right_needs():
     cls = get_explainer("rope_lime")
-    assert cls.needs_model and not cls.needs_closed_model and cls.default_masker == "delete"
+    assert cls.needs == "local_model" and cls.default_masker == "delete"
 
 
 # ---- against a closed model (OpenAI-compatible servers) --------------------------------------

@@ -9,7 +9,6 @@ pot = pytest.importorskip("ot")
 
 from attrlens.errors import InputError, ParameterError
 from attrlens.solvers.rwmd import (
-    kernel_weights,
     pairwise_cost,
     rwmd,
     rwmd_many,
@@ -139,28 +138,3 @@ def test_rwmd_many_errors(rng):
         rwmd(np.zeros((0, 3)), doc0)
     with pytest.raises(InputError, match="weights_a"):
         rwmd(doc0, doc0, weights_a=-np.ones(5))
-
-
-def test_kernel_weights():
-    d = np.array([0.0, 0.1, 0.25, 0.5, 1.0])
-    w = kernel_weights(d)
-    assert w[0] == 1.0
-    np.testing.assert_allclose(w, np.exp(-(d**2) / (2 * 0.25**2)), rtol=1e-12)
-    assert np.all(np.diff(w) < 0)
-    w2, sigma = kernel_weights(d, sigma=0.5, return_sigma=True)
-    assert sigma == 0.5
-    assert w2[3] == pytest.approx(np.exp(-0.5), rel=1e-12)
-    # median width
-    wm, sm = kernel_weights(d, sigma="median", return_sigma=True)
-    assert sm == pytest.approx(0.25)
-    np.testing.assert_allclose(wm, w, rtol=1e-12)
-    # median 0 (most samples unperturbed) falls back to the median positive distance
-    _, s0 = kernel_weights([0.0, 0.0, 0.0, 0.2, 0.4], sigma="median", return_sigma=True)
-    assert s0 == pytest.approx(0.3)
-    np.testing.assert_allclose(kernel_weights(np.zeros(3), sigma="median"), 1.0)
-    with pytest.raises(InputError):
-        kernel_weights([-0.1, 0.2])
-    with pytest.raises(ParameterError):
-        kernel_weights(d, sigma="mean")
-    with pytest.raises(ParameterError):
-        kernel_weights(d, sigma=0.0)

@@ -7,8 +7,13 @@ import math
 import numpy as np
 import pytest
 
-from attrlens.errors import ParameterError
-from attrlens.solvers.sampling import bernoulli_masks, sparse_k_masks
+from attrlens.errors import InputError, ParameterError
+from attrlens.solvers.sampling import (
+    bernoulli_masks,
+    distinct_prefix,
+    lime_masks,
+    sparse_k_masks,
+)
 
 hypothesis = pytest.importorskip("hypothesis")
 from hypothesis import given, settings
@@ -135,34 +140,76 @@ def test_sparse_k_parameter_errors():
 
 
 def test_bernoulli_masks_invariants():
-    masks = bernoulli_masks(12, 64, seed=1, min_kept=2)
+    masks, info = bernoulli_masks(12, 64, seed=1, min_kept=2)
     assert masks.shape == (64, 12) and masks.dtype == bool
     assert masks.sum(1).min() >= 2
-    assert _n_unique(masks) == 64
-    np.testing.assert_array_equal(masks, bernoulli_masks(12, 64, seed=1, min_kept=2))
+    assert _n_unique(masks) == 64 and info["short_of_budget"] == 0
+    np.testing.assert_array_equal(masks, bernoulli_masks(12, 64, seed=1, min_kept=2)[0])
     # keep probability
-    many = bernoulli_masks(50, 400, p_keep=0.3, seed=2)
+    many, _ = bernoulli_masks(50, 400, p_keep=0.3, seed=2)
     assert many.mean() == pytest.approx(0.3, abs=0.02)
 
 
 def test_bernoulli_small_population_is_drawn_without_repeats():
-    # n = 4, no empty mask: 15 distinct masks exist, all of them must come out
-    masks = bernoulli_masks(4, 15, seed=0)
+    # n = 4, no empty mask: 15 distinct masks exist, all of them come out, and a larger
+    # budget is reported short instead of looping
+    masks, info = bernoulli_masks(4, 15, seed=0)
     assert _n_unique(masks) == 15 and masks.any(axis=1).all()
-    with pytest.raises(ParameterError, match="at most 15"):
-        bernoulli_masks(4, 16, seed=0)
-    # with repeats allowed the budget is free
-    rep = bernoulli_masks(2, 40, seed=0, unique=False)
-    assert rep.shape == (40, 2) and _n_unique(rep) <= 3
-    assert rep.any(axis=1).all()
-    empty_ok = bernoulli_masks(2, 40, seed=0, unique=False, exclude_empty=False)
-    assert (~empty_ok.any(axis=1)).any()
+    masks, info = bernoulli_masks(4, 16, seed=0)
+    assert len(masks) == 15 and info["short_of_budget"] == 1
+    # {110, 101, 011, 111} are the only masks of 3 features with 2 kept
+    masks, info = bernoulli_masks(3, 64, seed=0, min_kept=2)
+    assert len(masks) == 4 and info["short_of_budget"] == 60
+
+
+def test_bernoulli_sizes_and_top_up():
+    # min_kept counts sizes (words per feature): one 3-word feature is enough
+    sizes = np.array([3, 1, 1, 1, 1, 1])
+    masks, _ = bernoulli_masks(6, 30, seed=0, min_kept=3, sizes=sizes)
+    assert np.all(masks.astype(int) @ sizes >= 3)
+    assert np.any(masks[:, 0] & (masks.sum(1) == 1))
+    # the reference's top-up: too small masks get random extra features instead of a redraw
+    masks, info = bernoulli_masks(8, 60, seed=0, min_kept=2, top_up=True)
+    assert np.all(masks.sum(1) >= 2) and info["topped_up"] > 0
 
 
 def test_bernoulli_parameter_errors():
     with pytest.raises(ParameterError, match="'p_keep'"):
         bernoulli_masks(5, 4, p_keep=1.5)
-    with pytest.raises(ParameterError, match="'min_kept'"):
-        bernoulli_masks(5, 4, min_kept=6)
-    with pytest.raises(ParameterError, match="No mask"):
+    with pytest.raises(ParameterError, match="'p_keep'"):
         bernoulli_masks(5, 4, p_keep=0.0)
+    with pytest.raises(InputError, match="sizes"):
+        bernoulli_masks(5, 4, sizes=np.ones(4))
+
+
+def test_lime_text_masks_follow_the_reference():
+    n, m = 7, 3000
+    masks = lime_masks(n, m, seed=3)
+    assert masks.shape == (m, n) and masks[0].all()
+    removed = (~masks[1:]).sum(1)
+    # d uniform in 1..n (all features removed is allowed), rows drawn with replacement
+    assert removed.min() == 1 and removed.max() == n
+    counts = np.bincount(removed, minlength=n + 1)[1:]
+    assert np.all(np.abs(counts / (m - 1) - 1 / n) < 0.03)
+    assert _n_unique(masks) < m  # repeats happen (2^7 = 128 masks)
+    # the reference's draws: RandomState(seed).randint(1, n + 1, m - 1), then one
+    # choice(n, d, replace=False) per row
+    rs = np.random.RandomState(3)
+    ds = rs.randint(1, n + 1, m - 1)
+    for r, d in enumerate(ds[:50], start=1):
+        off = rs.choice(n, d, replace=False)
+        assert set(np.flatnonzero(~masks[r])) == set(off.tolist())
+    # each feature removed equally often (symmetry)
+    assert np.all(np.abs((~masks[1:]).mean(0) - (~masks[1:]).mean()) < 0.04)
+
+
+def test_distinct_lime_masks_and_distinct_prefix():
+    masks = lime_masks(6, 40, seed=0, variant="distinct")
+    assert len(masks) == 40 and _n_unique(masks) == 40 and masks[0].all()
+    assert np.all(masks[1:].sum(1) >= 1)  # 1..n-1 removed: never all
+    # all of them when fewer exist than asked: 2^3 - 1 (the empty mask excluded)
+    assert len(lime_masks(3, 100, seed=0, variant="distinct")) == 7
+    assert lime_masks(1, 5, variant="distinct").tolist() == [[True], [False]]
+    rows = np.array([[1, 1], [0, 1], [0, 1], [1, 0], [0, 0]], bool)
+    assert distinct_prefix(rows, 2) == 3 and distinct_prefix(rows, 3) == 4
+    assert distinct_prefix(rows, 10) == 5

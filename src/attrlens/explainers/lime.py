@@ -1,10 +1,25 @@
-"""LIME for text (Ribeiro et al. 2016): random removals, cosine-distance kernel, weighted ridge.
+"""LIME for text (Ribeiro et al. 2016), as the reference ``LimeTextExplainer`` does it.
 
-Each sample removes a uniformly drawn number d in [1, n-1] of features (a random subset);
-the first sample is the unperturbed input. Locality weight of mask z:
-    D(z) = 1 - cos(z, 1) = 1 - sqrt(|z| / n),   π(z) = sqrt(exp(-D(z)^2 / w^2)),  w = 0.25
-(LIME's text default: distances x100 with width 25). Scores are the coefficients of a
-weighted ridge regression with an unpenalised intercept (α = 1).
+Samples (``variant="lime_text"``, the reference): row 0 is the original; each of the other
+``num_samples - 1`` rows removes d features, d uniform in 1..n, a uniform d-subset, drawn
+with replacement (rows may repeat). Locality weight of a mask z with |z| kept features:
+
+    D(z) = 100 * cosine_distance(z, 1) = 100 (1 - sqrt(|z| / n))
+    π(z) = sqrt(exp(-D(z)^2 / w^2)),  w = kernel_width = 25
+
+Scores are the coefficients of ``Ridge(alpha=1)`` (intercept unpenalised) fitted with
+sample weights π on the binary masks (scikit-learn, as the reference; every feature is
+kept in the surrogate, i.e. the reference with ``num_features = n``).
+
+Budget: ``budget`` bounds distinct value-function evaluations; repeated rows are memo hits
+and cost nothing. The samples are the first rows of the reference's ``num_samples``-row
+draw, as many as fit in ``budget`` distinct masks: all ``num_samples`` rows when they hold
+at most ``budget`` distinct masks (always so with the default budget, ``min(num_samples,
+2^n)``), else the longest leading part that does (recorded as ``n_samples``).
+
+``variant="distinct"`` is the estimator of attrlens <= 0.1: d uniform in 1..n-1, no row
+repeats, ``min(num_samples, budget)`` distinct rows (default budget ``min(512, max(64,
+2n))``), the same kernel and fit.
 """
 
 from __future__ import annotations
@@ -14,71 +29,59 @@ import numpy as np
 from ..games import BudgetedGame
 from ..params import Param
 from ..registry import register
+from ..solvers.kernels import LocalityKernel, WidthParam, lime_text_distances
 from ..solvers.regression import weighted_r2, weighted_ridge
+from ..solvers.sampling import LIME_VARIANTS, distinct_prefix, lime_masks
 from .base import Explainer, Explanation
-
-
-def lime_masks(n: int, n_samples: int, rng: np.random.Generator) -> np.ndarray:
-    """(n_samples, n) LIME text masks, row 0 = all kept."""
-    masks = np.ones((n_samples, n), dtype=bool)
-    if n == 1:
-        masks[1:] = False
-        return masks
-    n_removed = rng.integers(1, n, size=n_samples - 1)  # 1..n-1
-    for r, d in enumerate(n_removed, start=1):
-        masks[r, rng.choice(n, size=d, replace=False)] = False
-    return masks
 
 
 @register
 class LimeExplainer(Explainer):
-    """LIME with the text kernel; ``budget`` = number of distinct masks evaluated."""
+    """LIME with the text kernel; ``budget`` = distinct masks evaluated (repeats are free)."""
 
     name = "lime"
-    description = "LIME: random feature removals, cosine kernel, weighted ridge surrogate."
+    description = "LIME-text: random feature removals, cosine kernel, weighted ridge surrogate."
     paper = "Ribeiro et al. (2016), 'Why should I trust you?'"
     parameters = (
-        Param("kernel_width", 0.25, "width of the exponential kernel on cosine distance",
-              low=1e-9),
+        Param("num_samples", 5000, "samples drawn (with repeats), the original included",
+              type=int, low=2),
+        WidthParam("kernel_width", 25.0,
+                   "width of the exponential kernel on 100 x cosine distance (or 'median')"),
         Param("alpha", 1.0, "ridge penalty of the weighted linear surrogate", low=0),
+        Param("variant", "lime_text",
+              "'lime_text' (the reference: 1..n removed, with repeats) or 'distinct' "
+              "(1..n-1 removed, no repeats)", type=str, choices=LIME_VARIANTS),
     )
 
     def min_budget(self, n_features: int) -> int:
         return 2
 
     def default_budget(self, n_features: int) -> int:
-        return int(min(512, max(64, 2 * n_features)))
+        if self.params["variant"] == "distinct":
+            return int(min(512, max(64, 2 * n_features)))
+        cap = 2**n_features if n_features < 62 else self.params["num_samples"]
+        return int(min(self.params["num_samples"], cap))
 
     def _explain(self, game: BudgetedGame, *, budget: int | None, seed: int) -> Explanation:
         n = game.n_features
-        rng = np.random.default_rng(seed)
-        # distinct masks only, so the budget bounds value-function evaluations exactly
-        n_distinct = min(budget, 2**n) if n < 63 else budget
-        masks = np.ones((1, n), dtype=bool)
-        seen = {masks[0].tobytes()}
-        tries = 0
-        while len(masks) < n_distinct and tries < 50:
-            cand = lime_masks(n, 2 * (n_distinct - len(masks)) + 1, rng)[1:]
-            fresh = []
-            for row in cand:
-                k = row.tobytes()
-                if k not in seen:
-                    seen.add(k)
-                    fresh.append(row)
-                    if len(masks) + len(fresh) >= n_distinct:
-                        break
-            if fresh:
-                masks = np.vstack([masks, np.asarray(fresh)])
-            tries += 1
+        p = self.params
+        limit = int(budget) if budget is not None else p["num_samples"]
+        if p["variant"] == "lime_text":
+            masks = lime_masks(n, p["num_samples"], seed=seed, variant="lime_text")
+            masks = masks[: distinct_prefix(masks, limit)]
+        else:
+            masks = lime_masks(n, min(p["num_samples"], limit), seed=seed, variant="distinct")
         y = game(masks)
-        dist = 1.0 - np.sqrt(masks.sum(1) / n)
-        w = np.sqrt(np.exp(-(dist**2) / self.params["kernel_width"] ** 2))
-        coef, intercept = weighted_ridge(
-            masks.astype(float), y, w, alpha=self.params["alpha"], fit_intercept=True
-        )
-        r2 = weighted_r2(y, masks.astype(float) @ coef + intercept, w)
+        kernel = LocalityKernel(p["kernel_width"])
+        w, width = kernel(lime_text_distances(masks))
+        X = masks.astype(np.float64)
+        coef, intercept = weighted_ridge(X, y, w, alpha=p["alpha"], fit_intercept=True)
+        r2 = weighted_r2(y, X @ coef + intercept, w)
         return Explanation(
             scores=coef,
             extra={"intercept": float(intercept), "fit_r2_weighted": float(r2),
-                   "n_samples": len(masks)},
+                   "n_samples": len(masks),
+                   "n_distinct": len({r.tobytes() for r in masks})},
+            params={"kernel_width_effective": width, "distance": "100 x cosine",
+                    **kernel.describe()},
         )

@@ -12,9 +12,14 @@ Every perturbation is then scored by the open surrogate S on that fixed o (METHO
     D(z)       RWMD (Kusner et al. 2015) between the bags of RoPE vectors of the feature
                tokens of x and of x(z), at their original positions, ground cost 1 - cos
                (solvers.rwmd.rwmd_many).
-    π(z)       sqrt(exp(-D(z)^2 / σ^2)), σ = 0.25 (π(1) = 1).
+    π(z)       sqrt(exp(-D(z)^2 / σ^2)), σ = 0.25 (π(1) = 1); 'median' is the one rule of
+               solvers.kernels (median of the positive distances).
     fit        weighted ridge  min Σ π (y - β0 - βᵀz)^2 + α|β|^2, α = 1, intercept free.
     scores     β (= -β of the NLL regression: positive = keeping the feature supports o).
+
+The scores come from a :class:`~attrlens.games.surrogate.LocalityGame` (the surrogate's
+teacher-forced scoring game plus ``locality(masks)``), built by ``make_game``; ``budget``
+bounds surrogate scorings (API calls: only the one for o, made by the API).
 
 The paper's body could not be read; every [R] resolution of METHODS §1 is a parameter of
 this class and is recorded in the result's params.
@@ -23,108 +28,34 @@ this class and is recorded in the result's params.
 from __future__ import annotations
 
 import warnings
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..errors import CapabilityError, InputError, ParameterError
-from ..params import check_param
+from ..errors import InputError, ParameterError
+from ..games import BudgetedGame, Game
+from ..models.embeddings import ROPE_SPACES
+from ..params import Param
 from ..registry import register
+from ..solvers.kernels import LocalityKernel, WidthParam
+from ..solvers.regression import weighted_r2, weighted_ridge
+from ..solvers.sampling import sparse_k_masks
 from .base import Explainer, Explanation
 
-SPACES = ("embed_rope", "layer0_keys", "plain")
+if TYPE_CHECKING:
+    from ..games.model import ModelInputs, ScoringGame
+    from ..models.openai import OpenAIBackend
+
 SAMPLINGS = ("exact", "balanced", "up_to_k")
 COSTS = ("cosine", "euclidean")
 SOLVERS = ("ridge", "ols")
-
-
-# ---- RoPE space ---------------------------------------------------------------------------
-
-
-def _rotate(x: Any, cos: Any, sin: Any) -> Any:
-    """x (L, H, d_h) rotated like the surrogate's queries/keys: x cos + rotate_half(x) sin."""
-    import torch
-
-    half = x.shape[-1] // 2
-    rot = torch.cat((-x[..., half:], x[..., :half]), dim=-1)  # HF rotate_half pairing (i, i+d/2)
-    return x * cos[:, None, :] + rot * sin[:, None, :]
-
-
-def _head_dim(cfg: Any) -> int:
-    hd = getattr(cfg, "head_dim", None)
-    return int(hd) if hd else int(cfg.hidden_size // cfg.num_attention_heads)
-
-
-def rope_vectors(
-    model: Any,
-    token_ids: np.ndarray,
-    positions: np.ndarray,
-    *,
-    space: str = "embed_rope",
-) -> np.ndarray:
-    """RoPE-space vectors of tokens at given absolute positions: (L, D) float64.
-
-    embed_rope:  the input embedding E[t] (d), split into d/d_h chunks of the head size,
-                 each rotated by the surrogate's own rotary module at position p (so
-                 rope_theta and any rope scaling match the model exactly); D = d.
-    layer0_keys: the post-RoPE layer-0 keys RoPE(W_K · norm(E[t])), all KV heads
-                 concatenated; D = n_kv_heads * d_h.
-    plain:       E[t] without rotation (ablation).
-    """
-    import torch
-
-    if space not in SPACES:
-        raise ParameterError(
-            f"The 'space' parameter of RopeLimeExplainer must be one of "
-            f"{', '.join(repr(s) for s in SPACES)}. Got {space!r} instead."
-        )
-    ids = torch.as_tensor(np.asarray(token_ids, dtype=np.int64), device=model.device)
-    pos = torch.as_tensor(np.asarray(positions, dtype=np.int64), device=model.device)
-    with torch.inference_mode():
-        emb = model.input_embeddings(ids)  # (L, d)
-        if space == "plain":
-            return emb.double().cpu().numpy()
-        rot = model.rotary_module()
-        cfg = model.config
-        d_h = _head_dim(cfg)
-        if space == "embed_rope":
-            if emb.shape[-1] % d_h:
-                raise CapabilityError(
-                    f"The surrogate's embedding size {emb.shape[-1]} is not a multiple of its "
-                    f"head size {d_h}; use space='layer0_keys' or 'plain'."
-                )
-            x = emb.view(emb.shape[0], -1, d_h)
-        else:
-            layer = model.decoder.layers[0]
-            h = layer.input_layernorm(emb[None])[0]
-            x = layer.self_attn.k_proj(h).view(emb.shape[0], -1, d_h)
-        cos, sin = rot(x, pos[None])  # (1, L, d_h) each, in x's dtype
-        out = _rotate(x, cos[0], sin[0])
-        return out.reshape(out.shape[0], -1).double().cpu().numpy()
-
-
-# ---- the explainer ---------------------------------------------------------------------------
 
 
 @register
 class RopeLimeExplainer(Explainer):
     """RoPE-LIME. ``budget`` = surrogate evaluations, the unperturbed prompt included (the
     house convention), i.e. METHODS' B = budget - 1 Sparse-K samples; K = 1 with budget
-    n + 1 is leave-one-out. Default min(512, max(64, 2n)). Parameters ([R] = our
-    resolution, METHODS §1):
-
-    k:            features removed per sample (Sparse-K) [R: 3]; clipped to n-1 (warned
-                  and recorded as k_effective)
-    sampling:     'exact' (uniform K-subsets) | 'balanced' (each feature removed about
-                  equally often) | 'up_to_k' (size uniform in 1..K) [R: exact]
-    space:        'embed_rope' | 'layer0_keys' | 'plain' [R: embed_rope]
-    cost:         RWMD ground cost 'cosine' (1 - cos) | 'euclidean' [R: cosine]
-    kernel_width: σ of π = sqrt(exp(-D^2/σ^2)), a float or 'median' [R: 0.25]
-    alpha:        ridge penalty (intercept unpenalised) [R: 1.0]
-    solver:       'ridge' | 'ols' (weighted least squares) [R: ridge]
-    rwmd_filter_quantile: None, or q in (0, 1]: keep only masks whose D(z) is at most the
-                  q-quantile of a pilot draw of 4(budget-1) masks [R: None]
-    return_samples: put the masks, values and weights in the result's metadata
+    n + 1 is leave-one-out. Default min(512, max(64, 2n)). [R] = our resolution, METHODS §1.
     """
 
     name = "rope_lime"
@@ -132,37 +63,30 @@ class RopeLimeExplainer(Explainer):
         "RoPE-LIME: one closed-model call, Sparse-K perturbations scored by an open RoPE "
         "surrogate, RoPE-space RWMD kernel, weighted ridge."
     )
-    needs_model = True
-    needs_closed_model = False
+    paper = "Picov & Goru (2026), RoPE-LIME, arXiv 2602.06275"
+    needs = "local_model"
     default_masker = "delete"
     default_target = "nll"
-
-    def __init__(
-        self,
-        *,
-        budget: int | None = None,
-        k: int = 3,
-        sampling: str = "exact",
-        space: str = "embed_rope",
-        cost: str = "cosine",
-        kernel_width: float | str = 0.25,
-        alpha: float = 1.0,
-        solver: str = "ridge",
-        rwmd_filter_quantile: float | None = None,
-        return_samples: bool = False,
-    ):
-        super().__init__(
-            budget=budget,
-            k=k,
-            sampling=sampling,
-            space=space,
-            cost=cost,
-            kernel_width=kernel_width,
-            alpha=alpha,
-            solver=solver,
-            rwmd_filter_quantile=rwmd_filter_quantile,
-            return_samples=return_samples,
-        )
+    parameters = (
+        Param("k", 3, "features removed per sample (Sparse-K) [R: 3]; clipped to n-1",
+              type=int, low=1),
+        Param("sampling", "exact",
+              "'exact' (uniform K-subsets), 'balanced' (features removed equally often) or "
+              "'up_to_k' (size uniform in 1..K)", type=str, choices=SAMPLINGS),
+        Param("space", "embed_rope", "RoPE space of the token vectors of the RWMD kernel",
+              type=str, choices=ROPE_SPACES),
+        Param("ground_cost", "cosine", "RWMD ground cost between token vectors",
+              type=str, choices=COSTS),
+        WidthParam("kernel_width", 0.25, "width σ of the RWMD locality kernel (or 'median')"),
+        Param("alpha", 1.0, "ridge penalty (intercept unpenalised)", low=0),
+        Param("solver", "ridge", "weighted surrogate: 'ridge' or 'ols'", type=str,
+              choices=SOLVERS),
+        Param("rwmd_filter_quantile", None,
+              "keep only masks with D(z) at most this quantile of a pilot draw (None = off)",
+              low=1e-9, high=1.0, none_ok=True),
+        Param("return_samples", False, "put the masks, values and weights in the metadata",
+              type=bool, cli=False),
+    )
 
     def min_budget(self, n_features: int) -> int:
         return 2  # the unperturbed prompt and one Sparse-K sample
@@ -170,27 +94,27 @@ class RopeLimeExplainer(Explainer):
     def default_budget(self, n_features: int) -> int:
         return int(min(512, max(64, 2 * n_features)))
 
-    def validate(self, n_features: int) -> None:
-        owner = "RopeLimeExplainer"
-        p = self.params
-        check_param(owner, "k", p["k"], kind=int, low=1)
-        check_param(owner, "sampling", p["sampling"], choices=SAMPLINGS)
-        check_param(owner, "space", p["space"], choices=SPACES)
-        check_param(owner, "cost", p["cost"], choices=COSTS)
-        if p["kernel_width"] != "median":
-            check_param(owner, "kernel_width", p["kernel_width"], low=1e-9)
-        check_param(owner, "alpha", p["alpha"], low=0)
-        check_param(owner, "solver", p["solver"], choices=SOLVERS)
-        if p["rwmd_filter_quantile"] is not None:
-            check_param(owner, "rwmd_filter_quantile", p["rwmd_filter_quantile"], low=1e-9, high=1.0)
-        check_param(owner, "return_samples", p["return_samples"], kind=bool)
+    def check(self, n_features: int) -> None:
+        if n_features < 2:
+            raise InputError(
+                "RoPE-LIME needs at least 2 features to perturb; use a finer granularity "
+                "(e.g. --granularity word)."
+            )
+
+    def make_game(
+        self, inputs: ModelInputs, scoring: ScoringGame, *, closed: OpenAIBackend | None = None
+    ) -> Game:
+        """The surrogate's scoring game plus the RoPE-space RWMD locality (``closed`` only
+        produced the explained output, in the API)."""
+        from ..games.surrogate import LocalityGame
+
+        return LocalityGame(scoring, space=self.params["space"],
+                            ground_cost=self.params["ground_cost"])
 
     # -- pieces, usable on their own ----------------------------------------------------------
     def sample_masks(self, n: int, budget: int, seed: int) -> np.ndarray:
         """(m, n) distinct Sparse-K masks, row 0 = the unperturbed prompt; m <= budget
         (fewer when all C(n, K) subsets fit in the budget: then every one is taken)."""
-        from ..solvers.sampling import sparse_k_masks
-
         k = min(int(self.params["k"]), n - 1)
         return np.asarray(
             sparse_k_masks(n, budget - 1, k, mode=self.params["sampling"], seed=seed,
@@ -198,34 +122,31 @@ class RopeLimeExplainer(Explainer):
             dtype=bool,
         )
 
-    def kernel(self, distances: np.ndarray) -> tuple[np.ndarray, float]:
-        """Locality weights π = sqrt(exp(-D^2/σ^2)) and the σ used ('median': of D)."""
-        from ..solvers.rwmd import kernel_weights
+    def kernel(self) -> LocalityKernel:
+        """The locality kernel π = sqrt(exp(-D^2/σ^2)) with this method's width."""
+        return LocalityKernel(self.params["kernel_width"])
 
-        w, sigma = kernel_weights(distances, sigma=self.params["kernel_width"], return_sigma=True)
-        return np.asarray(w, dtype=np.float64), float(sigma)
-
-    def fit(self, masks: np.ndarray, y: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, float, float]:
-        """Weighted linear surrogate: (coef (n,) or (n, T), intercept, weighted R^2)."""
-        from ..solvers.regression import weighted_r2, weighted_ridge
-
+    def fit(self, masks: np.ndarray, y: np.ndarray, w: np.ndarray
+            ) -> tuple[np.ndarray, np.ndarray | float, float]:
+        """Weighted linear surrogate of y (m,) or (m, T): (coef (n,) or (T, n), intercept,
+        weighted R^2 of the first column)."""
         X = masks.astype(np.float64)
         alpha = 0.0 if self.params["solver"] == "ols" else float(self.params["alpha"])
         coef, intercept = weighted_ridge(X, y, w, alpha=alpha, fit_intercept=True)
-        r2 = weighted_r2(y, X @ coef + intercept, w)
-        return np.asarray(coef, dtype=np.float64), float(intercept), float(r2)
+        if np.ndim(y) == 1:
+            r2 = weighted_r2(y, X @ coef + intercept, w)
+            return np.asarray(coef, dtype=np.float64), float(intercept), float(r2)
+        return np.asarray(coef, dtype=np.float64), intercept, float("nan")
 
     # -- the method -----------------------------------------------------------------------------
-    def explain_context(self, ctx: ExplainContext) -> Explanation:
-        n = ctx.n_features
-        if n < 2:
-            raise InputError(
-                "RoPE-LIME needs at least 2 features to perturb; use a finer granularity "
-                "(e.g. --granularity word)."
+    def _explain(self, game: BudgetedGame, *, budget: int | None, seed: int) -> Explanation:
+        if not hasattr(game, "locality"):
+            raise ParameterError(
+                "RoPE-LIME needs a local surrogate model (attrlens.explain), not a plain game."
             )
-        self.validate(n)
-        budget = self.resolve_budget(n)
+        n = game.n_features
         p = self.params
+        budget = int(budget or self.default_budget(n))
         k_eff = min(int(p["k"]), n - 1)
         if k_eff != p["k"]:
             warnings.warn(
@@ -233,45 +154,30 @@ class RopeLimeExplainer(Explainer):
                 f"k={k_eff} instead (recorded as k_effective).",
                 stacklevel=2,
             )
-        model = ctx.model
-
-        # RoPE vectors of every feature token of the prompt, at its original position
-        owner = np.asarray(ctx.features.token_features(), dtype=np.int64)
-        feat_tok = np.flatnonzero(owner >= 0)
-        vecs = rope_vectors(model, np.asarray(ctx.prompt_ids)[feat_tok], feat_tok, space=p["space"])
-
-        def distances(masks: np.ndarray) -> np.ndarray:
-            # D_z = the kept feature tokens of D_0 at their original positions: RWMD over
-            # one (|D0|, |D0|) cost matrix, uniform token masses
-            from ..solvers.rwmd import rwmd_many
-
-            keep = ctx.masker.token_keep(masks)[:, feat_tok]
-            return np.asarray(rwmd_many(vecs, keep_masks=keep, metric=p["cost"]), dtype=np.float64)
-
-        masks = self.sample_masks(n, budget, ctx.seed)
+        masks = self.sample_masks(n, budget, seed)
         filter_info = None
         q = p["rwmd_filter_quantile"]
         if q is not None:
-            masks, filter_info = self._filter(masks, n, budget, ctx.seed, float(q), distances)
+            masks, filter_info = self._filter(masks, n, budget, seed, float(q), game.locality)
 
-        D = distances(masks)
-        w, sigma = self.kernel(D)
-        y = ctx.game(masks)
+        D = game.locality(masks)
+        kernel = self.kernel()
+        w, sigma = kernel(D)
+        y = game(masks)
         coef, intercept, r2 = self.fit(masks, y, w)
 
         per_token = None
-        if ctx.game.per_token:
+        if game.per_token:
             # the fit is linear in y: per-output-token coefficients average to ``coef``
-            # (mean reduction) or sum to it (sum reduction)
-            mat = ctx.game.per_token_values(masks)  # memoised: no extra surrogate passes
-            cols = [self.fit(masks, mat[:, t], w)[0] for t in range(mat.shape[1])]
-            per_token = np.stack(cols, axis=1)
+            # (mean reduction) or sum to it (sum reduction); one multi-target fit
+            mat = game.per_token_values(masks)  # memoised: no extra surrogate passes
+            per_token = np.asarray(self.fit(masks, mat, w)[0]).T  # (n, T)
 
         extra: dict[str, Any] = {
             "intercept": intercept,
             "fit_r2_weighted": r2,
             "n_samples": len(masks),
-            "surrogate_evaluations": int(ctx.game.n_calls),
+            "surrogate_evaluations": int(game.n_calls),
             "rwmd": {
                 "min": float(D[1:].min()) if len(D) > 1 else 0.0,
                 "median": float(np.median(D[1:])) if len(D) > 1 else 0.0,
@@ -288,18 +194,12 @@ class RopeLimeExplainer(Explainer):
                 "weights": w.tolist(),
                 "distances": D.tolist(),
             }
-        cfg = model.config
         params = {
             "k_effective": k_eff,
             "n_perturbations": int(len(masks) - 1),
             "sigma": sigma,
-            "kernel": "sqrt(exp(-D^2/sigma^2))",
-            "distance": "rwmd",
-            "rwmd_masses": "uniform over feature tokens",
-            "rwmd_positions": "original",
-            "surrogate": getattr(model.info, "id", None),
-            "rope_theta": getattr(cfg, "rope_theta", None)
-            or (getattr(cfg, "rope_parameters", None) or {}).get("rope_theta"),
+            **kernel.describe(),
+            **game.info,
             "attribution": "coef of the value (= -coef of NLL); positive supports the output",
         }
         return Explanation(scores=coef, per_output_token=per_token, extra=extra, params=params)

@@ -13,6 +13,9 @@ through gensim, which cannot be downloaded here; the word vectors are therefore 
 
 Texts are preprocessed as gensim's WMD users do in the reference: lower-cased, punctuation
 stripped, split on whitespace.
+
+:func:`rope_vectors` gives RoPE-LIME's token vectors: a local model's input embeddings (or
+layer-0 keys) rotated at given positions by the model's own rotary module.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from ..errors import InputError, ParameterError, unknown_name_message
+from ..errors import CapabilityError, InputError, ParameterError, unknown_name_message
 
 EMBEDDINGS = ("surrogate", "minilm")
 GROUND_COSTS = ("cosine", "euclidean")
@@ -264,3 +267,70 @@ class WordMoversDistance:
         if vocab:
             self.embeddings.vectors(sorted(vocab))
         return np.asarray([self.words_distance(ra, lst) for lst in lists], dtype=np.float64)
+
+
+# ---- RoPE space (RoPE-LIME's locality kernel) ------------------------------------------------
+
+ROPE_SPACES = ("embed_rope", "layer0_keys", "plain")
+
+
+def _rotate(x: Any, cos: Any, sin: Any) -> Any:
+    """x (L, H, d_h) rotated like the surrogate's queries/keys: x cos + rotate_half(x) sin."""
+    import torch
+
+    half = x.shape[-1] // 2
+    rot = torch.cat((-x[..., half:], x[..., :half]), dim=-1)  # HF rotate_half pairing (i, i+d/2)
+    return x * cos[:, None, :] + rot * sin[:, None, :]
+
+
+def _head_dim(cfg: Any) -> int:
+    hd = getattr(cfg, "head_dim", None)
+    return int(hd) if hd else int(cfg.hidden_size // cfg.num_attention_heads)
+
+
+def rope_vectors(
+    model: Any,
+    token_ids: np.ndarray,
+    positions: np.ndarray,
+    *,
+    space: str = "embed_rope",
+) -> np.ndarray:
+    """RoPE-space vectors of tokens at given absolute positions: (L, D) float64.
+
+    embed_rope:  the input embedding E[t] (d), split into d/d_h chunks of the head size,
+                 each rotated by the surrogate's own rotary module at position p (so
+                 rope_theta and any rope scaling match the model exactly); D = d.
+    layer0_keys: the post-RoPE layer-0 keys RoPE(W_K · norm(E[t])), all KV heads
+                 concatenated; D = n_kv_heads * d_h.
+    plain:       E[t] without rotation (ablation).
+    """
+    import torch
+
+    if space not in ROPE_SPACES:
+        raise ParameterError(
+            f"The 'space' parameter of rope_vectors must be one of "
+            f"{', '.join(repr(s) for s in ROPE_SPACES)}. Got {space!r} instead."
+        )
+    ids = torch.as_tensor(np.asarray(token_ids, dtype=np.int64), device=model.device)
+    pos = torch.as_tensor(np.asarray(positions, dtype=np.int64), device=model.device)
+    with torch.inference_mode():
+        emb = model.input_embeddings(ids)  # (L, d)
+        if space == "plain":
+            return emb.double().cpu().numpy()
+        rot = model.rotary_module()
+        cfg = model.config
+        d_h = _head_dim(cfg)
+        if space == "embed_rope":
+            if emb.shape[-1] % d_h:
+                raise CapabilityError(
+                    f"The surrogate's embedding size {emb.shape[-1]} is not a multiple of its "
+                    f"head size {d_h}; use space='layer0_keys' or 'plain'."
+                )
+            x = emb.view(emb.shape[0], -1, d_h)
+        else:
+            layer = model.decoder.layers[0]
+            h = layer.input_layernorm(emb[None])[0]
+            x = layer.self_attn.k_proj(h).view(emb.shape[0], -1, d_h)
+        cos, sin = rot(x, pos[None])  # (1, L, d_h) each, in x's dtype
+        out = _rotate(x, cos[0], sin[0])
+        return out.reshape(out.shape[0], -1).double().cpu().numpy()

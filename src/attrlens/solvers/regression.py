@@ -1,10 +1,9 @@
 """Weighted linear surrogates (LIME / gSMILE / RoPE-LIME) and their fidelity metrics.
 
 The surrogate is ``min_{b0, b} sum_i w_i (y_i - b0 - x_i^T b)^2 + alpha ||b||^2`` with an
-unpenalised intercept (METHODS §1(b) step 5, §2(b) step 7). Centering ``X`` and ``y`` by
-their weighted means removes ``b0`` exactly; the rest is solved through an SVD of the
-``sqrt(w)``-scaled centred design, which handles rank-deficient designs (duplicate or
-constant features) and ``alpha = 0`` (least-norm weighted OLS) on the same path.
+unpenalised intercept (METHODS §1(b) step 5, §2(b) step 7), solved by scikit-learn
+(``Ridge``/``LinearRegression`` with ``sample_weight``; ``r2_score`` for the weighted R^2).
+The functions here only check inputs with attrlens' messages and fix the output shapes.
 """
 
 from __future__ import annotations
@@ -27,69 +26,50 @@ def weighted_ridge(
     alpha: float = 1.0,
     fit_intercept: bool = True,
 ) -> tuple[np.ndarray, float | np.ndarray]:
-    """Weighted ridge regression with an unpenalised intercept.
+    """Weighted ridge regression with an unpenalised intercept (scikit-learn's ``Ridge``).
 
     Args:
         X: design, ``(n_samples, n_features)`` (bool masks are fine).
         y: targets, ``(n_samples,)`` or ``(n_samples, n_targets)``.
         w: non-negative sample weights ``(n_samples,)``, not all zero; uniform if None.
-        alpha: L2 penalty on the coefficients (not on the intercept); 0 gives OLS.
-        fit_intercept: fit ``b0`` (by weighted centering); if False the model has none.
+        alpha: L2 penalty on the coefficients (not on the intercept); 0 gives weighted OLS
+            (``LinearRegression``, the least-norm solution of a rank-deficient design).
+        fit_intercept: fit ``b0``; if False the model has none.
 
     Returns:
         ``(coef, intercept)``: coef ``(n_features,)`` (or ``(n_targets, n_features)``),
-        intercept a float (or ``(n_targets,)``; 0 without intercept). Same solution as
-        scikit-learn's ``Ridge(alpha, fit_intercept).fit(X, y, sample_weight=w)``.
+        intercept a float (or ``(n_targets,)``; 0 without intercept), i.e.
+        ``Ridge(alpha, fit_intercept).fit(X, y, sample_weight=w)``'s ``coef_, intercept_``.
     """
+    from sklearn.linear_model import LinearRegression, Ridge
+
     check_param("weighted_ridge", "alpha", alpha, low=0.0)
     xa, ya, wa = _check_xyw(X, y, w)
-    if fit_intercept:
-        x_mean = wa @ xa / wa.sum()
-        y_mean = wa @ ya / wa.sum()
-    else:
-        x_mean = np.zeros(xa.shape[1])
-        y_mean = np.zeros(ya.shape[1:]) if ya.ndim > 1 else 0.0
-    sw = np.sqrt(wa)
-    xs = (xa - x_mean) * sw[:, None]
-    ys = (ya - y_mean) * (sw if ya.ndim == 1 else sw[:, None])
-    u, s, vt = np.linalg.svd(xs, full_matrices=False)
-    if alpha > 0:
-        shrink = s / (s**2 + alpha)
-    else:
-        # Least-norm solution: drop directions below the usual pseudo-inverse cutoff.
-        cutoff = (s.max() if s.size else 0.0) * max(xs.shape) * np.finfo(float).eps
-        shrink = np.divide(1.0, s, out=np.zeros_like(s), where=s > cutoff)
-    coef = vt.T @ (shrink[:, None] * (u.T @ ys)) if ya.ndim > 1 else vt.T @ (shrink * (u.T @ ys))
-    intercept = y_mean - x_mean @ coef
+    keep = wa > 0  # zero-weight rows change nothing; sklearn's solvers may dislike them
+    model = (LinearRegression(fit_intercept=fit_intercept) if alpha == 0
+             else Ridge(alpha=float(alpha), fit_intercept=fit_intercept, solver="svd"))
+    model.fit(xa[keep], ya[keep], sample_weight=wa[keep])
+    coef = np.asarray(model.coef_, dtype=np.float64)
+    intercept = model.intercept_
     if ya.ndim > 1:
-        return coef.T, np.asarray(intercept)
-    return coef, float(intercept)
+        return coef, np.broadcast_to(np.asarray(intercept, dtype=np.float64), (ya.shape[1],)).copy()
+    return coef.reshape(-1), float(intercept)
 
 
 def weighted_ols(
     X: Any, y: Any, w: Any = None, *, fit_intercept: bool = True
 ) -> tuple[np.ndarray, float | np.ndarray]:
-    """Weighted least squares (gSMILE's surrogate): :func:`weighted_ridge` with alpha 0.
-
-    For a rank-deficient design the least-norm coefficient vector is returned (as
-    ``np.linalg.lstsq`` would).
-    """
+    """Weighted least squares (gSMILE's surrogate): :func:`weighted_ridge` with alpha 0."""
     return weighted_ridge(X, y, w, alpha=0.0, fit_intercept=fit_intercept)
 
 
 def weighted_r2(y: Any, yhat: Any, w: Any = None) -> float:
-    """Weighted coefficient of determination ``1 - sum w (y - yhat)^2 / sum w (y - ybar_w)^2``.
+    """Weighted R^2 ``1 - sum w (y - yhat)^2 / sum w (y - ybar_w)^2`` (sklearn's ``r2_score``
+    with ``sample_weight``): 1.0 for a perfect fit of a constant y, 0.0 otherwise."""
+    from sklearn.metrics import r2_score
 
-    ``ybar_w`` is the weighted mean of y. If y is constant (under w) the score is 1.0 for a
-    perfect fit and 0.0 otherwise, as scikit-learn's ``r2_score``.
-    """
     ya, ha, wa = _check_pred(y, yhat, w)
-    ss_res = float(wa @ (ya - ha) ** 2)
-    ybar = float(wa @ ya / wa.sum())
-    ss_tot = float(wa @ (ya - ybar) ** 2)
-    if ss_tot <= 0.0:
-        return 1.0 if ss_res <= 0.0 else 0.0
-    return 1.0 - ss_res / ss_tot
+    return float(r2_score(ya, ha, sample_weight=wa))
 
 
 def fidelity_metrics(y: Any, yhat: Any, w: Any, n_params: int) -> dict[str, float]:

@@ -1,4 +1,4 @@
-"""Word Mover's Distance (exact) and its relaxed lower bound RWMD, plus the LIME kernel.
+"""Word Mover's Distance (exact) and its relaxed lower bound RWMD (kernels: solvers.kernels).
 
 Documents are bags of vectors: ``doc`` is ``(n_tokens, d)`` with non-negative token weights
 (nBOW; uniform by default, normalised to sum 1). The ground cost is the cosine distance
@@ -20,7 +20,7 @@ import numpy as np
 from attrlens.errors import InputError, ParameterError
 from attrlens.params import check_param
 
-__all__ = ["kernel_weights", "pairwise_cost", "rwmd", "rwmd_many", "wmd"]
+__all__ = ["pairwise_cost", "rwmd", "rwmd_many", "wmd"]
 
 _METRICS = ("cosine", "euclidean")
 
@@ -179,38 +179,6 @@ def _masked_row_min(cost: np.ndarray, keep: np.ndarray) -> np.ndarray:
         if s_idx.size == 0:
             break
     return out
-
-
-def kernel_weights(distances: Any, *, sigma: float | str = 0.25, return_sigma: bool = False) -> Any:
-    """LIME/gSMILE locality kernel ``pi(d) = sqrt(exp(-d^2 / sigma^2)) = exp(-d^2/(2 sigma^2))``.
-
-    Args:
-        distances: non-negative distances, any shape.
-        sigma: kernel width (0.25 is gSMILE's default, xwhy ``surrogate/trainer.py``), or
-            ``"median"`` for the median distance; if that median is 0 the median of the
-            positive distances is used, and if no distance is positive every weight is 1.
-        return_sigma: also return the width used.
-
-    Returns:
-        Weights in (0, 1] of the same shape (1 at distance 0); with ``return_sigma`` a
-        tuple ``(weights, sigma)``.
-    """
-    d = np.asarray(distances, dtype=float)
-    if not bool(np.isfinite(d).all()) or bool((d < 0).any()):
-        raise InputError("kernel_weights needs finite, non-negative distances.")
-    if isinstance(sigma, str):
-        check_param("kernel_weights", "sigma", sigma, choices=("median",))
-        pos = d[d > 0]
-        if pos.size == 0:
-            weights = np.ones_like(d)
-            return (weights, float("nan")) if return_sigma else weights
-        med = float(np.median(d))
-        width = med if med > 0 else float(np.median(pos))
-    else:
-        check_param("kernel_weights", "sigma", sigma, low=1e-300)
-        width = float(sigma)
-    weights = np.sqrt(np.exp(-(d**2) / width**2))
-    return (weights, width) if return_sigma else weights
 
 
 def _as_doc(x: Any, name: str) -> np.ndarray:

@@ -1,4 +1,5 @@
-"""Perturbation-mask samplers: Sparse-K (RoPE-LIME) and Bernoulli (LIME / gSMILE).
+"""Perturbation-mask samplers, all in one place: leave-one-out, LIME text, Sparse-K
+(RoPE-LIME) and Bernoulli (gSMILE).
 
 Masks are bool arrays ``(n_masks, n_features)`` with True = feature kept (METHODS §0).
 
@@ -16,10 +17,10 @@ from collections.abc import Callable
 
 import numpy as np
 
-from attrlens.errors import ParameterError
+from attrlens.errors import InputError, ParameterError
 from attrlens.params import check_param
 
-__all__ = ["bernoulli_masks", "sparse_k_masks"]
+__all__ = ["bernoulli_masks", "distinct_prefix", "lime_masks", "loo_masks", "sparse_k_masks"]
 
 _SPARSE_MODES = ("exact", "balanced", "up_to_k")
 # Enumerate the whole candidate set (and draw from it without replacement) when it has at
@@ -118,69 +119,126 @@ def bernoulli_masks(
     *,
     p_keep: float = 0.5,
     seed: int = 0,
-    unique: bool = True,
-    min_kept: int = 0,
-    exclude_empty: bool = True,
-) -> np.ndarray:
-    """LIME / gSMILE masks: each feature kept independently with probability ``p_keep``.
+    min_kept: int = 1,
+    sizes: np.ndarray | None = None,
+    top_up: bool = False,
+    max_draws: int | None = None,
+) -> tuple[np.ndarray, dict[str, int]]:
+    """Distinct Bernoulli masks (gSMILE): each feature kept independently with ``p_keep``.
 
-    Masks with fewer than ``min_kept`` kept features, and the all-removed mask when
-    ``exclude_empty``, are redrawn (gSMILE rejects ``z = 0`` and needs 2 kept words). With
-    ``unique`` no mask repeats (draws without replacement from the conditioned
-    distribution); ParameterError if fewer than ``budget`` distinct valid masks exist.
+    The all-removed mask is always redrawn (gSMILE rejects z = 0). A mask whose kept
+    ``sizes`` (e.g. words per feature; 1 each by default) sum to less than
+    ``min(min_kept, sizes.sum())`` is redrawn, or with ``top_up`` completed with random
+    extra features until it has enough (the gSMILE reference). No mask repeats: draws
+    stop at ``budget`` distinct masks or after ``max_draws`` draws (default
+    ``200 budget + 1000``), so fewer masks come back when few valid masks exist.
 
     Returns:
-        bool ``(budget, n)``, True = kept.
+        (masks bool ``(m, n)`` with ``1 <= m <= budget``, True = kept, in draw order;
+        ``{"draws", "topped_up", "short_of_budget"}``). InputError if no valid mask was
+        drawn.
     """
     owner = "bernoulli_masks"
     check_param(owner, "n", n, kind=int, low=1)
     check_param(owner, "budget", budget, kind=int, low=1)
-    check_param(owner, "p_keep", p_keep, low=0.0, high=1.0)
-    check_param(owner, "seed", seed, kind=(int, np.integer))
-    check_param(owner, "unique", unique, kind=bool)
-    check_param(owner, "min_kept", min_kept, kind=int, low=0, high=n)
-    check_param(owner, "exclude_empty", exclude_empty, kind=bool)
+    check_param(owner, "p_keep", p_keep, low=1e-12, high=1.0)
+    check_param(owner, "seed", seed, kind=int, low=0)
+    check_param(owner, "min_kept", min_kept, kind=int, low=0)
+    size = np.ones(n, dtype=np.int64) if sizes is None else np.asarray(sizes, dtype=np.int64)
+    if size.shape != (n,) or bool((size < 0).any()):
+        raise InputError(f"sizes must be {n} non-negative integers; got shape {size.shape}.")
     rng = np.random.default_rng(seed)
-    lo = max(min_kept, 1 if exclude_empty else 0)
-    # Sizes (number kept) that are valid and have positive probability.
-    sizes = [s for s in range(lo, n + 1) if (p_keep > 0 or s == 0) and (p_keep < 1 or s == n)]
-    if not sizes:
-        raise ParameterError(
-            f"No mask can be drawn by {owner}: with p_keep={p_keep}, min_kept={min_kept} "
-            f"and exclude_empty={exclude_empty} every possible mask is rejected."
+    need = min(int(min_kept), int(size.sum()))
+    limit = 200 * budget + 1000 if max_draws is None else int(max_draws)
+    seen: set[bytes] = set()
+    rows: list[np.ndarray] = []
+    draws = topped = 0
+    while len(rows) < budget and draws < limit:
+        z = rng.random(n) < p_keep
+        draws += 1
+        if not z.any():
+            continue
+        if int(size[z].sum()) < need:
+            if not top_up:
+                continue
+            for i in rng.permutation(np.flatnonzero(~z)):
+                z[i] = True
+                if int(size[z].sum()) >= need:
+                    break
+            topped += 1
+        key = np.packbits(z).tobytes()
+        if key in seen:
+            continue
+        seen.add(key)
+        rows.append(z)
+    if not rows:
+        raise InputError(
+            f"No mask with at least {need} kept (of {n} features) was drawn; lower min_kept."
         )
-    total = sum(math.comb(n, s) for s in sizes)
-    if unique and budget > total:
-        raise ParameterError(
-            f"The 'budget' parameter of {owner} must be at most {total} here (the number "
-            f"of distinct valid masks of {n} features). Got {budget} instead; lower the "
-            f"budget or pass unique=False."
-        )
+    info = {"draws": draws, "topped_up": topped, "short_of_budget": budget - len(rows)}
+    return np.asarray(rows, dtype=bool), info
 
-    def draw(count: int) -> np.ndarray:
-        z = rng.random((count, n)) < p_keep
-        return z[z.sum(axis=1) >= lo]
 
-    if not unique:
-        out = np.empty((0, n), dtype=bool)
-        for _ in range(_MAX_ROUNDS):
-            out = np.vstack([out, draw(max(2 * (budget - len(out)), 16))])
-            if len(out) >= budget:
-                return out[:budget]
-        raise RuntimeError(f"{owner}: rejection sampling did not finish")  # pragma: no cover
+LIME_VARIANTS = ("lime_text", "distinct")
 
-    def weight_of(size: int) -> float:
-        return p_keep**size * (1.0 - p_keep) ** (n - size)
 
-    return _draw_unique(
-        rng,
-        budget,
-        n,
-        total=total,
-        draw=draw,
-        enumerate_all=lambda: _enumerate_kept(n, sizes),
-        weight_of=weight_of,
-    )
+def lime_masks(n: int, num_samples: int, *, seed: int = 0, variant: str = "lime_text") -> np.ndarray:
+    """LIME text masks ``(m, n)``, row 0 = the original (all kept).
+
+    ``"lime_text"`` (the reference ``LimeTextExplainer``): each of the ``num_samples - 1``
+    other rows removes d features, d uniform in 1..n, a uniform d-subset; rows are drawn
+    independently, so they can repeat (m = num_samples). The draws are those of
+    ``np.random.RandomState(seed)`` in the reference's order (``randint(1, n + 1)`` then one
+    ``choice(n, d, replace=False)`` per row), i.e. the reference's masks for
+    ``random_state=seed``.
+
+    ``"distinct"`` (attrlens before 0.2): d uniform in 1..n-1 (all removed only when n = 1),
+    and no row repeats: m = min(num_samples, number of such masks + 1) distinct rows.
+    """
+    owner = "lime_masks"
+    check_param(owner, "n", n, kind=int, low=1)
+    check_param(owner, "num_samples", num_samples, kind=int, low=1)
+    check_param(owner, "seed", seed, kind=int, low=0)
+    check_param(owner, "variant", variant, choices=LIME_VARIANTS)
+    masks = np.ones((num_samples, n), dtype=bool)
+    if variant == "lime_text":
+        rs = np.random.RandomState(seed)
+        removed = rs.randint(1, n + 1, num_samples - 1)
+        for r, d in enumerate(removed, start=1):
+            masks[r, rs.choice(n, d, replace=False)] = False
+        return masks
+    if n == 1:
+        return np.array([[True], [False]])[: min(num_samples, 2)]
+    total = 2**n - 1 if n < 63 else None  # the full mask plus every d in 1..n-1
+    want = num_samples if total is None else min(num_samples, total)
+    rng = np.random.default_rng(seed)
+    out = [masks[0]]
+    seen = {np.packbits(masks[0]).tobytes()}
+    for _ in range(_MAX_ROUNDS):
+        if len(out) >= want:
+            break
+        d_all = rng.integers(1, n, size=2 * (want - len(out)) + 16)
+        for d in d_all:
+            row = np.ones(n, dtype=bool)
+            row[rng.choice(n, size=int(d), replace=False)] = False
+            key = np.packbits(row).tobytes()
+            if key not in seen:
+                seen.add(key)
+                out.append(row)
+                if len(out) >= want:
+                    break
+    return np.asarray(out, dtype=bool)
+
+
+def distinct_prefix(masks: np.ndarray, max_distinct: int) -> int:
+    """The number of leading rows of ``masks`` that hold at most ``max_distinct`` distinct
+    rows (how far a with-replacement sample can go on a budget of distinct evaluations)."""
+    seen: set[bytes] = set()
+    for i, row in enumerate(np.asarray(masks, dtype=bool)):
+        seen.add(np.packbits(row).tobytes())
+        if len(seen) > max_distinct:
+            return i
+    return len(masks)
 
 
 # --------------------------------------------------------------------------------------
@@ -197,11 +255,6 @@ def _enumerate_removals(n: int, sizes: list[int]) -> np.ndarray:
             row[list(combo)] = True
             rows.append(row)
     return np.array(rows, dtype=bool).reshape(-1, n)
-
-
-def _enumerate_kept(n: int, sizes: list[int]) -> np.ndarray:
-    """All masks keeping ``s`` features for ``s`` in sizes (True = kept)."""
-    return _enumerate_removals(n, sizes)
 
 
 def _draw_unique(
