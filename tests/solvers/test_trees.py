@@ -177,3 +177,34 @@ def test_proxyspex_rejects_bad_inputs() -> None:
         proxyspex_fit(z, np.zeros(49))
     with pytest.raises(InputError, match="at least 10"):
         proxyspex_fit(z[:5], np.zeros(5))
+
+
+def test_default_grid_and_folds_equal_the_reference(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The default grid is spectralexplain's proxy_spex grid (max_depth {t-2, t}, 500/1000/
+    5000 trees, learning rate 0.01/0.1, 5 folds scored by R^2), and the folds are shuffled
+    with the seed: masks arrive in binary order when every coalition is evaluated."""
+    from sklearn import model_selection
+
+    seen: dict = {}
+
+    class Spy(model_selection.GridSearchCV):
+        def __init__(self, estimator, *, param_grid, scoring=None, cv=None, n_jobs=None):
+            seen.update(param_grid=param_grid, scoring=scoring, cv=cv)
+            super().__init__(estimator, param_grid=param_grid, scoring=scoring, cv=cv,
+                             n_jobs=n_jobs)
+
+        def fit(self, x, y):  # record only: the 5000-tree grid is slow
+            raise RuntimeError("stop")
+
+    monkeypatch.setattr(model_selection, "GridSearchCV", Spy)
+    z = ((np.arange(64)[:, None] >> np.arange(6)) & 1).astype(bool)  # binary order
+    with pytest.raises(RuntimeError, match="stop"):
+        proxyspex_fit(z, z.sum(1).astype(float), max_order=5, seed=7)
+    assert seen["param_grid"] == {"max_depth": [3, 5], "n_estimators": [500, 1000, 5000],
+                                  "learning_rate": [0.01, 0.1]}
+    assert seen["scoring"] == "r2"
+    cv = seen["cv"]
+    assert cv.n_splits == 5 and cv.shuffle is True and cv.random_state == 7
+    # shuffled: each test fold mixes both halves of the binary order (feature 5 = 0 and 1)
+    for _, test in cv.split(z):
+        assert 0 < z[test, 5].mean() < 1

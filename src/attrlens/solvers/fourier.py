@@ -18,7 +18,6 @@ SPEX (Kang et al., ICML 2025; METHODS.md §3, pinned to sparse-transform 0.2.1):
 
 from __future__ import annotations
 
-import math
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -279,11 +278,10 @@ def fourier_r2(coeffs: Coeffs, masks: np.ndarray, values: np.ndarray) -> float:
     z = _as_masks(masks)
     if v.shape[0] != z.shape[0]:
         raise InputError(f"values has {v.shape[0]} entries but masks has {z.shape[0]} rows.")
-    resid = v - predict(coeffs, z)
-    denom = float(np.sum((v - v.mean()) ** 2))
-    if denom == 0.0:
-        return 1.0 if float(np.sum(resid**2)) == 0.0 else -math.inf
-    return 1.0 - float(np.sum(resid**2)) / denom
+    from sklearn.metrics import r2_score
+
+    # constant values: 1.0 for a perfect prediction, 0.0 otherwise (sklearn's convention)
+    return float(r2_score(v, predict(coeffs, z)))
 
 
 def _rows_to_keys(rows) -> list[tuple[int, ...]]:  # rows: iterable of (n,) bool
@@ -519,13 +517,6 @@ def _lasso_refit(
     return {k: float(c) for k, c in zip(keys, reg.coef_) if c != 0.0}
 
 
-def proxyspex_fit(masks: np.ndarray, values: np.ndarray, **kwargs):  # type: ignore[no-untyped-def]
-    """ProxySPEX fit; see ``attrlens.solvers.trees.proxyspex_fit`` (re-exported here)."""
-    from attrlens.solvers.trees import proxyspex_fit as _fit
-
-    return _fit(masks, values, **kwargs)
-
-
 __all__ = [
     "Coeffs",
     "SpexDecodeResult",
@@ -538,7 +529,6 @@ __all__ = [
     "make_design",
     "n_queries",
     "predict",
-    "proxyspex_fit",
     "spex_decode",
     "spex_transform",
 ]

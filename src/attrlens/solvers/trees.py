@@ -21,7 +21,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from attrlens.errors import InputError, ParameterError
+from attrlens.errors import CapabilityError, InputError, ParameterError
 from attrlens.params import check_param
 from attrlens.solvers.fourier import fourier_basis
 
@@ -136,9 +136,11 @@ def ridge_refit(keys: list[tuple[int, ...]], masks: np.ndarray, values: np.ndarr
     return {k: float(c) for k, c in zip(keys, reg.coef_)}
 
 
-_GRIDS = {
+#: LightGBM grids besides max_depth in {max(1, t-2), t}: "reference" is spectralexplain's
+#: ``proxy_spex`` default (METHODS.md §3.1 step 2); "small" is shapiq's (faster)
+GRIDS = {
+    "reference": {"n_estimators": [500, 1000, 5000], "learning_rate": [0.01, 0.1]},
     "small": {"n_estimators": [500, 1000], "learning_rate": [0.01, 0.1]},
-    "full": {"n_estimators": [500, 1000, 5000], "learning_rate": [0.01, 0.1]},
 }
 
 
@@ -149,7 +151,7 @@ def proxyspex_fit(
     max_order: int = 5,
     seed: int = 0,
     energy: float = 0.95,
-    grid: Literal["small", "full"] | dict[str, list] = "small",
+    grid: Literal["reference", "small"] | dict[str, list] = "reference",
     n_jobs: int = 1,
     cv: int = 5,
     return_info: bool = False,
@@ -157,14 +159,21 @@ def proxyspex_fit(
     """ProxySPEX: LightGBM proxy -> exact spectrum -> energy truncation -> ridge refit.
 
     masks: (N, n) {0,1} (1 = keep), ideally uniform random; values: (N,) v(masks).
-    max_order: t; the depth grid is {max(1, t-2), t}.  grid: "small" (500/1000 trees,
-    default, for speed), "full" (adds 5000 trees, as spectralexplain) or an explicit
-    sklearn param_grid dict.  Model selection: ``cv``-fold (unshuffled) CV R^2.  n_jobs:
-    LightGBM threads.  seed: LightGBM random_state.  energy: truncation share (0.95).
+    max_order: t; the depth grid is {max(1, t-2), t}.  grid: "reference" (500/1000/5000
+    trees x learning rate 0.01/0.1, spectralexplain's default), "small" (500/1000 trees, as
+    shapiq) or an explicit sklearn param_grid dict.  Model selection: ``cv``-fold CV R^2
+    with shuffled folds (KFold(shuffle=True, random_state=seed): masks may arrive in binary
+    order when every coalition is evaluated).  n_jobs: LightGBM threads.  seed: LightGBM
+    random_state and the fold split.  energy: truncation share (0.95).
     Returns {sorted feature tuple: F(k)}; with return_info also a dict holding best_params,
     cv_r2, n_tree_coeffs and n_kept.
     """
-    import lightgbm as lgb
+    try:
+        import lightgbm as lgb
+    except ImportError as exc:
+        raise CapabilityError(
+            "ProxySPEX needs the 'lightgbm' package: pip install 'attrlens[proxyspex]'"
+        ) from exc
     from sklearn.model_selection import GridSearchCV, KFold
 
     owner = "proxyspex_fit"
@@ -185,14 +194,14 @@ def proxyspex_fit(
     if not np.all(np.isfinite(y)):
         raise InputError("values contains NaN or infinite entries.")
     if isinstance(grid, str):
-        if grid not in _GRIDS:
+        if grid not in GRIDS:
             raise ParameterError(
-                f"The 'grid' parameter of proxyspex_fit must be one of 'small', 'full' or a dict. "
-                f"Got {grid!r} instead."
+                f"The 'grid' parameter of proxyspex_fit must be one of {', '.join(GRIDS)} or a "
+                f"dict. Got {grid!r} instead."
             )
         param_grid: dict[str, list] = {
             "max_depth": sorted({max(1, max_order - 2), max_order}),
-            **_GRIDS[grid],
+            **GRIDS[grid],
         }
     elif isinstance(grid, dict):
         param_grid = dict(grid)
@@ -203,7 +212,8 @@ def proxyspex_fit(
     x = z.astype(np.float64)
     base = lgb.LGBMRegressor(verbose=-1, n_jobs=n_jobs, random_state=seed)
     search = GridSearchCV(
-        base, param_grid=param_grid, scoring="r2", cv=KFold(n_splits=cv), n_jobs=1
+        base, param_grid=param_grid, scoring="r2",
+        cv=KFold(n_splits=cv, shuffle=True, random_state=seed), n_jobs=1
     )
     search.fit(x, y)
     tree_coeffs = lightgbm_to_fourier(search.best_estimator_, z.shape[1])
@@ -221,4 +231,4 @@ def proxyspex_fit(
     return coeffs, info
 
 
-__all__ = ["lightgbm_to_fourier", "proxyspex_fit", "ridge_refit", "truncate_energy"]
+__all__ = ["GRIDS", "lightgbm_to_fourier", "proxyspex_fit", "ridge_refit", "truncate_energy"]
