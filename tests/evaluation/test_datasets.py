@@ -1,0 +1,110 @@
+"""Data-set adapters on the shared samples (repository-relative paths)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from attrlens.errors import InputError
+from attrlens.evaluation.datasets import (
+    EvalItem,
+    load_items,
+    repo_root,
+    resolve_data_path,
+)
+from attrlens.evaluation.hotpotqa import load_hotpotqa
+
+DATA = "../shared/data"
+
+
+def _have(name: str) -> bool:
+    return (repo_root() / DATA / name).is_file()
+
+
+needs_shared = pytest.mark.skipif(not _have("alpaca_50.jsonl"), reason="no ../shared/data")
+
+
+@needs_shared
+def test_relative_paths_resolve_from_any_working_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    p = resolve_data_path(f"{DATA}/alpaca_50.jsonl")
+    assert p.is_file()
+    with pytest.raises(InputError, match="does not exist"):
+        resolve_data_path("no/such/file.jsonl")
+
+
+@needs_shared
+def test_alpaca():
+    items = load_items(f"{DATA}/alpaca_50.jsonl", limit=3)
+    assert len(items) == 3
+    first = json.loads((repo_root() / DATA / "alpaca_50.jsonl").open().readline())
+    it = items[0]
+    assert it.id == f"alpaca-{first['subset_index']}"
+    assert it.prompt == f"{first['instruction']}\n\n{first['input']}"
+    assert it.output is None  # the model's own answer is explained (GiLOT)
+    assert it.meta["reference"] == first["output"]
+    assert items[1].prompt == json.loads(
+        (repo_root() / DATA / "alpaca_50.jsonl").open().readlines()[1])["instruction"]
+
+
+@needs_shared
+def test_sst2_drop_mmlu_word_spans():
+    for name, kind in [("sst2_dev_100.jsonl", "sst2"), ("drop_dev_50.jsonl", "drop"),
+                       ("mmlu_test_100.jsonl", "mmlu")]:
+        items = load_items(f"{DATA}/{name}", limit=2)
+        for it in items:
+            assert it.meta["kind"] == kind and it.granularity == "span"
+            words = [it.prompt[a:b] for a, b in it.spans]
+            assert all(w and not any(c.isspace() for c in w) for w in words)
+            assert all(b1 <= a2 for (_, b1), (a2, _) in zip(it.spans, it.spans[1:]))
+    sst = load_items(f"{DATA}/sst2_dev_100.jsonl", limit=1)[0]
+    rec = json.loads((repo_root() / DATA / "sst2_dev_100.jsonl").open().readline())
+    assert [sst.prompt[a:b] for a, b in sst.spans] == rec["sentence"].split()
+    assert sst.output == f" {rec['label_text']}"
+    drop = load_items(f"{DATA}/drop_dev_50.jsonl", limit=1)[0]
+    rec = json.loads((repo_root() / DATA / "drop_dev_50.jsonl").open().readline())
+    assert [drop.prompt[a:b] for a, b in drop.spans] == rec["passage"].split()
+    assert drop.output == f" {rec['answers'][0]}"
+    mm = load_items(f"{DATA}/mmlu_test_100.jsonl", limit=1)[0]
+    words = [mm.prompt[a:b] for a, b in mm.spans]
+    assert "A." not in words and mm.output.strip() in "ABCD"
+
+
+@needs_shared
+def test_hotpotqa_gold_matches_the_hotpotqa_module():
+    items = load_items(f"{DATA}/hotpotqa_dev_distractor_100.jsonl", limit=3)
+    ref = load_hotpotqa(repo_root() / DATA / "hotpotqa_dev_distractor_100.jsonl", n=3)
+    for it, h in zip(items, ref):
+        text, spans = h.prompt()
+        assert it.prompt == text and list(it.spans) == spans
+        assert list(it.gold) == h.gold and len(it.gold) >= 2
+        assert it.output is None
+
+
+def test_generic_records_and_checks(tmp_path):
+    p = tmp_path / "d.jsonl"
+    recs = [
+        {"id": "x", "prompt": "one two three", "output": " four"},
+        {"prompt": "a b c", "spans": [[0, 1], [2, 3], [4, 5]], "labels": [0, 1, 1]},
+        {"messages": [{"role": "user", "content": "hi there"}]},
+    ]
+    p.write_text("\n".join(json.dumps(r) for r in recs) + "\n\n")
+    items = load_items(p)
+    assert [i.id for i in items] == ["x", "d-1", "d-2"]
+    assert items[1].granularity == "span" and items[1].gold == (1, 2)
+    assert isinstance(items[2].prompt, tuple)
+    assert items[0].sha256 != items[1].sha256
+    assert items[0].sha256 == load_items(p)[0].sha256  # content hash is stable
+    assert load_items(p, limit=1) == items[:1]
+    with pytest.raises(InputError, match="unique"):
+        load_items([{"id": "a", "prompt": "x"}, {"id": "a", "prompt": "y"}])
+    with pytest.raises(InputError, match="Cannot tell"):
+        load_items([{"text": "x"}])
+    with pytest.raises(InputError, match="limit"):
+        load_items(p, limit=0)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("{not json\n")
+    with pytest.raises(InputError, match="invalid JSON"):
+        load_items(bad)
+    assert isinstance(load_items([EvalItem("z", "p")])[0], EvalItem)

