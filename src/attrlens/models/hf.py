@@ -7,9 +7,12 @@ user cache directory, keyed by the GGUF file's sha256, and later loads read that
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import json
 import logging
 import os
+import re
 import time
 import warnings
 from pathlib import Path
@@ -59,22 +62,216 @@ def _dir_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+_DEVICE_HELP = "'auto', 'cpu', 'cuda', 'cuda:N' (N = a GPU index) or 'mps'"
+#: bf16 is chosen on a CPU only when it is at least this much faster than fp32 (it is less
+#: precise, so a tie goes to fp32)
+_CPU_BF16_MARGIN = 0.8
+
+
+def resolve_device(device: str) -> str:
+    """Check a device name and resolve ``auto``: CUDA if present, else MPS, else CPU.
+
+    Returns a concrete name (``cpu``, ``mps`` or ``cuda:N``). Raises ParameterError for a
+    malformed name and BackendError for hardware this torch build cannot see.
+    """
+    import torch
+
+    if not isinstance(device, str) or not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", device):
+        raise ParameterError(
+            f"The 'device' parameter of load_model must be one of {_DEVICE_HELP}. "
+            f"Got {device!r} instead."
+        )
+    mps = getattr(torch.backends, "mps", None)
+    has_mps = bool(mps is not None and mps.is_available())
+    if device == "auto":
+        if torch.cuda.is_available():
+            return f"cuda:{torch.cuda.current_device()}"
+        return "mps" if has_mps else "cpu"
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise BackendError(
+                f"device={device!r} was asked for, but this torch ({torch.__version__}) sees no "
+                f"CUDA GPU. Install a CUDA build of torch, or use device='cpu' (or 'auto')."
+            )
+        idx = int(device.split(":")[1]) if ":" in device else torch.cuda.current_device()
+        n = torch.cuda.device_count()
+        if idx >= n:
+            raise BackendError(
+                f"device={device!r} was asked for, but only {n} CUDA device(s) are visible "
+                f"(cuda:0 .. cuda:{n - 1})."
+            )
+        return f"cuda:{idx}"
+    if device == "mps" and not has_mps:
+        raise BackendError(
+            "device='mps' was asked for, but this torch build or machine has no MPS (Apple "
+            "GPU) support; use device='cpu' (or 'auto')."
+        )
+    return device
+
+
+def resolve_dtype(dtype: str, device: str) -> str | None:
+    """The dtype name for ``device``: the given one, or for ``auto`` bf16 on a GPU that
+    supports it (else fp16); ``None`` on a CPU, where it is measured (:func:`cpu_auto_dtype`).
+    """
+    import torch
+
+    if dtype not in ("auto", *_DTYPES):
+        raise ParameterError(
+            f"The 'dtype' parameter of load_model must be one of auto, {', '.join(_DTYPES)}. "
+            f"Got {dtype!r} instead."
+        )
+    if dtype != "auto":
+        return dtype
+    if device.startswith("cuda"):
+        return "bfloat16" if _cuda_bf16(int(device.split(":")[1])) else "float16"
+    if device == "mps":
+        try:
+            x = torch.ones((2, 2), dtype=torch.bfloat16, device="mps")
+            (x @ x).cpu()
+            return "bfloat16"
+        except (RuntimeError, TypeError):
+            return "float16"
+    return None
+
+
+def _cuda_bf16(index: int) -> bool:
+    """Whether CUDA device ``index`` computes in bfloat16 natively (Ampere or newer; ROCm)."""
+    import torch
+
+    if getattr(torch.version, "hip", None):
+        return True
+    major, _minor = torch.cuda.get_device_capability(index)
+    return major >= 8
+
+
+def _cpu_key() -> tuple[str, str]:
+    """(key, description) of this CPU's instruction set and the torch version."""
+    import platform
+
+    import torch
+
+    flags, name = "", platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                field, _, value = line.partition(":")
+                field = field.strip().lower()
+                if field in ("flags", "features") and not flags:
+                    flags = " ".join(sorted(value.split()))
+                elif field == "model name" and name in ("", platform.machine()):
+                    name = value.strip()
+    except OSError:
+        pass
+    raw = f"{platform.machine()}|{flags or name}|torch={torch.__version__}"
+    return hashlib.sha256(raw.encode()).hexdigest()[:16], f"{name} / torch {torch.__version__}"
+
+
+def cpu_dtype_file() -> Path:
+    """JSON file that remembers the measured CPU dtype choice per (CPU flags, torch)."""
+    return cache_dir() / "models" / "cpu_dtype.json"
+
+
+def _time_forward(model: Any, ids: Any, params: dict[str, Any] | None) -> float:
+    """Best of two timed forwards (after one warm-up) of ``model`` on ``ids`` (b, s)."""
+    import torch
+    from torch.func import functional_call
+
+    def run() -> None:
+        kwargs = {"input_ids": ids, "use_cache": False}
+        if params is None:
+            model(**kwargs)
+        else:
+            functional_call(model, params, args=(), kwargs=kwargs)
+
+    best = float("inf")
+    with torch.inference_mode():
+        run()
+        for _ in range(2):
+            t0 = time.perf_counter()
+            run()
+            best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def cpu_auto_dtype(model: Any, *, model_id: str = "?") -> str:
+    """The faster of float32 and bfloat16 for this CPU, measured once and remembered.
+
+    ``model`` is a float32 transformers causal LM on the CPU; the first call times a short
+    forward (2 x 64 tokens) of it in float32 and, through ``torch.func.functional_call`` with
+    bf16 copies of the weights (no copy of the module), in bfloat16. bf16 is chosen only when
+    it is at least 1/0.8 = 1.25x faster. The choice is stored in :func:`cpu_dtype_file`
+    keyed by the CPU's flags and the torch version, so later loads do not measure again.
+    """
+    import torch
+
+    key, desc = _cpu_key()
+    path = cpu_dtype_file()
+    try:
+        known = json.loads(path.read_text())
+        if not isinstance(known, dict):
+            known = {}
+    except (OSError, ValueError):
+        known = {}
+    entry = known.get(key)
+    if isinstance(entry, dict) and entry.get("dtype") in ("float32", "bfloat16"):
+        return str(entry["dtype"])
+    params = dict(model.named_parameters())
+    need = sum(p.numel() for p in params.values()) * 2
+    try:
+        avail = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        avail = None
+    if avail is not None and need > avail // 2:
+        log.info("not enough free memory to time bf16 on this CPU; using float32")
+        return "float32"
+    vocab = int(getattr(model.config, "vocab_size", 0) or 2)
+    seq = max(2, min(64, int(getattr(model.config, "max_position_embeddings", 64) or 64)))
+    gen = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, vocab, (2, seq), generator=gen)
+    t32 = _time_forward(model, ids, None)
+    with torch.inference_mode():
+        bf = {n: p.detach().to(torch.bfloat16) for n, p in params.items()}
+    t16 = _time_forward(model, ids, bf)
+    del bf
+    choice = "bfloat16" if t16 < _CPU_BF16_MARGIN * t32 else "float32"
+    log.info("CPU dtype: fp32 %.3fs, bf16 %.3fs per forward -> %s", t32, t16, choice)
+    known[key] = {
+        "dtype": choice,
+        "float32_s": round(t32, 5),
+        "bfloat16_s": round(t16, 5),
+        "cpu": desc,
+        "threads": torch.get_num_threads(),
+        "measured_on": model_id,
+        "tokens": int(ids.numel()),
+    }
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+        tmp.write_text(json.dumps(known, indent=1, sort_keys=True))
+        os.replace(tmp, path)
+    except OSError as exc:  # a read-only cache only costs a re-measurement
+        log.warning("could not record the CPU dtype choice in %s: %s", path, exc)
+    return choice
+
+
 def load_model(
     path: str | os.PathLike[str] | None = None,
     *,
-    dtype: str = "float32",
+    device: str = "auto",
+    dtype: str = "auto",
     cache: bool = True,
 ) -> HFModel:
     """Load a causal LM: the embedded default (``path=None``), a GGUF file or a model dir.
 
-    Models are loaded once per process and shared. ``dtype`` is ``float32`` (default),
-    ``bfloat16`` or ``float16``.
+    device: ``auto`` (CUDA if present, else MPS, else CPU), ``cpu``, ``cuda``, ``cuda:N``
+            or ``mps``.
+    dtype:  ``auto`` (bf16 on GPUs that support it, else fp16; on a CPU the faster of fp32
+            and bf16, measured once per CPU and torch version and remembered, see
+            :func:`cpu_auto_dtype`), ``float32``, ``bfloat16`` or ``float16``.
+    Models are loaded once per process (per path, device and dtype) and shared.
     """
-    if dtype not in _DTYPES:
-        raise ParameterError(
-            f"The 'dtype' parameter of load_model must be one of {', '.join(_DTYPES)}. "
-            f"Got {dtype!r} instead."
-        )
+    dev = resolve_device(device)
+    want = resolve_dtype(dtype, dev)
     from .default import DEFAULT_MODEL_ID, default_gguf_path
 
     if path is None:
@@ -89,22 +286,36 @@ def load_model(
                 f"embedded default model."
             )
         model_id = str(file)
-    key = (str(file.resolve()), dtype)
+    key = (str(file.resolve()), dev, dtype)
     if key in _LOADED:
         return _LOADED[key]
-    model = _load(file, model_id=model_id, dtype=dtype, cache=cache)
+    model = _load(file, model_id=model_id, device=dev, dtype=want, cache=cache)
     _LOADED[key] = model
     return model
 
 
-def _load(file: Path, *, model_id: str, dtype: str, cache: bool) -> HFModel:
+def _from_pretrained(src: Path, *, dtype: str | None, device: str, **kwargs: Any) -> Any:
+    """AutoModelForCausalLM.from_pretrained in ``dtype`` (None: float32), placed on a CUDA
+    device directly (no CPU copy of the weights) or left on the CPU."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
+
+    extra: dict[str, Any] = {}
+    if device.startswith("cuda"):
+        extra["device_map"] = {"": device}
+    torch_dtype = getattr(torch, dtype) if dtype else torch.float32
+    return AutoModelForCausalLM.from_pretrained(str(src), dtype=torch_dtype, **extra, **kwargs)
+
+
+def _load(file: Path, *, model_id: str, device: str, dtype: str | None, cache: bool) -> HFModel:
+    """Load ``file`` on ``device`` in ``dtype`` (None: measured on the CPU, see
+    :func:`cpu_auto_dtype`)."""
+    import torch
+    from transformers import AutoTokenizer
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
-    torch_dtype = getattr(torch, dtype)
     t0 = time.perf_counter()
     if file.is_file():
         if file.suffix.lower() != ".gguf":
@@ -115,14 +326,16 @@ def _load(file: Path, *, model_id: str, dtype: str, cache: bool) -> HFModel:
         sha = file_sha256(file)
         copy = cache_dir() / "models" / sha[:24]
         if cache and (copy / "config.json").is_file():
-            src, kwargs = copy, {}
-        else:
-            src, kwargs = file.parent, {"gguf_file": file.name}
+            src, kwargs, load_dtype = copy, {}, dtype
+        else:  # de-quantize in float32 (and keep that copy), convert afterwards
+            src, kwargs, load_dtype = file.parent, {"gguf_file": file.name}, None
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 tok = AutoTokenizer.from_pretrained(str(src), **kwargs)
-                mdl = AutoModelForCausalLM.from_pretrained(str(src), dtype=torch.float32, **kwargs)
+                mdl = _from_pretrained(
+                    src, dtype=load_dtype, device=device if load_dtype else "cpu", **kwargs
+                )
         except Exception as exc:
             raise BackendError(
                 f"Could not load the GGUF model '{file}': {type(exc).__name__}: "
@@ -152,7 +365,7 @@ def _load(file: Path, *, model_id: str, dtype: str, cache: bool) -> HFModel:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 tok = AutoTokenizer.from_pretrained(str(file))
-                mdl = AutoModelForCausalLM.from_pretrained(str(file), dtype=torch.float32)
+                mdl = _from_pretrained(file, dtype=dtype, device=device)
         except Exception as exc:
             raise BackendError(
                 f"Could not load the model directory '{file}': {type(exc).__name__}: "
@@ -160,8 +373,76 @@ def _load(file: Path, *, model_id: str, dtype: str, cache: bool) -> HFModel:
             ) from exc
     else:
         raise InputError(f"The model path '{file}' is neither a file nor a directory.")
-    mdl = mdl.to(torch_dtype)
+    if dtype is None:  # CPU, dtype auto: the model is in float32 here
+        dtype = cpu_auto_dtype(mdl, model_id=model_id)
+    target = getattr(torch, dtype)
+    p0 = next(mdl.parameters())
+    if p0.dtype != target or p0.device != torch.device(device):
+        mdl = mdl.to(device=torch.device(device), dtype=target)
     return HFModel(mdl, tok, info=ModelInfo(model_id, sha), load_s=time.perf_counter() - t0)
+
+
+def wrap_model(model: Any, tokenizer: Any = None, *, model_id: str | None = None) -> HFModel:
+    """An attrlens backend around a transformers causal LM object, on whatever device(s) it
+    is: one CPU/CUDA/MPS device, or several through ``device_map`` (inputs then go to the
+    input embedding's device).
+
+    model:     an ``AutoModelForCausalLM`` (or an HFModel, returned as is)
+    tokenizer: its fast tokenizer (``AutoTokenizer.from_pretrained(...)``)
+    model_id:  the id recorded in results (default: the config's ``_name_or_path``); the
+               weights' sha256 is not computed for an object (recorded as None).
+    """
+    if isinstance(model, HFModel):
+        if tokenizer is not None and tokenizer is not model.tokenizer:
+            raise ParameterError(
+                "A tokenizer was given beside an attrlens model, which has its own; drop "
+                "tokenizer=... (or pass the transformers model object instead)."
+            )
+        return model
+    try:
+        import torch
+    except ImportError as exc:  # pragma: no cover - torch is a dependency
+        raise BackendError("attrlens needs torch: pip install torch") from exc
+    is_lm = isinstance(model, torch.nn.Module) and all(
+        callable(getattr(model, a, None))
+        for a in ("get_decoder", "get_output_embeddings", "get_input_embeddings", "generate")
+    )
+    if not is_lm:
+        raise ParameterError(
+            f"The model must be a path, attrlens.load_model(...) or a transformers causal LM "
+            f"object (AutoModelForCausalLM.from_pretrained(...)); got {type(model).__name__}."
+        )
+    if tokenizer is None:
+        raise ParameterError(
+            "A transformers model object needs its tokenizer: "
+            "attrlens.explain(prompt, model=model, tokenizer=tokenizer)."
+        )
+    if not callable(tokenizer) or not hasattr(tokenizer, "decode"):
+        raise ParameterError(
+            f"The tokenizer must be a transformers tokenizer "
+            f"(AutoTokenizer.from_pretrained(...)); got {type(tokenizer).__name__}."
+        )
+    name = model_id or getattr(model.config, "_name_or_path", None) or type(model).__name__
+    return HFModel(model, tokenizer, info=ModelInfo(str(name), None))
+
+
+def _placement(model: Any) -> tuple[Any, Any, str]:
+    """(input device, dtype, device description) of a transformers model: the input
+    embedding's device and dtype; several devices (``device_map``) are listed."""
+    emb = model.get_input_embeddings()
+    w = getattr(emb, "weight", None)
+    if w is None:
+        w = next(model.parameters())
+    mapped = getattr(model, "hf_device_map", None) or {}
+    devs = sorted({_dev_name(d) for d in mapped.values()})
+    desc = ",".join(devs) if len(devs) > 1 else str(w.device)
+    return w.device, w.dtype, desc
+
+
+def _dev_name(d: Any) -> str:
+    if isinstance(d, int):
+        return f"cuda:{d}"
+    return str(d)
 
 
 class HFModel:
@@ -180,15 +461,17 @@ class HFModel:
 
         self.model = model.eval()
         self.tokenizer = tokenizer
-        self.info = info
         self.load_s = load_s
         if not getattr(tokenizer, "is_fast", False):
             raise BackendError(
                 "attrlens needs a fast (Rust) tokenizer for char offsets; this model's "
                 "tokenizer is a slow one. Save the model with a tokenizer.json."
             )
-        self.device = next(model.parameters()).device
-        self.dtype = next(model.parameters()).dtype
+        self._cache_kwarg: str | None = None
+        self.device, self.dtype, where = _placement(model)
+        self.info = dataclasses.replace(
+            info, device=where, dtype=str(self.dtype).replace("torch.", "")
+        )
         torch.set_grad_enabled(True)  # callers use inference_mode where they need it
 
     # ---- description -------------------------------------------------------------------
@@ -229,7 +512,7 @@ class HFModel:
         return 0
 
     def __repr__(self) -> str:
-        return f"HFModel(id={self.info.id!r}, dtype={str(self.dtype).replace('torch.', '')})"
+        return f"HFModel(id={self.info.id!r}, device={self.info.device}, dtype={self.info.dtype})"
 
     # ---- text --------------------------------------------------------------------------
     def render_chat(self, messages: list[dict[str, str]], *, add_generation_prompt: bool = True) -> str:
@@ -282,6 +565,24 @@ class HFModel:
     def decoder(self) -> Any:
         """The transformer body (returns hidden states; final norm included)."""
         return self.model.get_decoder()
+
+    @property
+    def cache_kwarg(self) -> str:
+        """The decoder's key/value-cache keyword: ``cache`` in the transformers versions that
+        renamed it (passing ``past_key_values`` there is deprecated), else ``past_key_values``.
+        """
+        if self._cache_kwarg is None:
+            import inspect
+
+            params = inspect.signature(type(self.decoder).forward).parameters
+            self._cache_kwarg = "cache" if "cache" in params else "past_key_values"
+        return self._cache_kwarg
+
+    def output_cache(self, output: Any) -> Any:
+        """The key/value cache of a decoder output, read without deprecated attributes."""
+        if self.cache_kwarg == "cache":
+            return getattr(output, "cache", None)
+        return output.past_key_values
 
     @property
     def lm_head(self) -> Any:

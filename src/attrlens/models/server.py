@@ -184,7 +184,7 @@ class LlamaServer:
             import xllamacpp  # noqa: F401  (fail here, with a clear message, not in the child)
         except ImportError as exc:
             raise BackendError(
-                "The llama.cpp server needs the 'xllamacpp' package: pip install xllamacpp"
+                "The llama.cpp server needs the 'xllamacpp' package: pip install 'attrlens[server]'"
             ) from exc
         cmd = [
             sys.executable,

@@ -1,0 +1,143 @@
+"""Device and dtype resolution (no GPU needed: CUDA/MPS presence is simulated)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import make_tiny_model
+
+from attrlens.errors import BackendError, ParameterError
+from attrlens.models import hf
+from attrlens.models.hf import cpu_auto_dtype, cpu_dtype_file, resolve_device, resolve_dtype
+
+
+@pytest.fixture
+def no_gpu(monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    if getattr(torch.backends, "mps", None) is not None:
+        monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+
+
+@pytest.fixture
+def two_gpus(monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+
+
+@pytest.fixture
+def cache(monkeypatch, tmp_path):
+    monkeypatch.setenv("ATTRLENS_CACHE_DIR", str(tmp_path))
+    return tmp_path
+
+
+def test_auto_device_without_gpu_is_cpu(no_gpu) -> None:
+    assert resolve_device("auto") == "cpu"
+    assert resolve_device("cpu") == "cpu"
+
+
+def test_auto_device_prefers_cuda(two_gpus) -> None:
+    assert resolve_device("auto") == "cuda:0"
+    assert resolve_device("cuda") == "cuda:0"
+    assert resolve_device("cuda:1") == "cuda:1"
+    with pytest.raises(BackendError, match=r"only 2 CUDA device\(s\)"):
+        resolve_device("cuda:2")
+
+
+@pytest.mark.parametrize("bad", ["gpu", "CUDA", "cuda:", "cuda:x", "tpu", "", None, 0])
+def test_malformed_device_names_are_refused(bad) -> None:
+    with pytest.raises(ParameterError, match="'device' parameter of load_model"):
+        resolve_device(bad)
+
+
+def test_missing_hardware_is_a_clear_error(no_gpu) -> None:
+    with pytest.raises(BackendError, match="sees no CUDA GPU.*device='cpu'"):
+        resolve_device("cuda")
+    with pytest.raises(BackendError, match="no MPS"):
+        resolve_device("mps")
+
+
+def test_load_model_refuses_bad_device_and_dtype_before_loading(tmp_path) -> None:
+    with pytest.raises(ParameterError, match="'device'"):
+        hf.load_model(tmp_path / "missing", device="gpu")
+    with pytest.raises(ParameterError, match="'dtype'.*auto, float32, bfloat16, float16"):
+        hf.load_model(tmp_path / "missing", device="cpu", dtype="fp8")
+
+
+@pytest.mark.parametrize(("major", "want"), [(9, "bfloat16"), (8, "bfloat16"), (7, "float16")])
+def test_auto_dtype_on_cuda(monkeypatch, major, want) -> None:
+    import torch
+
+    monkeypatch.setattr(torch.version, "hip", None, raising=False)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda i=None: (major, 0))
+    assert resolve_dtype("auto", "cuda:1") == want
+    assert resolve_dtype("float32", "cuda:1") == "float32"
+
+
+def test_auto_dtype_on_cpu_is_measured() -> None:
+    assert resolve_dtype("auto", "cpu") is None
+    assert resolve_dtype("bfloat16", "cpu") == "bfloat16"
+
+
+def test_cpu_choice_is_measured_once_and_remembered(cache, monkeypatch) -> None:
+    tiny = make_tiny_model()
+    calls: list[str] = []
+    real = hf._time_forward
+
+    def timed(model, ids, params):
+        calls.append("bf16" if params else "fp32")
+        assert ids.shape == (2, 64)
+        return real(model, ids, params)
+
+    monkeypatch.setattr(hf, "_time_forward", timed)
+    first = cpu_auto_dtype(tiny.model, model_id="tiny")
+    assert first in ("float32", "bfloat16")
+    assert calls == ["fp32", "bf16"]
+    # the model's weights stayed float32 (bf16 was timed on copies of the weights)
+    assert all(str(p.dtype) == "torch.float32" for p in tiny.model.parameters())
+    data = json.loads(cpu_dtype_file().read_text())
+    (entry,) = data.values()
+    assert entry["dtype"] == first and entry["measured_on"] == "tiny"
+    assert entry["float32_s"] > 0 and entry["bfloat16_s"] > 0
+    assert str(cpu_dtype_file()).startswith(str(cache))
+
+    def boom(*a, **k):
+        raise AssertionError("measured again")
+
+    monkeypatch.setattr(hf, "_time_forward", boom)
+    assert cpu_auto_dtype(tiny.model) == first
+
+
+@pytest.mark.parametrize(("fp32_s", "bf16_s", "want"), [
+    (1.0, 0.5, "bfloat16"), (1.0, 0.9, "float32"), (1.0, 7.0, "float32"),
+])
+def test_cpu_choice_needs_a_clear_bf16_win(cache, monkeypatch, fp32_s, bf16_s, want) -> None:
+    tiny = make_tiny_model()
+    monkeypatch.setattr(hf, "_time_forward", lambda m, ids, p: bf16_s if p else fp32_s)
+    assert cpu_auto_dtype(tiny.model) == want
+
+
+def test_remembered_choice_sets_the_loaded_dtype(cache, monkeypatch, tmp_path) -> None:
+    tiny = make_tiny_model()
+    d = tmp_path / "m"
+    tiny.model.save_pretrained(d)
+    tiny.tokenizer.save_pretrained(d)
+    key, _ = hf._cpu_key()
+    cpu_dtype_file().parent.mkdir(parents=True, exist_ok=True)
+    cpu_dtype_file().write_text(json.dumps({key: {"dtype": "bfloat16"}}))
+    monkeypatch.setattr(hf, "_time_forward", lambda *a: pytest.fail("measured again"))
+    m = hf.load_model(d, device="cpu", dtype="auto")
+    assert m.info.dtype == "bfloat16" and m.info.device == "cpu"
+    assert str(m.dtype) == "torch.bfloat16"
+    # a corrupt file is re-measured, not an error
+    cpu_dtype_file().write_text("{not json")
+    monkeypatch.setattr(hf, "_time_forward", lambda m, ids, p: 2.0 if p else 1.0)
+    hf._LOADED.clear()
+    m2 = hf.load_model(d, device="cpu", dtype="auto")
+    assert m2.info.dtype == "float32"
+    assert json.loads(cpu_dtype_file().read_text())[key]["dtype"] == "float32"
