@@ -1,7 +1,9 @@
-"""GiLOT: beam marginals, masking, own vs shared beams, distances, use cases, CLI."""
+"""GiLOT: beam marginals, masking, own vs shared beams, distances, the beam game, the
+explainer on the contract, and the analysis use cases on its attributions."""
 
 from __future__ import annotations
 
+import functools
 import time
 
 import numpy as np
@@ -10,19 +12,20 @@ import torch
 
 import attrlens
 from attrlens.errors import InputError, ParameterError
-from attrlens.explainers.gilot import (
+from attrlens.analysis import (
     Comparison,
     align_slots,
-    compare,
-    compress,
     features_in_span,
-    gilot_attribution,
-    kl_divergence,
     marked_spans,
     query_weight,
+    run_compare,
+    run_query_weight,
 )
-from attrlens.explainers.gilot_beams import BeamRunner, make_inputs, unmasked_inputs
+from attrlens.games import BudgetedGame, BudgetExceededError
+from attrlens.games.beams import BeamGame, BeamSettings
 from attrlens.result import Attribution
+from attrlens.scoring.beams import BeamRunner, make_inputs, unmasked_inputs
+from attrlens.scoring.distributions import kl_full, topk_union
 
 PROMPT = "The quick brown fox jumps over the lazy dog. Explain why the sky is blue."
 B, J = 4, 5
@@ -47,6 +50,24 @@ def reference(tiny_model, ids):
     runner = BeamRunner(tiny_model, ids, beams=B, horizon=J)
     ((_, marg),) = list(runner.search(unmasked_inputs(ids)))
     return marg
+
+
+class _Res:
+    """per_position (m, J), scores (m,) and the game of :func:`gilot_attribution`."""
+
+    def __init__(self, game, d):
+        self.game, self.per_position, self.scores = game, d, d.mean(1)
+        self.solver = game.solver
+
+
+def gilot_attribution(model, ids, token_keep, *, reference_keep=None, masker="attention_off",
+                      **kw):
+    """GiLOT distances of token-level keep masks (m, L), through a BeamGame whose features
+    are the tokens."""
+    L = len(ids)
+    game = BeamGame(model, ids, lambda m: m, L, masker=masker, settings=BeamSettings(**kw),
+                    reference_keep=reference_keep)
+    return _Res(game, game.per_token_values(np.atleast_2d(token_keep)))
 
 
 def _direct_marginal(model, ids, keep, beams, *, delete=False):
@@ -243,10 +264,10 @@ def test_attention_off_and_delete_agree_except_for_the_last_token(tiny_model, id
 
 
 # ---- distances -------------------------------------------------------------------------------
-def test_compress_is_the_renormalised_top_k_union():
+def test_topk_union_is_the_renormalised_top_k_union():
     rng = np.random.default_rng(0)
     lp = torch.log_softmax(torch.as_tensor(rng.normal(size=(2, 3, 12)) * 2), -1)
-    ids, p, q, valid = compress(lp[0], lp[1], top_k=3)
+    ids, p, q, valid = topk_union(lp[0], lp[1], top_k=3)
     for r in range(3):
         want = set(lp[0, r].topk(3).indices.tolist()) | set(lp[1, r].topk(3).indices.tolist())
         got = set(ids[r][valid[r]].tolist())
@@ -272,7 +293,7 @@ def test_gilot_kl_equals_a_direct_kl(tiny_model, ids, reference):
     np.testing.assert_allclose(res.per_position[0], kl, rtol=1e-3, atol=1e-5)
     assert res.scores[0] == pytest.approx(kl.mean(), rel=1e-3)
     lp = torch.log(torch.as_tensor(p))
-    np.testing.assert_allclose(kl_divergence(lp, lp), np.zeros(J), atol=1e-12)
+    np.testing.assert_allclose(kl_full(lp, lp), np.zeros(J), atol=1e-12)
 
 
 # ---- the registered explainers ------------------------------------------------------------------
@@ -291,7 +312,9 @@ def test_explain_gilot_result(short_attr):
     assert len(meta["beam_mass"]) == 3 and meta["beam_mass"][0] == pytest.approx(1.0)
     assert a.per_output_token.shape == (5, 3)
     np.testing.assert_allclose(a.per_output_token.mean(1), a.scores, atol=1e-12)
+    assert a.cost["value_calls"] == 6  # n + 1 inputs, like leave-one-out
     assert a.cost["model_forwards"] > 0 and a.cost["tokens_processed"] >= meta["tokens_min"]
+    assert not any(k.startswith("_") for k in meta)
     assert meta["model_s"] > 0 and "ot_solver_s" in meta
     assert a.params["solver"] == meta["ot_solver"] == "exact"  # "auto" on CPU
     assert len(meta["beams"]) == 3
@@ -359,8 +382,9 @@ def test_marked_spans():
 
 
 def test_compare_aligns_the_differing_word(tiny_model):
-    cmp = compare("the quick brown fox", "the quick red fox", model=tiny_model, beams=2,
-                  horizon=2, ot_iter=100)
+    explain = functools.partial(attrlens.explain, model=tiny_model, method="gilot", beams=2,
+                                horizon=2, ot_iter=100)
+    cmp = run_compare("the quick brown fox", "the quick red fox", explain)
     assert isinstance(cmp, Comparison)
     assert cmp.slots == [([2], [2])]
     assert cmp.a.labels[cmp.slot_a[0]] == "brown" and cmp.b.labels[cmp.slot_b[0]] == "red"
@@ -376,23 +400,14 @@ def test_compare_aligns_the_differing_word(tiny_model):
     assert align_slots(["a", "female", "x"], ["a", "male", "x"]) == [([1], [1])]
 
 
-def test_cli_registers_compare_and_aqw(tmp_path, tiny_model, capsys):
-    from attrlens.cli import build_parser, main
-
-    args = build_parser().parse_args(["compare", "a b", "a c", "--beams", "2", "--horizon", "2"])
-    assert args.func.__name__ == "cmd_compare" and args.beams == 2
-    args = build_parser().parse_args(["aqw", "x [[y]]", "--query-span", "0:1"])
-    assert args.func.__name__ == "cmd_aqw"
-    # a full run on the tiny model saved as a local model directory
-    d = tmp_path / "tiny"
-    tiny_model.model.save_pretrained(d)
-    tiny_model.tokenizer.save_pretrained(d)
-    rc = main(["aqw", "the lazy dog [[is blue]]", "--model", str(d), "--beams", "2",
-               "--horizon", "2", "--param", "ot_iter=50", "--quiet"])
-    out = capsys.readouterr().out
-    assert rc == 0
-    value = float(out.strip().split()[-1])
-    assert 0.0 <= value <= 1.0
+def test_query_weight_of_a_marked_prompt(tiny_model):
+    explain = functools.partial(attrlens.explain, model=tiny_model, method="gilot", beams=2,
+                                horizon=2, ot_iter=50)
+    res = run_query_weight("the lazy dog [[is blue]]", explain)
+    assert [res.attribution.labels[i] for i in res.query_features] == ["is", "blue"]
+    s = res.attribution.scores
+    assert res.aqw == pytest.approx((s[3] + s[4]) / s.sum(), rel=1e-12)
+    assert res.attribution.cost["value_calls"] == 6
 
 
 # ---- the embedded model ------------------------------------------------------------------------

@@ -29,7 +29,8 @@ def setup(tiny_model):
 def _scratch(model, inp, out, L):
     """Reference: one full forward of the whole model per perturbed input."""
     seq = torch.as_tensor(np.concatenate([inp.ids, out]))[None]
-    pos = torch.as_tensor(np.concatenate([inp.positions, np.arange(L, L + len(out))]))[None]
+    start = L if inp.output_start is None else inp.output_start
+    pos = torch.as_tensor(np.concatenate([inp.positions, np.arange(start, start + len(out))]))[None]
     with torch.no_grad():
         lp = model.model(input_ids=seq, position_ids=pos, attention_mask=torch.ones_like(seq)).logits
     lp = lp.float().log_softmax(-1)[0]

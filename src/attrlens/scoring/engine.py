@@ -5,10 +5,15 @@ output o, the model's next-token distributions at the T positions that predict o
 hands them to a reducer (a target) in row chunks, so full-vocabulary tensors never pile up.
 
 Prefix reuse: the tokens before a mask's first removed (or replaced) token are identical to the
-unmasked prompt, at the same positions, so their key/value cache is the unmasked prompt's. It
-is computed once; each batch takes the shortest common prefix of its rows, and only the
+unmasked prompt, at the same positions, so their key/value cache is the unmasked prompt's
+(one :class:`~attrlens.scoring.cache.PrefixCache`, shared with GiLOT's beam runner). It is
+computed once; each batch takes the shortest common prefix of its rows, and only the
 suffixes are run. Rows are sorted by their first change so that batches share long prefixes.
 Right padding needs no extra masking under causal attention; pads are excluded from counts.
+
+A perturbed input may carry an ``attention`` vector (0 = no query attends to that token's
+key): the ``attention_off`` masker uses it for a masked last prompt token, whose hidden state
+(id 0, attention 0) still predicts the first output token, as in GiLOT's reference.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from ..text.mask import PerturbedInput
+from .cache import PrefixCache
 
 Reducer = Callable[[Any, Any], np.ndarray]  # (logprobs (b,T,V) torch, out_ids (T,)) -> (b, ...)
 
@@ -33,6 +39,7 @@ class ScoringEngine:
     prefix_reuse:     share the unmasked prompt's key/value cache before the first change
     max_batch_tokens: padded suffix tokens per forward
     max_logit_rows:   rows x T of vocabulary-sized log-probs materialised at once
+    prefix:           the prompt's key/value cache to share (default: a new one)
     """
 
     def __init__(
@@ -45,6 +52,7 @@ class ScoringEngine:
         max_batch_tokens: int = 8192,
         max_batch_size: int = 128,
         max_logit_rows: int = 512,
+        prefix: PrefixCache | None = None,
     ):
         self.model = model
         self.prompt_ids = np.asarray(prompt_ids, dtype=np.int64)
@@ -64,7 +72,9 @@ class ScoringEngine:
             "rows_scored": 0,
             "wall_s": 0.0,
         }
-        self._prefix_kv: list[tuple[Any, Any]] | None = None
+        if prefix is not None and not prefix.matches(model, self.prompt_ids):
+            raise ValueError("The shared prefix cache belongs to another model or prompt.")
+        self.prefix = prefix if prefix is not None else PrefixCache(model, self.prompt_ids)
 
     @property
     def n_prompt(self) -> int:
@@ -75,28 +85,6 @@ class ScoringEngine:
         return int(self.output_ids.shape[0])
 
     # ---- internals ---------------------------------------------------------------------
-    def _prefix(self) -> list[tuple[Any, Any]]:
-        """Key/value tensors (1, heads, L, d) per layer of the unmasked prompt."""
-        if self._prefix_kv is None:
-            import torch
-
-            dev = self.model.device
-            ids = torch.as_tensor(self.prompt_ids[None, :], device=dev)
-            with torch.inference_mode():
-                out = self.model.decoder(
-                    input_ids=ids,
-                    attention_mask=torch.ones_like(ids),
-                    position_ids=torch.arange(ids.shape[1], device=dev)[None, :],
-                    use_cache=True,
-                )
-            cache = out.past_key_values
-            self._prefix_kv = [
-                (layer.keys, layer.values) for layer in cache.layers
-            ] if hasattr(cache, "layers") else [(k, v) for k, v in cache]
-            self.counters["model_forwards"] += 1
-            self.counters["tokens_processed"] += ids.shape[1]
-        return self._prefix_kv
-
     def _batches(self, order: list[int], inputs: Sequence[PerturbedInput], cut: list[int]):
         """Group rows (sorted by decreasing cut) into batches bounded by padded tokens."""
         batch: list[int] = []
@@ -120,7 +108,6 @@ class ScoringEngine:
     def run(self, inputs: Sequence[PerturbedInput], reducer: Reducer) -> list[np.ndarray]:
         """Apply ``reducer`` to the output log-probs of every perturbed input, in order."""
         import torch
-        from transformers import DynamicCache
 
         t0 = time.perf_counter()
         n = len(inputs)
@@ -134,7 +121,6 @@ class ScoringEngine:
         # predicts o_1 and must be recomputed
         cut = [min(p.first_change, L - 1) if self.prefix_reuse else 0 for p in inputs]
         order = sorted(range(n), key=lambda i: (-cut[i], len(inputs[i].ids)))
-        prefix = self._prefix() if self.prefix_reuse else None
         out_pos_offset = np.arange(L, L + T)
         head = self.model.lm_head
         out_ids_t = torch.as_tensor(self.output_ids, device=dev)
@@ -157,20 +143,21 @@ class ScoringEngine:
             pos_t = torch.zeros((B, S), dtype=torch.long)
             att = torch.zeros((B, p + S), dtype=torch.long)
             att[:, :p] = 1
-            for r, (ids, pos) in enumerate(zip(seqs, poss)):
+            for r, (i, ids, pos) in enumerate(zip(batch, seqs, poss)):
                 k = len(ids)
                 ids_t[r, :k] = torch.as_tensor(ids)
                 pos_t[r, :k] = torch.as_tensor(pos)
                 pos_t[r, k:] = int(pos[-1]) + 1 + torch.arange(S - k)
                 att[r, p : p + k] = 1
-            kwargs: dict[str, Any] = {}
-            if p > 0 and prefix is not None:
-                cache = DynamicCache()
-                for li, (k_, v_) in enumerate(prefix):
-                    cache.update(
-                        k_[:, :, :p].expand(B, -1, -1, -1), v_[:, :, :p].expand(B, -1, -1, -1), li
+                off = getattr(inputs[i], "attention", None)
+                if off is not None:  # keys no query may read (attention_off)
+                    n_in = len(inputs[i].ids) - p
+                    att[r, p : p + n_in] = torch.as_tensor(
+                        np.asarray(off[p:], dtype=np.int64)
                     )
-                kwargs["past_key_values"] = cache
+            kwargs: dict[str, Any] = {}
+            if p > 0 and self.prefix_reuse:
+                kwargs["past_key_values"] = self.prefix.expand(B, p, self.counters, copy=False)
             with torch.inference_mode():
                 hidden = self.model.decoder(
                     input_ids=ids_t.to(dev),

@@ -24,10 +24,10 @@ import numpy as np
 
 from ..errors import InputError, unknown_name_message
 from ..text.mask import PerturbedInput
+from .distributions import divergence, topk_divergence  # noqa: F401  (divergence re-exported)
 from .engine import ScoringEngine, gather_logprobs, unmasked_input
 
 TARGETS = ("nll", "logprob", "kl", "js", "tv", "contrastive")
-_DIV_EPS = 1e-12
 
 
 class Target(abc.ABC):
@@ -84,39 +84,13 @@ class DivergenceTarget(Target):
         return self._ref
 
     def per_token(self, inputs: Sequence[PerturbedInput]) -> np.ndarray:
-        import torch
-
         ref = self._reference()
-        k = min(self.k, ref.shape[-1])
-        ref_mask = torch.zeros_like(ref, dtype=torch.bool)
-        ref_mask.scatter_(-1, ref.topk(k, dim=-1).indices, True)
-        p_full = ref.exp()
 
         def reducer(lq: Any, _out: Any) -> np.ndarray:
-            mask = ref_mask[None].expand_as(lq).clone()
-            mask.scatter_(-1, lq.topk(k, dim=-1).indices, True)
-            p = torch.where(mask, p_full[None], 0.0)
-            q = torch.where(mask, lq.exp(), 0.0)
-            p = p / p.sum(-1, keepdim=True)
-            q = q / q.sum(-1, keepdim=True)
-            d = divergence(p, q, self.kind)
+            d = topk_divergence(ref[None].expand_as(lq), lq, self.kind, top_k=self.k)
             return (-d).double().cpu().numpy()
 
         return np.stack(self.engine.run(inputs, reducer))
-
-
-def divergence(p: Any, q: Any, kind: str) -> Any:
-    """KL(p‖q), Jensen-Shannon or total variation along the last axis (torch tensors)."""
-    import torch
-
-    if kind == "kl":
-        return torch.where(p > 0, p * (torch.log(p + _DIV_EPS) - torch.log(q + _DIV_EPS)), 0.0).sum(-1)
-    if kind == "js":
-        m = 0.5 * (p + q)
-        return 0.5 * divergence(p, m, "kl") + 0.5 * divergence(q, m, "kl")
-    if kind == "tv":
-        return 0.5 * (p - q).abs().sum(-1)
-    raise InputError(unknown_name_message("divergence", kind, ("kl", "js", "tv")))
 
 
 class ContrastiveTarget(Target):

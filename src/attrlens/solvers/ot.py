@@ -299,6 +299,61 @@ def cosine_cost(emb_a: Any, emb_b: Any = None, *, half: bool = False) -> Any:
     return cost.cpu().numpy() if as_numpy else cost
 
 
+#: float64 bytes of the cost matrices built for one ot_distance call in
+#: :func:`ot_distances_on_support` (the solver chunks its own work further)
+_SUPPORT_BATCH_BYTES = 64 * 2**20
+
+
+def ot_distances_on_support(
+    ids: Any,
+    p: Any,
+    q: Any,
+    valid: Any,
+    emb: Any,
+    *,
+    half: bool = False,
+    method: str = "ipot",
+    beta: float = 1.0,
+    max_iter: int = 1000,
+    smoothing: float = 1e-4,
+    tol: float | None = None,
+    batch_bytes: int = _SUPPORT_BATCH_BYTES,
+) -> np.ndarray:
+    """OT distances of many distribution pairs, each on its own support of embedded points.
+
+    ids, p, q, valid: (P, N) point indices, the two distributions and the support mask
+    (False = padding, zero mass), e.g. a top-k vocabulary union; emb: (V, H) embeddings of
+    the points (torch). The cost of problem r is ``cosine_cost(emb[ids[r]])`` (``half`` as
+    there). Problems are sorted by their number of real points, compacted to it and solved
+    in a few calls of :func:`ot_distance` bounded by ``batch_bytes`` of cost matrices
+    (padding stays outside the support, so ``smoothing`` goes on real points only).
+    Returns (P,) float64 numpy.
+    """
+    import torch
+
+    P = ids.shape[0]
+    n_real = valid.sum(-1)
+    # largest problems first: a batch is then as wide as its first problem
+    order = torch.argsort(-n_real, stable=True)
+    out = np.zeros(P, dtype=np.float64)
+    # compact real points to the front of each row (stable: keeps their order)
+    front = torch.argsort((~valid).to(torch.int8), dim=-1, stable=True)
+    ids_c, p_c, q_c, v_c = (x.gather(-1, front) for x in (ids, p, q, valid))
+    i = 0
+    while i < P:
+        size = max(int(n_real[order[i]]), 1)
+        per = max(1, batch_bytes // (8 * size * size))
+        rows = order[i : i + per]
+        c = cosine_cost(emb[ids_c[rows, :size]], half=half)
+        mask = v_c[rows, :size]
+        d = ot_distance(p_c[rows, :size], q_c[rows, :size], c, method=method, beta=beta,
+                        max_iter=max_iter, smoothing=smoothing, tol=tol, mask_p=mask,
+                        mask_q=mask)
+        out[rows.cpu().numpy()] = d.detach().double().cpu().numpy().reshape(-1)
+        i += len(rows)
+    return out
+
+
 # --------------------------------------------------------------------------------------
 # input handling
 # --------------------------------------------------------------------------------------

@@ -23,7 +23,8 @@ Conventions (our resolutions, see METHODS.md §4(b)):
   way and predicts Y_1 from the last kept token (identical to removing the tokens at fixed
   positions); ``replace`` swaps the id and keeps attention.
 * Prefix reuse: tokens before a row's first change are the unmasked prompt's, so their
-  key/value cache is computed once and shared.
+  key/value cache is computed once and shared (:class:`~attrlens.scoring.cache.PrefixCache`,
+  the same cache the teacher-forced scoring engine uses).
 
 The search is batched across inputs (G inputs x b beams rows) with a key/value cache; one
 beam search costs J forwards (the prompt and J-1 decoding steps), and the hidden state of
@@ -42,6 +43,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError
+from .cache import PrefixCache
 
 MASKER_KINDS = ("attention_off", "delete", "replace")
 
@@ -137,10 +139,6 @@ class Beams:
     def horizon(self) -> int:
         return int(self.tokens.shape[1]) + 1
 
-    def representatives(self) -> np.ndarray:
-        """(J, b) bool: beam k stands for its distinct prefix y_<j (first beam holding it)."""
-        return prefix_representatives(self.tokens, self.ended)
-
     def prefix_logp(self) -> np.ndarray:
         """(b, J) log P(y_<j) of every beam's prefix (0 at j = 1)."""
         return prefix_logp(self.token_logp)
@@ -169,12 +167,6 @@ def prefix_owners(tokens: np.ndarray, ended: np.ndarray) -> np.ndarray:
         for k in range(b):
             owner[j, k] = first.setdefault(tuple(key[k, :j].tolist()), k)
     return owner
-
-
-def prefix_representatives(tokens: np.ndarray, ended: np.ndarray) -> np.ndarray:
-    """(J, b) bool: for each position j, one beam per distinct prefix y_<j (the first one)."""
-    owner = prefix_owners(tokens, ended)
-    return owner == np.arange(tokens.shape[0])[None, :]
 
 
 def prefix_logp(token_logp: np.ndarray) -> np.ndarray:
@@ -216,6 +208,7 @@ class BeamRunner:
     horizon:      output positions J (each beam has J-1 new tokens)
     max_batch_tokens: rows x key/value length per forward (bounds the cache memory)
     prefix_reuse: share the unmasked prompt's cache before each row's first change
+    prefix:       that cache (default: a new one; pass the scoring engine's to share it)
     """
 
     model: Any
@@ -224,13 +217,16 @@ class BeamRunner:
     horizon: int = 10
     max_batch_tokens: int = 8192
     prefix_reuse: bool = True
+    prefix: PrefixCache | None = None
     counters: dict[str, float] = field(default_factory=lambda: {
         "model_forwards": 0, "tokens_processed": 0, "tokens_min": 0, "model_s": 0.0,
     })
 
     def __post_init__(self) -> None:
         self.prompt_ids = np.asarray(self.prompt_ids, dtype=np.int64)
-        self._prefix_kv: list[tuple[Any, Any]] | None = None
+        if self.prefix is not None and not self.prefix.matches(self.model, self.prompt_ids):
+            raise InputError("The shared prefix cache belongs to another model or prompt.")
+        self._cache = self.prefix or PrefixCache(self.model, self.prompt_ids)
         eos = list(self.model.eos_token_ids)
         if not eos:
             raise InputError("The model has no EOS token; GiLOT's beams need one.")
@@ -260,25 +256,11 @@ class BeamRunner:
         self.counters["tokens_processed"] += int(ids.shape[0] * ids.shape[1])
         return out.last_hidden_state
 
-    def _prefix(self) -> list[tuple[Any, Any]]:
-        """Key/value tensors (1, heads, L, d) per layer of the unmasked prompt."""
-        if self._prefix_kv is None:
-            import torch
-            from transformers import DynamicCache
-
-            # (called inside the inference_mode block of _run)
-            dev = self.model.device
-            L = self.n_prompt
-            cache = DynamicCache()
-            hidden = self._forward(
-                torch.as_tensor(self.prompt_ids[None, :], device=dev),
-                torch.ones((1, L), dtype=torch.long, device=dev),
-                torch.arange(L, device=dev)[None, :], cache,
-            )
-            self.counters["tokens_min"] += L
-            self._prefix_kv = [(lay.keys, lay.values) for lay in cache.layers]
-            self._prefix_h = hidden[0, -1]
-        return self._prefix_kv
+    def _shared(self, G: int, p: int) -> Any:
+        """A cache with the unmasked prompt's first p positions for G rows (copies)."""
+        if not self._cache.ready:
+            self.counters["tokens_min"] += self.n_prompt
+        return self._cache.expand(G, p, self.counters)
 
     def _prompt_pass(self, inp: BeamInputs, rows: np.ndarray) -> _Prepared:
         """Run the prompts of ``rows``; returns their cache and predicting hidden states."""
@@ -294,22 +276,13 @@ class BeamRunner:
         if not self.prefix_reuse:
             cut = np.zeros_like(cut)
         p = int(cut.min())
-        cache = DynamicCache()
         if self.prefix_reuse and (inp.first_change[rows] >= L).all():
             # unmasked rows: the prefix pass is their whole prompt pass
-            for li, (k_, v_) in enumerate(self._prefix()):
-                cache.update(
-                    k_.expand(G, -1, -1, -1).contiguous(),
-                    v_.expand(G, -1, -1, -1).contiguous(), li,
-                )
+            cache = self._shared(G, L)
+            h_last = self._cache.last_hidden(self.counters)
             attn = torch.ones((G, L), dtype=torch.long, device=dev)
-            return _Prepared(cache=cache, attn=attn, h_pred=self._prefix_h.expand(G, -1))
-        if p > 0:
-            for li, (k_, v_) in enumerate(self._prefix()):
-                cache.update(
-                    k_[:, :, :p].expand(G, -1, -1, -1).contiguous(),
-                    v_[:, :, :p].expand(G, -1, -1, -1).contiguous(), li,
-                )
+            return _Prepared(cache=cache, attn=attn, h_pred=h_last.expand(G, -1))
+        cache = self._shared(G, p) if p > 0 else DynamicCache()
         attn = torch.as_tensor(inp.keep[rows].astype(np.int64), device=dev)
         ids = torch.as_tensor(inp.ids[rows, p:], device=dev)
         pos = torch.arange(p, L, device=dev)[None, :].expand(G, -1)

@@ -1,0 +1,111 @@
+"""The prefix key/value cache of one unmasked prompt, shared by every model-side runner.
+
+Tokens before a perturbed prompt's first change are the unmasked prompt's, at the same
+positions, so their keys and values are the unmasked prompt's. :class:`PrefixCache` runs the
+unmasked prompt once (lazily, on first use) and hands out the first ``p`` positions of its
+cache, expanded to a batch, as a fresh ``transformers.DynamicCache``. The teacher-forced
+scoring engine (:mod:`.engine`) and GiLOT's beam runner (:mod:`.beams`) both use it; one
+instance can serve both when they explain the same prompt.
+
+The forward that fills the cache is counted once, in the counters of the caller that
+triggered it (a dict with ``model_forwards`` and ``tokens_processed``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+
+class PrefixCache:
+    """Key/value cache and last hidden state of the unmasked prompt.
+
+    model:      an HFModel backend (``decoder``, ``device``)
+    prompt_ids: (L,) token ids of the unmasked prompt (L >= 1)
+    """
+
+    def __init__(self, model: Any, prompt_ids: Sequence[int] | np.ndarray):
+        self.model = model
+        self.prompt_ids = np.asarray(prompt_ids, dtype=np.int64)
+        if self.prompt_ids.ndim != 1 or self.prompt_ids.size == 0:
+            raise ValueError("PrefixCache needs a non-empty 1-D prompt.")
+        self._layers: list[tuple[Any, Any]] | None = None
+        self._last_hidden: Any = None
+
+    @property
+    def n_prompt(self) -> int:
+        return int(self.prompt_ids.shape[0])
+
+    @property
+    def ready(self) -> bool:
+        """Whether the prompt has been run already (a later use costs no forward)."""
+        return self._layers is not None
+
+    def matches(self, model: Any, prompt_ids: Sequence[int] | np.ndarray) -> bool:
+        """Whether this cache is the one of ``model`` on ``prompt_ids``."""
+        ids = np.asarray(prompt_ids, dtype=np.int64)
+        return model is self.model and np.array_equal(ids, self.prompt_ids)
+
+    def _fill(self, counters: dict[str, float] | None) -> None:
+        import torch
+
+        dev = self.model.device
+        L = self.n_prompt
+        ids = torch.as_tensor(self.prompt_ids[None, :], device=dev)
+        with torch.inference_mode():
+            out = self.model.decoder(
+                input_ids=ids,
+                attention_mask=torch.ones((1, L), dtype=torch.long, device=dev),
+                position_ids=torch.arange(L, device=dev)[None, :],
+                use_cache=True,
+            )
+        cache = out.past_key_values
+        if hasattr(cache, "layers"):
+            self._layers = [(lay.keys, lay.values) for lay in cache.layers]
+        else:  # older transformers: a legacy tuple cache
+            self._layers = [(k, v) for k, v in cache]
+        self._last_hidden = out.last_hidden_state[0, -1]
+        if counters is not None:
+            counters["model_forwards"] = counters.get("model_forwards", 0) + 1
+            counters["tokens_processed"] = counters.get("tokens_processed", 0) + L
+
+    def layers(self, counters: dict[str, float] | None = None) -> list[tuple[Any, Any]]:
+        """Key/value tensors (1, heads, L, d) per layer (the prompt runs on first use)."""
+        if self._layers is None:
+            self._fill(counters)
+        return self._layers or []
+
+    def last_hidden(self, counters: dict[str, float] | None = None) -> Any:
+        """(H,) final hidden state of the last prompt token (predicts the first new token)."""
+        self.layers(counters)
+        return self._last_hidden
+
+    def expand(
+        self,
+        batch: int,
+        p: int,
+        counters: dict[str, float] | None = None,
+        *,
+        copy: bool = True,
+    ) -> Any:
+        """A DynamicCache holding the first ``p`` positions (1 <= p <= L) for ``batch`` rows.
+
+        copy: contiguous copies, so a runner may reorder them in place (beam search); False
+        gives broadcast views (enough for one forward that only appends)."""
+        from transformers import DynamicCache
+
+        if not 1 <= p <= self.n_prompt:
+            raise ValueError(f"A prefix of {p} tokens does not fit a prompt of {self.n_prompt}.")
+        cache = DynamicCache()
+        for li, (k_, v_) in enumerate(self.layers(counters)):
+            cache.update(
+                _rows(k_[:, :, :p], batch, copy), _rows(v_[:, :, :p], batch, copy), li
+            )
+        return cache
+
+
+def _rows(x: Any, batch: int, copy: bool) -> Any:
+    x = x.expand(batch, -1, -1, -1)
+    return x.contiguous() if copy else x
