@@ -117,3 +117,176 @@ def test_closed_model_values_from_the_cli(fake_openai, tmp_path, capsys):
     assert d["output"]["text"] == "log p(echo:) - log p(alt0)"
     code, _, err = run(["explain", "hi", "--closed-answers", "A"], capsys)
     assert code == 2 and "--target-url" in err
+
+
+# ---- generated method options and `methods NAME` ---------------------------------------------
+def test_methods_name_prints_the_declaration(capsys):
+    from attrlens.registry import get_explainer
+
+    code, out, _ = run(["methods", "lime"], capsys)
+    assert code == 0
+    cls = get_explainer("lime")
+    assert cls.paper in out and "needs:" in out and "budget:  yes" in out
+    for p in cls.parameters:
+        assert p.option in out and p.describe() in out and p.help in out
+        assert f"default {p.default!r}" in out
+
+
+def test_every_declared_parameter_is_an_explain_option():
+    from attrlens.cli import build_parser
+    from attrlens.registry import get_explainer, list_methods
+
+    for name in list_methods():
+        parser = build_parser(["explain", "--method", name])
+        sub = parser._subparsers._group_actions[0].choices["explain"]
+        opts = set(sub._option_string_actions)
+        for p in get_explainer(name).parameters:
+            assert (p.option in opts) == p.cli, (name, p.name)
+
+
+def test_generated_option_value_is_parsed_by_the_declaration(tmp_path, capsys):
+    # checked before the model loads: the model path does not exist
+    code, _, err = run(["explain", "hi", "--method", "lime", "--alpha", "-1",
+                        "--model", "/no/such/model"], capsys)
+    assert code == 2 and "'alpha'" in err and "does not exist" not in err
+    code, _, err = run(["explain", "hi", "--method", "lime", "--alpha", "x",
+                        "--model", "/no/such/model"], capsys)
+    assert code == 2 and "'alpha'" in err and "Got 'x'" in err
+
+
+@pytest.mark.parametrize(
+    "argv, needles",
+    [
+        (["explain", "hi", "--nonsense", "3"], ["Unknown option '--nonsense'", "--budget"]),
+        (["explain", "hi", "--method", "loo", "--alpha", "3"],
+         ["no option --alpha", "lime"]),
+        (["show", "x.json", "--bogus"], ["Unknown option '--bogus'", "--top"]),
+    ],
+)
+def test_unknown_options_one_line_listing_valid_ones(argv, needles, capsys):
+    code, _, err = run(argv, capsys)
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("attrlens: error:"), err
+    for n in needles:
+        assert n in lines[0]
+
+
+def test_cheap_checks_before_the_model_loads(tmp_path, capsys):
+    """Each error is reported although the model path does not exist (checked later)."""
+    missing = ["--model", "/no/such/model"]
+    cases = [
+        (["explain", "hi", "--method", "limes"], "Did you mean 'lime'"),
+        (["explain", "hi", "--granularity", "words"], "Did you mean 'word'"),
+        (["explain", "hi", "--masker", "replac"], "Unknown masker"),
+        (["explain", "hi", "--target", "nl"], "Unknown target"),
+        (["explain", "hi", "--budget", "0"], "'budget'"),
+        (["explain", "hi", "--spans", "a:b", "--granularity", "span"], "--spans takes"),
+        (["explain", "hi", "--html", str(tmp_path / "no" / "r.html")], "does not exist; create"),
+    ]
+    for argv, needle in cases:
+        code, _, err = run(argv + missing, capsys)
+        lines = [ln for ln in err.splitlines() if ln.strip()]
+        assert code == 2 and len(lines) == 1 and needle in lines[0], (argv, err)
+
+
+# ---- literal terminal text, JSON before display ----------------------------------------------
+def test_markup_brackets_and_ansi_are_shown_literally(tiny_dir, tmp_path, capsys):
+    path = tmp_path / "r.json"
+    prompt = "[INST] Name a fruit. [/INST] arr[i] [bold]x[/bold] \x1b[31mred"
+    code, out, err = run(["explain", prompt, "--model", str(tiny_dir), "--raw",
+                          "--output-text", " [b]apple[/b]", "--json", str(path)], capsys)
+    assert code == 0, err
+    assert "[INST]" in out and "[/INST]" in out and "arr[i]" in out and "[bold]x[/bold]" in out
+    assert "[b]apple[/b]" in out
+    assert "\x1b[31m" not in out and "\\x1b[31mred" in out
+    assert "target nll" in out and "masker delete" in out
+    code, out, err = run(["show", str(path)], capsys)
+    assert code == 0 and "[/INST]" in out and "arr[i]" in out and "\x1b[31m" not in out
+
+
+def test_json_is_written_before_a_display_failure(tiny_dir, tmp_path, capsys, monkeypatch):
+    from attrlens.result import Attribution
+
+    def broken(self, **kw):
+        raise RuntimeError("terminal exploded")
+
+    monkeypatch.setattr(Attribution, "show", broken)
+    path = tmp_path / "r.json"
+    code, _, err = run(["explain", "The quick fox", "--model", str(tiny_dir),
+                        "--output-text", " jumps", "--json", str(path)], capsys)
+    assert code == 1 and "terminal exploded" in err
+    assert json.loads(path.read_text())["output"]["text"] == " jumps"
+
+
+# ---- clear errors for bad files and bytes ----------------------------------------------------
+def test_invalid_utf8_on_stdin_is_one_clear_line(tiny_dir):
+    proc = subprocess.run(
+        [sys.executable, "-m", "attrlens", "explain", "-", "--model", str(tiny_dir),
+         "--output-text", "x", "--quiet"],
+        input=b"caf\xe9 \xff", capture_output=True, timeout=120, check=False,
+    )
+    err = proc.stderr.decode()
+    assert proc.returncode == 2 and err.count("\n") == 1 and "not UTF-8" in err, err
+
+
+def test_non_utf8_messages_file(tmp_path, capsys):
+    p = tmp_path / "m.json"
+    p.write_bytes(b'[{"role": "user", "content": "caf\xe9"}]')
+    code, _, err = run(["explain", "--messages", str(p), "--model", "/no/such"], capsys)
+    assert code == 2 and "not UTF-8" in err and err.count("\n") == 1
+
+
+def _valid_result():
+    from attrlens.result import Attribution
+
+    return Attribution(method="loo", scores=[0.5, -0.25], labels=["a", "b"],
+                       spans=[[[0, 1]], [[2, 3]]], input_text="a b", output_text="o",
+                       per_output_token=[[1.0, 2.0], [3.0, 4.0]],
+                       interactions={"index": "fourier", "order": 2,
+                                     "terms": [{"features": [0, 1], "value": 0.1}]},
+                       seed=0).to_dict()
+
+
+def _corrupt(kind):
+    d = _valid_result()
+    if kind == "empty input":
+        d["input"]["features"], d["scores"] = [], []
+    elif kind == "missing label":
+        del d["input"]["features"][0]["label"]
+    elif kind == "string scores":
+        d["scores"] = ["0.5", "x"]
+    elif kind == "ragged matrix":
+        d["per_output_token"] = [[1.0, 2.0], [3.0]]
+    elif kind == "feature index out of range":
+        d["interactions"]["terms"][0]["features"] = [0, 7]
+    elif kind == "non-numeric cost":
+        d["cost"]["wall_s"] = "fast"
+    elif kind == "span outside text":
+        d["input"]["features"][1]["spans"] = [[2, 99]]
+    elif kind == "input not an object":
+        d["input"] = "a b"
+    return d
+
+
+@pytest.mark.parametrize("kind", [
+    "empty input", "missing label", "string scores", "ragged matrix",
+    "feature index out of range", "non-numeric cost", "span outside text",
+    "input not an object",
+])
+def test_show_on_malformed_result_is_one_line_exit_2(kind, tmp_path, capsys):
+    p = tmp_path / "bad.json"
+    p.write_text(json.dumps(_corrupt(kind)))
+    code, out, err = run(["show", str(p)], capsys)
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert code == 2 and len(lines) == 1 and "not a valid attrlens result" in lines[0] or (
+        kind == "empty input" and code == 2), err
+    assert "Traceback" not in err
+
+
+def test_show_valid_result_and_html_into_missing_directory(tmp_path, capsys):
+    p = tmp_path / "ok.json"
+    p.write_text(json.dumps(_valid_result()))
+    code, out, err = run(["show", str(p)], capsys)
+    assert code == 0, err
+    code, _, err = run(["show", str(p), "--html", str(tmp_path / "nope" / "r.html")], capsys)
+    assert code == 2 and "does not exist" in err

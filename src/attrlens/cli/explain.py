@@ -140,6 +140,8 @@ def _closed_values(args: argparse.Namespace, prompt: Any, explainer: Any) -> int
     from .. import api
     from ..evaluation.closed_values import closed_game
 
+    if not args.target_url:
+        raise InputError("--closed-answers needs --target-url (and --target-model).")
     answers = [a.strip() for a in args.closed_answers.split(",")]
     if len(answers) != 2 or not all(answers):
         raise InputError(f"--closed-answers takes two answers 'A,B'; got {args.closed_answers!r}.")
@@ -149,8 +151,6 @@ def _closed_values(args: argparse.Namespace, prompt: Any, explainer: Any) -> int
             f"{explainer.needs.replace('_', ' ')}."
         )
     backend = target_backend(args)
-    if backend is None:
-        raise InputError("--closed-answers needs --target-url (and --target-model).")
     progress = Progress(not args.quiet, f"explaining ({explainer.name}, closed model)")
     try:
         game = closed_game(backend, prompt, granularity=args.granularity, answers=answers,
