@@ -3,7 +3,8 @@
 - ``llama_server`` (session): the real llama.cpp server (xllamacpp) on a free loopback
   port, serving the embedded SmolLM2 GGUF with its chat template.
 - ``fault_proxy`` (function): a real HTTP proxy on loopback in front of ``llama_server``
-  that injects scripted faults (429 with Retry-After, 5xx, delays, dropped connections,
+  that injects scripted faults (429 with Retry-After, 5xx, HTML error pages, redirects,
+  ``content: null`` and non-JSON 200s, key-echoing 401s, delays, dropped connections,
   sudden death, stripped log-probs).
 - ``fake_openai`` (function): a tiny OpenAI-compatible server answering canned, deterministic
   completions with the same fault script, for fast unit tests of retry logic.
@@ -37,11 +38,25 @@ __all__ = [
 # one scripted action per chat-completions request; tuples carry an argument:
 #   "ok"                      answer normally
 #   ("status", code, retry_after_or_None)   answer with an HTTP error (429, 500, 503, 400, ...)
+#   ("html", code)            an HTTP error whose body is a multi-line nginx-style HTML page
+#   ("redirect", code, location)   a redirect (301, 302, 307, 308) to ``location``
+#   "null_content"            a 200 whose message has ``content: null``
+#   "not_json"                a 200 whose body is an HTML page, not JSON
+#   "echo_key"                a 401 whose message repeats the Authorization header it got
 #   ("delay", seconds)        wait, then answer normally (the client may time out first)
 #   "drop"                    close the connection without any response
 #   "drop_after"              do the work upstream, then close without a response
 #   "die"                     drop this connection and stop the whole server (port closed)
 Fault = Any
+
+
+def html_error_page(code: int, phrase: str) -> bytes:
+    """An nginx-style error page (several lines of HTML)."""
+    return (
+        f"<html>\r\n<head><title>{code} {phrase}</title></head>\r\n<body>\r\n"
+        f"<center><h1>{code} {phrase}</h1></center>\r\n<hr><center>nginx/1.24.0</center>\r\n"
+        "</body>\r\n</html>\r\n"
+    ).encode()
 
 
 def free_port() -> int:
@@ -97,7 +112,7 @@ class FaultServer:
 
     Counters: ``n_chat`` (chat requests received), ``n_answered`` (answered with 200),
     ``max_in_flight`` (most chat requests handled at once), ``auth_headers`` (the
-    Authorization headers seen).
+    Authorization headers seen), ``requests`` (every (method, path) received).
     """
 
     def __init__(
@@ -118,6 +133,7 @@ class FaultServer:
         self.n_answered = 0
         self.max_in_flight = 0
         self.auth_headers: list[str | None] = []
+        self.requests: list[tuple[str, str]] = []
         self._in_flight = 0
         self._lock = threading.Lock()
         self._dead = threading.Event()
@@ -177,6 +193,8 @@ class FaultServer:
                 return 404, "application/json", b'{"error":{"message":"no such route"}}'
             data = {"object": "list", "data": [{"id": m, "object": "model"} for m in self.models]}
             return 200, "application/json", json.dumps(data).encode()
+        if path.rstrip("/").endswith("/chat/completions") and method != "POST":
+            return 405, "application/json", b'{"error":{"message":"method not allowed"}}'
         if path.rstrip("/").endswith("/chat/completions") and method == "POST":
             req = json.loads(body)
             if self.models is not None and req.get("model") not in self.models:
@@ -216,6 +234,8 @@ class FaultServer:
                     return
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else b""
+                with owner._lock:
+                    owner.requests.append((method, self.path))
                 headers = {
                     k: v
                     for k, v in self.headers.items()
@@ -253,6 +273,34 @@ class FaultServer:
                     msg = json.dumps({"error": {"message": f"injected HTTP {code}"}}).encode()
                     self._send(code, "application/json", msg, extra)
                     return
+                if kind == "html":
+                    code = int(fault[1])
+                    phrase = self.responses.get(code, ("Error",))[0]
+                    self._send(code, "text/html", html_error_page(code, phrase), {})
+                    return
+                if kind == "redirect":
+                    _, code, location = fault
+                    self._send(int(code), "text/html", b"", {"Location": str(location)})
+                    return
+                if kind == "echo_key":
+                    got = self.headers.get("Authorization") or ""
+                    key = got.split(" ", 1)[-1]
+                    msg = {
+                        "error": {
+                            "message": f"Incorrect API key provided: {key}. Header was "
+                            f"'{got}'. You can find your API key at https://example.invalid.",
+                            "type": "invalid_request_error",
+                            "code": "invalid_api_key",
+                        }
+                    }
+                    self._send(401, "application/json", json.dumps(msg).encode(), {})
+                    return
+                if kind == "not_json":
+                    page = b"<html><body><p>Welcome to the portal</p></body></html>"
+                    with owner._lock:
+                        owner.n_answered += 1
+                    self._send(200, "text/html", page, {})
+                    return
                 if kind == "delay":
                     time.sleep(float(fault[1]))
                 status, ctype, payload = owner._answer(method, self.path, body, headers)
@@ -265,6 +313,12 @@ class FaultServer:
                 if owner.strip_logprobs and status == 200 and "json" in ctype:
                     data = json.loads(payload)
                     for ch in data.get("choices") or []:
+                        ch.pop("logprobs", None)
+                    payload = json.dumps(data).encode()
+                if kind == "null_content" and status == 200 and "json" in ctype:
+                    data = json.loads(payload)
+                    for ch in data.get("choices") or []:
+                        ch["message"]["content"] = None
                         ch.pop("logprobs", None)
                     payload = json.dumps(data).encode()
                 if status == 200 and method == "POST":

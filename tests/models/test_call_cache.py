@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 from pathlib import Path
@@ -9,7 +10,15 @@ from pathlib import Path
 import pytest
 
 from attrlens.errors import BackendError
-from attrlens.models.cache import CallCache, cache_key, default_cache_dir
+from attrlens.models.cache import (
+    _SCHEMA,
+    CallCache,
+    cache_clear,
+    cache_info,
+    cache_key,
+    default_cache_dir,
+    endpoint_label,
+)
 
 REQ = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
 
@@ -129,3 +138,138 @@ def test_close_then_reuse(tmp_path):
     cache.put("k", {"v": 1})
     cache.close()
     assert cache.get("k") == {"v": 1}
+
+
+# --- credentials, file modes, management ----------------------------------------------
+def _all_bytes(directory: Path) -> bytes:
+    """Every byte of every file in ``directory`` (the SQLite file, its WAL and SHM)."""
+    return b"".join(p.read_bytes() for p in sorted(directory.iterdir()) if p.is_file())
+
+
+def _mode(path: Path) -> int:
+    return path.stat().st_mode & 0o777
+
+
+def test_key_ignores_credentials_but_not_the_endpoint():
+    plain = cache_key("http://h/v1", "m", REQ)
+    assert cache_key("http://user:SECRET@h/v1", "m", REQ) == plain
+    assert cache_key("http://user:SECRET@h2/v1", "m", REQ) != plain
+    assert endpoint_label("http://user:SECRET@h/v1/") == "http://h/v1"
+
+
+def test_endpoint_column_never_holds_credentials(tmp_path):
+    cache = CallCache(tmp_path / "calls.sqlite")
+    cache.put("k", {"a": 1}, endpoint="http://user:SECRETPW@h/v1", model="m", request=REQ)
+    cache.close()
+    assert b"SECRETPW" not in _all_bytes(tmp_path)
+    assert cache_info(tmp_path)["endpoints"] == {"http://h/v1": 1}
+
+
+def test_rows_of_older_versions_are_scrubbed_on_open(tmp_path):
+    path = tmp_path / "calls.sqlite"
+    conn = sqlite3.connect(path)
+    conn.execute(_SCHEMA)
+    conn.execute(
+        "INSERT INTO calls VALUES (?, ?, ?, ?, ?, ?)",
+        ("k", "http://alice:OLDSECRET@h/v1", "m", "{}", "{}", 0.0),
+    )
+    conn.commit()
+    conn.close()
+    assert b"OLDSECRET" in path.read_bytes()
+    cache = CallCache(path)
+    assert len(cache) == 1
+    cache.close()
+    assert b"OLDSECRET" not in _all_bytes(tmp_path)
+    assert cache_info(tmp_path)["endpoints"] == {"http://h/v1": 1}
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX file modes")
+def test_new_cache_is_private(tmp_path):
+    old = os.umask(0o022)  # a typical umask: files 0644, directories 0755 by default
+    try:
+        cache = CallCache(tmp_path / "a" / "b" / "calls.sqlite")
+        cache.put("k", {"v": 1})
+        assert _mode(tmp_path / "a" / "b") == 0o700
+        for p in (tmp_path / "a" / "b").iterdir():  # calls.sqlite, -wal, -shm
+            assert _mode(p) == 0o600, p.name
+    finally:
+        os.umask(old)
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX file modes")
+def test_existing_cache_is_tightened_on_open(tmp_path):
+    cdir = tmp_path / "cache"
+    first = CallCache(cdir / "calls.sqlite")
+    first.put("k", {"v": 1})
+    first.close()
+    cdir.chmod(0o755)
+    for p in cdir.iterdir():
+        p.chmod(0o644)
+    again = CallCache(cdir / "calls.sqlite")
+    assert again.get("k") == {"v": 1}
+    assert _mode(cdir) == 0o700
+    for p in cdir.iterdir():
+        assert _mode(p) == 0o600, p.name
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX file modes")
+def test_shared_directory_keeps_its_mode_but_the_file_is_private(tmp_path):
+    shared = tmp_path / "shared"
+    shared.mkdir(mode=0o755)
+    shared.chmod(0o755)
+    (shared / "notes.txt").write_text("someone else's file")
+    cache = CallCache(shared / "calls.sqlite")
+    cache.put("k", {})
+    assert _mode(shared) == 0o755
+    assert _mode(shared / "calls.sqlite") == 0o600
+
+
+def test_cache_info_of_a_missing_cache_creates_nothing(tmp_path):
+    info = cache_info(tmp_path / "none")
+    assert info == {
+        "path": str(tmp_path / "none" / "calls.sqlite"),
+        "exists": False,
+        "entries": 0,
+        "size_bytes": 0,
+        "endpoints": {},
+        "oldest": None,
+        "newest": None,
+    }
+    assert cache_clear(cache_dir=tmp_path / "none") == 0
+    assert not (tmp_path / "none").exists()
+
+
+def test_cache_info_follows_the_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv("ATTRLENS_CACHE_DIR", str(tmp_path))
+    CallCache().put("k", {}, endpoint="http://h/v1")
+    info = cache_info()
+    assert info["path"] == str(tmp_path / "calls.sqlite") and info["entries"] == 1
+
+
+def test_cache_info_and_clear_by_endpoint(tmp_path):
+    cache = CallCache(tmp_path / "calls.sqlite")
+    for i in range(3):
+        cache.put(f"a{i}", {"answer": f"MARKER-A-{i}"}, endpoint="http://a/v1", model="m")
+    for i in range(2):
+        cache.put(f"b{i}", {"answer": f"MARKER-B-{i}"}, endpoint="http://u:pw99@b:81/v1/")
+    cache.close()
+    info = cache_info(tmp_path)
+    assert info["exists"] is True and info["entries"] == 5
+    assert info["endpoints"] == {"http://a/v1": 3, "http://b:81/v1": 2}
+    assert info["size_bytes"] > 0 and info["oldest"] <= info["newest"]
+    # the endpoint may be given with or without credentials and trailing slash
+    assert cache_clear("http://other:pw@b:81/v1", cache_dir=tmp_path) == 2
+    assert cache_clear("http://b:81/v1", cache_dir=tmp_path) == 0
+    assert cache_info(tmp_path)["endpoints"] == {"http://a/v1": 3}
+    data = _all_bytes(tmp_path)
+    assert b"MARKER-B" not in data and b"MARKER-A-0" in data  # deleted text is gone from disk
+    assert cache_clear(cache_dir=tmp_path) == 3
+    assert cache_info(tmp_path)["entries"] == 0
+    assert b"MARKER-A" not in _all_bytes(tmp_path)
+
+
+def test_delete_one_row(tmp_path):
+    cache = CallCache(tmp_path / "c.sqlite")
+    cache.put("k", {})
+    assert cache.delete("k") is True and cache.delete("k") is False
+    assert len(cache) == 0

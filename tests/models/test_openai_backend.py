@@ -7,8 +7,12 @@ through the fault-injecting proxy.
 
 from __future__ import annotations
 
+import base64
 import email.utils
+import logging
+import re
 import time
+import warnings
 
 import pytest
 from server_fixtures import FaultServer, free_port
@@ -20,7 +24,7 @@ from attrlens.errors import (
     ParameterError,
     ServerGoneError,
 )
-from attrlens.models.cache import CallCache
+from attrlens.models.cache import CallCache, cache_info, cache_key
 from attrlens.models.openai import OpenAIBackend, TokenLogprob, _retry_after_seconds
 
 FAST = {"backoff_base": 0.01, "backoff_max": 0.05, "timeout": 5.0}
@@ -306,6 +310,186 @@ def test_unauthorized_names_the_variable(fake_openai, tmp_path):
     be = make(fake_openai, tmp_path, api_key_env="MY_KEY_VAR")
     with pytest.raises(BackendError, match="MY_KEY_VAR"):
         be.chat("p")
+
+
+# --- error pages, permanent errors, redirects --------------------------------------------
+_TAG = re.compile(r"</?[A-Za-z][^>]*>")
+
+
+def _one_line(msg: str) -> None:
+    assert "\n" not in msg and "\r" not in msg, msg
+    assert not _TAG.search(msg), msg
+    assert len(msg) < 600, msg
+
+
+@pytest.mark.parametrize(
+    ("code", "phrase"),
+    [
+        (400, "Bad Request"),
+        (401, "Unauthorized"),
+        (403, "Forbidden"),
+        (404, "Not Found"),
+        (405, "Method Not Allowed"),
+        (501, "Not Implemented"),
+    ],
+)
+def test_permanent_errors_are_one_line_and_not_retried(fake_openai, tmp_path, code, phrase):
+    fake_openai.script = [("html", code)] * 10
+    be = make(fake_openai, tmp_path, max_retries=6, backoff_base=1.0, backoff_max=5.0)
+    t0 = time.monotonic()
+    with pytest.raises(BackendError) as info:
+        be.chat("p")
+    assert time.monotonic() - t0 < 2.0  # one request, no back-off sleeps
+    assert not isinstance(info.value, ServerGoneError)
+    assert fake_openai.n_chat == 1 and be.counters["retries"] == 0
+    msg = str(info.value)
+    _one_line(msg)
+    assert f"HTTP {code} {phrase}" in msg and "nginx" not in msg
+    assert len(be.cache) == 0
+
+
+def test_html_5xx_pages_are_retried_then_reported_on_one_line(fake_openai, tmp_path):
+    fake_openai.script = [("html", 502), ("html", 503)]
+    be = make(fake_openai, tmp_path)
+    assert be.chat("p").text == "echo: p"
+    assert be.counters["retries"] == 2 and fake_openai.n_chat == 3
+    fake_openai.script = [("html", 500)] * 5
+    with pytest.raises(ServerGoneError) as info:
+        make(fake_openai, tmp_path, max_retries=2).chat("q")
+    msg = str(info.value)
+    _one_line(msg)
+    # the page's title repeats the status line: said once
+    assert "HTTP 500 Internal Server Error: 500 Internal Server Error" not in msg
+    assert "HTTP 500 Internal Server Error" in msg and "3 attempt" in msg
+
+
+def test_redirect_is_followed_and_named(fake_openai, tmp_path, monkeypatch):
+    monkeypatch.setenv("ATTRLENS_TEST_KEY", "sk-redirect-SECRET-1234")
+    other = FaultServer(None, models=["fake-model"]).start()
+    try:
+        target = other.base_url + "/chat/completions"
+        fake_openai.script = [("redirect", 307, target)]
+        be = make(fake_openai, tmp_path, api_key_env="ATTRLENS_TEST_KEY")
+        with pytest.warns(UserWarning, match=r"redirected: 307 to http://127\.0\.0\.1:\d+/v1"):
+            assert be.chat("moved").text == "echo: moved"
+        assert fake_openai.n_chat == 1 and other.n_chat == 1
+        # the key went to the endpoint asked for, not to the other origin
+        assert fake_openai.auth_headers == ["Bearer sk-redirect-SECRET-1234"]
+        assert other.auth_headers == [None]
+        # 301 turns the POST into a GET, which the target refuses: one line, not retried
+        fake_openai.script = [("redirect", 301, target)]
+        with pytest.raises(BackendError) as info:
+            be.chat("moved again")
+        msg = str(info.value)
+        _one_line(msg)
+        assert "HTTP 405" in msg and f"redirected: 301 to {target}" in msg
+        assert "POST into GET" in msg
+        assert other.requests[-1] == ("GET", "/v1/chat/completions")
+        assert fake_openai.n_chat == 2 and len(be.cache) == 1
+    finally:
+        other.close()
+
+
+# --- answers the client rejects are never cached -------------------------------------------
+@pytest.mark.parametrize("fault", ["null_content", "not_json"])
+def test_rejected_answer_is_not_cached_and_retried_later(fake_openai, tmp_path, fault):
+    fake_openai.script = [fault]
+    be = make(fake_openai, tmp_path)
+    with pytest.raises(BackendError) as info:
+        be.chat("fine later", seed=1)
+    _one_line(str(info.value))
+    assert ("no text" if fault == "null_content" else "non-JSON") in str(info.value)
+    assert len(be.cache) == 0
+    # the server is fixed: the same request now reaches it and its answer is kept
+    good = be.chat("fine later", seed=1)
+    assert good.text == "echo: fine later" and good.cached is False
+    assert fake_openai.n_chat == 2 and len(be.cache) == 1
+    assert make(fake_openai, tmp_path).chat("fine later", seed=1).cached is True
+    assert fake_openai.n_chat == 2
+
+
+def test_malformed_row_of_an_older_version_is_asked_again(fake_openai, tmp_path):
+    be = make(fake_openai, tmp_path)
+    body = be.build_request("poisoned")
+    key = cache_key(be.base_url, be.model, body)
+    be.cache.put(key, {"choices": [{"message": {"content": None}}]})
+    comp = be.chat("poisoned")
+    assert comp.text == "echo: poisoned" and comp.cached is False
+    assert fake_openai.n_chat == 1 and be.cache.get(key)["choices"][0]["message"]["content"]
+
+
+# --- secrets ----------------------------------------------------------------------------
+def test_key_echoing_401_is_redacted(fake_openai, tmp_path, monkeypatch):
+    secret = "sk-live-SECRET-0a1b2c3d4e"
+    monkeypatch.setenv("ATTRLENS_TEST_KEY", secret)
+    fake_openai.script = ["echo_key"]
+    be = make(fake_openai, tmp_path, api_key_env="ATTRLENS_TEST_KEY")
+    with pytest.raises(BackendError) as info:
+        be.chat("p")
+    msg = str(info.value)
+    _one_line(msg)
+    assert fake_openai.auth_headers == [f"Bearer {secret}"]  # the server did echo it
+    assert secret not in msg and "SECRET-0a1b" not in msg
+    assert "Incorrect API key provided: ***" in msg and "ATTRLENS_TEST_KEY" in msg
+    assert fake_openai.n_chat == 1
+
+
+def test_planted_secrets_reach_no_artifact(fake_openai, tmp_path, monkeypatch, caplog):
+    """Credentials in the URL and an API key: sent where they belong, found nowhere else
+    (errors, warnings, logs, repr, attributes, provenance, the cache file and its info)."""
+    password, key = "pw-SECRET-9f8e7d", "sk-SECRET-key-5566778899"
+    monkeypatch.setenv("ATTRLENS_TEST_KEY", key)
+    caplog.set_level(logging.DEBUG)  # httpx, httpcore and attrlens, everything
+    port = fake_openai.port
+    url = f"http://alice:{password}@127.0.0.1:{port}/v1"
+    cache_dir = tmp_path / "cache"
+    be = OpenAIBackend(
+        url, "fake-model", api_key_env="ATTRLENS_TEST_KEY", cache_dir=cache_dir,
+        max_retries=1, **FAST,
+    )
+    assert be.base_url == f"http://127.0.0.1:{port}/v1"
+    assert be.public_url == f"http://***@127.0.0.1:{port}/v1"
+    basic = base64.b64encode(f"alice:{password}".encode()).decode()
+    fake_openai.script = [
+        "echo_key",
+        ("html", 500), ("html", 500),
+        "null_content",
+        ("redirect", 307, f"http://alice:{password}@127.0.0.1:{port}/v2/chat/completions"),
+        "ok",
+        ("status", 400, None),
+    ]
+    shown: list[str] = []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for prompt in ("one", "two", "three", "four", "five"):
+            try:
+                be.chat(prompt)
+            except BackendError as exc:
+                shown.append(str(exc))
+    assert len(shown) == 4 and len(be.cache) == 1  # 401, gone, null content, 400
+    redirects = [str(w.message) for w in caught if issubclass(w.category, UserWarning)]
+    assert len(redirects) == 1 and "redirected: 307" in redirects[0]
+    shown += redirects
+    assert fake_openai.auth_headers[0] == f"Basic {basic}"  # the credentials were used
+    be.cache.close()
+    be.close()
+    texts = [
+        *shown,
+        *(str(w.message) for w in caught),
+        caplog.text,
+        repr(be),
+        str(vars(be)),
+        be.model_id,
+        str(be.info),
+        str(cache_info(cache_dir)),
+    ]
+    for forbidden in (password, key, basic):
+        for text in texts:
+            assert forbidden not in text, text
+        for f in cache_dir.iterdir():
+            assert forbidden.encode() not in f.read_bytes(), f.name
+    for msg in shown:
+        _one_line(msg)
 
 
 # --- the real llama.cpp server ----------------------------------------------------------

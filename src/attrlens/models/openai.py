@@ -26,6 +26,7 @@ text shown (error bodies, answers) passes through ``attrlens.redact.redact`` wit
 
 from __future__ import annotations
 
+import base64
 import difflib
 import email.utils
 import logging
@@ -39,7 +40,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import httpx
 
@@ -152,6 +153,52 @@ def _server_message(resp: httpx.Response) -> str:
     if not reason or reason.lower() in (phrase.lower(), f"{code} {phrase}".lower()):
         return head
     return f"{head}: {reason}"
+
+
+class _RedactingFilter(logging.Filter):
+    """Rewrites log records of the HTTP stack without secrets: httpcore logs response
+    headers at DEBUG (a Location may carry credentials), httpx logs each URL at INFO."""
+
+    key_envs: ClassVar[set[str]] = set()  # names of API-key variables in use (never their values)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            text = record.getMessage()
+        except Exception:  # noqa: BLE001 - a broken record is logging's problem, not ours
+            return True
+        clean = redact(text, [os.environ.get(name) for name in self.key_envs])
+        if clean != text:
+            record.msg, record.args = clean, None
+        return True
+
+
+_LOG_FILTER = _RedactingFilter()
+# logger filters are not inherited: every logger the HTTP stack writes to by name
+_HTTP_LOGGERS = (
+    "httpx",
+    "httpcore.connection",
+    "httpcore.connection_pool",
+    "httpcore.http11",
+    "httpcore.http2",
+    "httpcore.proxy",
+    "httpcore.socks",
+)
+
+
+def _install_log_redaction(key_env: str | None) -> None:
+    if key_env:
+        _RedactingFilter.key_envs.add(key_env)
+    for name in (*_HTTP_LOGGERS, __name__):
+        logger = logging.getLogger(name)
+        if _LOG_FILTER not in logger.filters:
+            logger.addFilter(_LOG_FILTER)
+
+
+def _drop_userinfo(request: httpx.Request) -> None:
+    """httpx request hook: remove userinfo from the URL (credentials travel only as the
+    Authorization header set from ``base_url``), so it is neither sent nor logged."""
+    if request.url.userinfo:
+        request.url = request.url.copy_with(username=None, password=None)
 
 
 def _int(value: object) -> int:
@@ -291,8 +338,18 @@ class OpenAIBackend:
             if parsed.username or parsed.password
             else None
         )
+        basic = (
+            base64.b64encode(f"{parsed.username}:{parsed.password}".encode()).decode()
+            if auth is not None
+            else ""
+        )
+        # what a server could echo: the userinfo as typed, decoded, and as the Basic header
         self._url_secrets = _Hidden(
-            tuple(x for x in (raw_userinfo, parsed.password, parsed.username) if x)
+            tuple(
+                x
+                for x in (raw_userinfo, parsed.password, basic, basic.rstrip("="))
+                if x
+            )
         )
         self.base_url = strip_userinfo(url)
         self.public_url = redact_url(url)
@@ -316,6 +373,7 @@ class OpenAIBackend:
                 f"The 'cache' parameter of {owner} must be True, False, None or a CallCache. "
                 f"Got {cache!r} instead."
             )
+        _install_log_redaction(api_key_env)
         self._slots = threading.BoundedSemaphore(concurrency)
         # jitter only spreads retries in time; it never affects a result, so no seed
         self._rng = random.Random()
@@ -333,6 +391,8 @@ class OpenAIBackend:
             # httpx drops the Authorization header when a redirect leaves the origin
             follow_redirects=True,
             max_redirects=5,
+            # a redirect's Location may carry userinfo: never send, log or show it
+            event_hooks={"request": [_drop_userinfo]},
         )
         self.counters: dict[str, float] = {
             "api_calls": 0,
