@@ -1,0 +1,382 @@
+"""The white-box game: input embeddings, differentiable output likelihoods and attention maps
+of a local model on one (prompt, output) pair, for gradient and attention attributions.
+
+Sequence: ``s = prompt (L tokens) + output (T tokens)``, teacher forced; the output token
+``o_t`` is predicted at position ``L - 1 + t`` (:attr:`WhiteBoxGame.output_rows`).
+The explained quantity is the (weighted) log-likelihood of the output
+
+    f_w(e) = sum_t w_t log p(o_t | s_<L+t)     (= -loss; GiLOT's Eq. 9 with the sign flipped)
+
+as a function of the input embeddings ``e`` (S, d). Only the embeddings of prompt tokens that
+belong to a feature move along an integration path; template tokens and the output keep
+their embeddings, so completeness holds over the features.
+
+Memory: sequences (one per path point and output-weight row) run in chunks of at most
+``max_batch_tokens`` tokens; model parameters are frozen (``requires_grad=False``) while the
+game runs, gradients are taken for the input embeddings (and the last attention map when
+asked) only, logits are computed at the T output positions only, and every accumulation is
+float32 whatever the model's dtype. Attention maps need eager attention, which the game
+switches on for those calls only (restoring the model's implementation afterwards).
+
+A white-box game is not evaluated on masks: :meth:`WhiteBoxGame.compute` raises.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ..errors import CapabilityError, InputError, ParameterError
+from .base import Cost, Game
+
+if TYPE_CHECKING:
+    from ..models.hf import HFModel
+    from ..text.segment import FeatureSet
+
+Progress = Callable[[int, int], None]
+
+#: embeddings a path starts from (for the feature tokens)
+BASELINES = ("zero", "pad", "mask")
+
+
+@dataclass
+class PathGradients:
+    """Integrated quantities along a path (``sum_k w_k g(alpha_k)``).
+
+    directional: (R, L) per weight row r and prompt token i,
+                 ``sum_k w_k <grad_{e_i} f_r(x' + alpha_k (x - x')), x_i - x'_i>``
+    attention:   (R, T, S) or None; ``sum_k w_k mean_heads d f_r / d A^(last)[h, L-1+t, :]``
+    """
+
+    directional: np.ndarray
+    attention: np.ndarray | None = None
+
+
+class WhiteBoxGame(Game):
+    """Gradients and attentions of a local model for one prompt and its fixed output.
+
+    model:            an HFModel (any device, any dtype)
+    prompt_ids:       (L,) prompt token ids (template included)
+    output_ids:       (T,) output token ids (T >= 1)
+    features:         the FeatureSet of the prompt (token indices per feature)
+    max_batch_tokens: tokens per forward/backward chunk (at least one sequence per chunk)
+    """
+
+    value_kind = "white_box"
+
+    def __init__(
+        self,
+        model: HFModel,
+        prompt_ids: Sequence[int] | np.ndarray,
+        output_ids: Sequence[int] | np.ndarray,
+        features: FeatureSet,
+        *,
+        max_batch_tokens: int = 4096,
+        progress: Progress | None = None,
+    ):
+        super().__init__(None, len(features), progress=progress)
+        self.model = model
+        self.prompt_ids = np.asarray(prompt_ids, dtype=np.int64).reshape(-1)
+        self.output_ids = np.asarray(output_ids, dtype=np.int64).reshape(-1)
+        if len(self.prompt_ids) < 1 or len(self.output_ids) < 1:
+            raise InputError("A white-box game needs a non-empty prompt and output.")
+        if features.n_tokens != len(self.prompt_ids):
+            raise InputError(
+                f"The features cover {features.n_tokens} prompt tokens but the prompt has "
+                f"{len(self.prompt_ids)}; build them from the same tokenization."
+            )
+        if int(max_batch_tokens) < 1:
+            raise ParameterError(
+                f"max_batch_tokens must be >= 1. Got {max_batch_tokens!r} instead."
+            )
+        self.features = features
+        self.max_batch_tokens = int(max_batch_tokens)
+        self.owner = np.asarray(features.token_features(), dtype=np.int64)
+        self.counters = {"model_forwards": 0, "tokens_processed": 0, "backward_passes": 0}
+
+    # ---- shape helpers -------------------------------------------------------------------
+    @property
+    def n_prompt(self) -> int:
+        return len(self.prompt_ids)
+
+    @property
+    def n_output(self) -> int:
+        return len(self.output_ids)
+
+    @property
+    def seq_len(self) -> int:
+        return self.n_prompt + self.n_output
+
+    @property
+    def output_rows(self) -> np.ndarray:
+        """(T,) the positions whose logits predict the output tokens."""
+        return np.arange(self.n_prompt - 1, self.seq_len - 1)
+
+    @property
+    def n_layers(self) -> int:
+        return len(self._layers())
+
+    def aggregate(self, token_scores: np.ndarray) -> np.ndarray:
+        """(..., L) prompt-token scores -> (..., n_features): sum over each feature's tokens
+        (tokens of no feature, e.g. the chat template, are dropped)."""
+        token_scores = np.asarray(token_scores, dtype=float)
+        out = np.zeros(token_scores.shape[:-1] + (self.n_features,))
+        keep = self.owner >= 0
+        np.add.at(np.moveaxis(out, -1, 0), self.owner[keep],
+                  np.moveaxis(token_scores[..., keep], -1, 0))
+        return out
+
+    # ---- Game contract -------------------------------------------------------------------
+    def compute(self, masks: np.ndarray) -> list[Any]:
+        raise InputError(
+            "A white-box game is not evaluated on masks: gradient and attention methods call "
+            "its path_gradients / log_likelihood / attention_maps instead. Use a game-based "
+            "method (e.g. loo) for mask values."
+        )
+
+    def cost(self) -> Cost:
+        return Cost(
+            value_calls=0,
+            model_forwards=int(self.counters["model_forwards"]),
+            tokens_processed=int(self.counters["tokens_processed"]),
+        )
+
+    # ---- torch plumbing ------------------------------------------------------------------
+    def _layers(self) -> Any:
+        layers = getattr(self.model.decoder, "layers", None)
+        if layers is None or len(layers) == 0 or not hasattr(layers[0], "self_attn"):
+            raise CapabilityError(
+                f"The model {self.model.info.id} has no decoder.layers[i].self_attn modules; "
+                f"attention methods need a Llama-style decoder (Llama, Qwen, Mistral, ...)."
+            )
+        return layers
+
+    @contextmanager
+    def _frozen(self, *, eager: bool = False) -> Iterator[None]:
+        """Parameters frozen (restored after); eager attention while inside if asked."""
+        mdl = self.model.model
+        flags = [p.requires_grad for p in mdl.parameters()]
+        for p in mdl.parameters():
+            p.requires_grad_(False)
+        old = getattr(mdl.config, "_attn_implementation", None)
+        switch = eager and old != "eager"
+        if switch:
+            if not hasattr(mdl, "set_attn_implementation"):
+                raise CapabilityError(
+                    "Attention maps need eager attention, and this transformers version cannot "
+                    "switch a loaded model to it; load the model with attn_implementation="
+                    "'eager'."
+                )
+            mdl.set_attn_implementation("eager")
+        try:
+            yield
+        finally:
+            if switch:
+                mdl.set_attn_implementation(old)
+            for p, f in zip(mdl.parameters(), flags):
+                p.requires_grad_(f)
+
+    def _ids(self, which: str) -> Any:
+        import torch
+
+        ids = self.prompt_ids if which == "prompt" else np.concatenate(
+            [self.prompt_ids, self.output_ids])
+        return torch.as_tensor(ids, device=self.model.device)
+
+    def embeddings(self) -> Any:
+        """(S, d) input embeddings of prompt + output (detached, model dtype and device)."""
+        import torch
+
+        with torch.no_grad():
+            return self.model.input_embeddings(self._ids("all")).detach()
+
+    def baseline_embeddings(self, baseline: str = "zero") -> Any:
+        """(S, d) the path's start x': the input embeddings with every feature token's
+        embedding replaced by zeros ("zero"), the pad token's ("pad") or the masking token's
+        ("mask", unk/pad/eos as the replace masker uses)."""
+        import torch
+
+        x = self.embeddings()
+        if baseline not in BASELINES:
+            raise ParameterError(
+                f"The baseline must be one of {', '.join(BASELINES)}. Got {baseline!r} instead."
+            )
+        if baseline == "zero":
+            fill = torch.zeros_like(x[0])
+        else:
+            tok = self.model.tokenizer
+            tid = tok.pad_token_id if baseline == "pad" else self.model.mask_token_id
+            if tid is None:
+                tid = self.model.mask_token_id
+            with torch.no_grad():
+                fill = self.model.input_embeddings(
+                    torch.as_tensor([int(tid)], device=self.model.device))[0]
+        out = x.clone()
+        idx = torch.as_tensor(np.flatnonzero(self.owner >= 0), device=x.device)
+        out[idx] = fill
+        return out
+
+    def _chunks(self, n_items: int) -> list[range]:
+        per = max(1, self.max_batch_tokens // self.seq_len)
+        return [range(s, min(s + per, n_items)) for s in range(0, n_items, per)]
+
+    @staticmethod
+    def _points(x: Any, x0: Any, alphas: Sequence[float]) -> Any:
+        """(B, S, d) path points x0 + alpha (x - x0), interpolated in float32 and cast
+        back to the model's dtype."""
+        import torch
+
+        a = torch.as_tensor(list(alphas), device=x.device, dtype=torch.float32)
+        x32, x032 = x.float(), x0.float()
+        return (x032[None] + a[:, None, None] * (x32 - x032)[None]).to(x.dtype)
+
+    def _forward(self, embeds: Any) -> Any:
+        """(B, S, d) embeddings -> (B, T) float32 log p(o_t) (differentiable)."""
+        import torch
+
+        b, s, _ = embeds.shape
+        pos = torch.arange(s, device=embeds.device)[None, :].expand(b, s)
+        out = self.model.decoder(inputs_embeds=embeds, position_ids=pos, use_cache=False)
+        hidden = out.last_hidden_state[:, self.n_prompt - 1: s - 1]
+        logits = self.model.lm_head(hidden).float()
+        tgt = torch.as_tensor(self.output_ids, device=embeds.device)[None, :, None].expand(b, -1, 1)
+        self.counters["model_forwards"] += 1
+        self.counters["tokens_processed"] += b * s
+        return logits.log_softmax(-1).gather(-1, tgt)[..., 0]
+
+    # ---- what methods call ---------------------------------------------------------------
+    def log_likelihood(self, alphas: Sequence[float] = (1.0,), *, baseline: str = "zero"
+                       ) -> np.ndarray:
+        """(K, T) log p(o_t) at the path points x' + alpha_k (x - x') (no gradients)."""
+        import torch
+
+        x = self.embeddings()
+        x0 = self.baseline_embeddings(baseline)
+        alphas = [float(a) for a in alphas]
+        rows: list[np.ndarray] = []
+        with self._frozen(), torch.no_grad():
+            for ch in self._chunks(len(alphas)):
+                emb = self._points(x, x0, [alphas[k] for k in ch])
+                rows.append(self._forward(emb).cpu().numpy().astype(np.float64))
+        return np.concatenate(rows, axis=0)
+
+    def path_gradients(
+        self,
+        alphas: Sequence[float],
+        step_weights: Sequence[float],
+        out_weights: np.ndarray,
+        *,
+        baseline: str = "zero",
+        direction: str = "path",
+        attention: bool = False,
+    ) -> PathGradients:
+        """Gradients of f_r along the straight path from x' (``baseline``) to x, integrated.
+
+        alphas, step_weights: (K,) quadrature points in [0, 1] and weights
+        out_weights:          (R, T) output-token weights w of each f_r (ones(1, T): the
+                              whole output; eye(T): each output token on its own)
+        direction:            "path": dot gradients with (x - x'); "input": with x itself
+                              (gradient x input)
+        attention:            also integrate the gradient of f_r w.r.t. the last layer's
+                              attention map (eager attention)
+        One sequence per (k, r) pair, in chunks of ``max_batch_tokens`` tokens.
+        """
+        import torch
+
+        w_out = np.asarray(out_weights, dtype=np.float32)
+        if w_out.ndim != 2 or w_out.shape[1] != self.n_output:
+            raise InputError(
+                f"out_weights must have shape (R, {self.n_output}); got {w_out.shape}."
+            )
+        alphas = [float(a) for a in alphas]
+        step_w = [float(w) for w in step_weights]
+        if len(alphas) != len(step_w) or not alphas:
+            raise InputError("alphas and step_weights must be non-empty and of equal length.")
+        n_r = w_out.shape[0]
+        x = self.embeddings()
+        x0 = self.baseline_embeddings(baseline)
+        d_path = (x - x0)[: self.n_prompt].float()
+        d_dot = d_path if direction == "path" else x[: self.n_prompt].float()
+        directional = torch.zeros(n_r, self.n_prompt, dtype=torch.float32, device=x.device)
+        att_acc = (torch.zeros(n_r, self.n_output, self.seq_len, dtype=torch.float32,
+                               device=x.device) if attention else None)
+        wt = torch.as_tensor(w_out, device=x.device)
+        pairs = [(k, r) for k in range(len(alphas)) for r in range(n_r)]
+        chunks = self._chunks(len(pairs))
+        rows_t = torch.as_tensor(self.output_rows, device=x.device)
+        captured: dict[str, Any] = {}
+        hook = None
+        if attention:
+            last = self._layers()[-1].self_attn
+            hook = last.register_forward_hook(
+                lambda _m, _a, out: captured.__setitem__("attn", out[1]))
+        try:
+            with self._frozen(eager=attention):
+                for done, ch in enumerate(chunks, 1):
+                    ks = [pairs[i][0] for i in ch]
+                    rs = [pairs[i][1] for i in ch]
+                    emb = self._points(x, x0, [alphas[k] for k in ks]).detach()
+                    emb.requires_grad_(True)
+                    logp = self._forward(emb)  # (B, T)
+                    f = (logp * wt[rs]).sum()
+                    targets = [emb]
+                    if attention:
+                        amap = captured.pop("attn", None)
+                        if amap is None or not amap.requires_grad:
+                            raise CapabilityError(
+                                "The model's last attention layer returned no differentiable "
+                                "attention map; attention methods need eager attention."
+                            )
+                        targets.append(amap)
+                    grads = torch.autograd.grad(f, targets)
+                    self.counters["backward_passes"] += 1
+                    sw = torch.as_tensor([step_w[k] for k in ks], device=x.device,
+                                         dtype=torch.float32)
+                    g = grads[0][:, : self.n_prompt].float()  # (B, L, d)
+                    contrib = (g * d_dot[None]).sum(-1) * sw[:, None]  # (B, L)
+                    directional.index_add_(0, torch.as_tensor(rs, device=x.device), contrib)
+                    if attention and att_acc is not None:
+                        ga = grads[1].float().mean(1)[:, rows_t]  # (B, T, S)
+                        att_acc.index_add_(0, torch.as_tensor(rs, device=x.device),
+                                           ga * sw[:, None, None])
+                    del grads, logp, f, emb
+                    if self.progress is not None:
+                        self.progress(done, len(chunks))
+        finally:
+            if hook is not None:
+                hook.remove()
+        return PathGradients(
+            directional=directional.cpu().numpy().astype(np.float64),
+            attention=None if att_acc is None else att_acc.cpu().numpy().astype(np.float64),
+        )
+
+    def attention_maps(self) -> np.ndarray:
+        """(n_layers, S, S) float32 attention of every layer at the input, averaged over
+        heads (query rows, key columns); one forward with eager attention."""
+        import torch
+
+        layers = self._layers()
+        maps: list[np.ndarray | None] = [None] * len(layers)
+
+        def grab(i: int) -> Callable[..., None]:
+            def hook(_m: Any, _a: Any, out: Any) -> None:
+                if out[1] is None:
+                    raise CapabilityError(
+                        "The model's attention returned no weights; attention methods need "
+                        "eager attention."
+                    )
+                maps[i] = out[1][0].float().mean(0).cpu().numpy()
+            return hook
+
+        hooks = [layer.self_attn.register_forward_hook(grab(i)) for i, layer in enumerate(layers)]
+        try:
+            with self._frozen(eager=True), torch.no_grad():
+                self._forward(self.embeddings()[None])
+        finally:
+            for h in hooks:
+                h.remove()
+        return np.stack([m for m in maps if m is not None])

@@ -1,0 +1,222 @@
+"""Gradient and attention baselines (ig, ig_avg, grad_x_input, attention, attention_rollout,
+bta, bta_avg) on the white-box game: known answers on the tiny Llama and toys."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import attrlens
+from attrlens.api import prepare
+from attrlens.errors import InputError, ParameterError
+from attrlens.games.whitebox import WhiteBoxGame
+from attrlens.registry import get_explainer
+
+PROMPT = "The quick brown fox jumps over the lazy dog."
+METHODS = ("ig", "ig_avg", "grad_x_input", "attention", "attention_rollout", "bta", "bta_avg")
+
+
+def _explain(model, method, **kw):
+    return attrlens.explain(PROMPT, model=model, method=method, max_new_tokens=4, **kw)
+
+
+def _game_and_explainer(model, method, *, granularity="word", **params):
+    inputs, scoring = prepare(PROMPT, model=model, granularity=granularity, max_new_tokens=4)
+    ex = get_explainer(method)(**params)
+    ex.validate(inputs.n_features)
+    return inputs, ex.make_game(inputs, scoring), ex
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_every_method_end_to_end(tiny_model, method):
+    kw = {"start_layer": 1} if method.startswith("bta") else {}
+    a = _explain(tiny_model, method, **kw)
+    n, t = a.n_features, len(prepare(PROMPT, model=tiny_model, max_new_tokens=4)[0].output_ids)
+    assert a.scores.shape == (n,) and np.all(np.isfinite(a.scores))
+    assert a.params["aggregation"] == "sum"
+    assert a.cost["model_forwards"] >= 1 and a.cost["tokens_processed"] >= n
+    if method not in ("ig", "grad_x_input"):  # these give it with per_token=True
+        assert a.per_output_token.shape == (n, t)
+    if method in ("attention", "attention_rollout", "bta", "bta_avg"):
+        assert np.all(a.scores >= 0)
+
+
+def test_ig_completeness_tiny_model_256_steps(tiny_model):
+    a = _explain(tiny_model, "ig", steps=256)
+    m = a.extra["metadata"]
+    delta = m["f_input"] - m["f_baseline"]
+    assert abs(delta) > 0.5  # a non-trivial path
+    assert abs(a.scores.sum() - delta) <= 0.01 * abs(delta), (a.scores.sum(), delta)
+
+
+def test_ig_avg_completeness_and_rows(tiny_model):
+    a = _explain(tiny_model, "ig_avg", steps=256)
+    m = a.extra["metadata"]
+    delta = m["f_input"] - m["f_baseline"]
+    assert abs(a.scores.sum() - delta) <= 0.01 * abs(delta)
+    np.testing.assert_allclose(a.per_output_token.mean(1), a.scores, atol=1e-12)
+
+
+def test_ig_per_token_rows_sum_to_ig(tiny_model):
+    a = _explain(tiny_model, "ig", steps=16)
+    b = _explain(tiny_model, "ig", steps=16, per_token=True)
+    np.testing.assert_allclose(b.per_output_token.sum(1), a.scores, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(b.scores, a.scores, rtol=1e-4, atol=1e-4)
+
+
+def test_chunking_does_not_change_results_and_is_counted(tiny_model):
+    big = _explain(tiny_model, "ig", steps=8)
+    small = _explain(tiny_model, "ig", steps=8, max_batch_tokens=1)
+    np.testing.assert_allclose(small.scores, big.scores, rtol=1e-4, atol=1e-5)
+    # one sequence per chunk: 8 path forwards + 2 for f(x), f(x')
+    assert small.cost["model_forwards"] == 8 + 2
+    assert big.cost["model_forwards"] == 1 + 1
+
+
+def test_grad_x_input_matches_finite_differences(tiny_model):
+    """Central differences of f along each feature's embeddings, f((1 +- eps) x_feature).
+    (HF's RMSNorm computes in float32 even in a float64 model, so eps is not tiny: at 3e-2
+    rounding noise and the eps^2 term are both ~1e-5 here.)"""
+    import torch
+
+    inputs, game, ex = _game_and_explainer(tiny_model, "grad_x_input")
+    exp = ex.explain(game)
+    ids = torch.as_tensor(np.concatenate([inputs.prompt_ids, inputs.output_ids]))
+    n_p = len(inputs.prompt_ids)
+    with torch.no_grad():
+        x = tiny_model.input_embeddings(ids)
+
+        def f(e):
+            logits = tiny_model.model(inputs_embeds=e[None]).logits[0, n_p - 1:-1]
+            return float(logits.float().log_softmax(-1).gather(-1, ids[n_p:, None]).sum())
+
+        eps = 3e-2
+        fd = []
+        for feat in inputs.features:
+            scale = torch.ones(len(ids), 1)
+            scale[list(feat.tokens)] = 1 + eps
+            up = f(x * scale)
+            scale[list(feat.tokens)] = 1 - eps
+            fd.append((up - f(x * scale)) / (2 * eps))
+    assert np.abs(fd).max() > 0.01  # the check has something to compare
+    np.testing.assert_allclose(exp.scores, fd, rtol=0, atol=2e-4)
+
+
+class _LinearToyGame(WhiteBoxGame):
+    """log p(o_t) replaced by a linear function of the embeddings: sum_{s,d} W[t,s,d] e[s,d]."""
+
+    def _forward(self, embeds):
+        import torch
+
+        if not hasattr(self, "w_toy"):
+            g = torch.Generator().manual_seed(0)
+            self.w_toy = torch.randn(self.n_output, *embeds.shape[1:], generator=g)
+        self.counters["model_forwards"] += 1
+        return torch.einsum("bsd,tsd->bt", embeds.float(), self.w_toy)
+
+
+def test_ig_equals_grad_x_input_on_linear_toy(tiny_model):
+    inputs, _, _ = _game_and_explainer(tiny_model, "ig")
+    toy = _LinearToyGame(tiny_model, inputs.prompt_ids, inputs.output_ids, inputs.features)
+    ig = get_explainer("ig")(steps=3).explain(toy)
+    gxi = get_explainer("grad_x_input")().explain(toy)
+    np.testing.assert_allclose(ig.scores, gxi.scores, rtol=1e-5, atol=1e-5)
+    assert abs(ig.extra["completeness_gap"]) < 1e-3
+
+
+def test_rollout_equals_hand_computed_on_two_layers(tiny_model):
+    import torch
+
+    inputs, game, ex = _game_and_explainer(tiny_model, "attention_rollout", granularity="token")
+    exp = ex.explain(game)
+    mdl = tiny_model.model
+    ids = torch.as_tensor(np.concatenate([inputs.prompt_ids, inputs.output_ids]))[None]
+    old = mdl.config._attn_implementation
+    mdl.set_attn_implementation("eager")
+    try:
+        with torch.no_grad():
+            att = mdl(input_ids=ids, output_attentions=True).attentions
+    finally:
+        mdl.set_attn_implementation(old)
+    assert len(att) == 2
+    a1, a2 = (a[0].mean(0).double().numpy() for a in att)
+    eye = np.eye(a1.shape[0])
+    h1, h2 = 0.5 * a1 + 0.5 * eye, 0.5 * a2 + 0.5 * eye
+    roll = h2 @ h1
+    n_p = len(inputs.prompt_ids)
+    rows = roll[n_p - 1: n_p - 1 + len(inputs.output_ids), :n_p]  # (T, L)
+    owner = np.asarray(inputs.features.token_features())
+    want = np.zeros((inputs.n_features, rows.shape[0]))
+    for i, o in enumerate(owner):
+        if o >= 0:
+            want[o] += rows[:, i]
+    np.testing.assert_allclose(exp.per_output_token, want, atol=1e-5)
+    np.testing.assert_allclose(exp.scores, want.mean(1), atol=1e-5)
+    # the model is left as it was
+    assert mdl.config._attn_implementation == old
+
+
+def test_model_state_restored(tiny_model):
+    mdl = tiny_model.model
+    before = mdl.config._attn_implementation
+    _explain(tiny_model, "bta", start_layer=0, steps=2)
+    assert mdl.config._attn_implementation == before
+    assert all(p.requires_grad for p in mdl.parameters())
+
+
+def test_bf16_model_accumulates_in_fp32():
+    import torch
+
+    from conftest import make_tiny_model
+
+    m32 = make_tiny_model()
+    m16 = make_tiny_model()
+    m16.model.to(torch.bfloat16)
+    m16.dtype = torch.bfloat16
+    out = _explain(m32, "ig", steps=8).output_text
+    a = attrlens.explain(PROMPT, model=m32, method="ig", output=out, steps=8)
+    b = attrlens.explain(PROMPT, model=m16, method="ig", output=out, steps=8)
+    assert b.scores.dtype == np.float64 and np.all(np.isfinite(b.scores))
+    assert np.corrcoef(a.scores, b.scores)[0, 1] > 0.8
+
+
+@pytest.mark.parametrize("bad", [{"steps": 0}, {"steps": 1.5}, {"baseline": "noise"},
+                                 {"rule": "left"}, {"max_batch_tokens": 0}])
+def test_invalid_parameters_refused(tiny_model, bad):
+    with pytest.raises(ParameterError):
+        _explain(tiny_model, "ig", **bad)
+
+
+def test_budget_refused_and_start_layer_checked(tiny_model):
+    with pytest.raises(ParameterError, match="takes no budget"):
+        _explain(tiny_model, "ig", budget=10)
+    with pytest.raises(ParameterError, match="start_layer"):
+        _explain(tiny_model, "bta")  # default 8 > the tiny model's 2 layers
+
+
+def test_white_box_game_refuses_masks(tiny_model):
+    _, game, _ = _game_and_explainer(tiny_model, "ig")
+    with pytest.raises(InputError, match="not evaluated on masks"):
+        game(np.ones((1, game.n_features), dtype=bool))
+
+
+def test_methods_need_a_local_model():
+    with pytest.raises(ParameterError, match="language model"):
+        attrlens.explain_game(lambda m: m.sum(1), 3, method="ig")
+
+
+@pytest.mark.integration
+def test_ig_completeness_embedded_model_64_steps(default_model):
+    a = attrlens.explain("What is the capital of France? Answer with one word.",
+                         model=default_model, method="ig", steps=64, max_new_tokens=4)
+    m = a.extra["metadata"]
+    delta = m["f_input"] - m["f_baseline"]
+    assert abs(a.scores.sum() - delta) <= 0.05 * abs(delta), (a.scores.sum(), delta)
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("method", METHODS)
+def test_embedded_model_every_method(default_model, method):
+    a = attrlens.explain("What is the capital of France? Answer with one word.",
+                         model=default_model, method=method, max_new_tokens=4)
+    assert np.all(np.isfinite(a.scores)) and a.scores.shape == (a.n_features,)
