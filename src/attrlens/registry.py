@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 REGISTRY: dict[str, type[Explainer]] = {}
 
 # modules of attrlens.explainers holding registered methods; imported on first access
-MODULES = ("loo", "lime", "shapley", "spex", "gilot", "rope_lime", "gsmile")
+MODULES = ("loo", "lime", "shapley", "spex", "gilot", "rope_lime", "gsmile", "gradients")
 
 
 def register(cls: type[Explainer]) -> type[Explainer]:

@@ -166,7 +166,6 @@ def test_model_state_restored(tiny_model):
 
 def test_bf16_model_accumulates_in_fp32():
     import torch
-
     from conftest import make_tiny_model
 
     m32 = make_tiny_model()
