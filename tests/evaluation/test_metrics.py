@@ -21,7 +21,8 @@ from attrlens.evaluation.metrics import (
     top_k_exact_match,
 )
 
-DATA = Path("/work/shared/data/hotpotqa_dev_distractor_100.jsonl")
+# the shared data folder beside the repository (../shared/data)
+DATA = Path(__file__).resolve().parents[3] / "shared" / "data" / "hotpotqa_dev_distractor_100.jsonl"
 
 
 def brute_auroc(s, g):

@@ -2,7 +2,7 @@
 
 Faithfulness: N_test = 1000 masks drawn uniformly from {0,1}^n (seeded, shared by all
 methods), R² = 1 - Σ(v - v̂)² / Σ(v - v̄)² of the method's prediction v̂ against the true
-values v. The prediction is the method's own surrogate where it has one:
+values v (scikit-learn's ``r2_score``). The prediction is the method's own surrogate where it has one:
 
 * ``fourier``  v̂(z) = Σ_k F(k) (-1)^{<z,k>}                   (spex, proxyspex)
 * ``mobius``   v̂(z) = Σ_S a(S) Π_{i∈S} z_i, ∅ = intercept       (banzhaf, faith_banzhaf,
@@ -28,8 +28,8 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError, ParameterError
-from ..params import check_param
 from ..games import Game, as_game
+from ..params import check_param
 
 SURROGATE_BASES = ("fourier", "mobius")
 
@@ -49,16 +49,6 @@ def uniform_test_masks(n: int, n_test: int = 1000, *, seed: int = 0) -> np.ndarr
     """(n_test, n) masks with each feature kept independently with probability 1/2."""
     check_param("uniform_test_masks", "n_test", n_test, kind=int, low=1)
     return np.random.default_rng(seed).random((n_test, n)) < 0.5
-
-
-def r2_score(y: np.ndarray, yhat: np.ndarray) -> float:
-    """1 - Σ(y - ŷ)² / Σ(y - ȳ)² (nan when y is constant)."""
-    y = np.asarray(y, dtype=float)
-    yhat = np.asarray(yhat, dtype=float)
-    ss_tot = float(np.sum((y - y.mean()) ** 2))
-    if ss_tot <= 0:
-        return float("nan")
-    return 1.0 - float(np.sum((y - yhat) ** 2)) / ss_tot
 
 
 def _metadata(attr: Any) -> dict[str, Any]:
@@ -137,6 +127,8 @@ def faithfulness_r2(
                  "calibrated"
     n_calibration: masks of the calibration set (drawn with seed + 1)
     """
+    from sklearn.metrics import r2_score
+
     check_param("faithfulness_r2", "mode", mode, choices=("auto", "surrogate", "calibrated"))
     scores = np.asarray(attr.scores, dtype=float)
     n = len(scores)
@@ -149,7 +141,7 @@ def faithfulness_r2(
     y = game(test_masks)
     yhat = predict_surrogate(attr, test_masks) if mode != "calibrated" else None
     if yhat is not None:
-        return Faithfulness(r2_score(y, yhat), "surrogate", len(test_masks))
+        return Faithfulness(float(r2_score(y, yhat)), "surrogate", len(test_masks))
     if mode == "surrogate":
         raise ParameterError(
             f"The method '{getattr(attr, 'method', '?')}' has no surrogate; use mode='calibrated'."
@@ -158,7 +150,7 @@ def faithfulness_r2(
     cal = uniform_test_masks(n, n_calibration, seed=seed + 1)
     alpha, gamma = _calibrate(scores, cal, game(cal))
     yhat = alpha + gamma * ((~test_masks) @ scores)
-    return Faithfulness(r2_score(y, yhat), "calibrated", len(test_masks), (alpha, gamma))
+    return Faithfulness(float(r2_score(y, yhat)), "calibrated", len(test_masks), (alpha, gamma))
 
 
 def _calibrate(scores: np.ndarray, masks: np.ndarray, y: np.ndarray) -> tuple[float, float]:

@@ -38,18 +38,17 @@ def ranking(scores: Sequence[float]) -> np.ndarray:
 
 
 def auroc(scores: Sequence[float], labels: Sequence[bool]) -> float:
-    """Area under the ROC curve of ``scores`` against ``labels`` (Mann-Whitney form).
+    """Area under the ROC curve of ``scores`` against ``labels`` (scikit-learn's
+    ``roc_auc_score``; ties count one half).
 
     0.5 when only one class is present (the gSMILE reference's convention).
     """
     s, g = _check(scores, labels)
-    n_pos, n_neg = int(g.sum()), int((~g).sum())
-    if n_pos == 0 or n_neg == 0:
+    if g.all() or not g.any():
         return 0.5
-    from scipy.stats import rankdata
+    from sklearn.metrics import roc_auc_score
 
-    r = rankdata(s)  # average ranks: ties count one half
-    return float((r[g].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+    return float(roc_auc_score(g, s))
 
 
 def precision_at_k(scores: Sequence[float], labels: Sequence[bool], k: int | None = None) -> float:

@@ -329,7 +329,7 @@ def spex_transform(
     """SPEX peeling decoder with diagnostics; see ``spex_decode`` for the arguments."""
     owner = "spex_decode"
     check_param(owner, "decoder", decoder, choices=["soft", "hard"])
-    check_param(owner, "refit", refit, choices=[None, "lasso"])
+    check_param(owner, "refit", refit, choices=["lasso"], none_ok=True)
     check_param(owner, "max_iter", max_iter, kind=int, low=1)
     check_param(owner, "res_energy_cutoff", res_energy_cutoff, kind=(int, float), low=0.0)
     check_param(owner, "noise_sd", noise_sd, kind=(int, float), low=0.0)
