@@ -26,8 +26,8 @@ def _records(path):
 @pytest.mark.integration
 def test_ray_matches_local(tiny_model, tmp_path, capfd):
     ray = pytest.importorskip("ray")
-    kw = dict(methods=["loo"], metrics=["morf", "lerf", "abpc", "topk"], model=tiny_model,
-              chat=False)
+    kw = {"methods": ["loo"], "metrics": ["morf", "lerf", "abpc", "topk"], "model": tiny_model,
+              "chat": False}
     local = attrlens.evaluate(ITEMS, out=tmp_path / "local", progress=False, **kw)
     dist = attrlens.evaluate(ITEMS, out=tmp_path / "ray", backend="ray", workers=2,
                              progress=True, **kw)
