@@ -11,7 +11,6 @@ import pytest
 import torch
 
 import attrlens
-from attrlens.errors import InputError, ParameterError
 from attrlens.analysis import (
     Comparison,
     align_slots,
@@ -21,6 +20,7 @@ from attrlens.analysis import (
     run_compare,
     run_query_weight,
 )
+from attrlens.errors import InputError, ParameterError
 from attrlens.games import BudgetedGame, BudgetExceededError
 from attrlens.games.beams import BeamGame, BeamSettings
 from attrlens.result import Attribution
@@ -333,6 +333,50 @@ def test_gilot_kl_registered(tiny_model):
                          horizon=2, masker="delete")
     assert a.method == "gilot_kl" and a.params["distance"] == "kl"
     assert a.params["masker"] == "delete" and np.all(a.scores >= 0)
+
+
+def test_beam_game_memoises_counts_and_budgets(tiny_model):
+    from attrlens.api import prepare
+    from attrlens.explainers.gilot import GilotExplainer
+
+    inputs, scoring = prepare("the lazy dog is blue", model=tiny_model, masker="attention_off")
+    ex = GilotExplainer(beams=2, horizon=3, ot_iter=50)
+    ex.validate(inputs.n_features)
+    game = ex.make_game(inputs, scoring)
+    assert isinstance(game, BeamGame) and game.value_kind == "beam_distances"
+    # one prefix cache: the scoring engine's
+    assert game.runner._cache is scoring.engines[0].prefix
+    n = inputs.n_features
+    masks = np.ones((3, n), dtype=bool)
+    masks[1, 0] = masks[2, 3] = False
+    d = game.per_token_values(masks)
+    assert d.shape == (3, 3) and np.all(d[0] == 0) and np.all(d[1:] >= 0) and d[1:].max() > 0
+    np.testing.assert_allclose(game(masks), d.mean(1))
+    c = game.cost()
+    assert c.value_calls == 3 and c.model_forwards > 0 and c.tokens_processed > 0
+    game.per_token_values(masks[::-1])  # memoised: no new forward
+    assert game.cost() == c
+    assert game.masked_mass(masks).shape == (3, 3)
+    view = BudgetedGame(game, 2)
+    with pytest.raises(BudgetExceededError):
+        view(masks)
+    exp = ex.explain(game)
+    assert exp.cost.value_calls == n + 1
+    assert exp.cost.model_forwards > 0  # the leave-one-out masks beyond the 3 above
+    np.testing.assert_allclose(exp.scores[[0, 3]], d[1:].mean(1), atol=1e-12)
+
+
+def test_gilot_refuses_a_budget_below_n_plus_1(tiny_model):
+    with pytest.raises(ParameterError, match="at least 4"):
+        attrlens.explain("the lazy dog", model=tiny_model, method="gilot", budget=3,
+                         beams=2, horizon=2)
+
+
+def test_gilot_needs_its_beam_game():
+    from attrlens.explainers.gilot import GilotExplainer
+
+    with pytest.raises(ParameterError):
+        GilotExplainer().explain(attrlens.games.Game(lambda m: m.sum(1), 3))
 
 
 @pytest.mark.parametrize(

@@ -64,7 +64,7 @@ def test_batching_does_not_change_scores(setup):
 
 
 def test_topk_distributions_are_sorted_logprobs(setup):
-    model, ids, fs, out, _ = setup
+    model, ids, _fs, out, _ = setup
     eng = ScoringEngine(model, ids, out)
     vals, idx = eng.topk_distributions([unmasked_input(ids)], k=5)
     assert vals.shape == (1, len(out), 5) and idx.shape == (1, len(out), 5)

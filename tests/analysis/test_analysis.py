@@ -1,0 +1,127 @@
+"""Method-agnostic analysis: query weight (the first query word after a space counts) and
+the comparison of two prompts, on any method's attribution."""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import pytest
+
+import attrlens
+from attrlens.analysis import (
+    compare_attributions,
+    features_in_span,
+    locate_query,
+    parse_span,
+    query_weight,
+    query_weight_of,
+    run_query_weight,
+)
+from attrlens.errors import InputError
+from attrlens.result import Attribution
+from attrlens.text.prompt import build_prompt
+from attrlens.text.segment import segment
+
+ICL = "apple: fruit. carrot: vegetable. [[banana:]]"
+
+
+def _word_attribution(model, text, scores=None):
+    """An attribution of ``text`` with real word features (leading spaces included)."""
+    pr = build_prompt(text, model, chat=False)
+    _, offsets = model.tokenize(pr.text, add_special_tokens=False)
+    fs = segment(pr.text, pr.regions, offsets, "word")
+    n = len(fs)
+    s = np.arange(1, n + 1, dtype=float) if scores is None else scores
+    return Attribution(method="x", scores=s, labels=fs.labels,
+                       spans=[[list(sp) for sp in f.spans] for f in fs], input_text=pr.text)
+
+
+def test_first_query_word_after_a_space_is_in_the_query(tiny_model):
+    text, span = locate_query(ICL)
+    assert text == "apple: fruit. carrot: vegetable. banana:"
+    assert text[span[0]:span[1]] == "banana:"
+    attr = _word_attribution(tiny_model, text)
+    res = query_weight_of(attr, text, span)
+    assert "".join(attr.labels[i].strip() for i in res.query_features) == "banana:"
+    last = [i for i, lab in enumerate(attr.labels) if "banana" in lab]
+    assert res.query_features[0] == last[0]
+    s = attr.scores
+    assert res.aqw == pytest.approx(s[res.query_features].sum() / s.sum(), rel=1e-12)
+
+
+def test_first_query_word_after_a_newline(tiny_model):
+    text, span = locate_query("Review: great. Sentiment: positive\n[[Review: dull. Sentiment:]]")
+    attr = _word_attribution(tiny_model, text)
+    res = query_weight_of(attr, text, span)
+    words = [attr.labels[i].strip() for i in res.query_features]
+    assert words == ["Review:", "dull.", "Sentiment:"]
+
+
+def test_query_weight_with_gilot_end_to_end(tiny_model):
+    explain = functools.partial(attrlens.explain, model=tiny_model, method="gilot", beams=2,
+                                horizon=2, ot_iter=50, chat=False)
+    res = run_query_weight(ICL, explain)
+    labels = [res.attribution.labels[i].strip() for i in res.query_features]
+    assert labels and labels[0].startswith("ban")
+    assert 0.0 < res.aqw < 1.0
+
+
+def test_query_weight_is_the_share_on_the_query():
+    attr = Attribution(method="m", scores=np.array([0.1, 0.3, 0.2, 0.4]),
+                       labels=["a", " b", " c", " d"], spans=[[[0, 1]], [[1, 3]], [[3, 5]], [[5, 7]]],
+                       input_text="a b c d")
+    assert query_weight(attr, [2, 3]) == pytest.approx(0.6)
+    # " c" (3..5) lies in the span of "c d" (4..7): its leading space does not count
+    assert features_in_span(attr, (4, 7)) == [2, 3]
+    assert query_weight(attr, query_span=(4, 7)) == pytest.approx(0.6)
+    with pytest.raises(InputError):
+        query_weight(attr, [9])
+    with pytest.raises(InputError):
+        query_weight(attr, [-1])
+    neg = Attribution(method="loo", scores=np.array([1.0, -1.0]), labels=["x", "y"])
+    with pytest.raises(InputError):
+        query_weight(neg, [0])
+
+
+def test_locate_query_errors_and_spans():
+    assert locate_query("abc def", (4, 7)) == ("abc def", (4, 7))
+    with pytest.raises(InputError, match="exactly one"):
+        locate_query("no markers here")
+    with pytest.raises(InputError, match="outside"):
+        locate_query("abc", (1, 9))
+    assert parse_span("3:8") == (3, 8)
+    with pytest.raises(InputError):
+        parse_span("a:b")
+
+
+def test_compare_attributions_of_any_method():
+    a = Attribution(method="loo", scores=np.array([0.1, 0.5, 0.2]), labels=["a", "female", "x"])
+    b = Attribution(method="loo", scores=np.array([0.1, 0.05, 0.2]), labels=["a", "male", "x"])
+    cmp = compare_attributions(a, b)
+    assert cmp.slots == [([1], [1])]
+    row = cmp.summary()[0]
+    assert row["a"]["rank"] == 1 and row["b"]["rank"] == 3
+    assert row["a"]["share"] == pytest.approx(0.5 / 0.8)
+    with pytest.raises(InputError):
+        compare_attributions(a, a)
+    d = cmp.to_dict()
+    assert d["slots"] == [[[1], [1]]]
+
+
+def test_rendering_shows_markup_literally(tiny_model):
+    import io
+
+    from rich.console import Console
+
+    from attrlens.analysis import QueryWeight
+    from attrlens.report.analysis import show_comparison, show_query_weight
+
+    a = Attribution(method="loo", scores=np.array([0.1, 0.5]), labels=["[/INST]", "[b]x"])
+    b = Attribution(method="loo", scores=np.array([0.1, 0.2]), labels=["[/INST]", "[i]y"])
+    buf = io.StringIO()
+    con = Console(file=buf, width=120)
+    show_comparison(compare_attributions(a, b), console=con)
+    show_query_weight(QueryWeight(0.8, a, [1], (0, 0)), console=con)
+    out = buf.getvalue()
+    assert "[b]x" in out and "[i]y" in out and "aqw" in out
