@@ -611,3 +611,24 @@ def test_real_server_without_logprobs(fault_proxy, tmp_path):
     be = OpenAIBackend(fault_proxy.base_url, "smollm2", cache=False)
     with pytest.raises(CapabilityError, match="returned no log-probs for model 'smollm2'"):
         be.complete_logprobs(_msgs("Hi"), top_logprobs=3)
+
+
+@pytest.mark.integration
+def test_real_server_behind_a_broken_proxy(fault_proxy, tmp_path, reference_texts):
+    """A 501 page is reported on one line without retries; a null answer is rejected and
+    not cached; once the proxy behaves, the real answer is returned and cached."""
+    fault_proxy.script = [("html", 501), "null_content"]
+    cache = CallCache(tmp_path / "c.sqlite")
+    opts = {**FAST, "timeout": 60.0}  # the real server on a busy machine
+    be = OpenAIBackend(fault_proxy.base_url, "smollm2", cache=cache, max_retries=6, **opts)
+    with pytest.raises(BackendError) as info:
+        be.chat(_msgs(PROMPTS[0]), max_tokens=8, seed=0)
+    _one_line(str(info.value))
+    assert "HTTP 501 Not Implemented" in str(info.value) and fault_proxy.n_chat == 1
+    with pytest.raises(BackendError, match="no text"):
+        be.chat(_msgs(PROMPTS[0]), max_tokens=8, seed=0)
+    assert len(cache) == 0
+    comp = be.chat(_msgs(PROMPTS[0]), max_tokens=8, seed=0)
+    assert comp.text == reference_texts[0] and len(cache) == 1
+    assert be.chat(_msgs(PROMPTS[0]), max_tokens=8, seed=0).cached is True
+    assert fault_proxy.n_chat == 3
