@@ -127,8 +127,9 @@ def test_embedded_model_bf16_tracks_float32() -> None:
     assert bf16.info.dtype == "bfloat16" and fp32.info.dtype == "float32"
     prompt = "What is the capital of France? Answer with one word."
     out = attrlens.explain(prompt, model=fp32, method="loo", max_new_tokens=4).output_text
-    ref = _loo(prompt, model=fp32, output=out, granularity="token")
-    got = _loo(prompt, model=bf16, output=out, granularity="token")
+    ref = _loo(prompt, model=fp32, output=out)
+    got = _loo(prompt, model=bf16, output=out)
+    assert ref.size >= 8
     assert np.all(np.isfinite(got))
     rho = spearmanr(ref, got).statistic
     assert rho >= 0.98, f"bf16 vs fp32 Spearman {rho:.3f} on the embedded model"
