@@ -11,8 +11,8 @@ import pytest
 import attrlens
 from attrlens.errors import ParameterError
 from attrlens.evaluation.faithfulness import faithfulness_r2
-from attrlens.explainers.base import get_explainer
 from attrlens.games import Game
+from attrlens.registry import get_explainer
 from attrlens.result import Attribution
 
 
@@ -95,11 +95,12 @@ def terms(attr: Attribution) -> dict[tuple[int, ...], float]:
 
 # ---- SPEX ------------------------------------------------------------------------------
 def test_spex_recovers_planted_fourier_terms_and_shapley_scores():
-    n = 10
+    n = 12
     coeffs = planted(n, 12, 3, seed=0)
     fn = fourier_game(coeffs)
     g = Game(fn, n)
     a = attrlens.explain_game(g, n, method="spex", budget=1344, index="fourier", seed=0)
+    assert a.extra["metadata"]["exhaustive"] is False
     assert g.n_calls <= 1344
     assert a.interactions["index"] == "fourier" and a.interactions["order"] is None
     got = terms(a)
@@ -110,7 +111,7 @@ def test_spex_recovers_planted_fourier_terms_and_shapley_scores():
     np.testing.assert_allclose(a.scores, brute_shapley(fn, n), atol=1e-9)
     assert faithfulness_r2(a, g, n_test=300).r2 == pytest.approx(1.0, abs=1e-9)
     meta = a.extra["metadata"]
-    assert meta["b"] == 4 and meta["n_queries"] == 3 * meta["n_delays"] * 16
+    assert meta["b"] == 4 and meta["n_queries"] == 3 * meta["n_delays"] * 16 == 1344
     # Banzhaf scores are -2 F({i}) (positive = the feature raises v)
     bz = attrlens.explain_game(fn, n, method="spex", budget=1344, scores="banzhaf", seed=0)
     np.testing.assert_allclose(bz.scores, [-2 * coeffs.get((i,), 0.0) for i in range(n)],
@@ -120,20 +121,47 @@ def test_spex_recovers_planted_fourier_terms_and_shapley_scores():
 def test_spex_budget_rules():
     cls = get_explainer("spex")
     assert cls.default_target == "logprob" and cls.default_masker == "replace"
-    # n = 6, t = 5: BCH(31, 11) shortened, P + 1 = 21 delays, so b = 3 costs 3 * 21 * 8
-    assert cls().min_budget(6) == 504
-    fn = fourier_game({(): 1.0, (1,): 0.5})
-    with pytest.raises(ParameterError, match="504"):
-        attrlens.explain_game(fn, 6, method="spex", budget=503)
-    g = Game(fn, 6)
-    a = attrlens.explain_game(g, 6, method="spex", budget=2015)  # 1008 <= 2015 < 2016
-    assert a.params["b"] == 4 and g.n_calls <= 1008
-    a = attrlens.explain_game(fn, 6, method="spex", budget=2016)
+    # n = 12, t = 5: BCH(63, 36) shortened, P + 1 = 28 delays, so b = 3 costs 3 * 28 * 8
+    assert cls().min_budget(12) == 672
+    fn = fourier_game({(): 1.0, (1,): 0.5, (2, 7): -0.25})
+    with pytest.raises(ParameterError, match="672"):
+        attrlens.explain_game(fn, 12, method="spex", budget=671)
+    g = Game(fn, 12)
+    a = attrlens.explain_game(g, 12, method="spex", budget=2687)  # 1344 <= 2687 < 2688
+    assert a.params["b"] == 4 and g.n_calls <= 1344
+    a = attrlens.explain_game(fn, 12, method="spex", budget=2688)
     assert a.params["b"] == 5
-    a = attrlens.explain_game(fn, 6, method="spex", b=3)  # b instead of a budget
-    assert a.params["b"] == 3 and a.cost["value_calls"] <= 504
-    with pytest.raises(ParameterError, match="at least 1008"):
-        attrlens.explain_game(fn, 6, method="spex", b=4, budget=600)
+    a = attrlens.explain_game(fn, 12, method="spex", b=3)  # b instead of a budget
+    assert a.params["b"] == 3 and a.cost["value_calls"] <= 672
+    with pytest.raises(ParameterError, match="at least 1344"):
+        attrlens.explain_game(fn, 12, method="spex", b=4, budget=600)
+
+
+def test_spex_small_game_states_and_uses_the_real_count():
+    """4 features: enumerating the 16 coalitions is cheaper than any design (504 queries);
+    min_budget says 16, the method uses exactly 16 and returns the exact spectrum."""
+    cls = get_explainer("spex")
+    assert cls().min_budget(4) == 16 and cls().default_budget(4) == 16
+    assert cls(b=5).min_budget(4) == 16
+    coeffs = {(): 0.3, (0,): 1.0, (1, 3): -0.5, (0, 1, 2): 0.25}
+    fn = fourier_game(coeffs)
+    g = Game(fn, 4)
+    a = attrlens.explain_game(g, 4, method="spex", index="fourier", seed=0)
+    assert a.cost["value_calls"] == 16 and g.n_calls == 16 and a.params["budget"] == 16
+    assert a.extra["metadata"]["exhaustive"] is True and a.params["b"] is None
+    got = terms(a)
+    assert set(got) == set(coeffs)
+    for k, f in coeffs.items():
+        assert got[k] == pytest.approx(f, abs=1e-12)
+    np.testing.assert_allclose(a.scores, brute_shapley(fn, 4), atol=1e-12)
+    with pytest.raises(ParameterError, match="at least 16"):
+        attrlens.explain_game(fn, 4, method="spex", budget=15)
+    # n = 10: 1024 coalitions cost more than the b = 4 design (1008) but less than b = 5
+    assert cls().min_budget(10) == 504
+    b4 = attrlens.explain_game(fourier_game(coeffs), 10, method="spex", budget=1100)
+    assert b4.extra["metadata"]["exhaustive"] is False and b4.params["b"] == 4
+    b5 = attrlens.explain_game(fourier_game(coeffs), 10, method="spex", budget=2016)
+    assert b5.extra["metadata"]["exhaustive"] is True and b5.cost["value_calls"] == 1024
 
 
 @pytest.mark.parametrize(
@@ -217,9 +245,8 @@ def test_proxyspex_fits_a_planted_low_order_game():
     energy = {k: v**2 for k, v in coeffs.items() if k}
     expected = 1 - sum(e for k, e in energy.items() if k not in kept) / sum(energy.values())
     assert faithfulness_r2(a, g, n_test=1000, seed=1).r2 == pytest.approx(expected, abs=0.03)
-    # a small LightGBM grid keeps this second fit fast
-    grid = {"n_estimators": [300], "learning_rate": [0.1], "max_depth": [3]}
-    full = attrlens.explain_game(g, n, method="proxyspex", budget=400, energy=1.0, grid=grid)
+    # shapiq's smaller LightGBM grid keeps this second fit faster
+    full = attrlens.explain_game(g, n, method="proxyspex", budget=400, energy=1.0, grid="small")
     assert faithfulness_r2(full, g, n_test=1000, seed=1).r2 > 0.98
     np.testing.assert_allclose(full.scores, brute_shapley(fn, n), atol=0.1)
     assert a.extra["metadata"]["cv_r2"] > 0.95
@@ -249,5 +276,28 @@ def test_proxyspex_on_a_tiny_game_uses_the_exact_spectrum():
     w = np.array([1.0, -2.0, 0.5])
     fn = lambda m: m.astype(float) @ w + 0.25 * m[:, 0] * m[:, 2]
     a = attrlens.explain_game(fn, 3, method="proxyspex", budget=64, energy=1.0)
-    assert a.extra["metadata"]["exact_small_game"] is True
+    assert a.extra["metadata"]["exhaustive"] is True
+    assert get_explainer("proxyspex")().min_budget(3) == 8 and a.cost["value_calls"] == 8
     np.testing.assert_allclose(a.scores, brute_shapley(fn, 3), atol=1e-9)
+
+
+def test_ksii_index_through_spex_and_faith_banzhaf(spex6):
+    """k-SII of order 2 from SPEX's (exact, 64-coalition) spectrum equals the conversion of
+    the brute-force Möbius transform; efficiency: the non-empty values sum to v(1) - v(0)."""
+    from attrlens.solvers.indices import mobius_to_ksii
+
+    n, fn = spex6
+    a = attrlens.explain_game(fn, n, method="spex", index="ksii", order=2)
+    assert a.interactions["index"] == "ksii" and a.interactions["order"] == 2
+    want = mobius_to_ksii(brute_mobius(fn, n), 2)
+    got = terms(a)
+    for S, v in want.items():
+        assert got.get(S, 0.0) == pytest.approx(v, abs=1e-8), S
+    ends = fn(np.array([[True] * n, [False] * n]))
+    assert sum(v for S, v in got.items() if S) == pytest.approx(ends[0] - ends[1], abs=1e-8)
+    fb = attrlens.explain_game(fn, n, method="faith_banzhaf", order=n, budget=2**n,
+                               index="ksii")
+    assert fb.interactions["index"] == "ksii"
+    assert fb.interactions["order"] == n  # k-SII of order n is the Möbius transform
+    for S, v in brute_mobius(fn, n).items():
+        assert terms(fb).get(S, 0.0) == pytest.approx(v, abs=1e-6), S
