@@ -32,8 +32,17 @@ def two_gpus(monkeypatch):
 
 @pytest.fixture
 def cache(monkeypatch, tmp_path):
+    """A private cache dir, and the tiny model counted as big enough to measure."""
     monkeypatch.setenv("ATTRLENS_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(hf, "_MIN_MEASURE_PARAMS", 0)
     return tmp_path
+
+
+def test_tiny_models_are_not_measured(monkeypatch, tmp_path) -> None:
+    monkeypatch.setenv("ATTRLENS_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(hf, "_time_forward", lambda *a: pytest.fail("measured a tiny model"))
+    assert cpu_auto_dtype(make_tiny_model().model) == "float32"
+    assert not cpu_dtype_file().exists()
 
 
 def test_auto_device_without_gpu_is_cpu(no_gpu) -> None:

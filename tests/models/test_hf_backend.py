@@ -43,7 +43,10 @@ def _loo(prompt: str, **kw) -> np.ndarray:
     return np.asarray(res.scores, dtype=np.float64)
 
 
-def test_directory_and_object_give_the_same_scores(tiny, tiny_dir) -> None:
+def test_directory_and_object_give_the_same_scores(
+    tiny, tiny_dir, monkeypatch, tmp_path
+) -> None:
+    monkeypatch.setenv("ATTRLENS_CACHE_DIR", str(tmp_path))  # the path load uses dtype auto
     from_dir = load_model(tiny_dir, device="cpu", dtype="float32")
     assert isinstance(from_dir, HFModel)
     assert from_dir.info.sha256 is not None and len(from_dir.info.sha256) == 64

@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import time
 import warnings
 from pathlib import Path
@@ -66,6 +67,9 @@ _DEVICE_HELP = "'auto', 'cpu', 'cuda', 'cuda:N' (N = a GPU index) or 'mps'"
 #: bf16 is chosen on a CPU only when it is at least this much faster than fp32 (it is less
 #: precise, so a tie goes to fp32)
 _CPU_BF16_MARGIN = 0.8
+#: models smaller than this are bound by per-op overhead, not by matmul speed: their timing
+#: says nothing about the CPU's bf16 kernels, so they run in fp32 and are not recorded
+_MIN_MEASURE_PARAMS = 20_000_000
 
 
 def resolve_device(device: str) -> str:
@@ -199,7 +203,8 @@ def cpu_auto_dtype(model: Any, *, model_id: str = "?") -> str:
     ``model`` is a float32 transformers causal LM on the CPU; the first call times a short
     forward (2 x 64 tokens) of it in float32 and, through ``torch.func.functional_call`` with
     bf16 copies of the weights (no copy of the module), in bfloat16. bf16 is chosen only when
-    it is at least 1/0.8 = 1.25x faster. The choice is stored in :func:`cpu_dtype_file`
+    it is at least 1/0.8 = 1.25x faster. Models under 20M parameters (overhead-bound) run in
+    float32 without a measurement. The choice is stored in :func:`cpu_dtype_file`
     keyed by the CPU's flags and the torch version, so later loads do not measure again.
     """
     import torch
@@ -216,7 +221,10 @@ def cpu_auto_dtype(model: Any, *, model_id: str = "?") -> str:
     if isinstance(entry, dict) and entry.get("dtype") in ("float32", "bfloat16"):
         return str(entry["dtype"])
     params = dict(model.named_parameters())
-    need = sum(p.numel() for p in params.values()) * 2
+    n_params = sum(p.numel() for p in params.values())
+    if n_params < _MIN_MEASURE_PARAMS:
+        return "float32"
+    need = n_params * 2
     try:
         avail = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError, AttributeError):
@@ -353,8 +361,9 @@ def _load(file: Path, *, model_id: str, device: str, dtype: str | None, cache: b
                 mdl.save_pretrained(tmp)
                 tok.save_pretrained(tmp)
                 tmp.rename(copy)
-            except OSError as exc:  # a read-only cache only costs speed
+            except OSError as exc:  # a read-only cache (or a concurrent writer) costs speed
                 log.warning("could not cache the de-quantized model: %s", exc)
+                shutil.rmtree(tmp, ignore_errors=True)
     elif file.is_dir():
         if not (file / "config.json").is_file():
             raise InputError(
