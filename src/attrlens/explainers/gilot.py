@@ -25,6 +25,7 @@ attribution and live in :mod:`attrlens.analysis`.
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING
 
 from ..games import BudgetedGame, Game
@@ -128,6 +129,7 @@ class GilotExplainer(Explainer):
                 f"attrlens.explain."
             )
         p = self.params
+        t0 = time.perf_counter()
         masks = loo_masks(game.n_features)
         dist = game.per_token_values(masks)  # (m + 1, J); row 0 is the reference (zeros)
         per_pos = dist[1:]
@@ -143,6 +145,7 @@ class GilotExplainer(Explainer):
             "compress_s": t["compress_s"],
             "ot_solver_s": t["solver_s"],
             "tokens_min": game.tokens_min,
+            "gilot_wall_s": time.perf_counter() - t0,
         }
         if p["distance"] == "ot":
             extra["union_size_mean"] = game.union_size_mean
