@@ -11,6 +11,7 @@ import numpy as np
 from .errors import InputError, ParameterError, unknown_name_message
 from .params import check_param
 from .explainers.base import Explainer, Explanation
+from .models.base import require_needs
 from .registry import get_explainer
 from .games import Game, as_game
 from .result import Attribution
@@ -146,6 +147,7 @@ def explain(
     )
     check_param("explain", "seed", seed, kind=int, low=0)
     explainer.validate(inputs.n_features)  # before any game is built: cheap errors first
+    require_needs(explainer.needs, inputs.model, target_backend, method=explainer.name)
     game = explainer.make_game(inputs, scoring, closed=target_backend)
     exp = explainer.explain(game, seed=seed)
     return finish(explainer, inputs, scoring, exp, t_start=t_start, seed=seed,
@@ -192,7 +194,7 @@ def prepare(
         raise ParameterError(unknown_name_message("granularity", granularity, GRANULARITIES))
     if masker not in MASKERS:
         raise ParameterError(unknown_name_message("masker", masker, MASKERS))
-    if model is None or isinstance(model, str):
+    if model is None or isinstance(model, str) or hasattr(model, "__fspath__"):
         model = load_model(model)
     if not isinstance(model, HFModel) or tokenizer is not None:
         model = wrap_model(model, tokenizer)  # a transformers model object (or a clear error)
@@ -278,6 +280,8 @@ def finish(
     api_before: dict[str, float] | None = None,
 ) -> Attribution:
     """Turn an explainer's output on prepared inputs into an :class:`Attribution`."""
+    from .text.pieces import output_pieces
+
     features, pr = inputs.features, inputs.prompt
     cost = exp.cost.as_dict()
     cost["wall_s"] = time.perf_counter() - t_start
@@ -298,7 +302,7 @@ def finish(
     }
     if target_backend is not None:
         params_out["target_model"] = getattr(target_backend, "model", None)
-        params_out["target_url"] = getattr(target_backend, "base_url", None)
+        params_out["target_url"] = getattr(target_backend, "public_url", None)
     return Attribution(
         method=explainer.name,
         scores=exp.scores,
@@ -313,4 +317,5 @@ def finish(
         cost=cost,
         seed=seed,
         extra={"metadata": exp.extra} if exp.extra else {},
+        output_tokens=output_pieces(inputs.model, inputs.output_ids, inputs.output_text),
     )
