@@ -14,9 +14,10 @@ row to the token ids and explicit position ids of the perturbed prompt:
                      perturbed prompt has the original length). Kept as a named option: it
                      is what ``replace`` did before 0.2.
 * ``attention_off``  GiLOT's masking (token id 0 and attention 0, positions unchanged). For
-                     teacher-forced scoring this equals ``delete`` exactly: a key that no
-                     query may attend to contributes nothing, so the engine runs it as a
-                     deletion. Generation-based methods apply it with an attention mask.
+                     teacher-forced scoring a key no query may attend to contributes
+                     nothing, so the engine runs masked tokens as deletions, except a masked
+                     last prompt token: it stays (id 0, ``attention`` 0) because its hidden
+                     state predicts the first output token, as in GiLOT's reference.
 """
 
 from __future__ import annotations
@@ -57,6 +58,9 @@ class PerturbedInput:
     positions: np.ndarray
     first_change: int
     output_start: int | None = None
+    #: (L',) 0 = no query attends to this token's key (attention_off's masked last token,
+    #: id 0, which still predicts the first output token); None = all attended
+    attention: np.ndarray | None = None
 
 
 class Masker:
@@ -111,6 +115,13 @@ class Masker:
                 out.append(PerturbedInput(ids, pos, first))
             elif self.kind == "replace":
                 out.append(self._replace_features(row, first))
+            elif self.kind == "attention_off" and not row[-1]:
+                # the masked last token (id 0, attention 0) still predicts o_1 (GiLOT's code)
+                ids = np.append(self.prompt_ids[row], 0)
+                att = np.ones(len(ids), dtype=np.int64)
+                att[-1] = 0
+                out.append(PerturbedInput(ids, np.append(pos[row], n_tok - 1), first,
+                                          attention=att))
             else:
                 out.append(PerturbedInput(self.prompt_ids[row], pos[row], first))
         return out
