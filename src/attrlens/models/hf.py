@@ -176,32 +176,27 @@ def cpu_dtype_file() -> Path:
 
 
 def _time_forward(model: Any, ids: Any, params: dict[str, Any] | None) -> float:
-    """Best of two timed forwards (after one warm-up) of ``model`` on ``ids`` (b, s)."""
+    """Seconds of one forward of ``model`` on ``ids`` (b, s), with ``params`` substituted for
+    its parameters when given (``torch.func.functional_call``)."""
     import torch
     from torch.func import functional_call
 
-    def run() -> None:
-        kwargs = {"input_ids": ids, "use_cache": False}
+    kwargs = {"input_ids": ids, "use_cache": False}
+    with torch.inference_mode():
+        t0 = time.perf_counter()
         if params is None:
             model(**kwargs)
         else:
             functional_call(model, params, args=(), kwargs=kwargs)
-
-    best = float("inf")
-    with torch.inference_mode():
-        run()
-        for _ in range(2):
-            t0 = time.perf_counter()
-            run()
-            best = min(best, time.perf_counter() - t0)
-    return best
+        return time.perf_counter() - t0
 
 
 def cpu_auto_dtype(model: Any, *, model_id: str = "?") -> str:
     """The faster of float32 and bfloat16 for this CPU, measured once and remembered.
 
-    ``model`` is a float32 transformers causal LM on the CPU; the first call times a short
-    forward (2 x 64 tokens) of it in float32 and, through ``torch.func.functional_call`` with
+    ``model`` is a float32 transformers causal LM on the CPU; the first call times short
+    forwards (2 x 64 tokens; a warm-up and 3 alternating rounds, best of each) of it in
+    float32 and, through ``torch.func.functional_call`` with
     bf16 copies of the weights (no copy of the module), in bfloat16. bf16 is chosen only when
     it is at least 1/0.8 = 1.25x faster. Models under 20M parameters (overhead-bound) run in
     float32 without a measurement. The choice is stored in :func:`cpu_dtype_file`
@@ -236,11 +231,18 @@ def cpu_auto_dtype(model: Any, *, model_id: str = "?") -> str:
     seq = max(2, min(64, int(getattr(model.config, "max_position_embeddings", 64) or 64)))
     gen = torch.Generator().manual_seed(0)
     ids = torch.randint(0, vocab, (2, seq), generator=gen)
-    t32 = _time_forward(model, ids, None)
     with torch.inference_mode():
         bf = {n: p.detach().to(torch.bfloat16) for n, p in params.items()}
-    t16 = _time_forward(model, ids, bf)
+    # one warm-up each, then three alternating rounds, best of each: alternating keeps a
+    # change in the machine's load from favouring whichever dtype ran in the quiet moment
+    times: dict[str, list[float]] = {"float32": [], "bfloat16": []}
+    for rnd in range(4):
+        for name, sub in (("float32", None), ("bfloat16", bf)):
+            t = _time_forward(model, ids, sub)
+            if rnd:
+                times[name].append(t)
     del bf
+    t32, t16 = min(times["float32"]), min(times["bfloat16"])
     choice = "bfloat16" if t16 < _CPU_BF16_MARGIN * t32 else "float32"
     log.info("CPU dtype: fp32 %.3fs, bf16 %.3fs per forward -> %s", t32, t16, choice)
     known[key] = {
