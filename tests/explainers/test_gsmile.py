@@ -9,8 +9,6 @@ import attrlens
 from attrlens.errors import BackendError, ParameterError, ServerGoneError
 from attrlens.explainers.gsmile import GSmileExplainer, minmax_similarity
 from attrlens.games.closed import PerturbedPrompts, RegenerationGame, prefix_order
-from attrlens.registry import get_explainer
-from attrlens.solvers.kernels import exponential_kernel
 from attrlens.models.cache import CallCache
 from attrlens.models.embeddings import (
     MiniLMWordEmbeddings,
@@ -21,7 +19,9 @@ from attrlens.models.embeddings import (
     wmd_words,
 )
 from attrlens.models.openai import OpenAIBackend
+from attrlens.registry import get_explainer
 from attrlens.result import Attribution
+from attrlens.solvers.kernels import exponential_kernel
 from attrlens.text.prompt import build_prompt
 from attrlens.text.segment import segment
 
@@ -290,3 +290,46 @@ def test_real_server_through_faults_gives_the_same_result(default_model, llama_s
     assert be.counters["retries"] >= 5
     assert faulty.output_text == clean.output_text
     np.testing.assert_allclose(faulty.scores, clean.scores, atol=1e-9)
+
+
+# ---- the regeneration game -------------------------------------------------------------------
+
+
+def test_regeneration_game_memoises_counts_and_budgets(tiny_model):
+    from attrlens.api import prepare
+    from attrlens.games import BudgetedGame, BudgetExceededError
+
+    be = KeywordModel()
+    inputs, scoring = prepare(PROMPT, model=tiny_model, output="Paris")
+    ex = GSmileExplainer()
+    game = ex.make_game(inputs, scoring, closed=be)
+    assert isinstance(game, RegenerationGame) and game.value_kind == "texts"
+    n = game.n_features
+    masks = np.ones((3, n), bool)
+    masks[1, PROMPT.split().index("France")] = False
+    masks[2, 0] = False
+    out = game.evaluate(masks)
+    assert out[0].startswith("Paris") and out[1].startswith("Sorry") and out[2].startswith("Paris")
+    assert be.counters["api_calls"] == 3 and game.n_calls == 3
+    assert game.evaluate(masks[::-1]) == out[::-1] and be.counters["api_calls"] == 3  # memo
+    c = game.cost()
+    assert (c.value_calls, c.api_calls, c.cached_calls) == (3, 3, 0)
+    # the texts sent are the prompt with the masked words deleted
+    assert game.prompt_texts(masks[1:2])[0] == PROMPT.replace(" France", "")
+    view = BudgetedGame(game, 2)
+    view.evaluate(masks[:2])
+    with pytest.raises(BudgetExceededError):
+        view.evaluate(masks)
+    with pytest.raises(attrlens.errors.InputError, match="evaluate"):
+        game(masks)
+    with pytest.raises(ParameterError, match="target-url"):
+        ex.make_game(inputs, scoring, closed=None)
+
+
+def test_gsmile_refuses_a_scalar_game():
+    from attrlens.games import Game
+
+    with pytest.raises(ParameterError, match="language model"):
+        attrlens.explain_game(lambda m: m.sum(1).astype(float), 4, method="gsmile")
+    with pytest.raises(ParameterError, match="regenerations"):
+        GSmileExplainer(budget=8).explain(Game(lambda m: m.sum(1).astype(float), 4))

@@ -10,10 +10,10 @@ import pytest
 import attrlens
 from attrlens.errors import BackendError, ParameterError, ServerGoneError
 from attrlens.explainers.rope_lime import RopeLimeExplainer
-from attrlens.models.embeddings import rope_vectors
-from attrlens.registry import get_explainer
 from attrlens.models.cache import CallCache
+from attrlens.models.embeddings import rope_vectors
 from attrlens.models.openai import OpenAIBackend
+from attrlens.registry import get_explainer
 from attrlens.result import Attribution
 
 PROMPT = "The quick brown fox jumps over the lazy dog near the river bank today"
@@ -334,3 +334,24 @@ def test_cli_with_a_closed_model(default_model, llama_server, tmp_path, monkeypa
     b = Attribution.load(out)
     assert rc == 0 and b.cost["api_calls"] == 0
     np.testing.assert_allclose(b.scores, a.scores, atol=1e-9)
+
+
+def test_locality_game_scores_through_the_scoring_game(tiny_model):
+    from attrlens.api import prepare
+    from attrlens.games import BudgetedGame, Game
+    from attrlens.games.surrogate import LocalityGame
+
+    inputs, scoring = prepare(PROMPT, model=tiny_model, output=OUTPUT)
+    ex = RopeLimeExplainer(k=2)
+    game = ex.make_game(inputs, scoring)
+    assert isinstance(game, LocalityGame)
+    n = game.n_features
+    masks = ex.sample_masks(n, 6, seed=0)
+    view = BudgetedGame(game, 6)
+    d = view.locality(masks)  # distances cost no evaluation
+    assert view.n_calls == 0 and d[0] == 0.0 and np.all(d[1:] > 0)
+    np.testing.assert_allclose(view(masks), scoring(masks), atol=0)  # the same values
+    assert game.n_calls == 6 and scoring.n_calls == 6  # one memo shared
+    assert game.cost().model_forwards >= 1 and game.cost().value_calls == 6
+    with pytest.raises(ParameterError, match="local surrogate"):
+        RopeLimeExplainer(budget=8).explain(Game(lambda m: m.sum(1).astype(float), 4))
