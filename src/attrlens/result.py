@@ -2,10 +2,10 @@
 
 Schema ``attrlens.attribution/1`` (documented in docs/result_schema.md). Top-level keys:
 schema, method, params, model {id, sha256}, input {text, features [{index, label, spans}]},
-output {text}, scores [n floats; positive = supports the output], interactions (null or
-{index, order, terms [{features, value}]}), per_output_token (null or n x T matrix),
-cost {model_forwards, tokens_processed, api_calls, wall_s}, seed, version, and optional
-extra keys (metadata, warnings, ...).
+output {text, tokens (optional: [{text, start, end}])}, scores [n floats; positive =
+supports the output], interactions (null or {index, order, terms [{features, value}]}),
+per_output_token (null or n x T matrix), cost {model_forwards, tokens_processed, api_calls,
+wall_s}, seed, version, and optional extra keys (metadata, warnings, faithfulness, ...).
 """
 
 from __future__ import annotations
@@ -139,6 +139,21 @@ def validate_dict(d: Any, *, source: str = "the data") -> None:
         raise bad("'version' must be a string")
 
 
+def _output_tokens(tokens: Any, source: str) -> list[dict[str, Any]] | None:
+    """The optional ``output.tokens`` list, checked ([{text, start, end}])."""
+    if tokens is None:
+        return None
+    ok = isinstance(tokens, list) and all(
+        isinstance(t, dict) and isinstance(t.get("text"), str)
+        and all(isinstance(t.get(k), int) and not isinstance(t.get(k), bool)
+                for k in ("start", "end"))
+        for t in tokens)
+    if not ok:
+        raise InputError(f"{source} is not a valid attrlens result: 'output.tokens' must be a "
+                         "list of {text, start, end} objects.")
+    return [{"text": t["text"], "start": t["start"], "end": t["end"]} for t in tokens]
+
+
 @dataclass
 class Attribution:
     """Scores per feature (positive = supports the output), with provenance and cost."""
@@ -157,6 +172,9 @@ class Attribution:
     seed: int | None = None
     version: str = field(default_factory=_version)
     extra: dict[str, Any] = field(default_factory=dict)
+    #: output pieces [{text, start, end}] (char offsets into output_text), one per output
+    #: token; labels the columns of per_output_token (None when unknown)
+    output_tokens: list[dict[str, Any]] | None = None
 
     def __post_init__(self) -> None:
         self.scores = np.asarray(self.scores, dtype=float)
@@ -192,7 +210,8 @@ class Attribution:
                     for i, lab in enumerate(self.labels)
                 ],
             },
-            "output": {"text": self.output_text},
+            "output": ({"text": self.output_text} if self.output_tokens is None else
+                       {"text": self.output_text, "tokens": self.output_tokens}),
             "scores": self.scores,
             "interactions": self.interactions,
             "per_output_token": self.per_output_token,
@@ -237,6 +256,7 @@ class Attribution:
             seed=d["seed"],
             version=d["version"],
             extra=extra,
+            output_tokens=_output_tokens(d["output"].get("tokens"), source),
         )
 
     @classmethod
@@ -267,3 +287,27 @@ class Attribution:
         if path is not None:
             Path(path).write_text(html, encoding="utf-8")
         return html
+
+    def _repr_html_(self) -> str:
+        """The report's view sized for a notebook cell."""
+        from .report.html import render_fragment
+
+        return render_fragment(self, notebook=True)
+
+    def plot(self, path: str | Path | None = None, **kwargs: Any) -> Any:
+        """Bar chart of the scores (matplotlib Figure; saved as PNG/SVG/PDF by suffix)."""
+        from .report.plots import plot_scores
+
+        return plot_scores(self, path, **kwargs)
+
+    def plot_matrix(self, path: str | Path | None = None, **kwargs: Any) -> Any:
+        """Heatmap of per_output_token (features x output tokens; matplotlib Figure)."""
+        from .report.plots import plot_matrix
+
+        return plot_matrix(self, path, **kwargs)
+
+    def to_csv(self, path: str | Path | None = None, *, item: str = "") -> str:
+        """CSV long form (item, output span, feature, score); written to ``path`` if given."""
+        from .report.export import to_csv
+
+        return to_csv(self, path, item=item)
