@@ -306,8 +306,9 @@ class Attribution:
 
         return plot_matrix(self, path, **kwargs)
 
-    def to_csv(self, path: str | Path | None = None, *, item: str = "") -> str:
+    def to_csv(self, path: str | Path | None = None, *, item: str = "",
+               spreadsheet_safe: bool = True) -> str:
         """CSV long form (item, output span, feature, score); written to ``path`` if given."""
         from .report.export import to_csv
 
-        return to_csv(self, path, item=item)
+        return to_csv(self, path, item=item, spreadsheet_safe=spreadsheet_safe)

@@ -1,0 +1,256 @@
+"""Report unit tests: escaping, the data block, whitespace, colours, CSV, compare, index,
+plots, output tokens in the JSON form (no browser, no model)."""
+
+from __future__ import annotations
+
+import csv
+import html as html_mod
+import io
+import json
+import re
+
+import numpy as np
+import pytest
+from conftest import XSS, add_interactions, make_attr, make_gilot
+from scipy.stats import kendalltau, spearmanr
+
+from attrlens.errors import InputError
+from attrlens.report.export import (
+    CSV_COLUMNS,
+    attribution_from_record,
+    faithfulness_from_record,
+    read_records,
+    records_csv,
+)
+from attrlens.report.html import (
+    colour,
+    compare_html,
+    index_html,
+    json_for_script,
+    rank_correlations,
+    render_html,
+    write_dataset_report,
+)
+from attrlens.result import Attribution
+
+
+def _data_block(page: str) -> dict:
+    m = re.search(r'<script type="application/json" id="[^"]+">(.*?)</script>', page, re.DOTALL)
+    assert m is not None
+    return json.loads(m.group(1))
+
+
+def _script_tags(page: str) -> list[str]:
+    return re.findall(r"<script\b[^>]*>", page, flags=re.IGNORECASE)
+
+
+def test_payloads_are_escaped_everywhere():
+    attr = add_interactions(make_attr())
+    page = render_html(attr)
+    # only our two script elements: the JSON data block and the viewer's code
+    assert len(_script_tags(page)) == 2
+    assert "<img" not in page.lower()
+    assert "onerror=\"alert" not in page
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    # every place the payload goes (input, output, labels, model id, params, metadata,
+    # warnings, interactions) shows it escaped
+    assert page.count("&lt;script&gt;alert(1)") >= 8
+
+
+def test_json_block_cannot_close_the_script_and_round_trips():
+    obj = {"s": "</script><!-- <script>&\u2028", "x": [1.5, float("nan")]}
+    text = json_for_script(obj)
+    assert "<" not in text and ">" not in text and "&" not in text and "\u2028" not in text
+    assert json.loads(text) == {"s": obj["s"], "x": [1.5, None]}
+    page = render_html(make_attr())
+    data = _data_block(page)
+    attr = make_attr()
+    np.testing.assert_allclose(data["scores"], attr.scores, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(np.asarray(data["matrix"]), attr.per_output_token, atol=1e-12)
+    assert data["cols"] == [t["text"] for t in attr.output_tokens]
+
+
+def test_highlights_leave_out_the_leading_space_and_text_is_preserved():
+    attr = make_attr()
+    page = render_html(attr)
+    inp = re.search(r'<div class="alr-box alr-input">(.*?)</div>', page, re.DOTALL).group(1)
+    shown = re.findall(r'<span class="alr-feat"[^>]*>([^<]*)</span>', inp)
+    assert len(shown) == attr.n_features
+    assert all(s == s.strip() and s for s in shown)
+    # the words are still separated: the visible text equals the input text
+    assert html_mod.unescape(re.sub(r"<[^>]+>", "", inp)) == attr.input_text
+    out = re.search(r'<div class="alr-box alr-output">(.*?)</div>', page, re.DOTALL).group(1)
+    assert html_mod.unescape(re.sub(r"<[^>]+>", "", out)) == attr.output_text
+    assert len(re.findall(r'class="alr-otok" data-t="\d+"', out)) == len(attr.output_tokens)
+
+
+def test_duplicate_labels_are_told_apart_by_index():
+    page = render_html(add_interactions(make_attr()))
+    assert "#1 “a” × #3 “a”" in page
+    assert "#0 “Is” × #1 “a” × #2 “cat”" in page  # the third-order term is listed
+    assert page.count("<line ") >= 3  # the network's pairwise edges
+
+
+def test_colour_scale_is_symmetric_and_diverging():
+    assert colour(0.0, 2.0) == "rgb(255, 255, 255)"
+    assert colour(2.0, 2.0) == "rgb(67, 147, 195)"
+    assert colour(-2.0, 2.0) == "rgb(214, 96, 77)"
+    assert colour(5.0, 2.0) == colour(2.0, 2.0)  # clipped
+    assert colour(float("nan"), 1.0) == "" and colour(1.0, 0.0) == ""
+    page = render_html(make_attr())
+    lo = re.search(r'class="alr-legend-lo">([^<]*)<', page).group(1)
+    hi = re.search(r'class="alr-legend-hi">([^<]*)<', page).group(1)
+    assert float(lo) == -float(hi) and float(hi) == pytest.approx(
+        np.max(np.abs(make_attr().scores)), rel=1e-3)
+
+
+def test_gilot_columns_are_beam_positions_with_mass():
+    page = render_html(make_gilot())
+    assert "pos 1" in page and "beam mass" in page and "0.55" in page
+    assert "&lt;script&gt;alert(1)" in page and len(_script_tags(page)) == 2
+
+
+def test_faithfulness_panel_and_provenance():
+    page = render_html(add_interactions(make_attr()))
+    assert "<h2>Faithfulness</h2>" in page and "[0.8, 0.92]" in page
+    assert 'class="alr-topk"' in page
+    for key in ("model sha256", "abab", "backend / route", "library version", "model_forwards",
+                "tokens_processed", "budget", "seed"):
+        assert key in page
+    assert "<h2>Faithfulness</h2>" not in render_html(make_attr())
+
+
+def test_repr_html_is_a_fragment():
+    frag = make_attr()._repr_html_()
+    assert "<html" not in frag and 'class="alr alr-nb"' in frag
+    assert len(_script_tags(frag)) == 2
+
+
+def test_csv_long_form():
+    attr = make_attr()
+    attr.labels[0] = "=HYPERLINK(1)"
+    rows = list(csv.reader(io.StringIO(attr.to_csv(item="it-1"))))
+    assert tuple(rows[0]) == CSV_COLUMNS
+    n, T = attr.per_output_token.shape
+    body = rows[1:]
+    assert len(body) == n + n * T
+    agg = [r for r in body if r[1] == ""]
+    np.testing.assert_allclose([float(r[7]) for r in agg], attr.scores, atol=1e-12)
+    assert agg[0][6] == "'=HYPERLINK(1)"  # no formula in a spreadsheet
+    assert all(r[0] == "it-1" for r in body)
+    for r in body[n:]:
+        t, i = int(r[1]), int(r[5])
+        assert float(r[7]) == pytest.approx(attr.per_output_token[i, t], abs=1e-12)
+        tok = attr.output_tokens[t]
+        assert r[4] == tok["text"] and (int(r[2]), int(r[3])) == (tok["start"], tok["end"])
+    raw = list(csv.reader(io.StringIO(attr.to_csv(spreadsheet_safe=False))))
+    assert raw[1][6] == "=HYPERLINK(1)"
+    nomat = make_attr(matrix=False)
+    assert len(nomat.to_csv().splitlines()) == 1 + nomat.n_features
+
+
+def test_output_tokens_round_trip_and_validation(tmp_path):
+    attr = make_attr()
+    path = attr.save(tmp_path / "a.json")
+    back = Attribution.load(path)
+    assert back.output_tokens == attr.output_tokens
+    d = attr.to_dict()
+    del d["output"]["tokens"]
+    assert Attribution.from_dict(d).output_tokens is None
+    d["output"]["tokens"] = [{"text": 1}]
+    with pytest.raises(InputError, match="output.tokens"):
+        Attribution.from_dict(d)
+
+
+def test_compare_uses_one_scale_and_rank_correlations():
+    a, b = make_attr(seed=0), make_attr(method="lime", seed=3)
+    page = compare_html([a, b])
+    corr = rank_correlations([a, b])
+    assert corr[0][1]["spearman"] == pytest.approx(spearmanr(a.scores, b.scores).statistic)
+    assert corr[0][1]["kendall"] == pytest.approx(kendalltau(a.scores, b.scores).statistic)
+    assert corr[0][0]["spearman"] == pytest.approx(1.0)
+    scale = max(np.max(np.abs(a.scores)), np.max(np.abs(b.scores)))
+    hi = re.search(r'class="alr-legend-hi">([^<]*)<', page).group(1)
+    assert float(hi) == pytest.approx(scale, rel=1e-3)
+    # the largest score anywhere gets the full colour in its own column
+    i = int(np.argmax(np.abs(b.scores))) if np.max(np.abs(b.scores)) >= np.max(
+        np.abs(a.scores)) else None
+    if i is not None:
+        assert colour(float(b.scores[i]), scale) in page.replace("background-color:", "")
+    assert "<img" not in page.lower() and len(_script_tags(page)) == 0
+    other = make_attr(prompt="Completely different words here", seed=1)
+    with pytest.raises(InputError, match="different features"):
+        compare_html([a, other])
+    with pytest.raises(InputError, match="at least 2"):
+        compare_html([a])
+
+
+def _record(attr: Attribution, item: str, key: str) -> dict:
+    return {"key": key, "item_id": item, "method": attr.method, "label": attr.method,
+            "n_features": attr.n_features, "metrics": {"abpc": 0.5, "r2": 0.9, "topk": 0.2},
+            "r2_kind": "surrogate", "topk_curve": [0.1, 0.2, 0.3],
+            "attribution_data": attr.to_dict()}
+
+
+def test_index_and_dataset_report(tmp_path):
+    recs = [_record(make_attr(), f"item {XSS}", "k1"), _record(make_gilot(), "q2", "k2")]
+    page = index_html(recs)
+    assert "<img" not in page.lower() and "&lt;script&gt;" in page
+    links = re.findall(r'href="([^"]+)"', page)
+    assert len(links) == 2 and all(link.startswith("items/") for link in links)
+    assert all(re.fullmatch(r"items/[A-Za-z0-9._-]+\.html", link) for link in links)
+    with pytest.raises(InputError, match="relative"):
+        index_html(recs, href=lambda r: "javascript:alert(1)")
+    # a run's records.jsonl (torn last line) loads back into the viewer
+    run = tmp_path / "run"
+    run.mkdir()
+    lines = [json.dumps(r) for r in recs] + ['{"key": "torn", "item']
+    (run / "records.jsonl").write_text("\n".join(lines), encoding="utf-8")
+    assert [r["key"] for r in read_records(run)] == ["k1", "k2"]
+    index = write_dataset_report(run, tmp_path / "site")
+    for link in re.findall(r'href="([^"]+)"', index.read_text(encoding="utf-8")):
+        item_page = (index.parent / link).read_text(encoding="utf-8")
+        assert "<h2>Faithfulness</h2>" in item_page
+    faith = faithfulness_from_record(recs[0])
+    assert faith["r2"] == {"value": 0.9, "kind": "surrogate"}
+    assert faith["topk"]["delta"] == [0.1, 0.2, 0.3]
+    back = attribution_from_record(recs[0])
+    np.testing.assert_allclose(back.scores, make_attr().scores)
+    rows = list(csv.reader(io.StringIO(records_csv(recs))))
+    assert rows[1][0].startswith("item <script>")
+
+
+@pytest.mark.parametrize("suffix,magic", [(".png", b"\x89PNG"), (".svg", b"<?xml"),
+                                          (".pdf", b"%PDF")])
+def test_plots_save_by_suffix(tmp_path, suffix, magic):
+    attr = make_attr()
+    attr.plot(tmp_path / f"s{suffix}")
+    attr.plot_matrix(tmp_path / f"m{suffix}")
+    for name in ("s", "m"):
+        assert (tmp_path / f"{name}{suffix}").read_bytes().startswith(magic)
+
+
+def test_plot_errors(tmp_path):
+    with pytest.raises(InputError, match="no per-output-token matrix"):
+        make_attr(matrix=False).plot_matrix()
+    with pytest.raises(InputError, match=r"\.png"):
+        make_attr().plot(tmp_path / "x.jpg")
+    fig = make_gilot().plot_matrix()
+    labels = [t.get_text() for t in fig.axes[0].get_xticklabels()]
+    assert labels[:2] == ["pos 1", "pos 2"]
+
+
+def test_output_pieces_cover_the_output(tiny_model):
+    from attrlens.text.pieces import output_pieces
+
+    text = " The capital of France is Paris. é"
+    ids, _ = tiny_model.tokenize(text)
+    pieces = output_pieces(tiny_model, ids, text)
+    assert len(pieces) == len(ids)
+    assert "".join(p["text"] for p in pieces) == text
+    assert all(text[p["start"]:p["end"]] == p["text"] for p in pieces)
+    # the decoding fallback (ids that do not re-tokenize to themselves)
+    gen = ids[:3]
+    dec = tiny_model.decode(gen)
+    pieces = output_pieces(tiny_model, gen, dec)
+    assert "".join(p["text"] for p in pieces) == dec and len(pieces) == 3
