@@ -54,7 +54,8 @@ def test_directory_and_object_give_the_same_scores(
     for prompt in PROMPTS[:2]:
         a = _loo(prompt, model=from_dir)
         b = _loo(prompt, model=tiny.model, tokenizer=tiny.tokenizer)
-        c = _loo(prompt, model=str(tiny_dir))  # a path string loads through load_model
+        c = _loo(prompt, model=str(tiny_dir))  # a path loads through load_model
+        np.testing.assert_allclose(c, _loo(prompt, model=tiny_dir), atol=1e-5, rtol=0)
         assert a.shape == b.shape == c.shape and a.size > 3
         np.testing.assert_allclose(a, b, atol=1e-5, rtol=0)
         np.testing.assert_allclose(a, c, atol=1e-5, rtol=0)
