@@ -218,11 +218,6 @@ def test_cache_keyword_matches_the_installed_transformers(tiny) -> None:
     assert tiny.output_cache(out) is not None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="scoring/engine.py still passes `past_key_values` (issue 13): use "
-    "model.cache_kwarg / model.output_cache(out); then remove this marker",
-)
 def test_scoring_engine_makes_no_deprecated_transformers_calls(tiny) -> None:
     def run() -> None:
         for prefix_reuse in (True, False):

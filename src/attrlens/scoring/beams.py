@@ -250,7 +250,7 @@ class BeamRunner:
         with torch.inference_mode():
             out = self.model.decoder(
                 input_ids=ids, attention_mask=attn, position_ids=pos,
-                past_key_values=cache, use_cache=True,
+                use_cache=True, **{self.model.cache_kwarg: cache},
             )
         self.counters["model_forwards"] += 1
         self.counters["tokens_processed"] += int(ids.shape[0] * ids.shape[1])

@@ -61,7 +61,7 @@ class PrefixCache:
                 position_ids=torch.arange(L, device=dev)[None, :],
                 use_cache=True,
             )
-        cache = out.past_key_values
+        cache = self.model.output_cache(out)
         if hasattr(cache, "layers"):
             self._layers = [(lay.keys, lay.values) for lay in cache.layers]
         else:  # older transformers: a legacy tuple cache

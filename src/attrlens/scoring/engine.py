@@ -157,7 +157,7 @@ class ScoringEngine:
                     )
             kwargs: dict[str, Any] = {}
             if p > 0 and self.prefix_reuse:
-                kwargs["past_key_values"] = self.prefix.expand(B, p, self.counters, copy=False)
+                kwargs[self.model.cache_kwarg] = self.prefix.expand(B, p, self.counters, copy=False)
             with torch.inference_mode():
                 hidden = self.model.decoder(
                     input_ids=ids_t.to(dev),
@@ -167,9 +167,11 @@ class ScoringEngine:
                     **kwargs,
                 ).last_hidden_state
                 # hidden states that predict o_1..o_T: the last prompt token and o_1..o_{T-1}
-                starts = torch.as_tensor([k - T - 1 for k in n_real], device=dev)
-                gather = starts[:, None] + torch.arange(T, device=dev)[None, :]
-                h = hidden[torch.arange(B, device=dev)[:, None], gather]  # (B, T, H)
+                # index on the device of the last hidden state (differs under device_map)
+                hdev = hidden.device
+                starts = torch.as_tensor([k - T - 1 for k in n_real], device=hdev)
+                gather = starts[:, None] + torch.arange(T, device=hdev)[None, :]
+                h = hidden[torch.arange(B, device=hdev)[:, None], gather]  # (B, T, H)
                 chunk = max(1, self.max_logit_rows // T)
                 for c0 in range(0, B, chunk):
                     logits = head(h[c0 : c0 + chunk]).float()
@@ -196,7 +198,7 @@ class ScoringEngine:
 
         def red(lp, _out):
             v, i = lp.topk(k, dim=-1)
-            return [np.stack([a, b.astype(np.float32)]) for a, b in zip(v.numpy(), i.numpy())]
+            return [np.stack([a, b.astype(np.float32)]) for a, b in zip(v.cpu().numpy(), i.cpu().numpy())]
 
         res = np.stack(self.run(inputs, red))
         return res[:, 0], res[:, 1].astype(np.int64)
@@ -204,7 +206,7 @@ class ScoringEngine:
 
 def gather_logprobs(logprobs: Any, out_ids: Any) -> np.ndarray:
     """Reducer: log p(o_t) at each output position, (b, T)."""
-    idx = out_ids[None, :, None].expand(logprobs.shape[0], -1, 1)
+    idx = out_ids.to(logprobs.device)[None, :, None].expand(logprobs.shape[0], -1, 1)
     return logprobs.gather(-1, idx)[..., 0].double().cpu().numpy()
 
 
