@@ -94,7 +94,7 @@ def tiny_model():
 def default_model():
     import attrlens
 
-    return attrlens.load_model()
+    return attrlens.load_model(dtype="float32")  # fixed dtype: test values must not depend on the CPU
 
 
 @pytest.fixture
