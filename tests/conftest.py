@@ -94,7 +94,8 @@ def tiny_model():
 def default_model():
     import attrlens
 
-    return attrlens.load_model(dtype="float32")  # fixed dtype: test values must not depend on the CPU
+    # a fixed dtype: test values must not depend on which dtype is faster on this CPU
+    return attrlens.load_model(dtype="float32")
 
 
 @pytest.fixture
