@@ -173,7 +173,7 @@ def test_gilot_report_beam_positions(browser, tmp_path):
     assert heads == ["pos 1", "pos 2", "pos 3", "pos 4"]
     mass = op.page.eval_on_selector_all(".alr-heat tr.alr-mass td",
                                         "els => els.map(e => e.textContent)")
-    assert mass == ["0.9", "0.7", "0.55", "0.4"]
+    assert mass == ["0.90", "0.70", "0.55", "0.40"]
     click_recolours(op, attr, ".alr-heat th.alr-col[data-t='2']", 2)
     op.check_clean()
     op.page.close()

@@ -221,10 +221,12 @@ def _output_html(attr: Any, clickable: bool) -> str:
         trail = len(piece) - len(piece.rstrip())
         out.append(esc(piece[:lead]))
         if core:
-            attrs = (f' data-t="{j}" role="button" tabindex="0" aria-pressed="false" '
-                     f'title="output token {j}: click to colour the input by it '
-                     f'(shift-click adds tokens)"') if clickable else f' title="token {j}"'
-            out.append(f'<span class="alr-otok"{attrs}>{esc(core)}</span>')
+            if clickable:
+                out.append(f'<span class="alr-otok" data-t="{j}" role="button" tabindex="0" '
+                           f'aria-pressed="false" title="output token {j}: click to colour the '
+                           f'input by it (shift-click adds tokens)">{esc(core)}</span>')
+            else:
+                out.append(f'<span class="alr-opiece" title="output token {j}">{esc(core)}</span>')
         out.append(esc(piece[len(piece) - trail:]) if trail and core else "")
         cursor = max(cursor, int(t.get("end", 0)))
     if cursor < len(text):
@@ -245,7 +247,7 @@ def _matrix_html(attr: Any, mat: np.ndarray, mscale: float, cols: list[str],
     if mass is not None:
         mass_row = '<tr class="alr-mass"><th class="alr-row">beam mass</th>' + "".join(
             f'<td title="probability mass covered by the beams at position {j + 1}">'
-            f"{esc(fmt(m, signed=False))}</td>" for j, m in enumerate(mass)) + "</tr>"
+            f"{esc(_mass(m))}</td>" for j, m in enumerate(mass)) + "</tr>"
     rows = []
     for i in range(n):
         cells = "".join(
@@ -259,6 +261,11 @@ def _matrix_html(attr: Any, mat: np.ndarray, mscale: float, cols: list[str],
     return (f'<div class="alr-scroll"><table class="alr-heat"><thead><tr><th class="alr-row">'
             f"feature \\ output</th>{heads}</tr>{mass_row}</thead><tbody>{''.join(rows)}"
             "</tbody></table></div>")
+
+
+def _mass(m: Any) -> str:
+    v = _num(m)
+    return "n/a" if v is None else f"{v:.2f}"
 
 
 def _beams_html(attr: Any, T: int) -> str:
@@ -327,8 +334,8 @@ def _network_svg(attr: Any, terms: list[tuple[tuple[int, ...], float]], max_edge
     if not pairs:
         return "<p class='alr-muted'>No pairwise terms to draw.</p>"
     nodes = sorted({j for f, _ in pairs for j in f})
-    W = H = 360
-    cx, cy, r = W / 2, H / 2, 120
+    W, H = 480, 340
+    cx, cy, r = W / 2, H / 2, 125
     pos = {j: (cx + r * math.cos(2 * math.pi * k / len(nodes) - math.pi / 2),
                cy + r * math.sin(2 * math.pi * k / len(nodes) - math.pi / 2))
            for k, j in enumerate(nodes)}
@@ -468,7 +475,7 @@ def _value_text(v: Any) -> str:
     if isinstance(v, float):
         return fmt(v, signed=False)
     if isinstance(v, (list, tuple)):
-        return json.dumps(_finite(v), ensure_ascii=False)
+        return "[" + ", ".join(_value_text(x) for x in v) + "]"
     return "—" if v is None else str(v)
 
 
@@ -486,7 +493,11 @@ def _provenance_html(attr: Any) -> str:
         route = (f"closed model {params.get('target_model') or '?'} at "
                  f"{params.get('target_url') or '?'} (explained through its API)")
     target = params.get("target")
-    target_txt = target.get("name", json.dumps(target)) if isinstance(target, dict) else target
+    target_txt = target
+    if isinstance(target, dict):
+        name = target.get("target", target.get("name"))
+        rest = ", ".join(f"{k} {v}" for k, v in target.items() if k not in ("target", "name"))
+        target_txt = f"{name} ({rest})" if rest else name
     rows: list[tuple[str, Any]] = [
         ("method", attr.method),
         ("model id", model.get("id")),

@@ -62,7 +62,7 @@
       }
       vals.push(cnt ? sum / cnt : null);
     }
-    var names = sel.map(function (t) { return data.cols[t]; });
+    var names = sel.map(function (t) { return "#" + t + " \u201c" + data.cols[t].trim() + "\u201d"; });
     var what = (sel.length === 1 ? "output " : "mean of outputs ") + names.join(", ");
     paint(vals, data.mscale, what);
   }
