@@ -114,6 +114,8 @@ def explain(
     contrast: str | None = None,
     prefix_reuse: bool = True,
     target_backend: Any = None,
+    route: str | None = None,
+    audit: int | None = None,
     progress: Progress | None = None,
     **params: Any,
 ) -> Attribution:
@@ -128,6 +130,10 @@ def explain(
                  method's (``logprob`` for spex/proxyspex, ``nll`` for the others)
     masker:      delete | replace | attention_off (default: the method's)
     target_backend: a closed-model backend (OpenAIBackend) whose output is explained
+    route:       how the served model is reached (models.routes.ROUTES; default: game-based
+                 methods probe the server for a log-likelihood route)
+    audit:       K exact served evaluations auditing a surrogate attribution (rope_lime,
+                 gsmile): result in ``extra["audit"]``
     params:      method parameters (e.g. beams=10 for gilot, k=3 for rope_lime)
     """
     t_start = time.perf_counter()
@@ -136,6 +142,14 @@ def explain(
         raise ParameterError(
             f"The method '{explainer.name}' explains a closed model: give --target-url and "
             f"--target-model (or target_backend=OpenAIBackend(...))."
+        )
+    from .games.served import method_route
+
+    route_name = method_route(explainer.name, explainer.needs, route, target_backend is not None)
+    if audit is not None and route_name not in ("generate", "surrogate"):
+        raise ParameterError(
+            "--audit checks a stand-in attribution against the served model: use it with "
+            "--method rope_lime or gsmile and --target-url/--target-model."
         )
     api_before = _api_counters(target_backend)
     inputs, scoring = prepare(
@@ -148,10 +162,32 @@ def explain(
     check_param("explain", "seed", seed, kind=int, low=0)
     explainer.validate(inputs.n_features)  # before any game is built: cheap errors first
     require_needs(explainer.needs, inputs.model, target_backend, method=explainer.name)
-    game = explainer.make_game(inputs, scoring, closed=target_backend)
+    probe = None
+    if route_name not in (None, "generate", "surrogate"):
+        from .games.served import served_game
+
+        game, probe = served_game(inputs, target_backend, route_name,
+                                  target=scoring.target.name, reduction=reduction)
+        route_name = game.route_name
+    else:
+        game = explainer.make_game(inputs, scoring, closed=target_backend)
     exp = explainer.explain(game, seed=seed)
-    return finish(explainer, inputs, scoring, exp, t_start=t_start, seed=seed,
+    attr = finish(explainer, inputs, scoring, exp, t_start=t_start, seed=seed,
                   target_backend=target_backend, api_before=api_before)
+    if route_name is not None:
+        attr.params["route"] = route_name
+        if probe is not None:
+            attr.extra["route_probe"] = probe
+    if audit is not None:
+        from .analysis.audit import audit as run_audit
+        from .games.served import served_game
+
+        exact, probe = served_game(inputs, target_backend, None)
+        result = run_audit(attr.scores, exact, audit, labels=attr.labels)
+        attr.extra["audit"] = {**result.as_dict(), "route_probe": probe}
+        for key in ("api_calls", "cached_calls"):
+            attr.cost[key] = attr.cost.get(key, 0) + result.cost[key]
+    return attr
 
 
 def _api_counters(backend: Any) -> dict[str, float]:
@@ -311,7 +347,8 @@ def finish(
         input_text=pr.text,
         output_text=inputs.output_text,
         params=params_out,
-        model={"id": inputs.model.info.id, "sha256": inputs.model.info.sha256},
+        model={"id": inputs.model.info.id, "sha256": inputs.model.info.sha256,
+               "device": inputs.model.info.device, "dtype": inputs.model.info.dtype},
         interactions=exp.interactions,
         per_output_token=exp.per_output_token,
         cost=cost,

@@ -20,7 +20,8 @@ if TYPE_CHECKING:
 #: what ``Explainer.needs`` means, in words (``attrlens methods NAME``)
 NEEDS_WORDS = {
     "game": "a game: any value function masks -> values (on a prompt: a local model's "
-            "teacher-forced scores; with --closed-answers: a closed model's log-probs)",
+            "teacher-forced scores; with --target-url: the served model's own "
+            "log-likelihood through a --route)",
     "local_model": "a local model (its generations, beams or internals)",
     "closed_model": "a closed (served) model: --target-url and --target-model, plus a local "
                     "model as surrogate",
@@ -166,6 +167,26 @@ def check_output_path(path: str | None, option: str) -> None:
 def check_choice(kind: str, value: str | None, valid: Sequence[str]) -> None:
     if value is not None and value not in valid:
         raise ParameterError(unknown_name_message(kind, value, valid))
+
+
+def check_served(explainer: Explainer, args: argparse.Namespace) -> None:
+    """--route and --audit checked against the method and --target-url (before any work)."""
+    from ..games.served import method_route
+
+    route = method_route(explainer.name, explainer.needs, getattr(args, "route", None),
+                         bool(getattr(args, "target_url", None)))
+    k = getattr(args, "audit", None)
+    if k is not None:
+        if route not in ("generate", "surrogate"):
+            raise ParameterError(
+                "--audit checks a stand-in attribution against the served model: use it "
+                "with --method rope_lime or gsmile and --target-url/--target-model."
+            )
+        if k < 3:
+            raise ParameterError(
+                f"--audit takes K >= 3 exact evaluations (the unmasked prompt and at least "
+                f"two leave-one-out); got {k}."
+            )
 
 
 def target_backend(args: argparse.Namespace) -> Any:

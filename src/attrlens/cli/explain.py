@@ -17,6 +17,7 @@ from .common import (
     add_method_options,
     check_choice,
     check_output_path,
+    check_served,
     emit,
     make_checked_explainer,
     method_params,
@@ -42,7 +43,10 @@ def add_parser(sub: Any, method: str | None) -> argparse.ArgumentParser:
                    help="token | word | sentence | message | span")
     e.add_argument("--spans", help="char spans for --granularity span: 'a:b,c:d'")
     e.add_argument("--model", help="local model directory or .gguf file (default: embedded)")
-    e.add_argument("--dtype", default="float32", help="float32 | bfloat16 | float16")
+    e.add_argument("--dtype", default="auto",
+                   help="auto (the faster of float32/bfloat16 measured here; bf16/fp16 on GPUs)"
+                        " | float32 | bfloat16 | float16")
+    e.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
     e.add_argument("--output-text", help="explain this output instead of the model's own answer")
     e.add_argument("--contrast-text", help="alternative output for --target contrastive")
     e.add_argument("--target", help="nll | logprob | kl | js | tv | contrastive "
@@ -66,6 +70,14 @@ def add_parser(sub: Any, method: str | None) -> argparse.ArgumentParser:
     c.add_argument("--no-cache", action="store_true", help="do not use the persistent call cache")
     c.add_argument("--closed-answers", help="explain the closed model's own log p(A) - log p(B) "
                    "of a one-token answer, 'A,B' (game-based methods, e.g. spex; no surrogate)")
+    c.add_argument("--route", help="how the served model is scored: prompt_logprobs (vLLM) | "
+                   "sglang | echo | forced_tokens (llama.cpp) | top_logprobs (one-token "
+                   "outputs) | generate (gsmile) | surrogate (rope_lime); default: probe the "
+                   "server (game-based methods then run on the served model itself)")
+    c.add_argument("--audit", type=int, metavar="K",
+                   help="with rope_lime or gsmile: spend K exact served evaluations "
+                   "(leave-one-out on the top and bottom features) and report the rank and "
+                   "sign agreement of the attribution with the served model's")
     cls = None
     if method is not None:
         try:
@@ -106,12 +118,16 @@ def run(args: argparse.Namespace) -> int:
             f"--target-model."
         )
     if args.closed_answers:
+        if args.route not in (None, "top_logprobs") or args.audit is not None:
+            raise ParameterError("--closed-answers is the top_logprobs route with two answers; "
+                                 "it takes no other --route and no --audit.")
         return _closed_values(args, prompt, explainer)
+    check_served(explainer, args)
     backend = target_backend(args)  # the endpoint is checked before the model loads
 
     progress = Progress(not args.quiet, f"explaining ({explainer.name})")
     try:
-        model = api.load_model(args.model, dtype=args.dtype)
+        model = api.load_model(args.model, dtype=args.dtype, device=args.device)
         require_needs(explainer.needs, model, backend, method=explainer.name)
         attr = api.explain(
             prompt,
@@ -127,6 +143,8 @@ def run(args: argparse.Namespace) -> int:
             max_new_tokens=args.max_new_tokens,
             contrast=args.contrast_text,
             target_backend=backend,
+            route=args.route,
+            audit=args.audit,
             progress=progress,
         )
     finally:

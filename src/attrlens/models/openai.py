@@ -40,7 +40,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import httpx
 
@@ -58,6 +58,7 @@ from .cache import CACHE_FILE_NAME, CallCache, cache_key
 
 Message = dict[str, str]
 Messages = Sequence[Message]
+_T = TypeVar("_T")
 
 log = logging.getLogger(__name__)
 
@@ -496,6 +497,7 @@ class OpenAIBackend:
         max_retries: int | None = None,
         abort: threading.Event | None = None,
         count_retries: bool = True,
+        root: bool = False,
     ) -> httpx.Response:
         """One logical request with retries; returns a 2xx response or raises.
 
@@ -503,7 +505,7 @@ class OpenAIBackend:
         once; retryable failures after every retry -> ServerGoneError. ``abort`` (set by a
         failed sibling) stops retrying. Every message is one line, without secrets.
         """
-        url = self.base_url + path
+        url = (self.root_url if root else self.base_url) + path
         retries = self.max_retries if max_retries is None else max_retries
         started = time.monotonic()
         last = ""
@@ -835,8 +837,20 @@ class OpenAIBackend:
             )
             for m in list_of_messages
         ]
-        total = len(bodies)
-        results: list[Completion | None] = [None] * total
+        return self._run_concurrent(
+            [lambda abort, b=body: self._chat_body(b, abort) for body in bodies], progress
+        )
+
+    def _run_concurrent(
+        self,
+        calls: Sequence[Callable[[threading.Event], _T]],
+        progress: Callable[[int, int], None] | None = None,
+    ) -> list[_T]:
+        """Run ``calls`` (each given the shared abort event) with at most ``concurrency`` in
+        flight; results in input order. Submitted in order, so the first calls start first.
+        On the first failure the rest are cancelled and that error is raised."""
+        total = len(calls)
+        results: list[Any] = [None] * total
         if total == 0:
             return []
         abort = threading.Event()
@@ -844,8 +858,8 @@ class OpenAIBackend:
         with ThreadPoolExecutor(
             max_workers=min(self.concurrency, total), thread_name_prefix="attrlens-api"
         ) as pool:
-            futures: dict[Future[Completion], int] = {
-                pool.submit(self._chat_body, body, abort): i for i, body in enumerate(bodies)
+            futures: dict[Future[_T], int] = {
+                pool.submit(call, abort): i for i, call in enumerate(calls)
             }
             pending = set(futures)
             error: BaseException | None = None
@@ -875,7 +889,102 @@ class OpenAIBackend:
                     fut.cancel()
         if error is not None:
             raise error
-        return results  # type: ignore[return-value]
+        return results
+
+    # --- raw JSON requests (log-likelihood routes) ------------------------------------------
+    @property
+    def root_url(self) -> str:
+        """The server's root URL: ``base_url`` without a trailing ``/v1`` (where llama.cpp's
+        ``/completion`` and ``/tokenize`` and SGLang's ``/generate`` live)."""
+        url = self.base_url
+        return url.removesuffix("/v1")
+
+    def post(
+        self,
+        path: str,
+        body: dict[str, Any],
+        *,
+        root: bool = False,
+        validate: Callable[[Any], None] | None = None,
+        cache: bool = True,
+        abort: threading.Event | None = None,
+    ) -> tuple[Any, bool]:
+        """One POST of a JSON ``body`` to ``path`` (under ``base_url``, or under ``root_url``
+        with ``root=True``), with the same retries, redaction and call cache as ``chat``.
+
+        Returns ``(response JSON, cached)``. ``validate(response)`` raises BackendError (or
+        CapabilityError) for an answer the caller cannot use: such an answer is not stored
+        (and a stored one that fails is asked for again). Counted in ``counters``
+        (``api_calls`` or ``cached_calls``; tokens from a ``usage`` field when present).
+        """
+        endpoint = self.root_url if root else self.base_url
+        key = None
+        if cache and self.cache is not None:
+            key = cache_key(endpoint, self.model, {"path": path, "body": body})
+            hit = self.cache.get(key)
+            if hit is not None:
+                try:
+                    if validate is not None:
+                        validate(hit)
+                except CapabilityError:
+                    raise
+                except BackendError:
+                    self.cache.delete(key)
+                else:
+                    self._count(cached_calls=1)
+                    return hit, True
+        if abort is not None and abort.is_set():
+            raise _Aborted()
+        if not root:
+            self.check()
+        resp = self._request("POST", path, json=body, abort=abort, root=root)
+        note = self._redirect_note(resp)
+        try:
+            data = resp.json()
+        except ValueError as exc:
+            raise BackendError(
+                self._say(
+                    f"The server at {self.public_url}{note} answered {path} with non-JSON "
+                    f"text: {one_line(resp.text, _REASON_CHARS)!r}. The answer was not cached."
+                )
+            ) from exc
+        usage = data.get("usage") if isinstance(data, dict) else None
+        usage = usage if isinstance(usage, dict) else {}
+        self._count(
+            api_calls=1,
+            prompt_tokens=_int(usage.get("prompt_tokens")),
+            completion_tokens=_int(usage.get("completion_tokens")),
+        )
+        if validate is not None:
+            validate(data)
+        if key is not None:
+            self.cache.put(  # type: ignore[union-attr]
+                key, data, endpoint=endpoint, model=self.model, request={"path": path,
+                                                                          "body": body}
+            )
+        return data, False
+
+    def post_many(
+        self,
+        path: str,
+        bodies: Sequence[dict[str, Any]],
+        *,
+        root: bool = False,
+        validate: Callable[[Any], None] | None = None,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> list[tuple[Any, bool]]:
+        """Many ``post`` calls, at most ``concurrency`` in flight, sent in the given order
+        (callers order them so that shared prompt prefixes meet the server's prompt cache);
+        results in input order. On the first failure the rest are cancelled and it is
+        raised; completed calls are already cached."""
+        return self._run_concurrent(
+            [
+                lambda abort, b=body: self.post(path, b, root=root, validate=validate,
+                                                abort=abort)
+                for body in bodies
+            ],
+            progress,
+        )
 
     # --- log-prob helpers ----------------------------------------------------------------
     def _no_logprobs_message(self) -> str:
