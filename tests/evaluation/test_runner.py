@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 
 import attrlens
+from attrlens.cli.evaluate import add_arguments as add_evaluate_arguments
 from attrlens.errors import ParameterError
 from attrlens.evaluation.runner import (
     METRICS,
-    add_evaluate_arguments,
     bin_label,
     parse_methods,
     parse_metrics,
@@ -149,3 +149,17 @@ def test_regenerate_variant(tiny_model, tmp_path):
     assert c["morf_curve"][0] == 0.0 and c["lerf_curve"][0] == 0.0
     assert all(0.0 <= d <= 200.0 for d in c["morf_curve"] + c["lerf_curve"])
     assert s.table["loo"]["abpc_regen"]["mean"] == pytest.approx(c["morf"] - c["lerf"])
+
+
+@pytest.mark.integration
+def test_cli_evaluate_end_to_end(tmp_path):
+    from attrlens.cli import main
+
+    data = tmp_path / "d.jsonl"
+    data.write_text(json.dumps(ITEMS[1]) + "\n", encoding="utf-8")
+    out = tmp_path / "run"
+    rc = main(["evaluate", str(data), "--methods", "loo", "--metrics", "abpc", "--out",
+               str(out), "--quiet"])
+    assert rc == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert "loo" in json.dumps(summary) and (out / "summary.md").exists()

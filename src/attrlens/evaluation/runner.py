@@ -29,7 +29,6 @@ actors, each loading the model once; a local Ray, or a cluster by ``address``).
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import sys
@@ -700,49 +699,12 @@ def evaluate(
     return summary
 
 
-# ---- CLI glue (the cli module adds the subcommand and calls these) -------------------------
-def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
-    """The options of ``attrlens evaluate``."""
-    p.add_argument("data", help="JSONL data set (prompt/messages records, or a shared "
-                                "Alpaca/SST-2/DROP/MMLU/HotpotQA file)")
-    p.add_argument("--methods", required=True,
-                   help="comma-separated methods, parameters as name:key=value "
-                        "(e.g. loo,lime:num_samples=64)")
-    p.add_argument("--metrics", default="abpc",
-                   help=f"comma-separated metrics from {','.join(METRICS)} (default abpc)")
-    p.add_argument("--out", required=True, help="output directory (resumed if it exists)")
-    p.add_argument("--limit", type=int, default=None, help="first N items only")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--backend", choices=BACKENDS, default="local")
-    p.add_argument("--workers", type=int, default=1, help="Ray actors (backend ray)")
-    p.add_argument("--address", default=None, help="Ray cluster address (default: local Ray)")
-    p.add_argument("--model", default=None, help="local model path (default: embedded)")
-    p.add_argument("--granularity", default="word")
-    p.add_argument("--eval-masker", choices=EVAL_MASKERS, default="attention_off",
-                   help="masking for MoRF/LeRF (GiLOT: attention_off)")
-    p.add_argument("--n-test", type=int, default=1000, help="R² test masks")
-    p.add_argument("--max-new-tokens", type=int, default=32)
-    p.add_argument("--quiet", action="store_true", help="no progress on stderr")
-
-
-def evaluate_from_args(args: argparse.Namespace) -> Summary:
-    """Run :func:`evaluate` from parsed ``attrlens evaluate`` arguments."""
-    return evaluate(
-        args.data, methods=args.methods, metrics=args.metrics, model=args.model, out=args.out,
-        limit=args.limit, seed=args.seed, backend=args.backend, workers=args.workers,
-        address=args.address, granularity=args.granularity, masker=args.eval_masker,
-        n_test=args.n_test, max_new_tokens=args.max_new_tokens, progress=not args.quiet,
-    )
-
-
 __all__ = [
     "EvalConfig",
     "ItemRunner",
     "MethodSpec",
     "Summary",
-    "add_evaluate_arguments",
     "evaluate",
-    "evaluate_from_args",
     "parse_methods",
     "parse_metrics",
     "summarize_records",
