@@ -33,7 +33,7 @@ METHODS = ("ig", "ig_avg", "grad_x_input", "attention", "attention_rollout", "bt
 class Peak:
     """Peak RSS (MB) above the starting RSS while inside the block."""
 
-    def __enter__(self) -> Peak:
+    def __enter__(self) -> Peak:  # noqa: PYI034
         self.proc = psutil.Process()
         self.base = self.proc.memory_info().rss
         self.peak = self.base
