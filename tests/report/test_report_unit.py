@@ -254,3 +254,11 @@ def test_output_pieces_cover_the_output(tiny_model):
     dec = tiny_model.decode(gen)
     pieces = output_pieces(tiny_model, gen, dec)
     assert "".join(p["text"] for p in pieces) == dec and len(pieces) == 3
+
+
+def test_beam_mass_without_a_matrix_is_shown_as_confidence():
+    attr = make_gilot()
+    attr.per_output_token = None  # gilot without per_position
+    page = render_html(attr)
+    assert "<h2>Confidence</h2>" in page and "<td>0.550</td>" in page
+    assert "<h2>Confidence</h2>" not in render_html(make_attr())  # no beams, no panel

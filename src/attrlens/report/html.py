@@ -268,9 +268,27 @@ def _mass(m: Any) -> str:
     return "n/a" if v is None else f"{v:.2f}"
 
 
+def _confidence_html(attr: Any) -> str:
+    """GiLOT's beam mass per output position as a table."""
+    meta = (attr.extra or {}).get("metadata") or {}
+    mass = meta.get("beam_mass") if isinstance(meta, dict) else None
+    if not isinstance(mass, list) or not mass:
+        return ""
+    heads = "".join(f"<th>pos {j + 1}</th>" for j in range(len(mass)))
+    cells = "".join(f"<td>{esc(_mass3(m))}</td>" for m in mass)
+    return ("<h2>Confidence</h2><p class='alr-muted'>Probability mass covered by the beams at "
+            "each output position (low mass = rough marginals).</p>"
+            f"<table class='alr-conf'><tr>{heads}</tr><tr>{cells}</tr></table>")
+
+
+def _mass3(m: Any) -> str:
+    v = _num(m)
+    return "n/a" if v is None else f"{v:.3f}"
+
+
 def _beams_html(attr: Any, T: int) -> str:
     mass, beams = _beam_meta(attr, T)
-    if not beams and mass is None:
+    if not beams:
         return ""
     rows = "".join(
         f"<tr><td class='alr-num'>{k + 1}</td><td><code>{esc(b.get('text', ''))}</code></td>"
@@ -590,6 +608,7 @@ def render_fragment(attr: Any, *, notebook: bool = False, root_id: str | None = 
             _matrix_html(attr, mat, mscale, cols, mass),
             _beams_html(attr, T),
         ]
+    parts.append(_confidence_html(attr))
     parts += [
         _interactions_html(attr),
         _faithfulness_html(attr),
