@@ -52,4 +52,5 @@ def unknown_name_message(kind: str, name: str, valid: Iterable[str]) -> str:
     valid = sorted(valid)
     close = difflib.get_close_matches(name, valid, n=1, cutoff=0.5)
     hint = f" Did you mean '{close[0]}'?" if close else ""
-    return f"Unknown {kind} '{name}'. Valid {kind}s: {', '.join(valid)}.{hint}"
+    plural = kind[:-1] + "ies" if kind.endswith("y") and kind[-2:-1] not in "aeiou" else kind + "s"
+    return f"Unknown {kind} '{name}'. Valid {plural}: {', '.join(valid)}.{hint}"

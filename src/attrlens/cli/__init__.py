@@ -1,6 +1,6 @@
-"""Command-line front end: one module per command (explain, methods, show, serve), and
-``main``. Thin: every option maps to one argument of the library call; a method's options
-are generated from its declared parameters.
+"""Command-line front end: one module per command (explain, aqw/compare in analysis,
+methods, show, serve, cache, evaluate), and ``main``. Thin: every option maps to one argument
+of the library call; a method's options are generated from its declared parameters.
 
 Errors print one line (``attrlens: error: ...``) and exit 2 (input/parameter) or 3
 (backend); terminal text from models and users is always shown literally.
@@ -12,10 +12,9 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
-from typing import Any
 
 from ..errors import AttrlensError, unknown_name_message
-from . import explain, methods, serve, show
+from . import analysis, cache, evaluate, explain, methods, serve, show
 from .common import Parser, long_options, method_params, prescan_method
 
 __all__ = ["build_parser", "main", "method_params"]
@@ -32,28 +31,14 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     # explainer module)
     explain.add_parser(sub, prescan_method(argv, explain.DEFAULT_METHOD)
                        if argv[:1] == ["explain"] else None)
+    analysis.add_parsers(sub, prescan_method(argv, analysis.DEFAULT_METHOD)
+                         if argv[:1] and argv[0] in analysis.COMMANDS else None)
     methods.add_parser(sub)
     show.add_parser(sub)
     serve.add_parser(sub)
-    _extend_parser(sub)
+    cache.add_parser(sub)
+    evaluate.add_parser(sub)
     return p
-
-
-def _extend_parser(sub: Any) -> None:
-    """Sub-commands contributed by method families (gilot's compare and aqw)."""
-    import importlib
-
-    try:
-        gilot = importlib.import_module(f"{__package__.rsplit('.', 1)[0]}.explainers.gilot")
-    except ImportError:
-        return
-    add = getattr(gilot, "add_cli", None)
-    if add is not None:
-        add(sub)
-
-
-# kept for commands contributed by method modules (gilot's add_cli)
-_method_params = method_params
 
 
 def _unknown_options(parser: argparse.ArgumentParser, argv: Sequence[str],
@@ -69,16 +54,17 @@ def _unknown_options(parser: argparse.ArgumentParser, argv: Sequence[str],
         msg = unknown_name_message("option", bad, valid)
     else:
         msg = f"Unexpected argument {bad!r}. Valid options: {', '.join(valid)}."
-    if sub is not None and argv[0] == "explain":
+    if sub is not None and argv[0] in ("explain", *analysis.COMMANDS):
         from ..registry import REGISTRY
 
-        method = prescan_method(argv, explain.DEFAULT_METHOD)
+        method = prescan_method(argv, explain.DEFAULT_METHOD if argv[0] == "explain"
+                                else analysis.DEFAULT_METHOD)
         owners = sorted(n for n, c in REGISTRY.items()
                         if any(p.option == bad for p in c.parameters if p.cli))
         if owners:
             msg = (f"The method '{method}' has no option {bad}; it is a parameter of "
                    f"{', '.join(owners)}.")
-        msg += (f" Options of method '{method}' are listed by 'attrlens explain --method "
+        msg += (f" Options of method '{method}' are listed by 'attrlens {argv[0]} --method "
                 f"{method} --help'.")
     return msg
 

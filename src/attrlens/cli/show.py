@@ -1,15 +1,20 @@
-"""``attrlens show FILE``: render a saved result (validated against its schema on load)."""
+"""``attrlens show FILE``: render a saved result, validated against its schema on load: an
+attribution (``attrlens.attribution/1``, from ``explain`` or ``aqw``) or a comparison
+(``attrlens.comparison/1``, from ``compare``)."""
 
 from __future__ import annotations
 
 import argparse
+import json
+from pathlib import Path
 from typing import Any
 
+from ..errors import InputError
 from .common import check_output_path
 
 
 def add_parser(sub: Any) -> argparse.ArgumentParser:
-    s = sub.add_parser("show", help="render a saved result JSON")
+    s = sub.add_parser("show", help="render a saved result JSON (explain, aqw or compare)")
     s.add_argument("file")
     s.add_argument("--top", type=int, default=10)
     s.add_argument("--html", help="also write an HTML report here")
@@ -17,12 +22,52 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     return s
 
 
+def read_json(path: str | Path) -> Any:
+    """The JSON in ``path`` (InputError with one clear line otherwise)."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"The result file '{path}' does not exist.")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+        raise InputError(f"'{path}' is not an attrlens result: it is not JSON ({exc}).") from exc
+    except OSError as exc:
+        raise InputError(f"Could not read the result file '{path}': {exc}.") from exc
+
+
 def run(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
     from ..result import Attribution
+    from .analysis import (
+        COMPARISON_SCHEMA,
+        comparison_from_dict,
+        comparison_html,
+        query_weight_from,
+    )
 
     check_output_path(args.html, "--html")
-    attr = Attribution.load(args.file)
+    if args.top < 1:
+        raise InputError(f"--top must be 1 or more; got {args.top}.")
+    data = read_json(args.file)
+    source = f"'{args.file}'"
+    console = Console()
+    if isinstance(data, dict) and data.get("schema") == COMPARISON_SCHEMA:
+        from ..report.analysis import show_comparison
+
+        cmp = comparison_from_dict(data, source=source)
+        if args.html:
+            Path(args.html).write_text(comparison_html(cmp), encoding="utf-8")
+        show_comparison(cmp, top=args.top, console=console)
+        return 0
+    attr = Attribution.from_dict(data, source=source)
+    qw = query_weight_from(attr)
     if args.html:
         attr.to_html(args.html)
-    attr.show(top=args.top)
+    if qw is not None:
+        from ..report.analysis import show_query_weight
+
+        show_query_weight(qw, top=args.top, console=console)
+    else:
+        attr.show(top=args.top, console=console)
     return 0
