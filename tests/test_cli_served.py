@@ -1,0 +1,70 @@
+"""``attrlens explain --target-url ... --route R`` (game-based methods on the served model)
+and ``--audit K`` (RoPE-LIME / gSMILE audited against it), against the real llama.cpp
+server on loopback; option errors are checked before any model loads or call is made."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from attrlens.cli import main
+
+
+def run(argv, capsys):
+    code = main(argv)
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+@pytest.mark.parametrize(
+    "argv, needle",
+    [
+        (["explain", "hi there", "--route", "forced_tokens", "--output-text", "x"],
+         "needs a served model"),
+        (["explain", "hi there", "--route", "echoes", "--output-text", "x"],
+         "Did you mean 'echo'"),
+        (["explain", "hi there", "--audit", "5", "--output-text", "x"], "--audit checks"),
+        (["explain", "hi there", "--target-url", "http://127.0.0.1:9/v1", "--method", "loo",
+          "--route", "generate", "--output-text", "x"], "belongs to gsmile"),
+        (["explain", "hi there", "--target-url", "http://127.0.0.1:9/v1", "--method",
+          "rope_lime", "--route", "echo", "--output-text", "x"], "runs through the route"),
+        (["explain", "hi there", "--target-url", "http://127.0.0.1:9/v1", "--method",
+          "rope_lime", "--audit", "2", "--output-text", "x"], "K >= 3"),
+    ],
+)
+def test_served_option_errors_are_one_line(argv, needle, capsys):
+    code, _, err = run(argv, capsys)
+    assert code == 2, err
+    assert needle in err and err.count("\n") == 1
+
+
+@pytest.mark.integration
+def test_loo_on_the_served_model_and_audit(llama_server, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("ATTRLENS_CACHE_DIR", str(tmp_path / "cache"))
+    base = ["--target-url", llama_server.base_url, "--target-model", llama_server.model_name,
+            "--output-text", "Paris", "--quiet"]
+    prompt = "What is the capital of France? Answer in one word."
+    path = tmp_path / "loo.json"
+    code, _, err = run(["explain", prompt, "--method", "loo", "--route", "forced_tokens",
+                        "--json", str(path), *base], capsys)
+    assert code == 0, err
+    d = json.loads(path.read_text())
+    assert d["params"]["route"] == "forced_tokens"
+    n = len(d["input"]["features"])
+    assert d["cost"]["value_calls"] == n + 1 and d["cost"]["api_calls"] >= n + 1
+    # the same run again: every served call comes from the persistent cache
+    code, _, err = run(["explain", prompt, "--method", "loo", "--route", "forced_tokens",
+                        "--json", str(path), *base], capsys)
+    d2 = json.loads(path.read_text())
+    assert code == 0 and d2["cost"]["api_calls"] == 0 and d2["cost"]["cached_calls"] >= n + 1
+    assert d2["input"]["features"] == d["input"]["features"]
+
+    apath = tmp_path / "audit.json"
+    code, _, err = run(["explain", prompt, "--method", "rope_lime", "--budget", "10",
+                        "--audit", "4", "--json", str(apath), *base], capsys)
+    assert code == 0, err
+    a = json.loads(apath.read_text())
+    audit = a["audit"]  # extra keys are top-level keys of the result file
+    assert audit["k"] == 4 and audit["route"] == "forced_tokens"
+    assert audit["cost"]["value_calls"] == 4
