@@ -125,7 +125,7 @@ def explain(
     model:       None (embedded default), a path, attrlens.load_model(...), or a transformers
                  causal LM object on any device(s), given with ``tokenizer``
     granularity: token | word | sentence | message | span (with ``spans``: char spans of the
-                 rendered prompt text for chat prompts, of the text itself for raw prompts)
+                 user's text: the prompt string, or the one user message's content)
     target:      nll | logprob | kl | js | tv | contrastive (with ``contrast``); default: the
                  method's (``logprob`` for spex/proxyspex, ``nll`` for the others)
     masker:      delete | replace | attention_off (default: the method's)
@@ -178,6 +178,10 @@ def explain(
         attr.params["route"] = route_name
         if probe is not None:
             attr.extra["route_probe"] = probe
+    if contrast is not None and scoring.target.name == "contrastive":
+        attr.params["contrast_text"] = contrast
+    if target_backend is not None:
+        attr.model = served_provenance(inputs.model.info, target_backend, route_name)
     if audit is not None:
         from .analysis.audit import audit as run_audit
         from .games.served import served_game
@@ -188,6 +192,25 @@ def explain(
         for key in ("api_calls", "cached_calls"):
             attr.cost[key] = attr.cost.get(key, 0) + result.cost[key]
     return attr
+
+
+def served_provenance(local: Any, backend: Any, route: str | None) -> dict[str, Any]:
+    """``Attribution.model`` of a served-model result: the model that produced the output
+    (``id`` = its name, ``endpoint`` = its URL, credentials redacted) and, separately, what
+    scored the perturbations (``scored_by``) and the local model (``local_*``)."""
+    name = getattr(backend, "model", None)
+    url = getattr(backend, "public_url", None)
+    if route in (None, "surrogate"):
+        scored = f"the local model {local.id} (surrogate of the served model)"
+    elif route == "generate":
+        scored = (f"{name}'s regenerations at {url}, compared with the local model "
+                  f"{local.id}'s word embeddings")
+    else:
+        scored = f"the served model {name} at {url} (route {route})"
+    return {"id": name, "sha256": None, "endpoint": url, "produced": "the output",
+            "scored_by": scored, "local_id": local.id, "local_sha256": local.sha256,
+            "local_device": getattr(local, "device", None),
+            "local_dtype": getattr(local, "dtype", None)}
 
 
 def _api_counters(backend: Any) -> dict[str, float]:
@@ -222,7 +245,7 @@ def prepare(
     from .scoring.engine import ScoringEngine
     from .scoring.targets import make_target
     from .text.mask import MASKERS, Masker
-    from .text.prompt import build_prompt
+    from .text.prompt import build_prompt, tokenize_text
     from .text.segment import GRANULARITIES, segment
 
     check_param("explain", "max_new_tokens", max_new_tokens, kind=int, low=1)
@@ -236,9 +259,11 @@ def prepare(
         model = wrap_model(model, tokenizer)  # a transformers model object (or a clear error)
 
     pr = build_prompt(prompt, model, chat=chat)
-    prompt_ids, offsets = model.tokenize(pr.text, add_special_tokens=not pr.chat)
-    if spans is not None and not pr.chat:
-        spans = [tuple(s) for s in spans]
+    # user text is text: control-token strings typed there never become control tokens
+    prompt_ids, offsets = tokenize_text(model, pr.text, pr.regions,
+                                        add_special_tokens=not pr.chat)
+    if spans is not None:  # offsets into the user's text -> into the rendered prompt
+        spans = pr.text_spans(spans)
     features = segment(pr.text, pr.regions, offsets, granularity, spans=spans)
 
     if output is None and target_backend is not None:
@@ -262,7 +287,7 @@ def prepare(
     else:
         if not isinstance(output, str):
             raise InputError("The output must be a string.")
-        output_ids, _ = model.tokenize(output)
+        output_ids, _ = tokenize_text(model, output)
         if not output_ids:
             raise InputError(
                 f"The output text {output!r} tokenizes to nothing; give a non-empty output."
@@ -281,7 +306,7 @@ def prepare(
     if target == "contrastive":
         if not contrast:
             raise InputError("The contrastive target needs --contrast-text (the alternative).")
-        alt_ids, _ = model.tokenize(contrast)
+        alt_ids, _ = tokenize_text(model, contrast)
         if not alt_ids:
             raise InputError(f"The contrast text {contrast!r} tokenizes to nothing.")
         alt_engine = ScoringEngine(model, prompt_ids, alt_ids, prefix_reuse=prefix_reuse)

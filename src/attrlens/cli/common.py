@@ -122,15 +122,17 @@ def read_prompt(args: argparse.Namespace) -> str | list[dict[str, str]]:
         raise InputError("Give a PROMPT, '-' to read it from stdin, or --messages FILE.")
     if args.prompt == "-":
         data = sys.stdin.buffer.read() if hasattr(sys.stdin, "buffer") else sys.stdin.read()
-        if isinstance(data, str):
-            return data
-        try:
-            return data.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise InputError(
-                f"The prompt on stdin is not UTF-8 text (invalid byte at offset {exc.start}); "
-                f"send UTF-8."
-            ) from exc
+        if not isinstance(data, str):
+            try:
+                data = data.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise InputError(
+                    f"The prompt on stdin is not UTF-8 text (invalid byte at offset "
+                    f"{exc.start}); send UTF-8."
+                ) from exc
+        # `echo TEXT |` adds one line break: drop exactly one, so stdin and the argument
+        # form give the same prompt
+        return data[:-2] if data.endswith("\r\n") else data.removesuffix("\n")
     return args.prompt
 
 

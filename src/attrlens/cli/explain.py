@@ -41,7 +41,8 @@ def add_parser(sub: Any, method: str | None) -> argparse.ArgumentParser:
                    help="attribution method (see 'attrlens methods'; default: loo)")
     e.add_argument("--granularity", default="word",
                    help="token | word | sentence | message | span")
-    e.add_argument("--spans", help="char spans for --granularity span: 'a:b,c:d'")
+    e.add_argument("--spans", help="char spans for --granularity span: 'a:b,c:d' (offsets "
+                   "into your prompt text, not the chat-rendered text)")
     e.add_argument("--model", help="local model directory or .gguf file (default: embedded)")
     e.add_argument("--dtype", default="auto",
                    help="auto (the faster of float32/bfloat16 measured here; bf16/fp16 on GPUs)"
@@ -179,6 +180,24 @@ def _closed_values(args: argparse.Namespace, prompt: Any, explainer: Any) -> int
         progress.close()
     attr.output_text = f"log p({answers[0]}) - log p({answers[1]})"
     attr.cost["api_calls"] = int(backend.counters.get("api_calls", 0))
-    attr.params.update(target_model=backend.model, target_url=backend.base_url,
+    attr.params.update(target_model=backend.model, target_url=backend.public_url,
                        closed_answers=answers, granularity=args.granularity)
+    attr.model = {"id": backend.model, "sha256": None, "endpoint": backend.public_url,
+                  "produced": "the output", "scored_by": f"the served model {backend.model} "
+                  f"at {backend.public_url} (top log-probs of the first answer token)"}
+    attr.input_text, attr.spans = closed_input(game)
     return emit(attr, args)
+
+
+def closed_input(game: Any) -> tuple[str, list[list[list[int]]]]:
+    """The explained messages' contents (joined by a blank line) and each feature's char
+    spans in that text, for a closed game's result."""
+    vf = game.value_fn
+    order = sorted({mi for mi, _ in vf.features})
+    starts, parts, pos = {}, [], 0
+    for mi in order:
+        starts[mi] = pos
+        parts.append(vf.messages[mi]["content"])
+        pos += len(parts[-1]) + 2
+    spans = [[[starts[mi] + a, starts[mi] + b] for a, b in sps] for mi, sps in vf.features]
+    return "\n\n".join(parts), spans

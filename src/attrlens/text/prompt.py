@@ -7,12 +7,16 @@ template's markup and assistant turns are frozen.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import InputError
 
 Message = dict[str, str]
+
+#: the chat roles a message may have (chat templates know no others)
+ROLES = ("system", "developer", "user", "assistant", "tool", "function", "ipython")
 
 
 @dataclass(frozen=True)
@@ -33,6 +37,37 @@ class Prompt:
     chat: bool = False
     meta: dict[str, Any] = field(default_factory=dict)
 
+    def text_spans(self, spans: Sequence[Sequence[int]]) -> list[tuple[int, int]]:
+        """User-given char spans (offsets into the user's text: the prompt string, or the
+        content of the one explainable message of a chat) -> spans of :attr:`text` (the
+        rendered prompt, template and system prompt included). The one place where span
+        offsets are converted."""
+        out: list[tuple[int, int]] = []
+        for sp in spans:
+            if (len(sp) != 2 or not all(isinstance(x, int) and not isinstance(x, bool)
+                                        for x in sp)):
+                raise InputError(f"A span must be two ints (start, end); got {tuple(sp)!r}.")
+            out.append((int(sp[0]), int(sp[1])))
+        if not self.chat:
+            return out
+        if len(self.regions) != 1 or self.messages is None:
+            raise InputError(
+                f"Span offsets count from the user's text, but this chat has "
+                f"{len(self.regions)} explainable messages; give one user message (or a "
+                f"text prompt) for --granularity span."
+            )
+        (a, b), mi = self.regions[0], self.region_messages[0]
+        content = self.messages[mi]["content"]
+        lead = max(0, content.find(self.text[a:b]))  # a template may strip the content
+        shown = (lead, lead + (b - a))
+        for s_, e_ in out:
+            if not (shown[0] <= s_ < e_ <= shown[1]):
+                raise InputError(
+                    f"The span ({s_}, {e_}) is outside the user's text (length "
+                    f"{len(content)}) or empty; spans are char offsets into the user's text."
+                )
+        return [(a + s_ - lead, a + e_ - lead) for s_, e_ in out]
+
 
 def validate_messages(messages: Any) -> tuple[Message, ...]:
     """Check the chat-message list shape; return it as a tuple of plain dicts."""
@@ -48,6 +83,11 @@ def validate_messages(messages: Any) -> tuple[Message, ...]:
             )
         if not isinstance(m["role"], str) or not isinstance(m["content"], str):
             raise InputError(f"Chat message {i}: 'role' and 'content' must be strings.")
+        if m["role"] not in ROLES:
+            from ..errors import unknown_name_message
+
+            raise InputError(f"Chat message {i} has an unknown role: "
+                             + unknown_name_message("role", m["role"], ROLES))
         out.append({"role": m["role"], "content": m["content"]})
     return tuple(out)
 
@@ -116,3 +156,51 @@ def build_prompt(
         messages=messages,
         chat=True,
     )
+
+
+def tokenize_text(
+    model: Any,
+    text: str,
+    regions: Sequence[tuple[int, int]] | None = None,
+    *,
+    add_special_tokens: bool = False,
+) -> tuple[list[int], list[tuple[int, int]]]:
+    """Token ids and char offsets of ``text``, with the text inside ``regions`` (the user's
+    text; default: all of it) read as text: a control-token string typed there
+    (``<|im_end|>``) is split into ordinary tokens, never turned into the control token.
+    Template text outside the regions keeps its control tokens. Identical to
+    ``model.tokenize`` whenever the user's text holds no control-token string."""
+    ids, offsets = model.tokenize(text, add_special_tokens=add_special_tokens)
+    tok = getattr(model, "tokenizer", None)
+    special = set(getattr(tok, "all_special_ids", None) or ())
+    regions = [(0, len(text))] if regions is None else [(int(a), int(b)) for a, b in regions]
+
+    def in_user_text(o: Sequence[int]) -> bool:
+        return o[1] > o[0] and any(a < o[1] and o[0] < b for a, b in regions)
+
+    if tok is None or not any(i in special and in_user_text(o) for i, o in zip(ids, offsets)):
+        return ids, offsets
+
+    def encode(piece: str, plain: bool, specials: bool) -> tuple[list[int], list[tuple[int, int]]]:
+        enc = tok(piece, add_special_tokens=specials, return_offsets_mapping=True,
+                  split_special_tokens=plain)
+        return list(enc["input_ids"]), [tuple(o) for o in enc["offset_mapping"]]
+
+    if regions == [(0, len(text))]:
+        return encode(text, True, add_special_tokens)
+    pieces: list[tuple[int, int, bool]] = []
+    pos = 0
+    for a, b in sorted(regions):
+        if a > pos:
+            pieces.append((pos, a, False))
+        pieces.append((a, b, True))
+        pos = b
+    if pos < len(text):
+        pieces.append((pos, len(text), False))
+    out_ids: list[int] = []
+    out_off: list[tuple[int, int]] = []
+    for k, (a, b, plain) in enumerate(pieces):
+        got, offs = encode(text[a:b], plain, add_special_tokens and k == 0)
+        out_ids += got
+        out_off += [(s + a, e + a) for s, e in offs]
+    return out_ids, out_off
