@@ -102,6 +102,39 @@ def _cap(n: int, value: int) -> int:
     return int(value if total is None else min(total, value))
 
 
+def available_memory() -> int | None:
+    """Bytes of memory available to a new allocation (Linux MemAvailable, else free pages;
+    None when unknown)."""
+    import os
+
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_plan_memory(owner: str, n: int, m: int, bytes_per_mask: float) -> None:
+    """Refuse a plan of ``m`` coalitions on ``n`` features whose working set (about
+    ``m * bytes_per_mask`` bytes) exceeds half the available memory, with the estimate."""
+    need = float(m) * bytes_per_mask
+    avail = available_memory()
+    if avail is None or need <= 0.5 * avail:
+        return
+    fit = max(2, int(0.5 * avail / bytes_per_mask))
+    raise ParameterError(
+        f"{owner} would evaluate {m} coalitions of {n} features, which needs about "
+        f"{need / 2**30:.1f} GiB of memory; {avail / 2**30:.1f} GiB is available. Lower "
+        f"--budget to at most {fit} (or explain fewer features)."
+    )
+
+
 @register
 class KernelShapExplainer(Explainer):
     """KernelSHAP: Shapley values by Shapley-kernel regression (paired, efficiency exact)."""
@@ -121,6 +154,12 @@ class KernelShapExplainer(Explainer):
     def default_budget(self, n_features: int) -> int:
         return _cap(n_features, max(64, 2 * n_features + 2048))
 
+    def check(self, n_features: int) -> None:
+        budget = self.params.get("budget") or self.default_budget(n_features)
+        # masks, float design, weighted copies and lstsq work space, plus the game's memo
+        check_plan_memory(f"The method '{self.name}'", n_features, _cap(n_features, int(budget)),
+                          48.0 * n_features + 200.0)
+
     def _explain(self, game: BudgetedGame, *, budget: int | None, seed: int) -> Explanation:
         n = game.n_features
         rng = np.random.default_rng(seed)
@@ -135,6 +174,7 @@ class KernelShapExplainer(Explainer):
         surrogate = {(): v_empty, **{(i,): float(phi[i]) for i in range(n)}}
         return Explanation(
             scores=phi,
+            params={"budget": _cap(n, int(budget or 2))},  # never more than 2^n coalitions
             extra={
                 "v_full": v_full,
                 "v_empty": v_empty,
@@ -191,6 +231,10 @@ class _RegressionExplainer(Explainer):
                 f"interaction terms, more than the {self.max_terms} this regression handles; "
                 f"lower the 'order' parameter (or use spex/proxyspex for many features)."
             )
+        budget = self.params.get("budget") or self.default_budget(n_features)
+        # masks, the float design over p terms (and the ridge's copies), the game's memo
+        check_plan_memory(f"The method '{self.name}'", n_features, _cap(n_features, int(budget)),
+                          24.0 * p + n_features + 200.0)
 
     def _explain(self, game: BudgetedGame, *, budget: int | None, seed: int) -> Explanation:
         n = game.n_features
@@ -213,7 +257,7 @@ class _RegressionExplainer(Explainer):
             "surrogate": {"basis": "mobius", "terms": mobius_terms(mob)},
         }
         return Explanation(scores=scores, interactions=self._interactions(mob, n, order),
-                           extra=extra)
+                           extra=extra, params={"budget": _cap(n, int(budget or 0))})
 
     def _interactions(
         self, mob: dict[tuple[int, ...], float], n: int, order: int
