@@ -9,13 +9,15 @@ Errors print one line (``attrlens: error: ...``) and exit 2 (input/parameter) or
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
+import warnings
 from collections.abc import Sequence
 
 from ..errors import AttrlensError, unknown_name_message
 from . import analysis, cache, evaluate, explain, methods, serve, show
-from .common import Parser, long_options, method_params, prescan_method
+from .common import NOTES, Parser, long_options, method_params, note_warning, prescan_method
 
 __all__ = ["build_parser", "main", "method_params"]
 
@@ -73,6 +75,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from ..report.terminal import one_line
 
     argv = list(sys.argv[1:] if argv is None else argv)
+    NOTES.clear()
     try:
         parser = build_parser(argv)
         args, extra = parser.parse_known_args(argv)
@@ -80,7 +83,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"attrlens: error: {one_line(_unknown_options(parser, argv, extra))}",
                   file=sys.stderr)
             return 2
-        return int(args.func(args) or 0)
+        with warnings.catch_warnings():
+            # attrlens's own warnings: one-line notes, recorded in the result
+            warnings.showwarning = functools.partial(note_warning,
+                                                     fallback=warnings.showwarning)
+            return int(args.func(args) or 0)
     except AttrlensError as exc:
         print(f"attrlens: error: {one_line(str(exc))}", file=sys.stderr)
         return exc.exit_code

@@ -139,7 +139,9 @@ def _checked(args: argparse.Namespace) -> Any:
     if args.budget is not None:
         budget = BUDGET.parse_cli(args.budget)
     explainer = make_checked_explainer(args.method, budget, params)
-    if explainer.needs == "closed_model":
+    from ..games.served import METHOD_ROUTES
+
+    if explainer.needs == "closed_model" or explainer.name in METHOD_ROUTES:
         raise ParameterError(
             f"The method '{explainer.name}' explains a closed model; aqw and compare run "
             f"local-model methods (e.g. gilot, loo, kernel_shap)."
@@ -203,6 +205,7 @@ def run_aqw(args: argparse.Namespace) -> int:
     finally:
         progress.close()
     record_query_weight(res)
+    _record_notes(res.attribution)
     if args.json:
         res.attribution.save(args.json)
     if args.html:
@@ -266,6 +269,7 @@ def run_compare(args: argparse.Namespace) -> int:
         cmp = compare(a, b, _explain_fn(args, explainer, progress))
     finally:
         progress.close()
+    _record_notes(cmp.a, cmp.b)
     if args.json:
         save_comparison(cmp, args.json)
     if args.html:
@@ -278,6 +282,16 @@ def run_compare(args: argparse.Namespace) -> int:
         show_comparison(cmp, top=args.top, console=Console())
         _written(args)
     return 0
+
+
+def _record_notes(*attrs: Attribution) -> None:
+    """The run's one-line notes (library warnings) recorded in the results."""
+    from .common import NOTES
+
+    for attr in attrs:
+        if NOTES:
+            got = attr.extra.setdefault("warnings", [])
+            got.extend(n for n in NOTES if n not in got)
 
 
 def _written(args: argparse.Namespace) -> None:
@@ -322,8 +336,8 @@ def comparison_from_dict(d: Any, *, source: str = "the data") -> Comparison:
         raise InputError(f"{source} is an incomplete attrlens comparison: missing {missing}.")
     if not isinstance(d["version"], str):
         raise bad("'version' must be a string")
-    a = Attribution.from_dict(d["a"], source=f"{source} (result a)")
-    b = Attribution.from_dict(d["b"], source=f"{source} (result b)")
+    a = Attribution.from_dict(d["a"], source=f"result a of the comparison {source}")
+    b = Attribution.from_dict(d["b"], source=f"result b of the comparison {source}")
     slots = d["slots"]
     if not isinstance(slots, list) or not slots:
         raise bad("'slots' must be a non-empty list of [features of a, features of b]")

@@ -248,8 +248,32 @@ class Progress:
             self._bar.stop()
 
 
+#: the library's warnings of this run, shown as one-line notes and recorded in the result
+NOTES: list[str] = []
+
+
+def note_warning(message: Any, category: Any, filename: str, lineno: int, file: Any = None,
+                 line: Any = None, *, fallback: Any = None) -> None:
+    """``warnings.showwarning`` for the CLI: a warning raised inside attrlens becomes one line
+    (``attrlens: note: ...``, no source line) and is recorded in :data:`NOTES`; others go to
+    ``fallback``."""
+    from ..report.terminal import one_line
+
+    pkg = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    if not os.path.abspath(filename).startswith(pkg + os.sep) and fallback is not None:
+        fallback(message, category, filename, lineno, file, line)
+        return
+    text = one_line(str(message))
+    if text not in NOTES:
+        NOTES.append(text)
+        print(f"attrlens: note: {text}", file=sys.stderr)
+
+
 def emit(attr: Attribution, args: argparse.Namespace) -> int:
     """Write the JSON first (a display failure then loses nothing), then HTML, then show."""
+    if NOTES:
+        recorded = attr.extra.setdefault("warnings", [])
+        recorded.extend(n for n in NOTES if n not in recorded)
     if args.json:
         attr.save(args.json)
     if getattr(args, "html", None):
