@@ -50,6 +50,12 @@ def _unknown_options(parser: argparse.ArgumentParser, argv: Sequence[str],
     if argv and argv[0] in parser._subparsers._group_actions[0].choices:  # type: ignore[union-attr]
         sub = parser._subparsers._group_actions[0].choices[argv[0]]  # type: ignore[union-attr]
     target = sub or parser
+    # nested commands (cache info / cache clear): the innermost parser named in argv
+    for word in argv[1:2]:
+        inner = getattr(target, "_subparsers", None)
+        choices = inner._group_actions[0].choices if inner is not None else {}
+        if word in choices:
+            target = choices[word]
     valid = long_options(target)
     bad = next((a.split("=", 1)[0] for a in extra if a.startswith("-")), extra[0])
     if bad.startswith("--"):
