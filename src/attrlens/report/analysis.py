@@ -16,7 +16,7 @@ def show_comparison(cmp: Comparison, *, top: int = 5, console: Any = None) -> No
     from rich.table import Table
     from rich.text import Text
 
-    from .terminal import render
+    from .terminal import literal, render
 
     console = console or Console()
     for tag, attr in (("A", cmp.a), ("B", cmp.b)):
@@ -28,8 +28,9 @@ def show_comparison(cmp: Comparison, *, top: int = 5, console: Any = None) -> No
     for k, row in enumerate(cmp.summary()):
         a, b = row["a"], row["b"]
         table.add_row(
-            str(k), Text(" ".join(a["labels"]) or "-"), f"{a['score']:.4f}",
-            str(a["rank"] or "-"), Text(" ".join(b["labels"]) or "-"), f"{b['score']:.4f}",
+            str(k), Text(literal(" ".join(a["labels"]), keep_newlines=False) or "-"),
+            f"{a['score']:.4f}", str(a["rank"] or "-"),
+            Text(literal(" ".join(b["labels"]), keep_newlines=False) or "-"), f"{b['score']:.4f}",
             str(b["rank"] or "-"),
         )
     console.print(table)
@@ -40,10 +41,10 @@ def show_query_weight(res: QueryWeight, *, top: int = 5, console: Any = None) ->
     from rich.console import Console
     from rich.text import Text
 
-    from .terminal import render
+    from .terminal import literal, render
 
     console = console or Console()
     render(res.attribution, top=top, console=console)
     q = " ".join(res.attribution.labels[i] for i in res.query_features)
-    console.print(Text("query  ", style="bold cyan") + Text(q))
+    console.print(Text("query  ", style="bold cyan") + Text(literal(q, keep_newlines=False)))
     console.print(Text("aqw    ", style="bold cyan") + Text(f"{res.aqw:.4f}"))
