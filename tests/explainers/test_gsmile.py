@@ -34,6 +34,7 @@ class KeywordModel:
 
     model = "keyword"
     base_url = "stub://"
+    capabilities = frozenset({"generate"})
 
     def __init__(self):
         self.counters = {"api_calls": 0}

@@ -253,7 +253,10 @@ class _BTAExplainer(_WhiteBoxExplainer):
     def _explain(self, game: BudgetedGame, *, budget: int | None, seed: int) -> Explanation:
         wb = self._white_box(game)
         p = self.params
-        self._check_start(wb, p["start_layer"])
+        start = p["start_layer"]
+        if start is None:
+            start = min(8, wb.n_layers - 1)
+        self._check_start(wb, start)
         n_t = wb.n_output
         alphas, weights = path_quadrature(p["steps"], p["rule"])
         out_w = np.eye(n_t) if self.averaged else np.ones((1, n_t))
@@ -264,16 +267,17 @@ class _BTAExplainer(_WhiteBoxExplainer):
         else:
             grad = pg.attention[0]  # (T, S)
         maps = wb.attention_maps()
-        roll = rollout_rows(maps, wb.output_rows, start=p["start_layer"])  # (T, S)
+        roll = rollout_rows(maps, wb.output_rows, start=start)  # (T, S)
         rel = (roll * np.maximum(grad, 0.0))[:, : wb.n_prompt]
         pot = wb.aggregate(rel).T  # (n, T)
         scores = pot.mean(1) if self.averaged else pot.sum(1)
         return Explanation(scores=scores, per_output_token=pot,
-                           params=self._params(heads="mean"))
+                           params=self._params(heads="mean", start_layer=start))
 
 
 _BTA_PARAMS = (
-    Param("start_layer", 8, "first layer of the attention rollout (GiLOT: 8)", type=int, low=0),
+    Param("start_layer", None, "first layer of the attention rollout; None = GiLOT's 8, or "
+          "the last layer on models with 8 layers or fewer", type=int, low=0, none_ok=True),
     BASELINE, RULE, MAX_BATCH_TOKENS,
 )
 
