@@ -190,7 +190,10 @@ def test_budget_refused_and_start_layer_checked(tiny_model):
     with pytest.raises(ParameterError, match="takes no budget"):
         _explain(tiny_model, "ig", budget=10)
     with pytest.raises(ParameterError, match="start_layer"):
-        _explain(tiny_model, "bta")  # default 8 > the tiny model's 2 layers
+        _explain(tiny_model, "bta", start_layer=8)  # past the tiny model's 2 layers
+    # the default follows GiLOT (8) but fits smaller models: the last layer here
+    a = _explain(tiny_model, "bta")
+    assert a.params["start_layer"] == 1
 
 
 def test_white_box_game_refuses_masks(tiny_model):
