@@ -7,7 +7,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install demo test test-fast bench lint clean
+.PHONY: install browser demo test test-fast bench lint clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -21,12 +21,19 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# the report's browser tests drive Debian's chromium (no browser download); as root it is
+# installed here, otherwise those tests skip and say why
+browser:
+	@if [ ! -x /usr/bin/chromium ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
+	fi
+
 demo: install
 	mkdir -p out
 	$(VENV)/bin/attrlens explain "What is the capital of France? Answer with one word." \
 		--method loo --granularity word --json out/demo.json --html out/demo.html
 
-test: install
+test: install browser
 	$(VENV)/bin/pytest -q -ra
 
 test-fast: install

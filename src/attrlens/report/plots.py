@@ -15,7 +15,19 @@ from .html import NEG, POS, feature_name, max_abs
 FORMATS = (".png", ".svg", ".pdf")
 
 
+def _require_matplotlib() -> None:
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        from ..errors import CapabilityError
+
+        raise CapabilityError(
+            "Plots need matplotlib: pip install 'attrlens[plots]'."
+        ) from None
+
+
 def _cmap() -> Any:
+    _require_matplotlib()
     from matplotlib.colors import LinearSegmentedColormap
 
     return LinearSegmentedColormap.from_list(
@@ -35,6 +47,7 @@ def _save(fig: Any, path: str | Path | None, dpi: int) -> None:
 
 def _figure() -> Any:
     """matplotlib's Figure class (no pyplot: no global state, no GUI backend needed)."""
+    _require_matplotlib()
     from matplotlib.figure import Figure
 
     return Figure
