@@ -30,7 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
-DATA = "/work/shared/data/hotpotqa_dev_distractor_100.jsonl"
+DATA = str(Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
+           / "hotpotqa_dev_distractor_100.jsonl")
 
 
 def normalize_answer(s: str) -> str:

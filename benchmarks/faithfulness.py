@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = Path("/work/shared/data")
+DATA = ROOT / ".." / "shared" / "data"  # the shared data next to the checkout
 METHODS = ("spex", "proxyspex", "lime", "kernel_shap", "banzhaf")
 
 SST2_INSTRUCTION = (

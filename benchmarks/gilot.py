@@ -27,7 +27,8 @@ import numpy as np
 import attrlens
 
 ROOT = Path(__file__).resolve().parents[1]
-ALPACA = Path("/work/shared/data/alpaca_50.jsonl")
+SHARED_DATA = ROOT / ".." / "shared" / "data"  # the shared data next to the checkout
+ALPACA = SHARED_DATA / "alpaca_50.jsonl"
 
 
 def alpaca_prompts() -> list[str]:
