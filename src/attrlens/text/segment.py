@@ -13,6 +13,7 @@ feature.
 from __future__ import annotations
 
 import bisect
+import itertools
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -74,7 +75,7 @@ def _spread(region: tuple[int, int], cuts: list[int]) -> list[tuple[int, int]]:
     """Spans [cuts[i], cuts[i+1]) within region, the first starting at the region start."""
     s, e = region
     bounds = [s] + [c for c in cuts if s < c < e] + [e]
-    return [(a, b) for a, b in zip(bounds, bounds[1:]) if b > a]
+    return [(a, b) for a, b in itertools.pairwise(bounds) if b > a]
 
 
 def _word_spans(text: str, region: tuple[int, int]) -> list[tuple[int, int]]:
@@ -166,7 +167,7 @@ def char_segments(
                 )
             cleaned.append((a, b))
         cleaned.sort()
-        for (a1, b1), (a2, _) in zip(cleaned, cleaned[1:]):
+        for (a1, b1), (a2, _) in itertools.pairwise(cleaned):
             if a2 < b1:
                 raise InputError(f"The spans overlap at ({a2}, {b1}); features must be disjoint.")
         out = [(sp,) for sp in cleaned]
