@@ -12,7 +12,7 @@ import attrlens
 from attrlens.errors import ParameterError
 from attrlens.explainers.shapley import ridge_fit
 from attrlens.games import Game
-from attrlens.solvers.coalitions import kernel_shap_design, uniform_masks
+from attrlens.solvers.sampling import kernel_shap_design, uniform_masks
 
 N = 7
 

@@ -31,7 +31,6 @@ from ..errors import ParameterError
 from ..games import BudgetedGame
 from ..params import Param
 from ..registry import register
-from ..solvers.coalitions import kernel_shap_design, n_coalitions, uniform_masks
 from ..solvers.indices import (
     INDICES,
     interactions_from_mobius,
@@ -39,6 +38,7 @@ from ..solvers.indices import (
     terms_of,
     values_from_mobius,
 )
+from ..solvers.sampling import kernel_shap_design, n_coalitions, uniform_masks
 from .base import Explainer, Explanation
 
 # penalties tried by the automatic ridge; leave-one-out picks one (RidgeCV). The grid stops

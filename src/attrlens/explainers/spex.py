@@ -36,7 +36,6 @@ from ..errors import ParameterError
 from ..games import BudgetedGame
 from ..params import Param
 from ..registry import register
-from ..solvers.coalitions import all_masks, n_coalitions, uniform_masks
 from ..solvers.indices import (
     INDICES,
     ORDERED_INDICES,
@@ -44,6 +43,7 @@ from ..solvers.indices import (
     terms_of,
     values_from_fourier,
 )
+from ..solvers.sampling import all_masks, n_coalitions, uniform_masks
 from .base import Explainer, Explanation
 
 DEFAULT_B = 6  # b when neither budget nor b is given (the paper's b = 8 costs 4x more)
