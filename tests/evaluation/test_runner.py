@@ -163,3 +163,111 @@ def test_cli_evaluate_end_to_end(tmp_path):
     assert rc == 0
     summary = json.loads((out / "summary.json").read_text())
     assert "loo" in json.dumps(summary) and (out / "summary.md").exists()
+
+
+@pytest.mark.integration
+def test_lds_metric_on_the_tiny_model(tiny_model, tmp_path):
+    """The record's LDS is the Spearman ρ of Σ s_i z_i against the method's own target on the
+    held-out ablations, recomputed here directly."""
+    from attrlens.api import prepare
+    from attrlens.evaluation.lds import lds_masks, spearman
+
+    s = attrlens.evaluate(ITEMS[:1], methods=["loo"], metrics=["lds"], model=tiny_model,
+                          out=tmp_path / "o", n_lds=40, chat=False, progress=False,
+                          report=False)
+    rec = json.loads((tmp_path / "o" / "records.jsonl").read_text())
+    att = json.loads((tmp_path / "o" / rec["attribution"]).read_text())
+    scores = np.asarray(att["scores"])
+    _, game = prepare(ITEMS[0]["prompt"], model=tiny_model, output=ITEMS[0]["output"],
+                      chat=False)
+    masks = lds_masks(len(scores), 40, seed=0)
+    want = spearman(masks @ scores, game(masks))
+    assert rec["metrics"]["lds"] == pytest.approx(want, abs=1e-6)
+    assert -1.0 <= want <= 1.0 and s.table["loo"]["lds"]["n"] == 1
+    assert not (tmp_path / "o" / "index.html").exists()  # report=False
+
+
+@pytest.mark.integration
+def test_index_links_each_record_page(tiny_model, tmp_path):
+    from html.parser import HTMLParser
+    from urllib.parse import unquote
+
+    out = tmp_path / "o"
+    attrlens.evaluate(ITEMS, methods=["loo", ("lime", {"num_samples": 16})], metrics=["abpc"],
+                      model=tiny_model, out=out, chat=False, progress=False)
+
+    class Links(HTMLParser):
+        def __init__(self):
+            super().__init__()
+            self.hrefs = []
+
+        def handle_starttag(self, tag, attrs):
+            if tag == "a":
+                self.hrefs += [v for k, v in attrs if k == "href"]
+
+    p = Links()
+    p.feed((out / "index.html").read_text(encoding="utf-8"))
+    recs = [json.loads(x) for x in (out / "records.jsonl").read_text().splitlines()]
+    assert len(p.hrefs) == len(recs) == 4
+    assert sorted(unquote(h) for h in p.hrefs) == sorted(r["page"] for r in recs)
+    for h in p.hrefs:
+        page = out / unquote(h)
+        assert page.is_file() and page.resolve().parent == (out / "items").resolve()
+        assert "<html" in page.read_text(encoding="utf-8").lower()
+    # an older run's records without pages get them on the next (resumed) run
+    for f in (out / "items").iterdir():
+        f.unlink()
+    (out / "index.html").unlink()
+    s = attrlens.evaluate(ITEMS, methods=["loo", ("lime", {"num_samples": 16})],
+                          metrics=["abpc"], model=tiny_model, out=out, chat=False,
+                          progress=False)
+    assert s.computed == 0 and (out / "index.html").is_file()
+    assert len(list((out / "items").iterdir())) == 4
+
+
+@pytest.mark.integration
+def test_shared_model_call_cache_keeps_results(tiny_model, tmp_path, monkeypatch):
+    """Sharing the evaluation's model calls between an item's methods gives the same records
+    (scores, metrics, cost) as computing every record alone, with fewer evaluations."""
+    from attrlens.evaluation import runner as runner_mod
+
+    kw = {"methods": ["loo", ("lime", {"num_samples": 24}), ("kernel_shap", {"budget": 24})],
+          "metrics": ["morf", "lerf", "abpc", "r2", "topk", "lds"], "model": tiny_model,
+          "n_test": 32, "n_calibration": 8, "n_lds": 24, "chat": False, "progress": False,
+          "report": False}
+    calls = {"shared": 0}
+    orig = runner_mod._SharedValues.compute
+
+    def counting(self, masks):
+        calls["shared"] += sum(self.key(r) not in self.table for r in masks)
+        return orig(self, masks)
+
+    monkeypatch.setattr(runner_mod._SharedValues, "compute", counting)
+    a = attrlens.evaluate(ITEMS, out=tmp_path / "shared", share_cache=True, **kw)
+    b = attrlens.evaluate(ITEMS, out=tmp_path / "alone", share_cache=False, **kw)
+    def recs(name):
+        lines = (tmp_path / name / "records.jsonl").read_text().splitlines()
+        return {r["key"]: r for r in map(json.loads, lines)}
+
+    ra, rb = recs("shared"), recs("alone")
+    assert set(ra) == set(rb) and len(ra) == 6  # the cache is not part of the key
+    for k in ra:
+        assert ra[k]["output_text"] == rb[k]["output_text"]
+        # the explainers' own games are never shared: their counters match (time aside)
+        assert {**ra[k]["cost"], "wall_s": 0} == {**rb[k]["cost"], "wall_s": 0}
+        for m, v in ra[k]["metrics"].items():
+            assert v == pytest.approx(rb[k]["metrics"][m], rel=1e-6, abs=1e-9), m
+        sa = json.loads((tmp_path / "shared" / ra[k]["attribution"]).read_text())["scores"]
+        sb = json.loads((tmp_path / "alone" / rb[k]["attribution"]).read_text())["scores"]
+        assert np.allclose(sa, sb, rtol=1e-6, atol=1e-9)
+    for m in a.table:
+        for k in a.table[m]:
+            assert a.table[m][k]["mean"] == pytest.approx(b.table[m][k]["mean"], rel=1e-6,
+                                                          abs=1e-9, nan_ok=True)
+    # loo and lime share a target and masker (nll, delete), kernel_shap has its own
+    # (logprob, replace): per item, loo scores its test + calibration + LDS + top-k masks,
+    # lime only its own top-k sets (its test and LDS masks come from the table), kernel_shap
+    # its test + LDS + top-k masks. Unshared, lime would add 32 + 24 more per item.
+    r = 9  # top-k sets of the 10-word item at most (r_max = min(10, n - 1))
+    shared_bound = (32 + 8 + 24 + r) + r + (32 + 24 + r)
+    assert 0 < calls["shared"] <= len(ITEMS) * shared_bound

@@ -19,9 +19,20 @@ morf_regen, ...   the same with greedy regeneration and 100·(1-cos) of MiniLM e
 r2                faithfulness R² on uniform test masks (§5.2; surrogate or calibrated) on the
                   method's own target
 topk              mean over r = 1..10 of the top-k removal change Δ_r (§5.4)
+lds               ContextCite's linear datamodeling score: Spearman ρ between Σ_i s_i z_i and
+                  the method's own target on ``n_lds`` held-out ablations (keep-prob. 1/2)
 auroc, r_precision, recall_at_2, recall_at_5, mrr
                   supporting-feature recovery against the item's gold features (§5.5)
 ================  =============================================================================
+
+Model-call cache: within one item, the evaluation's games are shared by the methods (the
+explained output is generated once; the MoRF/LeRF game, the values of the R²/LDS/top-k masks
+per target and masker, and the regenerations are memoised across methods). The explainers'
+own games are never shared, so a record's scores and cost do not depend on what ran before it;
+``share_cache=False`` turns the sharing off (same numbers, more model calls).
+
+Reports: each record's attribution page is written to ``DIR/items/`` and ``DIR/index.html``
+links them (``report=False`` skips both).
 
 Backends: ``local`` (in process, the default) and ``ray`` (an actor pool of ``workers``
 actors, each loading the model once; a local Ray, or a cluster by ``address``).
@@ -36,11 +47,12 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
 from ..errors import ParameterError, unknown_name_message
+from ..games import Game
 from ..params import check_param
 from .datasets import EvalItem, load_items
 from .store import ResultsStore, record_key
@@ -51,7 +63,7 @@ if TYPE_CHECKING:
 CURVE_METRICS = ("morf", "lerf", "abpc")
 REGEN_METRICS = ("morf_regen", "lerf_regen", "abpc_regen")
 GOLD_METRICS = ("auroc", "r_precision", "recall_at_2", "recall_at_5", "mrr")
-METRICS = CURVE_METRICS + REGEN_METRICS + ("r2", "topk") + GOLD_METRICS
+METRICS = CURVE_METRICS + REGEN_METRICS + ("r2", "topk", "lds") + GOLD_METRICS
 EVAL_MASKERS = ("attention_off", "delete", "replace")
 BINS = ((8, 15), (16, 31), (32, 63), (64, 127))
 BACKENDS = ("local", "ray")
@@ -150,6 +162,7 @@ class EvalConfig:
 
     masker:          the evaluation's masking for the perturbation curves (GiLOT: attention_off)
     n_test, n_calibration: R² test / calibration masks (§5.2)
+    n_lds:           held-out ablations of the LDS (keep-probability 1/2, ContextCite)
     r_max:           top-k removal sizes 1..r_max
     max_new_tokens:  length of the explained output when the model generates it
     regen_max_new_tokens: length of each regeneration (regenerate curves)
@@ -166,12 +179,20 @@ class EvalConfig:
     regen_max_new_tokens: int = 32
     auc: str = "mean"
     chat: bool | None = None
+    n_lds: int = 100
+
+    #: settings added after the first stores were written: they enter the record key only
+    #: when they differ from their default, so older stores stay valid
+    LATER_FIELDS: ClassVar[dict[str, Any]] = {"n_lds": 100}
 
     def key_fields(self) -> dict[str, Any]:
         """The settings that change a record's numbers (the metric list is not one: a record
         with more metrics than asked serves a later run with fewer)."""
         d = asdict(self)
         d.pop("metrics")
+        for k, default in self.LATER_FIELDS.items():
+            if d.get(k) == default:
+                d.pop(k)
         return d
 
 
@@ -214,9 +235,11 @@ class ItemRunner:
     """Computes records for one model (one per process or Ray actor; loads the model once).
 
     model: a loaded HFModel, a model path, or None (the embedded default model)
+    share_cache: share the evaluation's model calls between the methods of an item
     """
 
-    def __init__(self, model: Any, config: EvalConfig, seed: int):
+    def __init__(self, model: Any, config: EvalConfig, seed: int, *,
+                 share_cache: bool = True):
         from ..api import load_model
         from ..models.hf import HFModel
 
@@ -230,8 +253,21 @@ class ItemRunner:
         self.model = model
         self.config = config
         self.seed = seed
+        self.share_cache = share_cache
         self._outputs: dict[str, str] = {}
         self._encoder: Any = None
+        self._cache_item: str | None = None  # the item (sha256) the caches below belong to
+        self._curve_game: Game | None = None
+        self._values: dict[tuple[str, str], dict[bytes, float]] = {}
+        self._texts: dict[bytes, str] = {}
+
+    def _item_cache(self, item: EvalItem) -> None:
+        """Start the per-item caches afresh when the item changes (bounded memory)."""
+        if self._cache_item != item.sha256:
+            self._cache_item = item.sha256
+            self._curve_game = None
+            self._values = {}
+            self._texts = {}
 
     # ---- preparation -------------------------------------------------------------------
     def _spans(self, item: EvalItem) -> list[tuple[int, int]] | None:
@@ -264,10 +300,27 @@ class ItemRunner:
         """The explained output: the item's, or the model's greedy answer (cached)."""
         if item.output is not None:
             return item.output
-        if item.id not in self._outputs:
+        key = item.sha256
+        if key not in self._outputs or not self.share_cache:
             inputs, _ = self._prepare(item, target="nll", masker="delete", output=None)
-            self._outputs[item.id] = inputs.output_text
-        return self._outputs[item.id]
+            self._outputs = {key: inputs.output_text}  # one item at a time
+        return self._outputs[key]
+
+    def _eval_game(self, item: EvalItem, output: str) -> Game:
+        """The MoRF/LeRF game (nll target, the evaluation's masker), shared within an item."""
+        if self.share_cache and self._curve_game is not None:
+            return self._curve_game
+        _, game = self._prepare(item, target="nll", masker=self.config.masker, output=output)
+        if self.share_cache:
+            self._curve_game = game
+        return game
+
+    def _metric_game(self, scoring: Game, target: str, masker: str) -> Game:
+        """The game the R²/LDS/top-k masks are scored on: the explainer's own scoring game,
+        behind a value table shared by the item's methods with the same target and masker."""
+        if not self.share_cache:
+            return scoring
+        return _SharedValues(scoring, self._values.setdefault((target, masker), {}))
 
     # ---- one record --------------------------------------------------------------------
     def run(self, item: EvalItem, spec: MethodSpec, key: str) -> dict[str, Any]:
@@ -276,6 +329,7 @@ class ItemRunner:
 
         cfg = self.config
         t0 = time.perf_counter()
+        self._item_cache(item)
         output = self.output_text(item)
         explainer = make_explainer(spec.name, dict(spec.param_dict))
         if explainer.needs == "closed_model":
@@ -298,27 +352,32 @@ class ItemRunner:
         if want & set(CURVE_METRICS):
             from .curves import fixed_output_curves
 
-            _, eval_game = self._prepare(item, target="nll", masker=cfg.masker, output=output)
-            cur = fixed_output_curves(scores, eval_game, auc_kind=cfg.auc)
+            cur = fixed_output_curves(scores, self._eval_game(item, output), auc_kind=cfg.auc)
             metrics.update(morf=cur.morf, lerf=cur.lerf, abpc=cur.abpc)
             extra["curves"] = cur.as_dict()
         if want & set(REGEN_METRICS):
             cur = self._regen_curves(item, scores, output)
             metrics.update(morf_regen=cur.morf, lerf_regen=cur.lerf, abpc_regen=cur.abpc)
             extra["regen_curves"] = cur.as_dict()
+        mgame = self._metric_game(scoring, explainer.default_target, explainer.default_masker)
         if "r2" in want:
             from .faithfulness import faithfulness_r2
 
-            f = faithfulness_r2(attr, scoring, n_test=cfg.n_test, seed=self.seed,
+            f = faithfulness_r2(attr, mgame, n_test=cfg.n_test, seed=self.seed,
                                 n_calibration=cfg.n_calibration)
             metrics["r2"] = f.r2
             extra["r2_kind"] = f.kind
         if "topk" in want:
             from .faithfulness import topk_removal
 
-            deltas = topk_removal(attr, scoring, r_max=cfg.r_max)
+            deltas = topk_removal(attr, mgame, r_max=cfg.r_max)
             metrics["topk"] = float(np.mean(deltas))
             extra["topk_curve"] = [float(x) for x in deltas]
+        if "lds" in want:
+            from .lds import linear_datamodeling_score
+
+            metrics["lds"] = linear_datamodeling_score(scores, mgame, n_test=cfg.n_lds,
+                                                       seed=self.seed).value
         if want & set(GOLD_METRICS):
             metrics.update(self._gold_metrics(item, scores))
 
@@ -371,7 +430,7 @@ class ItemRunner:
 
         inputs, _ = self._prepare(item, target="nll", masker=self.config.masker, output=output)
         model, masker = self.model, inputs.masker
-        memo: dict[bytes, str] = {}
+        memo = self._texts if self.share_cache else {}
 
         def generate(masks: np.ndarray) -> list[str]:
             out = []
@@ -387,6 +446,23 @@ class ItemRunner:
         if self._encoder is None:
             self._encoder = MiniLMWordEmbeddings()
         return regenerate_curves(scores, generate, self._encoder.vectors, auc_kind=self.config.auc)
+
+
+class _SharedValues(Game):
+    """Scalar values of ``base`` behind a table shared by several records of one item (a
+    mask another method's metrics already scored is not evaluated again)."""
+
+    def __init__(self, base: Game, table: dict[bytes, float]):
+        super().__init__(None, base.n_features)
+        self.base, self.table = base, table
+
+    def compute(self, masks: np.ndarray) -> list[Any]:
+        keys = [self.key(r) for r in masks]
+        miss = [i for i, k in enumerate(keys) if k not in self.table]
+        if miss:
+            for i, v in zip(miss, self.base(masks[miss])):
+                self.table[keys[i]] = float(v)
+        return [self.table[k] for k in keys]
 
 
 # ---- progress ------------------------------------------------------------------------------
@@ -544,7 +620,8 @@ def _run_local(runner: ItemRunner, groups: list[Group],
 
 
 def _run_ray(model: Any, config: EvalConfig, seed: int, groups: list[Group], *, workers: int,
-             address: str | None, on_record: Callable[[dict[str, Any]], None]) -> None:
+             address: str | None, on_record: Callable[[dict[str, Any]], None],
+             share_cache: bool = True) -> None:
     """Items spread over an actor pool of ``workers`` Ray actors (each loads the model once).
 
     A loaded model is shipped once through the object store; a path or None is loaded by
@@ -569,7 +646,8 @@ def _run_ray(model: Any, config: EvalConfig, seed: int, groups: list[Group], *, 
 
         model_arg = ray.put(model) if isinstance(model, HFModel) else model
         actor_cls = ray.remote(num_cpus=1)(ItemRunner)
-        actors = [actor_cls.remote(model_arg, config, seed) for _ in range(workers)]
+        actors = [actor_cls.remote(model_arg, config, seed, share_cache=share_cache)
+                  for _ in range(workers)]
         pool = ActorPool(actors)
         for recs in pool.map_unordered(lambda a, g: a.run_group.remote(g[0], g[1]), groups):
             for r in recs:
@@ -602,6 +680,9 @@ def evaluate(
     auc: str = "mean",
     chat: bool | None = None,
     kind: str = "auto",
+    n_lds: int = 100,
+    share_cache: bool = True,
+    report: bool = True,
     progress: bool = True,
 ) -> Summary:
     """Run ``methods`` over the items of ``data``, score them with ``metrics``, aggregate.
@@ -611,10 +692,14 @@ def evaluate(
     methods:  names, (name, params) pairs, or "loo,lime:num_samples=64"
     metrics:  names from METRICS, or a comma-separated string
     model:    a loaded model, a path, or None (the embedded model)
-    out:      output directory (records.jsonl, summary.json, summary.md, attributions/);
-              an existing one is resumed: finished records are not recomputed
+    out:      output directory (records.jsonl, summary.json, summary.md, attributions/,
+              items/ and index.html); an existing one is resumed: finished records are not
+              recomputed
     backend:  "local" or "ray" (``workers`` actors; ``address`` of a cluster, else local Ray)
     masker:   the evaluation's masking for MoRF/LeRF (attention_off, delete, replace)
+    n_lds:    held-out ablations of the ``lds`` metric
+    share_cache: share the evaluation's model calls between an item's methods (same numbers)
+    report:   write each record's attribution page (items/) and index.html linking them
     Returns the :class:`Summary` (also written to ``out``).
     """
     check_param("evaluate", "seed", seed, kind=int, low=0)
@@ -627,6 +712,9 @@ def evaluate(
     check_param("evaluate", "r_max", r_max, kind=int, low=1)
     check_param("evaluate", "max_new_tokens", max_new_tokens, kind=int, low=1)
     check_param("evaluate", "regen_max_new_tokens", regen_max_new_tokens, kind=int, low=1)
+    check_param("evaluate", "n_lds", n_lds, kind=int, low=2)
+    check_param("evaluate", "share_cache", share_cache, kind=bool)
+    check_param("evaluate", "report", report, kind=bool)
     specs = parse_methods(methods)
     metric_names = parse_metrics(metrics)
     from ..registry import get_explainer
@@ -637,12 +725,12 @@ def evaluate(
     config = EvalConfig(metrics=metric_names, granularity=granularity, masker=masker,
                         n_test=n_test, n_calibration=n_calibration, r_max=r_max,
                         max_new_tokens=max_new_tokens, regen_max_new_tokens=regen_max_new_tokens,
-                        auc=auc, chat=chat)
+                        auc=auc, chat=chat, n_lds=n_lds)
     store = ResultsStore(out)
     out_dir = store.dir
 
     # the driver loads the model too (for its hash; in-process runs use it)
-    runner = ItemRunner(model, config, seed)
+    runner = ItemRunner(model, config, seed, share_cache=share_cache)
     mhash = model_hash(runner.model)
     groups: list[Group] = []
     n_skip = 0
@@ -670,6 +758,8 @@ def evaluate(
             (att_dir / name).write_text(json.dumps(data_, indent=1, allow_nan=True),
                                         encoding="utf-8")
             rec["attribution"] = f"attributions/{name}"
+            if report:
+                rec["page"] = _write_page(out_dir, rec, data_)
         store.append(rec)
         prog.step(rec)
 
@@ -677,7 +767,7 @@ def evaluate(
         _run_local(runner, groups, on_record)
     else:
         _run_ray(runner.model, config, seed, groups, workers=workers, address=address,
-                 on_record=on_record)
+                 on_record=on_record, share_cache=share_cache)
 
     wanted = set(keys)
     records = [r for r in store.records() if r["key"] in wanted]
@@ -696,7 +786,44 @@ def evaluate(
         json.dumps(summary.to_dict(), indent=2, sort_keys=True, allow_nan=True) + "\n",
         encoding="utf-8")
     (out_dir / "summary.md").write_text(summary.markdown(), encoding="utf-8")
+    if report:
+        write_index(out_dir, records, title=f"attrlens evaluate · {settings['data']}")
     return summary
+
+
+# ---- per-item reports ----------------------------------------------------------------------
+def _write_page(out_dir: Path, rec: dict[str, Any], data: dict[str, Any]) -> str:
+    """Write a record's attribution page (``items/<name>.html``); returns its relative path."""
+    from ..report.export import attribution_from_record
+    from ..report.html import record_page_name, render_html
+
+    rel = f"items/{record_page_name(rec)}"
+    (out_dir / "items").mkdir(exist_ok=True)
+    page = render_html(attribution_from_record({**rec, "attribution_data": data}))
+    (out_dir / rel).write_text(page, encoding="utf-8")
+    return rel
+
+
+def write_index(out_dir: str | Path, records: list[dict[str, Any]], *,
+                title: str = "attrlens evaluate") -> Path:
+    """``DIR/index.html``: one row per record linking its page; records of older runs without
+    a page get one from their saved attribution (``attributions/…json``) first."""
+    from ..report.html import index_html
+
+    out_dir = Path(out_dir)
+    rows = []
+    for r in records:
+        page = r.get("page")
+        if not page or not (out_dir / page).is_file():
+            att = out_dir / str(r.get("attribution", ""))
+            if not r.get("attribution") or not att.is_file():
+                continue  # nothing to show for this record
+            data = json.loads(att.read_text(encoding="utf-8"))
+            page = _write_page(out_dir, r, data)
+        rows.append({**r, "page": page})
+    index = out_dir / "index.html"
+    index.write_text(index_html(rows, title=title), encoding="utf-8")
+    return index
 
 
 __all__ = [
@@ -708,4 +835,5 @@ __all__ = [
     "parse_methods",
     "parse_metrics",
     "summarize_records",
+    "write_index",
 ]
