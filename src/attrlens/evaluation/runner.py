@@ -163,6 +163,9 @@ class EvalConfig:
     masker:          the evaluation's masking for the perturbation curves (GiLOT: attention_off)
     n_test, n_calibration: R² test / calibration masks (§5.2)
     n_lds:           held-out ablations of the LDS (keep-probability 1/2, ContextCite)
+    target, method_masker: the explained value and the explainers' masking for every method
+                     (None = each method's own default; one common game for all methods, as
+                     in the SPEX R² protocol, needs both set)
     r_max:           top-k removal sizes 1..r_max
     max_new_tokens:  length of the explained output when the model generates it
     regen_max_new_tokens: length of each regeneration (regenerate curves)
@@ -180,10 +183,13 @@ class EvalConfig:
     auc: str = "mean"
     chat: bool | None = None
     n_lds: int = 100
+    target: str | None = None
+    method_masker: str | None = None
 
     #: settings added after the first stores were written: they enter the record key only
     #: when they differ from their default, so older stores stay valid
-    LATER_FIELDS: ClassVar[dict[str, Any]] = {"n_lds": 100}
+    LATER_FIELDS: ClassVar[dict[str, Any]] = {"n_lds": 100, "target": None,
+                                              "method_masker": None}
 
     def key_fields(self) -> dict[str, Any]:
         """The settings that change a record's numbers (the metric list is not one: a record
@@ -271,18 +277,11 @@ class ItemRunner:
 
     # ---- preparation -------------------------------------------------------------------
     def _spans(self, item: EvalItem) -> list[tuple[int, int]] | None:
-        """The item's spans in the prompt the model sees (shifted into a chat rendering)."""
+        """The item's spans: char offsets into the user's text, which is what ``prepare``
+        takes (it maps them into a chat rendering itself)."""
         if item.spans is None:
             return None
-        spans = [tuple(s) for s in item.spans]
-        if isinstance(item.prompt, str):
-            from ..text.prompt import build_prompt
-            from .hotpotqa import spans_in
-
-            pr = build_prompt(item.prompt, self.model, chat=self.config.chat)
-            if pr.chat:
-                spans = spans_in(pr.text, item.prompt, spans)
-        return spans
+        return [(int(s[0]), int(s[1])) for s in item.spans]
 
     def _prepare(self, item: EvalItem, *, target: str, masker: str, output: str | None
                  ) -> tuple[Any, Any]:
@@ -336,8 +335,10 @@ class ItemRunner:
             raise ParameterError(
                 f"The method '{spec.name}' explains a closed model; evaluate runs local models."
             )
-        inputs, scoring = self._prepare(item, target=explainer.default_target,
-                                        masker=explainer.default_masker, output=output)
+        target = cfg.target or explainer.default_target
+        method_masker = cfg.method_masker or explainer.default_masker
+        inputs, scoring = self._prepare(item, target=target, masker=method_masker,
+                                        output=output)
         n = inputs.n_features
         explainer.validate(n)
         game = explainer.make_game(inputs, scoring, closed=None)
@@ -359,7 +360,7 @@ class ItemRunner:
             cur = self._regen_curves(item, scores, output)
             metrics.update(morf_regen=cur.morf, lerf_regen=cur.lerf, abpc_regen=cur.abpc)
             extra["regen_curves"] = cur.as_dict()
-        mgame = self._metric_game(scoring, explainer.default_target, explainer.default_masker)
+        mgame = self._metric_game(scoring, target, method_masker)
         if "r2" in want:
             from .faithfulness import faithfulness_r2
 
@@ -681,6 +682,8 @@ def evaluate(
     chat: bool | None = None,
     kind: str = "auto",
     n_lds: int = 100,
+    target: str | None = None,
+    method_masker: str | None = None,
     share_cache: bool = True,
     report: bool = True,
     progress: bool = True,
@@ -698,6 +701,8 @@ def evaluate(
     backend:  "local" or "ray" (``workers`` actors; ``address`` of a cluster, else local Ray)
     masker:   the evaluation's masking for MoRF/LeRF (attention_off, delete, replace)
     n_lds:    held-out ablations of the ``lds`` metric
+    target, method_masker: the value explained and the explainers' masking for all methods
+              (None = each method's default; R², LDS and top-k are measured on that game)
     share_cache: share the evaluation's model calls between an item's methods (same numbers)
     report:   write each record's attribution page (items/) and index.html linking them
     Returns the :class:`Summary` (also written to ``out``).
@@ -713,6 +718,8 @@ def evaluate(
     check_param("evaluate", "max_new_tokens", max_new_tokens, kind=int, low=1)
     check_param("evaluate", "regen_max_new_tokens", regen_max_new_tokens, kind=int, low=1)
     check_param("evaluate", "n_lds", n_lds, kind=int, low=2)
+    check_param("evaluate", "target", target, kind=str, none_ok=True)
+    check_param("evaluate", "method_masker", method_masker, kind=str, none_ok=True)
     check_param("evaluate", "share_cache", share_cache, kind=bool)
     check_param("evaluate", "report", report, kind=bool)
     specs = parse_methods(methods)
@@ -725,7 +732,8 @@ def evaluate(
     config = EvalConfig(metrics=metric_names, granularity=granularity, masker=masker,
                         n_test=n_test, n_calibration=n_calibration, r_max=r_max,
                         max_new_tokens=max_new_tokens, regen_max_new_tokens=regen_max_new_tokens,
-                        auc=auc, chat=chat, n_lds=n_lds)
+                        auc=auc, chat=chat, n_lds=n_lds, target=target,
+                        method_masker=method_masker)
     store = ResultsStore(out)
     out_dir = store.dir
 
