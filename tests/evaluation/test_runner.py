@@ -271,3 +271,17 @@ def test_shared_model_call_cache_keeps_results(tiny_model, tmp_path, monkeypatch
     r = 9  # top-k sets of the 10-word item at most (r_max = min(10, n - 1))
     shared_bound = (32 + 8 + 24 + r) + r + (32 + 24 + r)
     assert 0 < calls["shared"] <= len(ITEMS) * shared_bound
+
+
+@pytest.mark.integration
+def test_item_spans_are_user_text_offsets_under_a_chat_template(default_model, tmp_path):
+    """Spans index the raw prompt; with a chat template the features are still those words."""
+    prompt = "Review: good film\nAnswer:"
+    item = {"id": "r", "prompt": prompt, "spans": [[8, 12], [13, 17]], "output": " yes"}
+    attrlens.evaluate([item], methods=["loo"], metrics=["abpc"], model=default_model,
+                      out=tmp_path / "o", chat=True, progress=False, report=False)
+    rec = json.loads((tmp_path / "o" / "records.jsonl").read_text())
+    att = json.loads((tmp_path / "o" / rec["attribution"]).read_text())
+    assert rec["n_features"] == 2
+    assert [f["label"].strip() for f in att["input"]["features"]] == ["good", "film"]
+    assert "<|im_start|>" in att["input"]["text"]  # the chat rendering was used
