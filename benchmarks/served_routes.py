@@ -11,7 +11,8 @@ random others). Per item one greedy served call gives the output o; then
     rope_lime_kK   budget 64 surrogate evaluations, 0 served calls
     gsmile         budget ``--gsmile-budget`` regenerations
 
-Reported per method: served API calls (excluding the one for o and the route probe),
+Reported per method: served API calls (served_loo: with the route probe and the output's
+/tokenize; the one call for o excluded),
 wall time, and the Spearman correlation of its scores with the served LOO.
 
     .venv/bin/python benchmarks/served_routes.py --n 5 --out /tmp/served.json
@@ -44,7 +45,7 @@ def main() -> None:
 
     import attrlens
     from attrlens import api
-    from attrlens.evaluation.hotpotqa import load_hotpotqa, spans_in
+    from attrlens.evaluation.hotpotqa import load_hotpotqa
     from attrlens.models.cache import CallCache
     from attrlens.models.openai import OpenAIBackend
     from attrlens.models.server import LlamaServer
@@ -58,11 +59,9 @@ def main() -> None:
                            timeout=600.0)
         for idx, it in enumerate(items):
             prompt, spans = it.prompt()
-            rendered = model.render_chat([{"role": "user", "content": prompt}])
-            spans_r = spans_in(rendered, prompt, spans)
             out = be.chat([{"role": "user", "content": prompt}],
                           max_tokens=args.max_new_tokens, temperature=0.0).text
-            base = {"model": model, "granularity": "span", "spans": spans_r, "output": out,
+            base = {"model": model, "granularity": "span", "spans": spans, "output": out,
                         "max_new_tokens": args.max_new_tokens, "target_backend": be}
             runs = {"served_loo": {"method": "loo", "route": "forced_tokens"}}
             for k in (1, 3, 5):
