@@ -285,3 +285,33 @@ def test_item_spans_are_user_text_offsets_under_a_chat_template(default_model, t
     assert rec["n_features"] == 2
     assert [f["label"].strip() for f in att["input"]["features"]] == ["good", "film"]
     assert "<|im_start|>" in att["input"]["text"]  # the chat rendering was used
+
+
+def test_closed_model_methods_need_a_served_model(tmp_path):
+    with pytest.raises(ParameterError, match="target_url"):
+        attrlens.evaluate(ITEMS, methods=["gsmile"], out=tmp_path / "o")
+    with pytest.raises(ParameterError, match="both"):
+        attrlens.evaluate(ITEMS, methods=["loo"], out=tmp_path / "o", target_url="http://x/v1")
+
+
+@pytest.mark.integration
+def test_served_model_answer_is_explained_by_gsmile_and_local_methods(tiny_model, fake_openai,
+                                                                     tmp_path, monkeypatch):
+    """With a served model, its greedy answer is every item's explained output; gsmile
+    queries it, loo explains the same answer on the local model; the key names the model."""
+    monkeypatch.setenv("ATTRLENS_CACHE_DIR", str(tmp_path / "cache"))
+    item = {"id": "q", "prompt": "Name the capital city of France please"}
+    kw = {"methods": ["loo", "gsmile"], "metrics": ["abpc"], "model": tiny_model,
+          "target_url": fake_openai.base_url, "target_model": "fake-model", "chat": False,
+          "max_new_tokens": 4, "progress": False}
+    s = attrlens.evaluate([item], out=tmp_path / "o", **kw)
+    recs = [json.loads(x) for x in (tmp_path / "o" / "records.jsonl").read_text().splitlines()]
+    assert {r["method"] for r in recs} == {"loo", "gsmile"} and s.computed == 2
+    answer = "echo: Name the capital"  # the fake server echoes the prompt (max_tokens words)
+    assert all(r["output_text"] == answer for r in recs)
+    g = next(r for r in recs if r["method"] == "gsmile")
+    assert g["cost"]["api_calls"] > 0 and g["eval"]["target_model"] == "fake-model"
+    assert np.isfinite(g["metrics"]["abpc"])
+    # a resumed run (another loopback port would do too: the URL is not in the key)
+    again = attrlens.evaluate([item], out=tmp_path / "o", **kw)
+    assert again.computed == 0 and again.skipped == 2

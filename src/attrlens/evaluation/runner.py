@@ -166,6 +166,8 @@ class EvalConfig:
     target, method_masker: the explained value and the explainers' masking for every method
                      (None = each method's own default; one common game for all methods, as
                      in the SPEX R² protocol, needs both set)
+    target_model:    the served model's name when one is given (its answer is explained; the
+                     closed-model methods query it; URL not in the key: loopback ports vary)
     r_max:           top-k removal sizes 1..r_max
     max_new_tokens:  length of the explained output when the model generates it
     regen_max_new_tokens: length of each regeneration (regenerate curves)
@@ -185,11 +187,12 @@ class EvalConfig:
     n_lds: int = 100
     target: str | None = None
     method_masker: str | None = None
+    target_model: str | None = None
 
     #: settings added after the first stores were written: they enter the record key only
     #: when they differ from their default, so older stores stay valid
     LATER_FIELDS: ClassVar[dict[str, Any]] = {"n_lds": 100, "target": None,
-                                              "method_masker": None}
+                                              "method_masker": None, "target_model": None}
 
     def key_fields(self) -> dict[str, Any]:
         """The settings that change a record's numbers (the metric list is not one: a record
@@ -242,10 +245,12 @@ class ItemRunner:
 
     model: a loaded HFModel, a model path, or None (the embedded default model)
     share_cache: share the evaluation's model calls between the methods of an item
+    target_url:  the served model's API root (with ``config.target_model``): the explained
+                 output is its greedy answer, and closed-model methods (gsmile) query it
     """
 
     def __init__(self, model: Any, config: EvalConfig, seed: int, *,
-                 share_cache: bool = True):
+                 share_cache: bool = True, target_url: str | None = None):
         from ..api import load_model
         from ..models.hf import HFModel
 
@@ -260,6 +265,8 @@ class ItemRunner:
         self.config = config
         self.seed = seed
         self.share_cache = share_cache
+        self.target_url = target_url
+        self._backend_obj: Any = None
         self._outputs: dict[str, str] = {}
         self._encoder: Any = None
         self._cache_item: str | None = None  # the item (sha256) the caches below belong to
@@ -283,8 +290,18 @@ class ItemRunner:
             return None
         return [(int(s[0]), int(s[1])) for s in item.spans]
 
-    def _prepare(self, item: EvalItem, *, target: str, masker: str, output: str | None
-                 ) -> tuple[Any, Any]:
+    def backend(self) -> Any:
+        """The served model's OpenAIBackend (None without ``target_url``)."""
+        if self.target_url is None or self.config.target_model is None:
+            return None
+        if self._backend_obj is None:
+            from ..models.openai import OpenAIBackend
+
+            self._backend_obj = OpenAIBackend(self.target_url, self.config.target_model)
+        return self._backend_obj
+
+    def _prepare(self, item: EvalItem, *, target: str, masker: str, output: str | None,
+                 backend: Any = None) -> tuple[Any, Any]:
         from ..api import prepare
 
         prompt = item.prompt if isinstance(item.prompt, str) else [dict(m) for m in item.prompt]
@@ -293,15 +310,18 @@ class ItemRunner:
             granularity=item.granularity or self.config.granularity,
             output=output, target=target, masker=masker, spans=self._spans(item),
             chat=self.config.chat, max_new_tokens=self.config.max_new_tokens,
+            target_backend=backend,
         )
 
     def output_text(self, item: EvalItem) -> str:
-        """The explained output: the item's, or the model's greedy answer (cached)."""
+        """The explained output: the item's, or the greedy answer (cached) of the served model
+        when there is one, else of the local model."""
         if item.output is not None:
             return item.output
         key = item.sha256
         if key not in self._outputs or not self.share_cache:
-            inputs, _ = self._prepare(item, target="nll", masker="delete", output=None)
+            inputs, _ = self._prepare(item, target="nll", masker="delete", output=None,
+                                      backend=self.backend())
             self._outputs = {key: inputs.output_text}  # one item at a time
         return self._outputs[key]
 
@@ -331,19 +351,23 @@ class ItemRunner:
         self._item_cache(item)
         output = self.output_text(item)
         explainer = make_explainer(spec.name, dict(spec.param_dict))
-        if explainer.needs == "closed_model":
+        backend = self.backend() if explainer.needs == "closed_model" else None
+        if explainer.needs == "closed_model" and backend is None:
             raise ParameterError(
-                f"The method '{spec.name}' explains a closed model; evaluate runs local models."
+                f"The method '{spec.name}' explains a closed model: give target_url and "
+                f"target_model (a served model, e.g. `attrlens serve`)."
             )
+        api_before = dict(getattr(backend, "counters", {}) or {})
         target = cfg.target or explainer.default_target
         method_masker = cfg.method_masker or explainer.default_masker
         inputs, scoring = self._prepare(item, target=target, masker=method_masker,
-                                        output=output)
+                                        output=output, backend=backend)
         n = inputs.n_features
         explainer.validate(n)
-        game = explainer.make_game(inputs, scoring, closed=None)
+        game = explainer.make_game(inputs, scoring, closed=backend)
         exp = explainer.explain(game, seed=self.seed)
-        attr = finish(explainer, inputs, scoring, exp, t_start=t0, seed=self.seed)
+        attr = finish(explainer, inputs, scoring, exp, t_start=t0, seed=self.seed,
+                      target_backend=backend, api_before=api_before)
         t_explain = time.perf_counter() - t0
 
         metrics: dict[str, float] = {}
@@ -622,7 +646,7 @@ def _run_local(runner: ItemRunner, groups: list[Group],
 
 def _run_ray(model: Any, config: EvalConfig, seed: int, groups: list[Group], *, workers: int,
              address: str | None, on_record: Callable[[dict[str, Any]], None],
-             share_cache: bool = True) -> None:
+             share_cache: bool = True, target_url: str | None = None) -> None:
     """Items spread over an actor pool of ``workers`` Ray actors (each loads the model once).
 
     A loaded model is shipped once through the object store; a path or None is loaded by
@@ -647,7 +671,8 @@ def _run_ray(model: Any, config: EvalConfig, seed: int, groups: list[Group], *, 
 
         model_arg = ray.put(model) if isinstance(model, HFModel) else model
         actor_cls = ray.remote(num_cpus=1)(ItemRunner)
-        actors = [actor_cls.remote(model_arg, config, seed, share_cache=share_cache)
+        actors = [actor_cls.remote(model_arg, config, seed, share_cache=share_cache,
+                                   target_url=target_url)
                   for _ in range(workers)]
         pool = ActorPool(actors)
         for recs in pool.map_unordered(lambda a, g: a.run_group.remote(g[0], g[1]), groups):
@@ -684,6 +709,8 @@ def evaluate(
     n_lds: int = 100,
     target: str | None = None,
     method_masker: str | None = None,
+    target_url: str | None = None,
+    target_model: str | None = None,
     share_cache: bool = True,
     report: bool = True,
     progress: bool = True,
@@ -703,6 +730,10 @@ def evaluate(
     n_lds:    held-out ablations of the ``lds`` metric
     target, method_masker: the value explained and the explainers' masking for all methods
               (None = each method's default; R², LDS and top-k are measured on that game)
+    target_url, target_model: a served model (OpenAI-compatible API root and model name):
+              its greedy answer is the explained output of every item without one, and the
+              closed-model methods (gsmile) query it; local methods explain that answer on the
+              local model
     share_cache: share the evaluation's model calls between an item's methods (same numbers)
     report:   write each record's attribution page (items/) and index.html linking them
     Returns the :class:`Summary` (also written to ``out``).
@@ -720,6 +751,11 @@ def evaluate(
     check_param("evaluate", "n_lds", n_lds, kind=int, low=2)
     check_param("evaluate", "target", target, kind=str, none_ok=True)
     check_param("evaluate", "method_masker", method_masker, kind=str, none_ok=True)
+    check_param("evaluate", "target_url", target_url, kind=str, none_ok=True)
+    check_param("evaluate", "target_model", target_model, kind=str, none_ok=True)
+    if (target_url is None) != (target_model is None):
+        raise ParameterError("Give both target_url and target_model (a served model), or "
+                             "neither.")
     check_param("evaluate", "share_cache", share_cache, kind=bool)
     check_param("evaluate", "report", report, kind=bool)
     specs = parse_methods(methods)
@@ -727,18 +763,23 @@ def evaluate(
     from ..registry import get_explainer
 
     for s in specs:
-        get_explainer(s.name)(**{k: v for k, v in s.params})  # unknown names/params fail now
+        ex = get_explainer(s.name)(**{k: v for k, v in s.params})  # unknown names fail now
+        if ex.needs == "closed_model" and target_url is None:
+            raise ParameterError(
+                f"The method '{s.name}' explains a closed model: give target_url and "
+                f"target_model (a served model, e.g. `attrlens serve`)."
+            )
     items = load_items(data, kind=kind, limit=limit)
     config = EvalConfig(metrics=metric_names, granularity=granularity, masker=masker,
                         n_test=n_test, n_calibration=n_calibration, r_max=r_max,
                         max_new_tokens=max_new_tokens, regen_max_new_tokens=regen_max_new_tokens,
                         auc=auc, chat=chat, n_lds=n_lds, target=target,
-                        method_masker=method_masker)
+                        method_masker=method_masker, target_model=target_model)
     store = ResultsStore(out)
     out_dir = store.dir
 
     # the driver loads the model too (for its hash; in-process runs use it)
-    runner = ItemRunner(model, config, seed, share_cache=share_cache)
+    runner = ItemRunner(model, config, seed, share_cache=share_cache, target_url=target_url)
     mhash = model_hash(runner.model)
     groups: list[Group] = []
     n_skip = 0
@@ -775,7 +816,7 @@ def evaluate(
         _run_local(runner, groups, on_record)
     else:
         _run_ray(runner.model, config, seed, groups, workers=workers, address=address,
-                 on_record=on_record, share_cache=share_cache)
+                 on_record=on_record, share_cache=share_cache, target_url=target_url)
 
     wanted = set(keys)
     records = [r for r in store.records() if r["key"] in wanted]
