@@ -222,3 +222,97 @@ def test_embedded_model_every_method(default_model, method):
     a = attrlens.explain("What is the capital of France? Answer with one word.",
                          model=default_model, method=method, max_new_tokens=4)
     assert np.all(np.isfinite(a.scores)) and a.scores.shape == (a.n_features,)
+
+
+# ---- memory plumbing ---------------------------------------------------------------------------
+@pytest.mark.parametrize("method", ["ig", "bta"])
+def test_checkpointing_gives_the_same_attributions(tiny_model, method):
+    kw = {"start_layer": 0} if method == "bta" else {}
+    runs = {}
+    for ck in ("off", "on"):
+        _, game, ex = _game_and_explainer(tiny_model, method, steps=4, checkpoint=ck, **kw)
+        runs[ck] = (ex.explain(game), game)
+    off, on = runs["off"][0], runs["on"][0]
+    np.testing.assert_allclose(on.scores, off.scores, rtol=1e-5, atol=1e-6)
+    assert runs["on"][1].counters["checkpointed_chunks"] >= 1
+    assert runs["off"][1].counters["checkpointed_chunks"] == 0
+    # the layers' forwards are the class's again
+    assert all("forward" not in vars(layer) for layer in tiny_model.decoder.layers)
+
+
+def test_auto_checkpoint_follows_the_activation_budget(tiny_model, monkeypatch):
+    import attrlens.games.whitebox as wbm
+
+    _, game, ex = _game_and_explainer(tiny_model, "ig", steps=4)
+    assert 0 < game.activation_bytes(4) < wbm.ACTIVATION_BUDGET
+    ex.explain(game)
+    assert game.counters["checkpointed_chunks"] == 0
+    monkeypatch.setattr(wbm, "ACTIVATION_BUDGET", 1)
+    _, game, ex = _game_and_explainer(tiny_model, "ig", steps=4)
+    ex.explain(game)
+    assert game.counters["checkpointed_chunks"] == 1
+    with pytest.raises(ParameterError):
+        _explain(tiny_model, "ig", checkpoint="sometimes")
+
+
+def test_lm_head_only_at_output_positions_and_parameters_frozen(tiny_model):
+    """The LM head sees (B, T, d) hidden states (never the prompt positions), and no parameter
+    requires grad while the game runs."""
+    seen = []
+
+    def hook(_m, args, _out):
+        seen.append((tuple(args[0].shape),
+                     any(p.requires_grad for p in tiny_model.model.parameters())))
+
+    inputs, game, ex = _game_and_explainer(tiny_model, "ig", steps=3)
+    h = tiny_model.lm_head.register_forward_hook(hook)
+    try:
+        ex.explain(game)
+    finally:
+        h.remove()
+    t = len(inputs.output_ids)
+    assert seen and all(shape[1] == t for shape, _ in seen), seen
+    assert not any(grad for _, grad in seen)
+    assert all(p.requires_grad for p in tiny_model.model.parameters())
+
+
+_LONG_IG = r'''
+import sys
+import attrlens
+n, steps = int(sys.argv[1]), int(sys.argv[2])
+m = attrlens.load_model(dtype="float32")
+text = "The committee met on Tuesday to discuss the budget for the new library. "
+words = (text * (n // 5)).split(" ")
+lo, hi = 1, len(words)
+while lo < hi:
+    mid = (lo + hi + 1) // 2
+    if len(m.tokenize(" ".join(words[:mid]))[0]) <= n:
+        lo = mid
+    else:
+        hi = mid - 1
+prompt = " ".join(words[:lo])
+a = attrlens.explain(prompt, model=m, method="ig", output=" They asked for more money.",
+                     chat=False, steps=steps)
+print(len(m.tokenize(prompt)[0]), a.cost["model_forwards"], float(abs(a.scores).sum()))
+'''
+
+
+@pytest.mark.integration
+def test_ig_on_2000_token_prompt_within_4_gb():
+    """IG at default settings on a 2,000-token prompt: peak RSS of the whole process (model
+    included) below 4 GB. steps=2 rather than 20 to keep the test near 3 minutes on a 2-core
+    CPU: peak memory is that of one chunk (2 sequences of ~2,010 tokens under the default
+    max_batch_tokens=4096), which is the same chunk shape as every chunk of the 20-step run
+    (benchmarks/RESULTS_gradients.md)."""
+    import resource
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", _LONG_IG, "2000", "2"], capture_output=True,
+                         text=True, timeout=1200, check=False)
+    assert out.returncode == 0, out.stderr[-2000:]
+    n_tok, forwards, total = out.stdout.split()[-3:]
+    assert 1950 <= int(n_tok) <= 2000 and float(total) > 0
+    assert int(forwards) == 2  # one chunk of both path points (+ one for f(x), f(x'))
+    peak_gb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024 / 1e9
+    assert peak_gb < 4.0, f"peak RSS {peak_gb:.2f} GB"

@@ -46,7 +46,7 @@ import numpy as np
 
 from ..errors import ParameterError
 from ..games import BudgetedGame
-from ..games.whitebox import BASELINES, WhiteBoxGame
+from ..games.whitebox import BASELINES, CHECKPOINT, WhiteBoxGame
 from ..params import Param
 from ..registry import register
 from ..solvers.paths import RULES, path_quadrature, rollout_rows
@@ -69,6 +69,12 @@ BASELINE = Param(
 RULE = Param(
     "rule", "middle", "quadrature of the path integral: midpoint, right Riemann (GiLOT Eq. 10) "
     "or Gauss-Legendre (Captum's default)", type=str, choices=RULES,
+)
+CHECKPOINTING = Param(
+    "checkpoint", "auto",
+    "recompute decoder layers in the backward pass to bound activation memory (about one "
+    "extra forward per chunk): on, off, or auto (on when a chunk's activations would exceed "
+    "1 GiB)", type=str, choices=CHECKPOINT,
 )
 PER_TOKEN = Param(
     "per_token", False,
@@ -93,7 +99,8 @@ class _WhiteBoxExplainer(Explainer):
     ) -> WhiteBoxGame:
         return WhiteBoxGame(
             inputs.model, inputs.prompt_ids, inputs.output_ids, inputs.features,
-            max_batch_tokens=int(self.params["max_batch_tokens"]), progress=inputs.progress,
+            max_batch_tokens=int(self.params["max_batch_tokens"]),
+            checkpoint=str(self.params.get("checkpoint", "auto")), progress=inputs.progress,
         )
 
     @staticmethod
@@ -156,7 +163,7 @@ class IntegratedGradientsExplainer(_PathExplainer):
     description = ("Integrated gradients on input embeddings of sum_t log p(o_t) from a zero "
                    "(or pad/mask) baseline; 20 steps.")
     paper = "Sundararajan, Taly & Yan (2017), Axiomatic attribution for deep networks"
-    parameters = (_steps(20), BASELINE, RULE, PER_TOKEN, MAX_BATCH_TOKENS)
+    parameters = (_steps(20), BASELINE, RULE, PER_TOKEN, MAX_BATCH_TOKENS, CHECKPOINTING)
 
     def _explain(self, game: BudgetedGame, *, budget: int | None, seed: int) -> Explanation:
         return self._run(self._white_box(game), per_token=bool(self.params["per_token"]))
@@ -170,7 +177,7 @@ class IntegratedGradientsAvgExplainer(_PathExplainer):
     description = ("IG-AVG (GiLOT baseline): integrated gradients per output token, averaged; "
                    "5 steps.")
     paper = "Li et al. (2024), GiLOT, ICML (baselines, Sec. 4.2)"
-    parameters = (_steps(5), BASELINE, RULE, MAX_BATCH_TOKENS)
+    parameters = (_steps(5), BASELINE, RULE, MAX_BATCH_TOKENS, CHECKPOINTING)
     averaged = True
 
     def _explain(self, game: BudgetedGame, *, budget: int | None, seed: int) -> Explanation:
@@ -184,7 +191,7 @@ class GradientXInputExplainer(_WhiteBoxExplainer):
     name = "grad_x_input"
     description = "Gradient x input on input embeddings of sum_t log p(o_t); one backward."
     paper = "Shrikumar et al. (2016), Not just a black box; Denil et al. (2014)"
-    parameters = (PER_TOKEN, MAX_BATCH_TOKENS)
+    parameters = (PER_TOKEN, MAX_BATCH_TOKENS, CHECKPOINTING)
 
     def _explain(self, game: BudgetedGame, *, budget: int | None, seed: int) -> Explanation:
         wb = self._white_box(game)
@@ -278,7 +285,7 @@ class _BTAExplainer(_WhiteBoxExplainer):
 _BTA_PARAMS = (
     Param("start_layer", None, "first layer of the attention rollout; None = GiLOT's 8, or "
           "the last layer on models with 8 layers or fewer", type=int, low=0, none_ok=True),
-    BASELINE, RULE, MAX_BATCH_TOKENS,
+    BASELINE, RULE, MAX_BATCH_TOKENS, CHECKPOINTING,
 )
 
 

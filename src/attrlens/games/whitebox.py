@@ -12,10 +12,17 @@ belong to a feature move along an integration path; template tokens and the outp
 their embeddings, so completeness holds over the features.
 
 Memory: sequences (one per path point and output-weight row) run in chunks of at most
-``max_batch_tokens`` tokens; model parameters are frozen (``requires_grad=False``) while the
-game runs, gradients are taken for the input embeddings (and the last attention map when
-asked) only, logits are computed at the T output positions only, and every accumulation is
-float32 whatever the model's dtype. Attention maps need eager attention, which the game
+``max_batch_tokens`` tokens (at least one sequence); model parameters are frozen
+(``requires_grad=False``, restored after) while the game runs, gradients are taken for the
+input embeddings (and the last attention map when asked) only, the LM head runs at the T
+output positions only (never (S, vocab) logits for prompt positions; the (B, T, vocab)
+logits of a chunk are freed with it), and every accumulation is float32 whatever the
+model's dtype. Activation memory is bounded by recomputing each decoder layer in the
+backward pass (``torch.utils.checkpoint`` over the layers): ``checkpoint="auto"`` does so
+when a chunk's estimated stored activations (:meth:`WhiteBoxGame.activation_bytes`) exceed
+``ACTIVATION_BUDGET`` bytes, which costs about one extra forward per chunk; then only each
+layer's input (B, S, d) is kept, and a 2,000-token prompt runs IG within a few hundred MB
+above the model. Attention maps need eager attention, which the game
 switches on for those calls only (restoring the model's implementation afterwards).
 
 A white-box game is not evaluated on masks: :meth:`WhiteBoxGame.compute` raises.
@@ -41,6 +48,10 @@ Progress = Callable[[int, int], None]
 
 #: embeddings a path starts from (for the feature tokens)
 BASELINES = ("zero", "pad", "mask")
+#: when decoder layers are recomputed in the backward pass
+CHECKPOINT = ("auto", "on", "off")
+#: stored activations of one chunk above which checkpoint="auto" recomputes layers (bytes)
+ACTIVATION_BUDGET = 1 << 30
 
 
 @dataclass
@@ -64,6 +75,8 @@ class WhiteBoxGame(Game):
     output_ids:       (T,) output token ids (T >= 1)
     features:         the FeatureSet of the prompt (token indices per feature)
     max_batch_tokens: tokens per forward/backward chunk (at least one sequence per chunk)
+    checkpoint:       recompute decoder layers in the backward pass: "on", "off", or "auto"
+                      (on when a chunk's activations would exceed ACTIVATION_BUDGET)
     """
 
     value_kind = "white_box"
@@ -76,6 +89,7 @@ class WhiteBoxGame(Game):
         features: FeatureSet,
         *,
         max_batch_tokens: int = 4096,
+        checkpoint: str = "auto",
         progress: Progress | None = None,
     ):
         super().__init__(None, len(features), progress=progress)
@@ -93,10 +107,16 @@ class WhiteBoxGame(Game):
             raise ParameterError(
                 f"max_batch_tokens must be >= 1. Got {max_batch_tokens!r} instead."
             )
+        if checkpoint not in CHECKPOINT:
+            raise ParameterError(
+                f"checkpoint must be one of {', '.join(CHECKPOINT)}. Got {checkpoint!r} instead."
+            )
         self.features = features
         self.max_batch_tokens = int(max_batch_tokens)
+        self.checkpoint = checkpoint
         self.owner = np.asarray(features.token_features(), dtype=np.int64)
-        self.counters = {"model_forwards": 0, "tokens_processed": 0, "backward_passes": 0}
+        self.counters = {"model_forwards": 0, "tokens_processed": 0, "backward_passes": 0,
+                         "checkpointed_chunks": 0}
 
     # ---- shape helpers -------------------------------------------------------------------
     @property
@@ -179,6 +199,60 @@ class WhiteBoxGame(Game):
                 mdl.set_attn_implementation(old)
             for p, f in zip(mdl.parameters(), flags):
                 p.requires_grad_(f)
+
+    def activation_bytes(self, n_seqs: int, *, eager: bool = False) -> int:
+        """Rough bytes of the activations autograd stores for a chunk of ``n_seqs`` sequences
+        without recomputation: per token and layer about 10 hidden-size and 4
+        intermediate-size vectors (norms, q/k/v/o, gated MLP) in the model's dtype, plus two
+        (heads, S, S) maps (scores, probabilities) when attention is eager."""
+        cfg = self.model.model.config
+        hidden = int(getattr(cfg, "hidden_size", 0) or 0)
+        inter = int(getattr(cfg, "intermediate_size", 0) or 4 * hidden)
+        heads = int(getattr(cfg, "num_attention_heads", 0) or 1)
+        dtype = getattr(self.model.model, "dtype", None)
+        item = int(getattr(dtype, "itemsize", 4))
+        per_tok = (10 * hidden + 4 * inter) * item
+        if eager or getattr(cfg, "_attn_implementation", None) == "eager":
+            per_tok += 2 * heads * self.seq_len * item
+        return int(n_seqs * self.seq_len * self.n_layers * per_tok)
+
+    def uses_checkpoint(self, n_seqs: int, *, eager: bool = False) -> bool:
+        """Whether a chunk of ``n_seqs`` sequences recomputes its decoder layers."""
+        if self.checkpoint != "auto":
+            return self.checkpoint == "on"
+        return self.activation_bytes(n_seqs, eager=eager) > ACTIVATION_BUDGET
+
+    @contextmanager
+    def _recompute_layers(self, on: bool, *, keep_last: bool = False) -> Iterator[None]:
+        """Decoder layers wrapped in non-reentrant ``torch.utils.checkpoint`` while inside
+        (restored after); ``keep_last`` leaves the last layer alone (its attention map is
+        differentiated). Only each layer's input is stored; the layer runs again in the
+        backward pass."""
+        if not on:
+            yield
+            return
+        from functools import partial
+
+        from torch.utils.checkpoint import checkpoint
+
+        layers = list(self._layers())
+        if keep_last:
+            layers = layers[:-1]
+        wrapped = []
+        for layer in layers:
+            had = "forward" in vars(layer)
+            old = vars(layer).get("forward")
+            fwd = old if had else type(layer).forward.__get__(layer)
+            layer.forward = partial(checkpoint, fwd, use_reentrant=False)
+            wrapped.append((layer, had, old))
+        try:
+            yield
+        finally:
+            for layer, had, old in wrapped:
+                if had:
+                    layer.forward = old
+                else:
+                    del layer.forward
 
     def _ids(self, which: str) -> Any:
         import torch
@@ -321,7 +395,10 @@ class WhiteBoxGame(Game):
                     rs = [pairs[i][1] for i in ch]
                     emb = self._points(x, x0, [alphas[k] for k in ks]).detach()
                     emb.requires_grad_(True)
-                    logp = self._forward(emb)  # (B, T)
+                    recompute = self.uses_checkpoint(len(ch), eager=attention)
+                    self.counters["checkpointed_chunks"] += int(recompute)
+                    with self._recompute_layers(recompute, keep_last=attention):
+                        logp = self._forward(emb)  # (B, T)
                     f = (logp * wt[rs]).sum()
                     targets = [emb]
                     if attention:
