@@ -278,7 +278,9 @@ def _masked_prompt() -> MaskedPrompt:
 
 
 def test_served_game_counts_memoises_and_orders_by_prefix(make_fake):
-    fake, be = make_fake({"echo"})
+    fake, _ = make_fake({"echo"})
+    # one request at a time, so the server sees the send order
+    be = OpenAIBackend(fake.url + "/v1", "toy", cache=False, max_retries=0, concurrency=1)
     route = make_route("echo", be)
     game = ServedGame(route, _masked_prompt(), " Paris.")
     n = game.n_features
