@@ -54,6 +54,11 @@ def test_cli_options_parse():
                       "o", "--limit", "5", "--seed", "1", "--backend", "ray", "--workers", "2"])
     assert (a.data, a.methods, a.metrics, a.limit, a.seed, a.backend, a.workers) == (
         "d.jsonl", "loo,lime", "abpc,r2", 5, 1, "ray", 2)
+    a = p.parse_args(["d.jsonl", "--methods", "gsmile", "--out", "o", "--n-lds", "50",
+                      "--target", "logprob", "--method-masker", "replace", "--target-url",
+                      "http://127.0.0.1:1/v1", "--target-model", "m", "--no-report"])
+    assert (a.n_lds, a.target, a.method_masker, a.target_url, a.target_model, a.no_report) == (
+        50, "logprob", "replace", "http://127.0.0.1:1/v1", "m", True)
 
 
 def test_bad_arguments_fail_before_any_work(tmp_path):
@@ -163,6 +168,7 @@ def test_cli_evaluate_end_to_end(tmp_path):
     assert rc == 0
     summary = json.loads((out / "summary.json").read_text())
     assert "loo" in json.dumps(summary) and (out / "summary.md").exists()
+    assert (out / "index.html").is_file() and len(list((out / "items").iterdir())) == 1
 
 
 @pytest.mark.integration

@@ -38,6 +38,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="masking for MoRF/LeRF (GiLOT: attention_off)")
     p.add_argument("--n-test", type=int, default=1000, help="R² test masks")
     p.add_argument("--max-new-tokens", type=int, default=32)
+    p.add_argument("--n-lds", type=int, default=100, help="LDS held-out ablations")
+    p.add_argument("--target", default=None,
+                   help="value explained by every method (default: each method's own)")
+    p.add_argument("--method-masker", default=None,
+                   help="explainers' masking for every method (default: each method's own)")
+    p.add_argument("--target-url", default=None,
+                   help="served model API root (with --target-model): its answer is explained")
+    p.add_argument("--target-model", default=None, help="served model name")
+    p.add_argument("--no-report", action="store_true",
+                   help="skip the per-item pages (items/) and index.html")
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
 
 
@@ -50,7 +60,10 @@ def run(args: argparse.Namespace) -> int:
         limit=args.limit, seed=args.seed, backend=args.backend, workers=args.workers,
         address=args.address, granularity=args.granularity, masker=args.eval_masker,
         n_test=args.n_test, max_new_tokens=args.max_new_tokens, progress=not args.quiet,
+        n_lds=args.n_lds, target=args.target, method_masker=args.method_masker,
+        target_url=args.target_url, target_model=args.target_model, report=not args.no_report,
     )
     print(f"{summary.computed} records computed, {summary.skipped} resumed; tables in "
-          f"{args.out}/summary.md and {args.out}/summary.json")
+          f"{args.out}/summary.md and {args.out}/summary.json"
+          + ("" if args.no_report else f"; pages linked from {args.out}/index.html"))
     return 0
