@@ -19,44 +19,20 @@ Usage::
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
 from ..errors import InputError, ParameterError
-from ..params import check_param
 from ..games import Game
+from ..models.routes import answer_logprob
+from ..params import check_param
 from ..text.prompt import validate_messages
 from ..text.segment import _label, char_segments
 
 Message = dict[str, str]
 _CLOSED_GRANULARITIES = ("word", "sentence", "message", "span")
-
-
-def answer_logprob(
-    top: Mapping[str, float], answer: str, *, strip: bool = True, case_sensitive: bool = True
-) -> float | None:
-    """Log-prob of ``answer`` among the top-k tokens {text: log-prob}, or None if absent.
-
-    With ``strip`` the token texts are compared without surrounding whitespace (" True" and
-    "True" are the same answer) and variants are merged by adding their probabilities.
-    """
-    want = answer.strip() if strip else answer
-    if not case_sensitive:
-        want = want.lower()
-    hits = []
-    for tok, lp in top.items():
-        t = tok.strip() if strip else tok
-        if not case_sensitive:
-            t = t.lower()
-        if t == want:
-            hits.append(float(lp))
-    if not hits:
-        return None
-    m = max(hits)
-    return m + math.log(sum(math.exp(h - m) for h in hits))
 
 
 def answer_logprob_diff(
