@@ -28,6 +28,7 @@ from urllib.parse import quote
 import numpy as np
 
 from ..errors import InputError
+from ..result import json_safe
 
 _TEMPLATES = Path(__file__).parent / "templates"
 POS = (67, 147, 195)  #: colour of +scale (supports the output)
@@ -44,25 +45,11 @@ def esc(value: Any) -> str:
 def json_for_script(obj: Any) -> str:
     """JSON safe inside ``<script type="application/json">``: ``<``, ``>``, ``&`` and the
     JavaScript line separators are written as ``\\u`` escapes (``</script>`` cannot occur)."""
-    text = json.dumps(_finite(obj), ensure_ascii=False, allow_nan=False)
+    text = json.dumps(json_safe(obj), ensure_ascii=False, allow_nan=False)
     for ch, rep in (("<", "\\u003c"), (">", "\\u003e"), ("&", "\\u0026"),
                     ("\u2028", "\\u2028"), ("\u2029", "\\u2029")):
         text = text.replace(ch, rep)
     return text
-
-
-def _finite(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {str(k): _finite(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_finite(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return _finite(obj.tolist())
-    if isinstance(obj, (float, np.floating)):
-        return float(obj) if math.isfinite(float(obj)) else None
-    if isinstance(obj, np.integer):
-        return int(obj)
-    return obj
 
 
 def colour(value: float | None, scale: float) -> str:
