@@ -8,7 +8,7 @@ import pytest
 import attrlens
 from attrlens.errors import BackendError, ParameterError, ServerGoneError
 from attrlens.explainers.gsmile import GSmileExplainer, minmax_similarity
-from attrlens.games.closed import PerturbedPrompts, RegenerationGame, prefix_order
+from attrlens.games.closed import RegenerationGame, prefix_order
 from attrlens.models.cache import CallCache
 from attrlens.models.embeddings import (
     MiniLMWordEmbeddings,
@@ -22,6 +22,7 @@ from attrlens.models.openai import OpenAIBackend
 from attrlens.registry import get_explainer
 from attrlens.result import Attribution
 from attrlens.solvers.kernels import exponential_kernel
+from attrlens.text.mask import TextMasker
 from attrlens.text.prompt import build_prompt
 from attrlens.text.segment import segment
 
@@ -83,7 +84,7 @@ def test_perturbed_prompts_delete_features_in_chat_messages(tiny_model):
                        {"role": "user", "content": "alpha beta beta gamma"}], tiny_model)
     _, offsets = tiny_model.tokenize(pr.text)
     feats = segment(pr.text, pr.regions, offsets, "word")
-    pp = PerturbedPrompts(pr, feats)
+    pp = TextMasker(pr, feats)
     assert pp.text(np.ones(4, bool)) == "alpha beta beta gamma"
     msgs = pp.messages(np.array([1, 0, 1, 1], bool))
     assert msgs[0] == {"role": "system", "content": "Be brief."}

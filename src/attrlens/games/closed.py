@@ -14,8 +14,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..errors import InputError
-from ..text.prompt import Prompt
-from ..text.segment import FeatureSet
+from ..text.mask import TextMasker
 from .base import Cost, Game
 
 if TYPE_CHECKING:
@@ -37,75 +36,6 @@ def prefix_order(masks: np.ndarray) -> np.ndarray:
         return np.arange(masks.shape[0])
     # np.lexsort's primary key is the last one: feature 0 must come last
     return np.lexsort([~masks[:, j] for j in range(masks.shape[1] - 1, -1, -1)])
-
-
-class PerturbedPrompts:
-    """Builds the text of a perturbed prompt from a mask over the features.
-
-    Deletes the masked features' char spans from each explainable region (their leading
-    whitespace goes with them, so the remaining text stays well spaced).
-    """
-
-    def __init__(self, prompt: Prompt, features: FeatureSet):
-        self.prompt = prompt
-        self.features = features
-        regions = list(prompt.regions)
-        self.regions = regions
-        # for each region, the (start, end, feature) pieces inside it, in text order
-        self._pieces: list[list[tuple[int, int, int]]] = [[] for _ in regions]
-        for f in features:
-            for a, b in f.spans:
-                for ri, (rs, re_) in enumerate(regions):
-                    if rs <= a and b <= re_:
-                        self._pieces[ri].append((a, b, f.index))
-                        break
-        for pieces in self._pieces:
-            pieces.sort()
-        #: (n,) words of each feature (gSMILE's ``min_kept`` counts words)
-        self.n_words = np.asarray([len(f.label.split()) for f in features], dtype=np.int64)
-
-    def region_texts(self, keep: np.ndarray) -> list[str]:
-        """Text of every explainable region with the features where ``keep`` is False removed."""
-        text = self.prompt.text
-        out = []
-        for (rs, re_), pieces in zip(self.regions, self._pieces):
-            parts, cur = [], rs
-            for a, b, fi in pieces:
-                parts.append(text[cur:a])
-                if keep[fi]:
-                    parts.append(text[a:b])
-                cur = b
-            parts.append(text[cur:re_])
-            out.append("".join(parts))
-        return out
-
-    def text(self, keep: np.ndarray) -> str:
-        """The perturbed explainable text (all regions joined)."""
-        return "".join(self.region_texts(keep))
-
-    def messages(self, keep: np.ndarray, *, dedup_words: bool = False) -> list[Message]:
-        """Chat messages of the perturbed prompt (user content replaced region by region).
-
-        dedup_words: drop repeated words (first occurrence kept), as the gSMILE reference.
-        """
-        texts = self.region_texts(keep)
-        if dedup_words:
-            texts = [" ".join(dict.fromkeys(t.split())) for t in texts]
-        pr = self.prompt
-        if not pr.messages:
-            return [{"role": "user", "content": "".join(texts)}]
-        msgs = [dict(m) for m in pr.messages]
-        for ri, mi in enumerate(pr.region_messages):
-            rs, re_ = self.regions[ri]
-            original = pr.text[rs:re_]
-            content = msgs[mi]["content"]
-            # the region is the message content (or its stripped form): swap that part
-            at = content.find(original)
-            if at < 0:
-                msgs[mi]["content"] = texts[ri]
-            else:
-                msgs[mi]["content"] = content[:at] + texts[ri] + content[at + len(original):]
-        return msgs
 
 
 class RegenerationGame(Game):
@@ -137,7 +67,7 @@ class RegenerationGame(Game):
         self.max_new_tokens = int(inputs.max_new_tokens)
         self.original_output = inputs.output_text
         self.chat_progress = inputs.progress
-        self.prompts = PerturbedPrompts(inputs.prompt, inputs.features)
+        self.prompts = TextMasker(inputs.prompt, inputs.features)
         self.n_words = self.prompts.n_words
         self.full_text = self.prompts.text(np.ones(inputs.n_features, dtype=bool))
         self.api_calls = 0

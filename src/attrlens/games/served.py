@@ -21,10 +21,11 @@ import numpy as np
 
 from ..errors import InputError, ParameterError
 from ..models.routes import METHOD_ROUTES, ROUTES, Route, ScoreQuery, probe_routes
+from ..text.mask import TextMasker
 from ..text.prompt import Prompt
 from ..text.segment import FeatureSet
 from .base import Cost, Game
-from .closed import PerturbedPrompts, prefix_order
+from .closed import prefix_order
 
 if TYPE_CHECKING:
     from ..models.openai import OpenAIBackend
@@ -45,7 +46,7 @@ class MaskedPrompt:
         self._spans = sorted(
             (a, b, f.index) for f in features for a, b in f.spans
         )
-        self._messages = PerturbedPrompts(prompt, features)
+        self._messages = TextMasker(prompt, features)
 
     def text(self, keep: np.ndarray) -> str:
         """The full prompt text with the features where ``keep`` is False deleted."""

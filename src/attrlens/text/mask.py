@@ -18,6 +18,10 @@ row to the token ids and explicit position ids of the perturbed prompt:
                      nothing, so the engine runs masked tokens as deletions, except a masked
                      last prompt token: it stays (id 0, ``attention`` 0) because its hidden
                      state predicts the first output token, as in GiLOT's reference.
+
+:class:`TextMasker` is the same masking for routes that send text (regeneration, served
+models): the masked features' char spans are deleted from the prompt's text (or chat
+messages).
 """
 
 from __future__ import annotations
@@ -27,7 +31,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import InputError, unknown_name_message
+from .prompt import Prompt
 from .segment import FeatureSet
+
+Message = dict[str, str]
 
 MASKERS = ("delete", "replace", "replace_tokens", "attention_off")
 
@@ -143,3 +150,73 @@ class Masker:
                 prev_owner = int(self.owner[t])
         arr = np.asarray(ids, dtype=np.int64)
         return PerturbedInput(arr, np.arange(arr.shape[0]), first, output_start=arr.shape[0])
+
+
+class TextMasker:
+    """The masker for text routes (regeneration, served models): the text of a perturbed
+    prompt from a mask over the features.
+
+    Deletes the masked features' char spans from each explainable region (their leading
+    whitespace goes with them, so the remaining text stays well spaced).
+    """
+
+    def __init__(self, prompt: Prompt, features: FeatureSet):
+        self.prompt = prompt
+        self.features = features
+        regions = list(prompt.regions)
+        self.regions = regions
+        # for each region, the (start, end, feature) pieces inside it, in text order
+        self._pieces: list[list[tuple[int, int, int]]] = [[] for _ in regions]
+        for f in features:
+            for a, b in f.spans:
+                for ri, (rs, re_) in enumerate(regions):
+                    if rs <= a and b <= re_:
+                        self._pieces[ri].append((a, b, f.index))
+                        break
+        for pieces in self._pieces:
+            pieces.sort()
+        #: (n,) words of each feature (gSMILE's ``min_kept`` counts words)
+        self.n_words = np.asarray([len(f.label.split()) for f in features], dtype=np.int64)
+
+    def region_texts(self, keep: np.ndarray) -> list[str]:
+        """Text of every explainable region with the features where ``keep`` is False removed."""
+        text = self.prompt.text
+        out = []
+        for (rs, re_), pieces in zip(self.regions, self._pieces):
+            parts, cur = [], rs
+            for a, b, fi in pieces:
+                parts.append(text[cur:a])
+                if keep[fi]:
+                    parts.append(text[a:b])
+                cur = b
+            parts.append(text[cur:re_])
+            out.append("".join(parts))
+        return out
+
+    def text(self, keep: np.ndarray) -> str:
+        """The perturbed explainable text (all regions joined)."""
+        return "".join(self.region_texts(keep))
+
+    def messages(self, keep: np.ndarray, *, dedup_words: bool = False) -> list[Message]:
+        """Chat messages of the perturbed prompt (user content replaced region by region).
+
+        dedup_words: drop repeated words (first occurrence kept), as the gSMILE reference.
+        """
+        texts = self.region_texts(keep)
+        if dedup_words:
+            texts = [" ".join(dict.fromkeys(t.split())) for t in texts]
+        pr = self.prompt
+        if not pr.messages:
+            return [{"role": "user", "content": "".join(texts)}]
+        msgs = [dict(m) for m in pr.messages]
+        for ri, mi in enumerate(pr.region_messages):
+            rs, re_ = self.regions[ri]
+            original = pr.text[rs:re_]
+            content = msgs[mi]["content"]
+            # the region is the message content (or its stripped form): swap that part
+            at = content.find(original)
+            if at < 0:
+                msgs[mi]["content"] = texts[ri]
+            else:
+                msgs[mi]["content"] = content[:at] + texts[ri] + content[at + len(original):]
+        return msgs
