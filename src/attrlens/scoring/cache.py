@@ -3,7 +3,11 @@
 Tokens before a perturbed prompt's first change are the unmasked prompt's, at the same
 positions, so their keys and values are the unmasked prompt's. :class:`PrefixCache` runs the
 unmasked prompt once (lazily, on first use) and hands out the first ``p`` positions of its
-cache, expanded to a batch, as a fresh ``transformers.DynamicCache``. The teacher-forced
+cache, expanded to a batch, as a fresh ``transformers.DynamicCache`` (:meth:`PrefixCache.expand`,
+for runners that grow the cache, e.g. beam search) or as a read-only view
+(:meth:`PrefixCache.attend`, for one forward that only appends: every layer attends to the
+shared prefix through a broadcast view, and the batch's own keys are not kept after the
+layer has used them, so no per-row copy of the prefix outlives one layer). The teacher-forced
 scoring engine (:mod:`.engine`) and GiLOT's beam runner (:mod:`.beams`) both use it; one
 instance can serve both when they explain the same prompt.
 
@@ -104,6 +108,65 @@ class PrefixCache:
                 _rows(k_[:, :, :p], batch, copy), _rows(v_[:, :, :p], batch, copy), li
             )
         return cache
+
+
+    def attend(self, batch: int, p: int, counters: dict[str, float] | None = None) -> Any:
+        """A read-only cache: each layer sees the first ``p`` prompt positions (broadcast to
+        ``batch`` rows, never copied) followed by the forward's own keys, which it does not
+        keep. For one forward per cache (teacher forcing); rows may hide prefix positions
+        through the 2-D attention mask. Falls back to :meth:`expand` (views) on transformers
+        versions without cache layers."""
+        if not 1 <= p <= self.n_prompt:
+            raise ValueError(f"A prefix of {p} tokens does not fit a prompt of {self.n_prompt}.")
+        layers = self.layers(counters)
+        layer_cls = _prefix_layer_class()
+        if layer_cls is None:
+            return self.expand(batch, p, counters, copy=False)
+        from transformers import DynamicCache
+
+        cache = DynamicCache()
+        cache.layers = [layer_cls(k_[:, :, :p], v_[:, :, :p], batch) for k_, v_ in layers]
+        return cache
+
+
+_LAYER_CLS: list[Any] = []
+
+
+def _prefix_layer_class() -> Any:
+    """The read-only prefix layer class (built once; None without ``DynamicLayer``)."""
+    if _LAYER_CLS:
+        return _LAYER_CLS[0]
+    try:
+        from transformers.cache_utils import DynamicLayer
+    except ImportError:  # older transformers: legacy caches
+        _LAYER_CLS.append(None)
+        return None
+
+    class PrefixLayer(DynamicLayer):
+        """Keys/values (1, heads, p, d) of a shared prefix for a batch of B rows: ``update``
+        returns prefix ++ new keys without storing them (the sequence length stays p)."""
+
+        def __init__(self, keys: Any, values: Any, batch: int):
+            super().__init__()
+            self.keys, self.values = keys, values
+            self.batch = batch
+            self.device = keys.device
+            self.dtype = keys.dtype
+            self.is_initialized = True
+
+        def update(self, key_states: Any, value_states: Any, *args: Any, **kwargs: Any):
+            import torch
+
+            b = key_states.shape[0]
+            k = torch.cat([self.keys.expand(b, -1, -1, -1), key_states], dim=-2)
+            v = torch.cat([self.values.expand(b, -1, -1, -1), value_states], dim=-2)
+            return k, v
+
+        def get_seq_length(self) -> int:
+            return int(self.keys.shape[-2])
+
+    _LAYER_CLS.append(PrefixLayer)
+    return PrefixLayer
 
 
 def _rows(x: Any, batch: int, copy: bool) -> Any:

@@ -1,0 +1,222 @@
+"""ScoringEngine at the limit: per-row prefixes, padding-aware batches, the read-only prefix
+view, out-of-memory halving, and (integration) a 4,000-token prompt within 4 GB."""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+
+from attrlens.errors import CapabilityError
+from attrlens.scoring.cache import PrefixCache
+from attrlens.scoring.engine import ScoringEngine
+from attrlens.solvers.sampling import loo_masks
+from attrlens.text.mask import Masker
+from attrlens.text.prompt import build_prompt
+from attrlens.text.segment import segment
+
+PROMPT = "The quick brown fox jumps over the lazy dog. Explain why the sky is blue"
+
+
+@pytest.fixture(scope="module")
+def setup(tiny_model):
+    # raw text: the last prompt token belongs to a feature (attention_off keeps it, id 0)
+    pr = build_prompt(PROMPT, tiny_model, chat=False)
+    ids, offsets = tiny_model.tokenize(pr.text, add_special_tokens=False)
+    fs = segment(pr.text, pr.regions, offsets, "word")
+    out = np.asarray(tiny_model.tokenize(" Because of Rayleigh scattering.")[0])
+    masks = np.concatenate([loo_masks(len(fs)), np.random.default_rng(5).random((8, len(fs))) > 0.5])
+    return tiny_model, np.asarray(ids), fs, out, masks
+
+
+def _scratch(model, inp, out, L):
+    """Reference: one plain full forward per perturbed input (attention vector honoured)."""
+    seq = np.concatenate([inp.ids, out])
+    start = L if inp.output_start is None else inp.output_start
+    pos = np.concatenate([inp.positions, np.arange(start, start + len(out))])
+    att = np.ones(len(seq), dtype=np.int64)
+    if inp.attention is not None:
+        att[: len(inp.ids)] = inp.attention
+    with torch.no_grad():
+        logits = model.model(
+            input_ids=torch.as_tensor(seq)[None], position_ids=torch.as_tensor(pos)[None],
+            attention_mask=torch.as_tensor(att)[None],
+        ).logits[0]
+    lp = logits.float().log_softmax(-1)
+    k = len(inp.ids)
+    return np.array([lp[k - 1 + t, out[t]].item() for t in range(len(out))])
+
+
+@pytest.mark.parametrize("kind", ["delete", "replace", "attention_off"])
+@pytest.mark.parametrize("one_batch", [True, False])
+def test_per_row_prefixes_equal_scratch(setup, kind, one_batch):
+    """Every row reuses the prompt up to its own first change, also when rows with very
+    different cuts share one forward; scores equal plain forwards to 1e-4."""
+    model, ids, fs, out, masks = setup
+    inputs = Masker(kind, ids, fs, mask_token_id=0).apply(masks)
+    opts = {"forward_cost_tokens": 10**9} if one_batch else {"max_batch_tokens": 120}
+    eng = ScoringEngine(model, ids, out, **opts)
+    got = eng.token_logprobs(inputs)
+    ref = np.stack([_scratch(model, x, out, len(ids)) for x in inputs])
+    np.testing.assert_allclose(got, ref, atol=1e-4)
+    L, T = len(ids), len(out)
+    cuts = [min(x.first_change, len(x.ids) - 1, L - 1) for x in inputs]
+    per_row = sum(len(x.ids) - c + T for x, c in zip(inputs, cuts))
+    # the prefix pass (L tokens) + each row's own suffix: nothing recomputed per batch
+    assert eng.counters["tokens_processed"] == L + per_row
+    if one_batch:
+        assert eng.counters["model_forwards"] == 2
+    else:
+        assert eng.counters["model_forwards"] > 3
+    assert np.ptp(got.sum(1)) > 1e-3
+
+
+def test_batches_trade_padding_against_forwards(setup):
+    model, ids, fs, out, masks = setup
+    inputs = Masker("delete", ids, fs).apply(masks)
+    free = ScoringEngine(model, ids, out, forward_cost_tokens=0)
+    a = free.token_logprobs(inputs)
+    assert free.counters["padded_tokens"] == 0  # forwards cost nothing: no padding at all
+    dear = ScoringEngine(model, ids, out, forward_cost_tokens=10**9)
+    b = dear.token_logprobs(inputs)
+    assert dear.counters["model_forwards"] == 2  # prefix pass + one batch
+    assert dear.counters["padded_tokens"] > 0
+    mid = ScoringEngine(model, ids, out, forward_cost_tokens=8)
+    c = mid.token_logprobs(inputs)
+    assert 2 < mid.counters["model_forwards"] < free.counters["model_forwards"]
+    np.testing.assert_allclose(a, b, atol=1e-5)
+    np.testing.assert_allclose(a, c, atol=1e-5)
+    # the batch limits hold
+    capped = ScoringEngine(model, ids, out, forward_cost_tokens=10**9, max_batch_size=5)
+    capped.token_logprobs(inputs)
+    assert capped.counters["model_forwards"] == 1 + -(-len(inputs) // 5)
+
+
+def test_prefix_view_keeps_no_per_row_copy(tiny_model, setup):
+    _model, ids, _fs, _out, _ = setup
+    pc = PrefixCache(tiny_model, ids)
+    cache = pc.attend(16, 7)
+    lay = cache.layers[0]
+    k_new = torch.zeros(16, lay.keys.shape[1], 3, lay.keys.shape[3])
+    k, _v = lay.update(k_new, k_new.clone())
+    assert k.shape[0] == 16 and k.shape[2] == 10
+    # the shared prefix stays one row and p positions: the batch's keys are not kept
+    assert lay.keys.shape[0] == 1 and lay.keys.shape[2] == 7
+    assert cache.get_seq_length() == 7
+    with pytest.raises(ValueError):
+        pc.attend(2, len(ids) + 1)
+
+
+def _oom_error():
+    return getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
+
+
+def test_out_of_memory_halves_the_batch_and_retries(setup, monkeypatch):
+    model, ids, fs, out, masks = setup
+    inputs = Masker("delete", ids, fs).apply(masks)
+    want = ScoringEngine(model, ids, out, forward_cost_tokens=10**9).token_logprobs(inputs)
+    dec = model.decoder
+    real = dec.forward
+    calls: list[int] = []
+
+    def flaky(*args, **kwargs):
+        b = kwargs["input_ids"].shape[0]
+        calls.append(b)
+        if b > 1 and sum(c > 1 for c in calls) == 1:  # the first batch: OOM once
+            raise _oom_error()("CUDA out of memory (injected)")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(dec, "forward", flaky)
+    eng = ScoringEngine(model, ids, out, forward_cost_tokens=10**9)
+    got = eng.token_logprobs(inputs)
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    assert eng.counters["oom_retries"] == 1
+    n = len(inputs)
+    assert calls[1] == n and calls[2] == n // 2 and calls[3] == n - n // 2
+    assert eng.max_batch_size == n // 2  # later runs start at the size that fitted
+    assert eng.counters["rows_scored"] == n
+
+
+def test_out_of_memory_on_one_row_is_a_clear_error(setup, monkeypatch):
+    model, ids, fs, out, masks = setup
+    inputs = Masker("delete", ids, fs).apply(masks[:3])
+    dec = model.decoder
+    real = dec.forward
+
+    def always(*args, **kwargs):
+        if model.cache_kwarg in kwargs:  # every batch (not the prefix pass) runs out
+            raise _oom_error()("CUDA out of memory (injected)")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(dec, "forward", always)
+    eng = ScoringEngine(model, ids, out)
+    with pytest.raises(CapabilityError, match="does not fit"):
+        eng.token_logprobs(inputs)
+    assert eng.counters["oom_retries"] >= 1
+
+
+def _long_text(n_sentences: int) -> str:
+    words = ["river", "valley", "stone", "bridge", "farmer", "mill", "water", "summer",
+             "winter", "engineer", "fish", "ladder", "town", "bank", "current", "flood",
+             "soil", "dam", "heron", "path"]
+    rng = np.random.default_rng(0)
+    out = []
+    for i in range(n_sentences):
+        w = rng.choice(words, size=14)
+        out.append(f"Sentence {i} says the " + " ".join(w) + ".")
+    return " ".join(out)
+
+
+CHILD = textwrap.dedent(
+    """
+    import json, sys, time
+    import torch
+    torch.set_num_threads(int(sys.argv[2]))
+    import attrlens
+    text = open(sys.argv[1]).read()
+    first = text.index(".") + 1
+    last = text.rindex(". ") + 2
+    model = attrlens.load_model(dtype="float32")
+    t0 = time.perf_counter()
+    # sentence features of the first and the last sentence (everything else frozen): the
+    # first one's LOO row re-runs the whole 4,000-token prompt from scratch (the worst row)
+    res = attrlens.explain(text, model=model, method="loo", granularity="span",
+                           spans=[(0, first), (last, len(text))], output=" The river.",
+                           chat=False)
+    n_tok = len(model.tokenize(text)[0])
+    print(json.dumps({"tokens": n_tok, "wall_s": time.perf_counter() - t0,
+                      "scores": [float(s) for s in res.scores], "cost": res.cost}))
+    """
+)
+
+
+@pytest.mark.integration
+def test_4000_token_prompt_explains_within_4_gb(tmp_path):
+    """A 4,000-token prompt: the prefix cache, and the LOO row that changes the first
+    sentence (a full from-scratch forward of ~4,000 tokens), in a subprocess whose peak
+    resident memory (getrusage of children) stays under 4 GB. The full sentence-feature LOO
+    (~200 rows) is in benchmarks/scoring_long_input.py (too slow for a test on 2 cores)."""
+    text_file = tmp_path / "long.txt"
+    text_file.write_text(_long_text(215))
+    script = tmp_path / "child.py"
+    script.write_text(CHILD)
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    proc = subprocess.run(
+        [sys.executable, str(script), str(text_file), env["OMP_NUM_THREADS"]],
+        capture_output=True, text=True, timeout=900, env=env, check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    peak_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    assert peak_kb >= before
+    res = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert 3800 <= res["tokens"] <= 4600, res["tokens"]
+    assert all(np.isfinite(res["scores"])) and len(res["scores"]) == 2
+    assert peak_kb < 4 * 2**20, f"peak RSS {peak_kb / 2**20:.2f} GB"
