@@ -102,7 +102,8 @@ def test_evaluate_writes_records_and_summary(tiny_model, tmp_path):
     _, game = prepare(ITEMS[0]["prompt"], model=tiny_model, output=ITEMS[0]["output"],
                       target="nll", masker="attention_off", chat=False)
     v = game(np.array([[True] * 9, [False] * 9]))
-    assert r["curves"]["morf_curve"][-1] == pytest.approx(v[0] - v[1], rel=1e-6)
+    # (float32; the engine batches the 22 curve masks differently from these 2: ~1e-6 noise)
+    assert r["curves"]["morf_curve"][-1] == pytest.approx(v[0] - v[1], rel=1e-5)
     # the summary's means are the means of the records
     for label in summ["methods"]:
         vals = [x["metrics"]["abpc"] for x in recs if x["label"] == label]
@@ -233,24 +234,27 @@ def test_index_links_each_record_page(tiny_model, tmp_path):
 
 @pytest.mark.integration
 def test_shared_model_call_cache_keeps_results(tiny_model, tmp_path, monkeypatch):
-    """Sharing the evaluation's model calls between an item's methods gives the same records
-    (scores, metrics, cost) as computing every record alone, with fewer evaluations."""
+    """Sharing the method-independent evaluations between an item's methods gives
+    bit-identical records (scores, metrics, cost counters) with fewer scoring games."""
     from attrlens.evaluation import runner as runner_mod
 
     kw = {"methods": ["loo", ("lime", {"num_samples": 24}), ("kernel_shap", {"budget": 24})],
           "metrics": ["morf", "lerf", "abpc", "r2", "topk", "lds"], "model": tiny_model,
           "n_test": 32, "n_calibration": 8, "n_lds": 24, "chat": False, "progress": False,
           "report": False}
-    calls = {"shared": 0}
-    orig = runner_mod._SharedValues.compute
+    games = {"n": 0}
+    orig = runner_mod.ItemRunner._fresh_game
 
-    def counting(self, masks):
-        calls["shared"] += sum(self.key(r) not in self.table for r in masks)
-        return orig(self, masks)
+    def counting(self, *a, **k):
+        games["n"] += 1
+        return orig(self, *a, **k)
 
-    monkeypatch.setattr(runner_mod._SharedValues, "compute", counting)
+    monkeypatch.setattr(runner_mod.ItemRunner, "_fresh_game", counting)
     a = attrlens.evaluate(ITEMS, out=tmp_path / "shared", share_cache=True, **kw)
+    n_shared, games["n"] = games["n"], 0
     b = attrlens.evaluate(ITEMS, out=tmp_path / "alone", share_cache=False, **kw)
+    n_alone = games["n"]
+
     def recs(name):
         lines = (tmp_path / name / "records.jsonl").read_text().splitlines()
         return {r["key"]: r for r in map(json.loads, lines)}
@@ -261,22 +265,17 @@ def test_shared_model_call_cache_keeps_results(tiny_model, tmp_path, monkeypatch
         assert ra[k]["output_text"] == rb[k]["output_text"]
         # the explainers' own games are never shared: their counters match (time aside)
         assert {**ra[k]["cost"], "wall_s": 0} == {**rb[k]["cost"], "wall_s": 0}
-        for m, v in ra[k]["metrics"].items():
-            assert v == pytest.approx(rb[k]["metrics"][m], rel=1e-6, abs=1e-9), m
+        assert ra[k]["metrics"] == rb[k]["metrics"]  # exactly
+        assert ra[k]["curves"] == rb[k]["curves"] and ra[k]["topk_curve"] == rb[k]["topk_curve"]
         sa = json.loads((tmp_path / "shared" / ra[k]["attribution"]).read_text())["scores"]
         sb = json.loads((tmp_path / "alone" / rb[k]["attribution"]).read_text())["scores"]
-        assert np.allclose(sa, sb, rtol=1e-6, atol=1e-9)
-    for m in a.table:
-        for k in a.table[m]:
-            assert a.table[m][k]["mean"] == pytest.approx(b.table[m][k]["mean"], rel=1e-6,
-                                                          abs=1e-9, nan_ok=True)
-    # loo and lime share a target and masker (nll, delete), kernel_shap has its own
-    # (logprob, replace): per item, loo scores its test + calibration + LDS + top-k masks,
-    # lime only its own top-k sets (its test and LDS masks come from the table), kernel_shap
-    # its test + LDS + top-k masks. Unshared, lime would add 32 + 24 more per item.
-    r = 9  # top-k sets of the 10-word item at most (r_max = min(10, n - 1))
-    shared_bound = (32 + 8 + 24 + r) + r + (32 + 24 + r)
-    assert 0 < calls["shared"] <= len(ITEMS) * shared_bound
+        assert sa == sb
+    assert json.dumps(a.to_dict(), sort_keys=True) == json.dumps(b.to_dict(), sort_keys=True)
+    # per record: one curve game and one top-k game; the test, calibration and LDS sets: one
+    # game each per record alone, per item and (target, masker) shared. loo and lime share
+    # (nll, delete), kernel_shap has (logprob, replace): 2 items x (3 x 2 + 2 x 3) shared,
+    # 2 items x 3 x (2 + 3) alone.
+    assert (n_shared, n_alone) == (24, 30)
 
 
 @pytest.mark.integration

@@ -25,11 +25,14 @@ auroc, r_precision, recall_at_2, recall_at_5, mrr
                   supporting-feature recovery against the item's gold features (§5.5)
 ================  =============================================================================
 
-Model-call cache: within one item, the evaluation's games are shared by the methods (the
-explained output is generated once; the MoRF/LeRF game, the values of the R²/LDS/top-k masks
-per target and masker, and the regenerations are memoised across methods). The explainers'
-own games are never shared, so a record's scores and cost do not depend on what ran before it;
-``share_cache=False`` turns the sharing off (same numbers, more model calls).
+Model-call cache: within one item, what does not depend on the method is computed once and
+shared by the item's methods: the explained output (greedy generation), the values of the
+method-independent mask sets (R² test and calibration masks, LDS ablations; per target and
+masker, each set scored in one call on a fresh game, so a value never depends on which method
+asked first, on batching, or on a resume), and the regenerations of the regenerate curves.
+The explainers' own games, the MoRF/LeRF masks and the top-k sets (method-specific) are
+scored on fresh games per record. So sharing changes no number: ``share_cache=False`` gives
+bit-identical records with more model calls.
 
 Reports: each record's attribution page is written to ``DIR/items/`` and ``DIR/index.html``
 links them (``report=False`` skips both).
@@ -270,15 +273,13 @@ class ItemRunner:
         self._outputs: dict[str, str] = {}
         self._encoder: Any = None
         self._cache_item: str | None = None  # the item (sha256) the caches below belong to
-        self._curve_game: Game | None = None
-        self._values: dict[tuple[str, str], dict[bytes, float]] = {}
+        self._values: dict[tuple[str, str, str], np.ndarray] = {}
         self._texts: dict[bytes, str] = {}
 
     def _item_cache(self, item: EvalItem) -> None:
         """Start the per-item caches afresh when the item changes (bounded memory)."""
         if self._cache_item != item.sha256:
             self._cache_item = item.sha256
-            self._curve_game = None
             self._values = {}
             self._texts = {}
 
@@ -325,21 +326,33 @@ class ItemRunner:
             self._outputs = {key: inputs.output_text}  # one item at a time
         return self._outputs[key]
 
-    def _eval_game(self, item: EvalItem, output: str) -> Game:
-        """The MoRF/LeRF game (nll target, the evaluation's masker), shared within an item."""
-        if self.share_cache and self._curve_game is not None:
-            return self._curve_game
-        _, game = self._prepare(item, target="nll", masker=self.config.masker, output=output)
-        if self.share_cache:
-            self._curve_game = game
-        return game
+    def _fresh_game(self, item: EvalItem, output: str, target: str, masker: str) -> Game:
+        """A new scoring game (empty memo) of the item's explained output."""
+        return self._prepare(item, target=target, masker=masker, output=output)[1]
 
-    def _metric_game(self, scoring: Game, target: str, masker: str) -> Game:
-        """The game the R²/LDS/top-k masks are scored on: the explainer's own scoring game,
-        behind a value table shared by the item's methods with the same target and masker."""
-        if not self.share_cache:
-            return scoring
-        return _SharedValues(scoring, self._values.setdefault((target, masker), {}))
+    def _set_values(self, item: EvalItem, output: str, target: str, masker: str, name: str,
+                    masks: np.ndarray) -> np.ndarray:
+        """(m,) values of a method-independent mask set, scored in one call on a fresh game
+        (shared by the item's methods when ``share_cache``)."""
+        key = (target, masker, name)
+        if self.share_cache and key in self._values:
+            return self._values[key]
+        vals = np.asarray(self._fresh_game(item, output, target, masker)(masks), dtype=float)
+        if self.share_cache:
+            self._values[key] = vals
+        return vals
+
+    def _fixed_game(self, item: EvalItem, output: str, target: str, masker: str,
+                    sets: dict[str, np.ndarray]) -> Game:
+        """A game answering the masks of ``sets`` (name -> (m, n) masks) from their values."""
+        table: dict[bytes, float] = {}
+        n = 0
+        for name, masks in sets.items():
+            n = masks.shape[1]
+            vals = self._set_values(item, output, target, masker, name, masks)
+            for row, v in zip(masks, vals):
+                table.setdefault(Game.key(row), float(v))
+        return _LookupGame(table, n)
 
     # ---- one record --------------------------------------------------------------------
     def run(self, item: EvalItem, spec: MethodSpec, key: str) -> dict[str, Any]:
@@ -377,32 +390,39 @@ class ItemRunner:
         if want & set(CURVE_METRICS):
             from .curves import fixed_output_curves
 
-            cur = fixed_output_curves(scores, self._eval_game(item, output), auc_kind=cfg.auc)
+            cur = fixed_output_curves(scores, self._fresh_game(item, output, "nll", cfg.masker),
+                                      auc_kind=cfg.auc)
             metrics.update(morf=cur.morf, lerf=cur.lerf, abpc=cur.abpc)
             extra["curves"] = cur.as_dict()
         if want & set(REGEN_METRICS):
             cur = self._regen_curves(item, scores, output)
             metrics.update(morf_regen=cur.morf, lerf_regen=cur.lerf, abpc_regen=cur.abpc)
             extra["regen_curves"] = cur.as_dict()
-        mgame = self._metric_game(scoring, target, method_masker)
         if "r2" in want:
-            from .faithfulness import faithfulness_r2
+            from .faithfulness import faithfulness_r2, uniform_test_masks
 
-            f = faithfulness_r2(attr, mgame, n_test=cfg.n_test, seed=self.seed,
+            sets = {"test": uniform_test_masks(n, cfg.n_test, seed=self.seed),
+                    "calibration": uniform_test_masks(n, cfg.n_calibration, seed=self.seed + 1)}
+            fgame = self._fixed_game(item, output, target, method_masker, sets)
+            f = faithfulness_r2(attr, fgame, test_masks=sets["test"], seed=self.seed,
                                 n_calibration=cfg.n_calibration)
             metrics["r2"] = f.r2
             extra["r2_kind"] = f.kind
         if "topk" in want:
             from .faithfulness import topk_removal
 
-            deltas = topk_removal(attr, mgame, r_max=cfg.r_max)
+            deltas = topk_removal(attr, self._fresh_game(item, output, target, method_masker),
+                                  r_max=cfg.r_max)
             metrics["topk"] = float(np.mean(deltas))
             extra["topk_curve"] = [float(x) for x in deltas]
         if "lds" in want:
-            from .lds import linear_datamodeling_score
+            from .lds import lds_masks, linear_datamodeling_score
 
-            metrics["lds"] = linear_datamodeling_score(scores, mgame, n_test=cfg.n_lds,
-                                                       seed=self.seed).value
+            zs = lds_masks(n, cfg.n_lds, seed=self.seed)
+            vals = self._set_values(item, output, target, method_masker, "lds", zs)
+            metrics["lds"] = linear_datamodeling_score(
+                scores, _LookupGame({Game.key(r): float(v) for r, v in zip(zs, vals)}, n),
+                test_masks=zs).value
         if want & set(GOLD_METRICS):
             metrics.update(self._gold_metrics(item, scores))
 
@@ -473,20 +493,21 @@ class ItemRunner:
         return regenerate_curves(scores, generate, self._encoder.vectors, auc_kind=self.config.auc)
 
 
-class _SharedValues(Game):
-    """Scalar values of ``base`` behind a table shared by several records of one item (a
-    mask another method's metrics already scored is not evaluated again)."""
+class _LookupGame(Game):
+    """A game answering from a table of precomputed values (mask key -> value)."""
 
-    def __init__(self, base: Game, table: dict[bytes, float]):
-        super().__init__(None, base.n_features)
-        self.base, self.table = base, table
+    def __init__(self, table: dict[bytes, float], n_features: int):
+        super().__init__(None, n_features)
+        self.table = table
 
     def compute(self, masks: np.ndarray) -> list[Any]:
         keys = [self.key(r) for r in masks]
-        miss = [i for i, k in enumerate(keys) if k not in self.table]
-        if miss:
-            for i, v in zip(miss, self.base(masks[miss])):
-                self.table[keys[i]] = float(v)
+        missing = sum(k not in self.table for k in keys)
+        if missing:
+            raise ParameterError(
+                f"internal error: {missing} masks outside the precomputed evaluation sets. "
+                f"Please report it."
+            )
         return [self.table[k] for k in keys]
 
 
