@@ -1,22 +1,30 @@
 """Scoring-engine benchmark: leave-one-out on the embedded model, three prompt sizes.
 
-For each prompt (chat template, ~20 / ~60 / ~200 prompt tokens, the model's own greedy answer
-of up to 16 tokens, word features) it measures, in one subprocess per prompt with the three
-engine jobs interleaved (so each sees the same machine load) and Captum in its own
-subprocess; peak memory is the resident-set peak above the loaded model, sampled every 5 ms:
+For each prompt (chat template, ~40 / ~80 / ~260 prompt tokens, the model's own greedy answer
+of up to 16 tokens, word features, ``delete`` masker) one subprocess loads the model in each
+requested dtype and interleaves, ``--repeats`` times, for each dtype:
 
-* ours       attrlens LOO with prefix reuse: wall time, tokens processed, forwards
-* scratch    attrlens LOO without prefix reuse (tokens processed from scratch)
-* raw        the machine's limit: plain batched forwards of the same model over the same
-             number of tokens (sequences of the prompt+output length, batch of the same size)
-* captum     Captum's LLMAttribution(FeatureAblation) on the same model, prompt, word
-             features (deleted) and output
+* ours   attrlens' ScoringEngine with prefix reuse (per-row prefixes): wall, tokens, forwards
+* naive  a naive batched from-scratch LOO: every perturbed prompt + output, right-padded in
+         batches of the same ``max_batch_tokens``, the decoder, the LM head at the output
+         positions, log-softmax, gather (its scores are checked against ours)
+* raw    the decoder part of ``naive`` timed on its own: the plain batched forward of the
+         same model over the from-scratch tokens (the machine's limit)
 
-Reported: efficiency = engine tokens/s ÷ raw tokens/s, token ratio scratch ÷ ours, speed-up
-captum ÷ ours, peak RSS. Medians over --repeats runs.
+Captum's ``LLMAttribution(FeatureAblation)`` runs in its own subprocess (fp32, same prompt,
+word features deleted, same output) under ``--captum-timeout`` seconds; a run that does not
+finish is reported as a lower bound. Peak memory = resident-set peak above the level at the
+start of each variant (``malloc_trim`` first, so freed memory of the previous variant does
+not hide a peak), sampled every 5 ms.
 
-    .venv/bin/python benchmarks/scoring.py [--repeats 3] [--threads 2] [--skip-captum]
-        [--prompts short,medium,long] [--out benchmarks/scoring.json]
+``--row-stride k`` scores the unmasked row and every k-th feature's LOO row (same rows for
+every variant): the per-row work is unchanged, so ratios hold while the wall time on this
+shared machine stays within minutes. Reported: engine tok/s ÷ raw tok/s, token ratio
+naive ÷ ours, end-to-end speed-up naive ÷ ours (and raw ÷ ours), peak MB; medians.
+
+    .venv/bin/python benchmarks/scoring.py [--repeats 3] [--threads 1] [--dtypes float32,bfloat16]
+        [--prompts short,medium,long] [--row-stride 1,1,8] [--skip-captum] [--captum-timeout 300]
+        [--device cpu] [--out benchmarks/scoring.json]
 """
 
 from __future__ import annotations
@@ -55,17 +63,85 @@ PROMPTS = {
 }
 
 
-def _setup(name: str):
+def _setup(name: str, dtype: str = "float32", device: str = "cpu", ref=None):
     import attrlens
     from attrlens.text.prompt import build_prompt
     from attrlens.text.segment import segment
 
-    model = attrlens.load_model()
+    model = attrlens.load_model(dtype=dtype, device=device)
     pr = build_prompt(PROMPTS[name], model)
     ids, offsets = model.tokenize(pr.text)
     fs = segment(pr.text, pr.regions, offsets, "word")
-    out = model.generate(ids, max_new_tokens=16)
+    out = ref if ref is not None else model.generate(ids, max_new_tokens=16)
     return model, pr, ids, fs, out
+
+
+def _trim() -> None:
+    """Give freed heap memory back to the OS (so a later variant's RSS peak is its own)."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except OSError:
+        pass
+
+
+def _sync(model) -> None:
+    import torch
+
+    if str(model.device).startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def naive_loo(model, inputs, out, max_batch_tokens: int):
+    """From-scratch batched LOO: (n, T) log p(o_t), tokens, decoder seconds, total seconds."""
+    import numpy as np
+    import torch
+
+    t_all = time.perf_counter()
+    T = len(out)
+    dev = model.device
+    L = len(inputs[0].ids)  # row 0 is the unmasked prompt; delete keeps the output at L
+    seqs = [(np.concatenate([x.ids, out]), np.concatenate([x.positions, np.arange(L, L + T)]))
+            for x in inputs]
+    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i][0]))
+    res = [None] * len(seqs)
+    dec_s, tokens = 0.0, 0
+    head = model.lm_head
+    out_t = torch.as_tensor(np.asarray(out), device=dev)
+    i = 0
+    while i < len(order):
+        S = len(seqs[order[i]][0])
+        j = i
+        while j < len(order) and (j - i + 1) * len(seqs[order[j]][0]) <= max(
+                max_batch_tokens, len(seqs[order[j]][0])):
+            S = len(seqs[order[j]][0])
+            j += 1
+        rows = order[i:j]
+        x = torch.zeros((len(rows), S), dtype=torch.long)
+        pos = torch.zeros((len(rows), S), dtype=torch.long)
+        att = torch.zeros((len(rows), S), dtype=torch.long)
+        for r, k in enumerate(rows):
+            ids, ps = seqs[k]
+            x[r, :len(ids)] = torch.as_tensor(ids)
+            pos[r, :len(ids)] = torch.as_tensor(ps)
+            att[r, :len(ids)] = 1
+            tokens += len(ids)
+        with torch.inference_mode():
+            t0 = time.perf_counter()
+            h = model.decoder(input_ids=x.to(dev), attention_mask=att.to(dev),
+                              position_ids=pos.to(dev), use_cache=False).last_hidden_state
+            _sync(model)
+            dec_s += time.perf_counter() - t0
+            for r, k in enumerate(rows):
+                n_k = len(seqs[k][0])
+                lp = torch.log_softmax(head(h[r, n_k - T - 1:n_k - 1]).float(), -1)
+                res[k] = lp.gather(-1, out_t[:, None])[:, 0].double().cpu().numpy()
+        i = j
+    _sync(model)
+    return np.stack(res), tokens, dec_s, time.perf_counter() - t_all
 
 
 class PeakRSS:
@@ -96,58 +172,76 @@ class PeakRSS:
         self.mb = (self.peak - self.base) / 2**20
 
 
-def job(kind: str, name: str, repeats: int, q: mp.Queue, threads: int = 2) -> None:
-    """kind "engine": ours / scratch / raw interleaved in one process (same load for each);
-    kind "captum": Captum alone."""
+def job(kind: str, name: str, args: dict, q) -> None:
+    """kind "engine": ours / naive (raw inside) interleaved per dtype in one process (same
+    load for each); kind "captum": Captum alone (fp32)."""
     import numpy as np
     import torch
 
-    torch.set_num_threads(threads)
-    model, pr, ids, fs, out = _setup(name)
+    torch.set_num_threads(args["threads"])
+    dtypes = args["dtypes"] if kind == "engine" else ["float32"]
+    models = {}
+    out = None
+    for dt in dtypes:
+        models[dt] = _setup(name, dt, args["device"], ref=out)
+        out = models[dt][4]  # every dtype scores the first dtype's answer
+    model, pr, ids, fs, out = models[dtypes[0]]
+    stride = args["row_stride"]
+    feats = list(range(0, len(fs), stride))
     meta = {"prompt": name, "prompt_tokens": len(ids), "output_tokens": len(out),
-            "features": len(fs)}
-    res: dict = {}
+            "features": len(fs), "rows_scored": len(feats) + 1, "row_stride": stride,
+            "threads": torch.get_num_threads(), "device": args["device"]}
+    res: dict = {"meta": meta}
     if kind == "engine":
-        from attrlens.explainers.loo import loo_masks
         from attrlens.scoring.engine import ScoringEngine
+        from attrlens.solvers.sampling import loo_masks
         from attrlens.text.mask import Masker
 
-        masks = loo_masks(len(fs))
-        mk = Masker("delete", ids, fs)
-        rows, width = len(fs) + 1, len(ids) + len(out)
-        x = torch.as_tensor(np.tile(np.concatenate([ids, out]), (rows, 1)))
-        bs = max(1, 8192 // width)
-        walls = {"ours": [], "scratch": [], "raw": []}
-        mem = {"ours": 0.0, "scratch": 0.0, "raw": 0.0}
-        for _ in range(repeats):
-            for k in ("ours", "scratch"):
-                eng = ScoringEngine(model, ids, out, prefix_reuse=(k == "ours"))
-                with PeakRSS() as pk:
-                    t0 = time.perf_counter()
-                    lp = eng.token_logprobs(mk.apply(masks))
-                    walls[k].append(time.perf_counter() - t0)
-                mem[k] = max(mem[k], pk.mb)
-                res[k] = {"tokens": int(eng.counters["tokens_processed"]),
-                          "padded": int(eng.counters["padded_tokens"]),
-                          "forwards": int(eng.counters["model_forwards"])}
-                if k == "ours":
-                    res["loo_top"] = [fs.labels[i] for i in
-                                      np.argsort(-(lp[0].mean() - lp[1:].mean(1)))[:3]]
-            # the machine's limit: plain batched forwards over the same number of tokens as a
-            # from-scratch LOO, equal-length rows
-            with PeakRSS() as pk:
-                t0 = time.perf_counter()
-                with torch.inference_mode():
-                    for s in range(0, rows, bs):
-                        model.decoder(input_ids=x[s:s + bs],
-                                      attention_mask=torch.ones_like(x[s:s + bs]))
-                walls["raw"].append(time.perf_counter() - t0)
-            mem["raw"] = max(mem["raw"], pk.mb)
-            res["raw"] = {"tokens": rows * width}
-        for k, ws in walls.items():
-            res[k]["wall_s"] = statistics.median(ws)
-            res[k]["walls"] = ws
-            res[k]["peak_mb_over_model"] = mem[k]
+        masks = loo_masks(len(fs))[[0] + [f + 1 for f in feats]]
+        inputs = Masker("delete", ids, fs).apply(masks)
+        mbt = args["max_batch_tokens"]
+        walls: dict = {}
+        mem: dict = {}
+        for _ in range(args["repeats"]):
+            for dt in dtypes:
+                m = models[dt][0]
+                for k in ("ours", "naive"):
+                    _trim()
+                    gpu = str(m.device).startswith("cuda")
+                    if gpu:
+                        torch.cuda.reset_peak_memory_stats()
+                        base = torch.cuda.memory_allocated()
+                    with PeakRSS() as pk:
+                        if k == "ours":
+                            t0 = time.perf_counter()
+                            eng = ScoringEngine(m, ids, out, max_batch_tokens=mbt)
+                            lp = eng.token_logprobs(inputs)
+                            _sync(m)
+                            walls.setdefault((dt, "ours"), []).append(time.perf_counter() - t0)
+                            res[f"{dt}/ours"] = {
+                                "tokens": int(eng.counters["tokens_processed"]),
+                                "padded": int(eng.counters["padded_tokens"]),
+                                "forwards": int(eng.counters["model_forwards"])}
+                            lp_ours = lp
+                        else:
+                            lp, tokens, dec_s, tot = naive_loo(m, inputs, out, mbt)
+                            walls.setdefault((dt, "naive"), []).append(tot)
+                            walls.setdefault((dt, "raw"), []).append(dec_s)
+                            res[f"{dt}/naive"] = {"tokens": tokens}
+                            res[f"{dt}/raw"] = {"tokens": tokens}
+                            res[f"{dt}/max_abs_diff_ours_vs_naive"] = float(
+                                np.abs(lp - lp_ours).max())
+                    mem[(dt, k)] = max(mem.get((dt, k), 0.0), pk.mb)
+                    if gpu:  # device memory above the loaded model
+                        mb = (torch.cuda.max_memory_allocated() - base) / 2**20
+                        res[f"{dt}/{k}"]["gpu_peak_mb"] = max(
+                            res[f"{dt}/{k}"].get("gpu_peak_mb", 0.0), mb)
+                    if k == "naive":
+                        mem[(dt, "raw")] = float("nan")
+                del eng
+        for (dt, k), ws in walls.items():
+            res[f"{dt}/{k}"].update(wall_s=statistics.median(ws), walls=ws,
+                                    peak_mb=mem[(dt, k)])
     else:
         from captum.attr import FeatureAblation, LLMAttribution, TextTemplateInput
 
@@ -162,77 +256,132 @@ def job(kind: str, name: str, repeats: int, q: mp.Queue, threads: int = 2) -> No
         inp = TextTemplateInput(template, values=values, baselines=[""] * len(values))
         target = model.decode(out, skip_special_tokens=False)
         fa = LLMAttribution(FeatureAblation(model.model), model.tokenizer)
-        walls = []
+        _trim()
         with PeakRSS() as pk:
-            for _ in range(repeats if name == "short" else 1):  # Captum is slow: one run
-                t0 = time.perf_counter()
-                with torch.no_grad():
-                    r = fa.attribute(inp, target=target)
-                walls.append(time.perf_counter() - t0)
-        seq = np.asarray(r.seq_attr.detach().cpu().numpy())
-        res["captum"] = {"wall_s": statistics.median(walls), "walls": walls,
-                         "peak_mb_over_model": pk.mb,
-                         "captum_top": [values[i].strip() for i in np.argsort(-seq)[:3]]}
-    res["meta"] = meta
+            t0 = time.perf_counter()
+            with torch.no_grad():
+                fa.attribute(inp, target=target)
+            wall = time.perf_counter() - t0
+        res["captum"] = {"wall_s": wall, "peak_mb": pk.mb, "features": len(values)}
     q.put(res)
 
 
-def run_job(kind: str, name: str, repeats: int, threads: int = 2) -> dict:
+def run_job(kind: str, name: str, args: dict, timeout: float | None = None) -> dict | None:
+    """Run ``job`` in a fresh spawned process; None when it ran past ``timeout`` s."""
+    import queue as _queue
+
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
-    p = ctx.Process(target=job, args=(kind, name, repeats, q, threads))
+    p = ctx.Process(target=job, args=(kind, name, args, q))
+    t0 = time.perf_counter()
     p.start()
-    out = q.get()
+    try:
+        out = q.get(timeout=timeout)
+    except _queue.Empty:
+        p.kill()
+        p.join()
+        return {"timed_out_s": time.perf_counter() - t0}
     p.join()
     return out
 
 
+def machine() -> dict:
+    """CPU model, flags of interest, load average (recorded with the results)."""
+    import os
+    import platform
+    import subprocess
+
+    info: dict = {"platform": platform.platform(), "cpus": os.cpu_count(),
+                  "loadavg_start": os.getloadavg()}
+    try:
+        ls = subprocess.run(["lscpu"], check=False, capture_output=True, text=True, timeout=10).stdout
+        for line in ls.splitlines():
+            k, _, v = line.partition(":")
+            if k.strip() == "Model name":
+                info["cpu"] = v.strip()
+            if k.strip() == "Flags":
+                flags = v.split()
+                info["flags"] = [f for f in flags if f.startswith(("avx", "amx", "fma"))]
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return info
+
+
 def main() -> None:
+    import os
+
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--skip-captum", action="store_true")
+    ap.add_argument("--captum-timeout", type=float, default=300.0)
+    ap.add_argument("--captum-prompts", default="short,medium")
     ap.add_argument("--prompts", default="short,medium,long")
+    ap.add_argument("--dtypes", default="float32,bfloat16")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--row-stride", default="1",
+                    help="one stride for all prompts, or one per prompt (comma-separated)")
+    ap.add_argument("--max-batch-tokens", type=int, default=4096)
     ap.add_argument("--out", default="benchmarks/scoring.json")
-    ap.add_argument("--threads", type=int, default=2,
-                    help="torch threads (1 is faster when other jobs load the machine)")
-    args = ap.parse_args()
-    kinds = ["engine"] + ([] if args.skip_captum else ["captum"])
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads (1: other jobs load this 2-core machine)")
+    a = ap.parse_args()
+    args = {"threads": a.threads, "dtypes": a.dtypes.split(","), "device": a.device,
+            "repeats": a.repeats,
+            "max_batch_tokens": a.max_batch_tokens}
+    mach = machine()
+    print(json.dumps(mach), flush=True)
     results = []
-    for name in args.prompts.split(","):
-        row: dict = {}
-        for kind in kinds:
-            r = run_job(kind, name, args.repeats, args.threads)
-            row.update(r)
-            print(json.dumps(r), flush=True)
-        ours, scratch, raw = row["ours"], row["scratch"], row["raw"]
-        summary = {
-            **row["meta"],
-            "ours_wall_s": ours["wall_s"],
-            "ours_tokens": ours["tokens"],
-            "ours_forwards": ours["forwards"],
-            "scratch_tokens": scratch["tokens"],
-            "token_ratio_scratch_over_ours": scratch["tokens"] / ours["tokens"],
-            "engine_tok_per_s": ours["tokens"] / ours["wall_s"],
-            "raw_tok_per_s": raw["tokens"] / raw["wall_s"],
-            "scratch_wall_s": scratch["wall_s"],
-            "raw_wall_s": raw["wall_s"],
-            "peak_mb_over_model": {k: row[k]["peak_mb_over_model"] for k in
-                                   ("ours", "scratch", "raw", "captum") if k in row},
-        }
-        # issue formula: raw throughput / engine throughput (lower is better; the goal reads
-        # engine >= 0.8 x raw, i.e. engine/raw >= 0.8); both are reported
-        summary["engine_over_raw_throughput"] = summary["engine_tok_per_s"] / summary["raw_tok_per_s"]
-        summary["raw_over_engine_throughput"] = 1 / summary["engine_over_raw_throughput"]
-        summary["wall_speedup_vs_raw_scratch"] = raw["wall_s"] / ours["wall_s"]
-        if "captum" in row:
-            summary["captum_wall_s"] = row["captum"]["wall_s"]
-            summary["speedup_vs_captum"] = row["captum"]["wall_s"] / ours["wall_s"]
-            summary["captum_top"] = row["captum"]["captum_top"]
-            summary["ours_top"] = row["loo_top"]
+    names = a.prompts.split(",")
+    strides = [int(x) for x in a.row_stride.split(",")]
+    strides = strides * len(names) if len(strides) == 1 else strides
+    if len(strides) != len(names):
+        ap.error("--row-stride: one value, or one per prompt")
+    for name, stride in zip(names, strides):
+        args["row_stride"] = stride
+        row = run_job("engine", name, args)
+        print(json.dumps(row), flush=True)
+        meta = row["meta"]
+        summary: dict = dict(meta)
+        for dt in args["dtypes"]:
+            ours, naive, raw = row[f"{dt}/ours"], row[f"{dt}/naive"], row[f"{dt}/raw"]
+            eng_tps = ours["tokens"] / ours["wall_s"]
+            raw_tps = raw["tokens"] / raw["wall_s"]
+            summary[dt] = {
+                "ours_wall_s": ours["wall_s"], "naive_wall_s": naive["wall_s"],
+                "raw_wall_s": raw["wall_s"],
+                "ours_tokens": ours["tokens"], "ours_padded": ours["padded"],
+                "ours_forwards": ours["forwards"], "naive_tokens": naive["tokens"],
+                "token_ratio_naive_over_ours": naive["tokens"] / ours["tokens"],
+                "engine_tok_per_s": eng_tps, "raw_tok_per_s": raw_tps,
+                "engine_over_raw_throughput": eng_tps / raw_tps,
+                "speedup_vs_naive": naive["wall_s"] / ours["wall_s"],
+                "speedup_vs_raw": raw["wall_s"] / ours["wall_s"],
+                "peak_mb": {"ours": ours["peak_mb"], "naive": naive["peak_mb"]},
+                "gpu_peak_mb": {"ours": ours.get("gpu_peak_mb"), "naive": naive.get("gpu_peak_mb")},
+                "max_abs_diff_ours_vs_naive": row[f"{dt}/max_abs_diff_ours_vs_naive"],
+                "walls": {"ours": ours["walls"], "naive": naive["walls"], "raw": raw["walls"]},
+            }
+        if len(args["dtypes"]) > 1:
+            d0, d1 = args["dtypes"][:2]
+            summary[f"ours_{d0}_over_{d1}_wall"] = (summary[d0]["ours_wall_s"]
+                                                    / summary[d1]["ours_wall_s"])
+        if not a.skip_captum and name in a.captum_prompts.split(","):
+            cap = run_job("captum", name, {**args, "row_stride": 1}, timeout=a.captum_timeout)
+            print(json.dumps(cap), flush=True)
+            full = meta["features"] / max(1, meta["rows_scored"] - 1)  # ours at all rows
+            ours_full = summary[args["dtypes"][0]]["ours_wall_s"] * full
+            if "captum" in cap:
+                summary["captum_wall_s"] = cap["captum"]["wall_s"]
+                summary["captum_peak_mb"] = cap["captum"]["peak_mb"]
+                summary["speedup_vs_captum"] = cap["captum"]["wall_s"] / ours_full
+            else:
+                summary["captum_wall_s_lower_bound"] = cap["timed_out_s"]
+                summary["speedup_vs_captum_lower_bound"] = cap["timed_out_s"] / ours_full
+        summary["loadavg_end"] = os.getloadavg()
         results.append(summary)
         print(json.dumps(summary), flush=True)
-    with open(args.out, "w") as f:
-        json.dump({"argv": sys.argv, "results": results}, f, indent=2)
+    with open(a.out, "w") as f:
+        json.dump({"argv": sys.argv, "machine": mach, "results": results}, f, indent=2)
 
 
 if __name__ == "__main__":

@@ -94,8 +94,10 @@ def tiny_model():
 def default_model():
     import attrlens
 
-    # a fixed dtype: test values must not depend on which dtype is faster on this CPU
-    return attrlens.load_model(dtype="float32")
+    # a fixed dtype: test values must not depend on which dtype is faster on this CPU;
+    # ATTRLENS_TEST_DEVICE (e.g. cuda) runs the integration tests on that device
+    device = os.environ.get("ATTRLENS_TEST_DEVICE", "auto")
+    return attrlens.load_model(dtype="float32", device=device)
 
 
 @pytest.fixture

@@ -229,9 +229,14 @@ class ScoringEngine:
             out_ids_t = torch.as_tensor(self.output_ids, device=h.device)
             chunk = max(1, self.max_logit_rows // T)
             for c0 in range(0, B, chunk):
-                logprobs = torch.log_softmax(head(h[c0 : c0 + chunk]).float(), dim=-1)
-                vals = reducer(logprobs, out_ids_t)
-                del logprobs
+                logits = head(h[c0 : c0 + chunk]).float()
+                if reducer is gather_logprobs:  # log p(o_t) without a log-softmax tensor
+                    idx = out_ids_t[None, :, None].expand(logits.shape[0], -1, 1)
+                    lp = logits.gather(-1, idx)[..., 0] - torch.logsumexp(logits, dim=-1)
+                    vals = lp.double().cpu().numpy()
+                else:
+                    vals = reducer(torch.log_softmax(logits, dim=-1), out_ids_t)
+                del logits
                 for r, v in enumerate(vals):
                     results[batch[c0 + r]] = v
         self.counters["model_forwards"] += 1
