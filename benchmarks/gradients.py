@@ -107,6 +107,9 @@ def child(args: argparse.Namespace) -> None:
         params = {} if args.steps is None else {"steps": args.steps}
         if args.pad:
             params.update(baseline="pad", rule="middle")
+        if args.checkpoint:
+            params["checkpoint"] = args.checkpoint
+            row["checkpoint"] = args.checkpoint
         with Peak() as pk:
             t0 = time.perf_counter()
             a = attrlens.explain(prompt, model=model, method=args.method, output=OUTPUT,
@@ -242,6 +245,9 @@ def main() -> None:
     ap.add_argument("--captum", nargs="*", default=["lig", "llm"], choices=["lig", "llm"])
     ap.add_argument("--timeout", type=float, default=300.0, help="seconds per row")
     ap.add_argument("--mem-cap-mb", type=float, default=12000.0)
+    ap.add_argument("--checkpoint", default=None, choices=["auto", "on", "off"],
+                    help="checkpoint parameter of the 'ours ig pad' rows (default: auto); "
+                    "given, that row runs even with no Captum rows")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     if args.child:
@@ -266,11 +272,12 @@ def main() -> None:
         for m in args.methods:
             record(run_child(["--n", str(n), "--method", m], args.timeout, args.mem_cap_mb))
         steps = args.compare_steps[min(i, len(args.compare_steps) - 1)]
-        if not args.captum:
+        if not args.captum and not args.checkpoint:
             continue
         ours_f = os.path.join(tmp, f"ours{n}.npy")
+        ck = ["--checkpoint", args.checkpoint] if args.checkpoint else []
         record(run_child(["--n", str(n), "--method", "ig", "--pad", "--steps", str(steps),
-                          "--scores", ours_f], args.timeout, args.mem_cap_mb))
+                          "--scores", ours_f, *ck], args.timeout, args.mem_cap_mb))
         for kind in args.captum:
             f = os.path.join(tmp, f"{kind}{n}.npy")
             new = run_child(["--n", str(n), "--kind", f"captum_{kind}", "--steps", str(steps),
