@@ -31,10 +31,14 @@ def main() -> None:
     p.add_argument("--n-test", type=int, default=300)
     p.add_argument("--target", default="logprob")
     p.add_argument("--method-masker", default="replace")
+    p.add_argument("--smallest-first", action="store_true",
+                   help="take the bin's shortest items first")
     p.add_argument("--out", required=True)
     a = p.parse_args()
     lo, hi = (int(x) for x in a.bin.split("-"))
     items = [it for it in load_items(a.data) if it.spans and lo <= len(it.spans) <= hi]
+    if a.smallest_first:  # the cheapest items of the bin first (a small, finishable run)
+        items = sorted(items, key=lambda it: len(it.spans))
     items = items[: a.limit]
     # the SPEX budget at the bin's largest n (C = 3, t = 5: the same for the whole bin here)
     budget = get_explainer("spex")(b=a.b).default_budget(hi)

@@ -320,3 +320,25 @@ def test_served_model_answer_is_explained_by_gsmile_and_local_methods(tiny_model
     # a resumed run (another loopback port would do too: the URL is not in the key)
     again = attrlens.evaluate([item], out=tmp_path / "o", **kw)
     assert again.computed == 0 and again.skipped == 2
+
+
+@pytest.mark.integration
+def test_a_failing_page_never_loses_its_record(tiny_model, tmp_path, monkeypatch, capfd):
+    from attrlens.evaluation import runner as runner_mod
+
+    def broken(*a, **k):
+        raise RuntimeError("renderer broke")
+
+    monkeypatch.setattr(runner_mod, "_write_page", broken)
+    attrlens.evaluate(ITEMS[:1], methods=["loo"], metrics=["abpc"], model=tiny_model,
+                      out=tmp_path / "o", chat=False, progress=False)
+    err = capfd.readouterr().err
+    assert err.count("no page for fox loo") == 2  # when the record finished, and in the index
+    assert "fox" not in (tmp_path / "o" / "index.html").read_text()
+    rec = json.loads((tmp_path / "o" / "records.jsonl").read_text())
+    assert "page" not in rec and np.isfinite(rec["metrics"]["abpc"])
+    monkeypatch.undo()
+    s = attrlens.evaluate(ITEMS[:1], methods=["loo"], metrics=["abpc"], model=tiny_model,
+                          out=tmp_path / "o", chat=False, progress=False)
+    assert s.computed == 0 and (tmp_path / "o" / "index.html").is_file()
+    assert len(list((tmp_path / "o" / "items").iterdir())) == 1

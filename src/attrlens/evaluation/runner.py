@@ -829,7 +829,12 @@ def evaluate(
                                         encoding="utf-8")
             rec["attribution"] = f"attributions/{name}"
             if report:
-                rec["page"] = _write_page(out_dir, rec, data_)
+                try:
+                    rec["page"] = _write_page(out_dir, rec, data_)
+                except Exception as exc:  # noqa: BLE001 - a report must never lose a record
+                    print(f"[evaluate] no page for {rec['item_id']} {rec['label']}: "
+                          f"{type(exc).__name__}: {exc} (index.html retries it)",
+                          file=sys.stderr, flush=True)
         store.append(rec)
         prog.step(rec)
 
@@ -888,8 +893,12 @@ def write_index(out_dir: str | Path, records: list[dict[str, Any]], *,
             att = out_dir / str(r.get("attribution", ""))
             if not r.get("attribution") or not att.is_file():
                 continue  # nothing to show for this record
-            data = json.loads(att.read_text(encoding="utf-8"))
-            page = _write_page(out_dir, r, data)
+            try:
+                page = _write_page(out_dir, r, json.loads(att.read_text(encoding="utf-8")))
+            except Exception as exc:  # noqa: BLE001 - one bad page must not lose the index
+                print(f"[evaluate] no page for {r.get('item_id')} {r.get('label')}: "
+                      f"{type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+                continue
         rows.append({**r, "page": page})
     index = out_dir / "index.html"
     index.write_text(index_html(rows, title=title), encoding="utf-8")
