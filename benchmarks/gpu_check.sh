@@ -11,7 +11,8 @@
 #
 # Environment: PY (default .venv/bin/python), OUT_MD (default
 # benchmarks/gpu_check_results.md; the dry run defaults to /tmp/gpu_check_dryrun.md),
-# TEST_TIMEOUT (s, default 1800), SPEX_WORDS (default 1000), SPEX_B (default: method default).
+# TEST_TIMEOUT (s, default 1800), SPEX_WORDS (default 1000), SPEX_B (default: method default),
+# SPEX_NEW_TOKENS (default 16), STEPS (default "1 2 3": which parts to run).
 set -uo pipefail
 
 cd "$(dirname "$0")/.."
@@ -22,8 +23,9 @@ if [[ "$DRY_RUN" == 1 ]]; then
   OUT_MD=${OUT_MD:-/tmp/gpu_check_dryrun.md}
   TESTS=(tests/scoring/test_engine_limits.py -m "not integration" -k "per_row and delete")
   BENCH=(--device cpu --prompts short --dtypes float32 --repeats 1 --row-stride 3 --skip-captum)
-  SPEX_WORDS=${SPEX_WORDS:-24}
+  SPEX_WORDS=${SPEX_WORDS:-6}
   SPEX_B=${SPEX_B:-3}
+  SPEX_NEW_TOKENS=${SPEX_NEW_TOKENS:-4}
   export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 else
   DEVICE=cuda
@@ -42,6 +44,9 @@ OUT_DIR=$(dirname "$OUT_MD")
 BASE=$(basename "$OUT_MD" .md)
 BENCH_JSON="$OUT_DIR/${BASE}_scoring.json"
 SPEX_JSON="$OUT_DIR/${BASE}_spex.json"
+STEPS=${STEPS:-1 2 3}
+SPEX_NEW_TOKENS=${SPEX_NEW_TOKENS:-16}
+step() { [[ " $STEPS " == *" $1 "* ]]; }
 TEST_LOG="$OUT_DIR/${BASE}_tests.log"
 status=0
 
@@ -63,6 +68,7 @@ EOF
 } > "$OUT_MD"
 
 # ---- 1. integration tests on the device -------------------------------------------------
+if step 1; then
 echo "== 1. integration tests on $DEVICE"
 t0=$(date +%s)
 ATTRLENS_TEST_DEVICE=$DEVICE timeout "${TEST_TIMEOUT:-1800}" .venv/bin/pytest -q -p no:cacheprovider \
@@ -80,7 +86,10 @@ rc=$?
   echo
 } >> "$OUT_MD"
 
+fi
+
 # ---- 2. scoring benchmark ----------------------------------------------------------------
+if step 2; then
 echo "== 2. scoring benchmark on $DEVICE"
 "$PY" benchmarks/scoring.py "${BENCH[@]}" --out "$BENCH_JSON" > "$OUT_DIR/${BASE}_scoring.log" 2>&1
 rc=$?
@@ -120,15 +129,19 @@ else
   tail -n 20 "$OUT_DIR/${BASE}_scoring.log" | sed 's/^/    /' >> "$OUT_MD"
 fi
 
+fi
+
 # ---- 3. SPEX on a ~1,000-word prompt -----------------------------------------------------
+if step 3; then
 echo "== 3. SPEX on a ${SPEX_WORDS}-word prompt on $DEVICE"
-"$PY" - "$DEVICE" "$SPEX_WORDS" "${SPEX_B}" "$SPEX_JSON" >> "$OUT_MD" 2> "$OUT_DIR/${BASE}_spex.log" <<'EOF'
+"$PY" - "$DEVICE" "$SPEX_WORDS" "${SPEX_B}" "$SPEX_JSON" "$SPEX_NEW_TOKENS" >> "$OUT_MD" 2> "$OUT_DIR/${BASE}_spex.log" <<'EOF'
 import json, sys, time
 import attrlens
 sys.path.insert(0, "benchmarks")
 from scoring import PROMPTS
 
 device, n_words, b, out = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+new_tokens = int(sys.argv[5])
 passage = PROMPTS["long"].split(" ", 6)[-1]  # drop the instruction
 words = []
 k = 0
@@ -142,7 +155,7 @@ load_s = time.perf_counter() - t0
 params = {"b": int(b)} if b else {}
 t0 = time.perf_counter()
 res = attrlens.explain(text, model=model, method="spex", granularity="word",
-                       max_new_tokens=16, **params)
+                       max_new_tokens=new_tokens, **params)
 wall = time.perf_counter() - t0
 cost = res.cost
 top = sorted(zip(res.scores, res.labels), reverse=True)[:5]
@@ -163,6 +176,7 @@ rc=$?
 if [[ $rc -ne 0 ]]; then
   status=1
   { echo "## 3. SPEX: failed (exit $rc)"; echo; tail -n 20 "$OUT_DIR/${BASE}_spex.log" | sed 's/^/    /'; } >> "$OUT_MD"
+fi
 fi
 
 echo "gpu_check: wrote $OUT_MD (exit $status)"
