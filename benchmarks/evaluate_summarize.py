@@ -2,12 +2,17 @@
 its records.jsonl alone: mean [95% bootstrap CI] per method and metric over the items each
 method finished, the n-bins and paired tests (on the items both methods finished).
 
-    .venv/bin/python benchmarks/evaluate_summarize.py out/gilot_t1 [more dirs merged ...]
+    .venv/bin/python benchmarks/evaluate_summarize.py out/gilot_t1 [more dirs merged ...] \
+        [--export benchmarks/evaluate_gilot_t1.json]
+
+``--export`` writes the records without their attributions (item, method, parameters, model,
+settings, metrics, explained output, cost) as one JSON file to keep beside the results.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 from attrlens.evaluation.runner import summarize_records
@@ -18,6 +23,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("dirs", nargs="+")
     p.add_argument("--metrics", default=None, help="comma-separated (default: all recorded)")
+    p.add_argument("--export", default=None, help="write the records (no attributions) here")
     a = p.parse_args()
     recs = [r for d in a.dirs for r in ResultsStore(d).records()]
     methods = list(dict.fromkeys(r["label"] for r in recs))
@@ -32,6 +38,12 @@ def main() -> None:
                           n_items=len(items))
     print(s.markdown())
     print(f"model sha256: {first['model']['sha256']}; records: {len(recs)}")
+    if a.export:
+        keep = ("item_id", "label", "params", "resolved_params", "seed", "model", "eval",
+                "n_features", "bin", "metrics", "output_text", "cost", "explain_s", "key")
+        rows = [{k: r.get(k) for k in keep} for r in recs]
+        Path(a.export).write_text(json.dumps({"dirs": a.dirs, "records": rows}, indent=1,
+                                             sort_keys=True) + "\n", encoding="utf-8")
 
 
 if __name__ == "__main__":
