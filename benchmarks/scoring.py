@@ -356,6 +356,12 @@ def main() -> None:
                 "engine_over_raw_throughput": eng_tps / raw_tps,
                 "speedup_vs_naive": naive["wall_s"] / ours["wall_s"],
                 "speedup_vs_raw": raw["wall_s"] / ours["wall_s"],
+                # paired per repeat (each pair ran back to back: robust to load drifts)
+                "speedup_vs_naive_paired_median": statistics.median(
+                    n_ / o_ for n_, o_ in zip(naive["walls"], ours["walls"])),
+                "engine_over_raw_paired_median": statistics.median(
+                    (ours["tokens"] / o_) / (raw["tokens"] / r_)
+                    for o_, r_ in zip(ours["walls"], raw["walls"])),
                 "peak_mb": {"ours": ours["peak_mb"], "naive": naive["peak_mb"]},
                 "gpu_peak_mb": {"ours": ours.get("gpu_peak_mb"), "naive": naive.get("gpu_peak_mb")},
                 "max_abs_diff_ours_vs_naive": row[f"{dt}/max_abs_diff_ours_vs_naive"],
