@@ -163,8 +163,8 @@ class _EosLikely:
     def __getattr__(self, name):
         return getattr(self._m, name)
 
-    def lm_head(self, h):
-        logits = self._m.lm_head(h).clone()
+    def output_logits(self, h):
+        logits = self._m.output_logits(h).clone()
         logits[..., self._m.eos_token_ids[0]] += self._bonus
         return logits
 

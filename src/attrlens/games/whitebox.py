@@ -316,7 +316,7 @@ class WhiteBoxGame(Game):
         pos = torch.arange(s, device=embeds.device)[None, :].expand(b, s)
         out = self.model.decoder(inputs_embeds=embeds, position_ids=pos, use_cache=False)
         hidden = out.last_hidden_state[:, self.n_prompt - 1: s - 1]
-        logits = self.model.lm_head(hidden).float()
+        logits = self.model.output_logits(hidden)
         tgt = torch.as_tensor(self.output_ids, device=embeds.device)[None, :, None].expand(b, -1, 1)
         self.counters["model_forwards"] += 1
         self.counters["tokens_processed"] += b * s

@@ -599,6 +599,31 @@ class HFModel:
     def lm_head(self) -> Any:
         return self.model.get_output_embeddings()
 
+    def output_logits(self, hidden: Any) -> Any:
+        """float32 logits of the LM head at the given hidden states (..., H) -> (..., V).
+
+        In a reduced-precision model the head runs in float32 too (a float32 copy of its
+        weight, made once): it is applied only at output positions, so this costs little,
+        and it keeps reduced-dtype attributions close to float32 ones (the head's bf16
+        rounding otherwise swaps the ranks of near-equal features).
+        """
+        import torch
+
+        head = self.lm_head
+        weight = getattr(head, "weight", None)
+        if weight is None or weight.dtype == torch.float32 or not isinstance(
+            head, torch.nn.Linear
+        ):
+            return head(hidden).float()
+        w32 = getattr(self, "_head_fp32", None)
+        if w32 is None or w32.device != weight.device:
+            w32 = weight.detach().float()
+            b = head.bias.detach().float() if head.bias is not None else None
+            self._head_fp32 = w32
+            self._head_bias_fp32 = b
+        h = hidden.to(w32.device).float()
+        return torch.nn.functional.linear(h, w32, self._head_bias_fp32)
+
     @property
     def input_embeddings(self) -> Any:
         return self.model.get_input_embeddings()

@@ -295,7 +295,7 @@ class BeamRunner:
     def _logprobs(self, h: Any) -> Any:
         import torch
 
-        return torch.log_softmax(self.model.lm_head(h).float(), dim=-1)
+        return torch.log_softmax(self.model.output_logits(h), dim=-1)
 
     # ---- beam search ---------------------------------------------------------------------
     def _search_chunk(self, inp: BeamInputs, rows: np.ndarray) -> tuple[list[Beams], Any]:

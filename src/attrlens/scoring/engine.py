@@ -225,11 +225,10 @@ class ScoringEngine:
             gather = starts[:, None] + torch.arange(T, device=hdev)[None, :]
             h = hidden[torch.arange(B, device=hdev)[:, None], gather]  # (B, T, H)
             del hidden
-            head = self.model.lm_head
             out_ids_t = torch.as_tensor(self.output_ids, device=h.device)
             chunk = max(1, self.max_logit_rows // T)
             for c0 in range(0, B, chunk):
-                logits = head(h[c0 : c0 + chunk]).float()
+                logits = self.model.output_logits(h[c0 : c0 + chunk])
                 if reducer is gather_logprobs:  # log p(o_t) without a log-softmax tensor
                     idx = out_ids_t[None, :, None].expand(logits.shape[0], -1, 1)
                     lp = logits.gather(-1, idx)[..., 0] - torch.logsumexp(logits, dim=-1)
