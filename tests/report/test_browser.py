@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import XSS, add_interactions, make_attr, make_gilot
+from report_helpers import XSS, add_interactions, make_attr, make_gilot
 
 from attrlens.report.html import colour, compare_html, index_html, max_abs
 

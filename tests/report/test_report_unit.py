@@ -11,7 +11,7 @@ import re
 
 import numpy as np
 import pytest
-from conftest import XSS, add_interactions, make_attr, make_gilot
+from report_helpers import XSS, add_interactions, make_attr, make_gilot
 from scipy.stats import kendalltau, spearmanr
 
 from attrlens.errors import InputError

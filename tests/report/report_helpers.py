@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-import pytest
 
 from attrlens.result import Attribution
 
@@ -73,8 +72,3 @@ def make_gilot(seed: int = 1) -> Attribution:
                               "beams": [{"text": f" Yes {XSS}", "logprob": -1.2},
                                         {"text": " No", "logprob": -2.5}], "distance": "ot"}
     return attr
-
-
-@pytest.fixture
-def loo_attr() -> Attribution:
-    return make_attr()
