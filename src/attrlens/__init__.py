@@ -8,14 +8,14 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from .errors import (  # noqa: E402
+from .errors import (
     AttrlensError,
     BackendError,
     CapabilityError,
     InputError,
     ParameterError,
 )
-from .result import Attribution  # noqa: E402
+from .result import Attribution
 
 
 def __getattr__(name: str):
@@ -41,10 +41,10 @@ __all__ = [
     "CapabilityError",
     "InputError",
     "ParameterError",
+    "__version__",
     "evaluate",
     "explain",
     "explain_game",
     "list_methods",
     "load_model",
-    "__version__",
 ]

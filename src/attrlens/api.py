@@ -9,11 +9,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .errors import InputError, ParameterError, unknown_name_message
-from .params import check_param
 from .explainers.base import Explainer, Explanation
-from .models.base import require_needs
-from .registry import get_explainer
 from .games import Game, as_game
+from .models.base import require_needs
+from .params import check_param
+from .registry import get_explainer
 from .result import Attribution
 
 if TYPE_CHECKING:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import numpy as np
-
 from ..games import BudgetedGame
 from ..registry import register
 from ..solvers.sampling import loo_masks

@@ -4,6 +4,6 @@
 Typed games for model-based methods live beside it, one module per kind of value.
 """
 
-from .base import BudgetExceededError, BudgetedGame, Cost, Game, as_game
+from .base import BudgetedGame, BudgetExceededError, Cost, Game, as_game
 
 __all__ = ["BudgetExceededError", "BudgetedGame", "Cost", "Game", "as_game"]
