@@ -149,3 +149,15 @@ def test_masker_rejects_wrong_shape(tiny_model):
     _, ids, fs = _setup(tiny_model)
     with pytest.raises(InputError, match="shape"):
         Masker("delete", ids, fs).apply(np.ones((2, len(fs) + 1), dtype=bool))
+
+
+def test_mask_spans_deletes_or_replaces_keeping_whitespace():
+    from attrlens.text.mask import mask_spans
+
+    text = "The cat sat on the mat."
+    spans = [(3, 7), (18, 23)]  # " cat", " mat." (words carry their leading space)
+    assert mask_spans(text, spans) == "The sat on the"
+    assert mask_spans(text, spans, replacement="<unk>") == "The <unk> sat on the <unk>"
+    # a window of the text, absolute offsets
+    assert mask_spans(text, [(3, 7)], start=0, end=11) == "The sat"
+    assert mask_spans(text, [(3, 4)], replacement="<unk>") == text  # blank span kept

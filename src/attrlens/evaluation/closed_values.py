@@ -28,6 +28,7 @@ from ..errors import InputError, ParameterError
 from ..games import Game
 from ..models.routes import answer_logprob
 from ..params import check_param
+from ..text.mask import mask_spans
 from ..text.prompt import validate_messages
 from ..text.segment import _label, char_segments
 
@@ -138,17 +139,6 @@ class ClosedValueFunction:
         self.n_features = len(self.features)
         self._checked = False
 
-    def _masked_piece(self, piece: str) -> str:
-        if self.masker == "delete":
-            return ""
-        # keep the whitespace around the feature, so words stay separated
-        core = piece.strip()
-        if not core:
-            return piece
-        lead = piece[: len(piece) - len(piece.lstrip())]
-        trail = piece[len(piece.rstrip()):]
-        return lead + self.mask_text + trail
-
     def render(self, mask: np.ndarray) -> list[Message]:
         """The chat messages with the features where ``mask`` is 0 masked."""
         mask = np.asarray(mask, dtype=bool)
@@ -157,15 +147,9 @@ class ClosedValueFunction:
             if not keep:
                 per_msg.setdefault(mi, []).extend(sps)
         out = [dict(m) for m in self.messages]
+        replacement = None if self.masker == "delete" else self.mask_text
         for mi, sps in per_msg.items():
-            text = out[mi]["content"]
-            pieces, last = [], 0
-            for a, b in sorted(sps):
-                pieces.append(text[last:a])
-                pieces.append(self._masked_piece(text[a:b]))
-                last = b
-            pieces.append(text[last:])
-            out[mi]["content"] = "".join(pieces)
+            out[mi]["content"] = mask_spans(out[mi]["content"], sps, replacement=replacement)
         return out
 
     def value_of(self, top: Mapping[str, float]) -> float:

@@ -26,6 +26,7 @@ messages).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -152,6 +153,33 @@ class Masker:
         return PerturbedInput(arr, np.arange(arr.shape[0]), first, output_start=arr.shape[0])
 
 
+def mask_spans(
+    text: str,
+    spans: Sequence[tuple[int, int]],
+    *,
+    replacement: str | None = None,
+    start: int = 0,
+    end: int | None = None,
+) -> str:
+    """``text[start:end]`` with each char span (absolute offsets, non-overlapping) deleted
+    (``replacement=None``) or replaced by ``replacement`` with the span's own leading and
+    trailing whitespace kept, so words stay separated; blank spans stay as they are."""
+    end = len(text) if end is None else end
+    parts, cur = [], start
+    for a, b in sorted(spans):
+        parts.append(text[cur:a])
+        piece = text[a:b]
+        if replacement is not None and piece.strip():
+            lead = piece[: len(piece) - len(piece.lstrip())]
+            trail = piece[len(piece.rstrip()):]
+            parts.append(lead + replacement + trail)
+        elif replacement is not None:
+            parts.append(piece)
+        cur = b
+    parts.append(text[cur:end])
+    return "".join(parts)
+
+
 class TextMasker:
     """The masker for text routes (regeneration, served models): the text of a perturbed
     prompt from a mask over the features.
@@ -181,17 +209,10 @@ class TextMasker:
     def region_texts(self, keep: np.ndarray) -> list[str]:
         """Text of every explainable region with the features where ``keep`` is False removed."""
         text = self.prompt.text
-        out = []
-        for (rs, re_), pieces in zip(self.regions, self._pieces):
-            parts, cur = [], rs
-            for a, b, fi in pieces:
-                parts.append(text[cur:a])
-                if keep[fi]:
-                    parts.append(text[a:b])
-                cur = b
-            parts.append(text[cur:re_])
-            out.append("".join(parts))
-        return out
+        return [
+            mask_spans(text, [(a, b) for a, b, fi in pieces if not keep[fi]], start=rs, end=re_)
+            for (rs, re_), pieces in zip(self.regions, self._pieces)
+        ]
 
     def text(self, keep: np.ndarray) -> str:
         """The perturbed explainable text (all regions joined)."""
