@@ -25,6 +25,7 @@ import json
 import re
 import string
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -94,12 +95,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument(
         "--cache",
-        default="/tmp/attrlens_closed_bench.sqlite",
+        default=str(Path(tempfile.gettempdir()) / "attrlens_closed_bench.sqlite"),
         help="call cache file (makes the run resumable)",
     )
     ap.add_argument(
         "--out",
-        default="/tmp/closed_models_results.json",
+        default=str(Path(tempfile.gettempdir()) / "closed_models_results.json"),
         help="results JSON; rows already in it are not run again",
     )
     ap.add_argument(

@@ -31,6 +31,7 @@ import json
 import os
 import platform
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -51,7 +52,7 @@ def main() -> None:
     ap.add_argument("--rope-budget", type=int, default=64)
     ap.add_argument("--deadline-s", type=float, default=None,
                     help="start no new item after this many seconds (resume with a rerun)")
-    ap.add_argument("--out", default="/tmp/served_routes.json")
+    ap.add_argument("--out", default=str(Path(tempfile.gettempdir()) / "served_routes.json"))
     ap.add_argument("--cache", default=None,
                     help="call cache (sqlite); default: --out with suffix .calls.sqlite")
     args = ap.parse_args()

@@ -37,6 +37,7 @@ template already applied (the caller renders it); ``top_logprobs`` sends chat me
 
 from __future__ import annotations
 
+import abc
 import math
 import warnings
 import weakref
@@ -136,12 +137,12 @@ def tail_tokens(
     return list(texts[i:]), lps
 
 
-class Route:
+class Route(abc.ABC):
     """A way to read the served model's log-likelihood of a fixed output.
 
-    Subclasses give ``name``, the request (``path``, ``root``, ``body``) and ``parse``;
-    ``score_many`` sends the requests through the backend (concurrently, cached, counted)
-    in the order given.
+    Subclasses give ``name`` and ``score_many``; :class:`RequestRoute` implements it with one
+    JSON request per query (``path``, ``root``, ``body``, ``parse``), sent through the backend
+    concurrently, cached and counted, in the order given.
     """
 
     name: ClassVar[str] = ""
@@ -156,23 +157,46 @@ class Route:
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.backend.public_url!r})"
 
+    # -- scoring -------------------------------------------------------------------------
+    def _where(self) -> str:
+        return f"The '{self.name}' route of the server at {self.backend.public_url}"
+
+    @abc.abstractmethod
+    def score_many(self, queries: Sequence[ScoreQuery], progress: Progress | None = None
+                   ) -> list[Scored]:
+        """Per-token log-probs of each query's output, in the order given (that order is
+        the send order: put prompts that share prefixes next to each other)."""
+
+    def score(self, query: ScoreQuery) -> Scored:
+        return self.score_many([query])[0]
+
+    def probe(self) -> None:
+        """One short request; _Missing when the server lacks the route, _Broken when it
+        answers with unusable log-probs, BackendError for HTTP refusals."""
+        s = self.score(ScoreQuery(_PROBE_PROMPT, _PROBE_OUTPUT, tuple(_PROBE_MESSAGES)))
+        if s.logprobs.size == 0:
+            raise _Broken(f"{self._where()} returned no log-probs for the output")
+
+
+class RequestRoute(Route):
+    """A route that scores each query with one JSON request: ``body`` builds it, ``parse``
+    reads the answer (routes over chat completions override ``score_many`` instead)."""
+
     # -- hooks ---------------------------------------------------------------------------
     def prepare(self, output: str) -> None:
         """Per-output set-up before scoring (e.g. the output's token ids); default none."""
 
+    @abc.abstractmethod
     def body(self, query: ScoreQuery) -> dict[str, Any]:
-        raise NotImplementedError
+        """The JSON request that scores one query."""
 
     def check_shape(self, data: Any) -> None:
         """Raise _Missing/_Broken for an answer that is unusable whatever the query
         (such answers are never cached)."""
 
+    @abc.abstractmethod
     def parse(self, query: ScoreQuery, data: Any) -> Scored:
-        raise NotImplementedError
-
-    # -- scoring -------------------------------------------------------------------------
-    def _where(self) -> str:
-        return f"The '{self.name}' route of the server at {self.backend.public_url}"
+        """The scored output of one answer."""
 
     def score_many(self, queries: Sequence[ScoreQuery], progress: Progress | None = None
                    ) -> list[Scored]:
@@ -191,18 +215,8 @@ class Route:
             out_list.append(Scored(s.logprobs, s.tokens, cached))
         return out_list
 
-    def score(self, query: ScoreQuery) -> Scored:
-        return self.score_many([query])[0]
 
-    def probe(self) -> None:
-        """One short request; _Missing when the server lacks the route, _Broken when it
-        answers with unusable log-probs, BackendError for HTTP refusals."""
-        s = self.score(ScoreQuery(_PROBE_PROMPT, _PROBE_OUTPUT, tuple(_PROBE_MESSAGES)))
-        if s.logprobs.size == 0:
-            raise _Broken(f"{self._where()} returned no log-probs for the output")
-
-
-class PromptLogprobsRoute(Route):
+class PromptLogprobsRoute(RequestRoute):
     """vLLM: ``/v1/completions`` with ``prompt_logprobs: 0`` on the prompt + output text."""
 
     name = "prompt_logprobs"
@@ -252,7 +266,7 @@ class PromptLogprobsRoute(Route):
         return Scored(np.asarray(vals, dtype=np.float64), tuple(toks))
 
 
-class EchoRoute(Route):
+class EchoRoute(RequestRoute):
     """Legacy completions: ``echo: true``, ``logprobs: 0``; tokens chosen by text offset."""
 
     name = "echo"
@@ -295,7 +309,7 @@ class EchoRoute(Route):
         )
 
 
-class SGLangRoute(Route):
+class SGLangRoute(RequestRoute):
     """SGLang native ``/generate``: ``return_logprob``, ``max_new_tokens: 0``,
     ``logprob_start_len`` one token before the output (from ``count_tokens`` of the
     prompt; 0 = the whole prompt when no counter is given or it fell short)."""
@@ -360,7 +374,7 @@ class SGLangRoute(Route):
         return out
 
 
-class ForcedTokensRoute(Route):
+class ForcedTokensRoute(RequestRoute):
     """llama.cpp ``/completion`` with a grammar that admits only the output's token ids."""
 
     name = "forced_tokens"
