@@ -206,14 +206,18 @@ class RequestRoute(Route):
             return []
         for out in dict.fromkeys(q.output for q in queries):
             self.prepare(out)
-        bodies = [self.body(q) for q in queries]
+        return self._send(queries, [self.body(q) for q in queries], progress)
+
+    def _send(self, queries: Sequence[ScoreQuery], bodies: list[dict[str, Any]],
+              progress: Progress | None) -> list[Scored]:
+        """Post the request bodies (concurrently, cached, counted) and parse the answers."""
         answers = self.backend.post_many(self.path, bodies, root=self.root,
                                          validate=self.check_shape, progress=progress)
-        out_list = []
+        out = []
         for q, (data, cached) in zip(queries, answers):
             s = self.parse(q, data)
-            out_list.append(Scored(s.logprobs, s.tokens, cached))
-        return out_list
+            out.append(Scored(s.logprobs, s.tokens, cached))
+        return out
 
 
 class PromptLogprobsRoute(RequestRoute):
@@ -364,14 +368,7 @@ class SGLangRoute(RequestRoute):
             if self.count_tokens is None:
                 raise
         # the start estimate was too late for some prompt: ask from the prompt's start
-        bodies = [self.body(q, start=0) for q in queries]
-        answers = self.backend.post_many(self.path, bodies, root=True,
-                                         validate=self.check_shape, progress=progress)
-        out = []
-        for q, (d, c) in zip(queries, answers):
-            s = self.parse(q, d)
-            out.append(Scored(s.logprobs, s.tokens, c))
-        return out
+        return self._send(queries, [self.body(q, start=0) for q in queries], progress)
 
 
 class ForcedTokensRoute(RequestRoute):
