@@ -74,7 +74,8 @@ def test_one_prefix_cache_serves_engine_and_beam_runner(tiny_model, raw):
     masks = np.ones((3, len(fs)), dtype=bool)
     masks[1, 3] = masks[2, 5] = False
     eng.token_logprobs(Masker("delete", ids, fs).apply(masks))
-    assert cache.ready and eng.counters["model_forwards"] >= 2  # the prefix pass counted here
+    # the prompt's keys were computed in passing, in the engine's one forward
+    assert cache.ready and eng.counters["model_forwards"] == 1
     runner = BeamRunner(tiny_model, ids, beams=2, horizon=3, prefix=cache)
     ((_, marg),) = list(runner.search(unmasked_inputs(ids)))
     # the unmasked beam search reads the shared cache: no prompt pass, J - 1 decoding steps
@@ -82,7 +83,8 @@ def test_one_prefix_cache_serves_engine_and_beam_runner(tiny_model, raw):
     own = BeamRunner(tiny_model, ids, beams=2, horizon=3)
     ((_, marg2),) = list(own.search(unmasked_inputs(ids)))
     assert own.counters["model_forwards"] == 3
-    np.testing.assert_allclose(marg.logp.numpy(), marg2.logp.numpy(), atol=1e-6)
+    # the shared keys came from a packed forward: float32 rounding only
+    np.testing.assert_allclose(marg.logp.numpy(), marg2.logp.numpy(), atol=1e-5)
     with pytest.raises(ValueError):
         ScoringEngine(tiny_model, ids[:-1], out, prefix=cache)
 

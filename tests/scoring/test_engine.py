@@ -78,10 +78,11 @@ def test_targets_orientation_and_zero_divergence_when_unmasked(setup):
     inputs = mk.apply(masks)
     eng = ScoringEngine(model, ids, out)
     lp = eng.token_logprobs(inputs)
+    # later runs read the cached prefix and pack differently: float32 rounding only (1e-5)
     nll = make_target("nll", eng)
-    np.testing.assert_allclose(nll.aggregate(nll.per_token(inputs)), lp.mean(1), atol=1e-6)
+    np.testing.assert_allclose(nll.aggregate(nll.per_token(inputs)), lp.mean(1), atol=1e-5)
     tot = make_target("logprob", eng)
-    np.testing.assert_allclose(tot.aggregate(tot.per_token(inputs)), lp.sum(1), atol=1e-6)
+    np.testing.assert_allclose(tot.aggregate(tot.per_token(inputs)), lp.sum(1), atol=1e-5)
     for kind in ("kl", "js", "tv"):
         t = make_target(kind, eng, k=20)
         v = t.aggregate(t.per_token(inputs))
@@ -109,7 +110,7 @@ def test_contrastive_target(setup):
     t = make_target("contrastive", e1, alt_engine=e2)
     v = t.aggregate(t.per_token(inputs))
     expected = e1.token_logprobs(inputs).sum(1) - e2.token_logprobs(inputs).sum(1)
-    np.testing.assert_allclose(v, expected, atol=1e-6)
+    np.testing.assert_allclose(v, expected, atol=1e-5)  # other packing: fp32 rounding
 
 
 def test_bfloat16_model_scores_close_to_float32(setup):

@@ -58,45 +58,56 @@ def _scratch(model, inp, out, L):
 @pytest.mark.parametrize("one_batch", [True, False])
 def test_per_row_prefixes_equal_scratch(setup, kind, one_batch):
     """Every row reuses the prompt up to its own first change, also when rows with very
-    different cuts share one forward; scores equal plain forwards to 1e-4."""
+    different cuts share one packed forward; scores equal plain forwards to 1e-4."""
     model, ids, fs, out, masks = setup
     inputs = Masker(kind, ids, fs, mask_token_id=0).apply(masks)
-    opts = {"forward_cost_tokens": 10**9} if one_batch else {"max_batch_tokens": 120}
+    opts = {"max_batch_tokens": 10**6} if one_batch else {"max_batch_tokens": 120}
     eng = ScoringEngine(model, ids, out, **opts)
     got = eng.token_logprobs(inputs)
     ref = np.stack([_scratch(model, x, out, len(ids)) for x in inputs])
     np.testing.assert_allclose(got, ref, atol=1e-4)
     L, T = len(ids), len(out)
-    cuts = [min(x.first_change, len(x.ids) - 1, L - 1) for x in inputs]
-    per_row = sum(len(x.ids) - c + T for x, c in zip(inputs, cuts))
-    # the prefix pass (L tokens) + each row's own suffix: nothing recomputed per batch
-    assert eng.counters["tokens_processed"] == L + per_row
+    assert inputs[0].first_change == L  # row 0 is the unmasked prompt
+    cuts = [min(x.first_change, len(x.ids) - 1, L - 1) for x in inputs[1:]]
+    per_row = sum(len(x.ids) - c + T for x, c in zip(inputs[1:], cuts))
+    # the unmasked prompt with the output (it scores row 0 and is the others' prefix) + each
+    # other row's own suffix: nothing recomputed per batch, no separate prefix pass
+    assert eng.counters["tokens_processed"] == L + T + per_row
+    assert eng.counters["rows_scored"] == len(inputs)
     if one_batch:
-        assert eng.counters["model_forwards"] == 2
-    else:
-        assert eng.counters["model_forwards"] > 3
+        assert eng.counters["model_forwards"] == 1
+    else:  # 120 tokens per forward at most
+        assert eng.counters["model_forwards"] >= eng.counters["tokens_processed"] / 120 > 2
     assert np.ptp(got.sum(1)) > 1e-3
+    # a second run reads the cached prefix: row 0 is then a one-token suffix
+    again = eng.token_logprobs(inputs)
+    np.testing.assert_allclose(again, got, atol=1e-4)
 
 
-def test_batches_trade_padding_against_forwards(setup):
+def test_packing_shares_rows_and_respects_limits(setup):
     model, ids, fs, out, masks = setup
     inputs = Masker("delete", ids, fs).apply(masks)
-    free = ScoringEngine(model, ids, out, forward_cost_tokens=0)
-    a = free.token_logprobs(inputs)
-    assert free.counters["padded_tokens"] == 0  # forwards cost nothing: no padding at all
-    dear = ScoringEngine(model, ids, out, forward_cost_tokens=10**9)
-    b = dear.token_logprobs(inputs)
-    assert dear.counters["model_forwards"] == 2  # prefix pass + one batch
-    assert dear.counters["padded_tokens"] > 0
-    mid = ScoringEngine(model, ids, out, forward_cost_tokens=8)
-    c = mid.token_logprobs(inputs)
-    assert 2 < mid.counters["model_forwards"] < free.counters["model_forwards"]
+    n = len(inputs)
+    # attention free in the planner's model: one long row, segments back to back, no padding
+    one = ScoringEngine(model, ids, out, pack_tokens=10**5, max_batch_tokens=10**5,
+                        attention_cost=0.0)
+    a = one.token_logprobs(inputs)
+    assert one.counters["model_forwards"] == 1 and one.counters["padded_tokens"] == 0
+    # attention dear: rows as long as the widest segment, a little padding
+    tight = ScoringEngine(model, ids, out, pack_tokens=1, max_batch_tokens=10**5,
+                          attention_cost=1.0)
+    b = tight.token_logprobs(inputs)
+    widest = len(ids) + len(out)
+    assert tight.counters["model_forwards"] == 1
+    assert 0 < tight.counters["padded_tokens"] < n * widest // 2
     np.testing.assert_allclose(a, b, atol=1e-5)
-    np.testing.assert_allclose(a, c, atol=1e-5)
-    # the batch limits hold
-    capped = ScoringEngine(model, ids, out, forward_cost_tokens=10**9, max_batch_size=5)
-    capped.token_logprobs(inputs)
-    assert capped.counters["model_forwards"] == 1 + -(-len(inputs) // 5)
+    # the limits hold: segments per forward, tokens per forward
+    capped = ScoringEngine(model, ids, out, max_batch_size=5)
+    np.testing.assert_allclose(capped.token_logprobs(inputs), a, atol=1e-5)
+    assert capped.counters["model_forwards"] == -(-n // 5)
+    small = ScoringEngine(model, ids, out, max_batch_tokens=widest, pack_tokens=1)
+    np.testing.assert_allclose(small.token_logprobs(inputs), a, atol=1e-5)
+    assert small.counters["model_forwards"] >= n // 2
 
 
 def test_prefix_view_keeps_no_per_row_copy(tiny_model, setup):
@@ -121,25 +132,26 @@ def _oom_error():
 def test_out_of_memory_halves_the_batch_and_retries(setup, monkeypatch):
     model, ids, fs, out, masks = setup
     inputs = Masker("delete", ids, fs).apply(masks)
-    want = ScoringEngine(model, ids, out, forward_cost_tokens=10**9).token_logprobs(inputs)
+    want = ScoringEngine(model, ids, out).token_logprobs(inputs)
     dec = model.decoder
     real = dec.forward
     calls: list[int] = []
 
     def flaky(*args, **kwargs):
-        b = kwargs["input_ids"].shape[0]
-        calls.append(b)
-        if b > 1 and sum(c > 1 for c in calls) == 1:  # the first batch: OOM once
+        calls.append(int(kwargs["input_ids"].numel()))
+        if len(calls) == 1:  # the first forward (all rows): OOM once
             raise _oom_error()("CUDA out of memory (injected)")
         return real(*args, **kwargs)
 
     monkeypatch.setattr(dec, "forward", flaky)
-    eng = ScoringEngine(model, ids, out, forward_cost_tokens=10**9)
+    eng = ScoringEngine(model, ids, out)
     got = eng.token_logprobs(inputs)
     np.testing.assert_allclose(got, want, atol=1e-5)
     assert eng.counters["oom_retries"] == 1
     n = len(inputs)
-    assert calls[1] == n and calls[2] == n // 2 and calls[3] == n - n // 2
+    # all n segments failed once, then two halves ran (packed: fewer tokens each)
+    assert len(calls) == 3 and calls[1] < calls[0] and calls[2] < calls[0]
+    assert eng.counters["model_forwards"] == 2
     assert eng.max_batch_size == n // 2  # later runs start at the size that fitted
     assert eng.counters["rows_scored"] == n
 

@@ -47,6 +47,11 @@ class PrefixCache:
         """Whether the prompt has been run already (a later use costs no forward)."""
         return self._layers is not None
 
+    @property
+    def can_capture(self) -> bool:
+        """Whether another forward can compute this prefix in passing (:meth:`capture`)."""
+        return _prefix_layer_class() is not None
+
     def matches(self, model: Any, prompt_ids: Sequence[int] | np.ndarray) -> bool:
         """Whether this cache is the one of ``model`` on ``prompt_ids``."""
         ids = np.asarray(prompt_ids, dtype=np.int64)
@@ -125,8 +130,36 @@ class PrefixCache:
         from transformers import DynamicCache
 
         cache = DynamicCache()
-        cache.layers = [layer_cls(k_[:, :, :p], v_[:, :, :p], batch) for k_, v_ in layers]
+        cache.layers = [layer_cls(k_[:, :, :p], v_[:, :, :p], p) for k_, v_ in layers]
         return cache
+
+    def capture(self, p: int, sink: dict[str, Any]) -> Any:
+        """A cache for one forward whose row 0 begins with this prompt at positions
+        0..L-1: each layer copies that row's first L keys/values into ``sink["kv"]`` (one
+        buffer for all layers, allocated at the first layer, so nothing small is left
+        between the forward's large transient tensors) and hands every row the first ``p``
+        of them (a broadcast view) followed by the forward's own keys.
+        :meth:`set_captured` then makes them this cache's, so the prompt costs no forward
+        of its own."""
+        if not 0 <= p <= self.n_prompt:
+            raise ValueError(f"A prefix of {p} tokens does not fit a prompt of {self.n_prompt}.")
+        layer_cls = _prefix_layer_class()
+        if layer_cls is None:
+            raise RuntimeError("This transformers version has no cache layers to capture into.")
+        from transformers import DynamicCache
+
+        n_layers = int(self.model.model.config.num_hidden_layers)
+        sink["n_layers"] = n_layers
+        cache = DynamicCache()
+        cache.layers = [layer_cls(None, None, p, capture=(sink, i, self.n_prompt))
+                        for i in range(n_layers)]
+        return cache
+
+    def set_captured(self, sink: dict[str, Any], last_hidden: Any) -> None:
+        """Adopt the per-layer keys/values a :meth:`capture` forward collected."""
+        kv = sink["kv"]
+        self._layers = [(kv[i, 0], kv[i, 1]) for i in range(kv.shape[0])]
+        self._last_hidden = last_hidden.clone()
 
 
 _LAYER_CLS: list[Any] = []
@@ -143,27 +176,45 @@ def _prefix_layer_class() -> Any:
         return None
 
     class PrefixLayer(DynamicLayer):
-        """Keys/values (1, heads, p, d) of a shared prefix for a batch of B rows: ``update``
-        returns prefix ++ new keys without storing them (the sequence length stays p)."""
+        """Keys/values (1, heads, p, d) of a shared prefix for a batch of rows: ``update``
+        returns prefix ++ new keys without storing them (the sequence length stays p).
 
-        def __init__(self, keys: Any, values: Any, batch: int):
+        capture=(sink, layer, L): the prefix is not known yet; it is row 0's first L new
+        keys (copied into ``sink["kv"][layer]``), of which the first p are prepended to
+        every row."""
+
+        def __init__(self, keys: Any, values: Any, p: int, capture: Any = None):
             super().__init__()
             self.keys, self.values = keys, values
-            self.batch = batch
-            self.device = keys.device
-            self.dtype = keys.dtype
-            self.is_initialized = True
+            self.p = p
+            self.capture = capture
+            if keys is not None:
+                self.device = keys.device
+                self.dtype = keys.dtype
+            self.is_initialized = keys is not None
 
         def update(self, key_states: Any, value_states: Any, *args: Any, **kwargs: Any):
             import torch
 
+            keys, values = self.keys, self.values
+            if self.capture is not None:
+                sink, layer, n = self.capture
+                if "kv" not in sink:
+                    _b, h, _s, d = key_states.shape
+                    sink["kv"] = key_states.new_empty((sink["n_layers"], 2, 1, h, n, d))
+                kv = sink["kv"][layer]
+                kv[0].copy_(key_states[:1, :, :n])
+                kv[1].copy_(value_states[:1, :, :n])
+                keys, values = kv[0], kv[1]
+            if self.p == 0:
+                return key_states, value_states
             b = key_states.shape[0]
-            k = torch.cat([self.keys.expand(b, -1, -1, -1), key_states], dim=-2)
-            v = torch.cat([self.values.expand(b, -1, -1, -1), value_states], dim=-2)
+            k = torch.cat([keys[:, :, : self.p].expand(b, -1, -1, -1), key_states], dim=-2)
+            v = torch.cat([values[:, :, : self.p].expand(b, -1, -1, -1), value_states], dim=-2)
             return k, v
 
         def get_seq_length(self) -> int:
-            return int(self.keys.shape[-2])
+            return self.p
 
     _LAYER_CLS.append(PrefixLayer)
     return PrefixLayer

@@ -21,9 +21,11 @@ key): the ``attention_off`` masker uses it for a masked last prompt token, whose
 
 from __future__ import annotations
 
+import contextlib
+import os
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -42,12 +44,16 @@ class ScoringEngine:
     prompt_ids:       (L,) token ids of the unmasked prompt
     output_ids:       (T,) token ids of the explained output (T >= 1)
     prefix_reuse:     share the unmasked prompt's key/value cache before the first change
-    max_batch_tokens: padded suffix tokens per forward
-    max_batch_size:   rows per forward
+    max_batch_tokens: packed tokens (padding included) per forward
+    max_batch_size:   perturbed prompts per forward
     max_logit_rows:   rows x T of vocabulary-sized log-probs materialised at once
-    forward_cost_tokens: the fixed cost of one forward in tokens (weights read, launches),
-                      traded against padding when rows are cut into batches (None: 32 on
-                      CPU, 2048 on accelerators)
+    pack_tokens:      a candidate packed-row length (default 128; the planner also tries
+                      1-4 times the widest segment)
+    forward_cost_tokens: the fixed cost of one forward in tokens (framework overhead, weight
+                      reads), traded against padding and attention when rows are planned
+                      (None: 64 on CPU, 2048 on accelerators)
+    attention_cost:   the cost of one attended key per query, relative to one token's
+                      non-attention compute (the planner's model; 1e-3 measured on CPU)
     prefix:           the prompt's key/value cache to share (default: a new one)
     """
 
@@ -59,9 +65,11 @@ class ScoringEngine:
         *,
         prefix_reuse: bool = True,
         max_batch_tokens: int = 4096,
-        max_batch_size: int = 128,
-        max_logit_rows: int = 256,
+        max_batch_size: int = 256,
+        max_logit_rows: int = 64,
+        pack_tokens: int | None = None,
         forward_cost_tokens: int | None = None,
+        attention_cost: float = 1e-3,
         prefix: PrefixCache | None = None,
     ):
         self.model = model
@@ -75,9 +83,12 @@ class ScoringEngine:
         self.max_batch_tokens = max_batch_tokens
         self.max_batch_size = max_batch_size
         self.max_logit_rows = max_logit_rows
-        if forward_cost_tokens is None:  # measured on CPU (~50 tokens); GPUs batch wider
-            forward_cost_tokens = 32 if str(getattr(model, "device", "cpu")) == "cpu" else 2048
-        self.forward_cost_tokens = forward_cost_tokens
+        self.pack_tokens = 128 if pack_tokens is None else int(pack_tokens)
+        on_cpu = str(getattr(model, "device", "cpu")) == "cpu"
+        if forward_cost_tokens is None:  # measured: ~40-60 ms of framework and weight reads
+            forward_cost_tokens = 64 if on_cpu else 2048
+        self.forward_cost_tokens = int(forward_cost_tokens)
+        self.attention_cost = float(attention_cost)
         self.counters: dict[str, float] = {
             "model_forwards": 0,
             "tokens_processed": 0,
@@ -99,41 +110,82 @@ class ScoringEngine:
         return int(self.output_ids.shape[0])
 
     # ---- internals ---------------------------------------------------------------------
-    def _batches(self, order: list[int], width: list[int]) -> list[list[int]]:
-        """Cut ``order`` (rows by ascending suffix width) into consecutive batches of at most
-        ``max_batch_size`` rows and ``max_batch_tokens`` padded tokens, minimising the
-        modelled cost sum(forward_cost_tokens + rows x widest row) by dynamic programming:
-        padding is traded against the fixed cost of one more forward."""
-        n = len(order)
-        w = np.asarray([width[i] for i in order], dtype=np.float64)
-        c0 = float(self.forward_cost_tokens)
-        best = np.full(n + 1, np.inf)
-        best[0] = 0.0
-        start = np.zeros(n + 1, dtype=np.int64)
-        for j in range(1, n + 1):  # the batch ending at row j-1 starts at row i
-            wj = w[j - 1]
-            rows_max = int(min(self.max_batch_size, max(1, self.max_batch_tokens // wj), j))
-            i = np.arange(j - rows_max, j)
-            cost = best[i] + c0 + (j - i) * wj
-            k = int(np.argmin(cost))
-            best[j], start[j] = cost[k], i[k]
-        cuts = []
-        j = n
-        while j > 0:
-            cuts.append((int(start[j]), j))
-            j = int(start[j])
-        return [order[a:b] for a, b in reversed(cuts)]
+    def _is_unmasked(self, inp: PerturbedInput) -> bool:
+        L = self.n_prompt
+        return (
+            len(inp.ids) == L
+            and inp.attention is None
+            and inp.output_start in (None, L)
+            and np.array_equal(inp.ids, self.prompt_ids)
+            and np.array_equal(inp.positions, np.arange(L))
+        )
+
+    def _pack(self, keys: list[int], width: dict[int, int], cut: dict[int, int],
+              cap: int) -> list[list[list[int]]]:
+        """First-fit decreasing: segments (widest first) into rows of ``cap`` tokens, rows
+        into forwards of at most ``max_batch_tokens`` tokens and ``max_batch_size``
+        segments. Returns forwards, each a list of rows of segment keys."""
+        rows_max = max(1, self.max_batch_tokens // cap)
+        out: list[list[list[int]]] = []
+        rows: list[list[int]] = []
+        fill: list[int] = []
+        count = 0
+        for g in keys:
+            w = width[g]
+            r = next((r for r in range(len(rows)) if fill[r] + w <= cap), None)
+            if count == self.max_batch_size or (r is None and len(rows) == rows_max):
+                out.append(rows)
+                rows, fill, count = [], [], 0
+                r = None
+            if r is None:
+                rows.append([])
+                fill.append(0)
+                r = len(rows) - 1
+            rows[r].append(g)
+            fill[r] += w
+            count += 1
+        if rows:
+            out.append(rows)
+        return out
+
+    def _plan(self, keys: list[int], width: dict[int, int],
+              cut: dict[int, int]) -> list[list[list[int]]]:
+        """Forwards of packed rows. The row length is chosen among a few candidates (the
+        widest segment up to 4 times it, ``pack_tokens``) by a modelled cost per forward:
+        ``forward_cost_tokens`` + rows x length x (1 + ``attention_cost`` x keys per query),
+        keys = shared prefix columns + row length (longer rows waste less padding, but every
+        query scores every key of its row)."""
+        widest = max(width[g] for g in keys)
+        limit = max(widest, self.max_batch_tokens)
+        cands = {min(limit, max(widest, c)) for c in
+                 (widest, widest * 3 // 2, widest * 2, widest * 3, widest * 4, self.pack_tokens)}
+        best, plan = np.inf, []
+        for cap in sorted(cands):
+            fw = self._pack(keys, width, cut, cap)
+            cost = 0.0
+            for rows in fw:
+                P = max([cut[g] for r in rows for g in r if g != -1] or [0])
+                S = max(sum(width[g] for g in r) for r in rows)
+                cost += self.forward_cost_tokens + len(rows) * S * (
+                    1 + self.attention_cost * (P + S))
+            if cost < best:
+                best, plan = cost, fw
+        return plan
 
     def run(self, inputs: Sequence[PerturbedInput], reducer: Reducer) -> list[np.ndarray]:
         """Apply ``reducer`` to the output log-probs of every perturbed input, in order.
 
-        Each row reuses the unmasked prompt's keys/values before its own first change (its
-        cut c_i, never the token that predicts o_1): a batch attends to the shared prefix of
-        its largest cut through a broadcast view, each row hiding the prefix positions at or
-        after its own cut through the attention mask, and runs only its suffix. Rows are
-        grouped by suffix width, so batches carry little padding. On an out-of-memory error
-        (CUDA) the batch is halved and retried (``counters["oom_retries"]``); a single row
-        that does not fit raises :class:`~attrlens.errors.CapabilityError`."""
+        Each input is one *segment*: its tokens from its own first change (its cut c_i, never
+        the token that predicts o_1) followed by the output. Segments are packed without
+        padding into rows (widest first, each forward's rows as long as its widest segment
+        or ``pack_tokens``); a 4-D attention mask keeps every segment causal and to itself,
+        and lets it read the unmasked prompt's keys/values at positions < c_i (the shared
+        prefix, a broadcast view: no per-row copy). When the prefix is not cached yet, the
+        first forward computes it: row 0 begins with the unmasked prompt (and scores the
+        unmasked input, if there is one), and the other rows read its keys in the same
+        forward. On an out-of-memory error the forward is halved and retried
+        (``counters["oom_retries"]``); one segment that does not fit raises
+        :class:`~attrlens.errors.CapabilityError`."""
         import torch
 
         t0 = time.perf_counter()
@@ -141,93 +193,134 @@ class ScoringEngine:
         results: list[np.ndarray | None] = [None] * n
         if n == 0:
             return []
-        L = self.n_prompt
-        T = self.n_output
-        # reusable prefix length per row: never the token whose hidden state predicts o_1
-        cut = [
-            max(0, min(p.first_change, len(p.ids) - 1, L - 1)) if self.prefix_reuse else 0
-            for p in inputs
-        ]
-        width = [len(inputs[i].ids) - cut[i] + T for i in range(n)]
-        order = sorted(range(n), key=lambda i: (width[i], -cut[i]))
-        queue = deque(self._batches(order, width))
+        L, T = self.n_prompt, self.n_output
+        capture = self.prefix_reuse and not self.prefix.ready and self.prefix.can_capture
+        if self.prefix_reuse and not capture:
+            self.prefix.layers(self.counters)  # legacy caches: a separate prefix pass
+        # segment -1 (capture): the unmasked prompt, plus the output when an input is unmasked
+        twins = [i for i in range(n) if capture and self._is_unmasked(inputs[i])]
+        cut = {
+            i: max(0, min(inputs[i].first_change, len(inputs[i].ids) - 1, L - 1))
+            if self.prefix_reuse else 0
+            for i in range(n) if i not in twins
+        }
+        width = {i: len(inputs[i].ids) - cut[i] + T for i in cut}
+        keys = sorted(cut, key=lambda i: (-width[i], cut[i], i))
+        if capture:
+            cut[-1] = 0
+            width[-1] = L + T if twins else L
+            keys.insert(0, -1)
+        queue = deque(self._plan(keys, width, cut))
         oom = _oom_errors()
         while queue:
-            batch = queue.popleft()
+            rows = queue.popleft()
+            segs = [g for r in rows for g in r]
             try:
-                self._run_batch(batch, inputs, cut, reducer, results)
+                self._run_forward(rows, inputs, cut, width, twins, reducer, results)
             except oom as e:
-                if len(batch) == 1:
+                if len(segs) == 1:
                     raise CapabilityError(
-                        f"One perturbed prompt ({width[batch[0]]} tokens with the output) does "
+                        f"One perturbed prompt ({width[segs[0]]} tokens with the output) does "
                         f"not fit in the device's memory ({type(e).__name__}); use a shorter "
                         "prompt or output, a smaller model or dtype, or another device."
                     ) from e
                 self.counters["oom_retries"] = self.counters.get("oom_retries", 0) + 1
-                half = len(batch) // 2
-                # later batches stay at the size that fitted
+                half = len(segs) // 2
+                # later forwards stay at the size that fitted
                 self.max_batch_size = max(1, min(self.max_batch_size, half))
                 self.max_batch_tokens = max(1, self.max_batch_tokens // 2)
-                queue.appendleft(batch[half:])
-                queue.appendleft(batch[:half])
+                segs.sort(key=lambda g: (-width[g], cut[g], g))  # the prompt (-1) first
+                cap = max(sum(width[g] for g in r) for r in rows)
+                for part in (segs[half:], segs[:half]):
+                    for fw in reversed(self._pack(part, width, cut, cap)):
+                        queue.appendleft(fw)
                 if torch.cuda.is_available():
                     torch.cuda.empty_cache()
         self.counters["wall_s"] += time.perf_counter() - t0
         return results  # type: ignore[return-value]
 
-    def _run_batch(
+    def _run_forward(
         self,
-        batch: list[int],
+        rows: list[list[int]],
         inputs: Sequence[PerturbedInput],
-        cut: list[int],
+        cut: dict[int, int],
+        width: dict[int, int],
+        twins: list[int],
         reducer: Reducer,
         results: list[np.ndarray | None],
     ) -> None:
-        """One forward over the suffixes of ``batch`` (rows of ``inputs``), reduced."""
+        """One forward over packed rows of segments (input rows; -1 = the unmasked prompt,
+        first in row 0, whose keys become the shared prefix), reduced."""
         import torch
 
         L, T = self.n_prompt, self.n_output
         dev = self.model.device
-        P = max(cut[i] for i in batch)  # shared prefix attended by the batch
-        B = len(batch)
-        n_real = [len(inputs[i].ids) - cut[i] + T for i in batch]
-        S = max(n_real)
+        segs = [g for r in rows for g in r]
+        capture = rows[0][0] == -1 and not self.prefix.ready
+        B = len(rows)
+        S = max(sum(width[g] for g in r) for r in rows)
+        P = max([cut[g] for g in segs if g != -1] or [0])  # shared prefix columns
         ids_t = np.zeros((B, S), dtype=np.int64)
         pos_t = np.zeros((B, S), dtype=np.int64)
-        att = np.zeros((B, P + S), dtype=np.int64)
-        for r, i in enumerate(batch):
-            inp, c, k = inputs[i], cut[i], n_real[r]
-            start = L if inp.output_start is None else inp.output_start
-            ids_t[r, :k] = np.concatenate([inp.ids[c:], self.output_ids])
-            pos_t[r, :k] = np.concatenate([inp.positions[c:], np.arange(start, start + T)])
-            pos_t[r, k:] = start + T + np.arange(S - k)
-            att[r, :c] = 1  # the shared prefix up to this row's own cut
-            att[r, P : P + k] = 1
-            off = inp.attention
-            if off is not None:  # keys no query may read (attention_off)
-                att[r, P : P + k - T] = np.asarray(off[c:], dtype=np.int64)
+        seg_t = np.full((B, S), -1, dtype=np.int64)  # segment number per column
+        idx_t = np.zeros((B, S), dtype=np.int64)  # index within the segment's sequence
+        cut_t = np.zeros((B, S), dtype=np.int64)  # prefix columns visible to each query
+        key_ok = np.ones((B, S), dtype=bool)
+        scored: list[tuple[int, int, int]] = []  # (segment, row, column of its predictor)
+        for r, row in enumerate(rows):
+            o = 0
+            for g in row:
+                k = width[g]
+                if g == -1:
+                    ids = np.concatenate([self.prompt_ids, self.output_ids])[:k]
+                    pos = np.arange(k)
+                    c = 0
+                else:
+                    inp, c = inputs[g], cut[g]
+                    start = L if inp.output_start is None else inp.output_start
+                    ids = np.concatenate([inp.ids[c:], self.output_ids])
+                    pos = np.concatenate([inp.positions[c:], np.arange(start, start + T)])
+                    if inp.attention is not None:  # keys no query may read (attention_off)
+                        key_ok[r, o : o + k - T] = np.asarray(inp.attention[c:], dtype=bool)
+                ids_t[r, o : o + k] = ids
+                pos_t[r, o : o + k] = pos
+                seg_t[r, o : o + k] = r * S + o  # a segment's id: its first column
+                idx_t[r, o : o + k] = c + np.arange(k)
+                cut_t[r, o : o + k] = c
+                if g != -1 or k > L:
+                    scored.append((g, r, o + k - T - 1))
+                o += k
+            # padding: each pad column reads only itself (never read by real tokens)
+            pads = np.arange(o, S)
+            seg_t[r, pads] = -(r * S + pads) - 1
+            pos_t[r, pads] = pos_t[r, o - 1] + 1 + np.arange(S - o) if o else np.arange(S)
+            idx_t[r, pads] = idx_t[r, o - 1] + 1 + np.arange(S - o) if o else np.arange(S)
+        mask = self._mask(seg_t, idx_t, cut_t, key_ok, P)
         kwargs: dict[str, Any] = {}
-        if P > 0:
+        sink: dict[str, Any] = {}
+        if capture:
+            kwargs[self.model.cache_kwarg] = self.prefix.capture(P, sink)
+        elif P > 0:
             kwargs[self.model.cache_kwarg] = self.prefix.attend(B, P, self.counters)
-        with torch.inference_mode():
+        with torch.inference_mode(), _grouped_query_sdpa(dev):
             hidden = self.model.decoder(
                 input_ids=torch.as_tensor(ids_t, device=dev),
-                attention_mask=torch.as_tensor(att, device=dev),
+                attention_mask=_to_device(mask, dev),
                 position_ids=torch.as_tensor(pos_t, device=dev),
-                use_cache=P > 0,
+                use_cache=bool(kwargs),
                 **kwargs,
             ).last_hidden_state
             kwargs.clear()
-            # hidden states that predict o_1..o_T: the last prompt token and o_1..o_{T-1}
-            # (indexed on the device of the last hidden state: differs under device_map)
+            if capture:
+                self.prefix.set_captured(sink, hidden[0, L - 1])
             hdev = hidden.device
-            starts = torch.as_tensor([k - T - 1 for k in n_real], device=hdev)
-            gather = starts[:, None] + torch.arange(T, device=hdev)[None, :]
-            h = hidden[torch.arange(B, device=hdev)[:, None], gather]  # (B, T, H)
-            del hidden
+            flat = hidden.reshape(B * S, -1)
+            base = torch.as_tensor([r * S + c for _g, r, c in scored], device=hdev)
+            h = flat[base[:, None] + torch.arange(T, device=hdev)[None, :]]  # (n, T, H)
+            del hidden, flat
             out_ids_t = torch.as_tensor(self.output_ids, device=h.device)
             chunk = max(1, self.max_logit_rows // T)
-            for c0 in range(0, B, chunk):
+            for c0 in range(0, len(scored), chunk):
                 logits = self.model.output_logits(h[c0 : c0 + chunk])
                 if reducer is gather_logprobs:  # log p(o_t) without a log-softmax tensor
                     idx = out_ids_t[None, :, None].expand(logits.shape[0], -1, 1)
@@ -237,11 +330,35 @@ class ScoringEngine:
                     vals = reducer(torch.log_softmax(logits, dim=-1), out_ids_t)
                 del logits
                 for r, v in enumerate(vals):
-                    results[batch[c0 + r]] = v
+                    g = scored[c0 + r][0]
+                    for i in twins if g == -1 else [g]:
+                        results[i] = v
+        real = sum(width[g] for g in segs)
         self.counters["model_forwards"] += 1
-        self.counters["tokens_processed"] += int(sum(n_real))
-        self.counters["padded_tokens"] += int(B * S - sum(n_real))
-        self.counters["rows_scored"] += B
+        self.counters["tokens_processed"] += int(real)
+        self.counters["padded_tokens"] += int(B * S - real)
+        self.counters["rows_scored"] += sum(len(twins) if g == -1 else 1 for g, _r, _c in scored)
+
+    def _mask(self, seg_t: np.ndarray, idx_t: np.ndarray, cut_t: np.ndarray,
+              key_ok: np.ndarray, P: int) -> Any:
+        """(B, 1, S, P + S) bool: query q reads prefix column p < its segment's cut, and the
+        keys of its own segment up to itself (not those switched off). Sliding-window layers
+        also drop keys a window or more behind (by index in the query's own sequence): a
+        model with both kinds of layers gets one mask per kind."""
+        own = (seg_t[:, :, None] == seg_t[:, None, :]) & (
+            idx_t[:, None, :] <= idx_t[:, :, None]
+        )
+        own &= key_ok[:, None, :]
+        cols = np.arange(P)[None, None, :]
+        pre = cols < cut_t[:, :, None]
+        full = np.concatenate([pre, own], axis=2)[:, None]
+        window, mixed = _sliding_window(self.model)
+        if window is None or int(idx_t.max()) < window:
+            return full
+        near = np.concatenate(
+            [pre & (idx_t[:, :, None] - cols < window),
+             own & (idx_t[:, :, None] - idx_t[:, None, :] < window)], axis=2)[:, None]
+        return {"full_attention": full, "sliding_attention": near} if mixed else near
 
     # ---- convenience -------------------------------------------------------------------
     def token_logprobs(self, inputs: Sequence[PerturbedInput]) -> np.ndarray:
@@ -259,6 +376,52 @@ class ScoringEngine:
 
         res = np.stack(self.run(inputs, red))
         return res[:, 0], res[:, 1].astype(np.int64)
+
+
+def _sliding_window(model: Any) -> tuple[int | None, bool]:
+    """(window, whether only some layers slide) of the model's attention; (None, False) when
+    no layer slides."""
+    cfg = getattr(getattr(model, "model", None), "config", None)
+    window = getattr(cfg, "sliding_window", None)
+    if not window or getattr(cfg, "use_sliding_window", True) is False:
+        return None, False
+    kinds = set(getattr(cfg, "layer_types", None) or ["sliding_attention"])
+    if "sliding_attention" not in kinds:
+        return None, False
+    return int(window), len(kinds) > 1
+
+
+@contextlib.contextmanager
+def _grouped_query_sdpa(dev: Any) -> Iterator[None]:
+    """On CPU, let transformers' SDPA attention read grouped key/value heads in place
+    (``enable_gqa``) also under an explicit mask, instead of copying each key/value head
+    per query head first (its default whenever a mask is given, chosen for CUDA kernels).
+    The switch is transformers' ``TRANSFORMERS_SDPA_FORCE_GQA``, set for one forward only;
+    the result is the same attention."""
+    key = "TRANSFORMERS_SDPA_FORCE_GQA"
+    if str(dev) != "cpu" or key in os.environ or not _torch_at_least(2, 5):
+        yield
+        return
+    os.environ[key] = "1"
+    try:
+        yield
+    finally:
+        os.environ.pop(key, None)
+
+
+def _torch_at_least(major: int, minor: int) -> bool:
+    import torch
+
+    parts = torch.__version__.split("+")[0].split(".")
+    return (int(parts[0]), int(parts[1])) >= (major, minor)
+
+
+def _to_device(mask: Any, dev: Any) -> Any:
+    import torch
+
+    if isinstance(mask, dict):
+        return {k: torch.from_numpy(v).to(dev) for k, v in mask.items()}
+    return torch.from_numpy(mask).to(dev)
 
 
 def _oom_errors() -> tuple[type[BaseException], ...]:
