@@ -21,11 +21,9 @@ key): the ``attention_off`` masker uses it for a masked last prompt token, whose
 
 from __future__ import annotations
 
-import contextlib
-import os
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -302,7 +300,7 @@ class ScoringEngine:
             kwargs[self.model.cache_kwarg] = self.prefix.capture(P, sink)
         elif P > 0:
             kwargs[self.model.cache_kwarg] = self.prefix.attend(B, P, self.counters)
-        with torch.inference_mode(), _grouped_query_sdpa(dev):
+        with torch.inference_mode():
             hidden = self.model.decoder(
                 input_ids=torch.as_tensor(ids_t, device=dev),
                 attention_mask=_to_device(mask, dev),
@@ -389,31 +387,6 @@ def _sliding_window(model: Any) -> tuple[int | None, bool]:
     if "sliding_attention" not in kinds:
         return None, False
     return int(window), len(kinds) > 1
-
-
-@contextlib.contextmanager
-def _grouped_query_sdpa(dev: Any) -> Iterator[None]:
-    """On CPU, let transformers' SDPA attention read grouped key/value heads in place
-    (``enable_gqa``) also under an explicit mask, instead of copying each key/value head
-    per query head first (its default whenever a mask is given, chosen for CUDA kernels).
-    The switch is transformers' ``TRANSFORMERS_SDPA_FORCE_GQA``, set for one forward only;
-    the result is the same attention."""
-    key = "TRANSFORMERS_SDPA_FORCE_GQA"
-    if str(dev) != "cpu" or key in os.environ or not _torch_at_least(2, 5):
-        yield
-        return
-    os.environ[key] = "1"
-    try:
-        yield
-    finally:
-        os.environ.pop(key, None)
-
-
-def _torch_at_least(major: int, minor: int) -> bool:
-    import torch
-
-    parts = torch.__version__.split("+")[0].split(".")
-    return (int(parts[0]), int(parts[1])) >= (major, minor)
 
 
 def _to_device(mask: Any, dev: Any) -> Any:
