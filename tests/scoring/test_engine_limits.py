@@ -234,3 +234,51 @@ def test_4000_token_prompt_explains_within_4_gb(tmp_path):
     print(f"4000-token prompt: {res['tokens']} tokens, peak RSS {peak_kb / 2**20:.2f} GB, "
           f"explain wall {res['wall_s']:.0f} s, cost {res['cost']}")
     assert peak_kb < 4 * 2**20, f"peak RSS {peak_kb / 2**20:.2f} GB"
+
+
+def _sliding_model(kind: str):
+    """A tiny random Mistral (every layer slides over 5 tokens) or Qwen2 (layer 0 full,
+    layer 1 sliding: one mask per kind of layer)."""
+    from transformers import MistralConfig, MistralForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+    from attrlens.models.base import ModelInfo
+    from attrlens.models.hf import HFModel
+    from conftest import make_tiny_tokenizer
+
+    tok = make_tiny_tokenizer()
+    common = dict(vocab_size=len(tok), hidden_size=64, intermediate_size=128,
+                  num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                  max_position_embeddings=512, sliding_window=5,
+                  eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+                  bos_token_id=tok.bos_token_id, tie_word_embeddings=False)
+    if kind == "mistral":
+        model = MistralForCausalLM(MistralConfig(**common))
+    else:
+        model = Qwen2ForCausalLM(Qwen2Config(**common, use_sliding_window=True,
+                                             max_window_layers=1))
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(3.0)
+    model.eval()
+    return HFModel(model, tok, info=ModelInfo(f"tiny-{kind}-test", None))
+
+
+@pytest.mark.parametrize("kind", ["mistral", "qwen2"])
+def test_sliding_window_models_equal_scratch(setup, kind):
+    """Packed segments keep a sliding window by index in their own sequence (Mistral: all
+    layers; Qwen2: one mask per kind of layer) and equal plain forwards."""
+    _model, ids, fs, out, masks = setup
+    model = _sliding_model(kind)
+    cfg = model.model.config
+    if kind == "qwen2":
+        assert set(cfg.layer_types) == {"full_attention", "sliding_attention"}
+    inputs = Masker("delete", ids, fs).apply(masks)
+    got = ScoringEngine(model, ids, out).token_logprobs(inputs)
+    ref = np.stack([_scratch(model, x, out, len(ids)) for x in inputs])
+    np.testing.assert_allclose(got, ref, atol=1e-4)
+    # the window matters here: without it the scores differ
+    cfg.sliding_window = 10**6
+    wide = ScoringEngine(model, ids, out).token_logprobs(inputs)
+    cfg.sliding_window = 5
+    assert np.abs(wide - ref).max() > 1e-3

@@ -6,13 +6,18 @@ hands them to a reducer (a target) in row chunks, so full-vocabulary tensors nev
 
 Prefix reuse: the tokens before a mask's first removed (or replaced) token are identical to the
 unmasked prompt, at the same positions, so their key/value cache is the unmasked prompt's
-(one :class:`~attrlens.scoring.cache.PrefixCache`, shared with GiLOT's beam runner). It is
-computed once and every row reuses it up to its *own* first change: a batch attends to the
-prefix of its largest cut through a read-only broadcast view (no per-row copy, nothing kept
-after a layer), each row hiding the positions at or after its own cut through the attention
-mask, and only the suffixes are run. Rows are grouped by suffix width, so batches carry little
-padding. Right padding needs no extra masking under causal attention; pads are excluded from
-counts. On an out-of-memory error the batch is halved and retried (``counters["oom_retries"]``).
+(one :class:`~attrlens.scoring.cache.PrefixCache`, shared with GiLOT's beam runner). Each
+perturbed prompt becomes one *segment*: its tokens from its own first change (its cut) plus
+the output. Segments are packed back to back into rows (first-fit decreasing; the row length
+is planned from a cost model of the forward's fixed cost, padding and attention), and one 4-D
+attention mask keeps every segment causal and to itself and lets it read the shared prefix up
+to its own cut, through a read-only broadcast view (no per-row copy, nothing kept after a
+layer). When the prefix is not cached yet, the first forward computes it in passing: row 0
+starts with the unmasked prompt (and scores the unmasked input, if one is asked for), and the
+other rows of that forward read its keys in the same layer. So a small job is one forward, with
+no separate prompt pass and almost no padding. Only the hidden states that predict the output
+reach the LM head. On an out-of-memory error the forward is halved and retried
+(``counters["oom_retries"]``).
 
 A perturbed input may carry an ``attention`` vector (0 = no query attends to that token's
 key): the ``attention_off`` masker uses it for a masked last prompt token, whose hidden state
@@ -64,7 +69,7 @@ class ScoringEngine:
         prefix_reuse: bool = True,
         max_batch_tokens: int = 4096,
         max_batch_size: int = 256,
-        max_logit_rows: int = 64,
+        max_logit_rows: int = 32,
         pack_tokens: int | None = None,
         forward_cost_tokens: int | None = None,
         attention_cost: float = 1e-3,
@@ -94,6 +99,8 @@ class ScoringEngine:
             "rows_scored": 0,
             "oom_retries": 0,
             "wall_s": 0.0,
+            "decoder_s": 0.0,  # of wall_s: in the decoder forwards
+            "head_s": 0.0,  # of wall_s: in the LM head and the reducer
         }
         if prefix is not None and not prefix.matches(model, self.prompt_ids):
             raise ValueError("The shared prefix cache belongs to another model or prompt.")
@@ -300,6 +307,7 @@ class ScoringEngine:
             kwargs[self.model.cache_kwarg] = self.prefix.capture(P, sink)
         elif P > 0:
             kwargs[self.model.cache_kwarg] = self.prefix.attend(B, P, self.counters)
+        t_dec = time.perf_counter()
         with torch.inference_mode():
             hidden = self.model.decoder(
                 input_ids=torch.as_tensor(ids_t, device=dev),
@@ -309,6 +317,9 @@ class ScoringEngine:
                 **kwargs,
             ).last_hidden_state
             kwargs.clear()
+            _sync(hidden)
+            t_head = time.perf_counter()
+            self.counters["decoder_s"] += t_head - t_dec
             if capture:
                 self.prefix.set_captured(sink, hidden[0, L - 1])
             hdev = hidden.device
@@ -331,6 +342,7 @@ class ScoringEngine:
                     g = scored[c0 + r][0]
                     for i in twins if g == -1 else [g]:
                         results[i] = v
+        self.counters["head_s"] += time.perf_counter() - t_head
         real = sum(width[g] for g in segs)
         self.counters["model_forwards"] += 1
         self.counters["tokens_processed"] += int(real)
@@ -387,6 +399,14 @@ def _sliding_window(model: Any) -> tuple[int | None, bool]:
     if "sliding_attention" not in kinds:
         return None, False
     return int(window), len(kinds) > 1
+
+
+def _sync(t: Any) -> None:
+    """Wait for the tensor's device (so the decoder/head split of the wall time is real)."""
+    import torch
+
+    if t.device.type == "cuda":
+        torch.cuda.synchronize(t.device)
 
 
 def _to_device(mask: Any, dev: Any) -> Any:
