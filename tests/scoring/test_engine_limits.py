@@ -239,18 +239,18 @@ def test_4000_token_prompt_explains_within_4_gb(tmp_path):
 def _sliding_model(kind: str):
     """A tiny random Mistral (every layer slides over 5 tokens) or Qwen2 (layer 0 full,
     layer 1 sliding: one mask per kind of layer)."""
+    from conftest import make_tiny_tokenizer
     from transformers import MistralConfig, MistralForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
     from attrlens.models.base import ModelInfo
     from attrlens.models.hf import HFModel
-    from conftest import make_tiny_tokenizer
 
     tok = make_tiny_tokenizer()
-    common = dict(vocab_size=len(tok), hidden_size=64, intermediate_size=128,
-                  num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                  max_position_embeddings=512, sliding_window=5,
-                  eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
-                  bos_token_id=tok.bos_token_id, tie_word_embeddings=False)
+    common = {"vocab_size": len(tok), "hidden_size": 64, "intermediate_size": 128,
+                  "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+                  "max_position_embeddings": 512, "sliding_window": 5,
+                  "eos_token_id": tok.eos_token_id, "pad_token_id": tok.pad_token_id,
+                  "bos_token_id": tok.bos_token_id, "tie_word_embeddings": False}
     if kind == "mistral":
         model = MistralForCausalLM(MistralConfig(**common))
     else:
