@@ -150,3 +150,29 @@ def test_remembered_choice_sets_the_loaded_dtype(cache, monkeypatch, tmp_path) -
     m2 = hf.load_model(d, device="cpu", dtype="auto")
     assert m2.info.dtype == "float32"
     assert json.loads(cpu_dtype_file().read_text())[key]["dtype"] == "float32"
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("bias", [False, True])
+def test_token_logprobs_by_vocabulary_slices_equal_log_softmax(dtype, bias) -> None:
+    """The running log-sum-exp over vocabulary slices (several slices here) equals the
+    log-softmax of the float32 logits, also for a bf16 model and a head with a bias."""
+    import copy
+
+    import torch
+
+    model = copy.deepcopy(make_tiny_model(seed=4))
+    head = model.lm_head
+    if bias:
+        head.bias = torch.nn.Parameter(torch.randn(head.out_features))
+    model.model.to(getattr(torch, dtype))
+    V = head.out_features
+    hidden = torch.randn(5, 3, head.in_features).to(getattr(torch, dtype))
+    tok = torch.tensor([3, V - 1, 17])
+    with torch.no_grad():
+        want = torch.log_softmax(model.output_logits(hidden), -1)
+        want = want.gather(-1, tok.expand(5, 3)[..., None])[..., 0]
+        got = model.output_token_logprobs(hidden, tok, budget=1, min_slice=V // 5 + 1)
+    assert got.dtype == torch.float32 and got.shape == (5, 3)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+    assert float(want.std()) > 0.1  # not a degenerate case

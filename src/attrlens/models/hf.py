@@ -624,6 +624,45 @@ class HFModel:
         h = hidden.to(w32.device).float()
         return torch.nn.functional.linear(h, w32, self._head_bias_fp32)
 
+    def output_token_logprobs(self, hidden: Any, token_ids: Any, *,
+                              budget: int = 1 << 22, min_slice: int = 1024) -> Any:
+        """float32 log p(token_ids[t]) at hidden[..., t, :]: (..., T, H) -> (..., T).
+
+        The normaliser is a running log-sum-exp over slices of the vocabulary, each slice of
+        the head's weight read once for all rows (at most ``budget`` logits at a time), in
+        float32 also in a reduced-precision model (each slice converted on the fly, so no
+        float32 copy of the whole head is kept); the token's own logit is one float32 dot
+        product. Equal to log-softmax of :meth:`output_logits` up to float32 rounding.
+        """
+        import torch
+
+        head = self.lm_head
+        weight = getattr(head, "weight", None)
+        T = token_ids.shape[0]
+        if weight is None or not isinstance(head, torch.nn.Linear):
+            logits = self.output_logits(hidden)
+            idx = token_ids.to(logits.device).expand(*logits.shape[:-2], T)[..., None]
+            return logits.gather(-1, idx)[..., 0] - torch.logsumexp(logits, dim=-1)
+        bias = head.bias
+        lead = hidden.shape[:-2]
+        h = hidden.to(weight.device).reshape(-1, hidden.shape[-1]).float()  # (R, H)
+        tok = token_ids.to(weight.device).repeat(h.shape[0] // T)  # row r predicts tok[r]
+        z_t = (h * weight[tok].float()).sum(-1)
+        if bias is not None:
+            z_t = z_t + bias[tok].float()
+        V = weight.shape[0]
+        step = max(min_slice, min(V, budget // max(1, h.shape[0])))
+        m = torch.full((h.shape[0],), -float("inf"), device=h.device)
+        acc = torch.zeros(h.shape[0], device=h.device)
+        for v0 in range(0, V, step):
+            w = weight[v0 : v0 + step].float()
+            b = bias[v0 : v0 + step].float() if bias is not None else None
+            z = torch.nn.functional.linear(h, w, b)
+            m_new = torch.maximum(m, z.amax(-1))
+            acc = acc * torch.exp(m - m_new) + torch.exp(z - m_new[:, None]).sum(-1)
+            m = m_new
+        return (z_t - (m + torch.log(acc))).reshape(*lead, T)
+
     @property
     def input_embeddings(self) -> Any:
         return self.model.get_input_embeddings()

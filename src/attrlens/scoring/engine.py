@@ -49,7 +49,8 @@ class ScoringEngine:
     prefix_reuse:     share the unmasked prompt's key/value cache before the first change
     max_batch_tokens: packed tokens (padding included) per forward
     max_batch_size:   perturbed prompts per forward
-    max_logit_rows:   rows x T of vocabulary-sized log-probs materialised at once
+    max_logit_rows:   rows x T of vocabulary-sized log-probs materialised at once (reducers
+                      other than ``gather_logprobs``, which never materialises them)
     pack_tokens:      a candidate packed-row length (default 128; the planner also tries
                       1-4 times the widest segment)
     forward_cost_tokens: the fixed cost of one forward in tokens (framework overhead, weight
@@ -343,16 +344,17 @@ class ScoringEngine:
             h = flat[base[:, None] + torch.arange(T, device=hdev)[None, :]]  # (n, T, H)
             del hidden, flat
             out_ids_t = torch.as_tensor(self.output_ids, device=h.device)
-            chunk = max(1, self.max_logit_rows // T)
-            for c0 in range(0, len(scored), chunk):
-                logits = self.model.output_logits(h[c0 : c0 + chunk])
-                if reducer is gather_logprobs:  # log p(o_t) without a log-softmax tensor
-                    idx = out_ids_t[None, :, None].expand(logits.shape[0], -1, 1)
-                    lp = logits.gather(-1, idx)[..., 0] - torch.logsumexp(logits, dim=-1)
-                    vals = lp.double().cpu().numpy()
-                else:
-                    vals = reducer(torch.log_softmax(logits, dim=-1), out_ids_t)
-                del logits
+            if reducer is gather_logprobs:  # log p(o_t) without vocabulary-sized tensors
+                parts = [self.model.output_token_logprobs(h, out_ids_t).double().cpu().numpy()]
+                chunk = len(scored)
+            else:
+                chunk = max(1, self.max_logit_rows // T)
+                parts = (
+                    reducer(torch.log_softmax(self.model.output_logits(h[c0 : c0 + chunk]), -1),
+                            out_ids_t)
+                    for c0 in range(0, len(scored), chunk)
+                )
+            for c0, vals in zip(range(0, len(scored), chunk), parts):
                 for r, v in enumerate(vals):
                     g = scored[c0 + r][0]
                     for i in twins if g == -1 else [g]:
