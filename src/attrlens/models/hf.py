@@ -629,7 +629,8 @@ class HFModel:
         """float32 log p(token_ids[t]) at hidden[..., t, :]: (..., T, H) -> (..., T).
 
         The normaliser is a running log-sum-exp over slices of the vocabulary, each slice of
-        the head's weight read once for all rows (at most ``budget`` logits at a time), in
+        the head's weight read once for all rows (at most ``budget`` logits and ``budget``
+        weights at a time), in
         float32 also in a reduced-precision model (each slice converted on the fly, so no
         float32 copy of the whole head is kept); the token's own logit is one float32 dot
         product. Equal to log-softmax of :meth:`output_logits` up to float32 rounding.
@@ -651,7 +652,8 @@ class HFModel:
         if bias is not None:
             z_t = z_t + bias[tok].float()
         V = weight.shape[0]
-        step = max(min_slice, min(V, budget // max(1, h.shape[0])))
+        # at most ``budget`` logits and ``budget`` converted weights per slice
+        step = max(min_slice, min(V, budget // max(1, h.shape[0]), budget // h.shape[1]))
         m = torch.full((h.shape[0],), -float("inf"), device=h.device)
         acc = torch.zeros(h.shape[0], device=h.device)
         for v0 in range(0, V, step):
