@@ -103,20 +103,13 @@ def _cap(n: int, value: int) -> int:
 
 
 def available_memory() -> int | None:
-    """Bytes of memory available to a new allocation (Linux MemAvailable, else free pages;
-    None when unknown)."""
-    import os
+    """Bytes of memory available to a new allocation (psutil's estimate, which counts
+    reclaimable caches; None when unknown)."""
+    try:
+        import psutil
 
-    try:
-        with open("/proc/meminfo", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    try:
-        return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
-    except (ValueError, OSError, AttributeError):
+        return int(psutil.virtual_memory().available)
+    except (ImportError, OSError, AttributeError):
         return None
 
 

@@ -149,25 +149,22 @@ def _cuda_bf16(index: int) -> bool:
 
 
 def _cpu_key() -> tuple[str, str]:
-    """(key, description) of this CPU's instruction set and the torch version."""
+    """(key, description) of this CPU's instruction set (as torch detects it: vector width
+    and the bf16/AMX/VNNI extensions that decide which dtype is faster) and torch's version."""
     import platform
 
     import torch
 
-    flags, name = "", platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
-            for line in f:
-                field, _, value = line.partition(":")
-                field = field.strip().lower()
-                if field in ("flags", "features") and not flags:
-                    flags = " ".join(sorted(value.split()))
-                elif field == "model name" and name in ("", platform.machine()):
-                    name = value.strip()
-    except OSError:
-        pass
-    raw = f"{platform.machine()}|{flags or name}|torch={torch.__version__}"
-    return hashlib.sha256(raw.encode()).hexdigest()[:16], f"{name} / torch {torch.__version__}"
+    caps = sorted(
+        name[4:-10]
+        for name in dir(torch.cpu)
+        if name.startswith("_is_") and name.endswith("_supported") and getattr(torch.cpu, name)()
+    )
+    level = getattr(torch.backends.cpu, "get_cpu_capability", lambda: "?")()
+    name = platform.processor() or platform.machine()
+    raw = f"{platform.machine()}|{level}|{','.join(caps)}|torch={torch.__version__}"
+    desc = f"{name} {level} ({', '.join(caps) or 'no extensions'}) / torch {torch.__version__}"
+    return hashlib.sha256(raw.encode()).hexdigest()[:16], desc
 
 
 def cpu_dtype_file() -> Path:
