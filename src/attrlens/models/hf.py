@@ -627,10 +627,10 @@ class HFModel:
 
         The normaliser is a running log-sum-exp over slices of the vocabulary, each slice of
         the head's weight read once for all rows (at most ``budget`` logits and ``budget``
-        weights at a time), in
-        float32 also in a reduced-precision model (each slice converted on the fly, so no
-        float32 copy of the whole head is kept); the token's own logit is one float32 dot
-        product. Equal to log-softmax of :meth:`output_logits` up to float32 rounding.
+        weights at a time), in float32 also in a reduced-precision model (each slice
+        converted on the fly, so no float32 copy of the whole head is kept); the token's own
+        logit is one float32 dot product. Equal to log-softmax of :meth:`output_logits` up
+        to float32 rounding.
         """
         import torch
 

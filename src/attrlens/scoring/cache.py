@@ -7,11 +7,13 @@ cache, expanded to a batch, as a fresh ``transformers.DynamicCache`` (:meth:`Pre
 for runners that grow the cache, e.g. beam search) or as a read-only view
 (:meth:`PrefixCache.attend`, for one forward that only appends: every layer attends to the
 shared prefix through a broadcast view, and the batch's own keys are not kept after the
-layer has used them, so no per-row copy of the prefix outlives one layer). The teacher-forced
+layer has used them, so no per-row copy of the prefix outlives one layer). Instead of its own
+pass, the prompt can also be computed in passing by another forward whose row 0 starts with
+it (:meth:`PrefixCache.capture`: the scoring engine's first forward). The teacher-forced
 scoring engine (:mod:`.engine`) and GiLOT's beam runner (:mod:`.beams`) both use it; one
 instance can serve both when they explain the same prompt.
 
-The forward that fills the cache is counted once, in the counters of the caller that
+A forward of its own that fills the cache is counted once, in the counters of the caller that
 triggered it (a dict with ``model_forwards`` and ``tokens_processed``).
 """
 

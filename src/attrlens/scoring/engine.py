@@ -119,15 +119,15 @@ class ScoringEngine:
     def _is_unmasked(self, inp: PerturbedInput) -> bool:
         L = self.n_prompt
         return (
-            len(inp.ids) == L
+            inp.first_change >= L
+            and len(inp.ids) == L
             and inp.attention is None
             and inp.output_start in (None, L)
             and np.array_equal(inp.ids, self.prompt_ids)
             and np.array_equal(inp.positions, np.arange(L))
         )
 
-    def _pack(self, keys: list[int], width: dict[int, int], cut: dict[int, int],
-              cap: int) -> list[list[list[int]]]:
+    def _pack(self, keys: list[int], width: dict[int, int], cap: int) -> list[list[list[int]]]:
         """First-fit decreasing: segments (widest first) into rows of ``cap`` tokens, rows
         into forwards of at most ``max_batch_tokens`` tokens and ``max_batch_size``
         segments. Returns forwards, each a list of rows of segment keys."""
@@ -167,31 +167,20 @@ class ScoringEngine:
             cost += self.forward_cost_tokens + len(rows) * S * (1 + self.attention_cost * (P + S))
         return cost
 
-    def _pack_group(self, keys: list[int], width: dict[int, int],
-                    cut: dict[int, int]) -> tuple[float, list[list[list[int]]]]:
-        """The cheapest packing of segments among a few row lengths (the widest segment up
-        to 4 times it, ``pack_tokens``), by :meth:`_cost`: longer rows waste less padding
-        but attend to more keys."""
+    def _plan(self, keys: list[int], width: dict[int, int],
+              cut: dict[int, int]) -> list[list[list[int]]]:
+        """Forwards of packed rows: all segments packed together, with the row length that
+        :meth:`_cost` models cheapest among a few (the widest segment up to 4 times it,
+        ``pack_tokens``): longer rows waste less padding but attend to more keys. Grouping
+        segments of similar width into separate forwards (fewer shared-prefix columns for
+        wide segments, shorter rows for narrow ones) was measured slower on CPU: the smaller
+        forwards lose more to padding and matrix efficiency than attention saves."""
         widest = max(width[g] for g in keys)
         limit = max(widest, self.max_batch_tokens)
         cands = {min(limit, max(widest, c)) for c in
                  (widest, widest * 3 // 2, widest * 2, widest * 3, widest * 4, self.pack_tokens)}
-        best: tuple[float, list[list[list[int]]]] = (np.inf, [])
-        for cap in sorted(cands):
-            fw = self._pack(keys, width, cut, cap)
-            c = self._cost(fw, width, cut)
-            if c < best[0]:
-                best = (c, fw)
-        return best
-
-    def _plan(self, keys: list[int], width: dict[int, int],
-              cut: dict[int, int]) -> list[list[list[int]]]:
-        """Forwards of packed rows: all segments packed together (:meth:`_pack_group`).
-        Grouping segments of similar width into separate forwards (fewer shared-prefix
-        columns for wide segments, shorter rows for narrow ones) was measured slower on CPU:
-        the smaller forwards lose more to padding and matrix efficiency than attention
-        saves."""
-        return self._pack_group(keys, width, cut)[1]
+        plans = [self._pack(keys, width, cap) for cap in sorted(cands)]
+        return min(plans, key=lambda fw: self._cost(fw, width, cut))
 
     def run(self, inputs: Sequence[PerturbedInput], reducer: Reducer) -> list[np.ndarray]:
         """Apply ``reducer`` to the output log-probs of every perturbed input, in order.
@@ -253,7 +242,7 @@ class ScoringEngine:
                 segs.sort(key=lambda g: (-width[g], cut[g], g))  # the prompt (-1) first
                 cap = max(sum(width[g] for g in r) for r in rows)
                 for part in (segs[half:], segs[:half]):
-                    for fw in reversed(self._pack(part, width, cut, cap)):
+                    for fw in reversed(self._pack(part, width, cap)):
                         queue.appendleft(fw)
                 if torch.cuda.is_available():
                     torch.cuda.empty_cache()
@@ -314,8 +303,8 @@ class ScoringEngine:
             # padding: each pad column reads only itself (never read by real tokens)
             pads = np.arange(o, S)
             seg_t[r, pads] = -(r * S + pads) - 1
-            pos_t[r, pads] = pos_t[r, o - 1] + 1 + np.arange(S - o) if o else np.arange(S)
-            idx_t[r, pads] = idx_t[r, o - 1] + 1 + np.arange(S - o) if o else np.arange(S)
+            pos_t[r, pads] = pos_t[r, o - 1] + 1 + np.arange(S - o)  # rows are never empty
+            idx_t[r, pads] = idx_t[r, o - 1] + 1 + np.arange(S - o)
         mask = self._mask(seg_t, idx_t, cut_t, key_ok, P)
         kwargs: dict[str, Any] = {}
         sink: dict[str, Any] = {}
