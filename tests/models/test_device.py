@@ -176,3 +176,23 @@ def test_token_logprobs_by_vocabulary_slices_equal_log_softmax(dtype, bias) -> N
     assert got.dtype == torch.float32 and got.shape == (5, 3)
     torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
     assert float(want.std()) > 0.1  # not a degenerate case
+
+
+def test_token_logprobs_need_no_grad_context_and_keep_no_graph() -> None:
+    """Called outside ``no_grad`` on a model whose weights require grad (its reused slice
+    buffers would otherwise refuse the head's weights), the head gives the same values
+    and builds no graph."""
+    import torch
+
+    model = make_tiny_model(seed=4)
+    head = model.lm_head
+    assert head.weight.requires_grad
+    V = head.out_features
+    hidden = torch.randn(2, 3, head.in_features)
+    tok = torch.tensor([1, 5, V - 2])
+    got = model.output_token_logprobs(hidden, tok, budget=1, min_slice=V // 3 + 1)
+    assert not got.requires_grad
+    with torch.no_grad():
+        want = torch.log_softmax(model.output_logits(hidden), -1)
+    torch.testing.assert_close(got, want.gather(-1, tok.expand(2, 3)[..., None])[..., 0],
+                               atol=1e-5, rtol=0)

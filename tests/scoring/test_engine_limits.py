@@ -110,6 +110,35 @@ def test_packing_shares_rows_and_respects_limits(setup):
     assert small.counters["model_forwards"] >= n // 2
 
 
+@pytest.mark.parametrize("budget", [150, 400])
+def test_forwards_hold_at_most_max_batch_tokens_key_columns(setup, budget):
+    """Each forward of several rows holds at most ``max_batch_tokens`` key columns: rows x
+    (shared-prefix columns + row length), as a from-scratch forward of that many tokens."""
+    model, ids, fs, out, masks = setup
+    inputs = Masker("delete", ids, fs).apply(masks)
+    want = ScoringEngine(model, ids, out, prefix_reuse=False).token_logprobs(inputs)
+    eng = ScoringEngine(model, ids, out, max_batch_tokens=budget)
+    eng.token_logprobs(inputs[:1])  # the prefix is cached: every forward reads it
+    dec = model.decoder
+    real = dec.forward
+    columns: list[tuple[int, int]] = []
+
+    def spy(*args, **kwargs):
+        B, _one, _S, K = kwargs["attention_mask"].shape
+        columns.append((B, K))
+        return real(*args, **kwargs)
+
+    dec.forward = spy
+    try:
+        got = eng.token_logprobs(inputs)
+    finally:
+        del dec.forward
+    np.testing.assert_allclose(got, want, atol=1e-4)
+    assert all(B * K <= budget or B == 1 for B, K in columns)
+    assert max(K for _B, K in columns) > len(out) + 1  # the prefix columns are counted
+    assert any(B > 1 for B, _K in columns) == (budget > 300)  # rows share forwards if they fit
+
+
 def test_prefix_view_keeps_no_per_row_copy(tiny_model, setup):
     _model, ids, _fs, _out, _ = setup
     pc = PrefixCache(tiny_model, ids)

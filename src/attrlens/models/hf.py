@@ -622,7 +622,7 @@ class HFModel:
         return torch.nn.functional.linear(h, w32, self._head_bias_fp32)
 
     def output_token_logprobs(self, hidden: Any, token_ids: Any, *,
-                              budget: int = 1 << 22, min_slice: int = 1024) -> Any:
+                              budget: int = 1 << 20, min_slice: int = 1024) -> Any:
         """float32 log p(token_ids[t]) at hidden[..., t, :]: (..., T, H) -> (..., T).
 
         The normaliser is a running log-sum-exp over slices of the vocabulary, each slice of
@@ -630,8 +630,15 @@ class HFModel:
         weights at a time), in float32 also in a reduced-precision model (each slice
         converted on the fly, so no float32 copy of the whole head is kept); the token's own
         logit is one float32 dot product. Equal to log-softmax of :meth:`output_logits` up
-        to float32 rounding.
+        to float32 rounding. No gradient flows through it (scoring only).
         """
+        import torch
+
+        with torch.no_grad():
+            return self._output_token_logprobs(hidden, token_ids, budget, min_slice)
+
+    def _output_token_logprobs(self, hidden: Any, token_ids: Any, budget: int,
+                               min_slice: int) -> Any:
         import torch
 
         head = self.lm_head
@@ -648,17 +655,25 @@ class HFModel:
         z_t = (h * weight[tok].float()).sum(-1)
         if bias is not None:
             z_t = z_t + bias[tok].float()
-        V = weight.shape[0]
-        # at most ``budget`` logits and ``budget`` converted weights per slice
-        step = max(min_slice, min(V, budget // max(1, h.shape[0]), budget // h.shape[1]))
-        m = torch.full((h.shape[0],), -float("inf"), device=h.device)
-        acc = torch.zeros(h.shape[0], device=h.device)
+        V, R = weight.shape[0], h.shape[0]
+        # at most ``budget`` logits and ``budget`` converted weights per slice, each in one
+        # buffer reused by every slice (fresh buffers cost page faults on every slice)
+        step = max(min_slice, min(V, budget // max(1, R), budget // h.shape[1]))
+        zbuf = torch.empty(R * step, device=h.device)
+        wbuf = None if weight.dtype == torch.float32 else torch.empty(
+            step * h.shape[1], device=h.device)
+        m = torch.full((R,), -float("inf"), device=h.device)
+        acc = torch.zeros(R, device=h.device)
         for v0 in range(0, V, step):
-            w = weight[v0 : v0 + step].float()
-            b = bias[v0 : v0 + step].float() if bias is not None else None
-            z = torch.nn.functional.linear(h, w, b)
+            n = min(step, V - v0)
+            w = weight[v0 : v0 + n]
+            if wbuf is not None:
+                w = wbuf[: w.numel()].view(w.shape).copy_(w)
+            z = torch.mm(h, w.t(), out=zbuf[: R * n].view(R, n))
+            if bias is not None:
+                z += bias[v0 : v0 + n].float()
             m_new = torch.maximum(m, z.amax(-1))
-            acc = acc * torch.exp(m - m_new) + torch.exp(z - m_new[:, None]).sum(-1)
+            acc = acc * torch.exp(m - m_new) + z.sub_(m_new[:, None]).exp_().sum(-1)
             m = m_new
         return (z_t - (m + torch.log(acc))).reshape(*lead, T)
 

@@ -47,7 +47,8 @@ class ScoringEngine:
     prompt_ids:       (L,) token ids of the unmasked prompt
     output_ids:       (T,) token ids of the explained output (T >= 1)
     prefix_reuse:     share the unmasked prompt's key/value cache before the first change
-    max_batch_tokens: packed tokens (padding included) per forward
+    max_batch_tokens: key columns per forward: rows x (shared-prefix columns + row length),
+                      padding included (bounds the activations and keys per layer)
     max_batch_size:   perturbed prompts per forward
     max_logit_rows:   rows x T of vocabulary-sized log-probs materialised at once (reducers
                       other than ``gather_logprobs``, which never materialises them)
@@ -127,22 +128,28 @@ class ScoringEngine:
             and np.array_equal(inp.positions, np.arange(L))
         )
 
-    def _pack(self, keys: list[int], width: dict[int, int], cap: int) -> list[list[list[int]]]:
+    def _pack(self, keys: list[int], width: dict[int, int], cut: dict[int, int],
+              cap: int) -> list[list[list[int]]]:
         """First-fit decreasing: segments (widest first) into rows of ``cap`` tokens, rows
-        into forwards of at most ``max_batch_tokens`` tokens and ``max_batch_size``
-        segments. Returns forwards, each a list of rows of segment keys."""
-        rows_max = max(1, self.max_batch_tokens // cap)
+        into forwards of at most ``max_batch_size`` segments and ``max_batch_tokens`` key
+        columns: rows x (shared-prefix columns + longest row), since every row's keys and
+        values span the prefix too, so a forward holds no more per layer than a from-scratch
+        forward of ``max_batch_tokens`` tokens. Returns forwards, each a list of rows of
+        segment keys (at least one row each)."""
         out: list[list[list[int]]] = []
         rows: list[list[int]] = []
         fill: list[int] = []
-        count = 0
+        count = prefix = 0
         for g in keys:
-            w = width[g]
+            w, p = width[g], max(prefix, cut[g] if g != -1 else 0)
             r = next((r for r in range(len(rows)) if fill[r] + w <= cap), None)
-            if count == self.max_batch_size or (r is None and len(rows) == rows_max):
+            n_rows = len(rows) + (r is None)
+            longest = max(fill + [w if r is None else fill[r] + w])
+            if rows and (count == self.max_batch_size
+                         or n_rows * (p + longest) > self.max_batch_tokens):
                 out.append(rows)
                 rows, fill, count = [], [], 0
-                r = None
+                r, p = None, (cut[g] if g != -1 else 0)
             if r is None:
                 rows.append([])
                 fill.append(0)
@@ -150,6 +157,7 @@ class ScoringEngine:
             rows[r].append(g)
             fill[r] += w
             count += 1
+            prefix = p
         if rows:
             out.append(rows)
         return out
@@ -179,7 +187,7 @@ class ScoringEngine:
         limit = max(widest, self.max_batch_tokens)
         cands = {min(limit, max(widest, c)) for c in
                  (widest, widest * 3 // 2, widest * 2, widest * 3, widest * 4, self.pack_tokens)}
-        plans = [self._pack(keys, width, cap) for cap in sorted(cands)]
+        plans = [self._pack(keys, width, cut, cap) for cap in sorted(cands)]
         return min(plans, key=lambda fw: self._cost(fw, width, cut))
 
     def run(self, inputs: Sequence[PerturbedInput], reducer: Reducer) -> list[np.ndarray]:
@@ -242,7 +250,7 @@ class ScoringEngine:
                 segs.sort(key=lambda g: (-width[g], cut[g], g))  # the prompt (-1) first
                 cap = max(sum(width[g] for g in r) for r in rows)
                 for part in (segs[half:], segs[:half]):
-                    for fw in reversed(self._pack(part, width, cap)):
+                    for fw in reversed(self._pack(part, width, cut, cap)):
                         queue.appendleft(fw)
                 if torch.cuda.is_available():
                     torch.cuda.empty_cache()
