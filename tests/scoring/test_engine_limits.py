@@ -110,6 +110,22 @@ def test_packing_shares_rows_and_respects_limits(setup):
     assert small.counters["model_forwards"] >= n // 2
 
 
+def test_packed_masks_hold_under_eager_attention(setup):
+    """A model with eager attention (which adds the mask to its scores) gets the same
+    scores as plain forwards: the packed mask is additive, not boolean."""
+    model, ids, fs, out, masks = setup
+    inputs = Masker("delete", ids, fs).apply(masks[:6])
+    mdl = model.model
+    old = mdl.config._attn_implementation
+    mdl.set_attn_implementation("eager")
+    try:
+        got = ScoringEngine(model, ids, out).token_logprobs(inputs)
+        ref = np.stack([_scratch(model, x, out, len(ids)) for x in inputs])
+    finally:
+        mdl.set_attn_implementation(old)
+    np.testing.assert_allclose(got, ref, atol=1e-4)
+
+
 @pytest.mark.parametrize("budget", [150, 400])
 def test_forwards_hold_at_most_max_batch_tokens_key_columns(setup, budget):
     """Each forward of several rows holds at most ``max_batch_tokens`` key columns: rows x

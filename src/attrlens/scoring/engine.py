@@ -324,7 +324,7 @@ class ScoringEngine:
         with torch.inference_mode():
             hidden = self.model.decoder(
                 input_ids=torch.as_tensor(ids_t, device=dev),
-                attention_mask=_to_device(mask, dev),
+                attention_mask=_additive(mask, dev, self.model.dtype),
                 position_ids=torch.as_tensor(pos_t, device=dev),
                 use_cache=bool(kwargs),
                 **kwargs,
@@ -423,12 +423,17 @@ def _sync(t: Any) -> None:
         torch.cuda.synchronize(t.device)
 
 
-def _to_device(mask: Any, dev: Any) -> Any:
+def _additive(mask: Any, dev: Any, dtype: Any) -> Any:
+    """The boolean mask(s) as additive masks of the model's dtype on its device (0 where a
+    key is read, the dtype's minimum where not): made once per forward, where a boolean mask
+    is converted by SDPA in every layer (measured 1.4-1.5x slower attention on CPU)."""
     import torch
 
     if isinstance(mask, dict):
-        return {k: torch.from_numpy(v).to(dev) for k, v in mask.items()}
-    return torch.from_numpy(mask).to(dev)
+        return {k: _additive(v, dev, dtype) for k, v in mask.items()}
+    keep = torch.from_numpy(mask).to(dev)
+    return torch.zeros(keep.shape, dtype=dtype, device=dev).masked_fill_(
+        ~keep, torch.finfo(dtype).min)
 
 
 def _oom_errors() -> tuple[type[BaseException], ...]:
