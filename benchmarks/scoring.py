@@ -170,6 +170,55 @@ def forward_cost(model, repeats: int = 5) -> dict:
     return {"fixed_s": small - 8 * u, "per_token_s": u}
 
 
+def engine_shapes(model, run) -> list[tuple[int, int]]:
+    """The (rows, length) of every decoder forward that ``run()`` makes."""
+    dec = model.decoder
+    real = dec.forward
+    shapes: list[tuple[int, int]] = []
+
+    def spy(*a, **kw):
+        shapes.append(tuple(kw["input_ids"].shape))
+        return real(*a, **kw)
+
+    dec.forward = spy
+    try:
+        run()
+    finally:
+        del dec.forward
+    return shapes
+
+
+def raw_same(model, shapes) -> float:
+    """Seconds of plain causal forwards (no mask, no cache) of the given (rows, length)
+    shapes: the raw forward on the engine's own token layout."""
+    import torch
+
+    xs = [torch.randint(100, 1000, s, device=model.device) for s in shapes]
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        for x in xs:
+            model.decoder(input_ids=x, use_cache=False)
+    _sync(model)
+    return time.perf_counter() - t0
+
+
+def torch_peak_mb(run) -> float:
+    """Peak of the bytes torch holds (its CPU allocations, from the profiler's memory
+    events) above the level at the start of ``run()``: deterministic, unlike the
+    resident-set peak, which also counts memory the C allocator keeps after a free."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        run()
+    events = sorted((e.time_range.start, e.self_cpu_memory_usage) for e in prof.events()
+                    if e.self_cpu_memory_usage)
+    cur = peak = 0
+    for _t, b in events:
+        cur += b
+        peak = max(peak, cur)
+    return peak / 2**20
+
+
 class PeakRSS:
     """Peak resident memory above the level at entry, sampled every 5 ms in a thread."""
 
@@ -234,11 +283,18 @@ def job(kind: str, name: str, args: dict, q) -> None:
             ScoringEngine(m, ids, out).token_logprobs(inputs[:4])
             naive_loo(m, inputs[:4], out, mbt)
             res[f"{dt}/forward_cost"] = forward_cost(m)
+            res[f"{dt}/engine_shapes"] = engine_shapes(
+                m, lambda m=m: ScoringEngine(m, ids, out, max_batch_tokens=mbt)
+                .token_logprobs(inputs))
         for _ in range(args["repeats"]):
             for dt in dtypes:
                 m = models[dt][0]
-                for k in ("ours", "naive"):
+                for k in ("ours", "naive", "raw_same"):
                     _trim()
+                    if k == "raw_same":  # the raw forward on ours' token layout
+                        walls.setdefault((dt, k), []).append(
+                            raw_same(m, res[f"{dt}/engine_shapes"]))
+                        continue
                     gpu = str(m.device).startswith("cuda")
                     if gpu:
                         torch.cuda.reset_peak_memory_stats()
@@ -276,6 +332,13 @@ def job(kind: str, name: str, args: dict, q) -> None:
                     if k == "naive":
                         mem[(dt, "raw")] = float("nan")
                 del eng
+        if not str(args["device"]).startswith("cuda"):
+            for dt in dtypes:  # one profiled pass each: the bytes torch held at the peak
+                m = models[dt][0]
+                res[f"{dt}/torch_peak_mb"] = {
+                    "ours": torch_peak_mb(lambda m=m: ScoringEngine(
+                        m, ids, out, max_batch_tokens=mbt).token_logprobs(inputs)),
+                    "naive": torch_peak_mb(lambda m=m: naive_loo(m, inputs, out, mbt))}
         for (dt, k), ws in walls.items():
             res.setdefault(f"{dt}/{k}", {}).update(
                 wall_s=statistics.median(ws), walls=ws, peak_mb=mem.get((dt, k), float("nan")))
@@ -421,6 +484,15 @@ def main() -> None:
                     (ours["tokens"] / o_) / (raw["tokens"] / r_)
                     for o_, r_ in zip(ours["walls"], raw["walls"])),
                 "peak_mb": {"ours": ours["peak_mb"], "naive": naive["peak_mb"]},
+                "torch_peak_mb": row.get(f"{dt}/torch_peak_mb"),
+                # the raw forward on the engine's own packed shapes (same tokens, same rows,
+                # plain causal attention, no prefix): what the engine's forwards cost over
+                # plain ones, and the whole engine (LM head included) against it
+                "raw_same_s": row[f"{dt}/raw_same"]["wall_s"],
+                "engine_over_raw_same": row[f"{dt}/raw_same"]["wall_s"] / ours["wall_s"]
+                * ours["tokens"] / (ours["tokens"] + ours["padded"]),
+                "engine_decoder_over_raw_same": row[f"{dt}/raw_same"]["wall_s"]
+                / row[f"{dt}/ours_decoder"]["wall_s"],
                 "forward_cost": row[f"{dt}/forward_cost"],
                 # engine / raw throughput if both ran at the plain forward's speed (c + n u
                 # per forward): what the fixed cost per forward alone allows
