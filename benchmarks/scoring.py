@@ -1,7 +1,8 @@
 """Scoring-engine benchmark: leave-one-out on the embedded model, three prompt sizes.
 
-For each prompt (chat template, ~40 / ~80 / ~260 prompt tokens, the model's own greedy answer
-of up to 16 tokens, word features, ``delete`` masker) one subprocess loads the model in each
+For each prompt (chat template, ~40 / ~80 / ~260 prompt tokens with word features, or "4k":
+~4,000 tokens with sentence features; the model's own greedy answer of up to 16 tokens,
+``delete`` masker) one subprocess loads the model in each
 requested dtype and interleaves, ``--repeats`` times, for each dtype:
 
 * ours   attrlens' ScoringEngine with prefix reuse (per-row prefixes): wall, tokens, forwards
@@ -63,6 +64,23 @@ PROMPTS = {
 }
 
 
+def _long_text(n_sentences: int = 180) -> str:
+    """~4,000 tokens of numbered sentences (fixed seed): the long-input prompt."""
+    import numpy as np
+
+    words = ["river", "valley", "stone", "bridge", "farmer", "mill", "water", "summer",
+             "winter", "engineer", "fish", "ladder", "town", "bank", "current", "flood",
+             "soil", "dam", "heron", "path"]
+    rng = np.random.default_rng(0)
+    return "Summarise the text in one sentence. " + " ".join(
+        f"Sentence {i} says the " + " ".join(rng.choice(words, size=14)) + "."
+        for i in range(n_sentences))
+
+
+PROMPTS["4k"] = _long_text()
+GRANULARITY = {"4k": "sentence"}  # features of the others: words
+
+
 def _setup(name: str, dtype: str = "float32", device: str = "cpu", ref=None):
     import attrlens
     from attrlens.text.prompt import build_prompt
@@ -71,7 +89,7 @@ def _setup(name: str, dtype: str = "float32", device: str = "cpu", ref=None):
     model = attrlens.load_model(dtype=dtype, device=device)
     pr = build_prompt(PROMPTS[name], model)
     ids, offsets = model.tokenize(pr.text)
-    fs = segment(pr.text, pr.regions, offsets, "word")
+    fs = segment(pr.text, pr.regions, offsets, GRANULARITY.get(name, "word"))
     out = ref if ref is not None else model.generate(ids, max_new_tokens=16)
     return model, pr, ids, fs, out
 
