@@ -258,8 +258,8 @@ CHILD = textwrap.dedent(
 def test_4000_token_prompt_explains_within_4_gb(tmp_path):
     """A 4,000-token prompt: the prefix cache, and the LOO row that changes the first
     sentence (a full from-scratch forward of ~4,000 tokens), in a subprocess whose peak
-    resident memory (getrusage of children) stays under 4 GB. The full sentence-feature LOO
-    (~200 rows) is in benchmarks/scoring_long_input.py (too slow for a test on 2 cores)."""
+    resident memory (getrusage of children) stays under 4 GB. The sentence-feature LOO of
+    such a prompt (every 10th row) is timed by ``benchmarks/scoring.py --prompts 4k``."""
     text_file = tmp_path / "long.txt"
     text_file.write_text(_long_text(180))
     script = tmp_path / "child.py"
