@@ -8,7 +8,7 @@ Prefix reuse: the tokens before a mask's first removed (or replaced) token are i
 unmasked prompt, at the same positions, so their key/value cache is the unmasked prompt's
 (one :class:`~attrlens.scoring.cache.PrefixCache`, shared with GiLOT's beam runner). Each
 perturbed prompt becomes one *segment*: its tokens from its own first change (its cut) plus
-the output. Segments are packed back to back into rows (first-fit decreasing; the row length
+the output. Segments are packed back to back into rows (best-fit decreasing; the row length
 is planned from a cost model of the forward's fixed cost, padding and attention), and one 4-D
 attention mask keeps every segment causal and to itself and lets it read the shared prefix up
 to its own cut, through a read-only broadcast view (no per-row copy, nothing kept after a
@@ -26,6 +26,7 @@ key): the ``attention_off`` masker uses it for a masked last prompt token, whose
 
 from __future__ import annotations
 
+import bisect
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -130,36 +131,41 @@ class ScoringEngine:
 
     def _pack(self, keys: list[int], width: dict[int, int], cut: dict[int, int],
               cap: int) -> list[list[list[int]]]:
-        """First-fit decreasing: segments (widest first) into rows of ``cap`` tokens, rows
-        into forwards of at most ``max_batch_size`` segments and ``max_batch_tokens`` key
-        columns: rows x (shared-prefix columns + longest row), since every row's keys and
-        values span the prefix too, so a forward holds no more per layer than a from-scratch
-        forward of ``max_batch_tokens`` tokens. Returns forwards, each a list of rows of
-        segment keys (at least one row each)."""
-        out: list[list[list[int]]] = []
+        """Segments into rows, rows into forwards. Rows: best-fit decreasing (widest first,
+        each into the open row it fills best) into rows of ``cap`` tokens, at most
+        ``max_batch_size`` segments each, every row open to every later segment. Forwards: consecutive rows, at most ``max_batch_size``
+        segments and ``max_batch_tokens`` key columns each, i.e. rows x (shared-prefix
+        columns + longest row), since every row's keys and values span the prefix too: a
+        forward holds no more per layer than a from-scratch forward of ``max_batch_tokens``
+        tokens. Returns forwards, each a list of rows of segment keys (at least one row)."""
         rows: list[list[int]] = []
         fill: list[int] = []
-        count = prefix = 0
+        room: list[tuple[int, int]] = []  # (free tokens, row) of rows that take more, sorted
         for g in keys:
-            w, p = width[g], max(prefix, cut[g] if g != -1 else 0)
-            r = next((r for r in range(len(rows)) if fill[r] + w <= cap), None)
-            n_rows = len(rows) + (r is None)
-            longest = max(fill + [w if r is None else fill[r] + w])
-            if rows and (count == self.max_batch_size
-                         or n_rows * (p + longest) > self.max_batch_tokens):
-                out.append(rows)
-                rows, fill, count = [], [], 0
-                r, p = None, (cut[g] if g != -1 else 0)
-            if r is None:
+            w = width[g]
+            i = bisect.bisect_left(room, (w, -1))  # the row it fills best
+            if i < len(room):
+                r = room.pop(i)[1]
+            else:
                 rows.append([])
                 fill.append(0)
                 r = len(rows) - 1
             rows[r].append(g)
             fill[r] += w
-            count += 1
-            prefix = p
-        if rows:
-            out.append(rows)
+            if fill[r] < cap and len(rows[r]) < self.max_batch_size:
+                bisect.insort(room, (cap - fill[r], r))
+        out: list[list[list[int]]] = []
+        count = prefix = longest = 0
+        for row, f in zip(rows, fill):
+            p = max([0] + [cut[g] for g in row if g != -1])
+            if not out or count + len(row) > self.max_batch_size or (
+                    (len(out[-1]) + 1) * (max(prefix, p) + max(longest, f))
+                    > self.max_batch_tokens):
+                out.append([])
+                count = prefix = longest = 0
+            out[-1].append(row)
+            count += len(row)
+            prefix, longest = max(prefix, p), max(longest, f)
         return out
 
     def _cost(self, fw: list[list[list[int]]], width: dict[int, int],
