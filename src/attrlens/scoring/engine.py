@@ -193,6 +193,7 @@ class ScoringEngine:
         limit = max(widest, self.max_batch_tokens)
         cands = {min(limit, max(widest, c)) for c in
                  (widest, widest * 3 // 2, widest * 2, widest * 3, widest * 4, self.pack_tokens)}
+        cands.add(0)  # one segment per row: no row reads prefix columns it does not need
         plans = [self._pack(keys, width, cut, cap) for cap in sorted(cands)]
         return min(plans, key=lambda fw: self._cost(fw, width, cut))
 
@@ -319,7 +320,7 @@ class ScoringEngine:
             seg_t[r, pads] = -(r * S + pads) - 1
             pos_t[r, pads] = pos_t[r, o - 1] + 1 + np.arange(S - o)  # rows are never empty
             idx_t[r, pads] = idx_t[r, o - 1] + 1 + np.arange(S - o)
-        mask = self._mask(seg_t, idx_t, cut_t, key_ok, P)
+        mask = _additive(self._mask(seg_t, idx_t, cut_t, key_ok, P), dev, self.model.dtype)
         kwargs: dict[str, Any] = {}
         sink: dict[str, Any] = {}
         if capture:
@@ -330,12 +331,13 @@ class ScoringEngine:
         with torch.inference_mode():
             hidden = self.model.decoder(
                 input_ids=torch.as_tensor(ids_t, device=dev),
-                attention_mask=_additive(mask, dev, self.model.dtype),
+                attention_mask=mask,
                 position_ids=torch.as_tensor(pos_t, device=dev),
                 use_cache=bool(kwargs),
                 **kwargs,
             ).last_hidden_state
             kwargs.clear()
+            del mask
             _sync(hidden)
             t_head = time.perf_counter()
             self.counters["decoder_s"] += t_head - t_dec
@@ -437,9 +439,8 @@ def _additive(mask: Any, dev: Any, dtype: Any) -> Any:
 
     if isinstance(mask, dict):
         return {k: _additive(v, dev, dtype) for k, v in mask.items()}
-    keep = torch.from_numpy(mask).to(dev)
-    return torch.zeros(keep.shape, dtype=dtype, device=dev).masked_fill_(
-        ~keep, torch.finfo(dtype).min)
+    out = torch.zeros(mask.shape, dtype=dtype, device=dev)
+    return out.masked_fill_(torch.from_numpy(~mask).to(dev), torch.finfo(dtype).min)
 
 
 def _oom_errors() -> tuple[type[BaseException], ...]:
