@@ -110,6 +110,31 @@ def test_packing_shares_rows_and_respects_limits(setup):
     assert small.counters["model_forwards"] >= n // 2
 
 
+def test_planner_keeps_segments_apart_when_attention_dominates(setup):
+    """When attention dominates the modelled cost and the key-column budget keeps forwards
+    to about one row (long prompts), each row holds one segment, so no query scores prefix
+    columns or row keys it does not need; when attention is free, narrow segments share
+    rows. Scores are the same either way."""
+    model, ids, fs, out, masks = setup
+    inputs = Masker("delete", ids, fs).apply(masks)
+    rows_seen: dict[float, list[int]] = {}
+    got = {}
+    budget = 2 * (len(ids) + len(out))
+    for cost in (0.0, 10.0):
+        eng = ScoringEngine(model, ids, out, attention_cost=cost, max_batch_tokens=budget)
+        real = eng._run_forward
+
+        def spy(rows, *args, _real=real, _cost=cost):
+            rows_seen.setdefault(_cost, []).extend(len(r) for r in rows)
+            return _real(rows, *args)
+
+        eng._run_forward = spy
+        got[cost] = eng.token_logprobs(inputs)
+    assert set(rows_seen[10.0]) == {1}
+    assert max(rows_seen[0.0]) > 1
+    np.testing.assert_allclose(got[10.0], got[0.0], atol=1e-4)
+
+
 def test_packed_masks_hold_under_eager_attention(setup):
     """A model with eager attention (which adds the mask to its scores) gets the same
     scores as plain forwards: the packed mask is additive, not boolean."""

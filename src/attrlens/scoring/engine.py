@@ -185,7 +185,10 @@ class ScoringEngine:
               cut: dict[int, int]) -> list[list[list[int]]]:
         """Forwards of packed rows: all segments packed together, with the row length that
         :meth:`_cost` models cheapest among a few (the widest segment up to 4 times it,
-        ``pack_tokens``): longer rows waste less padding but attend to more keys. Grouping
+        ``pack_tokens``, or one segment per row): longer rows waste less padding but attend
+        to more keys; one segment per row is cheapest on long prompts, where the key-column
+        budget leaves about one row per forward and each forward then reads only the prefix
+        columns its own segment needs. Grouping
         segments of similar width into separate forwards (fewer shared-prefix columns for
         wide segments, shorter rows for narrow ones) was measured slower on CPU: the smaller
         forwards lose more to padding and matrix efficiency than attention saves."""
