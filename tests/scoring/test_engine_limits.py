@@ -135,6 +135,23 @@ def test_planner_keeps_segments_apart_when_attention_dominates(setup):
     np.testing.assert_allclose(got[10.0], got[0.0], atol=1e-4)
 
 
+def test_query_reading_no_key_scores_the_same_in_any_row(setup):
+    """attention_off with every feature masked: the last prompt token (which predicts the
+    first output token) reads no key at all. Its score is the same alone as packed with
+    other segments (a zero attention output, whatever the row holds), and equals a plain
+    forward."""
+    model, ids, fs, out, _masks = setup
+    n = len(fs)
+    masks = np.ones((6, n), dtype=bool)
+    masks[0] = False  # everything masked
+    masks[1:, np.arange(1, 6) % n] = False
+    inputs = Masker("attention_off", ids, fs, mask_token_id=0).apply(masks)
+    alone = ScoringEngine(model, ids, out).token_logprobs(inputs[:1])
+    packed = ScoringEngine(model, ids, out, pack_tokens=10**4).token_logprobs(inputs)
+    np.testing.assert_allclose(packed[0], alone[0], atol=1e-5)
+    np.testing.assert_allclose(alone[0], _scratch(model, inputs[0], out, len(ids)), atol=1e-4)
+
+
 def test_packed_masks_hold_under_eager_attention(setup):
     """A model with eager attention (which adds the mask to its scores) gets the same
     scores as plain forwards: the packed mask is additive, not boolean."""

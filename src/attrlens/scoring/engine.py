@@ -323,7 +323,8 @@ class ScoringEngine:
             seg_t[r, pads] = -(r * S + pads) - 1
             pos_t[r, pads] = pos_t[r, o - 1] + 1 + np.arange(S - o)  # rows are never empty
             idx_t[r, pads] = idx_t[r, o - 1] + 1 + np.arange(S - o)
-        mask = _additive(self._mask(seg_t, idx_t, cut_t, key_ok, P), dev, self.model.dtype)
+        mask = _additive(self._mask(seg_t, idx_t, cut_t, key_ok, P), dev, self.model.dtype,
+                         _attention_kind(self.model))
         kwargs: dict[str, Any] = {}
         sink: dict[str, Any] = {}
         if capture:
@@ -434,16 +435,27 @@ def _sync(t: Any) -> None:
         torch.cuda.synchronize(t.device)
 
 
-def _additive(mask: Any, dev: Any, dtype: Any) -> Any:
-    """The boolean mask(s) as additive masks of the model's dtype on its device (0 where a
-    key is read, the dtype's minimum where not): made once per forward, where a boolean mask
-    is converted by SDPA in every layer (measured 1.4-1.5x slower attention on CPU)."""
+def _attention_kind(model: Any) -> str:
+    """The model's attention implementation ("sdpa", "eager", ...)."""
+    cfg = getattr(getattr(model, "model", None), "config", None)
+    return str(getattr(cfg, "_attn_implementation", None) or "sdpa")
+
+
+def _additive(mask: Any, dev: Any, dtype: Any, kind: str = "sdpa") -> Any:
+    """The boolean mask(s) as additive masks of the model's dtype on its device, made once
+    per forward (a boolean mask is converted by SDPA in every layer: measured 1.4-1.5x
+    slower attention on CPU). 0 where a key is read; where not, -inf for SDPA, which then
+    gives a query that reads no key (``attention_off`` masking every key before it) a zero
+    output, exactly as with a boolean mask and as in a plain forward, whatever else its row
+    holds; the dtype's minimum for eager attention, which adds the mask to its scores and
+    would turn such a query into NaN."""
     import torch
 
     if isinstance(mask, dict):
-        return {k: _additive(v, dev, dtype) for k, v in mask.items()}
+        return {k: _additive(v, dev, dtype, kind) for k, v in mask.items()}
+    fill = -float("inf") if kind == "sdpa" else torch.finfo(dtype).min
     out = torch.zeros(mask.shape, dtype=dtype, device=dev)
-    return out.masked_fill_(torch.from_numpy(~mask).to(dev), torch.finfo(dtype).min)
+    return out.masked_fill_(torch.from_numpy(~mask).to(dev), fill)
 
 
 def _oom_errors() -> tuple[type[BaseException], ...]:
