@@ -131,13 +131,16 @@ class ScoringEngine:
 
     def _pack(self, keys: list[int], width: dict[int, int], cut: dict[int, int],
               cap: int) -> list[list[list[int]]]:
-        """Segments into rows, rows into forwards. Rows: best-fit decreasing (widest first,
-        each into the open row it fills best) into rows of ``cap`` tokens, at most
-        ``max_batch_size`` segments each, every row open to every later segment. Forwards: consecutive rows, at most ``max_batch_size``
-        segments and ``max_batch_tokens`` key columns each, i.e. rows x (shared-prefix
-        columns + longest row), since every row's keys and values span the prefix too: a
-        forward holds no more per layer than a from-scratch forward of ``max_batch_tokens``
-        tokens. Returns forwards, each a list of rows of segment keys (at least one row)."""
+        """Segments into rows, rows into forwards.
+
+        Rows: best-fit decreasing (widest first, each into the open row it fills best) into
+        rows of ``cap`` tokens (``cap`` 0: one segment per row), at most ``max_batch_size``
+        segments each, every row open to every later segment. Forwards: consecutive rows,
+        at most ``max_batch_size`` segments and ``max_batch_tokens`` key columns each, i.e.
+        rows x (shared-prefix columns + longest row), since every row's keys and values span
+        the prefix too: a forward holds no more per layer than a from-scratch forward of
+        ``max_batch_tokens`` tokens. Returns forwards, each a list of rows of segment keys
+        (at least one row)."""
         rows: list[list[int]] = []
         fill: list[int] = []
         room: list[tuple[int, int]] = []  # (free tokens, row) of rows that take more, sorted
@@ -188,10 +191,9 @@ class ScoringEngine:
         ``pack_tokens``, or one segment per row): longer rows waste less padding but attend
         to more keys; one segment per row is cheapest on long prompts, where the key-column
         budget leaves about one row per forward and each forward then reads only the prefix
-        columns its own segment needs. Grouping
-        segments of similar width into separate forwards (fewer shared-prefix columns for
-        wide segments, shorter rows for narrow ones) was measured slower on CPU: the smaller
-        forwards lose more to padding and matrix efficiency than attention saves."""
+        columns its own segment needs. (Packing each width class into forwards of its own
+        was measured slower on short prompts: the smaller forwards lose more to padding and
+        matrix efficiency than attention saves.)"""
         widest = max(width[g] for g in keys)
         limit = max(widest, self.max_batch_tokens)
         cands = {min(limit, max(widest, c)) for c in
