@@ -369,3 +369,37 @@ def test_sliding_window_models_equal_scratch(setup, kind):
     wide = ScoringEngine(model, ids, out).token_logprobs(inputs)
     cfg.sliding_window = 5
     assert np.abs(wide - ref).max() > 1e-3
+
+
+def test_packed_attention_runs_grouped_query_sdpa_and_restores_the_model(setup, monkeypatch):
+    """On CPU, under the engine's mask, the decoder's SDPA layers run attrlens' grouped-query
+    function (keys and values stay at their own head count, not copied per query head), with
+    the same scores as transformers' own SDPA; the model's attention implementation is sdpa
+    again afterwards, also when a forward fails."""
+    from attrlens.models import hf
+
+    model, ids, fs, out, masks = setup
+    inputs = Masker("delete", ids, fs).apply(masks)
+    with monkeypatch.context() as m:
+        m.setattr(hf, "_gqa_sdpa", lambda: False)  # transformers' own SDPA
+        want = ScoringEngine(model, ids, out, pack_tokens=10**4).token_logprobs(inputs)
+    heads: list[tuple[int, int]] = []
+    real = hf._packed_sdpa
+
+    def spy(module, query, key, *args, **kwargs):
+        heads.append((query.shape[1], key.shape[1]))
+        return real(module, query, key, *args, **kwargs)
+
+    monkeypatch.setattr(hf, "_packed_sdpa", spy)
+    got = ScoringEngine(model, ids, out, pack_tokens=10**4).token_logprobs(inputs)
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    assert heads and all(k < q for q, k in heads)  # 4 query heads read 2 key/value heads
+    assert model.decoder.config._attn_implementation == "sdpa"
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(hf, "_packed_sdpa", fail)
+    with pytest.raises(RuntimeError, match="boom"):
+        ScoringEngine(model, ids, out).token_logprobs(inputs[:3])
+    assert model.decoder.config._attn_implementation == "sdpa"

@@ -7,6 +7,7 @@ user cache directory, keyed by the GGUF file's sha256, and later loads read that
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -16,6 +17,7 @@ import re
 import shutil
 import time
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -453,6 +455,38 @@ def _dev_name(d: Any) -> str:
     return str(d)
 
 
+PACKED_SDPA = "attrlens_packed_sdpa"  # the name :meth:`HFModel.packed_attention` registers
+
+
+def _gqa_sdpa() -> bool:
+    """Whether this torch's SDPA takes ``enable_gqa`` (torch >= 2.5)."""
+    import torch
+
+    major, minor = (int(x) for x in torch.__version__.split(".")[:2])
+    return (major, minor) >= (2, 5)
+
+
+def _packed_sdpa(module: Any, query: Any, key: Any, value: Any, attention_mask: Any,
+                 dropout: float = 0.0, scaling: float | None = None, **kwargs: Any) -> Any:
+    """transformers' SDPA attention, but on CPU under an explicit mask with grouped-query
+    attention passed to SDPA as ``enable_gqa`` (transformers copies each key/value head per
+    query head there, because CUDA's kernels fall back to the math path with a mask and GQA;
+    CPU's flash kernel takes both: 1.1-1.9x faster attention on the scoring engine's packed
+    rows, measured). Anything else goes to transformers' own SDPA function unchanged."""
+    import torch
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    groups = getattr(module, "num_key_value_groups", 1)
+    special = any(kwargs.get(k) is not None for k in ("softcap", "position_bias", "s_aux"))
+    if (attention_mask is None or groups == 1 or query.device.type != "cpu" or dropout
+            or special or kwargs.get("output_attentions")):
+        return sdpa_attention_forward(module, query, key, value, attention_mask,
+                                      dropout=dropout, scaling=scaling, **kwargs)
+    out = torch.nn.functional.scaled_dot_product_attention(
+        query, key, value, attn_mask=attention_mask, scale=scaling, enable_gqa=True)
+    return out.transpose(1, 2).contiguous(), None
+
+
 class HFModel:
     """A transformers causal LM with its tokenizer, as an attrlens backend.
 
@@ -573,6 +607,25 @@ class HFModel:
     def decoder(self) -> Any:
         """The transformer body (returns hidden states; final norm included)."""
         return self.model.get_decoder()
+
+    @contextlib.contextmanager
+    def packed_attention(self) -> Iterator[None]:
+        """Within this block the decoder's SDPA layers run :func:`_packed_sdpa` (grouped-query
+        attention under an explicit mask without copying keys and values per query head); the
+        model's own attention implementation is restored after it. A no-op for other
+        implementations (eager, flash, ...) and torch < 2.5 (no ``enable_gqa``)."""
+        cfg = getattr(self.decoder, "config", None)
+        if cfg is None or getattr(cfg, "_attn_implementation", None) != "sdpa" or not _gqa_sdpa():
+            yield
+            return
+        from transformers import AttentionInterface
+
+        AttentionInterface.register(PACKED_SDPA, _packed_sdpa)
+        cfg._attn_implementation = PACKED_SDPA
+        try:
+            yield
+        finally:
+            cfg._attn_implementation = "sdpa"
 
     @property
     def cache_kwarg(self) -> str:

@@ -335,13 +335,14 @@ class ScoringEngine:
             kwargs[self.model.cache_kwarg] = self.prefix.attend(B, P, self.counters)
         t_dec = time.perf_counter()
         with torch.inference_mode():
-            hidden = self.model.decoder(
-                input_ids=torch.as_tensor(ids_t, device=dev),
-                attention_mask=mask,
-                position_ids=torch.as_tensor(pos_t, device=dev),
-                use_cache=bool(kwargs),
-                **kwargs,
-            ).last_hidden_state
+            with self.model.packed_attention():
+                hidden = self.model.decoder(
+                    input_ids=torch.as_tensor(ids_t, device=dev),
+                    attention_mask=mask,
+                    position_ids=torch.as_tensor(pos_t, device=dev),
+                    use_cache=bool(kwargs),
+                    **kwargs,
+                ).last_hidden_state
             kwargs.clear()
             del mask
             _sync(hidden)
