@@ -403,3 +403,35 @@ def test_packed_attention_runs_grouped_query_sdpa_and_restores_the_model(setup, 
     with pytest.raises(RuntimeError, match="boom"):
         ScoringEngine(model, ids, out).token_logprobs(inputs[:3])
     assert model.decoder.config._attn_implementation == "sdpa"
+
+
+@pytest.mark.parametrize("kind", ["delete", "replace"])
+@pytest.mark.parametrize("prefix_reuse", [True, False])
+def test_one_sequence_forwards_need_no_mask(setup, monkeypatch, kind, prefix_reuse):
+    """A forward of one sequence is made without a mask: the packed attention reads the
+    prefix up to the sequence's cut and the sequence itself causally, by one square causal
+    call when the prefix is shorter than the sequence and by a mask made in the layer when
+    not. Scores equal plain forwards, and both cases occur."""
+    from attrlens.models import hf
+
+    model, ids, fs, out, masks = setup
+    inputs = Masker(kind, ids, fs, mask_token_id=0).apply(masks)
+    seen: list[tuple[bool, int, int]] = []  # (no mask, queries, keys) per layer call
+    real = hf._packed_sdpa
+
+    def spy(module, query, key, value, attention_mask, *args, **kwargs):
+        seen.append((attention_mask is None, query.shape[2], key.shape[2]))
+        return real(module, query, key, value, attention_mask, *args, **kwargs)
+
+    monkeypatch.setattr(hf, "_packed_sdpa", spy)
+    eng = ScoringEngine(model, ids, out, max_batch_size=1, prefix_reuse=prefix_reuse)
+    got = eng.token_logprobs(inputs)
+    ref = np.stack([_scratch(model, x, out, len(ids)) for x in inputs])
+    np.testing.assert_allclose(got, ref, atol=1e-4)
+    assert eng.counters["model_forwards"] == len(inputs)  # one sequence each
+    assert seen and all(none for none, _q, _k in seen)
+    prefix = [(k - q, q) for _none, q, k in seen]  # (prefix keys, queries)
+    if prefix_reuse:
+        assert any(0 < p < q for p, q in prefix) and any(p >= q for p, q in prefix)
+    else:
+        assert {p for p, _q in prefix} == {0}

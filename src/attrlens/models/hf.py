@@ -468,22 +468,41 @@ def _gqa_sdpa() -> bool:
 
 def _packed_sdpa(module: Any, query: Any, key: Any, value: Any, attention_mask: Any,
                  dropout: float = 0.0, scaling: float | None = None, **kwargs: Any) -> Any:
-    """transformers' SDPA attention, but on CPU under an explicit mask with grouped-query
-    attention passed to SDPA as ``enable_gqa`` (transformers copies each key/value head per
-    query head there, because CUDA's kernels fall back to the math path with a mask and GQA;
-    CPU's flash kernel takes both: 1.1-1.9x faster attention on the scoring engine's packed
-    rows, measured). Anything else goes to transformers' own SDPA function unchanged."""
+    """transformers' SDPA attention with two changes for the scoring engine's forwards.
+
+    - No mask means causal *aligned at the end*: with k more keys than queries (a cached
+      prefix), query i reads keys 0..k+i. transformers makes no mask for an attention
+      function it does not know, and torch's ``is_causal`` aligns at the start, so this is
+      done here: one square causal SDPA call over k zero queries + the real ones when
+      k < queries (the k² / 2 scores of the zero queries cost less than a mask's masked
+      half), else an explicit mask made in this layer. Nothing of the size of
+      queries x keys outlives a layer, and the causal kernel skips the blocks above the
+      diagonal, which it cannot under a mask.
+    - On CPU under a mask, grouped-query attention goes to SDPA as ``enable_gqa``
+      (transformers copies each key/value head per query head there, because CUDA's kernels
+      fall back to the math path with a mask and GQA; CPU's flash kernel takes both:
+      1.1-1.9x faster attention on the engine's packed rows, measured).
+
+    Anything else goes to transformers' own SDPA function unchanged."""
     import torch
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     groups = getattr(module, "num_key_value_groups", 1)
     special = any(kwargs.get(k) is not None for k in ("softcap", "position_bias", "s_aux"))
-    if (attention_mask is None or groups == 1 or query.device.type != "cpu" or dropout
-            or special or kwargs.get("output_attentions")):
+    plain = not (dropout or special or kwargs.get("output_attentions"))
+    q_len, k = query.shape[2], key.shape[2] - query.shape[2]
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    if attention_mask is None and q_len > 1:
+        if plain and k < q_len:
+            q = query if k == 0 else torch.cat([query.new_zeros(*query.shape[:2], k, query.shape[3]), query], 2)
+            out = sdpa(q, key, value, is_causal=True, scale=scaling, enable_gqa=groups > 1)
+            return out[:, :, k:].transpose(1, 2).contiguous(), None
+        attention_mask = torch.ones(q_len, q_len + k, dtype=torch.bool,
+                                    device=query.device).tril(k)[None, None]
+    if attention_mask is None or groups == 1 or query.device.type != "cpu" or not plain:
         return sdpa_attention_forward(module, query, key, value, attention_mask,
                                       dropout=dropout, scaling=scaling, **kwargs)
-    out = torch.nn.functional.scaled_dot_product_attention(
-        query, key, value, attn_mask=attention_mask, scale=scaling, enable_gqa=True)
+    out = sdpa(query, key, value, attn_mask=attention_mask, scale=scaling, enable_gqa=True)
     return out.transpose(1, 2).contiguous(), None
 
 
@@ -608,18 +627,27 @@ class HFModel:
         """The transformer body (returns hidden states; final norm included)."""
         return self.model.get_decoder()
 
+    @property
+    def packs_attention(self) -> bool:
+        """Whether :meth:`packed_attention` takes effect: SDPA layers and torch >= 2.5
+        (``enable_gqa``)."""
+        cfg = getattr(self.decoder, "config", None)
+        return getattr(cfg, "_attn_implementation", None) == "sdpa" and _gqa_sdpa()
+
     @contextlib.contextmanager
     def packed_attention(self) -> Iterator[None]:
-        """Within this block the decoder's SDPA layers run :func:`_packed_sdpa` (grouped-query
-        attention under an explicit mask without copying keys and values per query head); the
-        model's own attention implementation is restored after it. A no-op for other
-        implementations (eager, flash, ...) and torch < 2.5 (no ``enable_gqa``)."""
-        cfg = getattr(self.decoder, "config", None)
-        if cfg is None or getattr(cfg, "_attn_implementation", None) != "sdpa" or not _gqa_sdpa():
+        """Within this block the decoder's SDPA layers run :func:`_packed_sdpa` (without a
+        mask: causal aligned at the end of a cached prefix, no mask made; under a mask:
+        grouped-query attention without copying keys and values per query head); the model's
+        own attention implementation is restored after it. A no-op unless
+        :attr:`packs_attention`. Only for forwards of the scoring engine: sliding-window
+        layers get their window from its masks, not here."""
+        if not self.packs_attention:
             yield
             return
         from transformers import AttentionInterface
 
+        cfg = self.decoder.config
         AttentionInterface.register(PACKED_SDPA, _packed_sdpa)
         cfg._attn_implementation = PACKED_SDPA
         try:

@@ -325,8 +325,15 @@ class ScoringEngine:
             seg_t[r, pads] = -(r * S + pads) - 1
             pos_t[r, pads] = pos_t[r, o - 1] + 1 + np.arange(S - o)  # rows are never empty
             idx_t[r, pads] = idx_t[r, o - 1] + 1 + np.arange(S - o)
-        mask = _additive(self._mask(seg_t, idx_t, cut_t, key_ok, P), dev, self.model.dtype,
-                         _attention_kind(self.model))
+        window = _sliding_window(self.model)[0]
+        if (B == 1 and len(segs) == 1 and key_ok.all() and self.model.packs_attention
+                and (window is None or int(idx_t.max()) < window)):
+            # one sequence: every query reads the prefix up to its cut (= P) and its own
+            # sequence causally, which the packed attention does without a mask
+            mask = None
+        else:
+            mask = _additive(self._mask(seg_t, idx_t, cut_t, key_ok, P), dev,
+                             self.model.dtype, _attention_kind(self.model))
         kwargs: dict[str, Any] = {}
         sink: dict[str, Any] = {}
         if capture:
