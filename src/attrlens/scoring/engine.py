@@ -424,10 +424,15 @@ class ScoringEngine:
         return res[:, 0], res[:, 1].astype(np.int64)
 
 
+def _config(model: Any) -> Any:
+    """The transformers config of an attrlens model (None for other backends)."""
+    return getattr(getattr(model, "model", None), "config", None)
+
+
 def _sliding_window(model: Any) -> tuple[int | None, bool]:
     """(window, whether only some layers slide) of the model's attention; (None, False) when
     no layer slides."""
-    cfg = getattr(getattr(model, "model", None), "config", None)
+    cfg = _config(model)
     window = getattr(cfg, "sliding_window", None)
     if not window or getattr(cfg, "use_sliding_window", True) is False:
         return None, False
@@ -447,7 +452,7 @@ def _sync(t: Any) -> None:
 
 def _attention_kind(model: Any) -> str:
     """The model's attention implementation ("sdpa", "eager", ...)."""
-    cfg = getattr(getattr(model, "model", None), "config", None)
+    cfg = _config(model)
     return str(getattr(cfg, "_attn_implementation", None) or "sdpa")
 
 
