@@ -493,7 +493,7 @@ def _packed_sdpa(module: Any, query: Any, key: Any, value: Any, attention_mask: 
     q_len, k = query.shape[2], key.shape[2] - query.shape[2]
     sdpa = torch.nn.functional.scaled_dot_product_attention
     if attention_mask is None and q_len > 1:
-        if plain and k < q_len:
+        if plain and k < q_len and query.device.type in ("cpu", "cuda"):  # enable_gqa
             q = query if k == 0 else torch.cat([query.new_zeros(*query.shape[:2], k, query.shape[3]), query], 2)
             out = sdpa(q, key, value, is_causal=True, scale=scaling, enable_gqa=groups > 1)
             return out[:, :, k:].transpose(1, 2).contiguous(), None
