@@ -435,3 +435,33 @@ def test_one_sequence_forwards_need_no_mask(setup, monkeypatch, kind, prefix_reu
         assert any(0 < p < q for p, q in prefix) and any(p >= q for p, q in prefix)
     else:
         assert {p for p, _q in prefix} == {0}
+
+
+def test_other_forwards_of_the_model_during_packed_attention_are_unchanged(setup):
+    """While one block runs packed attention, a forward of the same model in another thread
+    (a left-padded batch with its own 2-D mask) gets transformers' SDPA, masks included; nested
+    blocks leave the model packed until the last one ends, then sdpa again."""
+    import threading
+
+    model, ids, _fs, _out, _masks = setup
+    x = torch.as_tensor(np.stack([ids, np.concatenate([np.zeros(3, np.int64), ids[3:]])]))
+    att = torch.ones_like(x)
+    att[1, :3] = 0  # left padding: no real token may read it
+
+    def plain():
+        with torch.inference_mode():
+            return model.model(input_ids=x, attention_mask=att).logits
+
+    want = plain()
+    got: dict[str, torch.Tensor] = {}
+    cfg = model.decoder.config
+    with model.packed_attention():
+        with model.packed_attention():
+            assert cfg._attn_implementation != "sdpa"
+        assert cfg._attn_implementation != "sdpa"  # the outer block is still running
+        t = threading.Thread(target=lambda: got.setdefault("x", plain()))
+        t.start()
+        t.join()
+    assert cfg._attn_implementation == "sdpa"
+    torch.testing.assert_close(got["x"][0], want[0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(got["x"][1, 3:], want[1, 3:], atol=1e-5, rtol=1e-5)

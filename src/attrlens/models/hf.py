@@ -8,6 +8,7 @@ user cache directory, keyed by the GGUF file's sha256, and later loads read that
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import dataclasses
 import hashlib
 import json
@@ -15,6 +16,7 @@ import logging
 import os
 import re
 import shutil
+import threading
 import time
 import warnings
 from collections.abc import Iterator
@@ -456,6 +458,11 @@ def _dev_name(d: Any) -> str:
 
 
 PACKED_SDPA = "attrlens_packed_sdpa"  # the name :meth:`HFModel.packed_attention` registers
+# whether this thread/task is inside :meth:`HFModel.packed_attention` (another thread that
+# runs the same model meanwhile gets transformers' SDPA, masks included)
+_PACKED_HERE: contextvars.ContextVar[bool] = contextvars.ContextVar("attrlens_packed", default=False)
+_PACKED_USERS: dict[int, int] = {}  # id(config) -> blocks inside packed_attention
+_PACKED_LOCK = threading.Lock()
 
 
 def _gqa_sdpa() -> bool:
@@ -487,6 +494,9 @@ def _packed_sdpa(module: Any, query: Any, key: Any, value: Any, attention_mask: 
     import torch
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
+    if not _PACKED_HERE.get():  # a forward of the model outside the engine (another thread)
+        return sdpa_attention_forward(module, query, key, value, attention_mask,
+                                      dropout=dropout, scaling=scaling, **kwargs)
     groups = getattr(module, "num_key_value_groups", 1)
     special = any(kwargs.get(k) is not None for k in ("softcap", "position_bias", "s_aux"))
     plain = not (dropout or special or kwargs.get("output_attentions"))
@@ -504,6 +514,17 @@ def _packed_sdpa(module: Any, query: Any, key: Any, value: Any, attention_mask: 
                                       dropout=dropout, scaling=scaling, **kwargs)
     out = sdpa(query, key, value, attn_mask=attention_mask, scale=scaling, enable_gqa=True)
     return out.transpose(1, 2).contiguous(), None
+
+
+def _packed_mask(*args: Any, **kwargs: Any) -> Any:
+    """Mask creation under :data:`PACKED_SDPA`: none in the engine's forwards (they pass
+    their own masks, or none for one plain sequence); transformers' SDPA mask for any other
+    forward of the model meanwhile (another thread)."""
+    if _PACKED_HERE.get():
+        return None
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
+
+    return ALL_MASK_ATTENTION_FUNCTIONS["sdpa"](*args, **kwargs)
 
 
 class HFModel:
@@ -632,7 +653,8 @@ class HFModel:
         """Whether :meth:`packed_attention` takes effect: SDPA layers and torch >= 2.5
         (``enable_gqa``)."""
         cfg = getattr(self.decoder, "config", None)
-        return getattr(cfg, "_attn_implementation", None) == "sdpa" and _gqa_sdpa()
+        kind = getattr(cfg, "_attn_implementation", None)
+        return kind in ("sdpa", PACKED_SDPA) and _gqa_sdpa()  # packed: in another block
 
     @contextlib.contextmanager
     def packed_attention(self) -> Iterator[None]:
@@ -646,14 +668,24 @@ class HFModel:
             yield
             return
         from transformers import AttentionInterface
+        from transformers.masking_utils import AttentionMaskInterface
 
         cfg = self.decoder.config
-        AttentionInterface.register(PACKED_SDPA, _packed_sdpa)
-        cfg._attn_implementation = PACKED_SDPA
+        with _PACKED_LOCK:  # the last block to leave restores sdpa (blocks in threads)
+            AttentionInterface.register(PACKED_SDPA, _packed_sdpa)
+            AttentionMaskInterface.register(PACKED_SDPA, _packed_mask)
+            _PACKED_USERS[id(cfg)] = _PACKED_USERS.get(id(cfg), 0) + 1
+            cfg._attn_implementation = PACKED_SDPA
+        token = _PACKED_HERE.set(True)
         try:
             yield
         finally:
-            cfg._attn_implementation = "sdpa"
+            _PACKED_HERE.reset(token)
+            with _PACKED_LOCK:
+                _PACKED_USERS[id(cfg)] -= 1
+                if not _PACKED_USERS[id(cfg)]:
+                    del _PACKED_USERS[id(cfg)]
+                    cfg._attn_implementation = "sdpa"
 
     @property
     def cache_kwarg(self) -> str:
