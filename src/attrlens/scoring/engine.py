@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import CapabilityError
+from ..models.hf import PACKED_SDPA
 from ..text.mask import PerturbedInput
 from .cache import PrefixCache
 
@@ -210,7 +211,8 @@ class ScoringEngine:
         padding into rows (widest first, each forward's rows as long as its widest segment
         or ``pack_tokens``); a 4-D attention mask keeps every segment causal and to itself,
         and lets it read the unmasked prompt's keys/values at positions < c_i (the shared
-        prefix, a broadcast view: no per-row copy). When the prefix is not cached yet, the
+        prefix, a broadcast view: no per-row copy). A forward of one sequence needs no mask
+        under the model's packed attention (:meth:`HFModel.packed_attention`). When the prefix is not cached yet, the
         first forward computes it: row 0 begins with the unmasked prompt (and scores the
         unmasked input, if there is one), and the other rows read its keys in the same
         forward. On an out-of-memory error the forward is halved and retried
@@ -451,9 +453,10 @@ def _sync(t: Any) -> None:
 
 
 def _attention_kind(model: Any) -> str:
-    """The model's attention implementation ("sdpa", "eager", ...)."""
-    cfg = _config(model)
-    return str(getattr(cfg, "_attn_implementation", None) or "sdpa")
+    """The model's attention implementation ("sdpa", "eager", ...; "sdpa" also while
+    another engine runs the packed attention, which is SDPA)."""
+    kind = str(getattr(_config(model), "_attn_implementation", None) or "sdpa")
+    return "sdpa" if kind == PACKED_SDPA else kind
 
 
 def _additive(mask: Any, dev: Any, dtype: Any, kind: str = "sdpa") -> Any:
