@@ -466,10 +466,17 @@ _PACKED_LOCK = threading.Lock()
 
 
 def _gqa_sdpa() -> bool:
-    """Whether this torch's SDPA takes ``enable_gqa`` (torch >= 2.5)."""
+    """Whether this torch's SDPA takes ``enable_gqa`` (torch >= 2.5) and this transformers
+    has the attention and mask interfaces that :meth:`HFModel.packed_attention` registers
+    with."""
     import torch
 
     major, minor = (int(x) for x in torch.__version__.split(".")[:2])
+    try:
+        from transformers import AttentionInterface  # noqa: F401
+        from transformers.masking_utils import AttentionMaskInterface  # noqa: F401
+    except ImportError:
+        return False
     return (major, minor) >= (2, 5)
 
 
@@ -650,8 +657,8 @@ class HFModel:
 
     @property
     def packs_attention(self) -> bool:
-        """Whether :meth:`packed_attention` takes effect: SDPA layers and torch >= 2.5
-        (``enable_gqa``)."""
+        """Whether :meth:`packed_attention` takes effect: SDPA layers, torch >= 2.5
+        (``enable_gqa``) and transformers' attention and mask interfaces."""
         cfg = getattr(self.decoder, "config", None)
         kind = getattr(cfg, "_attn_implementation", None)
         return kind in ("sdpa", PACKED_SDPA) and _gqa_sdpa()  # packed: in another block
