@@ -656,12 +656,21 @@ class HFModel:
         return self.model.get_decoder()
 
     @property
+    def attention_kind(self) -> str:
+        """The decoder's attention implementation ("sdpa", "eager", ...); "sdpa" also inside
+        :meth:`packed_attention`, which is SDPA."""
+        kind = self._attn_implementation or "sdpa"
+        return "sdpa" if kind == PACKED_SDPA else kind
+
+    @property
+    def _attn_implementation(self) -> str | None:
+        return getattr(getattr(self.decoder, "config", None), "_attn_implementation", None)
+
+    @property
     def packs_attention(self) -> bool:
         """Whether :meth:`packed_attention` takes effect: SDPA layers, torch >= 2.5
         (``enable_gqa``) and transformers' attention and mask interfaces."""
-        cfg = getattr(self.decoder, "config", None)
-        kind = getattr(cfg, "_attn_implementation", None)
-        return kind in ("sdpa", PACKED_SDPA) and _gqa_sdpa()  # packed: in another block
+        return self._attn_implementation in ("sdpa", PACKED_SDPA) and _gqa_sdpa()
 
     @contextlib.contextmanager
     def packed_attention(self) -> Iterator[None]:

@@ -35,7 +35,6 @@ from typing import Any
 import numpy as np
 
 from ..errors import CapabilityError
-from ..models.hf import PACKED_SDPA
 from ..text.mask import PerturbedInput
 from .cache import PrefixCache
 
@@ -212,10 +211,10 @@ class ScoringEngine:
         or ``pack_tokens``); a 4-D attention mask keeps every segment causal and to itself,
         and lets it read the unmasked prompt's keys/values at positions < c_i (the shared
         prefix, a broadcast view: no per-row copy). A forward of one sequence needs no mask
-        under the model's packed attention (:meth:`HFModel.packed_attention`). When the prefix is not cached yet, the
-        first forward computes it: row 0 begins with the unmasked prompt (and scores the
-        unmasked input, if there is one), and the other rows read its keys in the same
-        forward. On an out-of-memory error the forward is halved and retried
+        under the model's packed attention (:meth:`HFModel.packed_attention`). When the
+        prefix is not cached yet, the first forward computes it: row 0 begins with the
+        unmasked prompt (and scores the unmasked input, if there is one), and the other rows
+        read its keys in the same forward. On an out-of-memory error the forward is halved and retried
         (``counters["oom_retries"]``); one segment that does not fit raises
         :class:`~attrlens.errors.CapabilityError`."""
         import torch
@@ -327,15 +326,15 @@ class ScoringEngine:
             seg_t[r, pads] = -(r * S + pads) - 1
             pos_t[r, pads] = pos_t[r, o - 1] + 1 + np.arange(S - o)  # rows are never empty
             idx_t[r, pads] = idx_t[r, o - 1] + 1 + np.arange(S - o)
-        window = _sliding_window(self.model)[0]
+        window, mixed = _sliding_window(self.model)
         if (B == 1 and len(segs) == 1 and key_ok.all() and self.model.packs_attention
                 and (window is None or int(idx_t.max()) < window)):
             # one sequence: every query reads the prefix up to its cut (= P) and its own
             # sequence causally, which the packed attention does without a mask
             mask = None
         else:
-            mask = _additive(self._mask(seg_t, idx_t, cut_t, key_ok, P), dev,
-                             self.model.dtype, _attention_kind(self.model))
+            mask = _additive(self._mask(seg_t, idx_t, cut_t, key_ok, P, window, mixed), dev,
+                             self.model.dtype, self.model.attention_kind)
         kwargs: dict[str, Any] = {}
         sink: dict[str, Any] = {}
         if capture:
@@ -388,7 +387,7 @@ class ScoringEngine:
         self.counters["rows_scored"] += sum(len(twins) if g == -1 else 1 for g, _r, _c in scored)
 
     def _mask(self, seg_t: np.ndarray, idx_t: np.ndarray, cut_t: np.ndarray,
-              key_ok: np.ndarray, P: int) -> Any:
+              key_ok: np.ndarray, P: int, window: int | None, mixed: bool) -> Any:
         """(B, 1, S, P + S) bool: query q reads prefix column p < its segment's cut, and the
         keys of its own segment up to itself (not those switched off). Sliding-window layers
         also drop keys a window or more behind (by index in the query's own sequence): a
@@ -400,7 +399,6 @@ class ScoringEngine:
         cols = np.arange(P)[None, None, :]
         pre = cols < cut_t[:, :, None]
         full = np.concatenate([pre, own], axis=2)[:, None]
-        window, mixed = _sliding_window(self.model)
         if window is None or int(idx_t.max()) < window:
             return full
         near = np.concatenate(
@@ -426,15 +424,10 @@ class ScoringEngine:
         return res[:, 0], res[:, 1].astype(np.int64)
 
 
-def _config(model: Any) -> Any:
-    """The transformers config of an attrlens model (None for other backends)."""
-    return getattr(getattr(model, "model", None), "config", None)
-
-
 def _sliding_window(model: Any) -> tuple[int | None, bool]:
     """(window, whether only some layers slide) of the model's attention; (None, False) when
     no layer slides."""
-    cfg = _config(model)
+    cfg = getattr(getattr(model, "model", None), "config", None)
     window = getattr(cfg, "sliding_window", None)
     if not window or getattr(cfg, "use_sliding_window", True) is False:
         return None, False
@@ -450,13 +443,6 @@ def _sync(t: Any) -> None:
 
     if t.device.type == "cuda":
         torch.cuda.synchronize(t.device)
-
-
-def _attention_kind(model: Any) -> str:
-    """The model's attention implementation ("sdpa", "eager", ...; "sdpa" also while
-    another engine runs the packed attention, which is SDPA)."""
-    kind = str(getattr(_config(model), "_attn_implementation", None) or "sdpa")
-    return "sdpa" if kind == PACKED_SDPA else kind
 
 
 def _additive(mask: Any, dev: Any, dtype: Any, kind: str = "sdpa") -> Any:
