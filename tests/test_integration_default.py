@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import attrlens
-from attrlens.models.hf import cache_dir, file_sha256
+from attrlens.models.hf import file_sha256, gguf_copy_dir
 
 pytestmark = pytest.mark.integration
 
@@ -30,7 +30,7 @@ def test_provenance_and_dequantized_cache(default_model, tmp_path):
 
     sha = file_sha256(default_gguf_path())
     assert default_model.info.sha256 == sha
-    assert (cache_dir() / "models" / sha[:24] / "config.json").is_file()
+    assert (gguf_copy_dir(sha) / "config.json").is_file()
     attr = attrlens.explain("Name a fruit.", model=default_model, method="loo", max_new_tokens=4)
     d = json.loads(attr.save(tmp_path / "r.json").read_text())
     assert d["model"]["sha256"] == sha and d["seed"] == 0

@@ -38,7 +38,10 @@ def test_rope_vectors_equal_the_models_own_rotation(tiny_model):
     cfg = tiny_model.config
     d_h = cfg.hidden_size // cfg.num_attention_heads
     # independent RoPE: theta^(-2i/d_h) frequencies, HF rotate_half pairing
-    inv = 1.0 / (cfg.rope_parameters["rope_theta"] ** (np.arange(0, d_h, 2) / d_h))
+    # (transformers 5 keeps theta in rope_parameters, 4.x on the config itself)
+    theta = (getattr(cfg, "rope_parameters", None) or {}).get("rope_theta") or cfg.rope_theta
+    assert theta == 10000.0  # as tests/conftest.py makes the tiny model
+    inv = 1.0 / (theta ** (np.arange(0, d_h, 2) / d_h))
     ang = pos[:, None] * inv[None, :]
     import torch
 

@@ -142,10 +142,10 @@ def test_embedded_model_bf16_tracks_float32() -> None:
 @pytest.mark.integration
 def test_gguf_its_directory_copy_and_the_object_give_the_same_scores() -> None:
     from attrlens.models.default import default_gguf_path
-    from attrlens.models.hf import cache_dir, file_sha256
+    from attrlens.models.hf import file_sha256, gguf_copy_dir
 
     gguf = load_model(device="cpu", dtype="float32")
-    copy_dir = cache_dir() / "models" / file_sha256(default_gguf_path())[:24]
+    copy_dir = gguf_copy_dir(file_sha256(default_gguf_path()))
     if not (copy_dir / "config.json").is_file():
         pytest.skip("no de-quantized copy of the embedded GGUF (read-only cache)")
     from_dir = load_model(copy_dir, device="cpu", dtype="float32")
@@ -193,6 +193,40 @@ def _strict_transformers(fn) -> list[str]:
         root.removeHandler(handler)
         hf_logging.set_verbosity(level)
     return handler.messages
+
+
+@pytest.mark.integration
+def test_a_copy_that_does_not_load_is_converted_again(tmp_path, monkeypatch, caplog) -> None:
+    """A de-quantized copy that this transformers cannot read (written by another major
+    version, or damaged) is replaced by a fresh conversion of the GGUF, with a warning; the
+    copy is kept per transformers major version."""
+    import transformers
+
+    from attrlens.models.default import default_gguf_path
+    from attrlens.models.hf import _load, file_sha256, gguf_copy_dir
+
+    monkeypatch.setenv("ATTRLENS_CACHE_DIR", str(tmp_path))
+    gguf = default_gguf_path()
+    copy_dir = gguf_copy_dir(file_sha256(gguf))
+    assert copy_dir.parent == tmp_path / "models"
+    assert copy_dir.name.endswith(f".transformers{transformers.__version__.split('.')[0]}")
+    copy_dir.mkdir(parents=True)
+    (copy_dir / "config.json").write_text('{"model_type": "no-such-architecture"}')
+    caplog.set_level(logging.WARNING, logger="attrlens")
+    m = _load(gguf, model_id="smollm2", device="cpu", dtype="float32", cache=True)
+    assert "did not load" in caplog.text
+    assert '"model_type": "llama"' in (copy_dir / "config.json").read_text()
+    ref = load_model(device="cpu", dtype="float32")
+    ids = ref.tokenizer("The capital of France is", return_tensors="pt").input_ids
+    import torch
+
+    with torch.no_grad():
+        a = m.model(ids).logits
+        b = ref.model(ids).logits
+    torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+    again = _load(gguf, model_id="smollm2", device="cpu", dtype="float32", cache=True)
+    assert sum("did not load" in r.getMessage() for r in caplog.records) == 1
+    assert again.info.sha256 == m.info.sha256
 
 
 def test_generation_and_wrapping_make_no_deprecated_transformers_calls(tiny) -> None:

@@ -56,6 +56,9 @@ def test_installed_transformers_is_inside_the_stated_range(project) -> None:
 
     installed = ver(transformers.__version__)
     assert ver(low.group(1)) <= installed < ver(high.group(1))
+    # both ends are tested: CI runs the suite again on the lowest release of the range
+    assert "make test-compat" in (ROOT / ".ci" / "run").read_text()
+    assert '"transformers==$(TF_LOW).*"' in (ROOT / "Makefile").read_text()
 
 
 def test_proxyspex_without_lightgbm_names_the_extra(monkeypatch) -> None:

@@ -352,10 +352,11 @@ def llama_backend(llama_server):
 
 @pytest.mark.integration
 def test_probe_on_llama_cpp_picks_forced_tokens(llama_backend):
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), OpenAIBackend(
+        llama_backend.base_url, llama_backend.model, cache=False
+    ) as backend:
         warnings.simplefilter("error")  # llama.cpp must not look like a broken route
-        r, rep = probe_routes(OpenAIBackend(llama_backend.base_url, llama_backend.model,
-                                            cache=False))
+        r, rep = probe_routes(backend)
     assert r.name == "forced_tokens"
     assert set(rep.missing) == {"prompt_logprobs", "sglang", "echo"}
     with pytest.raises(CapabilityError, match="It has: forced_tokens, top_logprobs"):

@@ -305,6 +305,16 @@ def load_model(
     return model
 
 
+def gguf_copy_dir(sha: str) -> Path:
+    """Where the de-quantized copy of the GGUF file with this sha256 is kept: one copy per
+    transformers major version, since a checkpoint written by one major (its tokenizer class
+    names, config keys) need not load in another."""
+    import transformers
+
+    major = transformers.__version__.split(".")[0]
+    return cache_dir() / "models" / f"{sha[:24]}.transformers{major}"
+
+
 def _from_pretrained(src: Path, *, dtype: str | None, device: str, **kwargs: Any) -> Any:
     """AutoModelForCausalLM.from_pretrained in ``dtype`` (None: float32), placed on a CUDA
     device directly (no CPU copy of the weights) or left on the CPU."""
@@ -335,24 +345,33 @@ def _load(file: Path, *, model_id: str, device: str, dtype: str | None, cache: b
                 f"transformers model directory (with config.json)."
             )
         sha = file_sha256(file)
-        copy = cache_dir() / "models" / sha[:24]
+        copy = gguf_copy_dir(sha)
+        tok = mdl = None
         if cache and (copy / "config.json").is_file():
-            src, kwargs, load_dtype = copy, {}, dtype
-        else:  # de-quantize in float32 (and keep that copy), convert afterwards
-            src, kwargs, load_dtype = file.parent, {"gguf_file": file.name}, None
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                tok = AutoTokenizer.from_pretrained(str(src), **kwargs)
-                mdl = _from_pretrained(
-                    src, dtype=load_dtype, device=device if load_dtype else "cpu", **kwargs
-                )
-        except Exception as exc:
-            raise BackendError(
-                f"Could not load the GGUF model '{file}': {type(exc).__name__}: "
-                f"{str(exc).splitlines()[0] if str(exc) else ''}. Is it a GGUF of a "
-                f"transformers-supported architecture?"
-            ) from exc
+            kwargs: dict[str, Any] = {}
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    tok = AutoTokenizer.from_pretrained(str(copy))
+                    mdl = _from_pretrained(copy, dtype=dtype, device=device if dtype else "cpu")
+            except (OSError, ValueError, KeyError, AttributeError, RuntimeError) as exc:
+                # a copy this transformers cannot read: convert the GGUF again, replace it
+                log.warning("the cached copy %s did not load (%s); converting the GGUF again",
+                            copy, type(exc).__name__)
+                shutil.rmtree(copy, ignore_errors=True)
+        if mdl is None:  # de-quantize in float32 (and keep that copy), convert afterwards
+            kwargs = {"gguf_file": file.name}
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    tok = AutoTokenizer.from_pretrained(str(file.parent), **kwargs)
+                    mdl = _from_pretrained(file.parent, dtype=None, device="cpu", **kwargs)
+            except Exception as exc:
+                raise BackendError(
+                    f"Could not load the GGUF model '{file}': {type(exc).__name__}: "
+                    f"{str(exc).splitlines()[0] if str(exc) else ''}. Is it a GGUF of a "
+                    f"transformers-supported architecture?"
+                ) from exc
         if cache and "gguf_file" in kwargs:
             try:
                 tmp = copy.with_name(copy.name + f".tmp{os.getpid()}")
