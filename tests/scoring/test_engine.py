@@ -63,6 +63,26 @@ def test_batching_does_not_change_scores(setup):
     np.testing.assert_allclose(big, small, atol=1e-5)
 
 
+@pytest.mark.parametrize("reducer", ["gather", "topk"])
+def test_a_forward_of_the_prompt_alone_scores_nothing_and_fills_the_prefix(setup, reducer):
+    """No input is unmasked and the budget leaves the prompt alone in the first forward (a
+    long prompt under random coalitions): that forward only fills the prefix cache."""
+    model, ids, fs, out, masks = setup
+    inputs = Masker("delete", ids, fs).apply(masks[1:])  # no unmasked row
+    eng = ScoringEngine(model, ids, out, max_batch_tokens=1)  # one row per forward
+    big = ScoringEngine(model, ids, out, max_batch_tokens=100000)
+    if reducer == "gather":
+        a, b = eng.token_logprobs(inputs), big.token_logprobs(inputs)
+    else:
+        a, b = eng.topk_distributions(inputs, 5)[0], big.topk_distributions(inputs, 5)[0]
+    assert eng.counters["model_forwards"] == len(inputs) + 1  # the prompt's own forward
+    assert eng.counters["rows_scored"] == len(inputs)
+    np.testing.assert_allclose(a, b, atol=1e-5)
+    ref = np.stack([_scratch(model, x, out, len(ids)) for x in inputs[:3]])
+    if reducer == "gather":
+        np.testing.assert_allclose(a[:3], ref, atol=1e-4)
+
+
 def test_topk_distributions_are_sorted_logprobs(setup):
     model, ids, _fs, out, _ = setup
     eng = ScoringEngine(model, ids, out)

@@ -358,27 +358,29 @@ class ScoringEngine:
             self.counters["decoder_s"] += t_head - t_dec
             if capture:
                 self.prefix.set_captured(sink, hidden[0, L - 1])
-            hdev = hidden.device
-            flat = hidden.reshape(B * S, -1)
-            base = torch.as_tensor([r * S + c for _g, r, c in scored], device=hdev)
-            h = flat[base[:, None] + torch.arange(T, device=hdev)[None, :]]  # (n, T, H)
-            del hidden, flat
-            out_ids_t = torch.as_tensor(self.output_ids, device=h.device)
-            if reducer is gather_logprobs:  # log p(o_t) without vocabulary-sized tensors
-                parts = [self.model.output_token_logprobs(h, out_ids_t).double().cpu().numpy()]
-                chunk = len(scored)
-            else:
-                chunk = max(1, self.max_logit_rows // T)
-                parts = (
-                    reducer(torch.log_softmax(self.model.output_logits(h[c0 : c0 + chunk]), -1),
-                            out_ids_t)
-                    for c0 in range(0, len(scored), chunk)
-                )
-            for c0, vals in zip(range(0, len(scored), chunk), parts):
-                for r, v in enumerate(vals):
-                    g = scored[c0 + r][0]
-                    for i in twins if g == -1 else [g]:
-                        results[i] = v
+            if scored:  # (a forward of the prompt alone only fills the prefix cache)
+                hdev = hidden.device
+                flat = hidden.reshape(B * S, -1)
+                base = torch.as_tensor([r * S + c for _g, r, c in scored], dtype=torch.long,
+                                       device=hdev)
+                h = flat[base[:, None] + torch.arange(T, device=hdev)[None, :]]  # (n, T, H)
+                del hidden, flat
+                out_ids_t = torch.as_tensor(self.output_ids, device=h.device)
+                if reducer is gather_logprobs:  # log p(o_t) without vocabulary-sized tensors
+                    parts = [self.model.output_token_logprobs(h, out_ids_t).double().cpu().numpy()]
+                    chunk = len(scored)
+                else:
+                    chunk = max(1, self.max_logit_rows // T)
+                    parts = (
+                        reducer(torch.log_softmax(self.model.output_logits(h[c0 : c0 + chunk]), -1),
+                                out_ids_t)
+                        for c0 in range(0, len(scored), chunk)
+                    )
+                for c0, vals in zip(range(0, len(scored), chunk), parts):
+                    for r, v in enumerate(vals):
+                        g = scored[c0 + r][0]
+                        for i in twins if g == -1 else [g]:
+                            results[i] = v
         self.counters["head_s"] += time.perf_counter() - t_head
         real = sum(width[g] for g in segs)
         self.counters["model_forwards"] += 1
