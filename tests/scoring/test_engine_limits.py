@@ -124,9 +124,9 @@ def test_planner_keeps_segments_apart_when_attention_dominates(setup):
         eng = ScoringEngine(model, ids, out, attention_cost=cost, max_batch_tokens=budget)
         real = eng._run_forward
 
-        def spy(rows, *args, _real=real, _cost=cost):
+        def spy(rows, *args, _real=real, _cost=cost, **kw):
             rows_seen.setdefault(_cost, []).extend(len(r) for r in rows)
-            return _real(rows, *args)
+            return _real(rows, *args, **kw)
 
         eng._run_forward = spy
         got[cost] = eng.token_logprobs(inputs)

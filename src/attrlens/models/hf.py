@@ -523,6 +523,9 @@ def _packed_sdpa(module: Any, query: Any, key: Any, value: Any, attention_mask: 
     if not _PACKED_HERE.get():  # a forward of the model outside the engine (another thread)
         return sdpa_attention_forward(module, query, key, value, attention_mask,
                                       dropout=dropout, scaling=scaling, **kwargs)
+    # our masks (and the causal-at-the-end rule below) carry causality; a model's own
+    # is_causal flag (GPT-2 in transformers 4.x passes True) would add start-aligned causality
+    kwargs["is_causal"] = False
     groups = getattr(module, "num_key_value_groups", 1)
     special = any(kwargs.get(k) is not None for k in ("softcap", "position_bias", "s_aux"))
     plain = not (dropout or special or kwargs.get("output_attentions"))
@@ -671,8 +674,11 @@ class HFModel:
     # ---- model parts -----------------------------------------------------------------
     @property
     def decoder(self) -> Any:
-        """The transformer body (returns hidden states; final norm included)."""
-        return self.model.get_decoder()
+        """The transformer body (returns hidden states; final norm included): the model's
+        ``get_decoder()``, or its base model where that returns the whole LM (GPT-2, Falcon,
+        GPT-J, ... in transformers 4.x)."""
+        dec = self.model.get_decoder()
+        return self.model.base_model if dec is None or dec is self.model else dec
 
     @property
     def attention_kind(self) -> str:
@@ -687,9 +693,13 @@ class HFModel:
 
     @property
     def packs_attention(self) -> bool:
-        """Whether :meth:`packed_attention` takes effect: SDPA layers, torch >= 2.5
-        (``enable_gqa``) and transformers' attention and mask interfaces."""
-        return self._attn_implementation in ("sdpa", PACKED_SDPA) and _gqa_sdpa()
+        """Whether :meth:`packed_attention` takes effect: SDPA layers of a model whose
+        attention goes through transformers' attention interface (Falcon, Bloom, MPT, ...
+        have their own), torch >= 2.5 (``enable_gqa``) and transformers' attention and mask
+        interfaces."""
+        return (self._attn_implementation in ("sdpa", PACKED_SDPA)
+                and bool(getattr(type(self.model), "_supports_attention_backend", False))
+                and _gqa_sdpa())
 
     @contextlib.contextmanager
     def packed_attention(self) -> Iterator[None]:
@@ -740,6 +750,118 @@ class HFModel:
             return getattr(output, "cache", None)
         return output.past_key_values
 
+    def _probe_ids(self) -> Any:
+        """A few fixed token ids on the model's input device (for the one-time probes)."""
+        import torch
+
+        ids = self.tokenizer("The quick brown fox jumps over the lazy dog",
+                             add_special_tokens=False)["input_ids"][:8]
+        emb = self.model.get_input_embeddings()
+        n = int(emb.weight.shape[0]) if hasattr(emb, "weight") else len(self.tokenizer)
+        ids = [i % n for i in ids] + [(7 * k + 3) % n for k in range(8 - len(ids))]
+        return torch.as_tensor([ids], device=emb.weight.device if hasattr(emb, "weight")
+                               else self.device)
+
+    @property
+    def packing(self) -> tuple[bool, bool]:
+        """(honours ``position_ids``, honours 4-D additive attention masks): what the scoring
+        engine's packed rows and shared prefix need. Probed once on a few tokens, by
+        difference, so exact in any dtype: gapped positions must change the last hidden
+        state (ALiBi models such as Bloom and MPT ignore them), and a 4-D mask that hides
+        one key from later queries must change those queries and no earlier one (Bloom
+        refuses 4-D masks)."""
+        got = self.__dict__.get("_packing")
+        if got is None:
+            got = self.__dict__["_packing"] = self._probe_packing()
+            if not all(got):
+                log.info("%s: %s; the scoring engine runs each perturbed prompt in a row of "
+                         "its own, without a shared prefix", self.info.id,
+                         "ignores position_ids" if not got[0] else "refuses 4-D masks")
+        return got
+
+    def _probe_packing(self) -> tuple[bool, bool]:
+        import torch
+
+        x = self._probe_ids()
+        n = x.shape[1]
+        dec = self.decoder
+        pos = torch.arange(n, device=x.device)[None]
+        gapped = pos.clone()
+        gapped[0, n // 2:] += 5
+        # (models that ignore position_ids may warn that they do: that is what is probed)
+        with torch.inference_mode(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            try:
+                a = dec(input_ids=x, position_ids=pos, use_cache=False).last_hidden_state[0]
+                b = dec(input_ids=x, position_ids=gapped, use_cache=False).last_hidden_state[0]
+            except (TypeError, ValueError, RuntimeError):
+                return False, False
+            positions = not torch.equal(a[-1], b[-1])
+            keep = torch.ones(n, n, dtype=torch.bool, device=x.device).tril()
+            keep[2:, 1] = False  # key 1 hidden from queries 2..n-1
+            mask = torch.zeros(1, 1, n, n, dtype=a.dtype, device=x.device).masked_fill(
+                ~keep, torch.finfo(a.dtype).min)
+            try:
+                c = dec(input_ids=x, position_ids=pos, attention_mask=mask,
+                        use_cache=False).last_hidden_state[0]
+            except (TypeError, ValueError, RuntimeError, IndexError):
+                return positions, False
+        tol = 1e-2 * (1.0 + float(a.abs().max()))
+        same_early = bool((c[:2] - a[:2]).abs().max() <= tol)
+        moved_late = bool((c[2:] - a[2:]).abs().amax(-1).min() > 0)
+        return positions, same_early and moved_late
+
+    def _logit_map(self) -> Any:
+        """What the model does to its head's output before returning logits (None: nothing),
+        e.g. Cohere's ``logit_scale``, Granite's ``logits_scaling``, Gemma-2's final
+        soft-capping. Candidates come from the config; the one kept is checked once against
+        the model's own logits on a few tokens. A model whose logits match none of them is
+        refused (its scores would be silently wrong)."""
+        if "_logit_map_v" in self.__dict__:
+            return self.__dict__["_logit_map_v"]
+        import torch
+
+        from ..errors import CapabilityError
+
+        cfg = self.model.config
+        cfg = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
+
+        def num(key: str) -> float | None:
+            v = getattr(cfg, key, None)
+            ok = isinstance(v, (int, float)) and not isinstance(v, bool) and v not in (0, 1)
+            return float(v) if ok else None
+
+        cands: list[tuple[str, Any]] = []
+        cap = num("final_logit_softcapping")
+        if cap:
+            cands.append((f"soft-capping at {cap:g}", lambda z: torch.tanh(z / cap) * cap))
+        for key in ("logit_scale", "lm_head_multiplier"):
+            if (f := num(key)) is not None:
+                cands.append((f"x {key}", lambda z, f=f: z * f))
+        if (f := num("logits_scaling")) is not None:  # Granite divides, HyperCLOVA X multiplies
+            cands += [("/ logits_scaling", lambda z, f=f: z / f),
+                      ("x logits_scaling", lambda z, f=f: z * f)]
+        cands.append(("none", None))
+        x = self._probe_ids()
+        with torch.inference_mode():
+            full = self.model(input_ids=x, use_cache=False).logits[0].float()
+            hid = self.decoder(input_ids=x, use_cache=False).last_hidden_state[0]
+            ours = self._head_logits(hid).to(full.device)
+        tol = 1e-2 * (1.0 + float(full.abs().max()))
+        for name, fn in cands:
+            err = float(((fn(ours) if fn else ours) - full).abs().max())
+            if err <= tol:
+                self.__dict__["_logit_map_v"] = fn
+                if fn is not None:
+                    log.info("%s: logits = %s of the head's output", self.info.id, name)
+                return fn
+        raise CapabilityError(
+            f"The model {self.info.id} does something to its LM head's output that attrlens "
+            f"does not know (max |difference| {err:.3g} from its own logits on a probe; "
+            f"tried: {', '.join(n for n, _ in cands)}): its scores would be wrong. Report "
+            f"the architecture ({type(self.model).__name__})."
+        )
+
     @property
     def lm_head(self) -> Any:
         return self.model.get_output_embeddings()
@@ -752,6 +874,12 @@ class HFModel:
         and it keeps reduced-dtype attributions close to float32 ones (the head's bf16
         rounding otherwise swaps the ranks of near-equal features).
         """
+        z = self._head_logits(hidden)
+        fn = self._logit_map()
+        return z if fn is None else fn(z)
+
+    def _head_logits(self, hidden: Any) -> Any:
+        """float32 output of the LM head itself (no logit map)."""
         import torch
 
         head = self.lm_head
@@ -796,6 +924,7 @@ class HFModel:
             logits = self.output_logits(hidden)
             idx = token_ids.to(logits.device).expand(*logits.shape[:-2], T)[..., None]
             return logits.gather(-1, idx)[..., 0] - torch.logsumexp(logits, dim=-1)
+        fn = self._logit_map()
         bias = head.bias
         lead = hidden.shape[:-2]
         h = hidden.to(weight.device).reshape(-1, hidden.shape[-1]).float()  # (R, H)
@@ -803,6 +932,8 @@ class HFModel:
         z_t = (h * weight[tok].float()).sum(-1)
         if bias is not None:
             z_t = z_t + bias[tok].float()
+        if fn is not None:
+            z_t = fn(z_t)
         V, R = weight.shape[0], h.shape[0]
         # at most ``budget`` logits and ``budget`` converted weights per slice, each in one
         # buffer reused by every slice (fresh buffers cost page faults on every slice)
@@ -820,6 +951,8 @@ class HFModel:
             z = torch.mm(h, w.t(), out=zbuf[: R * n].view(R, n))
             if bias is not None:
                 z += bias[v0 : v0 + n].float()
+            if fn is not None:
+                z = fn(z)
             m_new = torch.maximum(m, z.amax(-1))
             acc = acc * torch.exp(m - m_new) + z.sub_(m_new[:, None]).exp_().sum(-1)
             m = m_new

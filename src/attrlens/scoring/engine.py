@@ -225,14 +225,19 @@ class ScoringEngine:
         if n == 0:
             return []
         L, T = self.n_prompt, self.n_output
-        capture = self.prefix_reuse and not self.prefix.ready and self.prefix.can_capture
-        if self.prefix_reuse and not capture:
+        # a model that ignores position_ids (ALiBi) or refuses 4-D masks: each perturbed
+        # prompt in a row of its own, right-padded, no shared prefix (plain forwards)
+        positions, masks = getattr(self.model, "packing", (True, True))
+        plain = not (positions and masks)
+        reuse = self.prefix_reuse and not plain
+        capture = reuse and not self.prefix.ready and self.prefix.can_capture
+        if reuse and not capture:
             self.prefix.layers(self.counters)  # legacy caches: a separate prefix pass
         # segment -1 (capture): the unmasked prompt, plus the output when an input is unmasked
         twins = [i for i in range(n) if capture and self._is_unmasked(inputs[i])]
         cut = {
             i: max(0, min(inputs[i].first_change, len(inputs[i].ids) - 1, L - 1))
-            if self.prefix_reuse else 0
+            if reuse else 0
             for i in range(n) if i not in twins
         }
         width = {i: len(inputs[i].ids) - cut[i] + T for i in cut}
@@ -241,13 +246,14 @@ class ScoringEngine:
             cut[-1] = 0
             width[-1] = L + T if twins else L
             keys.insert(0, -1)
-        queue = deque(self._plan(keys, width, cut))
+        queue = deque(self._pack(keys, width, cut, 0) if plain else self._plan(keys, width, cut))
         oom = _oom_errors()
         while queue:
             rows = queue.popleft()
             segs = [g for r in rows for g in r]
             try:
-                self._run_forward(rows, inputs, cut, width, twins, reducer, results)
+                self._run_forward(rows, inputs, cut, width, twins, reducer, results,
+                                  plain=plain, positions=positions)
             except oom as e:
                 if len(segs) == 1:
                     raise CapabilityError(
@@ -279,9 +285,14 @@ class ScoringEngine:
         twins: list[int],
         reducer: Reducer,
         results: list[np.ndarray | None],
+        *,
+        plain: bool = False,
+        positions: bool = True,
     ) -> None:
         """One forward over packed rows of segments (input rows; -1 = the unmasked prompt,
-        first in row 0, whose keys become the shared prefix), reduced."""
+        first in row 0, whose keys become the shared prefix), reduced. ``plain``: one
+        segment per row from column 0 under a 2-D padding mask (and ``position_ids`` only
+        where the model reads them)."""
         import torch
 
         L, T = self.n_prompt, self.n_output
@@ -327,7 +338,9 @@ class ScoringEngine:
             pos_t[r, pads] = pos_t[r, o - 1] + 1 + np.arange(S - o)  # rows are never empty
             idx_t[r, pads] = idx_t[r, o - 1] + 1 + np.arange(S - o)
         window, mixed = _sliding_window(self.model)
-        if (B == 1 and len(segs) == 1 and key_ok.all() and self.model.packs_attention
+        if plain:  # right-padded rows: padding and switched-off keys hidden, causal inside
+            mask = torch.as_tensor((seg_t >= 0) & key_ok, dtype=torch.long, device=dev)
+        elif (B == 1 and len(segs) == 1 and key_ok.all() and self.model.packs_attention
                 and (window is None or int(idx_t.max()) < window)):
             # one sequence: every query reads the prefix up to its cut (= P) and its own
             # sequence causally, which the packed attention does without a mask
@@ -336,6 +349,8 @@ class ScoringEngine:
             mask = _additive(self._mask(seg_t, idx_t, cut_t, key_ok, P, window, mixed), dev,
                              self.model.dtype, self.model.attention_kind)
         kwargs: dict[str, Any] = {}
+        if positions:
+            kwargs["position_ids"] = torch.as_tensor(pos_t, device=dev)
         sink: dict[str, Any] = {}
         if capture:
             kwargs[self.model.cache_kwarg] = self.prefix.capture(P, sink)
@@ -347,8 +362,7 @@ class ScoringEngine:
                 hidden = self.model.decoder(
                     input_ids=torch.as_tensor(ids_t, device=dev),
                     attention_mask=mask,
-                    position_ids=torch.as_tensor(pos_t, device=dev),
-                    use_cache=bool(kwargs),
+                    use_cache=self.model.cache_kwarg in kwargs,
                     **kwargs,
                 ).last_hidden_state
             kwargs.clear()

@@ -1,0 +1,157 @@
+"""Any transformers causal LM: the scoring engine equals plain forwards of the model on tiny
+random models of many architectures: learned absolute positions (GPT-2, OPT), partial
+rotary (GPT-NeoX, Phi), multi-query (GPTBigCode), attention outside transformers' attention
+interface (Falcon), ALiBi (Bloom, MPT: no shared prefix, plain rows), and heads whose logits
+the model transforms (Cohere's logit_scale, Granite's logits_scaling, Gemma-2's
+soft-capping)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from conftest import make_tiny_tokenizer
+
+from attrlens.errors import CapabilityError
+from attrlens.models.hf import wrap_model
+from attrlens.scoring.engine import ScoringEngine
+from attrlens.solvers.sampling import loo_masks
+from attrlens.text.mask import Masker
+from attrlens.text.prompt import build_prompt
+from attrlens.text.segment import segment
+
+PROMPT = "The quick brown fox jumps over the lazy dog. Explain why the sky is blue"
+
+
+def _configs(tok) -> dict[str, tuple[str, str, dict]]:
+    sp = {"eos_token_id": tok.eos_token_id, "pad_token_id": tok.pad_token_id,
+          "bos_token_id": tok.bos_token_id}
+    V = len(tok)
+    lm = {"vocab_size": V, "hidden_size": 64, "intermediate_size": 128,
+          "num_hidden_layers": 2, "num_attention_heads": 4, "max_position_embeddings": 512,
+          "tie_word_embeddings": False, **sp}
+    gqa = {**lm, "num_key_value_heads": 2}
+    return {
+        "gpt2": ("GPT2Config", "GPT2LMHeadModel",
+                 {"vocab_size": V, "n_embd": 64, "n_layer": 2, "n_head": 4, "n_positions": 512,
+                  **sp}),
+        "gpt_neox": ("GPTNeoXConfig", "GPTNeoXForCausalLM", {**lm, "rotary_pct": 0.25}),
+        "phi3": ("Phi3Config", "Phi3ForCausalLM", gqa),
+        "opt": ("OPTConfig", "OPTForCausalLM",
+                {"vocab_size": V, "hidden_size": 64, "ffn_dim": 128, "num_hidden_layers": 2,
+                 "num_attention_heads": 4, "max_position_embeddings": 512,
+                 "word_embed_proj_dim": 64, **sp}),
+        "bigcode": ("GPTBigCodeConfig", "GPTBigCodeForCausalLM",
+                    {"vocab_size": V, "n_embd": 64, "n_layer": 2, "n_head": 4,
+                     "n_positions": 512, "multi_query": True, **sp}),
+        "falcon": ("FalconConfig", "FalconForCausalLM",
+                   {"vocab_size": V, "hidden_size": 64, "num_hidden_layers": 2,
+                    "num_attention_heads": 4, "alibi": False, **sp}),
+        "bloom": ("BloomConfig", "BloomForCausalLM",
+                  {"vocab_size": V, "hidden_size": 64, "n_layer": 2, "n_head": 4, **sp}),
+        "mpt": ("MptConfig", "MptForCausalLM",
+                {"vocab_size": V, "d_model": 64, "n_layers": 2, "n_heads": 4,
+                 "max_seq_len": 512}),
+        "cohere": ("CohereConfig", "CohereForCausalLM", {**gqa, "logit_scale": 0.25}),
+        "granite": ("GraniteConfig", "GraniteForCausalLM", {**gqa, "logits_scaling": 4.0}),
+        # a cap well inside the logits' range, so that soft-capping changes them
+        "gemma2": ("Gemma2Config", "Gemma2ForCausalLM",
+                   {**gqa, "head_dim": 16, "sliding_window": 6, "query_pre_attn_scalar": 16,
+                    "final_logit_softcapping": 2.0}),
+    }
+
+
+def _model(name: str):
+    import transformers
+
+    tok = make_tiny_tokenizer()
+    cfg_cls, model_cls, kw = _configs(tok)[name]
+    torch.manual_seed(0)
+    model = getattr(transformers, model_cls)(getattr(transformers, cfg_cls)(**kw)).eval()
+    with torch.no_grad():  # larger weights: input-sensitive outputs, large logits
+        for p in model.parameters():
+            p.mul_(2.0)
+    return wrap_model(model, tok, model_id=f"tiny-{name}")
+
+
+def _scratch(hm, inp, out, L):
+    """One plain forward of the whole model (its own logits) per perturbed input."""
+    seq = np.concatenate([inp.ids, out])
+    start = L if inp.output_start is None else inp.output_start
+    pos = np.concatenate([inp.positions, np.arange(start, start + len(out))])
+    with torch.no_grad():
+        logits = hm.model(input_ids=torch.as_tensor(seq)[None],
+                          position_ids=torch.as_tensor(pos)[None],
+                          attention_mask=torch.ones(1, len(seq), dtype=torch.long)).logits[0]
+    lp = logits.float().log_softmax(-1)
+    k = len(inp.ids)
+    return np.array([lp[k - 1 + t, out[t]].item() for t in range(len(out))])
+
+
+ALIBI = {"bloom", "mpt"}
+LOGIT_MAP = {"cohere", "granite", "gemma2"}
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")  # the reference passes Bloom positions
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch.jit in GPTBigCode (4.x)
+@pytest.mark.parametrize("name", sorted(_configs(make_tiny_tokenizer())))
+def test_engine_equals_plain_forwards_on_any_architecture(name) -> None:
+    hm = _model(name)
+    pr = build_prompt(PROMPT, hm, chat=False)
+    ids, offsets = hm.tokenize(pr.text, add_special_tokens=False)
+    ids = np.asarray(ids)
+    fs = segment(pr.text, pr.regions, offsets, "word")
+    out = np.asarray(hm.tokenize(" Because of Rayleigh scattering.")[0])
+    masks = np.concatenate([loo_masks(len(fs)),
+                            np.random.default_rng(5).random((6, len(fs))) > 0.5])
+    inputs = Masker("delete", ids, fs).apply(masks)
+    ref = np.stack([_scratch(hm, x, out, len(ids)) for x in inputs])
+    assert np.ptp(ref.sum(1)) > 0.05  # the perturbations matter
+    # packed rows with a shared prefix; one sequence per forward; no prefix
+    for kw in ({}, {"max_batch_tokens": 1}, {"prefix_reuse": False}):
+        eng = ScoringEngine(hm, ids, out, **kw)
+        np.testing.assert_allclose(eng.token_logprobs(inputs), ref, atol=1e-4, err_msg=str(kw))
+    positions, masks4d = hm.packing
+    if name in ALIBI:  # positions ignored: plain rows, every row from scratch
+        assert not positions
+        assert eng.counters["tokens_processed"] == sum(len(x.ids) + len(out) for x in inputs)
+    else:
+        assert positions and masks4d
+    if name == "falcon":  # its own attention: the engine's packed attention stays off
+        assert not hm.packs_attention
+    assert (hm._logit_map() is not None) == (name in LOGIT_MAP)
+
+
+def test_plain_rows_when_the_model_ignores_positions(monkeypatch) -> None:
+    """ALiBi rows are scored from scratch, right-padded, several per forward; a shared prefix
+    would place each row's tokens at the wrong distances from the prefix."""
+    hm = _model("mpt")
+    pr = build_prompt(PROMPT, hm, chat=False)
+    ids, offsets = hm.tokenize(pr.text, add_special_tokens=False)
+    fs = segment(pr.text, pr.regions, offsets, "word")
+    out = np.asarray(hm.tokenize(" Because.")[0])
+    inputs = Masker("delete", np.asarray(ids), fs).apply(loo_masks(len(fs)))
+    eng = ScoringEngine(hm, np.asarray(ids), out)
+    got = eng.token_logprobs(inputs)
+    assert eng.counters["model_forwards"] == 1 and eng.counters["padded_tokens"] > 0
+    # forcing the packed path on this model gives wrong scores (what the probe prevents)
+    monkeypatch.setitem(hm.__dict__, "_packing", (True, True))
+    packed = ScoringEngine(hm, np.asarray(ids), out).token_logprobs(inputs)
+    ref = np.stack([_scratch(hm, x, out, len(ids)) for x in inputs])
+    np.testing.assert_allclose(got, ref, atol=1e-4)
+    assert np.abs(packed - ref).max() > 1e-2
+
+
+def test_a_head_transform_attrlens_does_not_know_is_refused(tiny_model) -> None:
+    """A model whose logits are not its output embedding's (here: a head swapped behind the
+    model's back) is refused with a clear error, never scored wrong."""
+    import copy
+
+    from attrlens.models.hf import HFModel
+
+    m = copy.deepcopy(tiny_model.model)
+    other = torch.nn.Linear(m.config.hidden_size, m.config.vocab_size, bias=False)
+    m.get_output_embeddings = lambda: other
+    hm = HFModel(m, tiny_model.tokenizer, info=tiny_model.info)
+    with pytest.raises(CapabilityError, match="does something to its LM head's output"):
+        hm.output_logits(torch.zeros(1, m.config.hidden_size))
