@@ -85,6 +85,34 @@ def make_tiny_model(seed: int = 0, *, n_layers: int = 2):
     return HFModel(model, tok, info=ModelInfo("tiny-llama-test", None))
 
 
+def make_sliding_model(kind: str):
+    """A tiny random Mistral (every layer slides over 5 tokens) or Qwen2 (layer 0 full,
+    layer 1 sliding: one mask per kind of layer)."""
+    import torch
+    from transformers import MistralConfig, MistralForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+    from attrlens.models.base import ModelInfo
+    from attrlens.models.hf import HFModel
+
+    tok = make_tiny_tokenizer()
+    common = {"vocab_size": len(tok), "hidden_size": 64, "intermediate_size": 128,
+              "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+              "max_position_embeddings": 512, "sliding_window": 5,
+              "eos_token_id": tok.eos_token_id, "pad_token_id": tok.pad_token_id,
+              "bos_token_id": tok.bos_token_id, "tie_word_embeddings": False}
+    if kind == "mistral":
+        model = MistralForCausalLM(MistralConfig(**common))
+    else:
+        model = Qwen2ForCausalLM(Qwen2Config(**common, use_sliding_window=True,
+                                             max_window_layers=1))
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(3.0)
+    model.eval()
+    return HFModel(model, tok, info=ModelInfo(f"tiny-{kind}-test", None))
+
+
 @pytest.fixture(scope="session")
 def tiny_model():
     return make_tiny_model()

@@ -186,6 +186,27 @@ def test_eos_is_absorbing(tiny_model, ids):
     assert probs[-1, eos] > 0.05
 
 
+@pytest.mark.parametrize("kind", ["mistral", "qwen2"])
+def test_beams_of_sliding_window_models_equal_plain_forwards(kind):
+    """A prompt longer than the window: the beam caches have the model's sliding layers
+    (Qwen2 here mixes a full and a sliding layer, as Gemma-2 does), unmasked and with the
+    shared prefix of a masked input."""
+    from conftest import make_sliding_model
+
+    model = make_sliding_model(kind)
+    ids = np.asarray(model.tokenize(PROMPT)[0])
+    assert len(ids) > 3 * model.model.config.sliding_window
+    runner = BeamRunner(model, ids, beams=B, horizon=J)
+    ((_, ref),) = list(runner.search(unmasked_inputs(ids)))
+    direct = _direct_marginal(model, ids, np.ones(len(ids), bool), ref.beams)
+    np.testing.assert_allclose(ref.logp.double().exp().numpy(), direct, atol=2e-5)
+    keep = np.ones((1, len(ids)), dtype=bool)
+    keep[0, 4:6] = False  # the first 4 positions come from the shared prefix
+    ((_, shared),) = list(runner.teacher_force(make_inputs(ids, keep), ref.beams))
+    direct = _direct_marginal(model, ids, keep[0], ref.beams)
+    np.testing.assert_allclose(shared.logp.double().exp().numpy(), direct, atol=2e-5)
+
+
 # ---- own vs shared beams ----------------------------------------------------------------------
 def test_own_and_shared_agree_for_all_keep(tiny_model, ids, reference):
     runner = BeamRunner(tiny_model, ids, beams=B, horizon=J)

@@ -13,6 +13,7 @@ import textwrap
 import numpy as np
 import pytest
 import torch
+from conftest import make_sliding_model
 
 from attrlens.errors import CapabilityError
 from attrlens.scoring.cache import PrefixCache
@@ -323,40 +324,12 @@ def test_4000_token_prompt_explains_within_4_gb(tmp_path):
     assert peak_kb < 4 * 2**20, f"peak RSS {peak_kb / 2**20:.2f} GB"
 
 
-def _sliding_model(kind: str):
-    """A tiny random Mistral (every layer slides over 5 tokens) or Qwen2 (layer 0 full,
-    layer 1 sliding: one mask per kind of layer)."""
-    from conftest import make_tiny_tokenizer
-    from transformers import MistralConfig, MistralForCausalLM, Qwen2Config, Qwen2ForCausalLM
-
-    from attrlens.models.base import ModelInfo
-    from attrlens.models.hf import HFModel
-
-    tok = make_tiny_tokenizer()
-    common = {"vocab_size": len(tok), "hidden_size": 64, "intermediate_size": 128,
-                  "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
-                  "max_position_embeddings": 512, "sliding_window": 5,
-                  "eos_token_id": tok.eos_token_id, "pad_token_id": tok.pad_token_id,
-                  "bos_token_id": tok.bos_token_id, "tie_word_embeddings": False}
-    if kind == "mistral":
-        model = MistralForCausalLM(MistralConfig(**common))
-    else:
-        model = Qwen2ForCausalLM(Qwen2Config(**common, use_sliding_window=True,
-                                             max_window_layers=1))
-    torch.manual_seed(0)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.mul_(3.0)
-    model.eval()
-    return HFModel(model, tok, info=ModelInfo(f"tiny-{kind}-test", None))
-
-
 @pytest.mark.parametrize("kind", ["mistral", "qwen2"])
 def test_sliding_window_models_equal_scratch(setup, kind):
     """Packed segments keep a sliding window by index in their own sequence (Mistral: all
     layers; Qwen2: one mask per kind of layer) and equal plain forwards."""
     _model, ids, fs, out, masks = setup
-    model = _sliding_model(kind)
+    model = make_sliding_model(kind)
     cfg = model.model.config
     if kind == "qwen2":
         assert set(cfg.layer_types) == {"full_attention", "sliding_attention"}

@@ -167,13 +167,7 @@ class WhiteBoxGame(Game):
 
     # ---- torch plumbing ------------------------------------------------------------------
     def _layers(self) -> Any:
-        layers = getattr(self.model.decoder, "layers", None)
-        if layers is None or len(layers) == 0 or not hasattr(layers[0], "self_attn"):
-            raise CapabilityError(
-                f"The model {self.model.info.id} has no decoder.layers[i].self_attn modules; "
-                f"attention methods need a Llama-style decoder (Llama, Qwen, Mistral, ...)."
-            )
-        return layers
+        return self.model.layers()
 
     @contextmanager
     def _frozen(self, *, eager: bool = False) -> Iterator[None]:
@@ -385,7 +379,7 @@ class WhiteBoxGame(Game):
         captured: dict[str, Any] = {}
         hook = None
         if attention:
-            last = self._layers()[-1].self_attn
+            last = self.model.attention_module(self._layers()[-1])
             hook = last.register_forward_hook(
                 lambda _m, _a, out: captured.__setitem__("attn", out[1]))
         try:
@@ -449,7 +443,8 @@ class WhiteBoxGame(Game):
                 maps[i] = out[1][0].float().mean(0).cpu().numpy()
             return hook
 
-        hooks = [layer.self_attn.register_forward_hook(grab(i)) for i, layer in enumerate(layers)]
+        hooks = [self.model.attention_module(layer).register_forward_hook(grab(i))
+                 for i, layer in enumerate(layers)]
         try:
             with self._frozen(eager=True), torch.no_grad():
                 self._forward(self.embeddings()[None])

@@ -680,6 +680,41 @@ class HFModel:
         dec = self.model.get_decoder()
         return self.model.base_model if dec is None or dec is self.model else dec
 
+    def layers(self) -> Any:
+        """The decoder's blocks: ``layers`` (Llama-style, GPT-NeoX), ``h`` (GPT-2, Falcon,
+        Bloom, GPT-J) or ``blocks`` (MPT)."""
+        import torch
+
+        from ..errors import CapabilityError
+
+        for name in ("layers", "h", "blocks"):
+            mods = getattr(self.decoder, name, None)
+            if isinstance(mods, torch.nn.ModuleList) and len(mods):
+                return mods
+        raise CapabilityError(
+            f"The model {self.info.id} has no list of decoder blocks attrlens knows "
+            f"(decoder.layers, .h or .blocks); this method needs one."
+        )
+
+    def attention_module(self, layer: Any) -> Any:
+        """A block's self-attention module, for the methods that read attention weights
+        (their forward hooks take ``(output, weights)``): models whose attention runs
+        through transformers' attention interface only."""
+        import torch
+
+        from ..errors import CapabilityError
+
+        if getattr(type(self.model), "_supports_attention_backend", False):
+            for name in ("self_attn", "attn", "attention", "self_attention"):
+                mod = getattr(layer, name, None)
+                if isinstance(mod, torch.nn.Module):
+                    return mod
+        raise CapabilityError(
+            f"The model {self.info.id} ({type(self.model).__name__}) does not run its "
+            f"attention through transformers' attention interface, so attrlens cannot read "
+            f"its attention weights; use a method without attention (loo, ig, ...)."
+        )
+
     @property
     def attention_kind(self) -> str:
         """The decoder's attention implementation ("sdpa", "eager", ...); "sdpa" also inside

@@ -43,7 +43,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError
-from .cache import PrefixCache
+from .cache import PrefixCache, new_dynamic_cache
 
 MASKER_KINDS = ("attention_off", "delete", "replace")
 
@@ -265,8 +265,6 @@ class BeamRunner:
     def _prompt_pass(self, inp: BeamInputs, rows: np.ndarray) -> _Prepared:
         """Run the prompts of ``rows``; returns their cache and predicting hidden states."""
         import torch
-        from transformers import DynamicCache
-
         dev = self.model.device
         L = self.n_prompt
         G = len(rows)
@@ -282,7 +280,7 @@ class BeamRunner:
             h_last = self._cache.last_hidden(self.counters)
             attn = torch.ones((G, L), dtype=torch.long, device=dev)
             return _Prepared(cache=cache, attn=attn, h_pred=h_last.expand(G, -1))
-        cache = self._shared(G, p) if p > 0 else DynamicCache()
+        cache = self._shared(G, p) if p > 0 else new_dynamic_cache(self.model)
         attn = torch.as_tensor(inp.keep[rows].astype(np.int64), device=dev)
         ids = torch.as_tensor(inp.ids[rows, p:], device=dev)
         pos = torch.arange(p, L, device=dev)[None, :].expand(G, -1)

@@ -105,11 +105,10 @@ class PrefixCache:
 
         copy: contiguous copies, so a runner may reorder them in place (beam search); False
         gives broadcast views (enough for one forward that only appends)."""
-        from transformers import DynamicCache
 
         if not 1 <= p <= self.n_prompt:
             raise ValueError(f"A prefix of {p} tokens does not fit a prompt of {self.n_prompt}.")
-        cache = DynamicCache()
+        cache = new_dynamic_cache(self.model)
         for li, (k_, v_) in enumerate(self.layers(counters)):
             cache.update(
                 _rows(k_[:, :, :p], batch, copy), _rows(v_[:, :, :p], batch, copy), li
@@ -225,3 +224,21 @@ def _prefix_layer_class() -> Any:
 def _rows(x: Any, batch: int, copy: bool) -> Any:
     x = x.expand(batch, -1, -1, -1)
     return x.contiguous() if copy else x
+
+
+def new_dynamic_cache(model: Any) -> Any:
+    """An empty ``DynamicCache`` for ``model``, with sliding-window layers where the model
+    has them: transformers builds each layer's 2-D-mask attention mask for that layer's
+    kind of cache, so a sliding layer behind a full-length cache gets a mask of the wrong
+    width (models that mix full and sliding layers: Gemma-2, Qwen2 with
+    ``max_window_layers``)."""
+    from transformers import DynamicCache
+
+    cfg = model.model.config
+    cfg = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
+    if getattr(cfg, "sliding_window", None) is None:
+        return DynamicCache()
+    try:
+        return DynamicCache(config=cfg)
+    except TypeError:  # transformers without per-layer caches
+        return DynamicCache()
