@@ -119,7 +119,7 @@ def test_engine_equals_plain_forwards_on_any_architecture(name) -> None:
         assert positions and masks4d
     if name == "falcon":  # its own attention: the engine's packed attention stays off
         assert not hm.packs_attention
-    assert (hm._logit_map() is not None) == (name in LOGIT_MAP)
+    assert (hm.logit_map() is not None) == (name in LOGIT_MAP)
 
 
 def test_plain_rows_when_the_model_ignores_positions(monkeypatch) -> None:
@@ -188,3 +188,17 @@ def test_attention_methods_refuse_models_with_their_own_attention() -> None:
     with pytest.raises(CapabilityError, match="attention interface"):
         attrlens.explain("The quick brown fox", model=_model("bloom"), method="attention",
                          output=" It.", chat=False)
+
+
+def test_attention_maps_are_the_inputs_not_the_head_probes() -> None:
+    """The head's one-time probe runs forwards of its own; on a fresh model it must not run
+    while an attention method's hooks collect maps (they were the probe's 8 x 8 maps)."""
+    from conftest import make_tiny_model
+
+    import attrlens
+
+    hm = make_tiny_model(seed=3)
+    assert "_logit_map_v" not in hm.__dict__  # the probe has not run yet
+    a = attrlens.explain("The quick brown fox jumps over the lazy dog. Explain why", model=hm,
+                         method="attention_rollout", output=" Because.", chat=False)
+    assert np.all(np.isfinite(a.scores)) and np.ptp(a.scores) > 1e-3

@@ -117,6 +117,9 @@ class WhiteBoxGame(Game):
         self.owner = np.asarray(features.token_features(), dtype=np.int64)
         self.counters = {"model_forwards": 0, "tokens_processed": 0, "backward_passes": 0,
                          "checkpointed_chunks": 0}
+        # the head's one-time probe runs forwards of its own: now, before any hook, eager
+        # switch or checkpointing of this game's forwards could see them
+        model.logit_map()
 
     # ---- shape helpers -------------------------------------------------------------------
     @property

@@ -846,7 +846,7 @@ class HFModel:
         moved_late = bool((c[2:] - a[2:]).abs().amax(-1).min() > 0)
         return positions, same_early and moved_late
 
-    def _logit_map(self) -> Any:
+    def logit_map(self) -> Any:
         """What the model does to its head's output before returning logits (None: nothing),
         e.g. Cohere's ``logit_scale``, Granite's ``logits_scaling``, Gemma-2's final
         soft-capping. Candidates come from the config; the one kept is checked once against
@@ -910,7 +910,7 @@ class HFModel:
         rounding otherwise swaps the ranks of near-equal features).
         """
         z = self._head_logits(hidden)
-        fn = self._logit_map()
+        fn = self.logit_map()
         return z if fn is None else fn(z)
 
     def _head_logits(self, hidden: Any) -> Any:
@@ -959,7 +959,7 @@ class HFModel:
             logits = self.output_logits(hidden)
             idx = token_ids.to(logits.device).expand(*logits.shape[:-2], T)[..., None]
             return logits.gather(-1, idx)[..., 0] - torch.logsumexp(logits, dim=-1)
-        fn = self._logit_map()
+        fn = self.logit_map()
         bias = head.bias
         lead = hidden.shape[:-2]
         h = hidden.to(weight.device).reshape(-1, hidden.shape[-1]).float()  # (R, H)
