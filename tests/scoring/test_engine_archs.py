@@ -79,10 +79,13 @@ def _scratch(hm, inp, out, L):
     seq = np.concatenate([inp.ids, out])
     start = L if inp.output_start is None else inp.output_start
     pos = np.concatenate([inp.positions, np.arange(start, start + len(out))])
+    att = np.ones(len(seq), dtype=np.int64)
+    if inp.attention is not None:  # attention_off: keys no query may read
+        att[: len(inp.ids)] = inp.attention
     with torch.no_grad():
         logits = hm.model(input_ids=torch.as_tensor(seq)[None],
                           position_ids=torch.as_tensor(pos)[None],
-                          attention_mask=torch.ones(1, len(seq), dtype=torch.long)).logits[0]
+                          attention_mask=torch.as_tensor(att)[None]).logits[0]
     lp = logits.float().log_softmax(-1)
     k = len(inp.ids)
     return np.array([lp[k - 1 + t, out[t]].item() for t in range(len(out))])
@@ -104,19 +107,25 @@ def test_engine_equals_plain_forwards_on_any_architecture(name) -> None:
     out = np.asarray(hm.tokenize(" Because of Rayleigh scattering.")[0])
     masks = np.concatenate([loo_masks(len(fs)),
                             np.random.default_rng(5).random((6, len(fs))) > 0.5])
-    inputs = Masker("delete", ids, fs).apply(masks)
-    ref = np.stack([_scratch(hm, x, out, len(ids)) for x in inputs])
-    assert np.ptp(ref.sum(1)) > 0.05  # the perturbations matter
-    # packed rows with a shared prefix; one sequence per forward; no prefix
-    for kw in ({}, {"max_batch_tokens": 1}, {"prefix_reuse": False}):
-        eng = ScoringEngine(hm, ids, out, **kw)
-        np.testing.assert_allclose(eng.token_logprobs(inputs), ref, atol=1e-4, err_msg=str(kw))
+    for kind in ("attention_off", "delete"):
+        inputs = Masker(kind, ids, fs).apply(masks)
+        ref = np.stack([_scratch(hm, x, out, len(ids)) for x in inputs])
+        assert np.ptp(ref.sum(1)) > 0.05  # the perturbations matter
+        # packed rows with a shared prefix; one sequence per forward; no prefix
+        for kw in ({}, {"max_batch_tokens": 1}, {"prefix_reuse": False}):
+            eng = ScoringEngine(hm, ids, out, **kw)
+            np.testing.assert_allclose(eng.token_logprobs(inputs), ref, atol=1e-4,
+                                       err_msg=f"{kind} {kw}")
     positions, masks4d = hm.packing
+    eng = ScoringEngine(hm, ids, out)
+    eng.token_logprobs(inputs)
+    full = sum(len(x.ids) + len(out) for x in inputs)
     if name in ALIBI:  # positions ignored: plain rows, every row from scratch
         assert not positions
-        assert eng.counters["tokens_processed"] == sum(len(x.ids) + len(out) for x in inputs)
-    else:
+        assert eng.counters["tokens_processed"] == full
+    else:  # packed rows share the prompt's prefix
         assert positions and masks4d
+        assert eng.counters["tokens_processed"] < full
     if name == "falcon":  # its own attention: the engine's packed attention stays off
         assert not hm.packs_attention
     assert (hm.logit_map() is not None) == (name in LOGIT_MAP)
