@@ -211,3 +211,22 @@ def test_attention_maps_are_the_inputs_not_the_head_probes() -> None:
     a = attrlens.explain("The quick brown fox jumps over the lazy dog. Explain why", model=hm,
                          method="attention_rollout", output=" Because.", chat=False)
     assert np.all(np.isfinite(a.scores)) and np.ptp(a.scores) > 1e-3
+
+
+def test_plain_rows_keep_their_padding_mask_under_the_attention_interface(monkeypatch) -> None:
+    """A model on transformers' attention interface that refused 4-D masks gets plain rows
+    with a 2-D mask, which transformers must turn into the model's mask (the engine's packed
+    attention would drop it: switched-off keys would be read)."""
+    hm = _model("phi3")
+    monkeypatch.setitem(hm.__dict__, "_packing", (True, False))
+    pr = build_prompt(PROMPT, hm, chat=False)
+    ids, offsets = hm.tokenize(pr.text, add_special_tokens=False)
+    fs = segment(pr.text, pr.regions, offsets, "word")
+    out = np.asarray(hm.tokenize(" Because.")[0])
+    masks = np.random.default_rng(2).random((6, len(fs))) > 0.5
+    inputs = Masker("attention_off", np.asarray(ids), fs).apply(masks)
+    eng = ScoringEngine(hm, np.asarray(ids), out)
+    got = eng.token_logprobs(inputs)
+    ref = np.stack([_scratch(hm, x, out, len(ids)) for x in inputs])
+    np.testing.assert_allclose(got, ref, atol=1e-4)
+    assert eng.counters["tokens_processed"] == sum(len(x.ids) + len(out) for x in inputs)

@@ -27,6 +27,7 @@ key): the ``attention_off`` masker uses it for a masked last prompt token, whose
 from __future__ import annotations
 
 import bisect
+import contextlib
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -358,7 +359,8 @@ class ScoringEngine:
             kwargs[self.model.cache_kwarg] = self.prefix.attend(B, P, self.counters)
         t_dec = time.perf_counter()
         with torch.inference_mode():
-            with self.model.packed_attention():
+            # (plain rows carry a 2-D mask for transformers to make: not our attention)
+            with contextlib.nullcontext() if plain else self.model.packed_attention():
                 hidden = self.model.decoder(
                     input_ids=torch.as_tensor(ids_t, device=dev),
                     attention_mask=mask,
