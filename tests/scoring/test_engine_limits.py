@@ -330,6 +330,7 @@ def test_sliding_window_models_equal_scratch(setup, kind):
     layers; Qwen2: one mask per kind of layer) and equal plain forwards."""
     _model, ids, fs, out, masks = setup
     model = make_sliding_model(kind)
+    assert model.packing == (True, True)  # the packed path, not plain rows
     cfg = model.model.config
     if kind == "qwen2":
         assert set(cfg.layer_types) == {"full_attention", "sliding_attention"}

@@ -803,8 +803,8 @@ class HFModel:
         engine's packed rows and shared prefix need. Probed once on a few tokens, by
         difference, so exact in any dtype: gapped positions must change the last hidden
         state (ALiBi models such as Bloom and MPT ignore them), and a 4-D mask that hides
-        one key from later queries must change those queries and no earlier one (Bloom
-        refuses 4-D masks)."""
+        the last query's neighbour must change that query and no other (Bloom refuses 4-D
+        masks)."""
         got = self.__dict__.get("_packing")
         if got is None:
             got = self.__dict__["_packing"] = self._probe_packing()
@@ -832,19 +832,22 @@ class HFModel:
             except (TypeError, ValueError, RuntimeError):
                 return False, False
             positions = not torch.equal(a[-1], b[-1])
-            keep = torch.ones(n, n, dtype=torch.bool, device=x.device).tril()
-            keep[2:, 1] = False  # key 1 hidden from queries 2..n-1
-            mask = torch.zeros(1, 1, n, n, dtype=a.dtype, device=x.device).masked_fill(
-                ~keep, torch.finfo(a.dtype).min)
-            try:
-                c = dec(input_ids=x, position_ids=pos, attention_mask=mask,
-                        use_cache=False).last_hidden_state[0]
-            except (TypeError, ValueError, RuntimeError, IndexError):
-                return positions, False
-        tol = 1e-2 * (1.0 + float(a.abs().max()))
-        same_early = bool((c[:2] - a[:2]).abs().max() <= tol)
-        moved_late = bool((c[2:] - a[2:]).abs().amax(-1).min() > 0)
-        return positions, same_early and moved_late
+            causal = torch.ones(n, n, dtype=torch.bool, device=x.device).tril()
+            hidden = causal.clone()
+            hidden[n - 1, n - 2] = False  # the last query's neighbour (inside any window)
+            outs = []
+            for keep in (causal, hidden):
+                mask = torch.zeros(1, 1, n, n, dtype=a.dtype, device=x.device).masked_fill(
+                    ~keep, torch.finfo(a.dtype).min)
+                try:
+                    outs.append(dec(input_ids=x, position_ids=pos, attention_mask=mask,
+                                    use_cache=False).last_hidden_state[0])
+                except (TypeError, ValueError, RuntimeError, IndexError):
+                    return positions, False
+        c, d = outs
+        tol = 1e-2 * (1.0 + float(c.abs().max()))
+        same_early = bool((d[:-1] - c[:-1]).abs().max() <= tol)
+        return positions, same_early and not torch.equal(d[-1], c[-1])
 
     def logit_map(self) -> Any:
         """What the model does to its head's output before returning logits (None: nothing),
