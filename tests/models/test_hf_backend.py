@@ -258,3 +258,19 @@ def test_scoring_engine_makes_no_deprecated_transformers_calls(tiny) -> None:
             _loo(PROMPTS[0], model=tiny, prefix_reuse=prefix_reuse)
 
     assert _strict_transformers(run) == []
+
+
+def test_float32_head_copy_made_in_inference_mode_serves_autograd() -> None:
+    """A bf16 model's float32 head copy is made once, on first use: when that use is inside
+    inference mode (the scoring engine, the head's probe), the copy must still serve the
+    gradient methods later."""
+    import torch
+
+    hm = make_tiny_model(seed=4)
+    hm.model.to(torch.bfloat16)
+    h = torch.randn(2, hm.config.hidden_size, dtype=torch.bfloat16)
+    with torch.inference_mode():
+        hm.output_logits(h)
+    x = h.clone().float().requires_grad_(True)
+    hm.output_logits(x.to(torch.bfloat16)).logsumexp(-1).sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all() and x.grad.abs().max() > 0

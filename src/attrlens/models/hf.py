@@ -824,7 +824,7 @@ class HFModel:
         gapped = pos.clone()
         gapped[0, n // 2:] += 5
         # (models that ignore position_ids may warn that they do: that is what is probed)
-        with torch.inference_mode(), warnings.catch_warnings():
+        with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
             try:
                 a = dec(input_ids=x, position_ids=pos, use_cache=False).last_hidden_state[0]
@@ -881,7 +881,7 @@ class HFModel:
                       ("x logits_scaling", lambda z, f=f: z * f)]
         cands.append(("none", None))
         x = self._probe_ids()
-        with torch.inference_mode():
+        with torch.no_grad():
             full = self.model(input_ids=x, use_cache=False).logits[0].float()
             hid = self.decoder(input_ids=x, use_cache=False).last_hidden_state[0]
             ours = self._head_logits(hid).to(full.device)
@@ -928,8 +928,11 @@ class HFModel:
             return head(hidden).float()
         w32 = getattr(self, "_head_fp32", None)
         if w32 is None or w32.device != weight.device:
-            w32 = weight.detach().float()
-            b = head.bias.detach().float() if head.bias is not None else None
+            # kept across calls: never an inference tensor, which autograd (the gradient
+            # methods) could not use, even when first made inside inference mode
+            with torch.inference_mode(False), torch.no_grad():
+                w32 = weight.detach().float()
+                b = head.bias.detach().float() if head.bias is not None else None
             self._head_fp32 = w32
             self._head_bias_fp32 = b
         h = hidden.to(w32.device).float()
