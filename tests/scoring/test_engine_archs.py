@@ -1,6 +1,7 @@
 """Any transformers causal LM: the scoring engine equals plain forwards of the model on tiny
 random models of many architectures: learned absolute positions (GPT-2, OPT), partial
-rotary (GPT-NeoX, Phi), multi-query (GPTBigCode), attention outside transformers' attention
+rotary (GPT-NeoX, Phi, GPT-J), query/key norms (Qwen3, OLMo-2), sliding layers (Gemma-3),
+multi-query (GPTBigCode), attention outside transformers' attention
 interface (Falcon), ALiBi (Bloom, MPT: no shared prefix, plain rows), and heads whose logits
 the model transforms (Cohere's logit_scale, Granite's logits_scaling, Gemma-2's
 soft-capping)."""
@@ -52,6 +53,17 @@ def _configs(tok) -> dict[str, tuple[str, str, dict]]:
         "mpt": ("MptConfig", "MptForCausalLM",
                 {"vocab_size": V, "d_model": 64, "n_layers": 2, "n_heads": 4,
                  "max_seq_len": 512}),
+        "phi": ("PhiConfig", "PhiForCausalLM", {**lm, "partial_rotary_factor": 0.5}),
+        "gptj": ("GPTJConfig", "GPTJForCausalLM",
+                 {"vocab_size": V, "n_embd": 64, "n_layer": 2, "n_head": 4, "rotary_dim": 8,
+                  "n_positions": 512, **sp}),
+        "qwen3": ("Qwen3Config", "Qwen3ForCausalLM", {**gqa, "head_dim": 16}),
+        "stablelm": ("StableLmConfig", "StableLmForCausalLM", gqa),
+        "olmo2": ("Olmo2Config", "Olmo2ForCausalLM", gqa),
+        "starcoder2": ("Starcoder2Config", "Starcoder2ForCausalLM",
+                       {**gqa, "sliding_window": None}),
+        "gemma3": ("Gemma3TextConfig", "Gemma3ForCausalLM",
+                   {**gqa, "head_dim": 16, "sliding_window": 6, "query_pre_attn_scalar": 16}),
         "cohere": ("CohereConfig", "CohereForCausalLM", {**gqa, "logit_scale": 0.25}),
         "granite": ("GraniteConfig", "GraniteForCausalLM", {**gqa, "logits_scaling": 4.0}),
         # a cap well inside the logits' range, so that soft-capping changes them
