@@ -704,7 +704,7 @@ class HFModel:
 
         from ..errors import CapabilityError
 
-        if getattr(type(self.model), "_supports_attention_backend", False):
+        if self.on_attention_interface:
             for name in ("self_attn", "attn", "attention", "self_attention"):
                 mod = getattr(layer, name, None)
                 if isinstance(mod, torch.nn.Module):
@@ -733,8 +733,13 @@ class HFModel:
         have their own), torch >= 2.5 (``enable_gqa``) and transformers' attention and mask
         interfaces."""
         return (self._attn_implementation in ("sdpa", PACKED_SDPA)
-                and bool(getattr(type(self.model), "_supports_attention_backend", False))
-                and _gqa_sdpa())
+                and self.on_attention_interface and _gqa_sdpa())
+
+    @property
+    def on_attention_interface(self) -> bool:
+        """Whether the model's attention layers call transformers' attention interface
+        (``ALL_ATTENTION_FUNCTIONS``) and return ``(output, weights)``."""
+        return bool(getattr(type(self.model), "_supports_attention_backend", False))
 
     @contextlib.contextmanager
     def packed_attention(self) -> Iterator[None]:
