@@ -265,6 +265,7 @@ class BeamRunner:
     def _prompt_pass(self, inp: BeamInputs, rows: np.ndarray) -> _Prepared:
         """Run the prompts of ``rows``; returns their cache and predicting hidden states."""
         import torch
+
         dev = self.model.device
         L = self.n_prompt
         G = len(rows)

@@ -105,7 +105,6 @@ class PrefixCache:
 
         copy: contiguous copies, so a runner may reorder them in place (beam search); False
         gives broadcast views (enough for one forward that only appends)."""
-
         if not 1 <= p <= self.n_prompt:
             raise ValueError(f"A prefix of {p} tokens does not fit a prompt of {self.n_prompt}.")
         cache = new_dynamic_cache(self.model)
