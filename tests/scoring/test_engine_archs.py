@@ -242,3 +242,30 @@ def test_plain_rows_keep_their_padding_mask_under_the_attention_interface(monkey
     ref = np.stack([_scratch(hm, x, out, len(ids)) for x in inputs])
     np.testing.assert_allclose(got, ref, atol=1e-4)
     assert eng.counters["tokens_processed"] == sum(len(x.ids) + len(out) for x in inputs)
+
+
+def test_rope_vectors_of_a_partial_rotary_model() -> None:
+    """GPT-NeoX rotates only the first quarter of each head's dimensions (rotary_pct):
+    RoPE-space vectors rotate those (pair norms kept, position 0 unmoved) and pass the rest
+    through; RoPE-LIME runs on it (it crashed)."""
+    import attrlens
+    from attrlens.models.embeddings import rope_vectors
+
+    hm = _model("gpt_neox")
+    ids = np.array([5, 17, 33, 40, 2, 99])
+    pos = np.array([0, 2, 3, 7, 8, 40])
+    got = rope_vectors(hm, ids, pos, space="embed_rope")
+    e = hm.input_embeddings.weight.detach().double()[torch.as_tensor(ids)].numpy()
+    d_h = hm.config.hidden_size // hm.config.num_attention_heads
+    r = d_h // 4  # rotary_pct 0.25, as _configs makes it
+    assert 0 < r < d_h
+    g, x = got.reshape(len(ids), -1, d_h), e.reshape(len(ids), -1, d_h)
+    np.testing.assert_allclose(g[..., r:], x[..., r:], atol=1e-6)  # passed through
+    np.testing.assert_allclose(got[0], e[0], atol=1e-6)  # position 0: no rotation
+    half = r // 2  # rotate_half pairs dims i and i + r/2
+    norm = lambda v: np.hypot(v[..., :half], v[..., half:r])
+    np.testing.assert_allclose(norm(g), norm(x), atol=1e-5)
+    assert np.abs(g[1:, :, :r] - x[1:, :, :r]).max() > 1e-3  # the rotary part moved
+    a = attrlens.explain("The quick brown fox jumps over the lazy dog.", model=hm,
+                         method="rope_lime", output=" It jumps.", chat=False, budget=32)
+    assert np.all(np.isfinite(a.scores)) and np.ptp(a.scores) > 0

@@ -328,9 +328,18 @@ def rope_vectors(
                 )
             x = emb.view(emb.shape[0], -1, d_h)
         else:
-            layer = model.decoder.layers[0]
-            h = layer.input_layernorm(emb[None])[0]
-            x = layer.self_attn.k_proj(h).view(emb.shape[0], -1, d_h)
-        cos, sin = rot(x, pos[None])  # (1, L, d_h) each, in x's dtype
-        out = _rotate(x, cos[0], sin[0])
+            layer = model.layers()[0]
+            norm = getattr(layer, "input_layernorm", None)
+            k_proj = getattr(getattr(layer, "self_attn", None), "k_proj", None)
+            if norm is None or k_proj is None:
+                raise CapabilityError(
+                    f"The surrogate {model.info.id} has no Llama-style layer-0 "
+                    f"input_layernorm and self_attn.k_proj; use space='embed_rope' or 'plain'."
+                )
+            x = k_proj(norm(emb[None])[0]).view(emb.shape[0], -1, d_h)
+        cos, sin = rot(x, pos[None])  # (1, L, r) each, in x's dtype; r <= d_h
+        r = cos.shape[-1]  # partial rotary (GPT-NeoX, Phi): the first r of each head's dims
+        out = _rotate(x[..., :r], cos[0], sin[0])
+        if r < d_h:
+            out = torch.cat([out, x[..., r:]], -1)
         return out.reshape(out.shape[0], -1).double().cpu().numpy()
