@@ -591,6 +591,25 @@ class HFModel:
         return self.model.config
 
     @property
+    def text_config(self) -> Any:
+        """The config of the language model (the text part of a multimodal config)."""
+        cfg = self.model.config
+        return cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
+
+    @property
+    def sliding_window(self) -> tuple[int | None, bool]:
+        """(window, whether only some layers slide) of the model's attention; (None, False)
+        when no layer slides."""
+        cfg = self.model.config
+        window = getattr(cfg, "sliding_window", None)
+        if not window or getattr(cfg, "use_sliding_window", True) is False:
+            return None, False
+        kinds = set(getattr(cfg, "layer_types", None) or ["sliding_attention"])
+        if "sliding_attention" not in kinds:
+            return None, False
+        return int(window), len(kinds) > 1
+
+    @property
     def context_length(self) -> int:
         cfg = self.model.config
         return int(getattr(cfg, "max_position_embeddings", None) or 2048)
@@ -796,11 +815,9 @@ class HFModel:
 
         ids = self.tokenizer("The quick brown fox jumps over the lazy dog",
                              add_special_tokens=False)["input_ids"][:8]
-        emb = self.model.get_input_embeddings()
-        n = int(emb.weight.shape[0]) if hasattr(emb, "weight") else len(self.tokenizer)
+        n = int(self.input_embeddings.weight.shape[0])
         ids = [i % n for i in ids] + [(7 * k + 3) % n for k in range(8 - len(ids))]
-        return torch.as_tensor([ids], device=emb.weight.device if hasattr(emb, "weight")
-                               else self.device)
+        return torch.as_tensor([ids], device=self.device)
 
     @property
     def packing(self) -> tuple[bool, bool]:
@@ -866,8 +883,7 @@ class HFModel:
 
         from ..errors import CapabilityError
 
-        cfg = self.model.config
-        cfg = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
+        cfg = self.text_config
 
         def num(key: str) -> float | None:
             v = getattr(cfg, key, None)

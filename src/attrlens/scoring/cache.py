@@ -233,11 +233,9 @@ def new_dynamic_cache(model: Any) -> Any:
     ``max_window_layers``)."""
     from transformers import DynamicCache
 
-    cfg = model.model.config
-    cfg = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
-    if getattr(cfg, "sliding_window", None) is None:
+    if model.sliding_window[0] is None:
         return DynamicCache()
     try:
-        return DynamicCache(config=cfg)
+        return DynamicCache(config=model.text_config)
     except TypeError:  # transformers without per-layer caches
         return DynamicCache()

@@ -338,7 +338,7 @@ class ScoringEngine:
             seg_t[r, pads] = -(r * S + pads) - 1
             pos_t[r, pads] = pos_t[r, o - 1] + 1 + np.arange(S - o)  # rows are never empty
             idx_t[r, pads] = idx_t[r, o - 1] + 1 + np.arange(S - o)
-        window, mixed = _sliding_window(self.model)
+        window, mixed = self.model.sliding_window
         if plain:  # right-padded rows: padding and switched-off keys hidden, causal inside
             mask = torch.as_tensor((seg_t >= 0) & key_ok, dtype=torch.long, device=dev)
         elif (B == 1 and len(segs) == 1 and key_ok.all() and self.model.packs_attention
@@ -440,19 +440,6 @@ class ScoringEngine:
 
         res = np.stack(self.run(inputs, red))
         return res[:, 0], res[:, 1].astype(np.int64)
-
-
-def _sliding_window(model: Any) -> tuple[int | None, bool]:
-    """(window, whether only some layers slide) of the model's attention; (None, False) when
-    no layer slides."""
-    cfg = getattr(getattr(model, "model", None), "config", None)
-    window = getattr(cfg, "sliding_window", None)
-    if not window or getattr(cfg, "use_sliding_window", True) is False:
-        return None, False
-    kinds = set(getattr(cfg, "layer_types", None) or ["sliding_attention"])
-    if "sliding_attention" not in kinds:
-        return None, False
-    return int(window), len(kinds) > 1
 
 
 def _sync(t: Any) -> None:
