@@ -89,6 +89,35 @@ def test_device_map_models_take_inputs_on_the_embedding_device(tiny) -> None:
     assert wrapped.info.device == "cpu,cuda:1"
 
 
+def test_offloaded_weights_give_the_same_scores(tiny, tiny_dir, tmp_path) -> None:
+    """device_map with offloaded modules (accelerate keeps their weights on the meta device
+    and loads them for each forward, as device_map="auto" does for a model larger than the
+    GPU): the head's log-softmax, GiLOT's embedding costs, RoPE-space vectors and gradients
+    read the offloaded weights through the hook; every score equals the plain model's."""
+    from transformers import AutoModelForCausalLM
+
+    from attrlens.models.embeddings import rope_vectors
+
+    dm = {"model.embed_tokens": "disk", "model.layers.0": "disk", "model.layers.1": "cpu",
+          "model.norm": "cpu", "model.rotary_emb": "cpu", "lm_head": "disk"}
+    m = AutoModelForCausalLM.from_pretrained(tiny_dir, device_map=dm,
+                                             offload_folder=str(tmp_path / "offload"))
+    assert m.lm_head.weight.device.type == "meta"  # really offloaded
+    wrapped = wrap_model(m, tiny.tokenizer)
+    assert str(wrapped.device) == "cpu" and wrapped.info.device == "cpu,disk"
+    for method in ("loo", "gilot", "grad_x_input", "rope_lime"):
+        ref, got = (attrlens.explain(PROMPTS[1], model=mm, tokenizer=tiny.tokenizer,
+                                     method=method, max_new_tokens=3, seed=0)
+                    for mm in (tiny.model, m))
+        assert got.output_text == ref.output_text
+        np.testing.assert_allclose(got.scores, ref.scores, rtol=1e-5, atol=1e-6,
+                                   err_msg=method)
+    ids, pos = np.arange(3, 9), np.arange(6)
+    for space in ("embed_rope", "layer0_keys"):
+        np.testing.assert_allclose(rope_vectors(wrapped, ids, pos, space=space),
+                                   rope_vectors(tiny, ids, pos, space=space), rtol=1e-6)
+
+
 @pytest.mark.parametrize(
     ("model", "tokenizer", "needle"),
     [

@@ -231,7 +231,7 @@ class BeamGame(Game):
             if importer is not None:
                 importer.join()
             with torch.no_grad():
-                emb = self.model.input_embeddings.weight.detach()
+                emb = self.model.embedding_matrix()
                 ids, p, q, valid = (torch.cat([c[k] for c in comp]) for k in range(1, 5))
                 self._union_sum += float(valid.sum(-1).double().sum())
                 self._union_n += int(valid.shape[0])

@@ -31,6 +31,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from ..errors import CapabilityError, InputError, ParameterError, unknown_name_message
+from .hf import onloaded
 
 EMBEDDINGS = ("surrogate", "minilm")
 GROUND_COSTS = ("cosine", "euclidean")
@@ -91,7 +92,7 @@ class ModelInputEmbeddings(_CachedEmbeddings):
         super().__init__()
         self.model = model
         self.name = f"input_embeddings:{model.info.id}"
-        self._weight = model.input_embeddings.weight.detach().to("cpu").float().numpy()
+        self._weight = model.embedding_matrix().to("cpu").float().numpy()
 
     @property
     def dim(self) -> int:
@@ -336,7 +337,8 @@ def rope_vectors(
                     f"The surrogate {model.info.id} has no Llama-style layer-0 "
                     f"input_layernorm and self_attn.k_proj; use space='embed_rope' or 'plain'."
                 )
-            x = k_proj(norm(emb[None])[0]).view(emb.shape[0], -1, d_h)
+            with onloaded(layer):  # (device_map may have offloaded the layer's weights)
+                x = k_proj(norm(emb[None])[0]).view(emb.shape[0], -1, d_h)
         cos, sin = rot(x, pos[None])  # (1, L, r) each, in x's dtype; r <= d_h
         r = cos.shape[-1]  # partial rotary (GPT-NeoX, Phi): the first r of each head's dims
         out = _rotate(x[..., :r], cos[0], sin[0])

@@ -457,17 +457,46 @@ def wrap_model(model: Any, tokenizer: Any = None, *, model_id: str | None = None
     return HFModel(model, tokenizer, info=ModelInfo(str(name), None))
 
 
+def _offload_hook(module: Any) -> Any:
+    """accelerate's hook of a module whose weights are offloaded (``device_map`` with
+    ``"cpu"`` or ``"disk"`` entries: the parameters are on the meta device and the hook
+    brings them in for each forward), or None."""
+    hook = getattr(module, "_hf_hook", None)
+    return hook if getattr(hook, "offload", False) else None
+
+
+@contextlib.contextmanager
+def onloaded(module: Any) -> Iterator[None]:
+    """The module's own parameters readable on its execution device inside the block, also
+    when ``device_map`` offloaded them (accelerate's hook loads them and lets them go
+    afterwards); a no-op for every other module."""
+    hook = _offload_hook(module)
+    if hook is None:
+        yield
+        return
+    hook.pre_forward(module)
+    try:
+        yield
+    finally:
+        hook.post_forward(module, None)
+
+
 def _placement(model: Any) -> tuple[Any, Any, str]:
     """(input device, dtype, device description) of a transformers model: the input
-    embedding's device and dtype; several devices (``device_map``) are listed."""
+    embedding's device (its execution device when offloaded) and dtype; several devices
+    (``device_map``) are listed."""
+    import torch
+
     emb = model.get_input_embeddings()
     w = getattr(emb, "weight", None)
     if w is None:
         w = next(model.parameters())
     mapped = getattr(model, "hf_device_map", None) or {}
     devs = sorted({_dev_name(d) for d in mapped.values()})
-    desc = ",".join(devs) if len(devs) > 1 else str(w.device)
-    return w.device, w.dtype, desc
+    hook = _offload_hook(emb)
+    dev = torch.device(hook.execution_device) if hook is not None else w.device
+    desc = ",".join(devs) if len(devs) > 1 else str(dev)
+    return dev, w.dtype, desc
 
 
 def _dev_name(d: Any) -> str:
@@ -948,11 +977,13 @@ class HFModel:
         ):
             return head(hidden).float()
         w32 = getattr(self, "_head_fp32", None)
-        if w32 is None or w32.device != weight.device:
+        hook = _offload_hook(head)
+        device = torch.device(hook.execution_device) if hook is not None else weight.device
+        if w32 is None or w32.device != device:
             # kept across calls: never an inference tensor, which autograd (the gradient
             # methods) could not use, even when first made inside inference mode
-            with torch.inference_mode(False), torch.no_grad():
-                w32 = weight.detach().float()
+            with torch.inference_mode(False), torch.no_grad(), onloaded(head):
+                w32 = head.weight.detach().float()
                 b = head.bias.detach().float() if head.bias is not None else None
             self._head_fp32 = w32
             self._head_bias_fp32 = b
@@ -972,7 +1003,8 @@ class HFModel:
         """
         import torch
 
-        with torch.no_grad():
+        self.logit_map()  # (its first call runs the model: before the head is onloaded)
+        with torch.no_grad(), onloaded(self.lm_head):
             return self._output_token_logprobs(hidden, token_ids, budget, min_slice)
 
     def _output_token_logprobs(self, hidden: Any, token_ids: Any, budget: int,
@@ -1023,6 +1055,13 @@ class HFModel:
     @property
     def input_embeddings(self) -> Any:
         return self.model.get_input_embeddings()
+
+    def embedding_matrix(self) -> Any:
+        """The input-embedding matrix (V, H), detached, on the embedding's execution device
+        (also when ``device_map`` offloaded it)."""
+        emb = self.input_embeddings
+        with onloaded(emb):
+            return emb.weight.detach()
 
     def rotary_module(self) -> Any:
         """The model's rotary-embedding module (RoPE models), or raise CapabilityError."""
