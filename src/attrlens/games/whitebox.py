@@ -31,7 +31,7 @@ A white-box game is not evaluated on masks: :meth:`WhiteBoxGame.compute` raises.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -174,13 +174,21 @@ class WhiteBoxGame(Game):
 
     @contextmanager
     def _frozen(self, *, eager: bool = False) -> Iterator[None]:
-        """Parameters frozen (restored after); eager attention while inside if asked."""
+        """Parameters frozen (restored after); eager attention while inside if asked, else
+        the model's packed attention (:meth:`HFModel.packed_attention`): these forwards are
+        whole causal sequences without padding, so it runs the same SDPA, but on a torch
+        whose CPU flash kernel has no grouped-query attention it copies keys and values per
+        head instead of falling to the math path, which keeps every score map for the
+        backward pass. Not for a sliding window shorter than the sequences (the packed
+        attention takes windows from the scoring engine's masks)."""
         mdl = self.model.model
         flags = [p.requires_grad for p in mdl.parameters()]
         for p in mdl.parameters():
             p.requires_grad_(False)
         old = getattr(mdl.config, "_attn_implementation", None)
         switch = eager and old != "eager"
+        window = self.model.sliding_window[0]
+        packed = not eager and (window is None or self.seq_len <= window)
         if switch:
             if not hasattr(mdl, "set_attn_implementation"):
                 raise CapabilityError(
@@ -190,7 +198,8 @@ class WhiteBoxGame(Game):
                 )
             mdl.set_attn_implementation("eager")
         try:
-            yield
+            with self.model.packed_attention() if packed else nullcontext():
+                yield
         finally:
             if switch:
                 mdl.set_attn_implementation(old)

@@ -528,6 +528,31 @@ def _gqa_sdpa() -> bool:
     return (major, minor) >= (2, 5)
 
 
+_CPU_GQA_FLASH: list[bool] = []
+
+
+def cpu_gqa_flash() -> bool:
+    """Whether this torch's CPU SDPA runs grouped-query attention (``enable_gqa``) in its
+    flash kernel, causal and under a mask. Asked of torch's own kernel choice once per
+    process: torch 2.6's CPU kernel, for one, sends ``enable_gqa`` to the math path, which
+    keeps every (queries x keys) score map, so keys and values are then repeated per query
+    head instead."""
+    if not _CPU_GQA_FLASH:
+        import torch
+
+        q, k = torch.zeros(1, 4, 4, 8), torch.zeros(1, 2, 4, 8)
+        try:
+            flash = int(torch.nn.attention.SDPBackend.FLASH_ATTENTION)
+            ok = all(
+                int(torch._fused_sdp_choice(q, k, k, enable_gqa=True, **kw)) == flash
+                for kw in ({"is_causal": True}, {"attn_mask": torch.zeros(1, 1, 4, 4)})
+            )
+        except (AttributeError, RuntimeError, TypeError, ValueError):
+            ok = False
+        _CPU_GQA_FLASH.append(ok)
+    return _CPU_GQA_FLASH[0]
+
+
 def _packed_sdpa(module: Any, query: Any, key: Any, value: Any, attention_mask: Any,
                  dropout: float = 0.0, scaling: float | None = None, **kwargs: Any) -> Any:
     """transformers' SDPA attention with two changes for the scoring engine's forwards.
@@ -543,7 +568,8 @@ def _packed_sdpa(module: Any, query: Any, key: Any, value: Any, attention_mask: 
     - On CPU under a mask, grouped-query attention goes to SDPA as ``enable_gqa``
       (transformers copies each key/value head per query head there, because CUDA's kernels
       fall back to the math path with a mask and GQA; CPU's flash kernel takes both, and
-      saves the copies).
+      saves the copies), where this torch's CPU flash kernel has GQA (:func:`cpu_gqa_flash`;
+      without it, the mask-free call gets copied keys and values too).
 
     Anything else goes to transformers' own SDPA function unchanged."""
     import torch
@@ -560,14 +586,18 @@ def _packed_sdpa(module: Any, query: Any, key: Any, value: Any, attention_mask: 
     plain = not (dropout or special or kwargs.get("output_attentions"))
     q_len, k = query.shape[2], key.shape[2] - query.shape[2]
     sdpa = torch.nn.functional.scaled_dot_product_attention
+    on_cpu = query.device.type == "cpu"
+    gqa = groups > 1 and (not on_cpu or cpu_gqa_flash())
     if attention_mask is None and q_len > 1:
-        if plain and k < q_len and query.device.type in ("cpu", "cuda"):  # enable_gqa
+        if plain and k < q_len and query.device.type in ("cpu", "cuda"):
             q = query if k == 0 else torch.cat([query.new_zeros(*query.shape[:2], k, query.shape[3]), query], 2)
-            out = sdpa(q, key, value, is_causal=True, scale=scaling, enable_gqa=groups > 1)
+            if groups > 1 and not gqa:  # (this torch's CPU flash kernel has no GQA)
+                key, value = (t.repeat_interleave(groups, 1) for t in (key, value))
+            out = sdpa(q, key, value, is_causal=True, scale=scaling, enable_gqa=gqa)
             return out[:, :, k:].transpose(1, 2).contiguous(), None
         attention_mask = torch.ones(q_len, q_len + k, dtype=torch.bool,
                                     device=query.device).tril(k)[None, None]
-    if attention_mask is None or groups == 1 or query.device.type != "cpu" or not plain:
+    if attention_mask is None or not gqa or not on_cpu or not plain:
         return sdpa_attention_forward(module, query, key, value, attention_mask,
                                       dropout=dropout, scaling=scaling, **kwargs)
     out = sdpa(query, key, value, attn_mask=attention_mask, scale=scaling, enable_gqa=True)
@@ -778,7 +808,8 @@ class HFModel:
     def packs_attention(self) -> bool:
         """Whether :meth:`packed_attention` takes effect: SDPA layers of a model whose
         attention goes through transformers' attention interface (Falcon, Bloom, MPT, ...
-        have their own), torch >= 2.5 (``enable_gqa``) and transformers' attention and mask
+        have their own), torch >= 2.5 (``enable_gqa``; on the CPU it is used where the
+        flash kernel takes it, :func:`cpu_gqa_flash`) and transformers' attention and mask
         interfaces."""
         return (self._attn_implementation in ("sdpa", PACKED_SDPA)
                 and self.on_attention_interface and _gqa_sdpa())
