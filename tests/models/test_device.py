@@ -178,6 +178,57 @@ def test_token_logprobs_by_vocabulary_slices_equal_log_softmax(dtype, bias) -> N
     assert float(want.std()) > 0.1  # not a degenerate case
 
 
+def test_bf16_head_products_are_exact_and_restore_the_setting(monkeypatch) -> None:
+    """A bf16 model's float32 head on the CPU's bf16 matrix units (``bf16_products``): its
+    inputs are bf16 numbers, so nothing is rounded and the log-probs equal a float64
+    computation to float32 rounding, as with plain float32 products. The products run in
+    the bf16 math mode where this torch and CPU have it (never otherwise), and torch's
+    process-wide setting is back afterwards, also after an error."""
+    import copy
+
+    import torch
+
+    from attrlens.models.hf import bf16_products
+
+    model = copy.deepcopy(make_tiny_model(seed=4))
+    model.model.to(torch.bfloat16)
+    V = model.lm_head.out_features
+    hidden = (3 * torch.randn(4, 3, model.lm_head.in_features)).to(torch.bfloat16)
+    tok = torch.tensor([3, V - 1, 17])
+    z = hidden.double() @ model.lm_head.weight.double().t()
+    want = torch.log_softmax(z, -1).gather(-1, tok.expand(4, 3)[..., None])[..., 0].float()
+    mat = getattr(torch.backends.mkldnn, "matmul", None)
+    setting = (lambda: mat.fp32_precision) if hasattr(mat, "fp32_precision") else (lambda: None)
+    before = setting()
+    supported = before is not None and (torch.cpu._is_avx512_bf16_supported()
+                                        or torch.cpu._is_amx_tile_supported())
+    modes: list[object] = []
+    real_mm = torch.mm
+
+    def spy(*args, **kwargs):
+        modes.append(setting())
+        return real_mm(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "mm", spy)
+    for on in (True, False):
+        model.bf16_head_products = on
+        modes.clear()
+        got = model.output_token_logprobs(hidden, tok, budget=1, min_slice=V // 5 + 1)
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+        assert len(modes) == 5
+        assert all((m == "bf16") == (on and supported) for m in modes), (on, modes)
+        assert setting() == before
+        model.bf16_head_products = True
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(torch, "mm", boom)
+    with pytest.raises(RuntimeError, match="boom"), bf16_products():
+        torch.mm(hidden.float()[0], hidden.float()[0].t())
+    assert setting() == before
+
+
 def test_token_logprobs_need_no_grad_context_and_keep_no_graph() -> None:
     """Called outside ``no_grad`` on a model whose weights require grad (its reused slice
     buffers would otherwise refuse the head's weights), the head gives the same values
