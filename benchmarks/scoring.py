@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing as mp
+import os
 import statistics
 import sys
 import time
@@ -384,13 +385,27 @@ def job(kind: str, name: str, args: dict, q) -> None:
     q.put(res)
 
 
+def _orphan_safe(parent: int, *job_args) -> None:
+    """``job`` in a child that ends itself when its parent is gone (a killed benchmark would
+    otherwise leave a job loading the machine under the next measurement)."""
+    import threading
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True).start()
+    job(*job_args)
+
+
 def run_job(kind: str, name: str, args: dict, timeout: float | None = None) -> dict | None:
     """Run ``job`` in a fresh spawned process; None when it ran past ``timeout`` s."""
     import queue as _queue
 
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
-    p = ctx.Process(target=job, args=(kind, name, args, q))
+    p = ctx.Process(target=_orphan_safe, args=(os.getpid(), kind, name, args, q))
     t0 = time.perf_counter()
     p.start()
     try:
