@@ -227,6 +227,9 @@ def test_bf16_head_products_are_exact_and_restore_the_setting(monkeypatch) -> No
     with pytest.raises(RuntimeError, match="boom"), bf16_products():
         torch.mm(hidden.float()[0], hidden.float()[0].t())
     assert setting() == before
+    with bf16_products(), bf16_products():  # nested blocks (one thread) do not deadlock
+        assert setting() == ("bf16" if supported else before)
+    assert setting() == before
 
 
 def test_token_logprobs_need_no_grad_context_and_keep_no_graph() -> None:

@@ -528,7 +528,7 @@ def _gqa_sdpa() -> bool:
     return (major, minor) >= (2, 5)
 
 
-_BF16_LOCK = threading.Lock()
+_BF16_LOCK = threading.RLock()
 
 
 @contextlib.contextmanager
@@ -1054,7 +1054,8 @@ class HFModel:
             self._head_bias_fp32 = b
         h = hidden.to(w32.device).float()
         exact_bf16 = (self.bf16_head_products and hidden.dtype == torch.bfloat16
-                      and weight.dtype == torch.bfloat16 and not torch.is_grad_enabled())
+                      and weight.dtype == torch.bfloat16 and w32.device.type == "cpu"
+                      and not torch.is_grad_enabled())
         with bf16_products() if exact_bf16 else contextlib.nullcontext():
             return torch.nn.functional.linear(h, w32, self._head_bias_fp32)
 
@@ -1106,7 +1107,7 @@ class HFModel:
         m = torch.full((R,), -float("inf"), device=h.device)
         acc = torch.zeros(R, device=h.device)
         exact_bf16 = (self.bf16_head_products and hidden.dtype == torch.bfloat16
-                      and weight.dtype == torch.bfloat16)
+                      and weight.dtype == torch.bfloat16 and weight.device.type == "cpu")
         with bf16_products() if exact_bf16 else contextlib.nullcontext():
             for v0 in range(0, V, step):
                 n = min(step, V - v0)
