@@ -85,6 +85,21 @@ def make_tiny_model(seed: int = 0, *, n_layers: int = 2):
     return HFModel(model, tok, info=ModelInfo("tiny-llama-test", None))
 
 
+def spy_sdpa(monkeypatch) -> list[tuple[int, int, bool]]:
+    """(query heads, key heads, enable_gqa) of every torch SDPA call from here on."""
+    import torch
+
+    calls: list[tuple[int, int, bool]] = []
+    real = torch.nn.functional.scaled_dot_product_attention
+
+    def spy(q, k, v, *args, **kwargs):
+        calls.append((q.shape[1], k.shape[1], bool(kwargs.get("enable_gqa", False))))
+        return real(q, k, v, *args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", spy)
+    return calls
+
+
 def make_sliding_model(kind: str):
     """A tiny random Mistral (every layer slides over 5 tokens) or Qwen2 (layer 0 full,
     layer 1 sliding: one mask per kind of layer)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import spy_sdpa
 
 import attrlens
 from attrlens.api import prepare
@@ -246,23 +247,14 @@ def test_gradients_run_the_packed_attention_without_gqa_math_path(tiny_model, mo
     run the model's packed attention: where this torch's CPU flash kernel has no
     grouped-query attention, no SDPA call gets ``enable_gqa`` (the math path would keep
     every score map for the backward pass); the attributions are unchanged."""
-    import torch
-
     from attrlens.models import hf
 
     monkeypatch.setattr(hf, "_CPU_GQA_FLASH", [True])
     _, game, ex = _game_and_explainer(tiny_model, "ig", steps=4, checkpoint=ck)
     want = ex.explain(game).scores
     monkeypatch.setattr(hf, "_CPU_GQA_FLASH", [False])
-    calls = []
-    real = torch.nn.functional.scaled_dot_product_attention
-
-    def spy(q, k, v, *args, **kwargs):
-        calls.append((q.shape[1], k.shape[1], bool(kwargs.get("enable_gqa", False))))
-        return real(q, k, v, *args, **kwargs)
-
     _, game, ex = _game_and_explainer(tiny_model, "ig", steps=4, checkpoint=ck)
-    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", spy)
+    calls = spy_sdpa(monkeypatch)
     got = ex.explain(game).scores  # (the output was generated before: transformers' SDPA)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
     assert game.counters["checkpointed_chunks"] == (ck == "on")

@@ -13,7 +13,7 @@ import textwrap
 import numpy as np
 import pytest
 import torch
-from conftest import make_sliding_model
+from conftest import make_sliding_model, spy_sdpa
 
 from attrlens.errors import CapabilityError
 from attrlens.scoring.cache import PrefixCache
@@ -379,19 +379,6 @@ def test_packed_attention_runs_grouped_query_sdpa_and_restores_the_model(setup, 
     assert model.decoder.config._attn_implementation == "sdpa"
 
 
-def _sdpa_calls(monkeypatch) -> list[tuple[int, int, bool]]:
-    """(query heads, key heads, enable_gqa) of every torch SDPA call from here on."""
-    calls: list[tuple[int, int, bool]] = []
-    real = torch.nn.functional.scaled_dot_product_attention
-
-    def spy(q, k, v, *args, **kwargs):
-        calls.append((q.shape[1], k.shape[1], bool(kwargs.get("enable_gqa", False))))
-        return real(q, k, v, *args, **kwargs)
-
-    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", spy)
-    return calls
-
-
 def test_cpu_gqa_probe_matches_the_kernel_torch_runs():
     """``cpu_gqa_flash`` says whether this torch's CPU SDPA runs ``enable_gqa`` in its flash
     kernel (torch 2.13: yes; 2.6: no, the math path): checked against the profiled op."""
@@ -417,7 +404,7 @@ def test_without_cpu_gqa_flash_keys_are_copied_not_sent_to_the_math_path(setup, 
     monkeypatch.setattr(hf, "_CPU_GQA_FLASH", [True])
     want = ScoringEngine(model, ids, out).token_logprobs(inputs)
     monkeypatch.setattr(hf, "_CPU_GQA_FLASH", [False])
-    calls = _sdpa_calls(monkeypatch)
+    calls = spy_sdpa(monkeypatch)
     got = ScoringEngine(model, ids, out).token_logprobs(inputs)  # masked packed rows
     one = ScoringEngine(model, ids, out).token_logprobs(inputs[:1])  # one sequence, no mask
     np.testing.assert_allclose(got, want, atol=1e-5)
