@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import subprocess
 import sys
 import textwrap
@@ -276,7 +275,7 @@ def _long_text(n_sentences: int) -> str:
 
 CHILD = textwrap.dedent(
     """
-    import json, sys, time
+    import json, resource, sys, time
     import torch
     torch.set_num_threads(int(sys.argv[2]))
     import attrlens
@@ -292,7 +291,8 @@ CHILD = textwrap.dedent(
                            chat=False)
     n_tok = len(model.tokenize(text)[0])
     print(json.dumps({"tokens": n_tok, "wall_s": time.perf_counter() - t0,
-                      "scores": [float(s) for s in res.scores], "cost": res.cost}))
+                      "scores": [float(s) for s in res.scores], "cost": res.cost,
+                      "peak_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))
     """
 )
 
@@ -307,16 +307,16 @@ def test_4000_token_prompt_explains_within_4_gb(tmp_path):
     text_file.write_text(_long_text(180))
     script = tmp_path / "child.py"
     script.write_text(CHILD)
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
     proc = subprocess.run(
         [sys.executable, str(script), str(text_file), env["OMP_NUM_THREADS"]],
         capture_output=True, text=True, timeout=900, env=env, check=False,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
-    peak_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    assert peak_kb >= before
     res = json.loads(proc.stdout.strip().splitlines()[-1])
+    # read by the child itself: the getrusage of all children counts the suite's earlier ones
+    peak_kb = res["peak_kb"]
+    assert peak_kb > 300 * 2**10
     assert 3800 <= res["tokens"] <= 4600, res["tokens"]
     assert all(np.isfinite(res["scores"])) and len(res["scores"]) == 2
     print(f"4000-token prompt: {res['tokens']} tokens, peak RSS {peak_kb / 2**20:.2f} GB, "
