@@ -465,6 +465,14 @@ def _offload_hook(module: Any) -> Any:
     return hook if getattr(hook, "offload", False) else None
 
 
+def _execution_device(module: Any, weight: Any) -> Any:
+    """Where ``module`` computes: its offload hook's execution device, else its weight's."""
+    import torch
+
+    hook = _offload_hook(module)
+    return torch.device(hook.execution_device) if hook is not None else weight.device
+
+
 @contextlib.contextmanager
 def onloaded(module: Any) -> Iterator[None]:
     """The module's own parameters readable on its execution device inside the block, also
@@ -485,7 +493,6 @@ def _placement(model: Any) -> tuple[Any, Any, str]:
     """(input device, dtype, device description) of a transformers model: the input
     embedding's device (its execution device when offloaded) and dtype; several devices
     (``device_map``) are listed."""
-    import torch
 
     emb = model.get_input_embeddings()
     w = getattr(emb, "weight", None)
@@ -493,8 +500,7 @@ def _placement(model: Any) -> tuple[Any, Any, str]:
         w = next(model.parameters())
     mapped = getattr(model, "hf_device_map", None) or {}
     devs = sorted({_dev_name(d) for d in mapped.values()})
-    hook = _offload_hook(emb)
-    dev = torch.device(hook.execution_device) if hook is not None else w.device
+    dev = _execution_device(emb, w)
     desc = ",".join(devs) if len(devs) > 1 else str(dev)
     return dev, w.dtype, desc
 
@@ -1042,9 +1048,7 @@ class HFModel:
         ):
             return head(hidden).float()
         w32 = getattr(self, "_head_fp32", None)
-        hook = _offload_hook(head)
-        device = torch.device(hook.execution_device) if hook is not None else weight.device
-        if w32 is None or w32.device != device:
+        if w32 is None or w32.device != _execution_device(head, weight):
             # kept across calls: never an inference tensor, which autograd (the gradient
             # methods) could not use, even when first made inside inference mode
             with torch.inference_mode(False), torch.no_grad(), onloaded(head):
@@ -1053,11 +1057,17 @@ class HFModel:
             self._head_fp32 = w32
             self._head_bias_fp32 = b
         h = hidden.to(w32.device).float()
-        exact_bf16 = (self.bf16_head_products and hidden.dtype == torch.bfloat16
-                      and weight.dtype == torch.bfloat16 and w32.device.type == "cpu"
-                      and not torch.is_grad_enabled())
+        exact_bf16 = self._bf16_exact(hidden, weight, w32) and not torch.is_grad_enabled()
         with bf16_products() if exact_bf16 else contextlib.nullcontext():
             return torch.nn.functional.linear(h, w32, self._head_bias_fp32)
+
+    def _bf16_exact(self, hidden: Any, weight: Any, on: Any) -> bool:
+        """Whether the head's float32 products of ``hidden`` and ``weight`` (computed where
+        ``on`` is) may run on the CPU's bf16 units: both are bf16 numbers, on the CPU."""
+        import torch
+
+        return bool(self.bf16_head_products and hidden.dtype == torch.bfloat16
+                    and weight.dtype == torch.bfloat16 and on.device.type == "cpu")
 
     def output_token_logprobs(self, hidden: Any, token_ids: Any, *,
                               budget: int = 1 << 20, min_slice: int = 1024) -> Any:
@@ -1106,8 +1116,7 @@ class HFModel:
             step * h.shape[1], device=h.device)
         m = torch.full((R,), -float("inf"), device=h.device)
         acc = torch.zeros(R, device=h.device)
-        exact_bf16 = (self.bf16_head_products and hidden.dtype == torch.bfloat16
-                      and weight.dtype == torch.bfloat16 and weight.device.type == "cpu")
+        exact_bf16 = self._bf16_exact(hidden, weight, weight)
         with bf16_products() if exact_bf16 else contextlib.nullcontext():
             for v0 in range(0, V, step):
                 n = min(step, V - v0)
