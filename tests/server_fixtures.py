@@ -139,6 +139,7 @@ class FaultServer:
         self._dead = threading.Event()
         self._httpd: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
+        self._stopper: threading.Thread | None = None  # a "die" fault's stop, in flight
         self._client = httpx.Client(timeout=120.0, trust_env=False)
 
     # --- life cycle ----------------------------------------------------------------------
@@ -152,6 +153,10 @@ class FaultServer:
 
     def start(self) -> FaultServer:
         """Listen (again) on ``port`` (the same port after a restart)."""
+        stopper, self._stopper = self._stopper, None
+        if stopper is not None:  # a "die" fault is still closing the old socket
+            stopper.join()
+        self.stop()
         self._dead.clear()
         httpd = ThreadingHTTPServer(("127.0.0.1", self.port), self._handler_class())
         httpd.daemon_threads = True  # stopping never waits on a handler
@@ -265,7 +270,8 @@ class FaultServer:
                 if kind == "die":
                     self._drop()
                     owner._dead.set()
-                    threading.Thread(target=owner.stop, daemon=True).start()
+                    owner._stopper = threading.Thread(target=owner.stop, daemon=True)
+                    owner._stopper.start()
                     return
                 if kind == "status":
                     _, code, retry_after = fault
