@@ -2,7 +2,7 @@
 random models of many architectures: learned absolute positions (GPT-2, OPT), partial
 rotary (GPT-NeoX, Phi, GPT-J), query/key norms (Qwen3, OLMo-2), sliding layers (Gemma-3),
 multi-query (GPTBigCode), attention outside transformers' attention
-interface (Falcon), ALiBi (Bloom, MPT: no shared prefix, plain rows), and heads whose logits
+interface (Falcon; attention methods read its output_attentions), ALiBi (Bloom, MPT: no shared prefix, plain rows), and heads whose logits
 the model transforms (Cohere's logit_scale, Granite's logits_scaling, Gemma-2's
 soft-capping)."""
 
@@ -203,12 +203,52 @@ def test_gradient_and_attention_methods_on_other_decoders(name) -> None:
     assert np.all(np.asarray(att.scores) >= 0) and np.ptp(att.scores) > 1e-3
 
 
-def test_attention_methods_refuse_models_with_their_own_attention() -> None:
+@pytest.mark.parametrize("name", ["bloom", "falcon", "mpt"])
+def test_attention_maps_of_models_with_their_own_attention(name) -> None:
+    """Falcon, Bloom and MPT run attention code of their own (not transformers' attention
+    interface, whose modules attrlens hooks): the maps come from the model's
+    ``output_attentions``, one causal, row-stochastic map per layer, and every attention
+    method runs on them."""
     import attrlens
+    from attrlens.games.whitebox import WhiteBoxGame
 
-    with pytest.raises(CapabilityError, match="attention interface"):
-        attrlens.explain("The quick brown fox", model=_model("bloom"), method="attention",
-                         output=" It.", chat=False)
+    hm = _model(name)
+    assert not hm.on_attention_interface and not hm.hooks_attention
+    pr = build_prompt("The quick brown fox jumps over the lazy dog", hm, chat=False)
+    ids, offsets = hm.tokenize(pr.text, add_special_tokens=False)
+    ids = np.asarray(ids)
+    out = np.asarray(hm.tokenize(" Because.")[0])
+    fs = segment(pr.text, pr.regions, offsets, "token")
+    maps = WhiteBoxGame(hm, ids, out, fs).attention_maps()
+    S = len(ids) + len(out)
+    assert maps.shape == (2, S, S)
+    np.testing.assert_allclose(maps.sum(-1), 1.0, atol=1e-5)
+    assert np.abs(np.triu(maps, 1)).max() < 1e-6 and np.ptp(maps[:, -1]) > 1e-3
+    for method in ("attention", "attention_rollout", "bta"):
+        a = attrlens.explain("The quick brown fox jumps over the lazy dog", model=hm,
+                             method=method, output=" Because.", chat=False,
+                             granularity="token")
+        assert np.all(np.isfinite(a.scores)) and np.ptp(a.scores) > 1e-5, method
+
+
+@pytest.mark.parametrize("name", ["gpt2", "gpt_neox"])
+def test_output_attentions_route_equals_the_hooks(name, monkeypatch) -> None:
+    """On a model on the attention interface, the maps and BTA's attention gradients read
+    from ``output_attentions`` (the route of models with their own attention) equal those
+    its attention modules' hooks give."""
+    import attrlens
+    from attrlens.models.hf import HFModel
+
+    hm = _model(name)
+    kw = {"output": " Because.", "chat": False, "granularity": "token"}
+    prompt = "The quick brown fox jumps over the lazy dog"
+    methods = ("attention", "attention_rollout", "bta")
+    hooked = [attrlens.explain(prompt, model=hm, method=m, **kw).scores for m in methods]
+    monkeypatch.setattr(HFModel, "hooks_attention", property(lambda self: False))
+    for m, ref in zip(methods, hooked):
+        got = attrlens.explain(prompt, model=hm, method=m, **kw).scores
+        assert np.ptp(ref) > 1e-5
+        np.testing.assert_allclose(got, ref, atol=1e-6, err_msg=m)
 
 
 def test_attention_maps_are_the_inputs_not_the_head_probes() -> None:

@@ -61,6 +61,8 @@ def _add_common(p: argparse.ArgumentParser, method: str | None) -> None:
     p.add_argument("--model", help="local model directory or .gguf file (default: embedded)")
     p.add_argument("--dtype", default="auto", help="auto | float32 | bfloat16 | float16")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
+    p.add_argument("--trust-remote-code", action="store_true",
+                   help="run the modeling code a model directory ships (read it first)")
     p.add_argument("--masker", help="attention_off | delete | replace (default: the method's)")
     p.add_argument("--target", help="nll | logprob | kl | js | tv (default: the method's)")
     p.add_argument("--budget", help="maximum number of value-function evaluations "
@@ -167,7 +169,8 @@ def _explain_fn(args: argparse.Namespace, explainer: Any, progress: Progress) ->
     """``prompt -> Attribution``: attrlens.explain with the command's settings."""
     from .. import api
 
-    model = api.load_model(args.model, dtype=args.dtype, device=args.device)
+    model = api.load_model(args.model, dtype=args.dtype, device=args.device,
+                           trust_remote_code=args.trust_remote_code)
     return functools.partial(
         api.explain, model=model, method=explainer, granularity=args.granularity,
         target=args.target, masker=args.masker, seed=args.seed,

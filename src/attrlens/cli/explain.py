@@ -48,6 +48,8 @@ def add_parser(sub: Any, method: str | None) -> argparse.ArgumentParser:
                    help="auto (the faster of float32/bfloat16 measured here; bf16/fp16 on GPUs)"
                         " | float32 | bfloat16 | float16")
     e.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
+    e.add_argument("--trust-remote-code", action="store_true",
+                   help="run the modeling code a model directory ships (read it first)")
     e.add_argument("--output-text", help="explain this output instead of the model's own answer")
     e.add_argument("--contrast-text", help="alternative output for --target contrastive")
     e.add_argument("--target", help="nll | logprob | kl | js | tv | contrastive "
@@ -128,7 +130,8 @@ def run(args: argparse.Namespace) -> int:
 
     progress = Progress(not args.quiet, f"explaining ({explainer.name})")
     try:
-        model = api.load_model(args.model, dtype=args.dtype, device=args.device)
+        model = api.load_model(args.model, dtype=args.dtype, device=args.device,
+                               trust_remote_code=args.trust_remote_code)
         require_needs(explainer.needs, model, backend, method=explainer.name)
         attr = api.explain(
             prompt,

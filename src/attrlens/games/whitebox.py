@@ -186,9 +186,15 @@ class WhiteBoxGame(Game):
         for p in mdl.parameters():
             p.requires_grad_(False)
         old = getattr(mdl.config, "_attn_implementation", None)
-        switch = eager and old != "eager"
+        switch = eager and old != "eager" and self.model.on_attention_interface
+        # a model with attention code of its own cannot be switched by transformers, but its
+        # code reads the setting per forward (Falcon: with "sdpa" set, its output_attentions
+        # path adds sdpa's boolean causal mask to its scores, which leaves them non-causal)
+        direct = eager and old not in (None, "eager") and not self.model.on_attention_interface
         window = self.model.sliding_window[0]
         packed = not eager and (window is None or self.seq_len <= window)
+        if direct:
+            mdl.config._attn_implementation = "eager"
         if switch:
             if not hasattr(mdl, "set_attn_implementation"):
                 raise CapabilityError(
@@ -203,6 +209,8 @@ class WhiteBoxGame(Game):
         finally:
             if switch:
                 mdl.set_attn_implementation(old)
+            if direct:
+                mdl.config._attn_implementation = old
             for p, f in zip(mdl.parameters(), flags):
                 p.requires_grad_(f)
 
@@ -314,13 +322,35 @@ class WhiteBoxGame(Game):
         x32, x032 = x.float(), x0.float()
         return (x032[None] + a[:, None, None] * (x32 - x032)[None]).to(x.dtype)
 
-    def _forward(self, embeds: Any) -> Any:
-        """(B, S, d) embeddings -> (B, T) float32 log p(o_t) (differentiable)."""
+    def _decode(self, embeds: Any, *, attentions: bool = False) -> Any:
+        """The decoder's output on (B, S, d) embeddings (``attentions``: with every layer's
+        attention weights, from the model's own ``output_attentions``)."""
         import torch
 
         b, s, _ = embeds.shape
         pos = torch.arange(s, device=embeds.device)[None, :].expand(b, s)
-        out = self.model.decoder(inputs_embeds=embeds, position_ids=pos, use_cache=False)
+        extra = {"output_attentions": True} if attentions else {}
+        out = self.model.decoder(inputs_embeds=embeds, position_ids=pos, use_cache=False,
+                                 **extra)
+        if attentions and len(getattr(out, "attentions", None) or ()) != self.n_layers:
+            raise CapabilityError(
+                f"The model {self.model.info.id} ({type(self.model.model).__name__}) returned "
+                f"no attention weights (output_attentions) and does not run its attention "
+                f"through transformers' attention interface; use a method without attention "
+                f"(loo, ig, ...)."
+            )
+        return out
+
+    def _forward(self, embeds: Any, captured: dict[str, Any] | None = None) -> Any:
+        """(B, S, d) embeddings -> (B, T) float32 log p(o_t) (differentiable). ``captured``:
+        a model off transformers' attention interface also returns its last layer's
+        attention weights there (``"attn"``; models on it are read through a hook)."""
+        import torch
+
+        b, s = embeds.shape[:2]
+        out = self._decode(embeds, attentions=captured is not None)
+        if captured is not None:
+            captured["attn"] = out.attentions[-1]
         hidden = out.last_hidden_state[:, self.n_prompt - 1: s - 1]
         logits = self.model.output_logits(hidden)
         tgt = torch.as_tensor(self.output_ids, device=embeds.device)[None, :, None].expand(b, -1, 1)
@@ -390,7 +420,8 @@ class WhiteBoxGame(Game):
         rows_t = torch.as_tensor(self.output_rows, device=x.device)
         captured: dict[str, Any] = {}
         hook = None
-        if attention:
+        from_outputs = attention and not self.model.hooks_attention
+        if attention and not from_outputs:
             last = self.model.attention_module(self._layers()[-1])
             hook = last.register_forward_hook(
                 lambda _m, _a, out: captured.__setitem__("attn", out[1]))
@@ -404,7 +435,8 @@ class WhiteBoxGame(Game):
                     recompute = self.uses_checkpoint(len(ch), eager=attention)
                     self.counters["checkpointed_chunks"] += int(recompute)
                     with self._recompute_layers(recompute, keep_last=attention):
-                        logp = self._forward(emb)  # (B, T)
+                        logp = (self._forward(emb, captured) if from_outputs
+                                else self._forward(emb))  # (B, T)
                     f = (logp * wt[rs]).sum()
                     targets = [emb]
                     if attention:
@@ -415,7 +447,14 @@ class WhiteBoxGame(Game):
                                 "attention map; attention methods need eager attention."
                             )
                         targets.append(amap)
-                    grads = torch.autograd.grad(f, targets)
+                    grads = torch.autograd.grad(f, targets, allow_unused=True)
+                    if attention and grads[1] is None:
+                        raise CapabilityError(
+                            f"The attention weights that {type(self.model.model).__name__} "
+                            f"returns are not the ones its forward uses (no gradient "
+                            f"reaches them); use an attention method without gradients "
+                            f"(attention, attention_rollout) or another method."
+                        )
                     self.counters["backward_passes"] += 1
                     sw = torch.as_tensor([step_w[k] for k in ks], device=x.device,
                                          dtype=torch.float32)
@@ -439,9 +478,24 @@ class WhiteBoxGame(Game):
 
     def attention_maps(self) -> np.ndarray:
         """(n_layers, S, S) float32 attention of every layer at the input, averaged over
-        heads (query rows, key columns); one forward with eager attention."""
+        heads (query rows, key columns); one forward with eager attention. Read by hooks on
+        the attention modules of models on transformers' attention interface (one layer's
+        heads at a time), from the model's ``output_attentions`` otherwise (Bloom, Falcon,
+        MPT, models with their own code: every layer's heads at once)."""
         import torch
 
+        if not self.model.hooks_attention:  # the model's own output_attentions
+            with self._frozen(eager=True), torch.no_grad():
+                out = self._decode(self.embeddings()[None], attentions=True)
+            maps = np.stack([a[0].float().mean(0).cpu().numpy() for a in out.attentions])
+            causal = np.abs(np.triu(maps, 1)).max() <= 1e-4
+            if not (causal and np.allclose(maps.sum(-1), 1.0, atol=1e-2)):
+                raise CapabilityError(
+                    f"The attention weights that {type(self.model.model).__name__} returns "
+                    f"(output_attentions) are not causal probabilities over the keys, so "
+                    f"attention methods cannot read them; use another method."
+                )
+            return maps
         layers = self._layers()
         maps: list[np.ndarray | None] = [None] * len(layers)
 

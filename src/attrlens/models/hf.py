@@ -56,10 +56,12 @@ def file_sha256(path: Path) -> str:
 
 
 def _dir_sha256(path: Path) -> str:
-    """sha256 over the weight files of a model directory (names + contents)."""
+    """sha256 over the weight, config and code files of a model directory (names +
+    contents; a model with its own modeling code computes what its .py files say)."""
     h = hashlib.sha256()
     files = sorted(
-        p for p in path.iterdir() if p.suffix in (".safetensors", ".bin", ".gguf", ".json")
+        p for p in path.iterdir()
+        if p.suffix in (".safetensors", ".bin", ".gguf", ".json", ".py")
     )
     for p in files:
         h.update(p.name.encode())
@@ -271,6 +273,7 @@ def load_model(
     device: str = "auto",
     dtype: str = "auto",
     cache: bool = True,
+    trust_remote_code: bool = False,
 ) -> HFModel:
     """Load a causal LM: the embedded default (``path=None``), a GGUF file or a model dir.
 
@@ -279,6 +282,10 @@ def load_model(
     dtype:  ``auto`` (bf16 on GPUs that support it, else fp16; on a CPU the faster of fp32
             and bf16, measured once per CPU and torch version and remembered, see
             :func:`cpu_auto_dtype`), ``float32``, ``bfloat16`` or ``float16``.
+    trust_remote_code: run the modeling (and tokenizer) code that a model directory ships
+            with its weights (``auto_map`` in its config.json), as transformers'
+            ``trust_remote_code=True``; off by default, and such a directory is then refused
+            with a one-line error (never an interactive prompt).
     Models are loaded once per process (per path, device and dtype) and shared.
     """
     dev = resolve_device(device)
@@ -300,7 +307,8 @@ def load_model(
     key = (str(file.resolve()), dev, dtype)
     if key in _LOADED:
         return _LOADED[key]
-    model = _load(file, model_id=model_id, device=dev, dtype=want, cache=cache)
+    model = _load(file, model_id=model_id, device=dev, dtype=want, cache=cache,
+                  trust_remote_code=trust_remote_code)
     _LOADED[key] = model
     return model
 
@@ -328,7 +336,8 @@ def _from_pretrained(src: Path, *, dtype: str | None, device: str, **kwargs: Any
     return AutoModelForCausalLM.from_pretrained(str(src), dtype=torch_dtype, **extra, **kwargs)
 
 
-def _load(file: Path, *, model_id: str, device: str, dtype: str | None, cache: bool) -> HFModel:
+def _load(file: Path, *, model_id: str, device: str, dtype: str | None, cache: bool,
+          trust_remote_code: bool = False) -> HFModel:
     """Load ``file`` on ``device`` in ``dtype`` (None: measured on the CPU, see
     :func:`cpu_auto_dtype`)."""
     import torch
@@ -392,12 +401,20 @@ def _load(file: Path, *, model_id: str, device: str, dtype: str | None, cache: b
                 f"The directory '{file}' is not a transformers model: it has no config.json."
             )
         sha = _dir_sha256(file)
+        trust = {"trust_remote_code": bool(trust_remote_code)}  # (False: no prompt)
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                tok = AutoTokenizer.from_pretrained(str(file))
-                mdl = _from_pretrained(file, dtype=dtype, device=device)
+                tok = AutoTokenizer.from_pretrained(str(file), **trust)
+                mdl = _from_pretrained(file, dtype=dtype, device=device, **trust)
         except Exception as exc:
+            if not trust_remote_code and "trust_remote_code" in str(exc):
+                raise InputError(
+                    f"The model directory '{file}' ships its own modeling code (auto_map in "
+                    f"its config.json), which attrlens runs only when allowed: read it, then "
+                    f"pass --trust-remote-code (CLI) or "
+                    f"attrlens.load_model(path, trust_remote_code=True)."
+                ) from exc
             raise BackendError(
                 f"Could not load the model directory '{file}': {type(exc).__name__}: "
                 f"{str(exc).splitlines()[0] if str(exc) else ''}"
@@ -822,7 +839,7 @@ class HFModel:
 
         from ..errors import CapabilityError
 
-        if self.on_attention_interface:
+        if self.hooks_attention:
             for name in ("self_attn", "attn", "attention", "self_attention"):
                 mod = getattr(layer, name, None)
                 if isinstance(mod, torch.nn.Module):
@@ -853,6 +870,14 @@ class HFModel:
         interfaces."""
         return (self._attn_implementation in ("sdpa", PACKED_SDPA)
                 and self.on_attention_interface and _gqa_sdpa())
+
+    @property
+    def hooks_attention(self) -> bool:
+        """Whether attention methods read the weights through forward hooks on the
+        attention modules (:meth:`attention_module`: one layer at a time, the models on
+        transformers' attention interface), else from the decoder's ``output_attentions``
+        (models with attention code of their own: Falcon, Bloom, MPT, remote code)."""
+        return self.on_attention_interface
 
     @property
     def on_attention_interface(self) -> bool:
@@ -904,10 +929,13 @@ class HFModel:
         return self._cache_kwarg
 
     def output_cache(self, output: Any) -> Any:
-        """The key/value cache of a decoder output, read without deprecated attributes."""
-        if self.cache_kwarg == "cache":
-            return getattr(output, "cache", None)
-        return output.past_key_values
+        """The key/value cache of a decoder output, read without deprecated attributes: by
+        its key (``cache`` in the transformers versions that renamed it, also for a model
+        whose own code still passes ``past_key_values``, which they store as ``cache``)."""
+        for name in ("cache", "past_key_values"):
+            if name in output:
+                return output[name]
+        return None
 
     def _probe_ids(self) -> Any:
         """A few fixed token ids on the model's input device (for the one-time probes)."""
