@@ -120,6 +120,8 @@ class WhiteBoxGame(Game):
         # the head's one-time probe runs forwards of its own: now, before any hook, eager
         # switch or checkpointing of this game's forwards could see them
         model.logit_map()
+        # (the same for the check whether the model reads position_ids)
+        self._positions = bool(getattr(model, "packing", (True, True))[0])
 
     # ---- shape helpers -------------------------------------------------------------------
     @property
@@ -328,10 +330,10 @@ class WhiteBoxGame(Game):
         import torch
 
         b, s, _ = embeds.shape
-        pos = torch.arange(s, device=embeds.device)[None, :].expand(b, s)
-        extra = {"output_attentions": True} if attentions else {}
-        out = self.model.decoder(inputs_embeds=embeds, position_ids=pos, use_cache=False,
-                                 **extra)
+        extra: dict[str, Any] = {"output_attentions": True} if attentions else {}
+        if self._positions:  # (ALiBi models ignore them, and Bloom warns)
+            extra["position_ids"] = torch.arange(s, device=embeds.device)[None, :].expand(b, s)
+        out = self.model.decoder(inputs_embeds=embeds, use_cache=False, **extra)
         if attentions and len(getattr(out, "attentions", None) or ()) != self.n_layers:
             raise CapabilityError(
                 f"The model {self.model.info.id} ({type(self.model.model).__name__}) returned "
