@@ -151,3 +151,41 @@ def test_attention_weights_that_are_not_causal_probabilities_are_refused(
     monkeypatch.setattr(block, "forward", transposed)
     with pytest.raises(CapabilityError, match="not causal probabilities"):
         attrlens.explain(PROMPT, model=hm, method="attention", output=OUTPUT, chat=False)
+
+
+ITEMS = [{"id": "fox", "prompt": "The quick brown fox jumps over the lazy dog.",
+          "output": " A stitch in time"},
+         {"id": "sky", "prompt": "Explain why the sky is blue.", "output": " Because of"}]
+
+
+def test_evaluate_refuses_it_without_the_flag_and_runs_it_with(model_dir, tmp_path) -> None:
+    from attrlens.models.hf import _dir_sha256
+
+    kw = {"methods": ["loo"], "metrics": ["abpc"], "model": str(model_dir), "chat": False,
+          "progress": False, "report": False}
+    with pytest.raises(InputError, match="--trust-remote-code"):
+        attrlens.evaluate(ITEMS, out=tmp_path / "no", **kw)
+    s = attrlens.evaluate(ITEMS, out=tmp_path / "yes", trust_remote_code=True, **kw)
+    assert s.table["loo"]["abpc"]["n"] == 2
+    settings = json.loads((tmp_path / "yes" / "summary.json").read_text())["settings"]
+    assert settings["model_sha256"] == _dir_sha256(model_dir)
+
+
+@pytest.mark.integration
+def test_evaluate_on_ray_runs_it_in_the_actors(model_dir, tmp_path) -> None:
+    ray = pytest.importorskip("ray")
+    kw = {"methods": ["loo"], "metrics": ["abpc"], "model": str(model_dir), "chat": False,
+          "progress": False, "report": False, "trust_remote_code": True}
+    local = attrlens.evaluate(ITEMS, out=tmp_path / "local", **kw)
+    # (its classes cannot be sent to Ray's workers: each actor loads it from its directory,
+    # whether evaluate got the directory or the loaded model)
+    dist = attrlens.evaluate(ITEMS, out=tmp_path / "ray", backend="ray", workers=2, **kw)
+    loaded = load_model(str(model_dir), trust_remote_code=True)
+    again = attrlens.evaluate(ITEMS, out=tmp_path / "ray2", backend="ray", workers=2,
+                              **{**kw, "model": loaded})
+    assert again.table["loo"]["abpc"]["mean"] == pytest.approx(
+        local.table["loo"]["abpc"]["mean"], rel=1e-6, abs=1e-9)
+    assert not ray.is_initialized()
+    assert dist.table["loo"]["abpc"]["n"] == 2
+    assert dist.table["loo"]["abpc"]["mean"] == pytest.approx(
+        local.table["loo"]["abpc"]["mean"], rel=1e-6, abs=1e-9)

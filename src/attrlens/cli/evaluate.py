@@ -33,6 +33,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, default=1, help="Ray actors (backend ray)")
     p.add_argument("--address", default=None, help="Ray cluster address (default: local Ray)")
     p.add_argument("--model", default=None, help="local model path (default: embedded)")
+    p.add_argument("--trust-remote-code", action="store_true",
+                   help="run the modeling code a model directory ships (read it first)")
     p.add_argument("--granularity", default="word")
     p.add_argument("--eval-masker", choices=EVAL_MASKERS, default="attention_off",
                    help="masking for MoRF/LeRF (GiLOT: attention_off)")
@@ -62,6 +64,7 @@ def run(args: argparse.Namespace) -> int:
         n_test=args.n_test, max_new_tokens=args.max_new_tokens, progress=not args.quiet,
         n_lds=args.n_lds, target=args.target, method_masker=args.method_masker,
         target_url=args.target_url, target_model=args.target_model, report=not args.no_report,
+        trust_remote_code=args.trust_remote_code,
     )
     print(f"{summary.computed} records computed, {summary.skipped} resumed; tables in "
           f"{args.out}/summary.md and {args.out}/summary.json"

@@ -247,18 +247,23 @@ class ItemRunner:
     """Computes records for one model (one per process or Ray actor; loads the model once).
 
     model: a loaded HFModel, a model path, or None (the embedded default model)
+    trust_remote_code: run the modeling code a model path ships (see ``load_model``)
     share_cache: share the evaluation's model calls between the methods of an item
     target_url:  the served model's API root (with ``config.target_model``): the explained
                  output is its greedy answer, and closed-model methods (gsmile) query it
     """
 
     def __init__(self, model: Any, config: EvalConfig, seed: int, *,
-                 share_cache: bool = True, target_url: str | None = None):
+                 share_cache: bool = True, target_url: str | None = None,
+                 trust_remote_code: bool = False):
         from ..api import load_model
         from ..models.hf import HFModel
 
-        if model is None or isinstance(model, str):
-            model = load_model(model)
+        if model is None or isinstance(model, (str, Path)):
+            model = load_model(None if model is None else str(model),
+                               trust_remote_code=trust_remote_code)
+        elif isinstance(model, dict):  # how to load it (a Ray actor: :func:`_model_for_ray`)
+            model = load_model(**model)
         if not isinstance(model, HFModel):
             raise ParameterError(
                 "evaluate needs a local model: a path, None (the embedded model) or "
@@ -665,13 +670,33 @@ def _run_local(runner: ItemRunner, groups: list[Group],
             on_record(runner.run(item, spec, key))
 
 
+def _model_for_ray(model: Any) -> Any:
+    """What the actors get: the loaded model (shipped once through the object store), or,
+    for a model with modeling code of its own (whose classes Ray's workers cannot unpickle:
+    transformers imports them from a module cache of its own), how to load it from its
+    directory (the driver has loaded it: its code was allowed)."""
+    if not type(model.model).__module__.startswith("transformers_modules"):
+        return model
+    path = Path(model.info.id)
+    if not path.is_dir():
+        raise ParameterError(
+            f"The model {model.info.id} runs code of its own, which Ray's workers cannot "
+            f"receive as an object; give evaluate its directory "
+            f"(model='path/to/dir', trust_remote_code=True) or use backend='local'."
+        )
+    dev = model.device.type if model.device.type == "cpu" else str(model.device)
+    return {"path": str(path), "device": dev, "dtype": model.info.dtype,
+            "trust_remote_code": True}
+
+
 def _run_ray(model: Any, config: EvalConfig, seed: int, groups: list[Group], *, workers: int,
              address: str | None, on_record: Callable[[dict[str, Any]], None],
              share_cache: bool = True, target_url: str | None = None) -> None:
     """Items spread over an actor pool of ``workers`` Ray actors (each loads the model once).
 
-    A loaded model is shipped once through the object store; a path or None is loaded by
-    each actor. Records are written by this (driver) process as groups finish.
+    A loaded model is shipped once through the object store; a path, None or a dict of
+    ``load_model`` arguments (:func:`_model_for_ray`) is loaded by each actor. Records are
+    written by this (driver) process as groups finish.
     """
     try:
         import ray
@@ -735,6 +760,7 @@ def evaluate(
     share_cache: bool = True,
     report: bool = True,
     progress: bool = True,
+    trust_remote_code: bool = False,
 ) -> Summary:
     """Run ``methods`` over the items of ``data``, score them with ``metrics``, aggregate.
 
@@ -742,7 +768,8 @@ def evaluate(
               records / :class:`EvalItem` s; ``kind`` forces an adapter (see datasets.KINDS)
     methods:  names, (name, params) pairs, or "loo,lime:num_samples=64"
     metrics:  names from METRICS, or a comma-separated string
-    model:    a loaded model, a path, or None (the embedded model)
+    model:    a loaded model, a path, or None (the embedded model); ``trust_remote_code``:
+              run the modeling code a model path ships (see ``attrlens.load_model``)
     out:      output directory (records.jsonl, summary.json, summary.md, attributions/,
               items/ and index.html); an existing one is resumed: finished records are not
               recomputed
@@ -800,7 +827,8 @@ def evaluate(
     out_dir = store.dir
 
     # the driver loads the model too (for its hash; in-process runs use it)
-    runner = ItemRunner(model, config, seed, share_cache=share_cache, target_url=target_url)
+    runner = ItemRunner(model, config, seed, share_cache=share_cache, target_url=target_url,
+                        trust_remote_code=trust_remote_code)
     mhash = model_hash(runner.model)
     groups: list[Group] = []
     n_skip = 0
@@ -841,7 +869,8 @@ def evaluate(
     if backend == "local" or not groups:
         _run_local(runner, groups, on_record)
     else:
-        _run_ray(runner.model, config, seed, groups, workers=workers, address=address,
+        _run_ray(_model_for_ray(runner.model), config, seed, groups, workers=workers,
+                 address=address,
                  on_record=on_record, share_cache=share_cache, target_url=target_url)
 
     wanted = set(keys)
