@@ -189,3 +189,22 @@ def test_evaluate_on_ray_runs_it_in_the_actors(model_dir, tmp_path) -> None:
     assert dist.table["loo"]["abpc"]["n"] == 2
     assert dist.table["loo"]["abpc"]["mean"] == pytest.approx(
         local.table["loo"]["abpc"]["mean"], rel=1e-6, abs=1e-9)
+
+
+def test_attention_weights_beyond_free_memory_are_refused(model_dir, monkeypatch) -> None:
+    """output_attentions holds every layer's weights at once: a forward whose weights would
+    take more than half the free memory is refused with the estimate, not run."""
+    from attrlens.errors import CapabilityError
+    from attrlens.models.hf import HFModel
+
+    hm = load_model(str(model_dir), device="cpu", dtype="float32", trust_remote_code=True)
+    free = hm.free_memory()
+    assert free is not None and free > 2**20
+    n = len(hm.tokenize(PROMPT)[0]) + len(hm.tokenize(OUTPUT)[0])
+    need = 2 * 4 * n * n * 4  # layers x heads x S^2 x float32 (S: at least the tokens)
+    monkeypatch.setattr(HFModel, "free_memory", lambda self: need)  # half of it is too little
+    with pytest.raises(CapabilityError, match=r"GiB for them.*GiB is free"):
+        attrlens.explain(PROMPT, model=hm, method="attention", output=OUTPUT, chat=False)
+    monkeypatch.setattr(HFModel, "free_memory", lambda self: 100 * need)
+    a = attrlens.explain(PROMPT, model=hm, method="attention", output=OUTPUT, chat=False)
+    assert np.all(np.isfinite(a.scores))

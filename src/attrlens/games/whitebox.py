@@ -330,6 +330,8 @@ class WhiteBoxGame(Game):
         import torch
 
         b, s, _ = embeds.shape
+        if attentions:
+            self._check_attention_memory(b, s)
         extra: dict[str, Any] = {"output_attentions": True} if attentions else {}
         if self._positions:  # (ALiBi models ignore them, and Bloom warns)
             extra["position_ids"] = torch.arange(s, device=embeds.device)[None, :].expand(b, s)
@@ -342,6 +344,25 @@ class WhiteBoxGame(Game):
                 f"(loo, ig, ...)."
             )
         return out
+
+    def _check_attention_memory(self, b: int, s: int) -> None:
+        """Refuse a forward whose ``output_attentions`` would hold every layer's weights at
+        once, (b, heads, s, s) each, beyond half the device's free memory (the hooks of
+        models on the attention interface keep one layer's at a time)."""
+        heads = getattr(self.model.text_config, "num_attention_heads", None)
+        free = self.model.free_memory()
+        if not isinstance(heads, int) or free is None:
+            return
+        item = self.model.dtype.itemsize
+        need = b * self.n_layers * heads * s * s * item
+        if need > 0.5 * free:
+            raise CapabilityError(
+                f"The model {self.model.info.id} gives its attention weights only for all "
+                f"{self.n_layers} layers at once (output_attentions): {s} tokens need "
+                f"{need / 2**30:.1f} GiB for them, and {free / 2**30:.1f} GiB is free; use a "
+                f"shorter prompt, a smaller max_batch_tokens, or a method without attention "
+                f"(loo, ig, ...)."
+            )
 
     def _forward(self, embeds: Any, captured: dict[str, Any] | None = None) -> Any:
         """(B, S, d) embeddings -> (B, T) float32 log p(o_t) (differentiable). ``captured``:

@@ -460,6 +460,12 @@ def wrap_model(model: Any, tokenizer: Any = None, *, model_id: str | None = None
             f"The model must be a path, attrlens.load_model(...) or a transformers causal LM "
             f"object (AutoModelForCausalLM.from_pretrained(...)); got {type(model).__name__}."
         )
+    if getattr(getattr(model, "config", None), "is_encoder_decoder", False):
+        raise ParameterError(
+            f"attrlens explains decoder-only causal LMs; {type(model).__name__} is an "
+            f"encoder-decoder model (the prompt goes to its encoder, the output to its "
+            f"decoder), which it does not support."
+        )
     if tokenizer is None:
         raise ParameterError(
             "A transformers model object needs its tokenizer: "
@@ -1164,6 +1170,23 @@ class HFModel:
     @property
     def input_embeddings(self) -> Any:
         return self.model.get_input_embeddings()
+
+    def free_memory(self) -> int | None:
+        """Bytes free for new tensors on the model's input device: the CUDA driver's free
+        memory on a GPU, psutil's available memory (reclaimable caches included) on the
+        CPU; None where unknown (MPS)."""
+        import torch
+
+        try:
+            if self.device.type == "cuda":
+                return int(torch.cuda.mem_get_info(self.device)[0])
+            if self.device.type == "cpu":
+                import psutil
+
+                return int(psutil.virtual_memory().available)
+        except (ImportError, OSError, RuntimeError, AttributeError):
+            pass
+        return None
 
     def embedding_matrix(self) -> Any:
         """The input-embedding matrix (V, H), detached, on the embedding's execution device
