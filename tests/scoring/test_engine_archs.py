@@ -4,7 +4,8 @@ rotary (GPT-NeoX, Phi, GPT-J), query/key norms (Qwen3, OLMo-2), sliding layers (
 multi-query (GPTBigCode), attention outside transformers' attention
 interface (Falcon; attention methods read its output_attentions), ALiBi (Bloom, MPT: no shared prefix, plain rows), and heads whose logits
 the model transforms (Cohere's logit_scale, Granite's logits_scaling, Gemma-2's
-soft-capping)."""
+soft-capping); a mixture of experts (OLMoE); vision-language models explained on text (Gemma-3, Llava, Qwen2-VL with
+its multimodal RoPE)."""
 
 from __future__ import annotations
 
@@ -32,6 +33,11 @@ def _configs(tok) -> dict[str, tuple[str, str, dict]]:
           "num_hidden_layers": 2, "num_attention_heads": 4, "max_position_embeddings": 512,
           "tie_word_embeddings": False, **sp}
     gqa = {**lm, "num_key_value_heads": 2}
+    vision = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
+              "num_attention_heads": 2, "image_size": 28, "patch_size": 14}
+    section = {"mrope_section": [2, 3, 3]}  # (head_dim 16: 8 rotary frequencies)
+    mrope = {"rope_scaling": {"type": "mrope", **section},
+             "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, **section}}
     return {
         "gpt2": ("GPT2Config", "GPT2LMHeadModel",
                  {"vocab_size": V, "n_embd": 64, "n_layer": 2, "n_head": 4, "n_positions": 512,
@@ -70,6 +76,28 @@ def _configs(tok) -> dict[str, tuple[str, str, dict]]:
         "gemma2": ("Gemma2Config", "Gemma2ForCausalLM",
                    {**gqa, "head_dim": 16, "sliding_window": 6, "query_pre_attn_scalar": 16,
                     "final_logit_softcapping": 2.0}),
+        # a mixture of experts, with a key norm over all heads
+        "olmoe": ("OlmoeConfig", "OlmoeForCausalLM",
+                  {**gqa, "num_experts": 4, "num_experts_per_tok": 2}),
+        # vision-language models explained on text (what AutoModelForCausalLM gives for
+        # Gemma 3 and others): the language model inside, its config a sub-config
+        "gemma3_vlm": ("Gemma3Config", "Gemma3ForConditionalGeneration",
+                       {"text_config": {**gqa, "head_dim": 16, "sliding_window": 6,
+                                        "query_pre_attn_scalar": 16},
+                        "vision_config": vision, "mm_tokens_per_image": 4,
+                        "image_token_index": V - 1}),
+        "llava": ("LlavaConfig", "LlavaForConditionalGeneration",
+                  {"text_config": {"model_type": "llama", **gqa},
+                   "vision_config": {"model_type": "clip_vision_model", **vision},
+                   "image_token_index": V - 1}),
+        # multimodal RoPE: text positions are the same in its 3 sections
+        "qwen2_vl": ("Qwen2VLConfig", "Qwen2VLForConditionalGeneration",
+                     {"text_config": {**gqa, "head_dim": 16, **mrope},
+                      "vision_config": {"depth": 1, "embed_dim": 32, "hidden_size": 64,
+                                        "num_heads": 2, "patch_size": 14,
+                                        "spatial_merge_size": 2},
+                      "image_token_id": V - 1, "video_token_id": V - 2,
+                      "vision_start_token_id": V - 3}),
     }
 
 
@@ -178,7 +206,7 @@ def test_a_head_transform_attrlens_does_not_know_is_refused(tiny_model) -> None:
         hm.output_logits(torch.zeros(1, m.config.hidden_size))
 
 
-@pytest.mark.parametrize("name", ["gpt2", "gpt_neox"])
+@pytest.mark.parametrize("name", ["gpt2", "gpt_neox", "gemma3_vlm", "llava", "qwen2_vl"])
 def test_gradient_and_attention_methods_on_other_decoders(name) -> None:
     """Blocks under ``h`` (GPT-2) and attention modules named ``attn``/``attention``:
     gradient x input equals a direct autograd computation; attention maps are read."""
@@ -192,7 +220,8 @@ def test_gradient_and_attention_methods_on_other_decoders(name) -> None:
     out = np.asarray(hm.tokenize(output, add_special_tokens=False)[0])
     seq = torch.as_tensor(np.concatenate([ids, out]))[None]
     e = hm.model.get_input_embeddings()(seq).detach().requires_grad_(True)
-    lp = hm.model(inputs_embeds=e).logits[0].float().log_softmax(-1)
+    pos = torch.arange(seq.shape[1])[None]  # (Qwen2-VL in transformers 4.x needs them)
+    lp = hm.model(inputs_embeds=e, position_ids=pos).logits[0].float().log_softmax(-1)
     L = len(ids)
     sum(lp[L - 1 + t, out[t]] for t in range(len(out))).backward()
     ref = (e.grad[0] * e[0]).sum(-1)[:L].detach().numpy()
@@ -310,3 +339,23 @@ def test_rope_vectors_of_a_partial_rotary_model() -> None:
     a = attrlens.explain("The quick brown fox jumps over the lazy dog.", model=hm,
                          method="rope_lime", output=" It jumps.", chat=False, budget=32)
     assert np.all(np.isfinite(a.scores)) and np.ptp(a.scores) > 0
+
+
+@pytest.mark.parametrize("name", ["qwen3", "olmoe", "gemma3", "gemma3_vlm", "qwen2_vl",
+                                  "stablelm"])
+def test_layer0_keys_equal_the_cached_keys(name) -> None:
+    """RoPE-LIME's layer-0 key space is the model's own post-RoPE layer-0 keys (what its
+    cache holds), also with key norms (Qwen3, Gemma-3 per head; OLMoE over all heads),
+    one rotary module for local and global layers (Gemma-3) and multimodal RoPE
+    (Qwen2-VL)."""
+    from attrlens.models.embeddings import rope_vectors
+
+    hm = _model(name)
+    ids = torch.tensor([[5, 17, 33, 40, 2]])
+    pos = torch.tensor([[0, 2, 3, 5, 6]])
+    with torch.no_grad():
+        out = hm.decoder(input_ids=ids, position_ids=pos, use_cache=True)
+    keys = hm.output_cache(out).layers[0].keys[0]  # (n_kv, L, d_h), post-RoPE
+    ref = keys.transpose(0, 1).reshape(5, -1).double().numpy()
+    got = rope_vectors(hm, ids[0].numpy(), pos[0].numpy(), space="layer0_keys")
+    np.testing.assert_allclose(got, ref, atol=1e-5)

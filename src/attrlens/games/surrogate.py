@@ -42,7 +42,7 @@ class LocalityGame(Game):
         self.feature_tokens = np.flatnonzero(owner >= 0)
         ids = np.asarray(inputs.prompt_ids)[self.feature_tokens]
         self.vectors = rope_vectors(inputs.model, ids, self.feature_tokens, space=space)
-        cfg = inputs.model.config
+        cfg = inputs.model.text_config
         self.info: dict[str, Any] = {
             "distance": "rwmd",
             "rwmd_masses": "uniform over feature tokens",

@@ -221,7 +221,7 @@ class WhiteBoxGame(Game):
         without recomputation: per token and layer about 10 hidden-size and 4
         intermediate-size vectors (norms, q/k/v/o, gated MLP) in the model's dtype, plus two
         (heads, S, S) maps (scores, probabilities) when attention is eager."""
-        cfg = self.model.model.config
+        cfg = self.model.text_config
         hidden = int(getattr(cfg, "hidden_size", 0) or 0)
         inter = int(getattr(cfg, "intermediate_size", 0) or 4 * hidden)
         heads = int(getattr(cfg, "num_attention_heads", 0) or 1)

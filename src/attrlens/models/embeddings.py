@@ -21,6 +21,7 @@ layer-0 keys) rotated at given positions by the model's own rotary module.
 from __future__ import annotations
 
 import abc
+import inspect
 import re
 import string
 from collections import Counter
@@ -289,6 +290,36 @@ def _head_dim(cfg: Any) -> int:
     return int(hd) if hd else int(cfg.hidden_size // cfg.num_attention_heads)
 
 
+def _layer0_keys(model: Any, emb: Any, d_h: int) -> Any:
+    """(L, n_kv, d_h) pre-RoPE layer-0 keys of embeddings ``emb``: k_proj(norm(E)), then
+    the layer's key norm where it has one (Qwen3, Gemma-3: per head; OLMoE: over all
+    heads)."""
+    layer = model.layers()[0]
+    norm = getattr(layer, "input_layernorm", None)
+    attn = getattr(layer, "self_attn", None)
+    k_proj = getattr(attn, "k_proj", None)
+    if norm is None or k_proj is None:
+        raise CapabilityError(
+            f"The surrogate {model.info.id} has no Llama-style layer-0 input_layernorm and "
+            f"self_attn.k_proj; use space='embed_rope' or 'plain'."
+        )
+    k_norm = getattr(attn, "k_norm", None)
+    width = getattr(getattr(k_norm, "weight", None), "shape", (None,))[-1]
+    with onloaded(layer):  # (device_map may have offloaded the layer's weights)
+        k = k_proj(norm(emb[None])[0])  # (L, n_kv * d_h)
+        if k_norm is not None and width == k.shape[-1] != d_h:
+            k = k_norm(k)
+        x = k.view(emb.shape[0], -1, d_h)
+        if k_norm is not None and width == d_h:
+            x = k_norm(x)
+        elif k_norm is not None and width != k.shape[-1]:
+            raise CapabilityError(
+                f"The surrogate {model.info.id} has a layer-0 key norm of width {width} "
+                f"(neither the head size {d_h} nor all heads); use space='embed_rope'."
+            )
+    return x
+
+
 def rope_vectors(
     model: Any,
     token_ids: np.ndarray,
@@ -319,7 +350,7 @@ def rope_vectors(
         if space == "plain":
             return emb.double().cpu().numpy()
         rot = model.rotary_module()
-        cfg = model.config
+        cfg = model.text_config
         d_h = _head_dim(cfg)
         if space == "embed_rope":
             if emb.shape[-1] % d_h:
@@ -329,17 +360,23 @@ def rope_vectors(
                 )
             x = emb.view(emb.shape[0], -1, d_h)
         else:
-            layer = model.layers()[0]
-            norm = getattr(layer, "input_layernorm", None)
-            k_proj = getattr(getattr(layer, "self_attn", None), "k_proj", None)
-            if norm is None or k_proj is None:
-                raise CapabilityError(
-                    f"The surrogate {model.info.id} has no Llama-style layer-0 "
-                    f"input_layernorm and self_attn.k_proj; use space='embed_rope' or 'plain'."
-                )
-            with onloaded(layer):  # (device_map may have offloaded the layer's weights)
-                x = k_proj(norm(emb[None])[0]).view(emb.shape[0], -1, d_h)
-        cos, sin = rot(x, pos[None])  # (1, L, r) each, in x's dtype; r <= d_h
+            x = _layer0_keys(model, emb, d_h)
+        # the rotation of the first layer, where layers differ (Gemma-3: local and global
+        # frequencies, one module with a layer_type argument, or a second module in
+        # transformers 4.x)
+        kind = (getattr(cfg, "layer_types", None) or ["full_attention"])[0]
+        kw = {}
+        if "layer_type" in inspect.signature(rot.forward).parameters:
+            kw["layer_type"] = kind
+        elif kind == "sliding_attention":
+            rot = getattr(model.decoder, "rotary_emb_local", rot)
+        rope = getattr(cfg, "rope_parameters", None) or getattr(cfg, "rope_scaling", None)
+        p = pos[None]
+        if "mrope_section" in (rope or {}):  # multimodal RoPE: text in all 3 sections
+            p = p[None].expand(3, 1, -1)
+        cos, sin = rot(x, p, **kw)  # (1, L, r) each, in x's dtype; r <= d_h
+        if cos.dim() == 4:  # (3, 1, L, r): transformers 4.x returns the sections apart
+            cos, sin = cos[0], sin[0]
         r = cos.shape[-1]  # partial rotary (GPT-NeoX, Phi): the first r of each head's dims
         out = _rotate(x[..., :r], cos[0], sin[0])
         if r < d_h:

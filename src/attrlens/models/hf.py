@@ -230,8 +230,9 @@ def cpu_auto_dtype(model: Any, *, model_id: str = "?") -> str:
     if avail is not None and need > avail // 2:
         log.info("not enough free memory to time bf16 on this CPU; using float32")
         return "float32"
-    vocab = int(getattr(model.config, "vocab_size", 0) or 2)
-    seq = max(2, min(64, int(getattr(model.config, "max_position_embeddings", 64) or 64)))
+    cfg = getattr(model.config, "get_text_config", lambda: model.config)()  # (multimodal)
+    vocab = int(getattr(cfg, "vocab_size", 0) or 2)
+    seq = max(2, min(64, int(getattr(cfg, "max_position_embeddings", 64) or 64)))
     gen = torch.Generator().manual_seed(0)
     ids = torch.randint(0, vocab, (2, seq), generator=gen)
     with torch.inference_mode():
@@ -721,8 +722,9 @@ class HFModel:
     @property
     def sliding_window(self) -> tuple[int | None, bool]:
         """(window, whether only some layers slide) of the model's attention; (None, False)
-        when no layer slides."""
-        cfg = self.model.config
+        when no layer slides (read from the language model's config: a multimodal
+        model's top config has none)."""
+        cfg = self.text_config
         window = getattr(cfg, "sliding_window", None)
         if not window or getattr(cfg, "use_sliding_window", True) is False:
             return None, False
@@ -733,7 +735,7 @@ class HFModel:
 
     @property
     def context_length(self) -> int:
-        cfg = self.model.config
+        cfg = self.text_config
         return int(getattr(cfg, "max_position_embeddings", None) or 2048)
 
     @property

@@ -148,7 +148,7 @@ class PrefixCache:
             raise RuntimeError("This transformers version has no cache layers to capture into.")
         from transformers import DynamicCache
 
-        n_layers = int(self.model.model.config.num_hidden_layers)
+        n_layers = int(self.model.text_config.num_hidden_layers)
         sink["n_layers"] = n_layers
         cache = DynamicCache()
         cache.layers = [layer_cls(None, None, p, capture=(sink, i, self.n_prompt))
