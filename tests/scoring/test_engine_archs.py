@@ -4,7 +4,8 @@ rotary (GPT-NeoX, Phi, GPT-J), query/key norms (Qwen3, OLMo-2), sliding layers (
 multi-query (GPTBigCode), attention outside transformers' attention
 interface (Falcon; attention methods read its output_attentions), ALiBi (Bloom, MPT: no shared prefix, plain rows), and heads whose logits
 the model transforms (Cohere's logit_scale, Granite's logits_scaling, Gemma-2's
-soft-capping); a mixture of experts (OLMoE); vision-language models explained on text (Gemma-3, Llava, Qwen2-VL with
+soft-capping, RecurrentGemma's logits_soft_cap); a mixture of experts (OLMoE); recurrent
+models (Mamba, and the hybrids Jamba and RecurrentGemma: plain rows); vision-language models explained on text (Gemma-3, Llava, Qwen2-VL with
 its multimodal RoPE)."""
 
 from __future__ import annotations
@@ -79,6 +80,18 @@ def _configs(tok) -> dict[str, tuple[str, str, dict]]:
         # a mixture of experts, with a key norm over all heads
         "olmoe": ("OlmoeConfig", "OlmoeForCausalLM",
                   {**gqa, "num_experts": 4, "num_experts_per_tok": 2}),
+        # recurrent (stateful) models, whole or hybrid: one plain row per prompt
+        "mamba": ("MambaConfig", "MambaForCausalLM",
+                  {"vocab_size": V, "hidden_size": 64, "num_hidden_layers": 2,
+                   "state_size": 8, **sp}),
+        "jamba": ("JambaConfig", "JambaForCausalLM",
+                  {**gqa, "attn_layer_period": 2, "attn_layer_offset": 1,
+                   "expert_layer_period": 2, "expert_layer_offset": 1, "num_experts": 2,
+                   "mamba_d_state": 8, "mamba_expand": 2, "use_mamba_kernels": False}),
+        # (and its logits soft-capped under another config key)
+        "recurrent_gemma": ("RecurrentGemmaConfig", "RecurrentGemmaForCausalLM",
+                            {**gqa, "lru_width": 64, "attention_window_size": 16,
+                             "block_types": ["recurrent", "attention"]}),
         # vision-language models explained on text (what AutoModelForCausalLM gives for
         # Gemma 3 and others): the language model inside, its config a sub-config
         "gemma3_vlm": ("Gemma3Config", "Gemma3ForConditionalGeneration",
@@ -132,7 +145,8 @@ def _scratch(hm, inp, out, L):
 
 
 ALIBI = {"bloom", "mpt"}
-LOGIT_MAP = {"cohere", "granite", "gemma2"}
+RECURRENT = {"mamba", "jamba", "recurrent_gemma"}
+LOGIT_MAP = {"cohere", "granite", "gemma2", "recurrent_gemma"}
 
 
 @pytest.mark.filterwarnings("ignore::FutureWarning")  # the reference passes Bloom positions
@@ -162,6 +176,9 @@ def test_engine_equals_plain_forwards_on_any_architecture(name) -> None:
     full = sum(len(x.ids) + len(out) for x in inputs)
     if name in ALIBI:  # positions ignored: plain rows, every row from scratch
         assert not positions
+        assert eng.counters["tokens_processed"] == full
+    elif name in RECURRENT:  # a recurrence reads every token of a row: plain rows
+        assert hm.stateful and not masks4d and positions == (name != "mamba")
         assert eng.counters["tokens_processed"] == full
     else:  # packed rows share the prompt's prefix
         assert positions and masks4d
@@ -359,3 +376,29 @@ def test_layer0_keys_equal_the_cached_keys(name) -> None:
     ref = keys.transpose(0, 1).reshape(5, -1).double().numpy()
     got = rope_vectors(hm, ids[0].numpy(), pos[0].numpy(), space="layer0_keys")
     np.testing.assert_allclose(got, ref, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", sorted(RECURRENT))
+def test_recurrent_models_get_gradients_and_refuse_beams_and_attention(name) -> None:
+    """On a recurrent model the gradient methods run (gradient x input equals autograd on
+    the model's own forward); GiLOT's cached beam search and the attention methods are
+    refused on one line (they crashed deep inside, or read only some layers)."""
+    import attrlens
+
+    hm = _model(name)
+    prompt, output = "The quick brown fox jumps over the lazy dog", " Because of it."
+    a = attrlens.explain(prompt, model=hm, method="grad_x_input", output=output, chat=False,
+                         granularity="token")
+    ids = np.asarray(hm.tokenize(prompt, add_special_tokens=False)[0])
+    out = np.asarray(hm.tokenize(output, add_special_tokens=False)[0])
+    seq = torch.as_tensor(np.concatenate([ids, out]))[None]
+    e = hm.model.get_input_embeddings()(seq).detach().requires_grad_(True)
+    lp = hm.model(inputs_embeds=e).logits[0].float().log_softmax(-1)
+    L = len(ids)
+    sum(lp[L - 1 + t, out[t]] for t in range(len(out))).backward()
+    ref = (e.grad[0] * e[0]).sum(-1)[:L].detach().numpy()
+    # (float32 scans in another order: up to ~1e-3 relative)
+    np.testing.assert_allclose(a.scores, ref, rtol=2e-3, atol=1e-5)
+    for method in ("gilot", "attention", "bta"):
+        with pytest.raises(CapabilityError, match="is recurrent"):
+            attrlens.explain(prompt, model=hm, method=method, output=output, chat=False)

@@ -345,6 +345,16 @@ class WhiteBoxGame(Game):
             )
         return out
 
+    def _require_attention(self) -> None:
+        """Refuse attention methods on a recurrent model (some or all layers are not
+        attention over the tokens)."""
+        if self.model.stateful:
+            raise CapabilityError(
+                f"The model {self.model.info.id} ({type(self.model.model).__name__}) is "
+                f"recurrent (state-space or linear-attention layers), so attention methods "
+                f"do not explain it; use a method without attention (loo, ig, ...)."
+            )
+
     def _check_attention_memory(self, b: int, s: int) -> None:
         """Refuse a forward whose ``output_attentions`` would hold every layer's weights at
         once, (b, heads, s, s) each, beyond half the device's free memory (the hooks of
@@ -443,6 +453,8 @@ class WhiteBoxGame(Game):
         rows_t = torch.as_tensor(self.output_rows, device=x.device)
         captured: dict[str, Any] = {}
         hook = None
+        if attention:
+            self._require_attention()
         from_outputs = attention and not self.model.hooks_attention
         if attention and not from_outputs:
             last = self.model.attention_module(self._layers()[-1])
@@ -507,6 +519,7 @@ class WhiteBoxGame(Game):
         MPT, models with their own code: every layer's heads at once)."""
         import torch
 
+        self._require_attention()
         if not self.model.hooks_attention:  # the model's own output_attentions
             with self._frozen(eager=True), torch.no_grad():
                 out = self._decode(self.embeddings()[None], attentions=True)

@@ -956,14 +956,27 @@ class HFModel:
         return torch.as_tensor([ids], device=self.device)
 
     @property
+    def stateful(self) -> bool:
+        """Whether some of the model's layers are recurrent (state-space or linear
+        attention: transformers' ``_is_stateful``), not attention over a key cache."""
+        return bool(getattr(type(self.model), "_is_stateful", False))
+
+    @property
     def packing(self) -> tuple[bool, bool]:
         """(honours ``position_ids``, honours 4-D additive attention masks): what the scoring
         engine's packed rows and shared prefix need. Probed once on a few tokens, by
         difference, so exact in any dtype: gapped positions must change the last hidden
         state (ALiBi models such as Bloom and MPT ignore them), and a 4-D mask that hides
         the last query's neighbour must change that query and no other (Bloom refuses 4-D
-        masks)."""
+        masks). A recurrent (stateful) model, in whole or in part (Mamba, RecurrentGemma,
+        Jamba, Qwen3-Next, ...: transformers' ``_is_stateful``) counts as refusing 4-D
+        masks: its recurrence runs through every token of a row, whatever a mask says, and
+        its state is not a cache of keys that a prefix could share."""
         got = self.__dict__.get("_packing")
+        if got is None and self.stateful:
+            got = self.__dict__["_packing"] = (self._probe_packing()[0], False)
+            log.info("%s: a recurrent model; the scoring engine runs each perturbed prompt in "
+                     "a row of its own, without a shared prefix", self.info.id)
         if got is None:
             got = self.__dict__["_packing"] = self._probe_packing()
             if not all(got):
@@ -1027,9 +1040,10 @@ class HFModel:
             return float(v) if ok else None
 
         cands: list[tuple[str, Any]] = []
-        cap = num("final_logit_softcapping")
-        if cap:
-            cands.append((f"soft-capping at {cap:g}", lambda z: torch.tanh(z / cap) * cap))
+        for key in ("final_logit_softcapping", "logits_soft_cap"):  # Gemma-2/3, RecurrentGemma
+            if (cap := num(key)) is not None:
+                cands.append((f"soft-capping at {cap:g}",
+                              lambda z, cap=cap: torch.tanh(z / cap) * cap))
         for key in ("logit_scale", "lm_head_multiplier"):
             if (f := num(key)) is not None:
                 cands.append((f"x {key}", lambda z, f=f: z * f))
@@ -1043,13 +1057,16 @@ class HFModel:
             hid = self.decoder(input_ids=x, use_cache=False).last_hidden_state[0]
             ours = self._head_logits(hid).to(full.device)
         tol = 1e-2 * (1.0 + float(full.abs().max()))
-        for name, fn in cands:
-            err = float(((fn(ours) if fn else ours) - full).abs().max())
-            if err <= tol:
-                self.__dict__["_logit_map_v"] = fn
-                if fn is not None:
-                    log.info("%s: logits = %s of the head's output", self.info.id, name)
-                return fn
+        # the closest candidate (a soft cap far above small probe logits is close to none)
+        errs = [float(((fn(ours) if fn else ours) - full).abs().max()) for _n, fn in cands]
+        best = min(range(len(errs)), key=errs.__getitem__)
+        name, fn = cands[best]
+        err = errs[best]
+        if err <= tol:
+            self.__dict__["_logit_map_v"] = fn
+            if fn is not None:
+                log.info("%s: logits = %s of the head's output", self.info.id, name)
+            return fn
         raise CapabilityError(
             f"The model {self.info.id} does something to its LM head's output that attrlens "
             f"does not know (max |difference| {err:.3g} from its own logits on a probe; "

@@ -42,7 +42,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import InputError
+from ..errors import CapabilityError, InputError
 from .cache import PrefixCache, new_dynamic_cache
 
 MASKER_KINDS = ("attention_off", "delete", "replace")
@@ -224,6 +224,13 @@ class BeamRunner:
 
     def __post_init__(self) -> None:
         self.prompt_ids = np.asarray(self.prompt_ids, dtype=np.int64)
+        if getattr(self.model, "stateful", False):
+            raise CapabilityError(
+                f"The model {self.model.info.id} ({type(self.model.model).__name__}) is "
+                f"recurrent (state-space or linear-attention layers): GiLOT's beam search "
+                f"reorders a key/value cache per beam, which such a model does not keep; use "
+                f"a method that scores a fixed output (loo, kernel_shap, spex, ig, ...)."
+            )
         if self.prefix is not None and not self.prefix.matches(self.model, self.prompt_ids):
             raise InputError("The shared prefix cache belongs to another model or prompt.")
         self._cache = self.prefix or PrefixCache(self.model, self.prompt_ids)
