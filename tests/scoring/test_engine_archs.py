@@ -5,7 +5,7 @@ multi-query (GPTBigCode), attention outside transformers' attention
 interface (Falcon; attention methods read its output_attentions), ALiBi (Bloom, MPT: no shared prefix, plain rows), and heads whose logits
 the model transforms (Cohere's logit_scale, Granite's logits_scaling, Gemma-2's
 soft-capping, RecurrentGemma's logits_soft_cap); a mixture of experts (OLMoE); recurrent
-models (Mamba, and the hybrids Jamba and RecurrentGemma: plain rows); vision-language models explained on text (Gemma-3, Llava, Qwen2-VL with
+models (Mamba, and the hybrids Jamba, RecurrentGemma and Qwen3-Next: plain rows); vision-language models explained on text (Gemma-3, Llava, Qwen2-VL with
 its multimodal RoPE)."""
 
 from __future__ import annotations
@@ -27,6 +27,8 @@ PROMPT = "The quick brown fox jumps over the lazy dog. Explain why the sky is bl
 
 
 def _configs(tok) -> dict[str, tuple[str, str, dict]]:
+    import transformers
+
     sp = {"eos_token_id": tok.eos_token_id, "pad_token_id": tok.pad_token_id,
           "bos_token_id": tok.bos_token_id}
     V = len(tok)
@@ -88,6 +90,16 @@ def _configs(tok) -> dict[str, tuple[str, str, dict]]:
                   {**gqa, "attn_layer_period": 2, "attn_layer_offset": 1,
                    "expert_layer_period": 2, "expert_layer_offset": 1, "num_experts": 2,
                    "mamba_d_state": 8, "mamba_expand": 2, "use_mamba_kernels": False}),
+        # linear attention (gated delta rule) and attention layers, experts (5.x only)
+        **({"qwen3_next": ("Qwen3NextConfig", "Qwen3NextForCausalLM",
+                           {**gqa, "head_dim": 16,
+                            "layer_types": ["linear_attention", "full_attention"],
+                            "linear_num_value_heads": 2, "linear_num_key_heads": 2,
+                            "linear_key_head_dim": 16, "linear_value_head_dim": 16,
+                            "linear_conv_kernel_dim": 4, "num_experts": 2,
+                            "num_experts_per_tok": 1, "moe_intermediate_size": 32,
+                            "shared_expert_intermediate_size": 32})}
+           if hasattr(transformers, "Qwen3NextConfig") else {}),
         # (and its logits soft-capped under another config key)
         "recurrent_gemma": ("RecurrentGemmaConfig", "RecurrentGemmaForCausalLM",
                             {**gqa, "lru_width": 64, "attention_window_size": 16,
@@ -145,7 +157,7 @@ def _scratch(hm, inp, out, L):
 
 
 ALIBI = {"bloom", "mpt"}
-RECURRENT = {"mamba", "jamba", "recurrent_gemma"}
+RECURRENT = {"mamba", "jamba", "recurrent_gemma", "qwen3_next"}
 LOGIT_MAP = {"cohere", "granite", "gemma2", "recurrent_gemma"}
 
 
@@ -378,7 +390,7 @@ def test_layer0_keys_equal_the_cached_keys(name) -> None:
     np.testing.assert_allclose(got, ref, atol=1e-5)
 
 
-@pytest.mark.parametrize("name", sorted(RECURRENT))
+@pytest.mark.parametrize("name", sorted(RECURRENT & set(_configs(make_tiny_tokenizer()))))
 def test_recurrent_models_get_gradients_and_refuse_beams_and_attention(name) -> None:
     """On a recurrent model the gradient methods run (gradient x input equals autograd on
     the model's own forward); GiLOT's cached beam search and the attention methods are
