@@ -100,10 +100,12 @@ def _configs(tok) -> dict[str, tuple[str, str, dict]]:
                             "num_experts_per_tok": 1, "moe_intermediate_size": 32,
                             "shared_expert_intermediate_size": 32})}
            if hasattr(transformers, "Qwen3NextConfig") else {}),
-        # (and its logits soft-capped under another config key)
-        "recurrent_gemma": ("RecurrentGemmaConfig", "RecurrentGemmaForCausalLM",
-                            {**gqa, "lru_width": 64, "attention_window_size": 16,
-                             "block_types": ["recurrent", "attention"]}),
+        # (and its logits soft-capped under another config key; refused on transformers
+        # 4.x, which keeps its recurrent state in the modules between calls)
+        **({"recurrent_gemma": ("RecurrentGemmaConfig", "RecurrentGemmaForCausalLM",
+                                {**gqa, "lru_width": 64, "attention_window_size": 16,
+                                 "block_types": ["recurrent", "attention"]})}
+           if int(transformers.__version__.split(".")[0]) >= 5 else {}),
         # vision-language models explained on text (what AutoModelForCausalLM gives for
         # Gemma 3 and others): the language model inside, its config a sub-config
         "gemma3_vlm": ("Gemma3Config", "Gemma3ForConditionalGeneration",
@@ -190,7 +192,7 @@ def test_engine_equals_plain_forwards_on_any_architecture(name) -> None:
         assert not positions
         assert eng.counters["tokens_processed"] == full
     elif name in RECURRENT:  # a recurrence reads every token of a row: plain rows
-        assert hm.stateful and not masks4d and positions == (name != "mamba")
+        assert hm.stateful and not masks4d
         assert eng.counters["tokens_processed"] == full
     else:  # packed rows share the prompt's prefix
         assert positions and masks4d
@@ -409,8 +411,23 @@ def test_recurrent_models_get_gradients_and_refuse_beams_and_attention(name) -> 
     L = len(ids)
     sum(lp[L - 1 + t, out[t]] for t in range(len(out))).backward()
     ref = (e.grad[0] * e[0]).sum(-1)[:L].detach().numpy()
-    # (float32 scans in another order: up to ~1e-3 relative)
-    np.testing.assert_allclose(a.scores, ref, rtol=2e-3, atol=1e-5)
+    # (float32 scans in another order)
+    np.testing.assert_allclose(a.scores, ref, rtol=2e-3, atol=5e-5)
     for method in ("gilot", "attention", "bta"):
         with pytest.raises(CapabilityError, match="is recurrent"):
             attrlens.explain(prompt, model=hm, method=method, output=output, chat=False)
+
+
+def test_recurrent_gemma_on_transformers_4_is_refused() -> None:
+    import transformers
+
+    if int(transformers.__version__.split(".")[0]) >= 5:
+        pytest.skip("transformers 5 resets RecurrentGemma's state per call (tested above)")
+    tok = make_tiny_tokenizer()
+    cfg = transformers.RecurrentGemmaConfig(
+        vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, lru_width=64,
+        attention_window_size=16, block_types=["recurrent", "attention"])
+    model = transformers.RecurrentGemmaForCausalLM(cfg).eval()
+    with pytest.raises(CapabilityError, match="use transformers >= 5"):
+        wrap_model(model, tok)

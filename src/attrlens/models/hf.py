@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from ..errors import BackendError, InputError, ParameterError
+from ..errors import BackendError, CapabilityError, InputError, ParameterError
 from .base import ModelInfo
 
 log = logging.getLogger(__name__)
@@ -698,6 +698,15 @@ class HFModel:
                 "attrlens needs a fast (Rust) tokenizer for char offsets; this model's "
                 "tokenizer is a slow one. Save the model with a tokenizer.json."
             )
+        import transformers
+
+        if (type(model).__name__.startswith("RecurrentGemma")
+                and int(transformers.__version__.split(".")[0]) < 5):
+            raise CapabilityError(
+                "RecurrentGemma on transformers 4.x keeps its recurrent state in its modules "
+                "from one call to the next (reset only by a cached prefill), so perturbed "
+                "prompts would read each other's state; use transformers >= 5."
+            )
         self._cache_kwarg: str | None = None
         # scoring's float32 head of a bf16 model on the CPU's bf16 matrix units (exact:
         # :func:`bf16_products`); False: plain float32 products
@@ -828,8 +837,6 @@ class HFModel:
         Bloom, GPT-J) or ``blocks`` (MPT)."""
         import torch
 
-        from ..errors import CapabilityError
-
         for name in ("layers", "h", "blocks"):
             mods = getattr(self.decoder, name, None)
             if isinstance(mods, torch.nn.ModuleList) and len(mods):
@@ -844,8 +851,6 @@ class HFModel:
         (their forward hooks take ``(output, weights)``): models whose attention runs
         through transformers' attention interface only."""
         import torch
-
-        from ..errors import CapabilityError
 
         if self.hooks_attention:
             for name in ("self_attn", "attn", "attention", "self_attention"):
@@ -1029,8 +1034,6 @@ class HFModel:
         if "_logit_map_v" in self.__dict__:
             return self.__dict__["_logit_map_v"]
         import torch
-
-        from ..errors import CapabilityError
 
         cfg = self.text_config
 
@@ -1216,8 +1219,6 @@ class HFModel:
 
     def rotary_module(self) -> Any:
         """The model's rotary-embedding module (RoPE models), or raise CapabilityError."""
-        from ..errors import CapabilityError
-
         rot = getattr(self.decoder, "rotary_emb", None)
         if rot is None:
             raise CapabilityError(
