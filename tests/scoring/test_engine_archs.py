@@ -237,13 +237,11 @@ def test_a_head_transform_attrlens_does_not_know_is_refused(tiny_model) -> None:
         hm.output_logits(torch.zeros(1, m.config.hidden_size))
 
 
-@pytest.mark.parametrize("name", ["gpt2", "gpt_neox", "gemma3_vlm", "llava", "qwen2_vl"])
-def test_gradient_and_attention_methods_on_other_decoders(name) -> None:
-    """Blocks under ``h`` (GPT-2) and attention modules named ``attn``/``attention``:
-    gradient x input equals a direct autograd computation; attention maps are read."""
+def _check_grad_x_input(hm, **tol) -> tuple[str, str]:
+    """Gradient x input on a fixed prompt and output equals autograd through the model's
+    own forward, within ``tol``; returns (prompt, output)."""
     import attrlens
 
-    hm = _model(name)
     prompt, output = "The quick brown fox jumps over the lazy dog", " Because of it."
     a = attrlens.explain(prompt, model=hm, method="grad_x_input", output=output, chat=False,
                          granularity="token")
@@ -257,7 +255,18 @@ def test_gradient_and_attention_methods_on_other_decoders(name) -> None:
     sum(lp[L - 1 + t, out[t]] for t in range(len(out))).backward()
     ref = (e.grad[0] * e[0]).sum(-1)[:L].detach().numpy()
     assert a.n_features == L
-    np.testing.assert_allclose(a.scores, ref, atol=1e-5)
+    np.testing.assert_allclose(a.scores, ref, **tol)
+    return prompt, output
+
+
+@pytest.mark.parametrize("name", ["gpt2", "gpt_neox", "gemma3_vlm", "llava", "qwen2_vl"])
+def test_gradient_and_attention_methods_on_other_decoders(name) -> None:
+    """Blocks under ``h`` (GPT-2) and attention modules named ``attn``/``attention``:
+    gradient x input equals a direct autograd computation; attention maps are read."""
+    import attrlens
+
+    hm = _model(name)
+    prompt, output = _check_grad_x_input(hm, atol=1e-5)
     att = attrlens.explain(prompt, model=hm, method="attention", output=output, chat=False,
                            granularity="token")
     assert np.all(np.asarray(att.scores) >= 0) and np.ptp(att.scores) > 1e-3
@@ -400,19 +409,8 @@ def test_recurrent_models_get_gradients_and_refuse_beams_and_attention(name) -> 
     import attrlens
 
     hm = _model(name)
-    prompt, output = "The quick brown fox jumps over the lazy dog", " Because of it."
-    a = attrlens.explain(prompt, model=hm, method="grad_x_input", output=output, chat=False,
-                         granularity="token")
-    ids = np.asarray(hm.tokenize(prompt, add_special_tokens=False)[0])
-    out = np.asarray(hm.tokenize(output, add_special_tokens=False)[0])
-    seq = torch.as_tensor(np.concatenate([ids, out]))[None]
-    e = hm.model.get_input_embeddings()(seq).detach().requires_grad_(True)
-    lp = hm.model(inputs_embeds=e).logits[0].float().log_softmax(-1)
-    L = len(ids)
-    sum(lp[L - 1 + t, out[t]] for t in range(len(out))).backward()
-    ref = (e.grad[0] * e[0]).sum(-1)[:L].detach().numpy()
     # (float32 scans in another order)
-    np.testing.assert_allclose(a.scores, ref, rtol=2e-3, atol=5e-5)
+    prompt, output = _check_grad_x_input(hm, rtol=2e-3, atol=5e-5)
     for method in ("gilot", "attention", "bta"):
         with pytest.raises(CapabilityError, match="is recurrent"):
             attrlens.explain(prompt, model=hm, method=method, output=output, chat=False)

@@ -870,8 +870,8 @@ def evaluate(
         _run_local(runner, groups, on_record)
     else:
         _run_ray(_model_for_ray(runner.model), config, seed, groups, workers=workers,
-                 address=address,
-                 on_record=on_record, share_cache=share_cache, target_url=target_url)
+                 address=address, on_record=on_record, share_cache=share_cache,
+                 target_url=target_url)
 
     wanted = set(keys)
     records = [r for r in store.records() if r["key"] in wanted]
