@@ -4,7 +4,6 @@ explainer on the contract, and the analysis use cases on its attributions."""
 from __future__ import annotations
 
 import functools
-import time
 
 import numpy as np
 import pytest
@@ -478,11 +477,8 @@ def test_query_weight_of_a_marked_prompt(tiny_model):
 # ---- the embedded model ------------------------------------------------------------------------
 @pytest.mark.integration
 def test_gilot_on_the_default_model(default_model):
-    t0 = time.perf_counter()
     a = attrlens.explain("Name the capital of France.", model=default_model, method="gilot",
                          beams=4, horizon=4)
-    wall = time.perf_counter() - t0
-    assert wall < 60
     assert np.all(np.isfinite(a.scores)) and np.all(a.scores >= 0) and a.scores.max() > 0
     mass = a.extra["metadata"]["beam_mass"]
     assert len(mass) == 4 and mass[0] == pytest.approx(1.0) and 0 < mass[-1] <= 1

@@ -208,6 +208,25 @@ def test_gguf_its_directory_copy_and_the_object_give_the_same_scores() -> None:
     assert np.abs(a).max() > 1e-4
 
 
+@pytest.mark.integration
+def test_gguf_prompt_tokens_follow_the_files_bos_flag_as_llama_cpp_does(llama_server) -> None:
+    """SmolLM2's GGUF says add_bos_token = false. transformers 4.x converted it into a
+    tokenizer that prepends BOS, so a plain (chat=False) prompt scored other tokens there than
+    on 5.x or on llama.cpp serving the same file (the first sentence's LOO score of a long
+    prompt: 0.78 vs 0.001). The embedded model's plain prompt is llama.cpp's tokenization."""
+    import httpx
+
+    from attrlens.api import prepare
+
+    m = load_model(device="cpu", dtype="float32")
+    text = "Sentence one says the river. Sentence two says the stone."
+    inputs, _ = prepare(text, model=m, output=" The river.", chat=False)
+    served = httpx.post(llama_server.url + "/tokenize",
+                        json={"content": text, "add_special": True}, timeout=30).json()["tokens"]
+    assert [int(i) for i in inputs.prompt_ids] == served
+    assert int(inputs.prompt_ids[0]) != m.tokenizer.bos_token_id
+
+
 # ---- no deprecated transformers calls ----------------------------------------------------
 class _Collect(logging.Handler):
     def __init__(self) -> None:

@@ -337,6 +337,39 @@ def _from_pretrained(src: Path, *, dtype: str | None, device: str, **kwargs: Any
     return AutoModelForCausalLM.from_pretrained(str(src), dtype=torch_dtype, **extra, **kwargs)
 
 
+def _gguf_flags(file: Path) -> dict[str, bool]:
+    """The GGUF file's ``tokenizer.ggml.add_bos_token`` / ``add_eos_token`` flags, where set."""
+    from gguf import GGUFReader
+
+    out: dict[str, bool] = {}
+    reader = GGUFReader(str(file))
+    for flag in ("add_bos_token", "add_eos_token"):
+        field = reader.fields.get(f"tokenizer.ggml.{flag}")
+        if field is not None and field.data:
+            out[flag] = bool(field.parts[field.data[0]][0])
+    return out
+
+
+def _follow_gguf_special_tokens(tok: Any, file: Path) -> bool:
+    """Make the tokenizer add BOS/EOS as the GGUF file says. transformers 4.x converts a GGUF
+    tokenizer whose file says ``add_bos_token = false`` (SmolLM2's) into one that prepends
+    BOS to every plain prompt (5.x follows the file): the same weights would then score other
+    token sequences than on 5.x or on llama.cpp serving the same file. True if it changed
+    the tokenizer."""
+    changed = False
+    for flag, want in _gguf_flags(file).items():
+        if getattr(tok, flag, want) != want:
+            changed = True
+            try:
+                setattr(tok, flag, want)  # the fast tokenizers rebuild their post-processor
+            except (AttributeError, ValueError) as exc:
+                raise BackendError(
+                    f"The GGUF file '{file}' sets {flag}={want}, which this tokenizer "
+                    f"({type(tok).__name__}) cannot follow: {exc}. Upgrade transformers."
+                ) from exc
+    return changed
+
+
 def _load(file: Path, *, model_id: str, device: str, dtype: str | None, cache: bool,
           trust_remote_code: bool = False) -> HFModel:
     """Load ``file`` on ``device`` in ``dtype`` (None: measured on the CPU, see
@@ -382,6 +415,9 @@ def _load(file: Path, *, model_id: str, device: str, dtype: str | None, cache: b
                     f"{str(exc).splitlines()[0] if str(exc) else ''}. Is it a GGUF of a "
                     f"transformers-supported architecture?"
                 ) from exc
+        if _follow_gguf_special_tokens(tok, file) and "gguf_file" not in kwargs:
+            with contextlib.suppress(OSError):  # heal a copy written before this check
+                tok.save_pretrained(copy)
         if cache and "gguf_file" in kwargs:
             try:
                 tmp = copy.with_name(copy.name + f".tmp{os.getpid()}")
