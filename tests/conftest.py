@@ -54,6 +54,42 @@ def make_tiny_tokenizer():
     return fast
 
 
+def make_sentencepiece_tokenizer():
+    """A Llama-2 / Mistral style tokenizer (SentencePiece BPE as transformers converts it):
+    spaces become "▁", a "▁" is put before every text it is given, BOS is added, byte
+    fallback; ChatML tokens. Its merges were learnt within words, as SentencePiece's are."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+    from tokenizers.processors import TemplateProcessing
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(byte_fallback=True, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="always")
+    trainer = trainers.BpeTrainer(
+        vocab_size=700,
+        special_tokens=["<unk>", "<s>", "</s>", "<|im_start|>", "<|im_end|>"],
+        initial_alphabet=[f"<0x{i:02X}>" for i in range(256)],
+        show_progress=False,
+    )
+    tok.train_from_iterator(_CORPUS, trainer=trainer)
+    tok.pre_tokenizer = None  # the legacy Llama-2 layout: all of it in the normalizer
+    tok.normalizer = normalizers.Sequence(
+        [normalizers.Prepend("\u2581"), normalizers.Replace(" ", "\u2581")]
+    )
+    tok.decoder = decoders.Sequence(
+        [decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse(),
+         decoders.Strip(" ", 1, 0)]
+    )
+    tok.post_processor = TemplateProcessing(
+        single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", tok.token_to_id("<s>"))]
+    )
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>",
+        pad_token="</s>",
+    )
+    fast.chat_template = CHATML
+    return fast
+
+
 def make_tiny_model(seed: int = 0, *, n_layers: int = 2):
     """An HFModel around a randomly initialised 2-layer Llama (RoPE, GQA)."""
     import torch

@@ -248,7 +248,7 @@ def prepare(
     from .scoring.engine import ScoringEngine
     from .scoring.targets import make_target
     from .text.mask import MASKERS, Masker
-    from .text.prompt import build_prompt, tokenize_text
+    from .text.prompt import build_prompt, tokenize_output, tokenize_text
     from .text.segment import GRANULARITIES, segment
 
     check_param("explain", "max_new_tokens", max_new_tokens, kind=int, low=1)
@@ -290,7 +290,8 @@ def prepare(
     else:
         if not isinstance(output, str):
             raise InputError("The output must be a string.")
-        output_ids, _ = tokenize_text(model, output)
+        output_ids = tokenize_output(model, pr.text, pr.regions, prompt_ids, output,
+                                     add_special_tokens=not pr.chat)
         if not output_ids:
             raise InputError(
                 f"The output text {output!r} tokenizes to nothing; give a non-empty output."
@@ -309,7 +310,8 @@ def prepare(
     if target == "contrastive":
         if not contrast:
             raise InputError("The contrastive target needs --contrast-text (the alternative).")
-        alt_ids, _ = tokenize_text(model, contrast)
+        alt_ids = tokenize_output(model, pr.text, pr.regions, prompt_ids, contrast,
+                                  add_special_tokens=not pr.chat)
         if not alt_ids:
             raise InputError(f"The contrast text {contrast!r} tokenizes to nothing.")
         alt_engine = ScoringEngine(model, prompt_ids, alt_ids, prefix_reuse=prefix_reuse)

@@ -204,3 +204,30 @@ def tokenize_text(
         out_ids += got
         out_off += [(s + a, e + a) for s, e in offs]
     return out_ids, out_off
+
+
+def tokenize_output(
+    model: Any,
+    prompt_text: str,
+    regions: Sequence[tuple[int, int]],
+    prompt_ids: Sequence[int],
+    output: str,
+    *,
+    add_special_tokens: bool = False,
+) -> list[int]:
+    """Token ids of ``output`` as the continuation of the prompt: the tokens that follow the
+    prompt's own tokens when prompt and output are tokenized together. A tokenizer that marks
+    the start of every text it is given (SentencePiece's "▁" prefix: Llama-2, Mistral) turns
+    " Paris" alone into an extra "▁" token and "▁Paris", which no model writes after a prompt;
+    together it is "▁Paris". Where the joint tokens do not start with the prompt's (the
+    output's first characters merge with the prompt's last token), the output's tokens alone.
+    The output is read as text (control-token strings in it stay text)."""
+    alone, _ = tokenize_text(model, output)
+    end = len(prompt_text)
+    joint, _ = tokenize_text(model, prompt_text + output,
+                             [*map(tuple, regions), (end, end + len(output))],
+                             add_special_tokens=add_special_tokens)
+    n = len(prompt_ids)
+    if len(joint) > n and list(joint[:n]) == list(prompt_ids):
+        return list(joint[n:])
+    return list(alone)

@@ -1,0 +1,91 @@
+"""SentencePiece-style tokenizers (Llama-2, Mistral): spaces as "▁", a "▁" put before every
+text the tokenizer is given, BOS added. Given outputs are tokenized as the prompt's
+continuation, words own their "▁", and the engine's LOO equals plain forwards."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from conftest import make_sentencepiece_tokenizer
+
+import attrlens
+from attrlens.api import prepare
+from attrlens.models.base import ModelInfo
+from attrlens.models.hf import HFModel
+from attrlens.text.prompt import build_prompt, tokenize_output, tokenize_text
+
+PROMPT = "The quick brown fox jumps over the lazy dog."
+OUTPUT = " A stitch in time."
+
+
+@pytest.fixture(scope="module")
+def spm_model():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tok = make_sentencepiece_tokenizer()
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128,
+                      num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                      max_position_embeddings=512, bos_token_id=tok.bos_token_id,
+                      eos_token_id=tok.eos_token_id, tie_word_embeddings=False)
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(cfg)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(3.0)
+    return HFModel(model.eval(), tok, info=ModelInfo("tiny-spm-test", None))
+
+
+@pytest.mark.parametrize("chat", [False, True])
+def test_given_output_is_tokenized_as_the_prompts_continuation(spm_model, chat):
+    tok = spm_model.tokenizer
+    alone = tok(OUTPUT, add_special_tokens=False)["input_ids"]
+    assert tok.convert_ids_to_tokens(alone)[:2] == ["\u2581", "\u2581A"]  # the case at hand
+    inputs, _ = prepare(PROMPT, model=spm_model, output=OUTPUT, chat=chat)
+    out = [int(i) for i in inputs.output_ids]
+    assert tok.convert_ids_to_tokens(out) == ["\u2581A", "\u2581stitch", "\u2581in", "\u2581tim",
+                                              "e."]
+    joint = tok(inputs.prompt.text + OUTPUT, add_special_tokens=not chat)["input_ids"]
+    assert joint == [int(i) for i in inputs.prompt_ids] + out
+    assert tok.decode(out) == OUTPUT.strip()
+
+
+def test_byte_level_outputs_keep_their_own_tokens(tiny_model):
+    for chat in (False, True):
+        inputs, _ = prepare(PROMPT, model=tiny_model, output=OUTPUT, chat=chat)
+        alone, _ = tokenize_text(tiny_model, OUTPUT)
+        assert [int(i) for i in inputs.output_ids] == alone
+
+
+def test_output_that_merges_into_the_prompt_is_tokenized_alone(spm_model):
+    pr = build_prompt("The lazy do", spm_model, chat=False)
+    ids, _ = tokenize_text(spm_model, pr.text, pr.regions, add_special_tokens=True)
+    joint = spm_model.tokenizer(pr.text + "g.", add_special_tokens=True)["input_ids"]
+    assert joint[: len(ids)] != ids  # "▁do" + "g." became "▁dog."
+    got = tokenize_output(spm_model, pr.text, pr.regions, ids, "g.", add_special_tokens=True)
+    assert got == tokenize_text(spm_model, "g.")[0]
+
+
+@pytest.mark.parametrize("chat", [False, True])
+def test_loo_on_sentencepiece_words_equals_plain_forwards(spm_model, chat):
+    res = attrlens.explain(PROMPT, model=spm_model, method="loo", output=OUTPUT, chat=chat)
+    assert res.labels == PROMPT.split(" ")
+    inputs, _ = prepare(PROMPT, model=spm_model, output=OUTPUT, chat=chat)
+    ids = [int(i) for i in inputs.prompt_ids]
+    out = [int(i) for i in inputs.output_ids]
+    owner = np.asarray(inputs.features.token_features())
+    words = [spm_model.tokenizer.convert_ids_to_tokens(ids[t]) for t in np.flatnonzero(owner >= 0)]
+    assert all(w.lstrip("\u2581") for w in words) and sum(w.startswith("\u2581") for w in words) >= 8
+
+    def logp(keep):  # the delete masker: kept tokens keep their positions
+        pos = [p for p, k in enumerate(keep) if k] + list(range(len(ids), len(ids) + len(out)))
+        seq = [t for t, k in zip(ids, keep) if k] + out
+        with torch.no_grad():
+            lp = spm_model.model(input_ids=torch.tensor([seq]),
+                                 position_ids=torch.tensor([pos])).logits[0].log_softmax(-1)
+        n = int(sum(keep))
+        return float(sum(lp[n - 1 + j, o] for j, o in enumerate(out))) / len(out)  # mean
+
+    full = logp([True] * len(ids))
+    for f in range(len(res.labels)):
+        assert res.scores[f] == pytest.approx(full - logp(owner != f), abs=1e-4)
