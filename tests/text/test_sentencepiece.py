@@ -89,3 +89,22 @@ def test_loo_on_sentencepiece_words_equals_plain_forwards(spm_model, chat):
     full = logp([True] * len(ids))
     for f in range(len(res.labels)):
         assert res.scores[f] == pytest.approx(full - logp(owner != f), abs=1e-4)
+
+
+def test_word_vectors_leave_out_the_bare_space_token(spm_model, tiny_model):
+    """gSMILE's word vectors (mean input embedding of " word"): " fox" is a bare "▁" and
+    "▁fox" here; the space's row is not the word's."""
+    from attrlens.models.embeddings import ModelInputEmbeddings
+
+    tok = spm_model.tokenizer
+    assert tok.convert_ids_to_tokens(tok(" fox", add_special_tokens=False)["input_ids"]) == [
+        "\u2581", "\u2581fox"]
+    w = spm_model.embedding_matrix().float().numpy()
+    got = ModelInputEmbeddings(spm_model).vectors(["fox", "lazy"])
+    np.testing.assert_allclose(got[0], w[tok.convert_tokens_to_ids("\u2581fox")], atol=1e-7)
+    np.testing.assert_allclose(got[1], w[tok.convert_tokens_to_ids("\u2581lazy")], atol=1e-7)
+    # a byte-level tokenizer's " fox" has no bare-space token: its vector is the mean as before
+    ids, _ = tiny_model.tokenize(" fox")
+    wt = tiny_model.embedding_matrix().float().numpy()
+    np.testing.assert_allclose(ModelInputEmbeddings(tiny_model).vectors(["fox"])[0],
+                               wt[ids].mean(0), atol=1e-7)

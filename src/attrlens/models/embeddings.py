@@ -85,7 +85,8 @@ class ModelInputEmbeddings(_CachedEmbeddings):
     """Word vectors from a language model's input-embedding matrix (no download).
 
     A word's vector is the mean of the embedding rows of its tokens, tokenised with a
-    leading space (the form a word takes inside running text for byte-level BPE).
+    leading space (the form a word takes inside running text), tokens of the space alone
+    left out.
     model: an ``HFModel`` (``.tokenize``, ``.input_embeddings``, ``.info``).
     """
 
@@ -102,7 +103,12 @@ class ModelInputEmbeddings(_CachedEmbeddings):
     def _embed(self, words: list[str]) -> np.ndarray:
         out = np.empty((len(words), self._weight.shape[1]), dtype=np.float64)
         for i, w in enumerate(words):
-            ids, _ = self.model.tokenize(" " + w)
+            text = " " + w
+            ids, offsets = self.model.tokenize(text)
+            # a SentencePiece tokenizer (Llama-2, Mistral) gives " w" as a bare "▁" and "▁w":
+            # tokens of the space alone are not the word's
+            word = [t for t, (a, b) in zip(ids, offsets) if text[a:b].strip()]
+            ids = word or ids
             if not ids:  # cannot happen for non-blank words, but never divide by zero
                 ids, _ = self.model.tokenize(w)
             out[i] = self._weight[ids].mean(0)
