@@ -161,3 +161,27 @@ def test_mask_spans_deletes_or_replaces_keeping_whitespace():
     # a window of the text, absolute offsets
     assert mask_spans(text, [(3, 7)], start=0, end=11) == "The sat"
     assert mask_spans(text, [(3, 4)], replacement="<unk>") == text  # blank span kept
+
+
+def test_a_chat_template_that_refuses_the_messages_gives_one_line(tiny_model):
+    """Templates raise on messages they do not take (Gemma: no system role; Llama-2 and
+    Mistral: roles must alternate); that is the user's input, said on one line."""
+    import copy
+
+    from attrlens.models.hf import HFModel
+
+    tok = copy.deepcopy(tiny_model.tokenizer)
+    tok.chat_template = (
+        "{% for m in messages %}{% if m['role'] == 'system' %}"
+        "{{ raise_exception('System role not supported') }}{% endif %}"
+        "{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>\\n' }}{% endfor %}"
+        "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+    )
+    model = HFModel(tiny_model.model, tok, info=tiny_model.info)
+    ok = build_prompt([{"role": "user", "content": "Hi there"}], model)
+    assert ok.chat and "Hi there" in ok.text
+    with pytest.raises(InputError, match="refused the messages \\(system/user\\): System role "
+                                         "not supported") as ei:
+        build_prompt([{"role": "system", "content": "Be terse."},
+                      {"role": "user", "content": "Hi there"}], model)
+    assert "\n" not in str(ei.value)

@@ -882,9 +882,19 @@ class HFModel:
                 "This model's tokenizer has no chat template; pass a plain text prompt "
                 "(or use --raw) instead of chat messages."
             )
-        return self.tokenizer.apply_chat_template(
-            messages, tokenize=False, add_generation_prompt=add_generation_prompt
-        )
+        from jinja2.exceptions import TemplateError
+
+        try:
+            return self.tokenizer.apply_chat_template(
+                messages, tokenize=False, add_generation_prompt=add_generation_prompt
+            )
+        except TemplateError as exc:  # the template's own raise_exception(...)
+            roles = "/".join(m.get("role", "?") for m in messages)
+            raise InputError(
+                f"This model's chat template refused the messages ({roles}): {exc}. Give "
+                f"messages in the form its template accepts (e.g. no system message, or "
+                f"alternating user/assistant), or a plain prompt with --raw."
+            ) from exc
 
     def tokenize(self, text: str, *, add_special_tokens: bool = False) -> tuple[list[int], list[tuple[int, int]]]:
         """Token ids and (start, end) char offsets of each token in ``text``."""
