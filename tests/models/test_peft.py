@@ -64,6 +64,14 @@ def test_peft_object_explains_as_its_merged_weights(tiny, lora, method) -> None:
     assert np.abs(a - base).max() > 1e-2  # the adapter changes the answer's attributions
 
 
+def test_peft_object_is_recorded_as_adapted(tiny, lora) -> None:
+    res = attrlens.explain(PROMPT, model=lora, tokenizer=tiny.tokenizer, method="loo",
+                           output=OUTPUT, chat=False)
+    base = attrlens.explain(PROMPT, model=tiny.model, tokenizer=tiny.tokenizer, method="loo",
+                            output=OUTPUT, chat=False)
+    assert res.model["id"] == base.model["id"] + "+lora:default"
+
+
 def test_adapter_directory_loads_merged_onto_its_base(tiny, lora, dirs, monkeypatch,
                                                       tmp_path) -> None:
     monkeypatch.setenv("ATTRLENS_CACHE_DIR", str(tmp_path))

@@ -535,7 +535,8 @@ def wrap_model(model: Any, tokenizer: Any = None, *, model_id: str | None = None
 
     model:     an ``AutoModelForCausalLM`` (or an HFModel, returned as is)
     tokenizer: its fast tokenizer (``AutoTokenizer.from_pretrained(...)``)
-    model_id:  the id recorded in results (default: the config's ``_name_or_path``); the
+    model_id:  the id recorded in results (default: the config's ``_name_or_path``, with
+               ``+lora:<adapter>`` for a PEFT model); the
                weights' sha256 is not computed for an object (recorded as None).
     """
     if isinstance(model, HFModel):
@@ -574,7 +575,14 @@ def wrap_model(model: Any, tokenizer: Any = None, *, model_id: str | None = None
             f"The tokenizer must be a transformers tokenizer "
             f"(AutoTokenizer.from_pretrained(...)); got {type(tokenizer).__name__}."
         )
-    name = model_id or getattr(model.config, "_name_or_path", None) or type(model).__name__
+    peft = getattr(model, "peft_config", None)
+    base = model.get_base_model() if callable(getattr(model, "get_base_model", None)) else model
+    name = model_id or getattr(model.config, "_name_or_path", None) or type(base).__name__
+    if model_id is None and isinstance(peft, dict) and peft:  # not the base model's weights
+        active = getattr(model, "active_adapter", None)
+        cfg = peft.get(active) if isinstance(active, str) else next(iter(peft.values()))
+        kind = str(getattr(cfg, "peft_type", "peft")).split(".")[-1].lower()
+        name = f"{name}+{kind}:{active}"
     return HFModel(model, tokenizer, info=ModelInfo(str(name), None))
 
 
