@@ -1094,7 +1094,7 @@ class HFModel:
         its state is not a cache of keys that a prefix could share."""
         got = self.__dict__.get("_packing")
         if got is None and self.stateful:
-            got = self.__dict__["_packing"] = (self._probe_packing()[0], False)
+            got = self.__dict__["_packing"] = (self._probe_packing(masks=False)[0], False)
             log.info("%s: a recurrent model; the scoring engine runs each perturbed prompt in "
                      "a row of its own, without a shared prefix", self.info.id)
         if got is None:
@@ -1105,7 +1105,8 @@ class HFModel:
                          "ignores position_ids" if not got[0] else "refuses 4-D masks")
         return got
 
-    def _probe_packing(self) -> tuple[bool, bool]:
+    def _probe_packing(self, *, masks: bool = True) -> tuple[bool, bool]:
+        """(position_ids honoured, 4-D masks honoured); ``masks=False``: the first only."""
         import torch
 
         x = self._probe_ids()
@@ -1123,6 +1124,8 @@ class HFModel:
             except (TypeError, ValueError, RuntimeError):
                 return False, False
             positions = not torch.equal(a[-1], b[-1])
+            if not masks:
+                return positions, False
             causal = torch.ones(n, n, dtype=torch.bool, device=x.device).tril()
             hidden = causal.clone()
             hidden[n - 1, n - 2] = False  # the last query's neighbour (inside any window)
