@@ -324,8 +324,8 @@ print(len(m.tokenize(prompt)[0]), a.cost["model_forwards"], float(abs(a.scores).
 @pytest.mark.integration
 def test_ig_on_2000_token_prompt_within_4_gb():
     """IG at default settings on a 2,000-token prompt: peak RSS of the whole process (model
-    included; the child's own high-water mark, tests/child_memory.py) below 4 GB. steps=2 rather than 20 to keep the test short:
-    peak memory is that of one chunk (2 sequences of ~2,010 tokens under the default
+    included; the child's own high-water mark, tests/child_memory.py) below 4 GB. steps=2
+    rather than 20 to keep the test short: peak memory is that of one chunk (2 sequences of ~2,010 tokens under the default
     max_batch_tokens=4096), which is the same chunk shape as every chunk of the 20-step run
     (benchmarks/RESULTS_gradients.md).
 

@@ -302,8 +302,8 @@ CHILD = OWN_PEAK_KB + textwrap.dedent(
 def test_4000_token_prompt_explains_within_4_gb(tmp_path):
     """A 4,000-token prompt: the prefix cache, and the LOO row that changes the first
     sentence (a full from-scratch forward of ~4,000 tokens), in a subprocess whose own peak
-    resident memory (its VmHWM, tests/child_memory.py) stays under 4 GB. The sentence-feature LOO of
-    such a prompt (every 10th row) is timed by ``benchmarks/scoring.py --prompts 4k``."""
+    resident memory (its VmHWM, tests/child_memory.py) stays under 4 GB. The sentence-feature
+    LOO of such a prompt (every 10th row) is timed by ``benchmarks/scoring.py --prompts 4k``."""
     text_file = tmp_path / "long.txt"
     text_file.write_text(_long_text(180))
     script = tmp_path / "child.py"
