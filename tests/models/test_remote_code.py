@@ -171,6 +171,16 @@ def test_evaluate_refuses_it_without_the_flag_and_runs_it_with(model_dir, tmp_pa
     assert settings["model_sha256"] == _dir_sha256(model_dir)
 
 
+def test_ray_load_arguments_carry_the_chat_template_kwargs(model_dir) -> None:
+    from attrlens.evaluation.runner import _model_for_ray
+
+    m = load_model(str(model_dir), trust_remote_code=True)
+    spec = _model_for_ray(m.with_chat_template(enable_thinking=False))
+    assert spec["path"] == str(model_dir) and spec["trust_remote_code"] is True
+    assert spec["chat_template_kwargs"] == {"enable_thinking": False}
+    assert _model_for_ray(m)["chat_template_kwargs"] is None
+
+
 @pytest.mark.integration
 def test_evaluate_on_ray_runs_it_in_the_actors(model_dir, tmp_path) -> None:
     ray = pytest.importorskip("ray")

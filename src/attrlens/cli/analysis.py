@@ -26,11 +26,13 @@ from typing import TYPE_CHECKING, Any
 from ..errors import InputError, ParameterError, unknown_name_message
 from .common import (
     Progress,
+    add_chat_template_option,
     add_method_options,
     check_choice,
     check_output_path,
     make_checked_explainer,
     method_params,
+    with_chat_template,
 )
 
 if TYPE_CHECKING:
@@ -63,6 +65,7 @@ def _add_common(p: argparse.ArgumentParser, method: str | None) -> None:
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
     p.add_argument("--trust-remote-code", action="store_true",
                    help="run the modeling code a model directory ships (read it first)")
+    add_chat_template_option(p)
     p.add_argument("--masker", help="attention_off | delete | replace (default: the method's)")
     p.add_argument("--target", help="nll | logprob | kl | js | tv (default: the method's)")
     p.add_argument("--budget", help="maximum number of value-function evaluations "
@@ -169,8 +172,9 @@ def _explain_fn(args: argparse.Namespace, explainer: Any, progress: Progress) ->
     """``prompt -> Attribution``: attrlens.explain with the command's settings."""
     from .. import api
 
-    model = api.load_model(args.model, dtype=args.dtype, device=args.device,
-                           trust_remote_code=args.trust_remote_code)
+    model = with_chat_template(
+        api.load_model(args.model, dtype=args.dtype, device=args.device,
+                       trust_remote_code=args.trust_remote_code), args)
     return functools.partial(
         api.explain, model=model, method=explainer, granularity=args.granularity,
         target=args.target, masker=args.masker, seed=args.seed,

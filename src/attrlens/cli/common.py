@@ -287,3 +287,37 @@ def emit(attr: Attribution, args: argparse.Namespace) -> int:
         if args.json:
             console.print(Text(f"result written to {args.json}", style="dim"))
     return 0
+
+
+def add_chat_template_option(parser: Any) -> None:
+    """``--chat-template-kwargs JSON``: the model's chat template keyword arguments."""
+    parser.add_argument("--chat-template-kwargs", metavar="JSON",
+                        help="keyword arguments of the model's chat template, as a JSON "
+                        "object, e.g. '{\"enable_thinking\": false}' (Qwen3); recorded "
+                        "with the results")
+
+
+def chat_template_kwargs(args: argparse.Namespace) -> dict[str, Any] | None:
+    """The parsed ``--chat-template-kwargs`` (None when not given), or a one-line error."""
+    text = getattr(args, "chat_template_kwargs", None)
+    if text is None:
+        return None
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise InputError(
+            f"--chat-template-kwargs is not valid JSON ({exc.msg} at char {exc.pos}); give a "
+            f"JSON object, e.g. '{{\"enable_thinking\": false}}'."
+        ) from None
+    if not isinstance(value, dict):
+        raise InputError(
+            f"--chat-template-kwargs must be a JSON object of keyword arguments, e.g. "
+            f"'{{\"enable_thinking\": false}}'; got {type(value).__name__}."
+        )
+    return value
+
+
+def with_chat_template(model: Any, args: argparse.Namespace) -> Any:
+    """``model`` with the command's ``--chat-template-kwargs`` (unchanged without)."""
+    kwargs = chat_template_kwargs(args)
+    return model if kwargs is None else model.with_chat_template(**kwargs)

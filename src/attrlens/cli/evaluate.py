@@ -7,6 +7,7 @@ import argparse
 from typing import Any
 
 from ..evaluation.runner import BACKENDS, EVAL_MASKERS, METRICS
+from .common import add_chat_template_option, chat_template_kwargs
 
 
 def add_parser(sub: Any) -> argparse.ArgumentParser:
@@ -35,6 +36,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None, help="local model path (default: embedded)")
     p.add_argument("--trust-remote-code", action="store_true",
                    help="run the modeling code a model directory ships (read it first)")
+    add_chat_template_option(p)
     p.add_argument("--granularity", default="word")
     p.add_argument("--eval-masker", choices=EVAL_MASKERS, default="attention_off",
                    help="masking for MoRF/LeRF (GiLOT: attention_off)")
@@ -65,6 +67,7 @@ def run(args: argparse.Namespace) -> int:
         n_lds=args.n_lds, target=args.target, method_masker=args.method_masker,
         target_url=args.target_url, target_model=args.target_model, report=not args.no_report,
         trust_remote_code=args.trust_remote_code,
+        chat_template_kwargs=chat_template_kwargs(args),
     )
     print(f"{summary.computed} records computed, {summary.skipped} resumed; tables in "
           f"{args.out}/summary.md and {args.out}/summary.json"

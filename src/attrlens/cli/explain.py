@@ -14,6 +14,7 @@ from typing import Any
 from ..errors import InputError, ParameterError
 from .common import (
     Progress,
+    add_chat_template_option,
     add_method_options,
     check_choice,
     check_output_path,
@@ -24,6 +25,7 @@ from .common import (
     parse_spans,
     read_prompt,
     target_backend,
+    with_chat_template,
 )
 
 DEFAULT_METHOD = "loo"
@@ -51,6 +53,7 @@ def add_parser(sub: Any, method: str | None) -> argparse.ArgumentParser:
     e.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
     e.add_argument("--trust-remote-code", action="store_true",
                    help="run the modeling code a model directory ships (read it first)")
+    add_chat_template_option(e)
     e.add_argument("--output-text", help="explain this output instead of the model's own answer")
     e.add_argument("--contrast-text", help="alternative output for --target contrastive")
     e.add_argument("--target", help="nll | logprob | kl | js | tv | contrastive "
@@ -131,8 +134,9 @@ def run(args: argparse.Namespace) -> int:
 
     progress = Progress(not args.quiet, f"explaining ({explainer.name})")
     try:
-        model = api.load_model(args.model, dtype=args.dtype, device=args.device,
-                               trust_remote_code=args.trust_remote_code)
+        model = with_chat_template(
+            api.load_model(args.model, dtype=args.dtype, device=args.device,
+                           trust_remote_code=args.trust_remote_code), args)
         require_needs(explainer.needs, model, backend, method=explainer.name)
         attr = api.explain(
             prompt,

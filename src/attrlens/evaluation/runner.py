@@ -209,8 +209,9 @@ class EvalConfig:
 
 
 def model_hash(model: HFModel) -> dict[str, Any]:
-    """{"id", "sha256"} of a loaded model (sha256 None for in-memory models)."""
-    return {"id": model.info.id, "sha256": model.info.sha256}
+    """{"id", "sha256"} of a loaded model (sha256 None for in-memory models), with its chat
+    template's keyword arguments where it has any (they change the prompts)."""
+    return model.info.provenance()
 
 
 def _json_clean(obj: Any) -> Any:
@@ -263,7 +264,11 @@ class ItemRunner:
             model = load_model(None if model is None else str(model),
                                trust_remote_code=trust_remote_code)
         elif isinstance(model, dict):  # how to load it (a Ray actor: :func:`_model_for_ray`)
-            model = load_model(**model)
+            spec = dict(model)
+            kwargs = spec.pop("chat_template_kwargs", None)
+            model = load_model(**spec)
+            if kwargs:
+                model = model.with_chat_template(**kwargs)
         if not isinstance(model, HFModel):
             raise ParameterError(
                 "evaluate needs a local model: a path, None (the embedded model) or "
@@ -686,7 +691,8 @@ def _model_for_ray(model: Any) -> Any:
         )
     dev = model.device.type if model.device.type == "cpu" else str(model.device)
     return {"path": str(path), "device": dev, "dtype": model.info.dtype,
-            "trust_remote_code": True}
+            "trust_remote_code": True,
+            "chat_template_kwargs": model.info.chat_template_kwargs}
 
 
 def _run_ray(model: Any, config: EvalConfig, seed: int, groups: list[Group], *, workers: int,
@@ -761,6 +767,7 @@ def evaluate(
     report: bool = True,
     progress: bool = True,
     trust_remote_code: bool = False,
+    chat_template_kwargs: dict[str, Any] | None = None,
 ) -> Summary:
     """Run ``methods`` over the items of ``data``, score them with ``metrics``, aggregate.
 
@@ -784,6 +791,8 @@ def evaluate(
               local model
     share_cache: share the evaluation's model calls between an item's methods (same numbers)
     report:   write each record's attribution page (items/) and index.html linking them
+    chat_template_kwargs: keyword arguments of the model's chat template (e.g.
+              ``{"enable_thinking": False}``); part of every record's key
     Returns the :class:`Summary` (also written to ``out``).
     """
     check_param("evaluate", "seed", seed, kind=int, low=0)
@@ -806,6 +815,11 @@ def evaluate(
                              "neither.")
     check_param("evaluate", "share_cache", share_cache, kind=bool)
     check_param("evaluate", "report", report, kind=bool)
+    if chat_template_kwargs is not None and not isinstance(chat_template_kwargs, dict):
+        raise ParameterError(
+            f"chat_template_kwargs must be a dict of the chat template's keyword arguments, "
+            f"e.g. {{'enable_thinking': False}}; got {type(chat_template_kwargs).__name__}."
+        )
     specs = parse_methods(methods)
     metric_names = parse_metrics(metrics)
     from ..registry import get_explainer
@@ -829,6 +843,8 @@ def evaluate(
     # the driver loads the model too (for its hash; in-process runs use it)
     runner = ItemRunner(model, config, seed, share_cache=share_cache, target_url=target_url,
                         trust_remote_code=trust_remote_code)
+    if chat_template_kwargs is not None:
+        runner.model = runner.model.with_chat_template(**chat_template_kwargs)
     mhash = model_hash(runner.model)
     groups: list[Group] = []
     n_skip = 0
@@ -879,6 +895,8 @@ def evaluate(
         "data": data if isinstance(data, str) else (str(data) if isinstance(data, Path)
                                                     else "in-memory"),
         "model_id": mhash["id"], "model_sha256": mhash["sha256"], "seed": seed,
+        **({"chat_template_kwargs": mhash["chat_template_kwargs"]}
+           if "chat_template_kwargs" in mhash else {}),
         **config.key_fields(),
         "methods": {s.label: {"name": s.name, "params": _json_clean(s.param_dict)}
                     for s in specs},

@@ -19,6 +19,7 @@ Capabilities:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from ..errors import CapabilityError
 
@@ -34,12 +35,23 @@ NEEDS_CAPABILITIES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
 @dataclass(frozen=True)
 class ModelInfo:
     """Provenance of a model: a readable id, the sha256 of its weights file, and where it
-    runs (device, e.g. ``cpu`` / ``cuda:0`` / ``cuda:0,cuda:1``, and dtype, e.g. ``float32``)."""
+    runs (device, e.g. ``cpu`` / ``cuda:0`` / ``cuda:0,cuda:1``, and dtype, e.g. ``float32``);
+    the keyword arguments its chat template is rendered with, if any (e.g. Qwen3's
+    ``{"enable_thinking": False}``: they change every chat prompt)."""
 
     id: str
     sha256: str | None
     device: str | None = None
     dtype: str | None = None
+    chat_template_kwargs: dict[str, Any] | None = None
+
+    def provenance(self) -> dict[str, Any]:
+        """What a result or an evaluation record says about the model: id, sha256, and the
+        chat template's keyword arguments where there are any."""
+        out: dict[str, Any] = {"id": self.id, "sha256": self.sha256}
+        if self.chat_template_kwargs:
+            out["chat_template_kwargs"] = dict(self.chat_template_kwargs)
+        return out
 
 
 def require(backend: object, capability: str, *, method: str | None = None) -> None:

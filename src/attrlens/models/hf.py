@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import copy
 import dataclasses
 import hashlib
 import json
@@ -441,20 +442,20 @@ def _load(file: Path, *, model_id: str, device: str, dtype: str | None, cache: b
                 f"transformers model directory (with config.json)."
             )
         sha = file_sha256(file)
-        copy = gguf_copy_dir(sha)
+        copy_dir = gguf_copy_dir(sha)
         tok = mdl = None
-        if cache and (copy / "config.json").is_file():
+        if cache and (copy_dir / "config.json").is_file():
             kwargs: dict[str, Any] = {}
             try:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
-                    tok = AutoTokenizer.from_pretrained(str(copy))
-                    mdl = _from_pretrained(copy, dtype=dtype, device=device if dtype else "cpu")
+                    tok = AutoTokenizer.from_pretrained(str(copy_dir))
+                    mdl = _from_pretrained(copy_dir, dtype=dtype, device=device if dtype else "cpu")
             except (OSError, ValueError, KeyError, AttributeError, RuntimeError) as exc:
                 # a copy this transformers cannot read: convert the GGUF again, replace it
                 log.warning("the cached copy %s did not load (%s); converting the GGUF again",
-                            copy, type(exc).__name__)
-                shutil.rmtree(copy, ignore_errors=True)
+                            copy_dir, type(exc).__name__)
+                shutil.rmtree(copy_dir, ignore_errors=True)
         if mdl is None:  # de-quantize in float32 (and keep that copy), convert afterwards
             kwargs = {"gguf_file": file.name}
             try:
@@ -470,10 +471,10 @@ def _load(file: Path, *, model_id: str, device: str, dtype: str | None, cache: b
                 ) from exc
         if _follow_gguf_special_tokens(tok, file) and "gguf_file" not in kwargs:
             with contextlib.suppress(OSError):  # heal a copy written before this check
-                tok.save_pretrained(copy)
+                tok.save_pretrained(copy_dir)
         if cache and "gguf_file" in kwargs:
             try:
-                tmp = copy.with_name(copy.name + f".tmp{os.getpid()}")
+                tmp = copy_dir.with_name(copy_dir.name + f".tmp{os.getpid()}")
                 # the weights are already de-quantized; drop the loader's GGUF marker so
                 # that transformers writes them as a plain checkpoint
                 mdl.hf_quantizer = None
@@ -481,7 +482,7 @@ def _load(file: Path, *, model_id: str, device: str, dtype: str | None, cache: b
                     del mdl.config.quantization_config
                 mdl.save_pretrained(tmp)
                 tok.save_pretrained(tmp)
-                tmp.rename(copy)
+                tmp.rename(copy_dir)
             except OSError as exc:  # a read-only cache (or a concurrent writer) costs speed
                 log.warning("could not cache the de-quantized model: %s", exc)
                 shutil.rmtree(tmp, ignore_errors=True)
@@ -883,8 +884,26 @@ class HFModel:
         return f"HFModel(id={self.info.id!r}, device={self.info.device}, dtype={self.info.dtype})"
 
     # ---- text --------------------------------------------------------------------------
+    def with_chat_template(self, **kwargs: Any) -> HFModel:
+        """This model (the same weights and tokenizer, not a copy of them) with its chat
+        template rendered with ``kwargs``, e.g. ``enable_thinking=False`` for Qwen3. They are
+        recorded with every result (``model.chat_template_kwargs``) and in evaluation
+        records' keys. No arguments: the template's defaults."""
+        for k, v in kwargs.items():
+            try:
+                json.dumps(v)
+            except (TypeError, ValueError):
+                raise ParameterError(
+                    f"The chat template argument {k}={v!r} is not a JSON value (a string, "
+                    f"number, bool, null, list or object); results must be able to record it."
+                ) from None
+        other = copy.copy(self)
+        other.info = dataclasses.replace(self.info, chat_template_kwargs=dict(kwargs) or None)
+        return other
+
     def render_chat(self, messages: list[dict[str, str]], *, add_generation_prompt: bool = True) -> str:
-        """Render chat messages with the model's template (text, not ids)."""
+        """Render chat messages with the model's template (text, not ids), with the keyword
+        arguments of :meth:`with_chat_template`."""
         if not self.has_chat_template:
             raise InputError(
                 "This model's tokenizer has no chat template; pass a plain text prompt "
@@ -894,7 +913,8 @@ class HFModel:
 
         try:
             return self.tokenizer.apply_chat_template(
-                messages, tokenize=False, add_generation_prompt=add_generation_prompt
+                messages, tokenize=False, add_generation_prompt=add_generation_prompt,
+                **(self.info.chat_template_kwargs or {}),
             )
         except TemplateError as exc:  # the template's own raise_exception(...)
             roles = "/".join(m.get("role", "?") for m in messages)
