@@ -49,6 +49,8 @@ def test_kwargs_reach_the_template_and_the_result(thinking):
     assert thinking.with_chat_template().info.chat_template_kwargs is None
     with pytest.raises(ParameterError, match="not a JSON value"):
         thinking.with_chat_template(when=object())
+    with pytest.raises(ParameterError, match="tokenize are set by attrlens"):
+        thinking.with_chat_template(tokenize=True)
 
 
 def test_cli_flag_and_its_one_line_errors(thinking, tmp_path, capsys):

@@ -889,6 +889,12 @@ class HFModel:
         template rendered with ``kwargs``, e.g. ``enable_thinking=False`` for Qwen3. They are
         recorded with every result (``model.chat_template_kwargs``) and in evaluation
         records' keys. No arguments: the template's defaults."""
+        taken = sorted(set(kwargs) & {"conversation", "tokenize", "add_generation_prompt"})
+        if taken:
+            raise ParameterError(
+                f"The chat template argument(s) {', '.join(taken)} are set by attrlens itself "
+                f"(it renders text, with the generation prompt); leave them out."
+            )
         for k, v in kwargs.items():
             try:
                 json.dumps(v)
