@@ -31,15 +31,17 @@ def _names(reqs: list[str]) -> dict[str, str]:
 def test_torch_is_a_range_and_heavy_features_are_extras(project) -> None:
     core = _names(project["dependencies"])
     assert core["torch"].startswith(">=") and "==" not in core["torch"]
-    for name in ("xllamacpp", "lightgbm", "galois", "sentence-transformers"):
+    for name in ("xllamacpp", "lightgbm", "galois", "sentence-transformers", "peft"):
         assert name not in core, f"{name} must not be a core dependency"
     extras = {k: _names(v) for k, v in project["optional-dependencies"].items()}
     assert "xllamacpp" in extras["server"]
     assert "lightgbm" in extras["proxyspex"]
+    assert "peft" in extras["peft"]
     assert "galois" in extras["dev"]
     assert not any("sentence-transformers" in e for e in extras.values())
     make = (ROOT / "Makefile").read_text()
-    assert 'install -e ".[dev,server,proxyspex]"' in make  # make demo/test install everything
+    # make demo/test install everything
+    assert 'install -e ".[dev,server,proxyspex,peft]"' in make
     assert "install torch==" in make  # the CPU wheel pin stays in the Makefile
 
 
@@ -100,3 +102,11 @@ def test_server_without_xllamacpp_names_the_extra(monkeypatch, tmp_path) -> None
     monkeypatch.setitem(sys.modules, "xllamacpp", None)
     with pytest.raises(BackendError, match=r"pip install 'attrlens\[server\]'"):
         LlamaServer(gguf).start()
+
+
+def test_adapter_without_peft_names_the_extra(monkeypatch, tmp_path) -> None:
+    from attrlens.models.hf import _merge_adapter
+
+    monkeypatch.setitem(sys.modules, "peft", None)
+    with pytest.raises(CapabilityError, match=r"pip install 'attrlens\[peft\]'"):
+        _merge_adapter(object(), tmp_path)
