@@ -92,6 +92,18 @@ def test_repeated_request_is_served_from_cache(fake_openai, tmp_path):
     assert fake_openai.n_chat == 2
 
 
+def test_a_dropped_backend_closes_its_connections(fake_openai, tmp_path):
+    import gc
+
+    be = make(fake_openai, tmp_path, cache=False)
+    be.chat("p")
+    client = be._client
+    assert not client.is_closed
+    del be
+    gc.collect()
+    assert client.is_closed
+
+
 def test_no_cache_makes_every_call(fake_openai, tmp_path):
     be = make(fake_openai, tmp_path, cache=False)
     assert be.cache is None

@@ -347,7 +347,8 @@ PROMPTS = [
 
 @pytest.fixture(scope="module")
 def llama_backend(llama_server):
-    return OpenAIBackend(llama_server.base_url, llama_server.model_name, cache=False)
+    with OpenAIBackend(llama_server.base_url, llama_server.model_name, cache=False) as be:
+        yield be
 
 
 @pytest.mark.integration

@@ -27,6 +27,7 @@ text shown (error bodies, answers) passes through ``attrlens.redact.redact`` wit
 from __future__ import annotations
 
 import base64
+import contextlib
 import difflib
 import email.utils
 import logging
@@ -479,6 +480,14 @@ class OpenAIBackend:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    def __del__(self) -> None:
+        # a backend dropped without close() closes its pooled connections (an open socket
+        # left to the garbage collector is a ResourceWarning, or worse, an fd held open)
+        client = self.__dict__.get("_client")
+        if client is not None:
+            with contextlib.suppress(Exception):
+                client.close()
 
     # --- HTTP with retries ---------------------------------------------------------------
     def _backoff(self, attempt: int, retry_after: float | None) -> float:
