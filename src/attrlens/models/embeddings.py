@@ -313,17 +313,15 @@ def _layer0_keys(model: Any, emb: Any, d_h: int) -> Any:
     width = getattr(getattr(k_norm, "weight", None), "shape", (None,))[-1]
     with onloaded(layer):  # (device_map may have offloaded the layer's weights)
         k = k_proj(norm(emb[None])[0])  # (L, n_kv * d_h)
-        if k_norm is not None and width == k.shape[-1] != d_h:
-            k = k_norm(k)
-        x = k.view(emb.shape[0], -1, d_h)
-        if k_norm is not None and width == d_h:
-            x = k_norm(x)
-        elif k_norm is not None and width != k.shape[-1]:
+        if k_norm is None or width == d_h:  # no key norm, or one per head
+            x = k.view(emb.shape[0], -1, d_h)
+            return x if k_norm is None else k_norm(x)
+        if width != k.shape[-1]:
             raise CapabilityError(
                 f"The surrogate {model.info.id} has a layer-0 key norm of width {width} "
                 f"(neither the head size {d_h} nor all heads); use space='embed_rope'."
             )
-    return x
+        return k_norm(k).view(emb.shape[0], -1, d_h)  # one norm over all heads
 
 
 def rope_vectors(

@@ -195,6 +195,11 @@ def _time_forward(model: Any, ids: Any, params: dict[str, Any] | None) -> float:
         return time.perf_counter() - t0
 
 
+def _text_config(cfg: Any) -> Any:
+    """The language model's config: the text part of a multimodal config, else ``cfg``."""
+    return cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
+
+
 def cpu_auto_dtype(model: Any, *, model_id: str = "?") -> str:
     """The faster of float32 and bfloat16 for this CPU, measured once and remembered.
 
@@ -231,7 +236,7 @@ def cpu_auto_dtype(model: Any, *, model_id: str = "?") -> str:
     if avail is not None and need > avail // 2:
         log.info("not enough free memory to time bf16 on this CPU; using float32")
         return "float32"
-    cfg = getattr(model.config, "get_text_config", lambda: model.config)()  # (multimodal)
+    cfg = _text_config(model.config)
     vocab = int(getattr(cfg, "vocab_size", 0) or 2)
     seq = max(2, min(64, int(getattr(cfg, "max_position_embeddings", 64) or 64)))
     gen = torch.Generator().manual_seed(0)
@@ -339,6 +344,12 @@ def _from_pretrained(src: Path, *, dtype: str | None, device: str, **kwargs: Any
     return AutoModelForCausalLM.from_pretrained(str(src), dtype=torch_dtype, **extra, **kwargs)
 
 
+def _first_line(exc: BaseException) -> str:
+    """The first line of an exception's message ('' if it has none)."""
+    text = str(exc)
+    return text.splitlines()[0] if text else ""
+
+
 def _gguf_flags(file: Path) -> dict[str, bool]:
     """The GGUF file's ``tokenizer.ggml.add_bos_token`` / ``add_eos_token`` flags, where set."""
     from gguf import GGUFReader
@@ -412,7 +423,7 @@ def _merge_adapter(mdl: Any, adapter: Path) -> Any:
     except Exception as exc:
         raise BackendError(
             f"Could not load the adapter '{adapter}' onto its base model: "
-            f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            f"{type(exc).__name__}: {_first_line(exc)}"
         ) from exc
     cfg = wrapped.peft_config[wrapped.active_adapter]
     if getattr(cfg, "is_prompt_learning", False) or not hasattr(wrapped, "merge_and_unload"):
@@ -466,7 +477,7 @@ def _load(file: Path, *, model_id: str, device: str, dtype: str | None, cache: b
             except Exception as exc:
                 raise BackendError(
                     f"Could not load the GGUF model '{file}': {type(exc).__name__}: "
-                    f"{str(exc).splitlines()[0] if str(exc) else ''}. Is it a GGUF of a "
+                    f"{_first_line(exc)}. Is it a GGUF of a "
                     f"transformers-supported architecture?"
                 ) from exc
         if _follow_gguf_special_tokens(tok, file) and "gguf_file" not in kwargs:
@@ -511,7 +522,7 @@ def _load(file: Path, *, model_id: str, device: str, dtype: str | None, cache: b
                 ) from exc
             raise BackendError(
                 f"Could not load the model directory '{file}': {type(exc).__name__}: "
-                f"{str(exc).splitlines()[0] if str(exc) else ''}"
+                f"{_first_line(exc)}"
             ) from exc
         if adapter is not None:
             mdl = _merge_adapter(mdl, adapter)
@@ -831,8 +842,7 @@ class HFModel:
     @property
     def text_config(self) -> Any:
         """The config of the language model (the text part of a multimodal config)."""
-        cfg = self.model.config
-        return cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
+        return _text_config(self.model.config)
 
     @property
     def sliding_window(self) -> tuple[int | None, bool]:

@@ -222,7 +222,6 @@ def tokenize_output(
     together it is "▁Paris". Where the joint tokens do not start with the prompt's (the
     output's first characters merge with the prompt's last token), the output's tokens alone.
     The output is read as text (control-token strings in it stay text)."""
-    alone, _ = tokenize_text(model, output)
     end = len(prompt_text)
     joint, _ = tokenize_text(model, prompt_text + output,
                              [*map(tuple, regions), (end, end + len(output))],
@@ -230,4 +229,4 @@ def tokenize_output(
     n = len(prompt_ids)
     if len(joint) > n and list(joint[:n]) == list(prompt_ids):
         return list(joint[n:])
-    return list(alone)
+    return list(tokenize_text(model, output)[0])
