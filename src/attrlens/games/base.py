@@ -41,6 +41,8 @@ class Cost:
     model_forwards: int = 0
     tokens_processed: int = 0
     padded_tokens: int = 0
+    #: batches that ran out of device memory and were halved and run again
+    oom_retries: int = 0
     api_calls: int = 0
     cached_calls: int = 0
     wall_s: float = 0.0

@@ -277,4 +277,5 @@ class BeamGame(Game):
     def cost(self) -> Cost:
         c = self.runner.counters
         return Cost(value_calls=self.n_calls, model_forwards=int(c["model_forwards"]),
-                    tokens_processed=int(c["tokens_processed"]))
+                    tokens_processed=int(c["tokens_processed"]),
+                    oom_retries=int(c.get("oom_retries", 0)))

@@ -97,4 +97,5 @@ class ScoringGame(Game):
             c.model_forwards += int(e.counters["model_forwards"])
             c.tokens_processed += int(e.counters["tokens_processed"])
             c.padded_tokens += int(e.counters.get("padded_tokens", 0))
+            c.oom_retries += int(e.counters.get("oom_retries", 0))
         return c

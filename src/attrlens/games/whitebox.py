@@ -30,6 +30,7 @@ A white-box game is not evaluated on masks: :meth:`WhiteBoxGame.compute` raises.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
@@ -116,7 +117,7 @@ class WhiteBoxGame(Game):
         self.checkpoint = checkpoint
         self.owner = np.asarray(features.token_features(), dtype=np.int64)
         self.counters = {"model_forwards": 0, "tokens_processed": 0, "backward_passes": 0,
-                         "checkpointed_chunks": 0}
+                         "checkpointed_chunks": 0, "oom_retries": 0}
         # the head's one-time probe runs forwards of its own: now, before any hook, eager
         # switch or checkpointing of this game's forwards could see them
         model.logit_map()
@@ -168,6 +169,7 @@ class WhiteBoxGame(Game):
             value_calls=0,
             model_forwards=int(self.counters["model_forwards"]),
             tokens_processed=int(self.counters["tokens_processed"]),
+            oom_retries=int(self.counters["oom_retries"]),
         )
 
     # ---- torch plumbing ------------------------------------------------------------------
@@ -314,6 +316,52 @@ class WhiteBoxGame(Game):
         per = max(1, self.max_batch_tokens // self.seq_len)
         return [range(s, min(s + per, n_items)) for s in range(0, n_items, per)]
 
+    def _in_chunks(self, n_items: int, run: Callable[[list[int], bool], None], *,
+                   eager: bool = False, what: str = "forward") -> None:
+        """``run(items, recompute)`` over items 0..n-1, ``max_batch_tokens`` tokens per chunk.
+
+        On an out-of-memory error nothing of the failed chunk is kept (``run`` accumulates
+        only after its backward pass): it and the chunks after it run again at half its
+        size (``counters["oom_retries"]``; ``max_batch_tokens`` keeps the size). One
+        sequence that does not fit is retried once with its decoder layers recomputed in
+        the backward pass (``what="backward"``, ``checkpoint="auto"``; later chunks keep
+        recomputing), then refused with a one-line error."""
+        from ..models.base import out_of_memory_errors, release_cached_memory
+
+        oom = out_of_memory_errors()
+        queue = deque(list(ch) for ch in self._chunks(n_items))
+        forced = False  # layers recomputed since one sequence did not fit without
+        done = 0
+        while queue:
+            items = queue.popleft()
+            recompute = what == "backward" and (forced or self.uses_checkpoint(len(items),
+                                                                              eager=eager))
+            try:
+                run(items, recompute)
+            except oom as e:
+                release_cached_memory()
+                self.counters["oom_retries"] += 1
+                if len(items) > 1:
+                    # this chunk and the ones after it, at half its size
+                    half = len(items) // 2
+                    self.max_batch_tokens = half * self.seq_len
+                    rest = items + [i for ch in queue for i in ch]
+                    queue = deque(rest[c:c + half] for c in range(0, len(rest), half))
+                    continue
+                if what == "backward" and not recompute and self.checkpoint == "auto":
+                    forced = True
+                    queue.appendleft(items)
+                    continue
+                raise CapabilityError(
+                    f"One sequence of {self.seq_len} tokens (the prompt with the output) does "
+                    f"not fit in the device's memory for a {what} pass ({type(e).__name__}, "
+                    f"layers recomputed: {'yes' if recompute else 'no'}); use a shorter prompt "
+                    f"or output, a smaller model or dtype, or another device."
+                ) from e
+            done += len(items)
+            if self.progress is not None:
+                self.progress(done, n_items)
+
     @staticmethod
     def _points(x: Any, x0: Any, alphas: Sequence[float]) -> Any:
         """(B, S, d) path points x0 + alpha (x - x0), interpolated in float32 and cast
@@ -400,12 +448,15 @@ class WhiteBoxGame(Game):
         x = self.embeddings()
         x0 = self.baseline_embeddings(baseline)
         alphas = [float(a) for a in alphas]
-        rows: list[np.ndarray] = []
+        out = np.zeros((len(alphas), self.n_output))
+
+        def run(items: list[int], _recompute: bool) -> None:
+            emb = self._points(x, x0, [alphas[k] for k in items])
+            out[items] = self._forward(emb).cpu().numpy().astype(np.float64)
+
         with self._frozen(), torch.no_grad():
-            for ch in self._chunks(len(alphas)):
-                emb = self._points(x, x0, [alphas[k] for k in ch])
-                rows.append(self._forward(emb).cpu().numpy().astype(np.float64))
-        return np.concatenate(rows, axis=0)
+            self._in_chunks(len(alphas), run)
+        return out
 
     def path_gradients(
         self,
@@ -449,7 +500,6 @@ class WhiteBoxGame(Game):
                                device=x.device) if attention else None)
         wt = torch.as_tensor(w_out, device=x.device)
         pairs = [(k, r) for k in range(len(alphas)) for r in range(n_r)]
-        chunks = self._chunks(len(pairs))
         rows_t = torch.as_tensor(self.output_rows, device=x.device)
         captured: dict[str, Any] = {}
         hook = None
@@ -460,49 +510,49 @@ class WhiteBoxGame(Game):
             last = self.model.attention_module(self._layers()[-1])
             hook = last.register_forward_hook(
                 lambda _m, _a, out: captured.__setitem__("attn", out[1]))
+
+        def run(items: list[int], recompute: bool) -> None:
+            captured.clear()
+            ks = [pairs[i][0] for i in items]
+            rs = torch.as_tensor([pairs[i][1] for i in items], device=x.device)
+            emb = self._points(x, x0, [alphas[k] for k in ks]).detach()
+            emb.requires_grad_(True)
+            with self._recompute_layers(recompute, keep_last=attention):
+                logp = (self._forward(emb, captured) if from_outputs
+                        else self._forward(emb))  # (B, T)
+            f = (logp * wt[rs]).sum()
+            targets = [emb]
+            if attention:
+                amap = captured.pop("attn", None)
+                if amap is None or not amap.requires_grad:
+                    raise CapabilityError(
+                        "The model's last attention layer returned no differentiable "
+                        "attention map; attention methods need eager attention."
+                    )
+                targets.append(amap)
+            grads = torch.autograd.grad(f, targets, allow_unused=True)
+            if attention and grads[1] is None:
+                raise CapabilityError(
+                    f"The attention weights that {type(self.model.model).__name__} "
+                    f"returns are not the ones its forward uses (no gradient "
+                    f"reaches them); use an attention method without gradients "
+                    f"(attention, attention_rollout) or another method."
+                )
+            self.counters["backward_passes"] += 1
+            self.counters["checkpointed_chunks"] += int(recompute)
+            sw = torch.as_tensor([step_w[k] for k in ks], device=x.device,
+                                 dtype=torch.float32)
+            g = grads[0][:, : self.n_prompt].float()  # (B, L, d)
+            contrib = (g * d_dot[None]).sum(-1) * sw[:, None]  # (B, L)
+            # accumulated only now: a chunk that ran out of memory above added nothing
+            directional.index_add_(0, rs, contrib)
+            if attention and att_acc is not None:
+                ga = grads[1].float().mean(1)[:, rows_t]  # (B, T, S)
+                att_acc.index_add_(0, rs, ga * sw[:, None, None])
+
         try:
             with self._frozen(eager=attention):
-                for done, ch in enumerate(chunks, 1):
-                    ks = [pairs[i][0] for i in ch]
-                    rs = [pairs[i][1] for i in ch]
-                    emb = self._points(x, x0, [alphas[k] for k in ks]).detach()
-                    emb.requires_grad_(True)
-                    recompute = self.uses_checkpoint(len(ch), eager=attention)
-                    self.counters["checkpointed_chunks"] += int(recompute)
-                    with self._recompute_layers(recompute, keep_last=attention):
-                        logp = (self._forward(emb, captured) if from_outputs
-                                else self._forward(emb))  # (B, T)
-                    f = (logp * wt[rs]).sum()
-                    targets = [emb]
-                    if attention:
-                        amap = captured.pop("attn", None)
-                        if amap is None or not amap.requires_grad:
-                            raise CapabilityError(
-                                "The model's last attention layer returned no differentiable "
-                                "attention map; attention methods need eager attention."
-                            )
-                        targets.append(amap)
-                    grads = torch.autograd.grad(f, targets, allow_unused=True)
-                    if attention and grads[1] is None:
-                        raise CapabilityError(
-                            f"The attention weights that {type(self.model.model).__name__} "
-                            f"returns are not the ones its forward uses (no gradient "
-                            f"reaches them); use an attention method without gradients "
-                            f"(attention, attention_rollout) or another method."
-                        )
-                    self.counters["backward_passes"] += 1
-                    sw = torch.as_tensor([step_w[k] for k in ks], device=x.device,
-                                         dtype=torch.float32)
-                    g = grads[0][:, : self.n_prompt].float()  # (B, L, d)
-                    contrib = (g * d_dot[None]).sum(-1) * sw[:, None]  # (B, L)
-                    directional.index_add_(0, torch.as_tensor(rs, device=x.device), contrib)
-                    if attention and att_acc is not None:
-                        ga = grads[1].float().mean(1)[:, rows_t]  # (B, T, S)
-                        att_acc.index_add_(0, torch.as_tensor(rs, device=x.device),
-                                           ga * sw[:, None, None])
-                    del grads, logp, f, emb
-                    if self.progress is not None:
-                        self.progress(done, len(chunks))
+                self._in_chunks(len(pairs), run, eager=attention, what="backward")
         finally:
             if hook is not None:
                 hook.remove()
@@ -517,9 +567,32 @@ class WhiteBoxGame(Game):
         the attention modules of models on transformers' attention interface (one layer's
         heads at a time), from the model's ``output_attentions`` otherwise (Bloom, Falcon,
         MPT, models with their own code: every layer's heads at once)."""
-        import torch
 
         self._require_attention()
+        with self._one_sequence("attention-map"):
+            return self._attention_maps()
+
+    @contextmanager
+    def _one_sequence(self, what: str) -> Iterator[None]:
+        """An out-of-memory error of a pass over the one (prompt, output) sequence, which
+        cannot be split, as a one-line error."""
+        from ..models.base import out_of_memory_errors, release_cached_memory
+
+        try:
+            yield
+        except out_of_memory_errors() as e:
+            release_cached_memory()
+            self.counters["oom_retries"] += 1
+            raise CapabilityError(
+                f"The {what} pass over the {self.seq_len} tokens of the prompt with the output "
+                f"does not fit in the device's memory ({type(e).__name__}); use a shorter "
+                f"prompt or output, a smaller model or dtype, another device, or a method "
+                f"without attention maps (loo, ig, ...)."
+            ) from e
+
+    def _attention_maps(self) -> np.ndarray:
+        import torch
+
         if not self.model.hooks_attention:  # the model's own output_attentions
             with self._frozen(eager=True), torch.no_grad():
                 out = self._decode(self.embeddings()[None], attentions=True)

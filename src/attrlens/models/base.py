@@ -85,3 +85,25 @@ def require_needs(
             )
         for cap in served:
             require(closed, cap, method=method)
+
+
+def out_of_memory_errors() -> tuple[type[BaseException], ...]:
+    """The out-of-memory exception classes of the installed torch (CUDA's, the generic one
+    that MPS and XPU raise): what the batched model loops catch to halve a batch and retry."""
+    import torch
+
+    errs = {getattr(torch, "OutOfMemoryError", None), getattr(torch.cuda, "OutOfMemoryError", None)}
+    return tuple(e for e in errs if e is not None)
+
+
+def release_cached_memory() -> None:
+    """Hand the blocks torch's GPU allocators keep after an out-of-memory error back to the
+    device, so that the halved retry starts from free memory (a no-op on the CPU)."""
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    mps = getattr(torch, "mps", None)
+    if mps is not None and getattr(torch.backends, "mps", None) is not None \
+            and torch.backends.mps.is_available():
+        mps.empty_cache()

@@ -955,18 +955,29 @@ class HFModel:
         """Greedy continuation of ``input_ids`` (stops at EOS, which is not returned)."""
         import torch
 
+        from .base import out_of_memory_errors, release_cached_memory
+
         ids = torch.tensor([input_ids], device=self.device)
-        with torch.inference_mode(), warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            out = self.model.generate(
-                input_ids=ids,
-                attention_mask=torch.ones_like(ids),
-                max_new_tokens=max_new_tokens,
-                do_sample=False,
-                num_beams=1,
-                pad_token_id=self.tokenizer.pad_token_id or self.eos_token_ids[0],
-                eos_token_id=self.eos_token_ids,
-            )
+        try:
+            with torch.inference_mode(), warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                out = self.model.generate(
+                    input_ids=ids,
+                    attention_mask=torch.ones_like(ids),
+                    max_new_tokens=max_new_tokens,
+                    do_sample=False,
+                    num_beams=1,
+                    pad_token_id=self.tokenizer.pad_token_id or self.eos_token_ids[0],
+                    eos_token_id=self.eos_token_ids,
+                )
+        except out_of_memory_errors() as e:  # one sequence: nothing to halve
+            release_cached_memory()
+            raise CapabilityError(
+                f"Generating the model's answer to a {len(input_ids)}-token prompt does not "
+                f"fit in the device's memory ({type(e).__name__}); give the output to explain "
+                f"(--output-text), or use a shorter prompt, a smaller model or dtype, or "
+                f"another device."
+            ) from e
         new = out[0, ids.shape[1]:].tolist()
         eos = set(self.eos_token_ids)
         for i, t in enumerate(new):

@@ -132,6 +132,8 @@ def render(attr: Any, *, top: int = 10, console: Any = None) -> None:
     ]
     if "value_calls" in c:
         parts.insert(0, f"{c['value_calls']} evaluations")
+    if c.get("oom_retries"):
+        parts.append(f"{c['oom_retries']} batches halved after running out of memory")
     console.print(Text("cost   ", style="bold cyan") + Text(" · ".join(parts)))
     if conf is not None:
         console.print(

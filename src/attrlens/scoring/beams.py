@@ -36,6 +36,7 @@ without a second pass. ``teacher_force`` runs given beams under other inputs in 
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -43,6 +44,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import CapabilityError, InputError
+from ..models.base import out_of_memory_errors, release_cached_memory
 from .cache import PrefixCache, new_dynamic_cache
 
 MASKER_KINDS = ("attention_off", "delete", "replace")
@@ -220,6 +222,7 @@ class BeamRunner:
     prefix: PrefixCache | None = None
     counters: dict[str, float] = field(default_factory=lambda: {
         "model_forwards": 0, "tokens_processed": 0, "tokens_min": 0, "model_s": 0.0,
+        "oom_retries": 0,
     })
 
     def __post_init__(self) -> None:
@@ -471,19 +474,46 @@ class BeamRunner:
         # rows sharing long unchanged prefixes go together (like the scoring engine)
         order = np.argsort(-np.minimum(inp.first_change, inp.predictor), kind="stable")
         G = self.chunk_inputs()
+        queue = deque(order[c0 : c0 + G] for c0 in range(0, n, G))
+        oom = out_of_memory_errors()
         done = 0
-        for c0 in range(0, n, G):
-            rows = order[c0 : c0 + G]
+        while queue:
+            rows = queue.popleft()
             t0 = time.perf_counter()
-            with torch.inference_mode():
-                if beams is None:
-                    found, hist = self._search_chunk(inp, rows)
-                    out = [self._marginal(hist[g], found[g], found[g].token_logp)
-                           for g in range(len(rows))]
-                else:
-                    hist = self._teacher_chunk(inp, rows, beams)
-                    tl = beams.token_logp if weights == "original" else None
-                    out = [self._marginal(hist[g], beams, tl) for g in range(len(rows))]
+            # the least tokens needed: a failed batch's own do not count, a prefix it
+            # computed (kept) does
+            tmin, had_prefix = self.counters["tokens_min"], self._cache.ready
+            try:
+                with torch.inference_mode():
+                    if beams is None:
+                        found, hist = self._search_chunk(inp, rows)
+                        out = [self._marginal(hist[g], found[g], found[g].token_logp)
+                               for g in range(len(rows))]
+                    else:
+                        hist = self._teacher_chunk(inp, rows, beams)
+                        tl = beams.token_logp if weights == "original" else None
+                        out = [self._marginal(hist[g], beams, tl) for g in range(len(rows))]
+            except oom as e:
+                # nothing of the failed batch was yielded
+                release_cached_memory()
+                self.counters["oom_retries"] += 1
+                self.counters["model_s"] += time.perf_counter() - t0
+                self.counters["tokens_min"] = tmin + (
+                    self.n_prompt if self._cache.ready and not had_prefix else 0)
+                if len(rows) == 1:
+                    raise CapabilityError(
+                        f"The beam search of one prompt ({self.beams} beams x "
+                        f"{self.n_prompt + self.horizon} tokens) does not fit in the "
+                        f"device's memory ({type(e).__name__}); use fewer beams or output "
+                        f"positions, a shorter prompt, a smaller model or dtype, or another "
+                        f"device."
+                    ) from e
+                # this batch and the ones after it, at half its size
+                half = len(rows) // 2
+                self.max_batch_tokens = half * (self.n_prompt + self.horizon) * self.beams
+                rest = np.concatenate([rows, *queue])
+                queue = deque(rest[c : c + half] for c in range(0, len(rest), half))
+                continue
             self.counters["model_s"] += time.perf_counter() - t0
             for g, r in enumerate(rows):
                 yield int(r), out[g]

@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import CapabilityError
+from ..models.base import out_of_memory_errors, release_cached_memory
 from ..text.mask import PerturbedInput
 from .cache import PrefixCache
 
@@ -218,7 +219,6 @@ class ScoringEngine:
         read its keys in the same forward. On an out-of-memory error the forward is halved and retried
         (``counters["oom_retries"]``); one segment that does not fit raises
         :class:`~attrlens.errors.CapabilityError`."""
-        import torch
 
         t0 = time.perf_counter()
         n = len(inputs)
@@ -248,7 +248,7 @@ class ScoringEngine:
             width[-1] = L + T if twins else L
             keys.insert(0, -1)
         queue = deque(self._pack(keys, width, cut, 0) if plain else self._plan(keys, width, cut))
-        oom = _oom_errors()
+        oom = out_of_memory_errors()
         while queue:
             rows = queue.popleft()
             segs = [g for r in rows for g in r]
@@ -272,8 +272,7 @@ class ScoringEngine:
                 for part in (segs[half:], segs[:half]):
                     for fw in reversed(self._pack(part, width, cut, cap)):
                         queue.appendleft(fw)
-                if torch.cuda.is_available():
-                    torch.cuda.empty_cache()
+                release_cached_memory()
         self.counters["wall_s"] += time.perf_counter() - t0
         return results  # type: ignore[return-value]
 
@@ -465,14 +464,6 @@ def _additive(mask: Any, dev: Any, dtype: Any, kind: str = "sdpa") -> Any:
     fill = -float("inf") if kind == "sdpa" else torch.finfo(dtype).min
     out = torch.zeros(mask.shape, dtype=dtype, device=dev)
     return out.masked_fill_(torch.from_numpy(~mask).to(dev), fill)
-
-
-def _oom_errors() -> tuple[type[BaseException], ...]:
-    """The out-of-memory exception classes of this torch (CUDA, MPS, generic)."""
-    import torch
-
-    errs = {getattr(torch, "OutOfMemoryError", None), getattr(torch.cuda, "OutOfMemoryError", None)}
-    return tuple(e for e in errs if e is not None)
 
 
 def gather_logprobs(logprobs: Any, out_ids: Any) -> np.ndarray:
