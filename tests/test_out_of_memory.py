@@ -140,3 +140,41 @@ def test_generating_the_answer_out_of_memory_is_one_line(tiny_model, monkeypatch
     with pytest.raises(CapabilityError, match="Generating the model's answer") as err:
         attrlens.explain(PROMPT, model=tiny_model, method="loo")
     assert "\n" not in str(err.value) and "--output-text" in str(err.value)
+
+
+@pytest.mark.parametrize(("method", "params", "rows"), [
+    ("loo", {"output": OUTPUT}, 1), ("ig", {"output": OUTPUT}, 1),
+    ("gilot", GILOT, GILOT["beams"])])  # (more than one prompt's beams)
+def test_memory_is_released_after_the_failed_batch_is_gone(tiny_model, monkeypatch, method,
+                                                           params, rows):
+    """The allocator's cache is emptied only once nothing refers to the failed batch's
+    tensors (an exception's frames hold them until it is handled)."""
+    import weakref
+
+    from attrlens.models import base
+    from attrlens.scoring import beams, engine
+
+    dec = tiny_model.decoder
+    real = dec.forward
+    held: list[weakref.ref] = []
+    alive_at_release: list[bool] = []
+
+    def forward(*args, **kwargs):
+        x = kwargs.get("input_ids")
+        b = int((x if x is not None else kwargs["inputs_embeds"]).shape[0])
+        if b > rows and not held:
+            activations = torch.empty(1 << 16)  # what the failed forward had allocated
+            held.append(weakref.ref(activations))
+            raise OOM("CUDA out of memory (injected)")
+        return real(*args, **kwargs)
+
+    def release():
+        alive_at_release.append(held[-1]() is not None)
+
+    monkeypatch.setattr(dec, "forward", forward)
+    for mod in (base, beams, engine):
+        monkeypatch.setattr(mod, "release_cached_memory", release)
+    text = "the lazy dog is blue" if method == "gilot" else PROMPT
+    got = attrlens.explain(text, model=tiny_model, method=method, **params)
+    assert got.cost["oom_retries"] == 1
+    assert alive_at_release == [False]

@@ -339,28 +339,32 @@ class WhiteBoxGame(Game):
             try:
                 run(items, recompute)
             except oom as e:
-                release_cached_memory()
-                self.counters["oom_retries"] += 1
-                if len(items) > 1:
-                    # this chunk and the ones after it, at half its size
-                    half = len(items) // 2
-                    self.max_batch_tokens = half * self.seq_len
-                    rest = items + [i for ch in queue for i in ch]
-                    queue = deque(rest[c:c + half] for c in range(0, len(rest), half))
-                    continue
-                if what == "backward" and not recompute and self.checkpoint == "auto":
-                    forced = True
-                    queue.appendleft(items)
-                    continue
+                err = type(e).__name__
+            else:
+                done += len(items)
+                if self.progress is not None:
+                    self.progress(done, n_items)
+                continue
+            # out of memory (handled after the exception, whose frames held the chunk's
+            # tensors, is gone)
+            release_cached_memory()
+            self.counters["oom_retries"] += 1
+            if len(items) > 1:
+                # this chunk and the ones after it, at half its size
+                half = len(items) // 2
+                self.max_batch_tokens = half * self.seq_len
+                rest = items + [i for ch in queue for i in ch]
+                queue = deque(rest[c:c + half] for c in range(0, len(rest), half))
+            elif what == "backward" and not recompute and self.checkpoint == "auto":
+                forced = True
+                queue.appendleft(items)
+            else:
                 raise CapabilityError(
                     f"One sequence of {self.seq_len} tokens (the prompt with the output) does "
-                    f"not fit in the device's memory for a {what} pass ({type(e).__name__}, "
-                    f"layers recomputed: {'yes' if recompute else 'no'}); use a shorter prompt "
-                    f"or output, a smaller model or dtype, or another device."
-                ) from e
-            done += len(items)
-            if self.progress is not None:
-                self.progress(done, n_items)
+                    f"not fit in the device's memory for a {what} pass ({err}, layers "
+                    f"recomputed: {'yes' if recompute else 'no'}); use a shorter prompt or "
+                    f"output, a smaller model or dtype, or another device."
+                )
 
     @staticmethod
     def _points(x: Any, x0: Any, alphas: Sequence[float]) -> Any:
@@ -580,15 +584,17 @@ class WhiteBoxGame(Game):
 
         try:
             yield
+            return
         except out_of_memory_errors() as e:
-            release_cached_memory()
-            self.counters["oom_retries"] += 1
-            raise CapabilityError(
-                f"The {what} pass over the {self.seq_len} tokens of the prompt with the output "
-                f"does not fit in the device's memory ({type(e).__name__}); use a shorter "
-                f"prompt or output, a smaller model or dtype, another device, or a method "
-                f"without attention maps (loo, ig, ...)."
-            ) from e
+            err = type(e).__name__
+        release_cached_memory()
+        self.counters["oom_retries"] += 1
+        raise CapabilityError(
+            f"The {what} pass over the {self.seq_len} tokens of the prompt with the output "
+            f"does not fit in the device's memory ({err}); use a shorter prompt or output, a "
+            f"smaller model or dtype, another device, or a method without attention maps "
+            f"(loo, ig, ...)."
+        )
 
     def _attention_maps(self) -> np.ndarray:
         import torch

@@ -971,19 +971,20 @@ class HFModel:
                     eos_token_id=self.eos_token_ids,
                 )
         except out_of_memory_errors() as e:  # one sequence: nothing to halve
-            release_cached_memory()
-            raise CapabilityError(
-                f"Generating the model's answer to a {len(input_ids)}-token prompt does not "
-                f"fit in the device's memory ({type(e).__name__}); give the output to explain "
-                f"(--output-text), or use a shorter prompt, a smaller model or dtype, or "
-                f"another device."
-            ) from e
-        new = out[0, ids.shape[1]:].tolist()
-        eos = set(self.eos_token_ids)
-        for i, t in enumerate(new):
-            if t in eos:
-                return new[:i]
-        return new
+            err = type(e).__name__
+        else:
+            new = out[0, ids.shape[1]:].tolist()
+            eos = set(self.eos_token_ids)
+            for i, t in enumerate(new):
+                if t in eos:
+                    return new[:i]
+            return new
+        release_cached_memory()  # (the exception, and the tensors its frames held, is gone)
+        raise CapabilityError(
+            f"Generating the model's answer to a {len(input_ids)}-token prompt does not fit in "
+            f"the device's memory ({err}); give the output to explain (--output-text), or use "
+            f"a shorter prompt, a smaller model or dtype, or another device."
+        )
 
     # ---- model parts -----------------------------------------------------------------
     @property

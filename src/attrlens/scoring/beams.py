@@ -494,29 +494,31 @@ class BeamRunner:
                         tl = beams.token_logp if weights == "original" else None
                         out = [self._marginal(hist[g], beams, tl) for g in range(len(rows))]
             except oom as e:
-                # nothing of the failed batch was yielded
-                release_cached_memory()
-                self.counters["oom_retries"] += 1
+                err = type(e).__name__
+            else:
                 self.counters["model_s"] += time.perf_counter() - t0
-                self.counters["tokens_min"] = tmin + (
-                    self.n_prompt if self._cache.ready and not had_prefix else 0)
-                if len(rows) == 1:
-                    raise CapabilityError(
-                        f"The beam search of one prompt ({self.beams} beams x "
-                        f"{self.n_prompt + self.horizon} tokens) does not fit in the "
-                        f"device's memory ({type(e).__name__}); use fewer beams or output "
-                        f"positions, a shorter prompt, a smaller model or dtype, or another "
-                        f"device."
-                    ) from e
-                # this batch and the ones after it, at half its size
-                half = len(rows) // 2
-                self.max_batch_tokens = half * (self.n_prompt + self.horizon) * self.beams
-                rest = np.concatenate([rows, *queue])
-                queue = deque(rest[c : c + half] for c in range(0, len(rest), half))
+                for g, r in enumerate(rows):
+                    yield int(r), out[g]
+                done += len(rows)
+                if progress is not None:
+                    progress(done, n)
                 continue
+            # out of memory (handled after the exception, whose frames held the batch's
+            # tensors, is gone); nothing of the failed batch was yielded
+            release_cached_memory()
+            self.counters["oom_retries"] += 1
             self.counters["model_s"] += time.perf_counter() - t0
-            for g, r in enumerate(rows):
-                yield int(r), out[g]
-            done += len(rows)
-            if progress is not None:
-                progress(done, n)
+            self.counters["tokens_min"] = tmin + (
+                self.n_prompt if self._cache.ready and not had_prefix else 0)
+            if len(rows) == 1:
+                raise CapabilityError(
+                    f"The beam search of one prompt ({self.beams} beams x "
+                    f"{self.n_prompt + self.horizon} tokens) does not fit in the device's "
+                    f"memory ({err}); use fewer beams or output positions, a shorter prompt, "
+                    f"a smaller model or dtype, or another device."
+                )
+            # this batch and the ones after it, at half its size
+            half = len(rows) // 2
+            self.max_batch_tokens = half * (self.n_prompt + self.horizon) * self.beams
+            rest = np.concatenate([rows, *queue])
+            queue = deque(rest[c : c + half] for c in range(0, len(rest), half))

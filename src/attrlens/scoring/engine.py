@@ -255,24 +255,28 @@ class ScoringEngine:
             try:
                 self._run_forward(rows, inputs, cut, width, twins, reducer, results,
                                   plain=plain, positions=positions)
+                continue
             except oom as e:
-                if len(segs) == 1:
-                    raise CapabilityError(
-                        f"One perturbed prompt ({width[segs[0]]} tokens with the output) does "
-                        f"not fit in the device's memory ({type(e).__name__}); use a shorter "
-                        "prompt or output, a smaller model or dtype, or another device."
-                    ) from e
-                self.counters["oom_retries"] = self.counters.get("oom_retries", 0) + 1
-                half = len(segs) // 2
-                # later forwards stay at the size that fitted
-                self.max_batch_size = max(1, min(self.max_batch_size, half))
-                self.max_batch_tokens = max(1, self.max_batch_tokens // 2)
-                segs.sort(key=lambda g: (-width[g], cut[g], g))  # the prompt (-1) first
-                cap = max(sum(width[g] for g in r) for r in rows)
-                for part in (segs[half:], segs[:half]):
-                    for fw in reversed(self._pack(part, width, cut, cap)):
-                        queue.appendleft(fw)
-                release_cached_memory()
+                err = type(e).__name__
+            # out of memory: handled here, after the exception (and the failed forward's
+            # tensors its frames held) is gone, so that the allocator can release them
+            release_cached_memory()
+            if len(segs) == 1:
+                raise CapabilityError(
+                    f"One perturbed prompt ({width[segs[0]]} tokens with the output) does not "
+                    f"fit in the device's memory ({err}); use a shorter prompt or output, a "
+                    "smaller model or dtype, or another device."
+                )
+            self.counters["oom_retries"] = self.counters.get("oom_retries", 0) + 1
+            half = len(segs) // 2
+            # later forwards stay at the size that fitted
+            self.max_batch_size = max(1, min(self.max_batch_size, half))
+            self.max_batch_tokens = max(1, self.max_batch_tokens // 2)
+            segs.sort(key=lambda g: (-width[g], cut[g], g))  # the prompt (-1) first
+            cap = max(sum(width[g] for g in r) for r in rows)
+            for part in (segs[half:], segs[:half]):
+                for fw in reversed(self._pack(part, width, cut, cap)):
+                    queue.appendleft(fw)
         self.counters["wall_s"] += time.perf_counter() - t0
         return results  # type: ignore[return-value]
 
