@@ -15,6 +15,8 @@ ITEMS = [
     {"id": "paris", "prompt": "What is the capital of France? Answer with one word.",
      "output": " Paris"},
     {"id": "sky", "prompt": "Explain why the sky is blue.", "output": " Because of"},
+    # longer than the tiny model's context: a failed record, in a worker as in-process
+    {"id": "long", "prompt": "word " * 600, "output": " A stitch"},
 ]
 
 
@@ -33,10 +35,14 @@ def test_ray_matches_local(tiny_model, tmp_path, capfd):
                              progress=True, **kw)
     assert not ray.is_initialized()  # the run shut down the Ray it started
     err = capfd.readouterr().err
-    assert "3/3 records" in err and "ETA" in err
+    assert "4/4 records" in err and "ETA" in err and "failed: InputError" in err
     a, b = _records(tmp_path / "local"), _records(tmp_path / "ray")
-    assert set(a) == set(b) and len(a) == 3
+    assert set(a) == set(b) and len(a) == 4
+    assert dist.failed == local.failed and list(dist.failed["loo"]) == ["long"]
     for k in a:
+        if a[k]["item_id"] == "long":
+            assert a[k]["error"] == b[k]["error"] and b[k]["metrics"] == {}
+            continue
         assert np.allclose(a[k]["curves"]["morf_curve"], b[k]["curves"]["morf_curve"],
                            rtol=1e-6, atol=1e-9)
         assert a[k]["metrics"].keys() == b[k]["metrics"].keys()
@@ -51,4 +57,4 @@ def test_ray_matches_local(tiny_model, tmp_path, capfd):
     # the Ray run's store resumes like the local one
     again = attrlens.evaluate(ITEMS, out=tmp_path / "ray", backend="ray", workers=2,
                               progress=False, **kw)
-    assert again.computed == 0 and again.skipped == 3
+    assert again.computed == 1 and again.skipped == 3  # the failed item is tried again

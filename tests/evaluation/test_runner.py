@@ -342,3 +342,61 @@ def test_a_failing_page_never_loses_its_record(tiny_model, tmp_path, monkeypatch
                           out=tmp_path / "o", chat=False, progress=False)
     assert s.computed == 0 and (tmp_path / "o" / "index.html").is_file()
     assert len(list((tmp_path / "o" / "items").iterdir())) == 1
+
+
+# longer than the tiny model's context of 512 positions
+TOO_LONG = {"id": "long", "prompt": "word " * 600, "output": " A stitch"}
+
+
+def test_an_item_a_method_cannot_explain_is_a_failed_record_and_the_run_goes_on(
+        tiny_model, tmp_path, capfd):
+    out = tmp_path / "o"
+    kw = {"methods": ["loo"], "metrics": ["abpc"], "model": tiny_model, "out": out,
+          "chat": False}
+    s = attrlens.evaluate([ITEMS[0], TOO_LONG, ITEMS[1]], progress=True, **kw)
+    err = capfd.readouterr().err
+    assert "2/3 records · long loo" in err and "failed: InputError: The prompt (" in err
+    recs = {r["item_id"]: r for r in map(json.loads, (out / "records.jsonl").read_text()
+                                         .splitlines())}
+    assert set(recs) == {"fox", "long", "paris"}  # the item after it was explained too
+    bad = recs["long"]
+    assert bad["metrics"] == {} and "longer than the model's context of 512" in bad["error"]
+    assert bad["error"].startswith("InputError: ") and "\n" not in bad["error"]
+    assert "attribution" not in bad and "page" not in bad
+    # the aggregates are over the explained items; the failure is listed
+    assert s.computed == 3 and s.table["loo"]["abpc"]["n"] == 2
+    assert s.failed == {"loo": {"long": bad["error"]}}
+    assert json.loads((out / "summary.json").read_text())["failed"] == s.failed
+    md = (out / "summary.md").read_text()
+    assert "could not explain" in md and "| loo | long | InputError: The prompt (" in md
+    assert "long" not in (out / "index.html").read_text()
+    # a rerun tries the failed item again (and only it)
+    again = attrlens.evaluate([ITEMS[0], TOO_LONG, ITEMS[1]], progress=False, **kw)
+    assert again.computed == 1 and again.skipped == 2 and again.failed == s.failed
+
+
+def test_a_failing_backend_still_stops_the_run(tiny_model, tmp_path, monkeypatch):
+    from attrlens.errors import BackendError
+    from attrlens.evaluation import runner as runner_mod
+
+    def gone(self, item, spec, key):
+        raise BackendError("The server at http://127.0.0.1:9/v1 is gone.")
+
+    monkeypatch.setattr(runner_mod.ItemRunner, "_run", gone)
+    with pytest.raises(BackendError, match="is gone"):
+        attrlens.evaluate(ITEMS, methods=["loo"], metrics=["abpc"], model=tiny_model,
+                          out=tmp_path / "o", chat=False, progress=False)
+
+
+@pytest.mark.integration
+def test_cli_evaluate_counts_the_failed_records(tmp_path, capsys):
+    from attrlens.cli import main
+
+    data = tmp_path / "d.jsonl"
+    data.write_text(json.dumps(ITEMS[1]) + "\n" + json.dumps(
+        {"id": "long", "prompt": "word " * 9000, "output": " A"}) + "\n", encoding="utf-8")
+    rc = main(["evaluate", str(data), "--methods", "loo", "--metrics", "abpc", "--out",
+               str(tmp_path / "run"), "--quiet", "--no-report"])
+    assert rc == 0
+    assert "2 records computed, 0 resumed, 1 failed (the reasons are in summary.md" in \
+        capsys.readouterr().out

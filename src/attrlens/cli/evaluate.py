@@ -69,7 +69,10 @@ def run(args: argparse.Namespace) -> int:
         trust_remote_code=args.trust_remote_code,
         chat_template_kwargs=chat_template_kwargs(args),
     )
-    print(f"{summary.computed} records computed, {summary.skipped} resumed; tables in "
-          f"{args.out}/summary.md and {args.out}/summary.json"
+    failed = sum(len(v) for v in summary.failed.values())
+    print(f"{summary.computed} records computed, {summary.skipped} resumed"
+          + (f", {failed} failed (the reasons are in summary.md; a rerun tries them again)"
+             if failed else "")
+          + f"; tables in {args.out}/summary.md and {args.out}/summary.json"
           + ("" if args.no_report else f"; pages linked from {args.out}/index.html"))
     return 0

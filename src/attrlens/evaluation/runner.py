@@ -54,7 +54,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from ..errors import ParameterError, unknown_name_message
+from ..errors import CapabilityError, InputError, ParameterError, unknown_name_message
 from ..games import Game
 from ..params import check_param
 from .datasets import EvalItem, load_items
@@ -366,7 +366,29 @@ class ItemRunner:
 
     # ---- one record --------------------------------------------------------------------
     def run(self, item: EvalItem, spec: MethodSpec, key: str) -> dict[str, Any]:
-        """Explain ``item`` with ``spec`` and compute the configured metrics (a record)."""
+        """Explain ``item`` with ``spec`` and compute the configured metrics (a record).
+
+        An item this method cannot explain (its prompt does not fit the device's memory or
+        the model's context, a capability the model lacks) gives a *failed* record, with
+        the one-line reason under ``error`` and no metrics, and the run goes on; a rerun
+        of the same store tries it again (e.g. on a larger device). A failing backend or
+        bad parameters still stop the run."""
+        from ..report.terminal import one_line
+
+        t0 = time.perf_counter()
+        try:
+            return self._run(item, spec, key)
+        except (InputError, CapabilityError) as exc:
+            return {
+                "key": key, "item_id": item.id, "item_sha256": item.sha256,
+                "method": spec.name, "label": spec.label,
+                "params": _json_clean(spec.param_dict), "model": model_hash(self.model),
+                "seed": self.seed, "eval": _json_clean(asdict(self.config)),
+                "metrics": {}, "error": f"{type(exc).__name__}: {one_line(str(exc))}",
+                "wall_s": time.perf_counter() - t0, "finished_at": time.time(),
+            }
+
+    def _run(self, item: EvalItem, spec: MethodSpec, key: str) -> dict[str, Any]:
         from ..api import finish, make_explainer
 
         cfg = self.config
@@ -539,8 +561,9 @@ class ProgressPrinter:
             return
         el = time.perf_counter() - self.t0
         eta = el / self.done * (self.total - self.done)
+        failed = f" · failed: {rec['error']}" if rec.get("error") else ""
         print(f"[evaluate] {self.done}/{self.total} records · {rec['item_id']} {rec['label']} "
-              f"· {el:.1f} s elapsed · ETA {eta:.0f} s", file=sys.stderr, flush=True)
+              f"· {el:.1f} s elapsed · ETA {eta:.0f} s{failed}", file=sys.stderr, flush=True)
 
 
 # ---- summary -------------------------------------------------------------------------------
@@ -551,6 +574,8 @@ class Summary:
     table:  {method label: {metric: {"mean", "ci_low", "ci_high", "n"}}}
     bins:   {method label: {metric: {bin: {...}}}}
     paired: {metric: [{"a", "b", "n", "mean_diff", "p"}]}
+    failed: {method label: {item id: the one-line reason}} (items it could not explain;
+            left out of the aggregates, tried again by a rerun)
     """
 
     out: Path
@@ -563,13 +588,14 @@ class Summary:
     settings: dict[str, Any] = field(default_factory=dict)
     computed: int = 0
     skipped: int = 0
+    failed: dict[str, dict[str, str]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form (no timings: equal runs give equal summaries)."""
         return _json_clean({
             "methods": self.methods, "metrics": self.metrics, "n_items": self.n_items,
             "settings": self.settings, "table": self.table, "bins": self.bins,
-            "paired": self.paired, "records": "records.jsonl",
+            "paired": self.paired, "failed": self.failed, "records": "records.jsonl",
         })
 
     def markdown(self) -> str:
@@ -615,6 +641,12 @@ class Summary:
                 for t in tests:
                     lines.append(f"| {k} | {t['a']} | {t['b']} | {t['n']} | "
                                  f"{t['mean_diff']:.4f} | {t['p']:.3g} |")
+        if any(self.failed.values()):
+            lines += ["", ("## Items a method could not explain (left out above; a rerun "
+                      "tries them again)"), "", "| method | item | reason |", "|---|---|---|"]
+            for m, items in self.failed.items():
+                for i, why in sorted(items.items()):
+                    lines.append(f"| {m} | {i} | {why.replace('|', '/')} |")
         return "\n".join(lines) + "\n"
 
 
@@ -633,10 +665,15 @@ def summarize_records(records: list[dict[str, Any]], methods: list[str], metrics
 
     by: dict[str, dict[str, dict[str, float]]] = {m: {} for m in methods}
     bins_of: dict[str, str] = {}
+    failed: dict[str, dict[str, str]] = {}
     for r in records:
-        if r["label"] in by:
-            by[r["label"]][r["item_id"]] = r["metrics"]
-            bins_of[r["item_id"]] = r["bin"]
+        if r["label"] not in by:
+            continue
+        if r.get("error"):
+            failed.setdefault(r["label"], {})[r["item_id"]] = r["error"]
+            continue
+        by[r["label"]][r["item_id"]] = r["metrics"]
+        bins_of[r["item_id"]] = r["bin"]
     nan = float("nan")
     table: dict[str, dict[str, dict[str, float]]] = {}
     bins: dict[str, dict[str, dict[str, dict[str, float]]]] = {}
@@ -661,7 +698,7 @@ def summarize_records(records: list[dict[str, Any]], methods: list[str], metrics
                                 [by[b][j].get(k, nan) for j in common])
                 paired[k].append({"a": a, "b": b, **t})
     return Summary(out=out, methods=methods, metrics=metrics, n_items=n_items, table=table,
-                   bins=bins, paired=paired, settings=settings)
+                   bins=bins, paired=paired, settings=settings, failed=failed)
 
 
 # ---- backends ------------------------------------------------------------------------------
@@ -779,7 +816,8 @@ def evaluate(
               run the modeling code a model path ships (see ``attrlens.load_model``)
     out:      output directory (records.jsonl, summary.json, summary.md, attributions/,
               items/ and index.html); an existing one is resumed: finished records are not
-              recomputed
+              recomputed, failed ones (an item a method could not explain: ``error``, listed
+              in the summary's ``failed``) are tried again
     backend:  "local" or "ray" (``workers`` actors; ``address`` of a cluster, else local Ray)
     masker:   the evaluation's masking for MoRF/LeRF (attention_off, delete, replace)
     n_lds:    held-out ablations of the ``lds`` metric
