@@ -7,10 +7,14 @@ all for a forward of one sequence) and off (``plain``: transformers' SDPA, which
 key/value heads per query head under a mask, and the engine's mask on every forward),
 interleaved ``--repeats`` times (in turn first) in one process per prompt and dtype (medians), plus each
 variant's torch allocation peak (profiler memory events, one extra pass) and the largest
-score difference between the two.
+score difference between the two. ``--compare split`` instead times the packed attention
+with and without its split prefix attention (``packed``: a forward of one sequence after a
+prefix at least as long runs two flash calls merged by their log-sum-exps; ``mask``: one
+call under a mask made in the layer; ``hf.SPLIT_PREFIX_ATTENTION``).
 
     .venv/bin/python benchmarks/packed_attention.py [--prompts medium,long] [--row-stride 1,8]
-        [--dtypes float32,bfloat16] [--repeats 5] [--out benchmarks/packed_attention.json]
+        [--dtypes float32,bfloat16] [--repeats 5] [--compare plain|split]
+        [--out benchmarks/packed_attention.json]
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ import time
 from pathlib import Path
 
 
-def job(name: str, dtype: str, stride: int, repeats: int, q) -> None:
+def job(name: str, dtype: str, stride: int, repeats: int, q, compare: str = "plain") -> None:
     import numpy as np
     import torch
     from scoring import _setup, _trim, machine, torch_peak_mb
@@ -38,17 +42,22 @@ def job(name: str, dtype: str, stride: int, repeats: int, q) -> None:
     inputs = Masker("delete", ids, fs).apply(loo_masks(len(fs))[[0] + [f + 1 for f in feats]])
     packs = hf.HFModel.packs_attention
     off = property(lambda self: False)
+    other = "plain" if compare == "plain" else "mask"
 
     def run(variant: str):
-        hf.HFModel.packs_attention = packs if variant == "packed" else off
+        if compare == "plain":
+            hf.HFModel.packs_attention = packs if variant == "packed" else off
+        else:
+            hf.SPLIT_PREFIX_ATTENTION = variant == "packed"
         try:
             eng = ScoringEngine(model, ids, out)
             return eng.token_logprobs(inputs), eng.counters
         finally:
             hf.HFModel.packs_attention = packs
+            hf.SPLIT_PREFIX_ATTENTION = True
 
     run("packed")  # warm-up
-    walls: dict[str, list[float]] = {"packed": [], "plain": []}
+    walls: dict[str, list[float]] = {"packed": [], other: []}
     scores = {}
     for rep in range(repeats):  # ABBA: neither variant always runs first
         for variant in (list(walls) if rep % 2 == 0 else list(walls)[::-1]):
@@ -62,9 +71,9 @@ def job(name: str, dtype: str, stride: int, repeats: int, q) -> None:
            "forwards": int(counters["model_forwards"]), "walls": walls,
            "median_s": {k: statistics.median(v) for k, v in walls.items()},
            "torch_peak_mb": {k: torch_peak_mb(lambda k=k: run(k)) for k in walls},
-           "max_abs_diff": float(np.abs(scores["packed"] - scores["plain"]).max()),
-           "machine": machine()}
-    res["plain_over_packed"] = res["median_s"]["plain"] / res["median_s"]["packed"]
+           "max_abs_diff": float(np.abs(scores["packed"] - scores[other]).max()),
+           "compare": compare, "machine": machine()}
+    res[f"{other}_over_packed"] = res["median_s"][other] / res["median_s"]["packed"]
     q.put(res)
 
 
@@ -74,6 +83,7 @@ def main() -> None:
     ap.add_argument("--row-stride", default="1,8")
     ap.add_argument("--dtypes", default="float32,bfloat16")
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--compare", choices=("plain", "split"), default="plain")
     ap.add_argument("--out", default="benchmarks/packed_attention.json")
     a = ap.parse_args()
     prompts = a.prompts.split(",")
@@ -84,7 +94,7 @@ def main() -> None:
     for name, stride in zip(prompts, strides):
         for dtype in a.dtypes.split(","):
             q = ctx.Queue()
-            p = ctx.Process(target=job, args=(name, dtype, stride, a.repeats, q))
+            p = ctx.Process(target=job, args=(name, dtype, stride, a.repeats, q, a.compare))
             p.start()
             res = q.get()
             p.join()

@@ -415,24 +415,34 @@ def test_without_cpu_gqa_flash_keys_are_copied_not_sent_to_the_math_path(setup, 
 
 
 @pytest.mark.parametrize("kind", ["delete", "replace"])
-@pytest.mark.parametrize("prefix_reuse", [True, False])
-def test_one_sequence_forwards_need_no_mask(setup, monkeypatch, kind, prefix_reuse):
+@pytest.mark.parametrize(("prefix_reuse", "split"), [(True, True), (True, False),
+                                                     (False, True)])
+def test_one_sequence_forwards_need_no_mask(setup, monkeypatch, kind, prefix_reuse, split):
     """A forward of one sequence is made without a mask: the packed attention reads the
     prefix up to the sequence's cut and the sequence itself causally, by one square causal
-    call when the prefix is shorter than the sequence and by a mask made in the layer when
-    not. Scores equal plain forwards, and both cases occur."""
+    call when the prefix is shorter than the sequence and, when not, by two flash calls
+    merged by their log-sum-exps (``split``; a mask made in the layer without it). Scores
+    equal plain forwards, and both cases occur."""
     from attrlens.models import hf
 
     model, ids, fs, out, masks = setup
     inputs = Masker(kind, ids, fs, mask_token_id=0).apply(masks)
     seen: list[tuple[bool, int, int]] = []  # (no mask, queries, keys) per layer call
-    real = hf._packed_sdpa
+    real, real_split = hf._packed_sdpa, hf._prefix_then_causal
+    splits: list[int] = []
 
     def spy(module, query, key, value, attention_mask, *args, **kwargs):
         seen.append((attention_mask is None, query.shape[2], key.shape[2]))
         return real(module, query, key, value, attention_mask, *args, **kwargs)
 
+    def spy_split(query, key, *args):
+        out_ = real_split(query, key, *args)
+        splits.append(out_ is not None)
+        return out_
+
     monkeypatch.setattr(hf, "_packed_sdpa", spy)
+    monkeypatch.setattr(hf, "_prefix_then_causal", spy_split)
+    monkeypatch.setattr(hf, "SPLIT_PREFIX_ATTENTION", split)
     eng = ScoringEngine(model, ids, out, max_batch_size=1, prefix_reuse=prefix_reuse)
     got = eng.token_logprobs(inputs)
     ref = np.stack([_scratch(model, x, out, len(ids)) for x in inputs])
@@ -444,6 +454,30 @@ def test_one_sequence_forwards_need_no_mask(setup, monkeypatch, kind, prefix_reu
         assert any(0 < p < q for p, q in prefix) and any(p >= q for p, q in prefix)
     else:
         assert {p for p, _q in prefix} == {0}
+    # the split runs exactly for the layer calls whose prefix is at least the queries
+    n_split = sum(q > 1 and p >= q for p, q in prefix) if split else 0
+    assert splits == [True] * n_split
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize(("heads", "kv_heads"), [(4, 4), (6, 2)])
+@pytest.mark.parametrize(("q_len", "k"), [(5, 5), (3, 40), (2, 2)])
+def test_prefix_then_causal_equals_masked_attention(dtype, heads, kv_heads, q_len, k):
+    from attrlens.models.hf import _prefix_then_causal
+
+    g = torch.Generator().manual_seed(q_len * 100 + k)
+    q = torch.randn(2, heads, q_len, 16, generator=g).to(dtype)
+    key = torch.randn(2, kv_heads, k + q_len, 16, generator=g).to(dtype)
+    val = torch.randn(2, kv_heads, k + q_len, 16, generator=g).to(dtype)
+    groups = heads // kv_heads
+    got = _prefix_then_causal(q, key, val, k, groups, 0.3)
+    mask = torch.ones(q_len, q_len + k, dtype=torch.bool).tril(k)
+    rep = [t.float().repeat_interleave(groups, 1) for t in (key, val)]
+    want = torch.nn.functional.scaled_dot_product_attention(q.float(), *rep, attn_mask=mask,
+                                                            scale=0.3)
+    assert got is not None and got.dtype == dtype and got.shape == q.shape
+    tol = 1e-5 if dtype == torch.float32 else 2e-2
+    torch.testing.assert_close(got.float(), want, atol=tol, rtol=tol)
 
 
 def test_other_forwards_of_the_model_during_packed_attention_are_unchanged(setup):

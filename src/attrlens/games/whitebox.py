@@ -317,8 +317,9 @@ class WhiteBoxGame(Game):
         return [range(s, min(s + per, n_items)) for s in range(0, n_items, per)]
 
     def _in_chunks(self, n_items: int, run: Callable[[list[int], bool], None], *,
-                   eager: bool = False, what: str = "forward") -> None:
-        """``run(items, recompute)`` over items 0..n-1, ``max_batch_tokens`` tokens per chunk.
+                   eager: bool = False, what: str = "forward", report: bool = True) -> None:
+        """``run(items, recompute)`` over items 0..n-1, ``max_batch_tokens`` tokens per chunk
+        (``report``: the game's progress callback gets the items done after each).
 
         On an out-of-memory error nothing of the failed chunk is kept (``run`` accumulates
         only after its backward pass): it and the chunks after it run again at half its
@@ -342,7 +343,7 @@ class WhiteBoxGame(Game):
                 err = type(e).__name__
             else:
                 done += len(items)
-                if self.progress is not None:
+                if report and self.progress is not None:
                     self.progress(done, n_items)
                 continue
             # out of memory (handled after the exception, whose frames held the chunk's
@@ -459,7 +460,7 @@ class WhiteBoxGame(Game):
             out[items] = self._forward(emb).cpu().numpy().astype(np.float64)
 
         with self._frozen(), torch.no_grad():
-            self._in_chunks(len(alphas), run)
+            self._in_chunks(len(alphas), run, report=False)
         return out
 
     def path_gradients(
