@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # GPU check: run on a CUDA machine from the repository root. It
 #   1. runs the integration tests on CUDA (ATTRLENS_TEST_DEVICE=cuda: tests/conftest.py's
-#      default_model fixture loads the embedded model there),
+#      default_model fixture loads the embedded model there; among them a real CUDA
+#      out-of-memory: huge batches under a 3 GiB memory cap are halved until they fit,
+#      tests/test_out_of_memory.py),
 #   2. runs the scoring benchmark on CUDA (engine vs raw forward vs naive LOO, fp32 and bf16),
 #   3. runs SPEX on a ~1,000-word prompt with the embedded model (queries, wall time),
 # and writes everything to benchmarks/gpu_check_results.md (+ JSON next to it).

@@ -178,3 +178,95 @@ def test_memory_is_released_after_the_failed_batch_is_gone(tiny_model, monkeypat
     got = attrlens.explain(text, model=tiny_model, method=method, **params)
     assert got.cost["oom_retries"] == 1
     assert alive_at_release == [False]
+
+
+# ---- batches far larger than the device: the same scores (a real CUDA OOM on a GPU) --------
+def _huge_batches_give_the_same_scores(model, text: str, constrained) -> None:
+    """The engine, the white-box game and the beam runner with batches of everything at once,
+    inside ``constrained`` (a context in which such batches run out of memory), halve them
+    until they fit and give the scores of default-sized batches."""
+    from attrlens.api import prepare
+    from attrlens.games.whitebox import WhiteBoxGame
+    from attrlens.scoring.beams import BeamRunner, make_inputs
+    from attrlens.scoring.engine import ScoringEngine
+    from attrlens.solvers.sampling import loo_masks
+
+    inputs, _game = prepare(text, model=model, output=" A river.", granularity="word",
+                            chat=False)
+    ids, out = inputs.prompt_ids, inputs.output_ids
+    rows = inputs.masker.apply(loo_masks(inputs.n_features)[:200])
+    want_loo = ScoringEngine(model, ids, out).token_logprobs(rows)
+    wb_kw = {"alphas": np.linspace(0.0, 1.0, 32), "step_weights": np.full(32, 1 / 32),
+             "out_weights": np.ones((1, len(out)))}
+    want_ig = WhiteBoxGame(model, ids, out, inputs.features).path_gradients(**wb_kw).directional
+    keep = np.ones((9, len(ids)), dtype=bool)
+    span = max(1, len(ids) // 10)
+    for r in range(1, 9):
+        keep[r, span * r: span * (r + 1)] = False
+    beam_in = make_inputs(ids, keep, kind="attention_off", mask_token_id=0)
+
+    def beams(runner):
+        return [m.logp.cpu().numpy() for _r, m in sorted(runner.search(beam_in),
+                                                         key=lambda x: x[0])]
+
+    want_beams = beams(BeamRunner(model, ids, beams=4, horizon=4))
+    with constrained():
+        eng = ScoringEngine(model, ids, out, max_batch_tokens=10**8, max_batch_size=10**6)
+        got_loo = eng.token_logprobs(rows)
+        wb = WhiteBoxGame(model, ids, out, inputs.features, max_batch_tokens=10**8,
+                          checkpoint="off")
+        got_ig = wb.path_gradients(**wb_kw).directional
+        runner = BeamRunner(model, ids, beams=4, horizon=4, max_batch_tokens=10**8)
+        got_beams = beams(runner)
+    assert eng.counters["oom_retries"] >= 1 and wb.counters["oom_retries"] >= 1
+    assert runner.counters["oom_retries"] >= 1
+    np.testing.assert_allclose(got_loo, want_loo, atol=2e-4)
+    np.testing.assert_allclose(got_ig, want_ig, rtol=1e-3, atol=1e-5)
+    for g, w in zip(got_beams, want_beams):
+        np.testing.assert_allclose(g, w, atol=2e-4)
+
+
+def _river_text(n_words: int) -> str:
+    words = ["river", "valley", "stone", "bridge", "farmer", "mill", "water", "summer",
+             "winter", "engineer", "fish", "ladder", "town", "bank", "current", "flood"]
+    return " ".join(words[i % len(words)] for i in range(n_words)) + ". What is this about?"
+
+
+def test_huge_batches_are_halved_to_what_the_device_holds(tiny_model, monkeypatch):
+    from contextlib import contextmanager
+
+    @contextmanager
+    def holds_eight_sequences():
+        with monkeypatch.context() as m:
+            _device_holds(m, tiny_model, 8)
+            yield
+
+    _huge_batches_give_the_same_scores(tiny_model, _river_text(60), holds_eight_sequences)
+
+
+@pytest.mark.integration
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU "
+                    "(ATTRLENS_TEST_DEVICE=cuda, as benchmarks/gpu_check.sh runs the tests)")
+def test_a_real_cuda_out_of_memory_is_halved_and_gives_the_same_scores(default_model):
+    """The same on the GPU, with the memory the process may use capped at 3 GiB above the
+    model (``set_per_process_memory_fraction``): a real CUDA out-of-memory error."""
+    from contextlib import contextmanager
+
+    model = default_model
+    if model.device.type != "cuda":
+        pytest.skip("the embedded model is not on CUDA (set ATTRLENS_TEST_DEVICE=cuda)")
+
+    @contextmanager
+    def capped():
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
+        total = torch.cuda.get_device_properties(model.device).total_memory
+        cap = (torch.cuda.memory_allocated(model.device) + (3 << 30)) / total
+        torch.cuda.set_per_process_memory_fraction(min(cap, 1.0), model.device)
+        try:
+            yield
+        finally:
+            torch.cuda.set_per_process_memory_fraction(1.0, model.device)
+            torch.cuda.empty_cache()
+
+    _huge_batches_give_the_same_scores(model, _river_text(600), capped)
