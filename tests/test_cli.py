@@ -46,6 +46,13 @@ def test_explain_writes_json_on_local_model(tiny_dir, tmp_path, capsys):
         "The", "quick", "brown", "fox"]
     assert d["output"]["text"] == " jumps" and d["cost"]["model_forwards"] >= 1
     assert "top" in out and "cost" in out
+    # what the scores were computed with, besides the model and parameters
+    import torch
+    import transformers
+
+    assert d["environment"] == {"torch": torch.__version__,
+                                "transformers": transformers.__version__,
+                                "torch_threads": torch.get_num_threads()}
 
 
 @pytest.mark.parametrize(

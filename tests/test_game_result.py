@@ -99,3 +99,21 @@ def test_html_report_shows_beam_confidence():
     a.extra = {"metadata": {"beam_mass": [1.0, 0.5]}}
     html = a.to_html()
     assert "Confidence" in html and "<td>0.500</td>" in html
+
+
+def test_local_model_results_record_torch_threads_and_versions(tiny_model):
+    import torch
+
+    import attrlens
+    from attrlens.result import Attribution
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        a = attrlens.explain("The quick brown fox", model=tiny_model, output=" jumps")
+    finally:
+        torch.set_num_threads(before)
+    env = a.to_dict()["environment"]
+    assert env["torch_threads"] == 1 and env["torch"] == torch.__version__
+    back = Attribution.from_dict(a.to_dict())
+    assert back.to_dict()["environment"] == env

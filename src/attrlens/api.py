@@ -11,7 +11,7 @@ import numpy as np
 from .errors import InputError, ParameterError, unknown_name_message
 from .explainers.base import Explainer, Explanation
 from .games import Game, as_game
-from .models.base import require_needs
+from .models.base import require_needs, runtime_environment
 from .params import check_param
 from .registry import get_explainer
 from .result import Attribution
@@ -383,6 +383,7 @@ def finish(
         per_output_token=exp.per_output_token,
         cost=cost,
         seed=seed,
-        extra={"metadata": exp.extra} if exp.extra else {},
+        extra={**({"metadata": exp.extra} if exp.extra else {}),
+               "environment": runtime_environment()},
         output_tokens=output_pieces(inputs.model, inputs.output_ids, inputs.output_text),
     )

@@ -262,3 +262,12 @@ def test_beam_mass_without_a_matrix_is_shown_as_confidence():
     page = render_html(attr)
     assert "<h2>Confidence</h2>" in page and "<td>0.550</td>" in page
     assert "<h2>Confidence</h2>" not in render_html(make_attr())  # no beams, no panel
+
+
+def test_provenance_shows_the_environment():
+    attr = make_attr()
+    attr.extra["environment"] = {"torch": "2.99.0+cpu", "transformers": "9.1.0",
+                                 "torch_threads": 7}
+    page = render_html(attr)
+    assert "torch threads" in page and "2.99.0+cpu" in page and "9.1.0" in page
+    assert "torch threads" not in render_html(make_attr())

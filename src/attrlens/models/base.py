@@ -87,6 +87,18 @@ def require_needs(
             require(closed, cap, method=method)
 
 
+def runtime_environment() -> dict[str, Any]:
+    """What a local-model result depends on beyond the model and its parameters: the torch
+    and transformers versions and torch's intra-op thread count (the CPU's speed, and with
+    bf16 the rounding of batched sums, depend on it; attrlens keeps torch's default, chosen
+    by measurement, see benchmarks/RESULTS.md)."""
+    import torch
+    import transformers
+
+    return {"torch": torch.__version__, "transformers": transformers.__version__,
+            "torch_threads": int(torch.get_num_threads())}
+
+
 def out_of_memory_errors() -> tuple[type[BaseException], ...]:
     """The out-of-memory exception classes of the installed torch (CUDA's, the generic one
     that MPS and XPU raise): what the batched model loops catch to halve a batch and retry."""

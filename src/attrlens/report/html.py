@@ -518,6 +518,9 @@ def _provenance_html(attr: Any) -> str:
         ("budget", params.get("budget")),
         ("library version", f"attrlens {attr.version}"),
     ]
+    env = (attr.extra or {}).get("environment")
+    if isinstance(env, dict):
+        rows += [(k.replace("_", " "), v) for k, v in env.items()]
     rows = [(k, v) for k, v in rows if not (v is None and k in ("target", "masker",
                                                                 "granularity"))]
     cost = [(k, v) for k, v in (attr.cost or {}).items()]
