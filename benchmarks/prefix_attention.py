@@ -15,26 +15,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import time
 from pathlib import Path
 
 import torch
+from segment_attention import _median_ms  # (the script's folder is on sys.path)
 
 from attrlens.models.hf import _prefix_then_causal
 
 H, KV, D = 9, 3, 64
 SHAPES = [(2000, 2000), (1000, 3000), (200, 3800), (16, 4000), (3500, 500)]  # (queries, prefix)
-
-
-def timed(fn, repeats: int) -> float:
-    fn()
-    ts = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t0)
-    return statistics.median(ts)
 
 
 def one(dt: torch.dtype, q_len: int, k: int, repeats: int) -> dict:
@@ -58,7 +47,7 @@ def one(dt: torch.dtype, q_len: int, k: int, repeats: int) -> dict:
     ref = mask().float()
     row = {"dtype": str(dt).split(".")[1], "queries": q_len, "prefix": k,
            "threads": torch.get_num_threads(),
-           "ms": {n: 1e3 * timed(f, repeats) for n, f in
+           "ms": {n: _median_ms(f, repeats) for n, f in
                   (("mask", mask), ("zeroq", zeroq), ("split", split))},
            "max_abs_diff_split": float((split().float() - ref).abs().max())}
     row["mask_over_split"] = row["ms"]["mask"] / row["ms"]["split"]
