@@ -369,7 +369,9 @@ def test_an_item_a_method_cannot_explain_is_a_failed_record_and_the_run_goes_on(
     assert json.loads((out / "summary.json").read_text())["failed"] == s.failed
     md = (out / "summary.md").read_text()
     assert "could not explain" in md and "| loo | long | InputError: The prompt (" in md
-    assert "long" not in (out / "index.html").read_text()
+    index = (out / "index.html").read_text()
+    assert "3 records (1 failed)" in index and "failed: InputError: The prompt (" in index
+    assert index.count("<a href=") == 2  # the failed record links no page
     # a rerun tries the failed item again (and only it)
     again = attrlens.evaluate([ITEMS[0], TOO_LONG, ITEMS[1]], progress=False, **kw)
     assert again.computed == 1 and again.skipped == 2 and again.failed == s.failed

@@ -218,6 +218,19 @@ def test_index_and_dataset_report(tmp_path):
     np.testing.assert_allclose(back.scores, make_attr().scores)
     rows = list(csv.reader(io.StringIO(records_csv(recs))))
     assert rows[1][0].startswith("item <script>")
+    # a failed record (an item the method could not explain): a row with its reason, no
+    # page, no CSV rows
+    failed = {"key": "k3", "item_id": "long", "label": "loo", "metrics": {},
+              "error": "InputError: The prompt (9000 tokens) is longer than the context."}
+    page = index_html([*recs, failed])
+    assert "3 records (1 failed)" in page and "failed: InputError: The prompt" in page
+    assert len(re.findall(r'href="([^"]+)"', page)) == 2
+    (run / "records.jsonl").write_text("\n".join(lines[:2] + [json.dumps(failed)]),
+                                       encoding="utf-8")
+    index = write_dataset_report(run, tmp_path / "site2")
+    assert len(list((tmp_path / "site2" / "items").iterdir())) == 2
+    assert "failed: InputError" in index.read_text(encoding="utf-8")
+    assert records_csv([*recs, failed]) == records_csv(recs)
 
 
 @pytest.mark.parametrize("suffix,magic", [(".png", b"\x89PNG"), (".svg", b"<?xml"),

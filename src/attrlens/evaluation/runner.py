@@ -973,6 +973,9 @@ def write_index(out_dir: str | Path, records: list[dict[str, Any]], *,
     out_dir = Path(out_dir)
     rows = []
     for r in records:
+        if r.get("error"):  # a failed record: a row with its reason, no page
+            rows.append(r)
+            continue
         page = r.get("page")
         if not page or not (out_dir / page).is_file():
             att = out_dir / str(r.get("attribution", ""))

@@ -84,9 +84,11 @@ def to_csv(attr: Any, path: str | Path | None = None, *, item: str = "",
 def records_csv(records: Sequence[dict[str, Any]], path: str | Path | None = None, *,
                 spreadsheet_safe: bool = True) -> str:
     """A data-set run's records in CSV long form (``item`` = the record's item id and
-    method label, ``<item>/<label>``)."""
+    method label, ``<item>/<label>``); failed records (``error``: no result) are left out."""
     rows: list[list[str]] = []
     for r in records:
+        if r.get("error"):
+            continue
         attr = attribution_from_record(r)
         item = f"{r.get('item_id', '')}/{r.get('label') or r.get('method', '')}"
         rows += csv_rows(attr, item=item, spreadsheet_safe=spreadsheet_safe)

@@ -716,7 +716,9 @@ def index_html(records: Sequence[dict[str, Any]], *,
                title: str = "attrlens · evaluation") -> str:
     """An index page of a data-set run: one row per record (item, method, n features, its
     metrics) linking to the record's page (``href(record)``; default: ``record["page"]`` or
-    ``items/`` + :func:`record_page_name`). Links are relative paths, URL-quoted."""
+    ``items/`` + :func:`record_page_name`). Links are relative paths, URL-quoted. A failed
+    record (``error``: an item the method could not explain) is a row with its reason and
+    no link."""
     records = list(records)
     metrics: list[str] = []
     for r in records:
@@ -734,6 +736,12 @@ def index_html(records: Sequence[dict[str, Any]], *,
     head = "".join(f"<th>{esc(m)}</th>" for m in metrics)
     rows = []
     for r in sorted(records, key=lambda r: (str(r.get("item_id")), str(r.get("label")))):
+        if r.get("error"):
+            rows.append(
+                f"<tr class='alr-failed'><td>{esc(r.get('item_id', '?'))}</td>"
+                f"<td>{esc(r.get('label') or r.get('method', '?'))}</td><td></td>"
+                f"<td colspan='{max(1, len(metrics))}'>failed: {esc(r['error'])}</td></tr>")
+            continue
         cells = "".join(
             f"<td class='alr-num'>{esc(fmt((r.get('metrics') or {}).get(m), False))}</td>"
             for m in metrics)
@@ -741,8 +749,9 @@ def index_html(records: Sequence[dict[str, Any]], *,
             f"<tr><td><a href=\"{esc(link(r))}\">{esc(r.get('item_id', '?'))}</a></td>"
             f"<td>{esc(r.get('label') or r.get('method', '?'))}</td>"
             f"<td class='alr-num'>{esc(r.get('n_features', ''))}</td>{cells}</tr>")
+    failed = sum(1 for r in records if r.get("error"))
     body = (f'<div class="alr" id="alr-index"><h1>{esc(title)}</h1><p class="alr-sub">'
-            f"{len(records)} records · "
+            f"{len(records)} records{f' ({failed} failed)' if failed else ''} · "
             f"{len({str(r.get('item_id')) for r in records})} items</p>"
             f"<table class='alr-index'><tr><th>item</th><th>method</th><th>features</th>{head}"
             f"</tr>{''.join(rows)}</table></div>")
@@ -761,6 +770,8 @@ def write_dataset_report(records: Sequence[dict[str, Any]] | str | Path, out_dir
     out = Path(out_dir)
     (out / "items").mkdir(parents=True, exist_ok=True)
     for r in records:
+        if r.get("error"):  # a failed record has no result (the index gives its reason)
+            continue
         (out / "items" / record_page_name(r)).write_text(
             render_html(attribution_from_record(r)), encoding="utf-8")
     index = out / "index.html"
