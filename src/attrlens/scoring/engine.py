@@ -269,14 +269,18 @@ class ScoringEngine:
                 )
             self.counters["oom_retries"] = self.counters.get("oom_retries", 0) + 1
             half = len(segs) // 2
-            # later forwards stay at the size that fitted
-            self.max_batch_size = max(1, min(self.max_batch_size, half))
-            self.max_batch_tokens = max(1, self.max_batch_tokens // 2)
-            segs.sort(key=lambda g: (-width[g], cut[g], g))  # the prompt (-1) first
+            # this forward in two halves; it and the forwards after it (and later runs) at
+            # most half its segments and key columns
+            prefix = max([cut[g] for g in segs if g != -1] or [0])
             cap = max(sum(width[g] for g in r) for r in rows)
-            for part in (segs[half:], segs[:half]):
-                for fw in reversed(self._pack(part, width, cut, cap)):
-                    queue.appendleft(fw)
+            self.max_batch_size = max(1, min(self.max_batch_size, half))
+            self.max_batch_tokens = max(1, min(self.max_batch_tokens,
+                                               len(rows) * (prefix + cap)) // 2)
+            segs.sort(key=lambda g: (-width[g], cut[g], g))  # the prompt (-1) first
+            later = [(sorted((g for r in fw for g in r), key=lambda g: (-width[g], cut[g], g)),
+                      max(sum(width[g] for g in r) for r in fw)) for fw in queue]
+            queue = deque(fw for part, c in [(segs[:half], cap), (segs[half:], cap), *later]
+                          for fw in self._pack(part, width, cut, c))
         self.counters["wall_s"] += time.perf_counter() - t0
         return results  # type: ignore[return-value]
 
