@@ -304,7 +304,9 @@ def prepare(
             f"is {total} tokens, longer than the model's context of {model.context_length}."
         )
 
-    engine = ScoringEngine(model, prompt_ids, output_ids, prefix_reuse=prefix_reuse)
+    batch = model.scoring_batch_tokens()
+    engine = ScoringEngine(model, prompt_ids, output_ids, prefix_reuse=prefix_reuse,
+                           max_batch_tokens=batch)
     engines = (engine,)
     alt_engine = None
     if target == "contrastive":
@@ -314,7 +316,8 @@ def prepare(
                                   add_special_tokens=not pr.chat)
         if not alt_ids:
             raise InputError(f"The contrast text {contrast!r} tokenizes to nothing.")
-        alt_engine = ScoringEngine(model, prompt_ids, alt_ids, prefix_reuse=prefix_reuse)
+        alt_engine = ScoringEngine(model, prompt_ids, alt_ids, prefix_reuse=prefix_reuse,
+                                   max_batch_tokens=batch)
         engines = (engine, alt_engine)
     tgt = make_target(target, engine, reduction=reduction, k=top_k, alt_engine=alt_engine)
     mk = Masker(masker, prompt_ids, features, mask_token_id=model.mask_token_id)
@@ -363,6 +366,7 @@ def finish(
         "target": scoring.target.params(),
         "masker": inputs.masker.kind,
         "prefix_reuse": inputs.prefix_reuse,
+        "scoring_batch_tokens": scoring.engines[0].configured_batch_tokens,
         "chat_template": pr.chat,
         "max_new_tokens": inputs.max_new_tokens,
     }

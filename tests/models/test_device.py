@@ -250,3 +250,30 @@ def test_token_logprobs_need_no_grad_context_and_keep_no_graph() -> None:
         want = torch.log_softmax(model.output_logits(hidden), -1)
     torch.testing.assert_close(got, want.gather(-1, tok.expand(2, 3)[..., None])[..., 0],
                                atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize(("device", "free", "want"), [
+    ("cpu", 10 << 30, 4096),            # measured on CPUs: larger forwards gain nothing
+    ("cuda", None, 4096),               # free memory unknown
+    ("cuda", 1 << 20, 4096),            # the floor
+    ("cuda", 80 << 30, 65536),          # the cap
+    ("cuda", 100 << 20, None),          # between: a quarter of free memory per token's bytes
+])
+def test_scoring_batch_tokens_follow_the_device(monkeypatch, device, free, want):
+    import torch
+
+    m = make_tiny_model()
+    m.device = torch.device(device, 0) if device == "cuda" else torch.device("cpu")
+    monkeypatch.setattr(m, "free_memory", lambda: free)
+    per_token = (6 * 64 + 3 * 128) * 4  # the tiny model: hidden 64, intermediate 128, fp32
+    got = m.scoring_batch_tokens()
+    assert got == (want if want is not None else (100 << 20) // 4 // per_token)
+    assert 4096 <= got <= 65536
+
+
+def test_results_record_the_scoring_batch_size():
+    import attrlens
+
+    m = make_tiny_model()
+    a = attrlens.explain("The quick brown fox", model=m, output=" jumps")
+    assert a.params["scoring_batch_tokens"] == 4096

@@ -89,6 +89,7 @@ class ScoringEngine:
             raise ValueError("ScoringEngine needs at least one prompt token.")
         self.prefix_reuse = prefix_reuse
         self.max_batch_tokens = max_batch_tokens
+        self.configured_batch_tokens = max_batch_tokens  # (max_batch_tokens drops after OOM)
         self.max_batch_size = max_batch_size
         self.max_logit_rows = max_logit_rows
         self.pack_tokens = 128 if pack_tokens is None else int(pack_tokens)
