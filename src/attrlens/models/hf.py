@@ -742,8 +742,8 @@ def _prefix_then_causal(query: Any, key: Any, value: Any, k: int, groups: int,
     queries over the k prefix keys (all of them: every query reads the whole prefix), and
     over their own keys (causal, aligned at the start: the kernel skips the blocks above
     the diagonal), merged by the two log-sum-exps (float32). A masked call computes every
-    block, the masked half of the own-key square included (measured 1.1-1.45x slower at
-    4,000 tokens, ``benchmarks/packed_attention.py``). Grouped-query heads: each key/value
+    block, the masked half of the own-key square included (one layer at 4,000 tokens:
+    1.2-1.6x slower, ``benchmarks/prefix_attention.py``). Grouped-query heads: each key/value
     head's query heads are stacked along the query axis for the prefix call (no key copies;
     exact there, as nothing is causal), and the own keys are repeated per query head.
     (B, H, q, D) -> (B, H, q, D), or None where this torch has no CPU flash op that returns
