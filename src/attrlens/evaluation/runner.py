@@ -379,14 +379,16 @@ class ItemRunner:
         try:
             return self._run(item, spec, key)
         except (InputError, CapabilityError) as exc:
-            return {
-                "key": key, "item_id": item.id, "item_sha256": item.sha256,
+            return {**self._record_head(item, spec, key), "metrics": {},
+                    "error": f"{type(exc).__name__}: {one_line(str(exc))}",
+                    "wall_s": time.perf_counter() - t0, "finished_at": time.time()}
+
+    def _record_head(self, item: EvalItem, spec: MethodSpec, key: str) -> dict[str, Any]:
+        """What every record of (item, method) starts with, failed or not."""
+        return {"key": key, "item_id": item.id, "item_sha256": item.sha256,
                 "method": spec.name, "label": spec.label,
                 "params": _json_clean(spec.param_dict), "model": model_hash(self.model),
-                "seed": self.seed, "eval": _json_clean(asdict(self.config)),
-                "metrics": {}, "error": f"{type(exc).__name__}: {one_line(str(exc))}",
-                "wall_s": time.perf_counter() - t0, "finished_at": time.time(),
-            }
+                "seed": self.seed, "eval": _json_clean(asdict(self.config))}
 
     def _run(self, item: EvalItem, spec: MethodSpec, key: str) -> dict[str, Any]:
         from ..api import finish, make_explainer
@@ -459,16 +461,8 @@ class ItemRunner:
             metrics.update(self._gold_metrics(item, scores))
 
         return {
-            "key": key,
-            "item_id": item.id,
-            "item_sha256": item.sha256,
-            "method": spec.name,
-            "label": spec.label,
-            "params": _json_clean(spec.param_dict),
+            **self._record_head(item, spec, key),
             "resolved_params": _json_clean(attr.params),
-            "model": model_hash(self.model),
-            "seed": self.seed,
-            "eval": _json_clean(asdict(cfg)),
             "n_features": n,
             "bin": bin_label(n),
             "metrics": {k: float(v) for k, v in metrics.items()},

@@ -327,9 +327,8 @@ class WhiteBoxGame(Game):
         sequence that does not fit is retried once with its decoder layers recomputed in
         the backward pass (``what="backward"``, ``checkpoint="auto"``; later chunks keep
         recomputing), then refused with a one-line error."""
-        from ..models.base import out_of_memory_errors, release_cached_memory
+        from ..models.base import out_of_memory_attempt
 
-        oom = out_of_memory_errors()
         queue = deque(list(ch) for ch in self._chunks(n_items))
         forced = False  # layers recomputed since one sequence did not fit without
         done = 0
@@ -337,18 +336,12 @@ class WhiteBoxGame(Game):
             items = queue.popleft()
             recompute = what == "backward" and (forced or self.uses_checkpoint(len(items),
                                                                               eager=eager))
-            try:
-                run(items, recompute)
-            except oom as e:
-                err = type(e).__name__
-            else:
+            _, err = out_of_memory_attempt(run, items, recompute)
+            if err is None:
                 done += len(items)
                 if report and self.progress is not None:
                     self.progress(done, n_items)
                 continue
-            # out of memory (handled after the exception, whose frames held the chunk's
-            # tensors, is gone)
-            release_cached_memory()
             self.counters["oom_retries"] += 1
             if len(items) > 1:
                 # this chunk and the ones after it, at half its size
@@ -573,28 +566,18 @@ class WhiteBoxGame(Game):
         heads at a time), from the model's ``output_attentions`` otherwise (Bloom, Falcon,
         MPT, models with their own code: every layer's heads at once)."""
 
+        from ..models.base import out_of_memory_attempt
+
         self._require_attention()
-        with self._one_sequence("attention-map"):
-            return self._attention_maps()
-
-    @contextmanager
-    def _one_sequence(self, what: str) -> Iterator[None]:
-        """An out-of-memory error of a pass over the one (prompt, output) sequence, which
-        cannot be split, as a one-line error."""
-        from ..models.base import out_of_memory_errors, release_cached_memory
-
-        try:
-            yield
-            return
-        except out_of_memory_errors() as e:
-            err = type(e).__name__
-        release_cached_memory()
-        self.counters["oom_retries"] += 1
+        maps, err = out_of_memory_attempt(self._attention_maps)
+        if err is None:
+            return maps
+        self.counters["oom_retries"] += 1  # (one sequence: nothing to halve)
         raise CapabilityError(
-            f"The {what} pass over the {self.seq_len} tokens of the prompt with the output "
-            f"does not fit in the device's memory ({err}); use a shorter prompt or output, a "
-            f"smaller model or dtype, another device, or a method without attention maps "
-            f"(loo, ig, ...)."
+            f"The attention-map pass over the {self.seq_len} tokens of the prompt with the "
+            f"output does not fit in the device's memory ({err}); use a shorter prompt or "
+            f"output, a smaller model or dtype, another device, or a method without attention "
+            f"maps (loo, ig, ...)."
         )
 
     def _attention_maps(self) -> np.ndarray:

@@ -18,10 +18,13 @@ Capabilities:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from ..errors import CapabilityError
+
+T = TypeVar("T")
 
 #: the capabilities each kind of need asks of the local model and of the closed backend
 #: (a game on a prompt is the local model's teacher-forced scores)
@@ -101,7 +104,7 @@ def runtime_environment() -> dict[str, Any]:
 
 def out_of_memory_errors() -> tuple[type[BaseException], ...]:
     """The out-of-memory exception classes of the installed torch (CUDA's, the generic one
-    that MPS and XPU raise): what the batched model loops catch to halve a batch and retry."""
+    that MPS and XPU raise)."""
     import torch
 
     errs = {getattr(torch, "OutOfMemoryError", None), getattr(torch.cuda, "OutOfMemoryError", None)}
@@ -109,8 +112,7 @@ def out_of_memory_errors() -> tuple[type[BaseException], ...]:
 
 
 def release_cached_memory() -> None:
-    """Hand the blocks torch's GPU allocators keep after an out-of-memory error back to the
-    device, so that the halved retry starts from free memory (a no-op on the CPU)."""
+    """Hand the blocks torch's GPU allocators keep back to the device (a no-op on the CPU)."""
     import torch
 
     if torch.cuda.is_available():
@@ -119,3 +121,17 @@ def release_cached_memory() -> None:
     if mps is not None and getattr(torch.backends, "mps", None) is not None \
             and torch.backends.mps.is_available():
         mps.empty_cache()
+
+
+def out_of_memory_attempt(step: Callable[..., T], *args: Any, **kwargs: Any
+                          ) -> tuple[T | None, str | None]:
+    """``(step(*args, **kwargs), None)``, or ``(None, the error's class name)`` when the step
+    runs out of device memory: what the batched model loops call to halve a batch and run it again.
+    The allocator's cache is emptied after the exception is gone (its frames hold the
+    failed step's tensors until then), so that the retry starts from free memory."""
+    try:
+        return step(*args, **kwargs), None
+    except out_of_memory_errors() as e:
+        err = type(e).__name__
+    release_cached_memory()
+    return None, err

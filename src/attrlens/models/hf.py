@@ -1000,13 +1000,14 @@ class HFModel:
         """Greedy continuation of ``input_ids`` (stops at EOS, which is not returned)."""
         import torch
 
-        from .base import out_of_memory_errors, release_cached_memory
+        from .base import out_of_memory_attempt
 
         ids = torch.tensor([input_ids], device=self.device)
-        try:
+
+        def greedy() -> Any:
             with torch.inference_mode(), warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                out = self.model.generate(
+                return self.model.generate(
                     input_ids=ids,
                     attention_mask=torch.ones_like(ids),
                     max_new_tokens=max_new_tokens,
@@ -1015,21 +1016,21 @@ class HFModel:
                     pad_token_id=self.tokenizer.pad_token_id or self.eos_token_ids[0],
                     eos_token_id=self.eos_token_ids,
                 )
-        except out_of_memory_errors() as e:  # one sequence: nothing to halve
-            err = type(e).__name__
-        else:
-            new = out[0, ids.shape[1]:].tolist()
-            eos = set(self.eos_token_ids)
-            for i, t in enumerate(new):
-                if t in eos:
-                    return new[:i]
-            return new
-        release_cached_memory()  # (the exception, and the tensors its frames held, is gone)
-        raise CapabilityError(
-            f"Generating the model's answer to a {len(input_ids)}-token prompt does not fit in "
-            f"the device's memory ({err}); give the output to explain (--output-text), or use "
-            f"a shorter prompt, a smaller model or dtype, or another device."
-        )
+
+        out, err = out_of_memory_attempt(greedy)
+        if err is not None:  # one sequence: nothing to halve
+            raise CapabilityError(
+                f"Generating the model's answer to a {len(input_ids)}-token prompt does not "
+                f"fit in the device's memory ({err}); give the output to explain "
+                f"(--output-text), or use a shorter prompt, a smaller model or dtype, or "
+                f"another device."
+            )
+        new = out[0, ids.shape[1]:].tolist()
+        eos = set(self.eos_token_ids)
+        for i, t in enumerate(new):
+            if t in eos:
+                return new[:i]
+        return new
 
     # ---- model parts -----------------------------------------------------------------
     @property

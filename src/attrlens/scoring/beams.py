@@ -44,7 +44,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import CapabilityError, InputError
-from ..models.base import out_of_memory_errors, release_cached_memory
+from ..models.base import out_of_memory_attempt
 from .cache import PrefixCache, new_dynamic_cache
 
 MASKER_KINDS = ("attention_off", "delete", "replace")
@@ -463,10 +463,23 @@ class BeamRunner:
         """
         yield from self._run(inp, beams, weights, progress)
 
+    def _batch(self, inp: BeamInputs, rows: np.ndarray, beams: Beams | None,
+               weights: str) -> list[Marginal]:
+        """The marginals of one batch of inputs (own beams when ``beams`` is None)."""
+        import torch
+
+        with torch.inference_mode():
+            if beams is None:
+                found, hist = self._search_chunk(inp, rows)
+                return [self._marginal(hist[g], found[g], found[g].token_logp)
+                        for g in range(len(rows))]
+            hist = self._teacher_chunk(inp, rows, beams)
+            tl = beams.token_logp if weights == "original" else None
+            return [self._marginal(hist[g], beams, tl) for g in range(len(rows))]
+
     def _run(
         self, inp: BeamInputs, beams: Beams | None, weights: str, progress: Any
     ) -> Iterator[tuple[int, Marginal]]:
-        import torch
 
         n = len(inp)
         if inp.n_prompt != self.n_prompt:
@@ -475,7 +488,6 @@ class BeamRunner:
         order = np.argsort(-np.minimum(inp.first_change, inp.predictor), kind="stable")
         G = self.chunk_inputs()
         queue = deque(order[c0 : c0 + G] for c0 in range(0, n, G))
-        oom = out_of_memory_errors()
         done = 0
         while queue:
             rows = queue.popleft()
@@ -483,19 +495,8 @@ class BeamRunner:
             # the least tokens needed: a failed batch's own do not count, a prefix it
             # computed (kept) does
             tmin, had_prefix = self.counters["tokens_min"], self._cache.ready
-            try:
-                with torch.inference_mode():
-                    if beams is None:
-                        found, hist = self._search_chunk(inp, rows)
-                        out = [self._marginal(hist[g], found[g], found[g].token_logp)
-                               for g in range(len(rows))]
-                    else:
-                        hist = self._teacher_chunk(inp, rows, beams)
-                        tl = beams.token_logp if weights == "original" else None
-                        out = [self._marginal(hist[g], beams, tl) for g in range(len(rows))]
-            except oom as e:
-                err = type(e).__name__
-            else:
+            out, err = out_of_memory_attempt(self._batch, inp, rows, beams, weights)
+            if err is None:
                 self.counters["model_s"] += time.perf_counter() - t0
                 for g, r in enumerate(rows):
                     yield int(r), out[g]
@@ -503,9 +504,7 @@ class BeamRunner:
                 if progress is not None:
                     progress(done, n)
                 continue
-            # out of memory (handled after the exception, whose frames held the batch's
-            # tensors, is gone); nothing of the failed batch was yielded
-            release_cached_memory()
+            # out of memory: nothing of the failed batch was yielded
             self.counters["oom_retries"] += 1
             self.counters["model_s"] += time.perf_counter() - t0
             self.counters["tokens_min"] = tmin + (

@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import CapabilityError
-from ..models.base import out_of_memory_errors, release_cached_memory
+from ..models.base import out_of_memory_attempt
 from ..text.mask import PerturbedInput
 from .cache import PrefixCache
 
@@ -249,19 +249,13 @@ class ScoringEngine:
             width[-1] = L + T if twins else L
             keys.insert(0, -1)
         queue = deque(self._pack(keys, width, cut, 0) if plain else self._plan(keys, width, cut))
-        oom = out_of_memory_errors()
         while queue:
             rows = queue.popleft()
             segs = [g for r in rows for g in r]
-            try:
-                self._run_forward(rows, inputs, cut, width, twins, reducer, results,
-                                  plain=plain, positions=positions)
+            _, err = out_of_memory_attempt(self._run_forward, rows, inputs, cut, width, twins,
+                                           reducer, results, plain=plain, positions=positions)
+            if err is None:
                 continue
-            except oom as e:
-                err = type(e).__name__
-            # out of memory: handled here, after the exception (and the failed forward's
-            # tensors its frames held) is gone, so that the allocator can release them
-            release_cached_memory()
             if len(segs) == 1:
                 raise CapabilityError(
                     f"One perturbed prompt ({width[segs[0]]} tokens with the output) does not "
