@@ -295,6 +295,11 @@ def add_chat_template_option(parser: Any) -> None:
                         help="keyword arguments of the model's chat template, as a JSON "
                         "object, e.g. '{\"enable_thinking\": false}' (Qwen3); recorded "
                         "with the results")
+    parser.add_argument("--template-date", metavar="YYYY-MM-DD",
+                        help="the date a chat template that writes today's date into the "
+                        "prompt renders (Llama 3.2); default: the day the model is loaded "
+                        "(evaluate: that of the run's earlier records); recorded with the "
+                        "results as model.template_date")
 
 
 def chat_template_kwargs(args: argparse.Namespace) -> dict[str, Any] | None:
@@ -318,6 +323,10 @@ def chat_template_kwargs(args: argparse.Namespace) -> dict[str, Any] | None:
 
 
 def with_chat_template(model: Any, args: argparse.Namespace) -> Any:
-    """``model`` with the command's ``--chat-template-kwargs`` (unchanged without)."""
+    """``model`` with the command's ``--chat-template-kwargs`` and ``--template-date``
+    (unchanged without)."""
     kwargs = chat_template_kwargs(args)
-    return model if kwargs is None else model.with_chat_template(**kwargs)
+    if kwargs is not None:
+        model = model.with_chat_template(**kwargs)
+    date = getattr(args, "template_date", None)
+    return model if date is None else model.with_template_date(date)

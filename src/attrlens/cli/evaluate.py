@@ -67,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
         n_lds=args.n_lds, target=args.target, method_masker=args.method_masker,
         target_url=args.target_url, target_model=args.target_model, report=not args.no_report,
         trust_remote_code=args.trust_remote_code,
-        chat_template_kwargs=chat_template_kwargs(args),
+        chat_template_kwargs=chat_template_kwargs(args), template_date=args.template_date,
     )
     failed = sum(len(v) for v in summary.failed.values())
     print(f"{summary.computed} records computed, {summary.skipped} resumed"

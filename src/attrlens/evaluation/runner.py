@@ -214,6 +214,20 @@ def model_hash(model: HFModel) -> dict[str, Any]:
     return model.info.provenance()
 
 
+def _earlier_template_date(store: Any, model: HFModel) -> str | None:
+    """The template date of this model's first record in ``store`` (same weights and chat
+    template arguments), for a template that reads the date; None otherwise."""
+    if not model.template_reads_date:
+        return None
+    mine = {k: v for k, v in model_hash(model).items() if k != "template_date"}
+    for rec in store.records():
+        theirs = dict(rec.get("model") or {})
+        date = theirs.pop("template_date", None)
+        if date and theirs == mine:
+            return str(date)
+    return None
+
+
 def _json_clean(obj: Any) -> Any:
     if isinstance(obj, dict):
         return {str(k): _json_clean(v) for k, v in obj.items()}
@@ -266,9 +280,12 @@ class ItemRunner:
         elif isinstance(model, dict):  # how to load it (a Ray actor: :func:`_model_for_ray`)
             spec = dict(model)
             kwargs = spec.pop("chat_template_kwargs", None)
+            date = spec.pop("template_date", None)
             model = load_model(**spec)
             if kwargs:
                 model = model.with_chat_template(**kwargs)
+            if date:  # the driver's date, whatever day the worker starts on
+                model = model.with_template_date(date)
         if not isinstance(model, HFModel):
             raise ParameterError(
                 "evaluate needs a local model: a path, None (the embedded model) or "
@@ -723,7 +740,8 @@ def _model_for_ray(model: Any) -> Any:
     dev = model.device.type if model.device.type == "cpu" else str(model.device)
     return {"path": str(path), "device": dev, "dtype": model.info.dtype,
             "trust_remote_code": True,
-            "chat_template_kwargs": model.info.chat_template_kwargs}
+            "chat_template_kwargs": model.info.chat_template_kwargs,
+            "template_date": model.info.template_date}
 
 
 def _run_ray(model: Any, config: EvalConfig, seed: int, groups: list[Group], *, workers: int,
@@ -799,6 +817,7 @@ def evaluate(
     progress: bool = True,
     trust_remote_code: bool = False,
     chat_template_kwargs: dict[str, Any] | None = None,
+    template_date: str | None = None,
 ) -> Summary:
     """Run ``methods`` over the items of ``data``, score them with ``metrics``, aggregate.
 
@@ -825,6 +844,9 @@ def evaluate(
     report:   write each record's attribution page (items/) and index.html linking them
     chat_template_kwargs: keyword arguments of the model's chat template (e.g.
               ``{"enable_thinking": False}``); part of every record's key
+    template_date: the date (``YYYY-MM-DD``) a chat template that reads the date renders
+              (Llama 3.2); default: the date of this model's earlier records in ``out``,
+              else the day the model was loaded; part of every record's key
     Returns the :class:`Summary` (also written to ``out``).
     """
     check_param("evaluate", "seed", seed, kind=int, low=0)
@@ -877,6 +899,12 @@ def evaluate(
                         trust_remote_code=trust_remote_code)
     if chat_template_kwargs is not None:
         runner.model = runner.model.with_chat_template(**chat_template_kwargs)
+    if template_date is not None:
+        runner.model = runner.model.with_template_date(template_date)
+    else:
+        earlier = _earlier_template_date(store, runner.model)
+        if earlier is not None:  # a rerun on a later day renders the run's prompts again
+            runner.model = runner.model.with_template_date(earlier)
     mhash = model_hash(runner.model)
     groups: list[Group] = []
     n_skip = 0
@@ -927,8 +955,7 @@ def evaluate(
         "data": data if isinstance(data, str) else (str(data) if isinstance(data, Path)
                                                     else "in-memory"),
         "model_id": mhash["id"], "model_sha256": mhash["sha256"], "seed": seed,
-        **({"chat_template_kwargs": mhash["chat_template_kwargs"]}
-           if "chat_template_kwargs" in mhash else {}),
+        **{k: mhash[k] for k in ("chat_template_kwargs", "template_date") if k in mhash},
         **config.key_fields(),
         "methods": {s.label: {"name": s.name, "params": _json_clean(s.param_dict)}
                     for s in specs},

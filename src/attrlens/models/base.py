@@ -40,20 +40,26 @@ class ModelInfo:
     """Provenance of a model: a readable id, the sha256 of its weights file, and where it
     runs (device, e.g. ``cpu`` / ``cuda:0`` / ``cuda:0,cuda:1``, and dtype, e.g. ``float32``);
     the keyword arguments its chat template is rendered with, if any (e.g. Qwen3's
-    ``{"enable_thinking": False}``: they change every chat prompt)."""
+    ``{"enable_thinking": False}``: they change every chat prompt); and, for a template that
+    writes the date into the prompt (Llama 3.2, Granite), the date it is rendered with
+    (``YYYY-MM-DD``; fixed when the model is loaded, so that a run's prompts, and a rerun's,
+    do not change at midnight)."""
 
     id: str
     sha256: str | None
     device: str | None = None
     dtype: str | None = None
     chat_template_kwargs: dict[str, Any] | None = None
+    template_date: str | None = None
 
     def provenance(self) -> dict[str, Any]:
         """What a result or an evaluation record says about the model: id, sha256, and the
-        chat template's keyword arguments where there are any."""
+        chat template's keyword arguments and date where there are any."""
         out: dict[str, Any] = {"id": self.id, "sha256": self.sha256}
         if self.chat_template_kwargs:
             out["chat_template_kwargs"] = dict(self.chat_template_kwargs)
+        if self.template_date:
+            out["template_date"] = self.template_date
         return out
 
 

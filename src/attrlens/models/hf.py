@@ -7,10 +7,13 @@ user cache directory, keyed by the GGUF file's sha256, and later loads read that
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import contextvars
 import copy
 import dataclasses
+import datetime
+import functools
 import hashlib
 import json
 import logging
@@ -329,6 +332,44 @@ def gguf_copy_dir(sha: str) -> Path:
 
     major = transformers.__version__.split(".")[0]
     return cache_dir() / "models" / f"{sha[:24]}.transformers{major}"
+
+
+def today() -> str:
+    """Today's date, ``YYYY-MM-DD``, on the machine's clock (the clock transformers' chat
+    templates read)."""
+    return datetime.date.today().isoformat()
+
+
+def parse_template_date(date: Any) -> str:
+    """``date`` as ``YYYY-MM-DD``, or a one-line ParameterError."""
+    try:
+        return datetime.date.fromisoformat(str(date)).isoformat()
+    except ValueError:
+        raise ParameterError(
+            f"The template date {date!r} is not a date; give it as YYYY-MM-DD, e.g. "
+            f"{today()}."
+        ) from None
+
+
+#: a call of the chat templates' clock function with a literal format string
+_STRFTIME_CALL = re.compile(
+    r"""strftime_now\(\s*("(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*')\s*\)""")
+
+
+@functools.lru_cache(maxsize=32)
+def _dated_template(template: str, date: str) -> str | None:
+    """``template`` with each ``strftime_now("<format>")`` replaced by the string it gives at
+    midnight of ``date`` (transformers passes templates plain data only, so the function
+    itself cannot be replaced; ``strftime_now is defined`` stays true); the template
+    unchanged if it has no such call; None if it calls ``strftime_now`` in another form (a
+    format that is not a literal)."""
+    moment = datetime.datetime.combine(datetime.date.fromisoformat(date), datetime.time())
+
+    def fixed(match: re.Match[str]) -> str:
+        return json.dumps(moment.strftime(ast.literal_eval(match.group(1))), ensure_ascii=False)
+
+    out = _STRFTIME_CALL.sub(fixed, template)
+    return None if re.search(r"strftime_now\s*\(", out) else out
 
 
 def _from_pretrained(src: Path, *, dtype: str | None, device: str, **kwargs: Any) -> Any:
@@ -877,6 +918,12 @@ class HFModel:
         self.info = dataclasses.replace(
             info, device=where, dtype=str(self.dtype).replace("torch.", "")
         )
+        if self.template_reads_date and self.info.template_date is None:
+            if _dated_template(self._template(None), today()) is None:
+                log.warning("The chat template of %s reads the clock in a form attrlens "
+                            "cannot fix to one date; its prompts follow the clock.", info.id)
+            else:
+                self.info = dataclasses.replace(self.info, template_date=today())
         torch.set_grad_enabled(True)  # callers use inference_mode where they need it
 
     # ---- description -------------------------------------------------------------------
@@ -913,6 +960,19 @@ class HFModel:
         return bool(getattr(self.tokenizer, "chat_template", None))
 
     @property
+    def template_reads_date(self) -> bool:
+        """Whether the chat template asks for the current date (transformers' template
+        function ``strftime_now``), e.g. Llama 3.2's "Today Date: ..." line."""
+        template = getattr(self.tokenizer, "chat_template", None)
+        if isinstance(template, dict):  # several named templates (transformers 4.x)
+            template = " ".join(map(str, template.values()))
+        return bool(template) and "strftime_now" in str(template)
+
+    def _template(self, name: Any) -> str:
+        """The template source ``apply_chat_template`` renders for ``chat_template=name``."""
+        return str(self.tokenizer.get_chat_template(name))
+
+    @property
     def eos_token_ids(self) -> list[int]:
         ids: set[int] = set()
         eos = self.tokenizer.eos_token_id
@@ -944,11 +1004,13 @@ class HFModel:
         template rendered with ``kwargs``, e.g. ``enable_thinking=False`` for Qwen3. They are
         recorded with every result (``model.chat_template_kwargs``) and in evaluation
         records' keys. No arguments: the template's defaults."""
-        taken = sorted(set(kwargs) & {"conversation", "tokenize", "add_generation_prompt"})
+        taken = sorted(set(kwargs) & {"conversation", "tokenize", "add_generation_prompt",
+                                      "strftime_now"})
         if taken:
             raise ParameterError(
                 f"The chat template argument(s) {', '.join(taken)} are set by attrlens itself "
-                f"(it renders text, with the generation prompt); leave them out."
+                f"(it renders text, with the generation prompt, on the model's template "
+                f"date); leave them out."
             )
         for k, v in kwargs.items():
             try:
@@ -962,9 +1024,37 @@ class HFModel:
         other.info = dataclasses.replace(self.info, chat_template_kwargs=dict(kwargs) or None)
         return other
 
+    def with_template_date(self, date: str) -> HFModel:
+        """This model (the same weights and tokenizer, not a copy of them) with its chat
+        template rendered on ``date`` (``YYYY-MM-DD``) instead of the date it was loaded on:
+        to reproduce a result of another day (its ``model.template_date``). Only for a
+        template that reads the date (:attr:`template_reads_date`)."""
+        iso = parse_template_date(date)
+        if not self.template_reads_date:
+            raise ParameterError(
+                f"The chat template of {self.info.id} does not read the date, so a template "
+                f"date ({iso}) would change nothing; leave it out."
+            )
+        if _dated_template(self._template(None), iso) is None:
+            raise CapabilityError(
+                f"The chat template of {self.info.id} reads the clock in a form attrlens "
+                f"cannot fix to one date (strftime_now with a format that is not a literal "
+                f"string); its prompts follow the clock."
+            )
+        other = copy.copy(self)
+        other.info = dataclasses.replace(self.info, template_date=iso)
+        return other
+
     def render_chat(self, messages: list[dict[str, str]], *, add_generation_prompt: bool = True) -> str:
         """Render chat messages with the model's template (text, not ids), with the keyword
-        arguments of :meth:`with_chat_template`."""
+        arguments of :meth:`with_chat_template`; a template that reads the date gets the
+        model's ``template_date`` (midnight of that day), not the clock's."""
+        kwargs = dict(self.info.chat_template_kwargs or {})
+        if self.info.template_date and self.has_chat_template:
+            dated = _dated_template(self._template(kwargs.get("chat_template")),
+                                    self.info.template_date)
+            if dated is not None:
+                kwargs["chat_template"] = dated
         if not self.has_chat_template:
             raise InputError(
                 "This model's tokenizer has no chat template; pass a plain text prompt "
@@ -975,7 +1065,7 @@ class HFModel:
         try:
             return self.tokenizer.apply_chat_template(
                 messages, tokenize=False, add_generation_prompt=add_generation_prompt,
-                **(self.info.chat_template_kwargs or {}),
+                **kwargs,
             )
         except TemplateError as exc:  # the template's own raise_exception(...)
             roles = "/".join(m.get("role", "?") for m in messages)
