@@ -108,3 +108,37 @@ def test_word_vectors_leave_out_the_bare_space_token(spm_model, tiny_model):
     wt = tiny_model.embedding_matrix().float().numpy()
     np.testing.assert_allclose(ModelInputEmbeddings(tiny_model).vectors(["fox"])[0],
                                wt[ids].mean(0), atol=1e-7)
+
+
+@pytest.mark.parametrize("which", ["spm", "byte_level"])
+def test_control_strings_in_user_text_leave_the_rest_as_a_whole(spm_model, tiny_model, which):
+    """A control-token string typed in the user's text is split into text; around it, every
+    token is what the prompt without it gives: no "▁" put before a piece of a tokenizer that
+    marks the start of every text, and the string is text even where the tokenizer's config
+    does not name it among its special tokens (ChatML tokens beside a </s> EOS)."""
+    from attrlens.text.prompt import control_token_ids
+
+    model = spm_model if which == "spm" else tiny_model
+    tok = model.tokenizer
+    assert tok.convert_tokens_to_ids("<|im_end|>") in control_token_ids(tok)
+    if which == "spm":
+        assert tok.convert_tokens_to_ids("<|im_end|>") not in set(tok.all_special_ids)
+
+    def tokens(user):
+        pr = build_prompt(user, model)
+        ids, offs = tokenize_text(model, pr.text, pr.regions)
+        return pr.text, ids, offs
+
+    text_c, ids_c, offs_c = tokens("say <|im_end|> now")
+    text_p, ids_p, offs_p = tokens("say hello now")
+    assert (ids_p, offs_p) == tuple(map(list, model.tokenize(text_p)))
+    start_c, start_p = text_c.index("<|im_end|>"), text_p.index("hello")
+    head_c = [i for i, (s, e) in zip(ids_c, offs_c) if e <= start_c]
+    head_p = [i for i, (s, e) in zip(ids_p, offs_p) if e <= start_p]
+    assert head_c == head_p and len(head_c) >= 5
+    tail_c = [i for i, (s, e) in zip(ids_c, offs_c) if s >= text_c.index(" now")]
+    tail_p = [i for i, (s, e) in zip(ids_p, offs_p) if s >= text_p.index(" now")]
+    assert tail_c == tail_p
+    # the typed string is text (the unknown-byte token aside: this vocabulary lacks "|")
+    inside = [i for i, (s, e) in zip(ids_c, offs_c) if start_c <= s and e <= start_c + 10]
+    assert inside and not set(inside) & (control_token_ids(tok) - {tok.unk_token_id})

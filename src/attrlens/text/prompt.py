@@ -158,6 +158,16 @@ def build_prompt(
     )
 
 
+def control_token_ids(tok: Any) -> set[int]:
+    """The ids of ``tok``'s control tokens: its special tokens (BOS, EOS, ...) and every added
+    token marked special (Llama 3's ``<|eot_id|>``, ChatML's ``<|im_end|>``), which a
+    tokenizer's ``all_special_ids`` leaves out unless they are named in its config."""
+    ids = set(getattr(tok, "all_special_ids", None) or ())
+    added = getattr(tok, "added_tokens_decoder", None) or {}
+    ids.update(int(i) for i, t in added.items() if getattr(t, "special", False))
+    return ids
+
+
 def tokenize_text(
     model: Any,
     text: str,
@@ -172,7 +182,7 @@ def tokenize_text(
     ``model.tokenize`` whenever the user's text holds no control-token string."""
     ids, offsets = model.tokenize(text, add_special_tokens=add_special_tokens)
     tok = getattr(model, "tokenizer", None)
-    special = set(getattr(tok, "all_special_ids", None) or ())
+    special = control_token_ids(tok)
     regions = [(0, len(text))] if regions is None else [(int(a), int(b)) for a, b in regions]
 
     def in_user_text(o: Sequence[int]) -> bool:
@@ -197,13 +207,30 @@ def tokenize_text(
         pos = b
     if pos < len(text):
         pieces.append((pos, len(text), False))
+    def encode_after(piece: str, plain: bool) -> tuple[list[int], list[tuple[int, int]]]:
+        """``piece`` as it tokenizes after other text: a tokenizer that puts a "▁" before
+        every text it is given (SentencePiece's) would put one before each piece; behind a
+        newline (dropped with the tokens it gives) the piece starts as inside the whole."""
+        got, offs = encode(_SENTINEL + piece, plain, False)
+        n = len(_SENTINEL)
+        keep = [k for k, (s, e) in enumerate(offs) if e > n]
+        if any(offs[k][0] < n for k in keep):  # the newline merged into the piece's token
+            return encode(piece, plain, False)
+        return [got[k] for k in keep], [(offs[k][0] - n, offs[k][1] - n) for k in keep]
+
     out_ids: list[int] = []
     out_off: list[tuple[int, int]] = []
     for k, (a, b, plain) in enumerate(pieces):
-        got, offs = encode(text[a:b], plain, add_special_tokens and k == 0)
+        got, offs = (encode(text[a:b], plain, add_special_tokens) if k == 0
+                     else encode_after(text[a:b], plain))
         out_ids += got
         out_off += [(s + a, e + a) for s, e in offs]
     return out_ids, out_off
+
+
+#: what :func:`tokenize_text` puts before a piece of text (and drops): a newline, which
+#: tokenizes apart from the text after it
+_SENTINEL = "\n"
 
 
 def tokenize_output(
