@@ -100,7 +100,9 @@ def test_offloaded_weights_give_the_same_scores(tiny, tiny_dir, tmp_path) -> Non
 
     dm = {"model.embed_tokens": "disk", "model.layers.0": "disk", "model.layers.1": "cpu",
           "model.norm": "cpu", "model.rotary_emb": "cpu", "lm_head": "disk"}
-    m = AutoModelForCausalLM.from_pretrained(tiny_dir, device_map=dm,
+    from attrlens.models.base import LOAD_KWARGS
+
+    m = AutoModelForCausalLM.from_pretrained(tiny_dir, device_map=dm, **LOAD_KWARGS,
                                              offload_folder=str(tmp_path / "offload"))
     assert m.lm_head.weight.device.type == "meta"  # really offloaded
     wrapped = wrap_model(m, tiny.tokenizer)
@@ -342,3 +344,30 @@ def test_float32_head_copy_made_in_inference_mode_serves_autograd() -> None:
     x = h.clone().float().requires_grad_(True)
     hm.output_logits(x.to(torch.bfloat16)).logsumexp(-1).sum().backward()
     assert x.grad is not None and torch.isfinite(x.grad).all() and x.grad.abs().max() > 0
+
+
+def test_loads_never_ask_for_hub_kernels(tiny_dir, monkeypatch) -> None:
+    """transformers 5.25 kernelizes every model it loads unless told not to (downloading the
+    kernels from the Hub, and refusing the load where the ``kernels`` package is missing):
+    every from_pretrained of attrlens' (a model directory, the sentence encoder) says
+    use_kernels=False, whatever the environment."""
+    import transformers
+
+    from attrlens.models import hf
+    from attrlens.models.embeddings import MiniLMWordEmbeddings
+
+    monkeypatch.delenv("USE_HUB_KERNELS", raising=False)
+    seen: list[object] = []
+    for cls in (transformers.AutoModelForCausalLM, transformers.AutoModel):
+        real = cls.from_pretrained.__func__
+
+        def spy(klass, *args, _real=real, **kwargs):
+            seen.append(kwargs.get("use_kernels", "missing"))
+            return _real(klass, *args, **kwargs)
+
+        monkeypatch.setattr(cls, "from_pretrained", classmethod(spy))
+    monkeypatch.setattr(hf, "_LOADED", {})
+    m = load_model(str(tiny_dir), dtype="float32")
+    assert isinstance(m, HFModel) and seen == [False]
+    emb = MiniLMWordEmbeddings()
+    assert emb.dim > 0 and seen == [False, False]

@@ -429,3 +429,20 @@ def test_recurrent_gemma_on_transformers_4_is_refused() -> None:
     model = transformers.RecurrentGemmaForCausalLM(cfg).eval()
     with pytest.raises(CapabilityError, match="use transformers >= 5"):
         wrap_model(model, tok)
+
+
+@pytest.mark.parametrize("name", sorted(_configs(make_tiny_tokenizer())))
+def test_recurrent_layers_are_read_from_the_cache_layout(name, monkeypatch) -> None:
+    """transformers 5.25 dropped the models' ``_is_stateful`` flag; a recurrent layer is
+    then one whose cache layer keeps a state (a linear-attention cache layer). Both ways
+    name the same models."""
+    pytest.importorskip("transformers.cache_utils").__dict__.get(
+        "LinearAttentionCacheLayerMixin") or pytest.skip("no linear-attention cache layers")
+    from attrlens.models.hf import _recurrent_cache_layers
+
+    hm = _model(name)
+    assert hm.stateful == (name in RECURRENT)
+    assert _recurrent_cache_layers(hm.model.config) == (name in RECURRENT)
+    monkeypatch.setattr(type(hm.model), "_is_stateful", None, raising=False)  # as on 5.25
+    hm.__dict__.pop("_stateful", None)
+    assert hm.stateful == (name in RECURRENT)

@@ -35,6 +35,12 @@ NEEDS_CAPABILITIES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
 }
 
 
+#: keyword arguments of every ``from_pretrained`` call of attrlens': no kernels from the Hub
+#: (transformers 5.25 turns them on by default and downloads them at load time; attrlens
+#: never downloads at run time, and its scores are those of the model's own layers)
+LOAD_KWARGS: dict[str, Any] = {"use_kernels": False}
+
+
 @dataclass(frozen=True)
 class ModelInfo:
     """Provenance of a model: a readable id, the sha256 of its weights file, and where it

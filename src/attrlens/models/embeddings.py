@@ -32,6 +32,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from ..errors import CapabilityError, InputError, ParameterError, unknown_name_message
+from .base import LOAD_KWARGS
 from .hf import onloaded
 
 EMBEDDINGS = ("surrogate", "minilm")
@@ -149,7 +150,7 @@ class MiniLMWordEmbeddings(_CachedEmbeddings):
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 self._tok = AutoTokenizer.from_pretrained(str(self.path))
-                self._enc = AutoModel.from_pretrained(str(self.path)).eval()
+                self._enc = AutoModel.from_pretrained(str(self.path), **LOAD_KWARGS).eval()
 
     @property
     def dim(self) -> int:

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import BackendError, CapabilityError, InputError, ParameterError
-from .base import ModelInfo
+from .base import LOAD_KWARGS, ModelInfo
 
 log = logging.getLogger(__name__)
 
@@ -382,7 +382,8 @@ def _from_pretrained(src: Path, *, dtype: str | None, device: str, **kwargs: Any
     if device.startswith("cuda"):
         extra["device_map"] = {"": device}
     torch_dtype = getattr(torch, dtype) if dtype else torch.float32
-    return AutoModelForCausalLM.from_pretrained(str(src), dtype=torch_dtype, **extra, **kwargs)
+    return AutoModelForCausalLM.from_pretrained(str(src), dtype=torch_dtype, **extra,
+                                                **LOAD_KWARGS, **kwargs)
 
 
 def _first_line(exc: BaseException) -> str:
@@ -868,6 +869,20 @@ def _packed_sdpa(module: Any, query: Any, key: Any, value: Any, attention_mask: 
     return out.transpose(1, 2).contiguous(), None
 
 
+def _recurrent_cache_layers(config: Any) -> bool:
+    """Whether transformers' cache for ``config`` keeps a recurrent state in some layer
+    (transformers >= 5.25); False where it cannot tell."""
+    try:
+        from transformers.cache_utils import DynamicCache, LinearAttentionCacheLayerMixin
+    except ImportError:
+        return False
+    try:
+        layers = DynamicCache(config=config).layers
+    except Exception:  # noqa: BLE001 - a config the cache cannot read: attention layers
+        return False
+    return any(isinstance(layer, LinearAttentionCacheLayerMixin) for layer in layers)
+
+
 def _packed_mask(*args: Any, **kwargs: Any) -> Any:
     """Mask creation under :data:`PACKED_SDPA`: none in the engine's forwards (they pass
     their own masks, or none for one plain sequence); transformers' SDPA mask for any other
@@ -1262,8 +1277,15 @@ class HFModel:
     @property
     def stateful(self) -> bool:
         """Whether some of the model's layers are recurrent (state-space or linear
-        attention: transformers' ``_is_stateful``), not attention over a key cache."""
-        return bool(getattr(type(self.model), "_is_stateful", False))
+        attention), not attention over a key cache: transformers' ``_is_stateful`` up to
+        5.24; from 5.25 on, a layer whose cache (``DynamicCache(config=...)``) is a
+        linear-attention layer, which keeps a state instead of keys."""
+        got = self.__dict__.get("_stateful")
+        if got is None:
+            flag = getattr(type(self.model), "_is_stateful", None)
+            got = self.__dict__["_stateful"] = (
+                bool(flag) if flag is not None else _recurrent_cache_layers(self.model.config))
+        return got
 
     @property
     def packing(self) -> tuple[bool, bool]:
