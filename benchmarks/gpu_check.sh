@@ -11,9 +11,12 @@
 #   bash benchmarks/gpu_check.sh              # the real check (needs CUDA)
 #   DRY_RUN=1 bash benchmarks/gpu_check.sh    # CPU, tiny sizes: proves the script end to end
 #
+# On the lent device machine (nothing can be installed there from the network, at most
+# 64 MiB per call): benchmarks/gpu_kit.sh sends the model and wheels and runs this script.
+#
 # Environment: PY (default .venv/bin/python), OUT_MD (default
 # benchmarks/gpu_check_results.md; the dry run defaults to /tmp/gpu_check_dryrun.md),
-# TEST_TIMEOUT (s, default 1800), SPEX_WORDS (default 1000), SPEX_B (default: method default),
+# TEST_TIMEOUT, BENCH_TIMEOUT, SPEX_TIMEOUT (s per step; 1800, 3600, 3600), SPEX_WORDS (default 1000), SPEX_B (default: method default),
 # SPEX_NEW_TOKENS (default 16), STEPS (default "1 2 3": which parts to run).
 set -uo pipefail
 
@@ -73,7 +76,7 @@ EOF
 if step 1; then
 echo "== 1. integration tests on $DEVICE"
 t0=$(date +%s)
-ATTRLENS_TEST_DEVICE=$DEVICE timeout "${TEST_TIMEOUT:-1800}" .venv/bin/pytest -q -p no:cacheprovider \
+ATTRLENS_TEST_DEVICE=$DEVICE timeout "${TEST_TIMEOUT:-1800}" "$PY" -m pytest -q -p no:cacheprovider \
   "${TESTS[@]}" > "$TEST_LOG" 2>&1
 rc=$?
 [[ $rc -ne 0 ]] && status=1
@@ -93,7 +96,8 @@ fi
 # ---- 2. scoring benchmark ----------------------------------------------------------------
 if step 2; then
 echo "== 2. scoring benchmark on $DEVICE"
-"$PY" benchmarks/scoring.py "${BENCH[@]}" --out "$BENCH_JSON" > "$OUT_DIR/${BASE}_scoring.log" 2>&1
+timeout "${BENCH_TIMEOUT:-3600}" "$PY" benchmarks/scoring.py "${BENCH[@]}" --out "$BENCH_JSON" \
+  > "$OUT_DIR/${BASE}_scoring.log" 2>&1
 rc=$?
 [[ $rc -ne 0 ]] && status=1
 {
@@ -136,7 +140,8 @@ fi
 # ---- 3. SPEX on a ~1,000-word prompt -----------------------------------------------------
 if step 3; then
 echo "== 3. SPEX on a ${SPEX_WORDS}-word prompt on $DEVICE"
-"$PY" - "$DEVICE" "$SPEX_WORDS" "${SPEX_B}" "$SPEX_JSON" "$SPEX_NEW_TOKENS" >> "$OUT_MD" 2> "$OUT_DIR/${BASE}_spex.log" <<'EOF'
+timeout "${SPEX_TIMEOUT:-3600}" "$PY" - "$DEVICE" "$SPEX_WORDS" "${SPEX_B}" "$SPEX_JSON" \
+  "$SPEX_NEW_TOKENS" >> "$OUT_MD" 2> "$OUT_DIR/${BASE}_spex.log" <<'EOF'
 import json, sys, time
 import attrlens
 sys.path.insert(0, "benchmarks")
