@@ -121,6 +121,20 @@ def make_tiny_model(seed: int = 0, *, n_layers: int = 2):
     return HFModel(model, tok, info=ModelInfo("tiny-llama-test", None))
 
 
+def save_model_dir(model, path):
+    """``model`` (an HFModel) saved as a model directory at ``path`` (returned)."""
+    model.model.save_pretrained(path)
+    model.tokenizer.save_pretrained(path)
+    return path
+
+
+def explain_argv(model_dir, prompt: str, output: str, json_path) -> list[str]:
+    """``attrlens explain`` arguments: LOO of ``output`` on a float32 model directory,
+    quiet, the result to ``json_path``."""
+    return ["explain", prompt, "--model", str(model_dir), "--method", "loo", "--output-text",
+            output, "--dtype", "float32", "--quiet", "--json", str(json_path)]
+
+
 def spy_sdpa(monkeypatch) -> list[tuple[int, int, bool]]:
     """(query heads, key heads, enable_gqa) of every torch SDPA call from here on."""
     import torch

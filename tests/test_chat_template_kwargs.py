@@ -9,6 +9,7 @@ import json
 
 import numpy as np
 import pytest
+from conftest import explain_argv, save_model_dir
 
 import attrlens
 from attrlens.errors import ParameterError
@@ -56,12 +57,9 @@ def test_kwargs_reach_the_template_and_the_result(thinking):
 def test_cli_flag_and_its_one_line_errors(thinking, tmp_path, capsys):
     from attrlens.cli import main
 
-    d = tmp_path / "model"
-    thinking.model.save_pretrained(d)
-    thinking.tokenizer.save_pretrained(d)
+    d = save_model_dir(thinking, tmp_path / "model")
     out = tmp_path / "r.json"
-    base = ["explain", PROMPT, "--model", str(d), "--method", "loo", "--output-text", OUTPUT,
-            "--dtype", "float32", "--quiet", "--json", str(out)]
+    base = explain_argv(d, PROMPT, OUTPUT, out)
     assert main([*base, "--chat-template-kwargs", '{"enable_thinking": false}']) == 0
     res = json.loads(out.read_text())
     assert res["model"]["chat_template_kwargs"] == OFF and "</think>" in res["input"]["text"]
@@ -91,9 +89,7 @@ def test_a_worker_that_loads_the_model_applies_the_kwargs(thinking, tmp_path):
     arguments (``_model_for_ray``); the kwargs travel in it."""
     from attrlens.evaluation.runner import EvalConfig, ItemRunner
 
-    d = tmp_path / "model"
-    thinking.model.save_pretrained(d)
-    thinking.tokenizer.save_pretrained(d)
+    d = save_model_dir(thinking, tmp_path / "model")
     spec = {"path": str(d), "device": "cpu", "dtype": "float32", "chat_template_kwargs": OFF}
     runner = ItemRunner(spec, EvalConfig(metrics=("abpc",)), 0)
     assert runner.model.info.chat_template_kwargs == OFF

@@ -12,6 +12,7 @@ import json
 
 import numpy as np
 import pytest
+from conftest import explain_argv, save_model_dir
 
 import attrlens
 from attrlens.errors import ParameterError
@@ -108,12 +109,9 @@ def test_cli_flag(tiny_model, monkeypatch, tmp_path, capsys) -> None:
     from attrlens.cli import main
 
     m = dated_model(tiny_model, monkeypatch, "2026-12-01")
-    d = tmp_path / "model"
-    m.model.save_pretrained(d)
-    m.tokenizer.save_pretrained(d)
+    d = save_model_dir(m, tmp_path / "model")
     out = tmp_path / "r.json"
-    base = ["explain", PROMPT, "--model", str(d), "--method", "loo", "--output-text", OUTPUT,
-            "--dtype", "float32", "--quiet", "--json", str(out)]
+    base = explain_argv(d, PROMPT, OUTPUT, out)
     assert main([*base, "--template-date", "2024-07-26"]) == 0
     res = json.loads(out.read_text())
     assert res["model"]["template_date"] == "2024-07-26"
@@ -155,9 +153,7 @@ def test_a_worker_that_loads_the_model_renders_the_drivers_date(tiny_model, monk
     from attrlens.evaluation.runner import EvalConfig, ItemRunner
 
     m = dated_model(tiny_model, monkeypatch, "2026-12-01")
-    d = tmp_path / "model"
-    m.model.save_pretrained(d)
-    m.tokenizer.save_pretrained(d)
+    d = save_model_dir(m, tmp_path / "model")
     monkeypatch.setattr(hf, "today", lambda: "2026-12-02")  # the worker starts after midnight
     spec = {"path": str(d), "device": "cpu", "dtype": "float32", "template_date": "2026-12-01"}
     runner = ItemRunner(spec, EvalConfig(metrics=("abpc",)), 0)

@@ -934,11 +934,12 @@ class HFModel:
             info, device=where, dtype=str(self.dtype).replace("torch.", "")
         )
         if self.template_reads_date and self.info.template_date is None:
-            if _dated_template(self._template(None), today()) is None:
+            day = today()
+            if self._dated_template(day) is None:
                 log.warning("The chat template of %s reads the clock in a form attrlens "
                             "cannot fix to one date; its prompts follow the clock.", info.id)
             else:
-                self.info = dataclasses.replace(self.info, template_date=today())
+                self.info = dataclasses.replace(self.info, template_date=day)
         torch.set_grad_enabled(True)  # callers use inference_mode where they need it
 
     # ---- description -------------------------------------------------------------------
@@ -983,9 +984,14 @@ class HFModel:
             template = " ".join(map(str, template.values()))
         return bool(template) and "strftime_now" in str(template)
 
-    def _template(self, name: Any) -> str:
-        """The template source ``apply_chat_template`` renders for ``chat_template=name``."""
-        return str(self.tokenizer.get_chat_template(name))
+    def _dated_template(self, date: str, name: Any = None) -> str | None:
+        """The template ``apply_chat_template`` renders for ``chat_template=name``, fixed to
+        ``date`` (:func:`_dated_template`); None where that cannot be done."""
+        try:
+            template = str(self.tokenizer.get_chat_template(name))
+        except ValueError:  # several named templates and none is the default
+            return None
+        return _dated_template(template, date)
 
     @property
     def eos_token_ids(self) -> list[int]:
@@ -1050,7 +1056,7 @@ class HFModel:
                 f"The chat template of {self.info.id} does not read the date, so a template "
                 f"date ({iso}) would change nothing; leave it out."
             )
-        if _dated_template(self._template(None), iso) is None:
+        if self._dated_template(iso) is None:
             raise CapabilityError(
                 f"The chat template of {self.info.id} reads the clock in a form attrlens "
                 f"cannot fix to one date (strftime_now with a format that is not a literal "
@@ -1066,8 +1072,7 @@ class HFModel:
         model's ``template_date`` (midnight of that day), not the clock's."""
         kwargs = dict(self.info.chat_template_kwargs or {})
         if self.info.template_date and self.has_chat_template:
-            dated = _dated_template(self._template(kwargs.get("chat_template")),
-                                    self.info.template_date)
+            dated = self._dated_template(self.info.template_date, kwargs.get("chat_template"))
             if dated is not None:
                 kwargs["chat_template"] = dated
         if not self.has_chat_template:

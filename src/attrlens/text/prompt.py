@@ -207,6 +207,7 @@ def tokenize_text(
         pos = b
     if pos < len(text):
         pieces.append((pos, len(text), False))
+
     def encode_after(piece: str, plain: bool) -> tuple[list[int], list[tuple[int, int]]]:
         """``piece`` as it tokenizes after other text: a tokenizer that puts a "▁" before
         every text it is given (SentencePiece's) would put one before each piece; behind a
