@@ -442,7 +442,15 @@ def test_recurrent_layers_are_read_from_the_cache_layout(name, monkeypatch) -> N
 
     hm = _model(name)
     assert hm.stateful == (name in RECURRENT)
-    assert _recurrent_cache_layers(hm.model.config) == (name in RECURRENT)
+    flag = getattr(type(hm.model), "_is_stateful", None)
+    if flag is None:  # transformers >= 5.25: the layout is all there is, and was read above
+        return
+    if _recurrent_cache_layers(hm.model.config) != bool(flag):
+        import transformers
+
+        # before 5.24 some recurrent models had no state-keeping cache layer yet
+        assert tuple(int(x) for x in transformers.__version__.split(".")[:2]) < (5, 24)
+        pytest.skip("this transformers describes the model's recurrence by its flag only")
     monkeypatch.setattr(type(hm.model), "_is_stateful", None, raising=False)  # as on 5.25
     hm.__dict__.pop("_stateful", None)
     assert hm.stateful == (name in RECURRENT)
