@@ -128,6 +128,12 @@ def save_model_dir(model, path):
     return path
 
 
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory, tiny_model):
+    """The tiny test model saved as a local transformers directory (one per test module)."""
+    return save_model_dir(tiny_model, tmp_path_factory.mktemp("tiny"))
+
+
 def explain_argv(model_dir, prompt: str, output: str, json_path) -> list[str]:
     """``attrlens explain`` arguments: LOO of ``output`` on a float32 model directory,
     quiet, the result to ``json_path``."""

@@ -11,15 +11,6 @@ import pytest
 from attrlens.cli import main
 
 
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory, tiny_model):
-    """The tiny test model saved as a local transformers directory."""
-    d = tmp_path_factory.mktemp("tiny")
-    tiny_model.model.save_pretrained(d)
-    tiny_model.tokenizer.save_pretrained(d)
-    return d
-
-
 def run(argv, capsys):
     code = main(argv)
     out = capsys.readouterr()

@@ -31,14 +31,6 @@ piece = st.one_of(st.sampled_from(PIECES),
 prompts = st.lists(piece, min_size=1, max_size=6).map(" ".join)
 
 
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory, tiny_model):
-    d = tmp_path_factory.mktemp("tiny")
-    tiny_model.model.save_pretrained(d)
-    tiny_model.tokenizer.save_pretrained(d)
-    return d
-
-
 @pytest.fixture(autouse=True)
 def wide_terminal(monkeypatch):
     monkeypatch.setenv("COLUMNS", "1000")

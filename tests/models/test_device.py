@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import make_tiny_model
+from conftest import make_tiny_model, save_model_dir
 
 from attrlens.errors import BackendError, ParameterError
 from attrlens.models import hf
@@ -133,9 +133,7 @@ def test_cpu_choice_needs_a_clear_bf16_win(cache, monkeypatch, fp32_s, bf16_s, w
 
 def test_remembered_choice_sets_the_loaded_dtype(cache, monkeypatch, tmp_path) -> None:
     tiny = make_tiny_model()
-    d = tmp_path / "m"
-    tiny.model.save_pretrained(d)
-    tiny.tokenizer.save_pretrained(d)
+    d = save_model_dir(tiny, tmp_path / "m")
     key, _ = hf._cpu_key()
     cpu_dtype_file().parent.mkdir(parents=True, exist_ok=True)
     cpu_dtype_file().write_text(json.dumps({key: {"dtype": "bfloat16"}}))

@@ -10,7 +10,7 @@ import warnings
 
 import numpy as np
 import pytest
-from conftest import make_tiny_model
+from conftest import make_tiny_model, save_model_dir
 from scipy.stats import spearmanr
 
 import attrlens
@@ -32,10 +32,7 @@ def tiny():
 
 @pytest.fixture(scope="module")
 def tiny_dir(tiny, tmp_path_factory):
-    d = tmp_path_factory.mktemp("tiny_llama")
-    tiny.model.save_pretrained(d)
-    tiny.tokenizer.save_pretrained(d)
-    return d
+    return save_model_dir(tiny, tmp_path_factory.mktemp("tiny_llama"))
 
 
 def _loo(prompt: str, **kw) -> np.ndarray:

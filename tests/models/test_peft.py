@@ -8,7 +8,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import make_tiny_model
+from conftest import make_tiny_model, save_model_dir
 
 import attrlens
 from attrlens.errors import CapabilityError, InputError
@@ -38,9 +38,7 @@ def lora(tiny):
 
 @pytest.fixture(scope="module")
 def dirs(tiny, lora, tmp_path_factory):
-    base = tmp_path_factory.mktemp("base")
-    tiny.model.save_pretrained(base)
-    tiny.tokenizer.save_pretrained(base)
+    base = save_model_dir(tiny, tmp_path_factory.mktemp("base"))
     adapter = tmp_path_factory.mktemp("adapter")
     lora.save_pretrained(adapter)
     cfg = json.loads((adapter / "adapter_config.json").read_text())
