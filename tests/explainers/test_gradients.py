@@ -10,7 +10,7 @@ from conftest import spy_sdpa
 
 import attrlens
 from attrlens.api import prepare
-from attrlens.errors import InputError, ParameterError
+from attrlens.errors import CapabilityError, InputError, ParameterError
 from attrlens.games.whitebox import WhiteBoxGame
 from attrlens.registry import get_explainer
 
@@ -179,6 +179,110 @@ def test_bf16_model_accumulates_in_fp32():
     b = attrlens.explain(PROMPT, model=m16, method="ig", output=out, steps=8)
     assert b.scores.dtype == np.float64 and np.all(np.isfinite(b.scores))
     assert np.corrcoef(a.scores, b.scores)[0, 1] > 0.8
+
+
+# ---- models whose gradients do not reach the prompt ---------------------------------------
+_OPAQUE_OPS: set[str] = set()
+
+
+def _opaque_linear_op(detach: bool):
+    """A linear operator registered with torch.library for the CPU only, without an autograd
+    kernel (as bitsandbytes registers its 4-bit kernels); ``detach``: its kernel leaves the
+    graph, as a compiled kernel does, so no gradient passes it."""
+    import torch
+
+    name = f"attrlens_test::opaque_linear_{'detached' if detach else 'traced'}"
+    if name not in _OPAQUE_OPS:  # an operator is defined once per process
+        _OPAQUE_OPS.add(name)
+        torch.library.define(name, "(Tensor x, Tensor w) -> Tensor")
+
+        @torch.library.register_kernel(name, "cpu")
+        def _kernel(x, w):
+            return torch.nn.functional.linear(x.detach() if detach else x, w)
+
+    ns, op = name.split("::")
+    return name, getattr(getattr(torch.ops, ns), op)
+
+
+@pytest.fixture
+def opaque_model(monkeypatch):
+    """A fresh tiny model whose decoder linears run through ``_opaque_linear_op``."""
+    from conftest import make_tiny_model
+
+    def make(detach: bool):
+        import torch
+
+        m = make_tiny_model()
+        name, op = _opaque_linear_op(detach)
+        for mod in m.model.model.layers.modules():
+            if isinstance(mod, torch.nn.Linear):
+                monkeypatch.setattr(mod, "forward", lambda x, mod=mod: op(x, mod.weight))
+        return m, name
+    return make
+
+
+@pytest.mark.parametrize("method", ["ig", "grad_x_input", "bta"])
+def test_gradients_through_an_operator_without_autograd_kernel_are_refused(opaque_model,
+                                                                         method):
+    """torch backpropagates through such an operator's inner graph and warns that it "may
+    lead to silently incorrect behavior" (bitsandbytes' 4-bit layers on the CPU give zeros);
+    the methods refuse on one line naming the operator, and leave the model as it was."""
+    m, name = opaque_model(detach=False)
+    kw = {"start_layer": 1} if method == "bta" else {}
+    with pytest.raises(CapabilityError, match=f"operator {name} .*no backward") as e:
+        _explain(m, method, **kw)
+    assert "\n" not in str(e.value) and "use a perturbation method" in str(e.value).lower()
+    assert all(p.requires_grad for p in m.model.parameters())
+    assert _explain(m, "loo").scores.shape == (9,)  # perturbation methods still run
+
+
+@pytest.mark.parametrize("method", ["ig", "bta"])
+def test_gradients_that_never_reach_the_prompt_are_refused_not_zero(opaque_model, method):
+    """Every decoder linear's kernel leaves the graph: only the last prompt token's own
+    embedding reaches the output (by the residual stream), so IG read exactly zero for every
+    feature and BTA's attention map had no gradient; both now refuse on one line."""
+    m, _ = opaque_model(detach=True)
+    kw = {"start_layer": 1} if method == "bta" else {}
+    with pytest.raises(CapabilityError, match="reaches its prompt"):
+        _explain(m, method, **kw)
+
+
+def test_a_forward_outside_the_autograd_graph_is_refused(tiny_model, monkeypatch):
+    """A decoder whose forward returns detached hidden states (an inference-only wrapper):
+    a one-line refusal, not torch's "element 0 of tensors does not require grad"."""
+    dec = tiny_model.model.model
+    real = dec.forward
+
+    def detached(*a, **kw):
+        out = real(*a, **kw)
+        out.last_hidden_state = out.last_hidden_state.detach()
+        return out
+
+    monkeypatch.setattr(dec, "forward", detached)
+    with pytest.raises(CapabilityError, match="leaves the autograd graph"):
+        _explain(tiny_model, "ig")
+    monkeypatch.undo()
+    assert np.any(_explain(tiny_model, "ig").scores != 0)
+
+
+@pytest.mark.integration
+def test_bitsandbytes_4bit_model_explains_by_perturbation_and_refuses_gradients(tiny_dir):
+    """A real 4-bit quantized model (bitsandbytes on the CPU), passed as a transformers
+    object: LOO scores it; IG, whose gradients read zero through its 4-bit kernels, refuses."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+
+    from attrlens.models.base import LOAD_KWARGS
+
+    q = AutoModelForCausalLM.from_pretrained(
+        tiny_dir, quantization_config=BitsAndBytesConfig(load_in_4bit=True),
+        device_map="cpu", **LOAD_KWARGS)
+    assert type(q.model.layers[0].mlp.down_proj).__name__ == "Linear4bit"
+    tok = AutoTokenizer.from_pretrained(tiny_dir)
+    loo = attrlens.explain(PROMPT, model=q, tokenizer=tok, method="loo", output=" a b")
+    assert loo.scores.shape == (9,) and np.all(np.isfinite(loo.scores))
+    assert np.abs(loo.scores).max() > 1e-3
+    with pytest.raises(CapabilityError, match="bitsandbytes::"):
+        attrlens.explain(PROMPT, model=q, tokenizer=tok, method="ig", output=" a b")
 
 
 @pytest.mark.parametrize("bad", [{"steps": 0}, {"steps": 1.5}, {"baseline": "noise"},

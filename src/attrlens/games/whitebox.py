@@ -30,6 +30,7 @@ A white-box game is not evaluated on masks: :meth:`WhiteBoxGame.compute` raises.
 
 from __future__ import annotations
 
+import warnings
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
@@ -53,6 +54,9 @@ BASELINES = ("zero", "pad", "mask")
 CHECKPOINT = ("auto", "on", "off")
 #: stored activations of one chunk above which checkpoint="auto" recomputes layers (bytes)
 ACTIVATION_BUDGET = 1 << 30
+#: torch's warning when a backward pass meets an operator without an autograd kernel (its
+#: gradient is then whatever the operator's inner graph gives: zero for compiled kernels)
+NO_AUTOGRAD_KERNEL = "an autograd kernel was not registered"
 
 
 @dataclass
@@ -519,16 +523,32 @@ class WhiteBoxGame(Game):
                 logp = (self._forward(emb, captured) if from_outputs
                         else self._forward(emb))  # (B, T)
             f = (logp * wt[rs]).sum()
+            if not f.requires_grad:
+                raise self._no_gradient("its forward leaves the autograd graph")
             targets = [emb]
             if attention:
                 amap = captured.pop("attn", None)
-                if amap is None or not amap.requires_grad:
+                if amap is None:
                     raise CapabilityError(
                         "The model's last attention layer returned no differentiable "
                         "attention map; attention methods need eager attention."
                     )
+                if not amap.requires_grad:
+                    raise self._no_gradient("its last attention map does not depend on the "
+                                            "input (the forward leaves the autograd graph)")
                 targets.append(amap)
-            grads = torch.autograd.grad(f, targets, allow_unused=True)
+            with warnings.catch_warnings(record=True) as seen:
+                warnings.simplefilter("always")
+                grads = torch.autograd.grad(f, targets, allow_unused=True)
+            for w in seen:
+                if NO_AUTOGRAD_KERNEL in str(w.message):
+                    raise self._no_gradient(
+                        f"the operator {str(w.message).split(': ')[0]} on the way has no "
+                        f"backward (autograd) kernel, so torch cannot give its gradient (it "
+                        f"reads zero through bitsandbytes' 4-bit layers on the CPU)")
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+            if grads[0] is None:
+                raise self._no_gradient("its forward leaves the autograd graph")
             if attention and grads[1] is None:
                 raise CapabilityError(
                     f"The attention weights that {type(self.model.model).__name__} "
@@ -541,6 +561,8 @@ class WhiteBoxGame(Game):
             sw = torch.as_tensor([step_w[k] for k in ks], device=x.device,
                                  dtype=torch.float32)
             g = grads[0][:, : self.n_prompt].float()  # (B, L, d)
+            # positions before the last prompt token reach the output through attention only
+            reached[0] = reached[0] or bool(g[:, : self.n_prompt - 1].ne(0).any())
             contrib = (g * d_dot[None]).sum(-1) * sw[:, None]  # (B, L)
             # accumulated only now: a chunk that ran out of memory above added nothing
             directional.index_add_(0, rs, contrib)
@@ -548,15 +570,30 @@ class WhiteBoxGame(Game):
                 ga = grads[1].float().mean(1)[:, rows_t]  # (B, T, S)
                 att_acc.index_add_(0, rs, ga * sw[:, None, None])
 
+        reached = [False]  # a non-zero gradient reached an earlier prompt embedding
         try:
             with self._frozen(eager=attention):
                 self._in_chunks(len(pairs), run, eager=attention, what="backward")
         finally:
             if hook is not None:
                 hook.remove()
+        if not reached[0] and self.n_prompt > 1:
+            raise self._no_gradient(
+                "every gradient with respect to the embeddings of the prompt's tokens before "
+                "its last was exactly zero (nothing before it reaches the output)")
         return PathGradients(
             directional=directional.cpu().numpy().astype(np.float64),
             attention=None if att_acc is None else att_acc.cpu().numpy().astype(np.float64),
+        )
+
+    def _no_gradient(self, why: str) -> CapabilityError:
+        """The one-line refusal of gradient methods on a model whose gradients do not reach
+        the prompt's embeddings (``why``: what was seen)."""
+        return CapabilityError(
+            f"Gradient methods cannot explain the model {self.model.info.id} "
+            f"({type(self.model.model).__name__}): no trustworthy gradient of the output's "
+            f"log-probability reaches its prompt; {why}. Use a perturbation method (loo, "
+            f"lime, kernel_shap, spex), or load the model without that quantization or kernel."
         )
 
     def attention_maps(self) -> np.ndarray:
