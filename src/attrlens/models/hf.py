@@ -587,7 +587,8 @@ def wrap_model(model: Any, tokenizer: Any = None, *, model_id: str | None = None
     is: one CPU/CUDA/MPS device, or several through ``device_map`` (inputs then go to the
     input embedding's device).
 
-    model:     an ``AutoModelForCausalLM`` (or an HFModel, returned as is)
+    model:     an ``AutoModelForCausalLM`` (or an HFModel, returned as is; a
+               ``torch.compile``-d model is unwrapped: attrlens runs the module itself)
     tokenizer: its fast tokenizer (``AutoTokenizer.from_pretrained(...)``)
     model_id:  the id recorded in results (default: the config's ``_name_or_path``, with
                ``+lora:<adapter>`` for a PEFT model); the
@@ -604,6 +605,13 @@ def wrap_model(model: Any, tokenizer: Any = None, *, model_id: str | None = None
         import torch
     except ImportError as exc:  # pragma: no cover - torch is a dependency
         raise BackendError("attrlens needs torch: pip install torch") from exc
+    compiled = getattr(model, "_orig_mod", None)  # torch.compile(model)'s module
+    if isinstance(model, torch.nn.Module) and isinstance(compiled, torch.nn.Module):
+        # attrlens runs the decoder and head of the module itself, with shapes that change
+        # from forward to forward (packed rows, path points) and attention functions of its
+        # own: compiled graphs would be recompiled for most of them (46 s against 1 s for
+        # the embedded model's LOO, mostly generating the answer); the weights are the same
+        model = compiled
     is_lm = isinstance(model, torch.nn.Module) and all(
         callable(getattr(model, a, None))
         for a in ("get_decoder", "get_output_embeddings", "get_input_embeddings", "generate")
