@@ -87,6 +87,26 @@ def test_compiled_model_object_runs_its_own_module(tiny) -> None:
     assert not counters["stats"]["calls_captured"]  # no frame went through dynamo
 
 
+def test_flex_attention_on_the_cpu_is_refused_with_the_fix(tiny, tiny_dir) -> None:
+    """torch's compiled flex-attention kernels on the CPU failed on attrlens' forwards (the
+    packing probe's 4-D mask: heap corruption, the process aborted; padded rows: index out
+    of bounds): a flex model is refused on one line that names the fix, and after it
+    (SDPA, the same attention) it scores as the SDPA model."""
+    from transformers import AutoModelForCausalLM
+
+    from attrlens.errors import CapabilityError
+    from attrlens.models.base import LOAD_KWARGS
+
+    flex = AutoModelForCausalLM.from_pretrained(tiny_dir, attn_implementation="flex_attention",
+                                                **LOAD_KWARGS)
+    with pytest.raises(CapabilityError, match=r"set_attn_implementation\('sdpa'\)"):
+        _loo(PROMPTS[0], model=flex, tokenizer=tiny.tokenizer)
+    flex.set_attn_implementation("sdpa")
+    np.testing.assert_allclose(_loo(PROMPTS[0], model=flex, tokenizer=tiny.tokenizer),
+                               _loo(PROMPTS[0], model=tiny.model, tokenizer=tiny.tokenizer),
+                               atol=1e-5, rtol=0)
+
+
 def test_wrapped_object_records_its_placement(tiny) -> None:
     wrapped = wrap_model(tiny.model, tiny.tokenizer, model_id="my-llama")
     assert wrapped.info.id == "my-llama" and wrapped.info.sha256 is None

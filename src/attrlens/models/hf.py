@@ -637,6 +637,15 @@ def wrap_model(model: Any, tokenizer: Any = None, *, model_id: str | None = None
             f"The tokenizer must be a transformers tokenizer "
             f"(AutoTokenizer.from_pretrained(...)); got {type(tokenizer).__name__}."
         )
+    impl = getattr(_text_config(model.config), "_attn_implementation", None)
+    if impl == "flex_attention" and _placement(model)[0].type == "cpu":
+        raise CapabilityError(
+            "The model runs flex_attention on the CPU, whose compiled kernels fail on the "
+            "masks and shapes of attrlens' forwards (torch 2.13: index out of bounds, or a "
+            "crash); switch it to the same attention through SDPA first: "
+            "model.set_attn_implementation('sdpa') (or load it with "
+            "attn_implementation='sdpa')."
+        )
     peft = getattr(model, "peft_config", None)
     base = model.get_base_model() if callable(getattr(model, "get_base_model", None)) else model
     name = model_id or getattr(model.config, "_name_or_path", None) or type(base).__name__
