@@ -107,6 +107,36 @@ def test_flex_attention_on_the_cpu_is_refused_with_the_fix(tiny, tiny_dir) -> No
                                atol=1e-5, rtol=0)
 
 
+def test_answer_is_plain_greedy_whatever_the_generation_config_says() -> None:
+    """A generation config that changes the chosen tokens (repetition penalty, banned
+    words, beams, a minimum length: Qwen2.5's ships a repetition penalty) is set aside: the
+    answer is the argmax of the scored distribution at every step, and the model keeps its
+    config."""
+    import torch
+
+    m = make_tiny_model(seed=2)
+    prompt, n = PROMPTS[0], 6
+    ids = m.tokenize(m.tokenizer.apply_chat_template(
+        [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True))[0]
+    want, seq = [], torch.as_tensor([list(ids)])
+    with torch.no_grad():
+        for _ in range(n):  # greedy by hand
+            nxt = int(m.model(input_ids=seq).logits[0, -1].argmax())
+            if nxt in m.eos_token_ids:
+                break
+            want.append(nxt)
+            seq = torch.cat([seq, torch.tensor([[nxt]])], 1)
+    assert len(want) >= 3
+    g = m.model.generation_config
+    g.repetition_penalty, g.no_repeat_ngram_size, g.num_beams = 1.5, 1, 3
+    g.bad_words_ids, g.min_new_tokens = [[want[0]]], n
+    from attrlens.api import prepare
+
+    got = prepare(prompt, model=m, max_new_tokens=n)[0].output_ids
+    assert [int(t) for t in got] == want
+    assert m.model.generation_config is g and g.bad_words_ids == [[want[0]]]
+
+
 def test_wrapped_object_records_its_placement(tiny) -> None:
     wrapped = wrap_model(tiny.model, tiny.tokenizer, model_id="my-llama")
     assert wrapped.info.id == "my-llama" and wrapped.info.sha256 is None

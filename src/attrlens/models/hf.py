@@ -717,6 +717,7 @@ PACKED_SDPA = "attrlens_packed_sdpa"  # the name :meth:`HFModel.packed_attention
 _PACKED_HERE: contextvars.ContextVar[bool] = contextvars.ContextVar("attrlens_packed", default=False)
 _PACKED_USERS: dict[int, int] = {}  # id(config) -> blocks inside packed_attention
 _PACKED_LOCK = threading.Lock()
+_GENERATION_LOCK = threading.RLock()  # one generation at a time swaps a generation config
 
 
 def _gqa_sdpa() -> bool:
@@ -1124,7 +1125,12 @@ class HFModel:
 
     # ---- generation ----------------------------------------------------------------------
     def generate(self, input_ids: list[int], *, max_new_tokens: int = 64) -> list[int]:
-        """Greedy continuation of ``input_ids`` (stops at EOS, which is not returned)."""
+        """Greedy continuation of ``input_ids`` (stops at EOS, which is not returned): at
+        each step the most likely token of the distribution that attrlens scores. The
+        model's own generation config (``generation_config.json``: repetition penalty, banned
+        or forced tokens, beams, a minimum length, ...) is set aside for the call: it is not
+        recorded in results, and it would make the answer depend on a file beside the
+        weights."""
         import torch
 
         from .base import out_of_memory_attempt
@@ -1132,7 +1138,7 @@ class HFModel:
         ids = torch.tensor([input_ids], device=self.device)
 
         def greedy() -> Any:
-            with torch.inference_mode(), warnings.catch_warnings():
+            with torch.inference_mode(), warnings.catch_warnings(), self._plain_generation():
                 warnings.simplefilter("ignore")
                 return self.model.generate(
                     input_ids=ids,
@@ -1158,6 +1164,28 @@ class HFModel:
             if t in eos:
                 return new[:i]
         return new
+
+    @contextlib.contextmanager
+    def _plain_generation(self) -> Iterator[None]:
+        """The model's generation config replaced, inside the block, by transformers'
+        defaults with only its token ids and cache settings kept (nothing that changes which
+        token is chosen); restored after."""
+        from transformers import GenerationConfig
+
+        own = getattr(self.model, "generation_config", None)
+        if own is None:
+            yield
+            return
+        keep = ("bos_token_id", "eos_token_id", "pad_token_id", "decoder_start_token_id",
+                "cache_implementation", "cache_config", "use_cache")
+        plain = GenerationConfig(**{k: getattr(own, k) for k in keep
+                                    if getattr(own, k, None) is not None})
+        with _GENERATION_LOCK:
+            self.model.generation_config = plain
+            try:
+                yield
+            finally:
+                self.model.generation_config = own
 
     # ---- model parts -----------------------------------------------------------------
     @property
