@@ -137,6 +137,38 @@ def test_answer_is_plain_greedy_whatever_the_generation_config_says() -> None:
     assert m.model.generation_config is g and g.bad_words_ids == [[want[0]]]
 
 
+def test_hub_id_loads_from_the_local_hugging_face_cache_only(tiny, tiny_dir, tmp_path,
+                                                            monkeypatch, capsys) -> None:
+    """``owner/name`` of a model downloaded before resolves to its snapshot in the Hugging
+    Face cache (nothing is downloaded); results record the id. One that is not there is
+    refused on one line that says how to fetch it."""
+    import shutil
+
+    from huggingface_hub import constants
+
+    from attrlens.cli import main
+    from attrlens.errors import InputError
+
+    repo = tmp_path / "hub" / "models--acme--tiny-llama"
+    shutil.copytree(tiny_dir, repo / "snapshots" / "0123abcd")
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0123abcd")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("ATTRLENS_CACHE_DIR", str(tmp_path / "attrlens"))
+    m = load_model("acme/tiny-llama", device="cpu", dtype="float32")
+    assert m.info.id == "acme/tiny-llama" and len(m.info.sha256) == 64
+    np.testing.assert_allclose(_loo(PROMPTS[0], model=m),
+                               _loo(PROMPTS[0], model=tiny.model, tokenizer=tiny.tokenizer),
+                               atol=1e-5, rtol=0)
+    with pytest.raises(InputError, match="hf download acme/absent"):
+        load_model("acme/absent", device="cpu", dtype="float32")
+    assert main(["explain", "hi", "--model", "acme/absent", "--method", "loo"]) != 0
+    err = capsys.readouterr().err.strip()
+    assert "acme/absent" in err and "\n" not in err and "Traceback" not in err
+    with pytest.raises(InputError, match="does not exist"):  # not an id: a missing path
+        load_model("./acme/absent", device="cpu", dtype="float32")
+
+
 def test_wrapped_object_records_its_placement(tiny) -> None:
     wrapped = wrap_model(tiny.model, tiny.tokenizer, model_id="my-llama")
     assert wrapped.info.id == "my-llama" and wrapped.info.sha256 is None

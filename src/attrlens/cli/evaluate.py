@@ -33,7 +33,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", choices=BACKENDS, default="local")
     p.add_argument("--workers", type=int, default=1, help="Ray actors (backend ray)")
     p.add_argument("--address", default=None, help="Ray cluster address (default: local Ray)")
-    p.add_argument("--model", default=None, help="local model path (default: embedded)")
+    p.add_argument("--model", default=None, help="local model path or Hub id in the local Hugging Face cache (default: embedded)")
     p.add_argument("--trust-remote-code", action="store_true",
                    help="run the modeling code a model directory ships (read it first)")
     add_chat_template_option(p)

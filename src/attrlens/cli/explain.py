@@ -45,8 +45,8 @@ def add_parser(sub: Any, method: str | None) -> argparse.ArgumentParser:
                    help="token | word | sentence | message | span")
     e.add_argument("--spans", help="char spans for --granularity span: 'a:b,c:d' (offsets "
                    "into your prompt text, not the chat-rendered text)")
-    e.add_argument("--model", help="local model directory, .gguf file or PEFT adapter directory "
-                   "(default: embedded)")
+    e.add_argument("--model", help="local model directory, .gguf file, PEFT adapter directory "
+                   "or Hub id already in the local Hugging Face cache (default: embedded)")
     e.add_argument("--dtype", default="auto",
                    help="auto (the faster of float32/bfloat16 measured here; bf16/fp16 on GPUs)"
                         " | float32 | bfloat16 | float16")

@@ -308,13 +308,10 @@ def load_model(
         model_id = DEFAULT_MODEL_ID
     else:
         file = Path(path).expanduser()
-        if not file.exists():
-            raise InputError(
-                f"The model path '{path}' does not exist. Give a local transformers model "
-                f"directory (with config.json) or a .gguf file, or omit --model for the "
-                f"embedded default model."
-            )
         model_id = str(file)
+        if not file.exists():
+            file = _cached_hub_model(str(path))
+            model_id = str(path)
     key = (str(file.resolve()), dev, dtype)
     if key in _LOADED:
         return _LOADED[key]
@@ -322,6 +319,38 @@ def load_model(
                   trust_remote_code=trust_remote_code)
     _LOADED[key] = model
     return model
+
+
+#: a Hugging Face Hub model id: ``owner/name``
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+
+
+def _cached_hub_model(name: str) -> Path:
+    """The local snapshot directory of the Hub model ``name`` (``owner/name``) in the
+    Hugging Face cache (``HF_HOME`` / ``HF_HUB_CACHE``), as a model that was downloaded
+    before; nothing is downloaded. A one-line InputError where ``name`` is neither that
+    nor an existing path."""
+    missing = (f"The model path '{name}' does not exist. Give a local transformers model "
+               f"directory (with config.json), a .gguf file, a Hub model id already in the "
+               f"local Hugging Face cache, or omit --model for the embedded default model.")
+    if not _HUB_ID.fullmatch(name) or name.startswith((".", "~")):
+        raise InputError(missing)
+    try:
+        from huggingface_hub import snapshot_download
+
+        snap = Path(snapshot_download(repo_id=name, local_files_only=True))
+    except Exception:  # not in the cache (or no hub library): attrlens downloads nothing
+        raise InputError(
+            f"The model '{name}' is neither a local path nor a Hub model in the local Hugging "
+            f"Face cache, and attrlens downloads nothing: fetch it first (`hf download "
+            f"{name}`) or give a local model directory or .gguf file."
+        ) from None
+    if not (snap / "config.json").is_file():
+        raise InputError(
+            f"The Hub model '{name}' in the local Hugging Face cache ({snap}) has no "
+            f"config.json (a partial download?): fetch it again (`hf download {name}`)."
+        )
+    return snap
 
 
 def gguf_copy_dir(sha: str) -> Path:
