@@ -167,6 +167,19 @@ def test_hub_id_loads_from_the_local_hugging_face_cache_only(tiny, tiny_dir, tmp
     assert "acme/absent" in err and "\n" not in err and "Traceback" not in err
     with pytest.raises(InputError, match="does not exist"):  # not an id: a missing path
         load_model("./acme/absent", device="cpu", dtype="float32")
+    # a repository of GGUF files: one is the model; of several, the path must name one
+    gg = tmp_path / "hub" / "models--acme--tiny-gguf"
+    (gg / "snapshots" / "0123abcd").mkdir(parents=True)
+    (gg / "refs").mkdir()
+    (gg / "refs" / "main").write_text("0123abcd")
+    for name in ("a-q8.gguf", "a-f16.gguf"):
+        (gg / "snapshots" / "0123abcd" / name).write_bytes(b"GGUF")
+    with pytest.raises(InputError, match="2 GGUF files .*give one of them"):
+        load_model("acme/tiny-gguf", device="cpu", dtype="float32")
+    from attrlens.models.hf import _cached_hub_model
+
+    (gg / "snapshots" / "0123abcd" / "a-q8.gguf").unlink()
+    assert _cached_hub_model("acme/tiny-gguf").name == "a-f16.gguf"
 
 
 def test_wrapped_object_records_its_placement(tiny) -> None:

@@ -339,18 +339,29 @@ def _cached_hub_model(name: str) -> Path:
         from huggingface_hub import snapshot_download
 
         snap = Path(snapshot_download(repo_id=name, local_files_only=True))
-    except Exception:  # not in the cache (or no hub library): attrlens downloads nothing
+    # not in the cache (LocalEntryNotFoundError is an OSError), not a valid id (ValueError),
+    # or no hub library: attrlens downloads nothing
+    except (ImportError, OSError, ValueError):
         raise InputError(
             f"The model '{name}' is neither a local path nor a Hub model in the local Hugging "
             f"Face cache, and attrlens downloads nothing: fetch it first (`hf download "
             f"{name}`) or give a local model directory or .gguf file."
         ) from None
-    if not (snap / "config.json").is_file():
+    if (snap / "config.json").is_file():
+        return snap
+    ggufs = sorted(snap.glob("*.gguf"))
+    if len(ggufs) == 1:  # a repository of one GGUF file
+        return ggufs[0]
+    if ggufs:
         raise InputError(
-            f"The Hub model '{name}' in the local Hugging Face cache ({snap}) has no "
-            f"config.json (a partial download?): fetch it again (`hf download {name}`)."
+            f"The Hub model '{name}' in the local Hugging Face cache holds {len(ggufs)} GGUF "
+            f"files ({', '.join(g.name for g in ggufs[:4])}{', ...' if len(ggufs) > 4 else ''}); "
+            f"give one of them as the model path ({snap}/<file>.gguf)."
         )
-    return snap
+    raise InputError(
+        f"The Hub model '{name}' in the local Hugging Face cache ({snap}) has no config.json "
+        f"nor a .gguf file (a partial download?): fetch it again (`hf download {name}`)."
+    )
 
 
 def gguf_copy_dir(sha: str) -> Path:
