@@ -182,6 +182,16 @@ def test_hub_id_loads_from_the_local_hugging_face_cache_only(tiny, tiny_dir, tmp
     assert _cached_hub_model("acme/tiny-gguf").name == "a-f16.gguf"
 
 
+def test_text_generation_pipeline_explains_as_its_model(tiny) -> None:
+    from transformers import pipeline
+
+    pipe = pipeline("text-generation", model=tiny.model, tokenizer=tiny.tokenizer)
+    np.testing.assert_allclose(_loo(PROMPTS[0], model=pipe),
+                               _loo(PROMPTS[0], model=tiny.model, tokenizer=tiny.tokenizer),
+                               atol=1e-6, rtol=0)
+    assert wrap_model(pipe).model is tiny.model
+
+
 def test_wrapped_object_records_its_placement(tiny) -> None:
     wrapped = wrap_model(tiny.model, tiny.tokenizer, model_id="my-llama")
     assert wrapped.info.id == "my-llama" and wrapped.info.sha256 is None

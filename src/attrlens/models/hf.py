@@ -628,7 +628,8 @@ def wrap_model(model: Any, tokenizer: Any = None, *, model_id: str | None = None
     input embedding's device).
 
     model:     an ``AutoModelForCausalLM`` (or an HFModel, returned as is; a
-               ``torch.compile``-d model is unwrapped: attrlens runs the module itself)
+               ``torch.compile``-d model is unwrapped: attrlens runs the module itself; a
+               text-generation ``pipeline`` gives its model and tokenizer)
     tokenizer: its fast tokenizer (``AutoTokenizer.from_pretrained(...)``)
     model_id:  the id recorded in results (default: the config's ``_name_or_path``, with
                ``+lora:<adapter>`` for a PEFT model); the
@@ -645,6 +646,12 @@ def wrap_model(model: Any, tokenizer: Any = None, *, model_id: str | None = None
         import torch
     except ImportError as exc:  # pragma: no cover - torch is a dependency
         raise BackendError("attrlens needs torch: pip install torch") from exc
+    from transformers import Pipeline
+
+    if isinstance(model, Pipeline):  # pipeline("text-generation", ...): its model and tokenizer
+        if tokenizer is None:
+            tokenizer = model.tokenizer
+        model = model.model
     compiled = getattr(model, "_orig_mod", None)  # torch.compile(model)'s module
     if isinstance(model, torch.nn.Module) and isinstance(compiled, torch.nn.Module):
         # attrlens runs the decoder and head of the module itself, with shapes that change
