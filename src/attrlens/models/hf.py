@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import re
+import sys
 import shutil
 import threading
 import time
@@ -646,9 +647,9 @@ def wrap_model(model: Any, tokenizer: Any = None, *, model_id: str | None = None
         import torch
     except ImportError as exc:  # pragma: no cover - torch is a dependency
         raise BackendError("attrlens needs torch: pip install torch") from exc
-    from transformers import Pipeline
-
-    if isinstance(model, Pipeline):  # pipeline("text-generation", ...): its model and tokenizer
+    # (a pipeline object means its module is loaded; importing it here would cost ~2 s)
+    pipes = sys.modules.get("transformers.pipelines.base")
+    if pipes is not None and isinstance(model, pipes.Pipeline):  # pipeline("text-generation", ...): its model and tokenizer
         if tokenizer is None:
             tokenizer = model.tokenizer
         model = model.model
