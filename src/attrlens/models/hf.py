@@ -19,8 +19,8 @@ import json
 import logging
 import os
 import re
-import sys
 import shutil
+import sys
 import threading
 import time
 import warnings
