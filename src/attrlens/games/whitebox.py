@@ -200,7 +200,9 @@ class WhiteBoxGame(Game):
         # path adds sdpa's boolean causal mask to its scores, which leaves them non-causal)
         direct = eager and old not in (None, "eager") and not self.model.on_attention_interface
         window = self.model.sliding_window[0]
-        packed = not eager and (window is None or self.seq_len <= window)
+        chunk = self.model.attention_chunk
+        packed = (not eager and (window is None or self.seq_len <= window)
+                  and (chunk is None or self.seq_len <= chunk))
         if direct:
             mdl.config._attn_implementation = "eager"
         if switch:

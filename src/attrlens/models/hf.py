@@ -1033,6 +1033,19 @@ class HFModel:
         return int(window), len(kinds) > 1
 
     @property
+    def attention_chunk(self) -> int | None:
+        """The chunk of the model's chunked-attention layers (Llama-4: a query reads only
+        the keys of its own chunk of ``attention_chunk_size`` positions), or None. The
+        scoring engine's packed masks and the packed attention do not chunk: sequences
+        longer than one chunk run with transformers' own masks."""
+        cfg = self.text_config
+        chunk = getattr(cfg, "attention_chunk_size", None)
+        kinds = getattr(cfg, "layer_types", None)
+        if not chunk or (kinds is not None and "chunked_attention" not in kinds):
+            return None
+        return int(chunk)
+
+    @property
     def context_length(self) -> int:
         cfg = self.text_config
         return int(getattr(cfg, "max_position_embeddings", None) or 2048)
@@ -1240,9 +1253,14 @@ class HFModel:
     def decoder(self) -> Any:
         """The transformer body (returns hidden states; final norm included): the model's
         ``get_decoder()``, or its base model where that returns the whole LM (GPT-2, Falcon,
-        GPT-J, ... in transformers 4.x)."""
-        dec = self.model.get_decoder()
-        return self.model.base_model if dec is None or dec is self.model else dec
+        GPT-J, ... in transformers 4.x), or its ``model`` / ``transformer`` child where both
+        do (Llama-4's text model, whose base-model name is not its child's)."""
+        lm = self.model
+        for dec in (lm.get_decoder(), lm.base_model, getattr(lm, "model", None),
+                    getattr(lm, "transformer", None)):
+            if dec is not None and dec is not lm:
+                return dec
+        return lm.base_model
 
     def layers(self) -> Any:
         """The decoder's blocks: ``layers`` (Llama-style, GPT-NeoX), ``h`` (GPT-2, Falcon,

@@ -135,10 +135,12 @@ class PrefixCache:
 
     def capture(self, p: int, sink: dict[str, Any]) -> Any:
         """A cache for one forward whose row 0 begins with this prompt at positions
-        0..L-1: each layer copies that row's first L keys/values into ``sink["kv"]`` (one
-        buffer for all layers, allocated at the first layer, so nothing small is left
-        between the forward's large transient tensors) and hands every row the first ``p``
-        of them (a broadcast view) followed by the forward's own keys.
+        0..L-1: each layer copies that row's first L keys and values into ``sink["k"]`` and
+        ``sink["v"]`` (one buffer each for all layers, allocated at the first layer, so
+        nothing small is left between the forward's large transient tensors; keys and
+        values may differ in width, as in multi-head latent attention, and a layer whose
+        shapes differ from the first layer's gets its own copies) and hands every row the
+        first ``p`` of them (a broadcast view) followed by the forward's own keys.
         :meth:`set_captured` then makes them this cache's, so the prompt costs no forward
         of its own."""
         if not 0 <= p <= self.n_prompt:
@@ -157,8 +159,9 @@ class PrefixCache:
 
     def set_captured(self, sink: dict[str, Any], last_hidden: Any) -> None:
         """Adopt the per-layer keys/values a :meth:`capture` forward collected."""
-        kv = sink["kv"]
-        self._layers = [(kv[i, 0], kv[i, 1]) for i in range(kv.shape[0])]
+        own = sink.get("own", {})
+        self._layers = [own.get(i) or (sink["k"][i], sink["v"][i])
+                        for i in range(sink["k"].shape[0])]
         self._last_hidden = last_hidden.clone()
 
 
@@ -199,13 +202,17 @@ def _prefix_layer_class() -> Any:
             keys, values = self.keys, self.values
             if self.capture is not None:
                 sink, layer, n = self.capture
-                if "kv" not in sink:
-                    _b, h, _s, d = key_states.shape
-                    sink["kv"] = key_states.new_empty((sink["n_layers"], 2, 1, h, n, d))
-                kv = sink["kv"][layer]
-                kv[0].copy_(key_states[:1, :, :n])
-                kv[1].copy_(value_states[:1, :, :n])
-                keys, values = kv[0], kv[1]
+                kn, vn = key_states[:1, :, :n], value_states[:1, :, :n]
+                if "k" not in sink:
+                    sink["k"] = kn.new_empty((sink["n_layers"], *kn.shape))
+                    sink["v"] = vn.new_empty((sink["n_layers"], *vn.shape))
+                if sink["k"].shape[1:] == kn.shape and sink["v"].shape[1:] == vn.shape:
+                    keys, values = sink["k"][layer], sink["v"][layer]
+                    keys.copy_(kn)
+                    values.copy_(vn)
+                else:  # a layer of other widths or heads than the first
+                    keys, values = kn.clone(), vn.clone()
+                    sink.setdefault("own", {})[layer] = (keys, values)
             if self.p == 0:
                 return key_states, value_states
             b = key_states.shape[0]

@@ -230,7 +230,9 @@ class ScoringEngine:
         # a model that ignores position_ids (ALiBi) or refuses 4-D masks: each perturbed
         # prompt in a row of its own, right-padded, no shared prefix (plain forwards)
         positions, masks = getattr(self.model, "packing", (True, True))
-        plain = not (positions and masks)
+        # (and a sequence longer than a chunk of chunked attention: transformers' masks)
+        chunk = getattr(self.model, "attention_chunk", None)
+        plain = not (positions and masks) or (chunk is not None and L + T > chunk)
         reuse = self.prefix_reuse and not plain
         capture = reuse and not self.prefix.ready and self.prefix.can_capture
         if reuse and not capture:
