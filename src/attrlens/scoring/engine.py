@@ -250,7 +250,14 @@ class ScoringEngine:
             cut[-1] = 0
             width[-1] = L + T if twins else L
             keys.insert(0, -1)
-        queue = deque(self._pack(keys, width, cut, 0) if plain else self._plan(keys, width, cut))
+        # a recurrent layer reads a row's attention holes (attention_off) in a batch other
+        # than alone (transformers 4.x's Mamba-2 mixers zero the masked tokens only when a
+        # forward has several rows: 2.4 nats apart): such rows run one per forward, as the
+        # model runs one prompt
+        alone = plain and getattr(self.model, "stateful", False) and any(
+            x.attention is not None and not np.all(x.attention) for x in inputs)
+        queue = deque([[[g]] for g in keys] if alone else
+                      self._pack(keys, width, cut, 0) if plain else self._plan(keys, width, cut))
         while queue:
             rows = queue.popleft()
             segs = [g for r in rows for g in r]
