@@ -65,19 +65,23 @@ class PrefixCache:
         dev = self.model.device
         L = self.n_prompt
         ids = torch.as_tensor(self.prompt_ids[None, :], device=dev)
+        # capture every layer's keys as they are made: a cache of the model's own keeps only
+        # the last window of a sliding layer (Gemma-2, gpt-oss), not positions 0..L-1
+        sink: dict[str, Any] = {}
+        given = {self.model.cache_kwarg: self.capture(0, sink)} if self.can_capture else {}
         with torch.inference_mode():
             out = self.model.decoder(
                 input_ids=ids,
                 attention_mask=torch.ones((1, L), dtype=torch.long, device=dev),
                 position_ids=torch.arange(L, device=dev)[None, :],
                 use_cache=True,
+                **given,
             )
-        cache = self.model.output_cache(out)
-        if hasattr(cache, "layers"):
-            self._layers = [(lay.keys, lay.values) for lay in cache.layers]
+        if given:
+            self.set_captured(sink, out.last_hidden_state[0, -1])
         else:  # older transformers: a legacy tuple cache
-            self._layers = [(k, v) for k, v in cache]
-        self._last_hidden = out.last_hidden_state[0, -1]
+            self._layers = [(k, v) for k, v in self.model.output_cache(out)]
+            self._last_hidden = out.last_hidden_state[0, -1]
         if counters is not None:
             counters["model_forwards"] = counters.get("model_forwards", 0) + 1
             counters["tokens_processed"] = counters.get("tokens_processed", 0) + L
