@@ -657,8 +657,9 @@ def wrap_model(model: Any, tokenizer: Any = None, *, model_id: str | None = None
     if isinstance(model, torch.nn.Module) and isinstance(compiled, torch.nn.Module):
         # attrlens runs the decoder and head of the module itself, with shapes that change
         # from forward to forward (packed rows, path points) and attention functions of its
-        # own: compiled graphs would be recompiled for most of them (46 s against 1 s for
-        # the embedded model's LOO, mostly generating the answer); the weights are the same
+        # own, and only generating the answer went through the compiled graph, which cost
+        # a compile on the first call (the embedded model: 34 s with a cold compile cache,
+        # 6.7 s warm, against 0.9 s; benchmarks/model_objects.py); the weights are the same
         model = compiled
     is_lm = isinstance(model, torch.nn.Module) and all(
         callable(getattr(model, a, None))
