@@ -452,3 +452,58 @@ def test_ig_on_2000_token_prompt_within_4_gb():
     assert int(forwards) == 2  # one chunk of both path points (+ one for f(x), f(x'))
     peak_gb = int(peak_kb) * 1024 / 1e9
     assert 0.3 < peak_gb < limit, f"peak RSS {peak_gb:.2f} GB (limit {limit} GB)"
+
+
+# ---- models that overflow in their dtype ------------------------------------------------
+def _overflowing(scale: float):
+    """The tiny model in float16 with its MLPs scaled up until activations overflow."""
+    import torch
+    from conftest import make_tiny_model
+
+    m = make_tiny_model()
+    m.model.to(torch.float16)
+    m.dtype = torch.float16
+    with torch.no_grad():
+        for layer in m.model.model.layers:
+            layer.mlp.up_proj.weight.mul_(scale)
+    return m
+
+
+def test_a_model_whose_logits_overflow_is_refused_as_such():
+    """float16 activations that overflow to inf: the head check said "does something to its
+    LM head's output ... report the architecture"; now it names the overflow."""
+    m = _overflowing(1e5)
+    for method in ("loo", "ig"):
+        with pytest.raises(InputError, match="NaN or inf logits .*overflows in float16"):
+            _explain(m, method)
+
+
+def test_non_finite_scores_of_any_method_are_refused(tiny_model, monkeypatch):
+    """Games refuse non-finite values; a method reading gradients or attention maps (not a
+    game's values) is held to the same in the explainer contract."""
+    from attrlens.games.whitebox import PathGradients
+
+    real = WhiteBoxGame.path_gradients
+
+    def nan_paths(self, *a, **kw):
+        got = real(self, *a, **kw)
+        got.directional[:] = np.nan
+        return PathGradients(directional=got.directional, attention=got.attention)
+
+    monkeypatch.setattr(WhiteBoxGame, "path_gradients", nan_paths)
+    with pytest.raises(InputError, match="method 'ig' gave NaN or inf scores"):
+        _explain(tiny_model, "ig")
+
+
+def test_gilot_refuses_non_finite_beam_distributions(tiny_model, monkeypatch):
+    """NaN next-token probabilities reached the transport solver, which said "'q' contains
+    NaN or infinite values"; now the beams are refused on one line naming the cause."""
+    import torch
+
+    from attrlens.scoring.beams import BeamRunner
+
+    real = BeamRunner._logprobs
+    monkeypatch.setattr(BeamRunner, "_logprobs",
+                        lambda self, h: real(self, h) + torch.tensor(float("nan")))
+    with pytest.raises(InputError, match="NaN or inf next-token probabilities"):
+        attrlens.explain(PROMPT, model=tiny_model, method="gilot", max_new_tokens=3, beams=2)

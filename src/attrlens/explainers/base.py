@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from ..errors import ParameterError
+from ..errors import InputError, ParameterError
 from ..games import BudgetedGame, Cost, Game
 from ..params import Param, check_unknown, validate
 from ..registry import register  # noqa: F401  (re-exported for method modules)
@@ -188,6 +188,13 @@ class Explainer(ABC):
         before = game.cost()
         t0 = time.perf_counter()
         exp = self._explain(view, budget=budget, seed=int(seed))
+        if not np.all(np.isfinite(np.asarray(exp.scores, dtype=float))):
+            # (games refuse non-finite values; gradients and attention maps come here)
+            raise InputError(
+                f"The method '{self.name}' gave NaN or inf scores: the model overflows in its "
+                f"dtype (its activations or gradients); load it in float32 (--dtype float32) "
+                f"or bfloat16."
+            )
         wall = time.perf_counter() - t0
         cost = game.cost() - before
         cost.value_calls = view.n_calls

@@ -86,6 +86,20 @@ def resolve_solver(solver: str, device: Any) -> str:
     return "exact" if device is None or getattr(device, "type", "cpu") == "cpu" else "ipot"
 
 
+def _check_finite(marginal: Marginal) -> None:
+    """A one-line refusal of next-token distributions that are NaN (or +inf) somewhere: a
+    model that overflows (float16), which the distances would otherwise meet as a solver
+    error. (-inf is a token of probability 0: after an ended beam's EOS, every other.)"""
+    import torch
+
+    lp = marginal.logp
+    if bool(torch.isnan(lp).any()) or bool(torch.isposinf(lp).any()):
+        raise InputError(
+            "The model gave NaN or inf next-token probabilities (it overflows in its dtype); "
+            "load it in float32 (--dtype float32) or bfloat16."
+        )
+
+
 class BeamGame(Game):
     """masks (m, n) -> (J,) distances between the reference's and each masked input's
     beam-marginalised output distributions (see the module docstring).
@@ -177,6 +191,7 @@ class BeamGame(Game):
             with torch.inference_mode():
                 ((_, ref),) = list(self.runner.search(inp))
             self.timings["model_s"] += time.perf_counter() - t0
+            _check_finite(ref)
             self._reference = ref
         return self._reference
 
@@ -214,6 +229,7 @@ class BeamGame(Game):
         model_s0 = self.runner.counters["model_s"]
         for row, marg in stream:
             i = int(todo[row])
+            _check_finite(marg)
             self._mass[keys[i]] = marg.mass
             t0 = time.perf_counter()
             with torch.inference_mode():

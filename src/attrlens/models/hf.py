@@ -1517,6 +1517,12 @@ class HFModel:
             full = self.model(input_ids=x, use_cache=False).logits[0].float()
             hid = self.decoder(input_ids=x, use_cache=False).last_hidden_state[0]
             ours = self._head_logits(hid).to(full.device)
+        if not bool(torch.isfinite(full).all()):  # not a transform: the model overflows
+            raise InputError(
+                f"The model {self.info.id} gives NaN or inf logits on a few plain tokens (it "
+                f"overflows in {str(self.dtype).replace('torch.', '')}); load it in float32 "
+                f"(--dtype float32) or bfloat16."
+            )
         tol = 1e-2 * (1.0 + float(full.abs().max()))
         # the closest candidate (a soft cap far above small probe logits is close to none)
         errs = [float(((fn(ours) if fn else ours) - full).abs().max()) for _n, fn in cands]
