@@ -102,7 +102,32 @@ def test_adapter_without_a_local_base_is_refused_on_one_line(dirs, tmp_path) -> 
     (moved / "adapter_config.json").write_text(json.dumps(cfg))
     with pytest.raises(InputError, match="some-org/some-model-7b.*not a local model") as ei:
         load_model(moved, device="cpu", dtype="float32")
-    assert "\n" not in str(ei.value)
+    assert "\n" not in str(ei.value) and "hf download some-org/some-model-7b" in str(ei.value)
+
+
+def test_adapter_on_a_hub_base_in_the_local_cache(tiny, lora, dirs, tmp_path,
+                                                 monkeypatch) -> None:
+    """PEFT writes the base model's Hub id into adapter_config.json; a base downloaded before
+    is found in the local Hugging Face cache."""
+    import shutil
+
+    from huggingface_hub import constants
+
+    base, adapter = dirs
+    repo = tmp_path / "hub" / "models--acme--tiny-base"
+    shutil.copytree(base, repo / "snapshots" / "abc1")
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("abc1")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("ATTRLENS_CACHE_DIR", str(tmp_path / "attrlens"))
+    moved = tmp_path / "adapter"
+    shutil.copytree(adapter, moved)
+    cfg = json.loads((moved / "adapter_config.json").read_text())
+    cfg["base_model_name_or_path"] = "acme/tiny-base"
+    (moved / "adapter_config.json").write_text(json.dumps(cfg))
+    m = load_model(moved, device="cpu", dtype="float32")
+    np.testing.assert_allclose(_scores(m, "loo"), _scores(lora, "loo", tokenizer=tiny.tokenizer),
+                               atol=1e-5, rtol=0)
 
 
 def test_prompt_learning_adapters_are_refused(tiny, dirs, tmp_path) -> None:

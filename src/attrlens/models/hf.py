@@ -468,7 +468,8 @@ def _follow_gguf_special_tokens(tok: Any, file: Path) -> bool:
 
 def _adapter_base(adapter: Path) -> Path:
     """The local base model directory of a PEFT adapter directory (its adapter_config.json's
-    ``base_model_name_or_path``: a path as given, or relative to the adapter)."""
+    ``base_model_name_or_path``: a path as given, relative to the adapter, or a Hub id whose
+    snapshot is in the local Hugging Face cache)."""
     try:
         cfg = json.loads((adapter / "adapter_config.json").read_text())
         base = str(cfg["base_model_name_or_path"])
@@ -481,9 +482,17 @@ def _adapter_base(adapter: Path) -> Path:
     for cand in (Path(base).expanduser(), adapter / base):
         if (cand / "config.json").is_file():
             return cand
+    if _HUB_ID.fullmatch(base):  # a Hub id, as PEFT writes it: the local cache's copy
+        try:
+            snap = _cached_hub_model(base)
+        except InputError:
+            snap = None
+        if snap is not None and snap.is_dir():
+            return snap
     raise InputError(
         f"The adapter '{adapter}' is for the base model '{base}', which is not a local model "
-        f"directory (attrlens downloads nothing): set base_model_name_or_path in its "
+        f"directory nor in the local Hugging Face cache (attrlens downloads nothing): fetch "
+        f"it (`hf download {base}`), or set base_model_name_or_path in its "
         f"adapter_config.json to the base model's local directory."
     )
 
