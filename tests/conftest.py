@@ -134,6 +134,27 @@ def tiny_dir(tmp_path_factory, tiny_model):
     return save_model_dir(tiny_model, tmp_path_factory.mktemp("tiny"))
 
 
+def hub_snapshot(root, monkeypatch, repo_id: str, copy_of=None):
+    """A Hugging Face cache under ``root`` (used by huggingface_hub from here on, and
+    attrlens' own cache beside it) holding a snapshot of ``repo_id``: a copy of the
+    directory ``copy_of``, or empty. Returns the snapshot directory."""
+    import shutil
+
+    from huggingface_hub import constants
+
+    repo = root / "hub" / f"models--{repo_id.replace('/', '--')}"
+    snap = repo / "snapshots" / "0123abcd"
+    if copy_of is not None:
+        shutil.copytree(copy_of, snap)
+    else:
+        snap.mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0123abcd")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(root / "hub"))
+    monkeypatch.setenv("ATTRLENS_CACHE_DIR", str(root / "attrlens"))
+    return snap
+
+
 def explain_argv(model_dir, prompt: str, output: str, json_path) -> list[str]:
     """``attrlens explain`` arguments: LOO of ``output`` on a float32 model directory,
     quiet, the result to ``json_path``."""

@@ -10,7 +10,7 @@ import warnings
 
 import numpy as np
 import pytest
-from conftest import make_tiny_model, save_model_dir
+from conftest import hub_snapshot, make_tiny_model, save_model_dir
 from scipy.stats import spearmanr
 
 import attrlens
@@ -142,19 +142,10 @@ def test_hub_id_loads_from_the_local_hugging_face_cache_only(tiny, tiny_dir, tmp
     """``owner/name`` of a model downloaded before resolves to its snapshot in the Hugging
     Face cache (nothing is downloaded); results record the id. One that is not there is
     refused on one line that says how to fetch it."""
-    import shutil
-
-    from huggingface_hub import constants
-
     from attrlens.cli import main
     from attrlens.errors import InputError
 
-    repo = tmp_path / "hub" / "models--acme--tiny-llama"
-    shutil.copytree(tiny_dir, repo / "snapshots" / "0123abcd")
-    (repo / "refs").mkdir()
-    (repo / "refs" / "main").write_text("0123abcd")
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
-    monkeypatch.setenv("ATTRLENS_CACHE_DIR", str(tmp_path / "attrlens"))
+    hub_snapshot(tmp_path, monkeypatch, "acme/tiny-llama", copy_of=tiny_dir)
     m = load_model("acme/tiny-llama", device="cpu", dtype="float32")
     assert m.info.id == "acme/tiny-llama" and len(m.info.sha256) == 64
     np.testing.assert_allclose(_loo(PROMPTS[0], model=m),
@@ -168,17 +159,14 @@ def test_hub_id_loads_from_the_local_hugging_face_cache_only(tiny, tiny_dir, tmp
     with pytest.raises(InputError, match="does not exist"):  # not an id: a missing path
         load_model("./acme/absent", device="cpu", dtype="float32")
     # a repository of GGUF files: one is the model; of several, the path must name one
-    gg = tmp_path / "hub" / "models--acme--tiny-gguf"
-    (gg / "snapshots" / "0123abcd").mkdir(parents=True)
-    (gg / "refs").mkdir()
-    (gg / "refs" / "main").write_text("0123abcd")
+    gg = hub_snapshot(tmp_path / "g", monkeypatch, "acme/tiny-gguf")
     for name in ("a-q8.gguf", "a-f16.gguf"):
-        (gg / "snapshots" / "0123abcd" / name).write_bytes(b"GGUF")
+        (gg / name).write_bytes(b"GGUF")
     with pytest.raises(InputError, match="2 GGUF files .*give one of them"):
         load_model("acme/tiny-gguf", device="cpu", dtype="float32")
     from attrlens.models.hf import _cached_hub_model
 
-    (gg / "snapshots" / "0123abcd" / "a-q8.gguf").unlink()
+    (gg / "a-q8.gguf").unlink()
     assert _cached_hub_model("acme/tiny-gguf").name == "a-f16.gguf"
 
 

@@ -8,7 +8,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import make_tiny_model, save_model_dir
+from conftest import hub_snapshot, make_tiny_model, save_model_dir
 
 import attrlens
 from attrlens.errors import CapabilityError, InputError
@@ -111,15 +111,8 @@ def test_adapter_on_a_hub_base_in_the_local_cache(tiny, lora, dirs, tmp_path,
     is found in the local Hugging Face cache."""
     import shutil
 
-    from huggingface_hub import constants
-
     base, adapter = dirs
-    repo = tmp_path / "hub" / "models--acme--tiny-base"
-    shutil.copytree(base, repo / "snapshots" / "abc1")
-    (repo / "refs").mkdir()
-    (repo / "refs" / "main").write_text("abc1")
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
-    monkeypatch.setenv("ATTRLENS_CACHE_DIR", str(tmp_path / "attrlens"))
+    hub_snapshot(tmp_path, monkeypatch, "acme/tiny-base", copy_of=base)
     moved = tmp_path / "adapter"
     shutil.copytree(adapter, moved)
     cfg = json.loads((moved / "adapter_config.json").read_text())
