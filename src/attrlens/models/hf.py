@@ -656,19 +656,20 @@ def wrap_model(model: Any, tokenizer: Any = None, *, model_id: str | None = None
         import torch
     except ImportError as exc:  # pragma: no cover - torch is a dependency
         raise BackendError("attrlens needs torch: pip install torch") from exc
-    # (a pipeline object means its module is loaded; importing it here would cost ~2 s)
+    # pipeline("text-generation", ...): its model and tokenizer (a pipeline object means its
+    # module is loaded; importing it here would cost ~2 s)
     pipes = sys.modules.get("transformers.pipelines.base")
-    if pipes is not None and isinstance(model, pipes.Pipeline):  # pipeline("text-generation", ...): its model and tokenizer
+    if pipes is not None and isinstance(model, pipes.Pipeline):
         if tokenizer is None:
             tokenizer = model.tokenizer
         model = model.model
     compiled = getattr(model, "_orig_mod", None)  # torch.compile(model)'s module
     if isinstance(model, torch.nn.Module) and isinstance(compiled, torch.nn.Module):
-        # attrlens runs the decoder and head of the module itself, with shapes that change
-        # from forward to forward (packed rows, path points) and attention functions of its
-        # own, and only generating the answer went through the compiled graph, which cost
-        # a compile on the first call (the embedded model: 34 s with a cold compile cache,
-        # 6.7 s warm, against 0.9 s; benchmarks/model_objects.py); the weights are the same
+        # attrlens' forwards call the module's decoder and head (shapes that change from
+        # forward to forward, attention functions of its own), never the compiled graph;
+        # generating the answer through it cost a compile on the first call (the embedded
+        # model: 34 s with a cold compile cache, 6.7 s warm, against 0.9 s;
+        # benchmarks/model_objects.py). The weights are the same.
         model = compiled
     is_lm = isinstance(model, torch.nn.Module) and all(
         callable(getattr(model, a, None))
