@@ -9,7 +9,8 @@ Qwen3-MoE, gpt-oss with attention sinks); multi-head latent attention (DeepSeek-
 values of different widths); chunked attention (Llama-4: plain rows past one chunk); layers
 without positions (SmolLM3); recurrent
 models (Mamba, and the hybrids Jamba, RecurrentGemma, Qwen3-Next, LFM2, Granite-4 (MoE
-hybrid) and Falcon-H1: plain rows); vision-language models explained on text (Gemma-3, Llava, Qwen2-VL with
+hybrid), Falcon-H1, Bamba and MiniMax: plain rows); Gemma-3n; Doge (its own attention mask:
+no packed attention); vision-language models explained on text (Gemma-3, Llava, Qwen2-VL with
 its multimodal RoPE)."""
 
 from __future__ import annotations
@@ -113,6 +114,18 @@ def _configs(tok) -> dict[str, tuple[str, str, dict]]:
                          "interleave_moe_layer_step": 1, "no_rope_layers": [1, 0]}),
         "cohere2": ("Cohere2Config", "Cohere2ForCausalLM",
                     {**gqa, "sliding_window": 6, "logit_scale": 0.25}),
+        # per-layer inputs, AltUp, sliding and full layers, soft-capped logits
+        "gemma3n": ("Gemma3nTextConfig", "Gemma3nForCausalLM",
+                    {**gqa, "head_dim": 16, "sliding_window": 6,
+                     "hidden_size_per_layer_input": 8, "vocab_size_per_layer_input": V,
+                     "num_kv_shared_layers": 0, "laurel_rank": 4, "altup_num_inputs": 2,
+                     "activation_sparsity_pattern": [0.0, 0.0],
+                     "layer_types": ["sliding_attention", "full_attention"]}),
+        # a mask of its own making added to the one it is given: no packed attention (on
+        # transformers 4.x its plain forward with a 2-D mask differs from its 5.x one and
+        # from the engine's, 0.2 nats; not explained, left out there)
+        **({"doge": ("DogeConfig", "DogeForCausalLM", gqa)}
+           if int(transformers.__version__.split(".")[0]) >= 5 else {}),
         # recurrent (stateful) models, whole or hybrid: one plain row per prompt
         "mamba": ("MambaConfig", "MambaForCausalLM",
                   {"vocab_size": V, "hidden_size": 64, "num_hidden_layers": 2,
@@ -131,6 +144,12 @@ def _configs(tok) -> dict[str, tuple[str, str, dict]]:
                               "layer_types": ["mamba", "attention"], "mamba_d_state": 8,
                               "mamba_n_heads": 4, "mamba_d_head": 32, "mamba_n_groups": 1,
                               "mamba_chunk_size": 8}),
+        "bamba": ("BambaConfig", "BambaForCausalLM",
+                  {**gqa, "attn_layer_indices": [1], "mamba_d_state": 8, "mamba_n_heads": 4,
+                   "mamba_d_head": 32, "mamba_n_groups": 1, "mamba_chunk_size": 8}),
+        "minimax": ("MiniMaxConfig", "MiniMaxForCausalLM",
+                    {**gqa, "head_dim": 16, "num_local_experts": 2, "num_experts_per_tok": 1,
+                     "layer_types": ["linear_attention", "full_attention"], "block_size": 4}),
         "falcon_h1": ("FalconH1Config", "FalconH1ForCausalLM",
                       {**gqa, "mamba_d_state": 8, "mamba_n_heads": 4, "mamba_d_head": 32,
                        "mamba_n_groups": 1, "mamba_chunk_size": 8, "mamba_d_ssm": 128}),
@@ -206,9 +225,9 @@ def _scratch(hm, inp, out, L):
 
 ALIBI = {"bloom", "mpt"}
 RECURRENT = {"mamba", "jamba", "recurrent_gemma", "qwen3_next", "lfm2", "granitemoehybrid",
-             "falcon_h1"}
+             "falcon_h1", "bamba", "minimax"}
 CHUNKED = {"llama4_text"}  # sequences longer than a chunk: plain rows
-LOGIT_MAP = {"cohere", "cohere2", "granite", "gemma2", "recurrent_gemma"}
+LOGIT_MAP = {"cohere", "cohere2", "granite", "gemma2", "gemma3n", "recurrent_gemma"}
 
 
 @pytest.mark.filterwarnings("ignore::FutureWarning")  # the reference passes Bloom positions
@@ -248,7 +267,7 @@ def test_engine_equals_plain_forwards_on_any_architecture(name) -> None:
     else:  # packed rows share the prompt's prefix
         assert positions and masks4d
         assert eng.counters["tokens_processed"] < full
-    if name == "falcon":  # its own attention: the engine's packed attention stays off
+    if name in ("falcon", "doge"):  # own attention code; a mask of its own making
         assert not hm.packs_attention
     assert (hm.logit_map() is not None) == (name in LOGIT_MAP)
 
