@@ -1,4 +1,5 @@
-"""Cost of the per-model checks (``HFModel.packing``, ``HFModel.logit_map``): a few 8-token
+"""Cost of the per-model checks (``HFModel.packing``, ``HFModel.logit_map``,
+``HFModel.packs_attention``): a few 8-token
 forwards, once per loaded model. Each repeat wraps the embedded model afresh (the checks are
 cached per wrapper), after one warm 8-token forward, and times each check; medians, with an
 8-token decoder forward for scale.
@@ -32,7 +33,8 @@ def main() -> None:
         x = torch.arange(10, 18)[None]
         with torch.no_grad():
             base.model(input_ids=x)  # warm kernels
-        walls: dict[str, list[float]] = {"packing_s": [], "logit_map_s": [], "forward_s": []}
+        walls: dict[str, list[float]] = {"packing_s": [], "logit_map_s": [],
+                                         "packs_attention_s": [], "forward_s": []}
         for _ in range(args.repeats):
             m = HFModel(base.model, base.tokenizer, info=base.info)
             t = time.perf_counter()
@@ -41,6 +43,9 @@ def main() -> None:
             t = time.perf_counter()
             m.logit_map()
             walls["logit_map_s"].append(time.perf_counter() - t)
+            t = time.perf_counter()
+            assert m.packs_attention
+            walls["packs_attention_s"].append(time.perf_counter() - t)
             t = time.perf_counter()
             with torch.no_grad():
                 m.decoder(input_ids=x)
