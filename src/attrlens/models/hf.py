@@ -1008,8 +1008,15 @@ class HFModel:
             )
         import transformers
 
-        if (type(model).__name__.startswith("RecurrentGemma")
-                and int(transformers.__version__.split(".")[0]) < 5):
+        major = int(transformers.__version__.split(".")[0])
+        if major < 5 and getattr(_text_config(model.config), "num_kv_shared_layers", 0):
+            raise CapabilityError(
+                f"{type(model).__name__} shares keys and values between layers, which "
+                f"transformers 4.x computes differently with and without a cache (0.5 nats "
+                f"apart on a tiny Gemma-3n), so no score of it would be exact; use "
+                f"transformers >= 5."
+            )
+        if type(model).__name__.startswith("RecurrentGemma") and major < 5:
             raise CapabilityError(
                 "RecurrentGemma on transformers 4.x keeps its recurrent state in its modules "
                 "from one call to the next (reset only by a cached prefill), so perturbed "

@@ -112,7 +112,10 @@ class PrefixCache:
         if not 1 <= p <= self.n_prompt:
             raise ValueError(f"A prefix of {p} tokens does not fit a prompt of {self.n_prompt}.")
         cache = new_dynamic_cache(self.model)
+        shared = _shared_kv_layers(cache)
         for li, (k_, v_) in enumerate(self.layers(counters)):
+            if li in shared:  # reads another layer's keys (Gemma-3n): nothing of its own
+                continue
             cache.update(
                 _rows(k_[:, :, :p], batch, copy), _rows(v_[:, :, :p], batch, copy), li
             )
@@ -229,6 +232,17 @@ def _prefix_layer_class() -> Any:
 
     _LAYER_CLS.append(PrefixLayer)
     return PrefixLayer
+
+
+def _shared_kv_layers(cache: Any) -> set[int]:
+    """Indices of the cache's layers that store nothing (transformers' ``DummyLayer``: a
+    layer that reads another layer's keys and values)."""
+    try:
+        from transformers.cache_utils import DummyLayer
+    except ImportError:
+        return set()
+    return {i for i, lay in enumerate(getattr(cache, "layers", None) or [])
+            if isinstance(lay, DummyLayer)}
 
 
 def _rows(x: Any, batch: int, copy: bool) -> Any:
