@@ -1012,9 +1012,9 @@ class HFModel:
         if major < 5 and getattr(_text_config(model.config), "num_kv_shared_layers", 0):
             raise CapabilityError(
                 f"{type(model).__name__} shares keys and values between layers, which "
-                f"transformers 4.x computes differently with and without a cache (0.5 nats "
-                f"apart on a tiny Gemma-3n), so no score of it would be exact; use "
-                f"transformers >= 5."
+                f"transformers 4.x computes differently with and without a cache (log-"
+                f"probabilities 1.4 nats apart on a tiny Gemma-3n), so its scores would not be "
+                f"exact; use transformers >= 5."
             )
         if type(model).__name__.startswith("RecurrentGemma") and major < 5:
             raise CapabilityError(
