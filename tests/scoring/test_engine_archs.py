@@ -10,7 +10,9 @@ values of different widths); chunked attention (Llama-4: plain rows past one chu
 without positions (SmolLM3); recurrent
 models (Mamba, and the hybrids Jamba, RecurrentGemma, Qwen3-Next, LFM2, Granite-4 (MoE
 hybrid), Falcon-H1, Bamba and MiniMax: plain rows); Gemma-3n (layers sharing keys and
-values); Doge (its own attention mask: no packed attention); vision-language models explained on text (Gemma-3, Llava, Qwen2-VL with
+values); Doge (its own attention mask: no packed attention); and OLMo-3, Apertus, ERNIE-4.5,
+Seed-OSS, GLM-4, GLM-4-MoE, Nemotron, Arcee, HunYuan, Exaone-4, PhiMoE, Qwen2-MoE, Helium,
+GraniteMoE, BitNet, Zamba2 and LFM2-MoE as they come; vision-language models explained on text (Gemma-3, Llava, Qwen2-VL with
 its multimodal RoPE)."""
 
 from __future__ import annotations
@@ -136,7 +138,45 @@ def _configs(tok) -> dict[str, tuple[str, str, dict]]:
         # from the engine's, 0.2 nats; not explained, left out there)
         **({"doge": ("DogeConfig", "DogeForCausalLM", gqa)}
            if int(transformers.__version__.split(".")[0]) >= 5 else {}),
+        # more of transformers' causal LMs, as they come
+        "olmo3": ("Olmo3Config", "Olmo3ForCausalLM",
+                  {**gqa, "sliding_window": 6,
+                   "layer_types": ["sliding_attention", "full_attention"]}),
+        "apertus": ("ApertusConfig", "ApertusForCausalLM", gqa),
+        "ernie4_5": ("Ernie4_5Config", "Ernie4_5ForCausalLM", {**gqa, "head_dim": 16}),
+        "seed_oss": ("SeedOssConfig", "SeedOssForCausalLM", {**gqa, "head_dim": 16}),
+        "glm4": ("Glm4Config", "Glm4ForCausalLM", {**gqa, "head_dim": 16}),
+        "glm4_moe": ("Glm4MoeConfig", "Glm4MoeForCausalLM",
+                     {**gqa, "head_dim": 16, "n_routed_experts": 4, "num_experts_per_tok": 2,
+                      "moe_intermediate_size": 32, "first_k_dense_replace": 1, "n_group": 1,
+                      "topk_group": 1}),
+        "nemotron": ("NemotronConfig", "NemotronForCausalLM", gqa),
+        "arcee": ("ArceeConfig", "ArceeForCausalLM", gqa),
+        "hunyuan_v1_dense": ("HunYuanDenseV1Config", "HunYuanDenseV1ForCausalLM",
+                             {**gqa, "head_dim": 16}),
+        "exaone4": ("Exaone4Config", "Exaone4ForCausalLM",
+                    {**gqa, "sliding_window": 6, "sliding_window_pattern": 2}),
+        # (transformers 4.x's PhiMoE indexes its rotary table by position up to the input's
+        # length only, and fails on positions past it: 5.x only)
+        **({"phimoe": ("PhimoeConfig", "PhimoeForCausalLM",
+                       {**gqa, "num_local_experts": 4, "num_experts_per_tok": 2})}
+           if int(transformers.__version__.split(".")[0]) >= 5 else {}),
+        "qwen2_moe": ("Qwen2MoeConfig", "Qwen2MoeForCausalLM",
+                      {**gqa, "num_experts": 4, "num_experts_per_tok": 2,
+                       "moe_intermediate_size": 32, "shared_expert_intermediate_size": 32}),
+        "helium": ("HeliumConfig", "HeliumForCausalLM", {**gqa, "head_dim": 16}),
+        "granitemoe": ("GraniteMoeConfig", "GraniteMoeForCausalLM",
+                       {**gqa, "num_local_experts": 2, "num_experts_per_tok": 1}),
+        "bitnet": ("BitNetConfig", "BitNetForCausalLM", gqa),
         # recurrent (stateful) models, whole or hybrid: one plain row per prompt
+        "zamba2": ("Zamba2Config", "Zamba2ForCausalLM",
+                   {**gqa, "mamba_d_state": 8, "mamba_headdim": 16, "n_mamba_heads": 8,
+                    "layers_block_type": ["mamba", "hybrid"], "hybrid_layer_ids": [1],
+                    "num_mem_blocks": 1, "chunk_size": 8}),
+        "lfm2_moe": ("Lfm2MoeConfig", "Lfm2MoeForCausalLM",
+                     {**gqa, "layer_types": ["conv", "full_attention"], "num_experts": 2,
+                      "num_experts_per_tok": 1, "moe_intermediate_size": 32,
+                      "num_dense_layers": 1}),
         "mamba": ("MambaConfig", "MambaForCausalLM",
                   {"vocab_size": V, "hidden_size": 64, "num_hidden_layers": 2,
                    "state_size": 8, **sp}),
@@ -235,7 +275,7 @@ def _scratch(hm, inp, out, L):
 
 ALIBI = {"bloom", "mpt"}
 RECURRENT = {"mamba", "jamba", "recurrent_gemma", "qwen3_next", "lfm2", "granitemoehybrid",
-             "falcon_h1", "bamba", "minimax"}
+             "falcon_h1", "bamba", "minimax", "zamba2", "lfm2_moe"}
 CHUNKED = {"llama4_text"}  # sequences longer than a chunk: plain rows
 LOGIT_MAP = {"cohere", "cohere2", "granite", "gemma2", "gemma3n", "recurrent_gemma"}
 
