@@ -200,9 +200,8 @@ class WhiteBoxGame(Game):
         # path adds sdpa's boolean causal mask to its scores, which leaves them non-causal)
         direct = eager and old not in (None, "eager") and not self.model.on_attention_interface
         window = self.model.sliding_window[0]
-        chunk = self.model.attention_chunk
         packed = (not eager and (window is None or self.seq_len <= window)
-                  and (chunk is None or self.seq_len <= chunk))
+                  and self.model.within_attention_chunk(self.seq_len))
         if direct:
             mdl.config._attn_implementation = "eager"
         if switch:
@@ -564,7 +563,7 @@ class WhiteBoxGame(Game):
                                  dtype=torch.float32)
             g = grads[0][:, : self.n_prompt].float()  # (B, L, d)
             # positions before the last prompt token reach the output through attention only
-            reached[0] = reached[0] or bool(g[:, : self.n_prompt - 1].ne(0).any())
+            reached[0] |= g[:, : self.n_prompt - 1].ne(0).any()  # (read once, at the end)
             contrib = (g * d_dot[None]).sum(-1) * sw[:, None]  # (B, L)
             # accumulated only now: a chunk that ran out of memory above added nothing
             directional.index_add_(0, rs, contrib)
@@ -572,14 +571,15 @@ class WhiteBoxGame(Game):
                 ga = grads[1].float().mean(1)[:, rows_t]  # (B, T, S)
                 att_acc.index_add_(0, rs, ga * sw[:, None, None])
 
-        reached = [False]  # a non-zero gradient reached an earlier prompt embedding
+        # whether a non-zero gradient reached an earlier prompt embedding (a device flag)
+        reached = [torch.zeros((), dtype=torch.bool, device=x.device)]
         try:
             with self._frozen(eager=attention):
                 self._in_chunks(len(pairs), run, eager=attention, what="backward")
         finally:
             if hook is not None:
                 hook.remove()
-        if not reached[0] and self.n_prompt > 1:
+        if self.n_prompt > 1 and not bool(reached[0]):
             raise self._no_gradient(
                 "every gradient with respect to the embeddings of the prompt's tokens before "
                 "its last was exactly zero (nothing before it reaches the output)")

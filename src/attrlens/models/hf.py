@@ -1076,6 +1076,13 @@ class HFModel:
             return None
         return int(chunk)
 
+    def within_attention_chunk(self, n_tokens: int) -> bool:
+        """Whether a sequence of ``n_tokens`` lies within one attention chunk (always, for a
+        model without chunked attention): else attrlens' packed masks, packed attention and
+        shared prefix do not hold, and transformers' own masks run."""
+        chunk = self.attention_chunk
+        return chunk is None or n_tokens <= chunk
+
     @property
     def context_length(self) -> int:
         cfg = self.text_config
@@ -1287,8 +1294,10 @@ class HFModel:
         GPT-J, ... in transformers 4.x), or its ``model`` / ``transformer`` child where both
         do (Llama-4's text model, whose base-model name is not its child's)."""
         lm = self.model
-        for dec in (lm.get_decoder(), lm.base_model, getattr(lm, "model", None),
-                    getattr(lm, "transformer", None)):
+        dec = lm.get_decoder()
+        if dec is not None and dec is not lm:  # (the common case, on every forward)
+            return dec
+        for dec in (lm.base_model, getattr(lm, "model", None), getattr(lm, "transformer", None)):
             if dec is not None and dec is not lm:
                 return dec
         return lm.base_model

@@ -236,8 +236,8 @@ class BeamRunner:
             )
         if self.prefix is not None and not self.prefix.matches(self.model, self.prompt_ids):
             raise InputError("The shared prefix cache belongs to another model or prompt.")
-        chunk = getattr(self.model, "attention_chunk", None)
-        if chunk is not None and self.n_prompt + self.horizon > chunk:
+        within = getattr(self.model, "within_attention_chunk", lambda n: True)
+        if not within(self.n_prompt + self.horizon):
             # chunked attention past one chunk: transformers' masks, on caches of its own
             # (behind a shared prefix its chunked masks read the wrong keys)
             self.prefix_reuse = False

@@ -231,8 +231,8 @@ class ScoringEngine:
         # prompt in a row of its own, right-padded, no shared prefix (plain forwards)
         positions, masks = getattr(self.model, "packing", (True, True))
         # (and a sequence longer than a chunk of chunked attention: transformers' masks)
-        chunk = getattr(self.model, "attention_chunk", None)
-        plain = not (positions and masks) or (chunk is not None and L + T > chunk)
+        within = getattr(self.model, "within_attention_chunk", lambda n: True)
+        plain = not (positions and masks and within(L + T))
         reuse = self.prefix_reuse and not plain
         capture = reuse and not self.prefix.ready and self.prefix.can_capture
         if reuse and not capture:
