@@ -229,6 +229,46 @@ def test_offloaded_weights_give_the_same_scores(tiny, tiny_dir, tmp_path) -> Non
                                    rope_vectors(tiny, ids, pos, space=space), rtol=1e-6)
 
 
+class _NoInferenceWeight:
+    """Makes a parameter type that, like optimum-quanto's 4- and 2-bit weights, cannot be
+    used under ``torch.inference_mode()``."""
+
+    @staticmethod
+    def make(data):
+        import torch
+
+        class Weight(torch.nn.Parameter):
+            @classmethod
+            def __torch_function__(cls, func, types, args=(), kwargs=None):
+                if torch.is_inference_mode_enabled():
+                    raise RuntimeError("Cannot set version_counter for inference tensor")
+                return super().__torch_function__(func, types, args, kwargs or {})
+
+        return Weight(data)
+
+
+def test_weights_that_refuse_inference_mode_run_under_no_grad(tiny) -> None:
+    """Generation, the scoring engine and GiLOT's beams ran under torch.inference_mode(),
+    which such weights refuse (the explanation crashed); the forwards of such a model now
+    run under no_grad, probed once, with the same scores."""
+    import torch
+
+    m = copy.deepcopy(tiny.model)
+    lin = m.model.layers[0].mlp.down_proj
+    lin.weight = _NoInferenceWeight.make(lin.weight.detach().clone())
+    with pytest.raises(RuntimeError, match="inference tensor"), torch.inference_mode():
+        m(torch.tensor([[3, 4, 5]]))  # the model itself refuses it
+    for method in ("loo", "gilot"):
+        ref, got = (attrlens.explain(PROMPTS[1], model=mm, tokenizer=tiny.tokenizer,
+                                     method=method, max_new_tokens=3, seed=0)
+                    for mm in (tiny.model, m))
+        assert got.output_text == ref.output_text
+        np.testing.assert_allclose(got.scores, ref.scores, rtol=1e-5, atol=1e-6,
+                                   err_msg=method)
+    assert not wrap_model(m, tiny.tokenizer).inference_mode_ok
+    assert wrap_model(tiny.model, tiny.tokenizer).inference_mode_ok
+
+
 @pytest.mark.parametrize(
     ("model", "tokenizer", "needle"),
     [

@@ -652,3 +652,38 @@ def test_chunked_attention_past_one_chunk_in_gradients_and_beams() -> None:
     assert len(ids) > 2 * hm.attention_chunk
     _assert_gradient_likelihood_is_plain(hm, ids, fs, out)
     _assert_beams_are_plain(hm, ids)
+
+
+@pytest.mark.integration
+def test_quanto_4bit_model_scores_as_its_plain_forwards(tmp_path) -> None:
+    """A real optimum-quanto 4-bit model (transformers' QuantoConfig, on the CPU): its weights
+    refuse torch.inference_mode(), under which the engine, GiLOT's beams and generation
+    crashed ("Cannot set version_counter for inference tensor"); now the engine equals one
+    plain forward per perturbed prompt, and the gradient methods and beams hold too."""
+    from conftest import make_tiny_model, save_model_dir
+    from transformers import AutoModelForCausalLM, QuantoConfig
+
+    import attrlens
+    from attrlens.models.base import LOAD_KWARGS
+
+    d = save_model_dir(make_tiny_model(), tmp_path / "tiny")
+    q = AutoModelForCausalLM.from_pretrained(d, quantization_config=QuantoConfig(weights="int4"),
+                                             device_map="cpu", **LOAD_KWARGS)
+    assert type(q.model.layers[0].mlp.down_proj.weight).__name__ == "WeightQBitsTensor"
+    hm = wrap_model(q, make_tiny_model().tokenizer, model_id="tiny-quanto-int4")
+    assert not hm.inference_mode_ok
+    pr = build_prompt(PROMPT, hm, chat=False)
+    ids, offsets = hm.tokenize(pr.text, add_special_tokens=False)
+    ids = np.asarray(ids)
+    fs = segment(pr.text, pr.regions, offsets, "word")
+    out = np.asarray(hm.tokenize(" Because of Rayleigh scattering.")[0])
+    inputs = Masker("delete", ids, fs).apply(loo_masks(len(fs)))
+    ref = np.stack([_scratch(hm, x, out, len(ids)) for x in inputs])
+    assert np.ptp(ref.sum(1)) > 0.05
+    np.testing.assert_allclose(ScoringEngine(hm, ids, out).token_logprobs(inputs), ref,
+                               atol=1e-4)
+    _assert_gradient_likelihood_is_plain(hm, ids, fs, out)
+    _assert_beams_are_plain(hm, ids)
+    for method in ("loo", "gilot", "ig"):  # generation included (no output given)
+        r = attrlens.explain(PROMPT, model=hm, method=method, max_new_tokens=3)
+        assert np.all(np.isfinite(r.scores)) and np.abs(r.scores).max() > 1e-4, method

@@ -183,12 +183,10 @@ class BeamGame(Game):
     def reference(self) -> Marginal:
         """The reference input's beam marginal (computed once; costs one beam search)."""
         if self._reference is None:
-            import torch
-
             inp = make_inputs(self.prompt_ids, self.reference_keep[None, :], kind=self.masker,
                               mask_token_id=self.mask_token_id)
             t0 = time.perf_counter()
-            with torch.inference_mode():
+            with self.runner.model.inference():
                 ((_, ref),) = list(self.runner.search(inp))
             self.timings["model_s"] += time.perf_counter() - t0
             _check_finite(ref)

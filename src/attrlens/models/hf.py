@@ -1237,7 +1237,7 @@ class HFModel:
         ids = torch.tensor([input_ids], device=self.device)
 
         def greedy() -> Any:
-            with torch.inference_mode(), warnings.catch_warnings(), self._plain_generation():
+            with self.inference(), warnings.catch_warnings(), self._plain_generation():
                 warnings.simplefilter("ignore")
                 return self.model.generate(
                     input_ids=ids,
@@ -1452,6 +1452,43 @@ class HFModel:
             if name in output:
                 return output[name]
         return None
+
+    def inference(self) -> Any:
+        """The context of this model's forwards without gradients: ``torch.inference_mode()``
+        (here ~1.5 ms, about 4%, less per forward of the embedded model than ``no_grad``),
+        or ``torch.no_grad()`` for a model that cannot run under it (optimum-quanto's 4- and
+        2-bit weights: "Cannot set version_counter for inference tensor")."""
+        import torch
+
+        return torch.inference_mode() if self.inference_mode_ok else torch.no_grad()
+
+    @property
+    def inference_mode_ok(self) -> bool:
+        """Whether the model runs under ``torch.inference_mode()``: a model of plain
+        parameters does; one with tensor-subclass weights (quantized: bitsandbytes, torchao,
+        optimum-quanto) is probed once with a forward of a few tokens."""
+        got = self.__dict__.get("_inference_mode_ok")
+        if got is None:
+            got = self.__dict__["_inference_mode_ok"] = self._probe_inference_mode()
+            if not got:
+                log.info("%s: its weights cannot run under torch.inference_mode(); its "
+                         "forwards run under torch.no_grad()", self.info.id)
+        return got
+
+    def _probe_inference_mode(self) -> bool:
+        import torch
+
+        if all(type(p) is torch.nn.Parameter and type(p.data) is torch.Tensor
+               for p in self.model.parameters()):
+            return True
+        try:
+            with torch.inference_mode():
+                self.decoder(input_ids=self._probe_ids(), use_cache=False)
+        except RuntimeError as e:
+            if "inference tensor" not in str(e).lower():
+                raise
+            return False
+        return True
 
     def _probe_ids(self) -> Any:
         """A few fixed token ids on the model's input device (for the one-time probes)."""

@@ -260,9 +260,7 @@ class BeamRunner:
 
     # ---- model plumbing -----------------------------------------------------------------
     def _forward(self, ids: Any, attn: Any, pos: Any, cache: Any) -> Any:
-        import torch
-
-        with torch.inference_mode():
+        with self.model.inference():
             out = self.model.decoder(
                 input_ids=ids, attention_mask=attn, position_ids=pos,
                 use_cache=True, **{self.model.cache_kwarg: cache},
@@ -471,9 +469,7 @@ class BeamRunner:
     def _batch(self, inp: BeamInputs, rows: np.ndarray, beams: Beams | None,
                weights: str) -> list[Marginal]:
         """The marginals of one batch of inputs (own beams when ``beams`` is None)."""
-        import torch
-
-        with torch.inference_mode():
+        with self.model.inference():
             if beams is None:
                 found, hist = self._search_chunk(inp, rows)
                 return [self._marginal(hist[g], found[g], found[g].token_logp)

@@ -69,7 +69,7 @@ class PrefixCache:
         # the last window of a sliding layer (Gemma-2, gpt-oss), not positions 0..L-1
         sink: dict[str, Any] = {}
         given = {self.model.cache_kwarg: self.capture(0, sink)} if self.can_capture else {}
-        with torch.inference_mode():
+        with self.model.inference():
             out = self.model.decoder(
                 input_ids=ids,
                 attention_mask=torch.ones((1, L), dtype=torch.long, device=dev),

@@ -369,7 +369,7 @@ class ScoringEngine:
         elif P > 0:
             kwargs[self.model.cache_kwarg] = self.prefix.attend(B, P, self.counters)
         t_dec = time.perf_counter()
-        with torch.inference_mode():
+        with self.model.inference():
             # (plain rows carry a 2-D mask for transformers to make: not our attention)
             with contextlib.nullcontext() if plain else self.model.packed_attention():
                 hidden = self.model.decoder(
