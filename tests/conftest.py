@@ -114,7 +114,7 @@ def make_tiny_model(seed: int = 0, *, n_layers: int = 2):
         tie_word_embeddings=False,
     )
     torch.manual_seed(seed)
-    model = LlamaForCausalLM(cfg)
+    model = LlamaForCausalLM(cfg).eval()
     with torch.no_grad():  # larger weights make the random model's outputs input-sensitive
         for p in model.parameters():
             p.mul_(3.0)

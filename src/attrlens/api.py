@@ -154,9 +154,26 @@ def explain(
             "--audit checks a stand-in attribution against the served model: use it with "
             "--method rope_lime or gsmile and --target-url/--target-model."
         )
+    _check_arguments(granularity, masker, max_new_tokens)
+    model = _resolve_model(model, tokenizer)
+    with model.evaluating():
+        return _explain(prompt, model, explainer, route_name, t_start, granularity=granularity,
+                        output=output, target=target, seed=seed, masker=masker, spans=spans,
+                        chat=chat, max_new_tokens=max_new_tokens, reduction=reduction,
+                        top_k=top_k, contrast=contrast, prefix_reuse=prefix_reuse,
+                        target_backend=target_backend, audit=audit, progress=progress)
+
+
+def _explain(prompt: Any, model: Any, explainer: Explainer, route_name: str | None,
+             t_start: float, *, granularity: str, output: str | None, target: str | None,
+             seed: int, masker: str | None, spans: Any, chat: bool | None,
+             max_new_tokens: int, reduction: str, top_k: int, contrast: str | None,
+             prefix_reuse: bool, target_backend: Any, audit: int | None,
+             progress: Progress | None) -> Attribution:
+    """The body of :func:`explain`, on a resolved model in eval mode."""
     api_before = _api_counters(target_backend)
     inputs, scoring = prepare(
-        prompt, model=model, tokenizer=tokenizer, granularity=granularity, output=output,
+        prompt, model=model, granularity=granularity, output=output,
         target=target or explainer.default_target, masker=masker or explainer.default_masker,
         spans=spans, chat=chat, max_new_tokens=max_new_tokens, reduction=reduction,
         top_k=top_k, contrast=contrast, prefix_reuse=prefix_reuse,
@@ -220,6 +237,30 @@ def _api_counters(backend: Any) -> dict[str, float]:
     return dict(getattr(backend, "counters", {}) or {})
 
 
+def _check_arguments(granularity: str, masker: str | None, max_new_tokens: int) -> None:
+    """The arguments checked before a model is loaded (cheap errors first)."""
+    from .text.mask import MASKERS
+    from .text.segment import GRANULARITIES
+
+    check_param("explain", "max_new_tokens", max_new_tokens, kind=int, low=1)
+    if granularity not in GRANULARITIES:
+        raise ParameterError(unknown_name_message("granularity", granularity, GRANULARITIES))
+    if masker is not None and masker not in MASKERS:
+        raise ParameterError(unknown_name_message("masker", masker, MASKERS))
+
+
+def _resolve_model(model: Any, tokenizer: Any) -> Any:
+    """The HFModel of ``explain``'s model argument: None (the embedded default), a path, an
+    attrlens model, or a transformers model object with its tokenizer."""
+    from .models.hf import HFModel, wrap_model
+
+    if model is None or isinstance(model, str) or hasattr(model, "__fspath__"):
+        model = load_model(model)
+    if not isinstance(model, HFModel) or tokenizer is not None:
+        model = wrap_model(model, tokenizer)  # a transformers model object (or a clear error)
+    return model
+
+
 def prepare(
     prompt: str | list[dict[str, str]],
     *,
@@ -244,23 +285,14 @@ def prepare(
     methods, which then share the game's memo (benchmarks use this to evaluate a test set
     once)."""
     from .games.model import ModelInputs, ScoringGame
-    from .models.hf import HFModel, wrap_model
     from .scoring.engine import ScoringEngine
     from .scoring.targets import make_target
-    from .text.mask import MASKERS, Masker
+    from .text.mask import Masker
     from .text.prompt import build_prompt, tokenize_output, tokenize_text
-    from .text.segment import GRANULARITIES, segment
+    from .text.segment import segment
 
-    check_param("explain", "max_new_tokens", max_new_tokens, kind=int, low=1)
-    if granularity not in GRANULARITIES:
-        raise ParameterError(unknown_name_message("granularity", granularity, GRANULARITIES))
-    if masker not in MASKERS:
-        raise ParameterError(unknown_name_message("masker", masker, MASKERS))
-    if model is None or isinstance(model, str) or hasattr(model, "__fspath__"):
-        model = load_model(model)
-    if not isinstance(model, HFModel) or tokenizer is not None:
-        model = wrap_model(model, tokenizer)  # a transformers model object (or a clear error)
-
+    _check_arguments(granularity, masker, max_new_tokens)
+    model = _resolve_model(model, tokenizer)
     pr = build_prompt(prompt, model, chat=chat)
     # user text is text: control-token strings typed there never become control tokens
     prompt_ids, offsets = tokenize_text(model, pr.text, pr.regions,

@@ -157,6 +157,30 @@ def test_regenerate_variant(tiny_model, tmp_path):
     assert s.table["loo"]["abpc_regen"]["mean"] == pytest.approx(c["morf"] - c["lerf"])
 
 
+def test_a_model_in_training_mode_is_evaluated_in_eval_mode(tiny_model, tmp_path):
+    """A wrapped model put (back) into training mode: its records equal the eval-mode
+    model's (its dropout off; before, its scoring ran with dropout and the per-model head
+    check refused it), and it is in training mode again afterwards."""
+    import copy
+
+    from attrlens.models.hf import wrap_model
+
+    m = copy.deepcopy(tiny_model.model)
+    for layer in m.model.layers:
+        layer.self_attn.attention_dropout = 0.5
+    wrapped = wrap_model(m, tiny_model.tokenizer)
+    m.train()
+    kw = dict(methods=["loo"], metrics=["abpc"], max_new_tokens=3, chat=False, progress=False)
+    attrlens.evaluate(ITEMS[:1], model=tiny_model, out=tmp_path / "a", **kw)
+    attrlens.evaluate(ITEMS[:1], model=wrapped, out=tmp_path / "b", **kw)
+    a, b = (json.loads((tmp_path / d / "records.jsonl").read_text()) for d in "ab")
+    assert "error" not in b and m.training
+    sa, sb = (json.loads((tmp_path / d / r["attribution"]).read_text())["scores"]
+              for d, r in (("a", a), ("b", b)))
+    np.testing.assert_allclose(sb, sa, rtol=1e-5, atol=1e-6)
+    assert b["metrics"]["abpc"] == pytest.approx(a["metrics"]["abpc"], abs=1e-6)
+
+
 @pytest.mark.integration
 def test_cli_evaluate_end_to_end(tmp_path):
     from attrlens.cli import main

@@ -229,6 +229,40 @@ def test_offloaded_weights_give_the_same_scores(tiny, tiny_dir, tmp_path) -> Non
                                    rope_vectors(tiny, ids, pos, space=space), rtol=1e-6)
 
 
+def _dropout_model(tiny):
+    """A copy of the tiny model with attention dropout 0.5, in training mode."""
+    m = copy.deepcopy(tiny.model)
+    m.config.attention_dropout = 0.5
+    for layer in m.model.layers:
+        layer.self_attn.attention_dropout = 0.5
+    return m.train()
+
+
+def test_a_model_in_training_mode_is_explained_in_eval_mode_and_left_training(tiny) -> None:
+    """A model object the user is training: the explanation ran with its dropout on (each
+    call other scores) or, once wrapped, left the model in eval mode for the rest of its
+    training. Now every call runs in eval mode and gives the eval-mode scores, and each
+    module is back in its own mode afterwards (one kept in eval mode by the user stays so)."""
+    m = _dropout_model(tiny)
+    m.model.layers[1].eval()  # the user's own choice, kept
+    modes = {n: mod.training for n, mod in m.named_modules()}
+    ref = attrlens.explain(PROMPTS[1], model=tiny.model, tokenizer=tiny.tokenizer,
+                           method="loo", max_new_tokens=3)
+    for _ in range(2):
+        got = attrlens.explain(PROMPTS[1], model=m, tokenizer=tiny.tokenizer, method="loo",
+                               max_new_tokens=3)
+        assert got.output_text == ref.output_text
+        np.testing.assert_allclose(got.scores, ref.scores, rtol=1e-5, atol=1e-6)
+        assert {n: mod.training for n, mod in m.named_modules()} == modes
+    # a wrapped model put back into training mode is still explained in eval mode
+    wrapped = wrap_model(_dropout_model(tiny).eval(), tiny.tokenizer)
+    wrapped.model.train()
+    got = attrlens.explain(PROMPTS[1], model=wrapped, method="gilot", max_new_tokens=3, seed=0)
+    ref = attrlens.explain(PROMPTS[1], model=tiny, method="gilot", max_new_tokens=3, seed=0)
+    np.testing.assert_allclose(got.scores, ref.scores, rtol=1e-5, atol=1e-6)
+    assert wrapped.model.training
+
+
 class _NoInferenceWeight:
     """Makes a parameter type that, like optimum-quanto's 4- and 2-bit weights, cannot be
     used under ``torch.inference_mode()``."""

@@ -394,7 +394,8 @@ class ItemRunner:
 
         t0 = time.perf_counter()
         try:
-            return self._run(item, spec, key)
+            with self.model.evaluating():
+                return self._run(item, spec, key)
         except (InputError, CapabilityError) as exc:
             return {**self._record_head(item, spec, key), "metrics": {},
                     "error": f"{type(exc).__name__}: {one_line(str(exc))}",

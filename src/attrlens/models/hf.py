@@ -629,7 +629,8 @@ def _load(file: Path, *, model_id: str, device: str, dtype: str | None, cache: b
     p0 = next(mdl.parameters())
     if p0.dtype != target or p0.device != torch.device(device):
         mdl = mdl.to(device=torch.device(device), dtype=target)
-    return HFModel(mdl, tok, info=ModelInfo(model_id, sha), load_s=time.perf_counter() - t0)
+    return HFModel(mdl.eval(), tok, info=ModelInfo(model_id, sha),
+                   load_s=time.perf_counter() - t0)
 
 
 def wrap_model(model: Any, tokenizer: Any = None, *, model_id: str | None = None) -> HFModel:
@@ -998,7 +999,7 @@ class HFModel:
     def __init__(self, model: Any, tokenizer: Any, *, info: ModelInfo, load_s: float = 0.0):
         import torch
 
-        self.model = model.eval()
+        self.model = model  # its train/eval mode is the user's: see evaluating()
         self.tokenizer = tokenizer
         self.load_s = load_s
         if not getattr(tokenizer, "is_fast", False):
@@ -1452,6 +1453,21 @@ class HFModel:
             if name in output:
                 return output[name]
         return None
+
+    @contextlib.contextmanager
+    def evaluating(self) -> Iterator[None]:
+        """The model in eval mode inside the block (no dropout, no training-only routing
+        noise), and each module back in the mode it had after it: a model object the user
+        is training stays in training mode after an explanation, and one put back in
+        training mode after it was wrapped is explained in eval mode all the same."""
+        training = [m for m in self.model.modules() if m.training]
+        if training:
+            self.model.eval()
+        try:
+            yield
+        finally:
+            for m in training:  # each as it was (train(True) would set its children too)
+                m.training = True
 
     def inference(self) -> Any:
         """The context of this model's forwards without gradients: ``torch.inference_mode()``
