@@ -170,7 +170,8 @@ def test_a_model_in_training_mode_is_evaluated_in_eval_mode(tiny_model, tmp_path
         layer.self_attn.attention_dropout = 0.5
     wrapped = wrap_model(m, tiny_model.tokenizer)
     m.train()
-    kw = dict(methods=["loo"], metrics=["abpc"], max_new_tokens=3, chat=False, progress=False)
+    kw = {"methods": ["loo"], "metrics": ["abpc"], "max_new_tokens": 3, "chat": False,
+          "progress": False}
     attrlens.evaluate(ITEMS[:1], model=tiny_model, out=tmp_path / "a", **kw)
     attrlens.evaluate(ITEMS[:1], model=wrapped, out=tmp_path / "b", **kw)
     a, b = (json.loads((tmp_path / d / "records.jsonl").read_text()) for d in "ab")

@@ -198,6 +198,17 @@ def test_device_map_models_take_inputs_on_the_embedding_device(tiny) -> None:
     assert wrapped.info.device == "cpu,cuda:1"
 
 
+def _assert_same_scores(tiny, m, methods) -> None:
+    """Each method's scores (and answer) for the model object ``m`` equal the tiny model's."""
+    for method in methods:
+        ref, got = (attrlens.explain(PROMPTS[1], model=mm, tokenizer=tiny.tokenizer,
+                                     method=method, max_new_tokens=3, seed=0)
+                    for mm in (tiny.model, m))
+        assert got.output_text == ref.output_text
+        np.testing.assert_allclose(got.scores, ref.scores, rtol=1e-5, atol=1e-6,
+                                   err_msg=method)
+
+
 def test_offloaded_weights_give_the_same_scores(tiny, tiny_dir, tmp_path) -> None:
     """device_map with offloaded modules (accelerate keeps their weights on the meta device
     and loads them for each forward, as device_map="auto" does for a model larger than the
@@ -216,13 +227,7 @@ def test_offloaded_weights_give_the_same_scores(tiny, tiny_dir, tmp_path) -> Non
     assert m.lm_head.weight.device.type == "meta"  # really offloaded
     wrapped = wrap_model(m, tiny.tokenizer)
     assert str(wrapped.device) == "cpu" and wrapped.info.device == "cpu,disk"
-    for method in ("loo", "gilot", "grad_x_input", "rope_lime"):
-        ref, got = (attrlens.explain(PROMPTS[1], model=mm, tokenizer=tiny.tokenizer,
-                                     method=method, max_new_tokens=3, seed=0)
-                    for mm in (tiny.model, m))
-        assert got.output_text == ref.output_text
-        np.testing.assert_allclose(got.scores, ref.scores, rtol=1e-5, atol=1e-6,
-                                   err_msg=method)
+    _assert_same_scores(tiny, m, ("loo", "gilot", "grad_x_input", "rope_lime"))
     ids, pos = np.arange(3, 9), np.arange(6)
     for space in ("embed_rope", "layer0_keys"):
         np.testing.assert_allclose(rope_vectors(wrapped, ids, pos, space=space),
@@ -292,13 +297,7 @@ def test_weights_that_refuse_inference_mode_run_under_no_grad(tiny) -> None:
     lin.weight = _NoInferenceWeight.make(lin.weight.detach().clone())
     with pytest.raises(RuntimeError, match="inference tensor"), torch.inference_mode():
         m(torch.tensor([[3, 4, 5]]))  # the model itself refuses it
-    for method in ("loo", "gilot"):
-        ref, got = (attrlens.explain(PROMPTS[1], model=mm, tokenizer=tiny.tokenizer,
-                                     method=method, max_new_tokens=3, seed=0)
-                    for mm in (tiny.model, m))
-        assert got.output_text == ref.output_text
-        np.testing.assert_allclose(got.scores, ref.scores, rtol=1e-5, atol=1e-6,
-                                   err_msg=method)
+    _assert_same_scores(tiny, m, ("loo", "gilot"))
     assert not wrap_model(m, tiny.tokenizer).inference_mode_ok
     assert wrap_model(tiny.model, tiny.tokenizer).inference_mode_ok
 

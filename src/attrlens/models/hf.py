@@ -1357,12 +1357,18 @@ class HFModel:
         if not (self._attn_implementation in ("sdpa", PACKED_SDPA)
                 and self.on_attention_interface and _gqa_sdpa()):
             return False
-        got = self.__dict__.get("_packs_attention")
+        return self._checked("_packs_attention", self._packed_attention_matches,
+                             "its attention under attrlens' packed SDPA differs from its "
+                             "own; the engine passes it masks instead")
+
+    def _checked(self, key: str, probe: Any, note: str) -> bool:
+        """The result of a per-model check, run once (``probe()``) and kept; a failed one
+        is logged with ``note``."""
+        got = self.__dict__.get(key)
         if got is None:
-            got = self.__dict__["_packs_attention"] = self._packed_attention_matches()
+            got = self.__dict__[key] = bool(probe())
             if not got:
-                log.info("%s: its attention under attrlens' packed SDPA differs from its own; "
-                         "the engine passes it masks instead", self.info.id)
+                log.info("%s: %s", self.info.id, note)
         return got
 
     def _packed_attention_matches(self) -> bool:
@@ -1483,13 +1489,9 @@ class HFModel:
         """Whether the model runs under ``torch.inference_mode()``: a model of plain
         parameters does; one with tensor-subclass weights (quantized: bitsandbytes, torchao,
         optimum-quanto) is probed once with a forward of a few tokens."""
-        got = self.__dict__.get("_inference_mode_ok")
-        if got is None:
-            got = self.__dict__["_inference_mode_ok"] = self._probe_inference_mode()
-            if not got:
-                log.info("%s: its weights cannot run under torch.inference_mode(); its "
-                         "forwards run under torch.no_grad()", self.info.id)
-        return got
+        return self._checked("_inference_mode_ok", self._probe_inference_mode,
+                             "its weights cannot run under torch.inference_mode(); its "
+                             "forwards run under torch.no_grad()")
 
     def _probe_inference_mode(self) -> bool:
         import torch
