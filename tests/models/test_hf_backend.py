@@ -309,12 +309,19 @@ def test_weights_that_refuse_inference_mode_run_under_no_grad(tiny) -> None:
         ("TINY", None, "needs its tokenizer"),
         ("TINY", "not a tokenizer", "must be a transformers tokenizer"),
         ("HF", "OTHER_TOK", "has its own"),
+        # a token added without resizing the embeddings, or another model's tokenizer:
+        # once a prompt held such a token, an IndexError deep in the forward ("index out
+        # of range in self")
+        ("TINY", "ADDED_TOK", r"tokenizer has \d+ tokens and the model embeds \d+"),
     ],
 )
 def test_wrap_model_refuses_bad_inputs(tiny, model, tokenizer, needle) -> None:
     model = {"TINY": tiny.model, "HF": tiny}.get(model, model) if isinstance(model, str) else model
     if tokenizer == "OTHER_TOK":
         tokenizer = copy.copy(tiny.tokenizer)
+    if tokenizer == "ADDED_TOK":
+        tokenizer = copy.deepcopy(tiny.tokenizer)
+        tokenizer.add_special_tokens({"additional_special_tokens": ["<|new|>"]})
     with pytest.raises(ParameterError, match=needle):
         wrap_model(model, tokenizer)
     with pytest.raises(ParameterError, match=needle):

@@ -717,6 +717,16 @@ def wrap_model(model: Any, tokenizer: Any = None, *, model_id: str | None = None
     return HFModel(model, tokenizer, info=ModelInfo(str(name), None))
 
 
+def _embedding_rows(model: Any) -> int | None:
+    """How many token ids the model's input embedding has rows for (None: unknown)."""
+    emb = model.get_input_embeddings()
+    rows = getattr(emb, "num_embeddings", None)
+    if rows is None:
+        shape = getattr(getattr(emb, "weight", None), "shape", None)
+        rows = shape[0] if shape else None
+    return None if rows is None else int(rows)
+
+
 def _offload_hook(module: Any) -> Any:
     """accelerate's hook of a module whose weights are offloaded (``device_map`` with
     ``"cpu"`` or ``"disk"`` entries: the parameters are on the meta device and the hook
@@ -1006,6 +1016,14 @@ class HFModel:
             raise BackendError(
                 "attrlens needs a fast (Rust) tokenizer for char offsets; this model's "
                 "tokenizer is a slow one. Save the model with a tokenizer.json."
+            )
+        rows = _embedding_rows(model)
+        if rows is not None and len(tokenizer) > rows:
+            raise ParameterError(
+                f"The tokenizer has {len(tokenizer)} tokens and the model embeds {rows}: it "
+                f"is not this model's tokenizer, or tokens were added to it without "
+                f"model.resize_token_embeddings(len(tokenizer)); pass the model's own "
+                f"tokenizer (AutoTokenizer.from_pretrained of the model's directory)."
             )
         import transformers
 
