@@ -1463,11 +1463,23 @@ class HFModel:
         renamed it (passing ``past_key_values`` there is deprecated), else ``past_key_values``.
         """
         if self._cache_kwarg is None:
-            import inspect
-
-            params = inspect.signature(type(self.decoder).forward).parameters
+            params = self._decoder_parameters()
             self._cache_kwarg = "cache" if "cache" in params else "past_key_values"
         return self._cache_kwarg
+
+    def _decoder_parameters(self) -> Any:
+        """The named parameters of the decoder's forward."""
+        import inspect
+
+        return inspect.signature(type(self.decoder).forward).parameters
+
+    @property
+    def keeps_cache(self) -> bool:
+        """Whether the decoder takes a key/value cache (a ``cache`` or ``past_key_values``
+        argument): what a shared prefix and GiLOT's beam search extend. OpenAI GPT takes
+        none; its scoring rows run plain, and the beams are refused."""
+        params = self._decoder_parameters()
+        return "cache" in params or "past_key_values" in params
 
     def output_cache(self, output: Any) -> Any:
         """The key/value cache of a decoder output, read without deprecated attributes: by
@@ -1544,13 +1556,19 @@ class HFModel:
         (``DynamicCache(config=...)``) is a linear-attention layer, which keeps a state
         instead of keys (5.25 dropped the flag; LFM2's says False in 5.24, where its
         convolution layers already keep such a cache), or a config that names a recurrent
-        layer (``layer_types``: LFM2's "conv" in transformers 4.x)."""
+        layer (``layer_types``: LFM2's "conv" in transformers 4.x), or a decoder that takes
+        its state outside transformers' caches (RWKV's ``state``; without a flag in 5.25,
+        GiLOT's beams crashed on it)."""
         got = self.__dict__.get("_stateful")
         if got is None:
             flag = getattr(type(self.model), "_is_stateful", None)
+            params = self._decoder_parameters()
             got = self.__dict__["_stateful"] = (
                 bool(flag) or _recurrent_cache_layers(self.model.config)
-                or _recurrent_layer_types(self.text_config))
+                or _recurrent_layer_types(self.text_config)
+                # a recurrent state passed outside transformers' caches (RWKV's ``state``,
+                # Mamba's ``cache_params`` in transformers 4.x): no flag on 5.25
+                or "state" in params or "cache_params" in params)
         return got
 
     @property

@@ -234,6 +234,12 @@ class BeamRunner:
                 f"reorders a key/value cache per beam, which such a model does not keep; use "
                 f"a method that scores a fixed output (loo, kernel_shap, spex, ig, ...)."
             )
+        if not getattr(self.model, "keeps_cache", True):
+            raise CapabilityError(
+                f"The model {self.model.info.id} ({type(self.model.model).__name__}) takes no "
+                f"key/value cache: GiLOT's beam search extends one per beam; use a method "
+                f"that scores a fixed output (loo, kernel_shap, spex, ig, ...)."
+            )
         if self.prefix is not None and not self.prefix.matches(self.model, self.prompt_ids):
             raise InputError("The shared prefix cache belongs to another model or prompt.")
         within = getattr(self.model, "within_attention_chunk", lambda n: True)

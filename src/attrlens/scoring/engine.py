@@ -233,7 +233,7 @@ class ScoringEngine:
         # (and a sequence longer than a chunk of chunked attention: transformers' masks)
         within = getattr(self.model, "within_attention_chunk", lambda n: True)
         plain = not (positions and masks and within(L + T))
-        reuse = self.prefix_reuse and not plain
+        reuse = self.prefix_reuse and not plain and getattr(self.model, "keeps_cache", True)
         capture = reuse and not self.prefix.ready and self.prefix.can_capture
         if reuse and not capture:
             self.prefix.layers(self.counters)  # legacy caches: a separate prefix pass
