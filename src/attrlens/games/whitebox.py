@@ -122,6 +122,14 @@ class WhiteBoxGame(Game):
         self.owner = np.asarray(features.token_features(), dtype=np.int64)
         self.counters = {"model_forwards": 0, "tokens_processed": 0, "backward_passes": 0,
                          "checkpointed_chunks": 0, "oom_retries": 0}
+        kinds = getattr(model.text_config, "mlp_layer_types", None) or []
+        if "hash_moe" in kinds:
+            raise CapabilityError(
+                f"The model {model.info.id} ({type(model.model).__name__}) routes tokens to "
+                f"experts by their ids (hash routing), which a forward from embeddings, as "
+                f"gradient methods run, cannot take; use a perturbation method (loo, "
+                f"kernel_shap, spex, ...)."
+            )
         # the head's one-time probe runs forwards of its own: now, before any hook, eager
         # switch or checkpointing of this game's forwards could see them
         model.logit_map()
@@ -201,7 +209,7 @@ class WhiteBoxGame(Game):
         direct = eager and old not in (None, "eager") and not self.model.on_attention_interface
         window = self.model.sliding_window[0]
         packed = (not eager and (window is None or self.seq_len <= window)
-                  and self.model.within_attention_chunk(self.seq_len))
+                  and self.model.shares_prefix(self.seq_len))
         if direct:
             mdl.config._attn_implementation = "eager"
         if switch:

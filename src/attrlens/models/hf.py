@@ -687,6 +687,13 @@ def wrap_model(model: Any, tokenizer: Any = None, *, model_id: str | None = None
             f"encoder-decoder model (the prompt goes to its encoder, the output to its "
             f"decoder), which it does not support."
         )
+    kind = str(getattr(getattr(model, "config", None), "model_type", "") or "")
+    if kind.endswith("_assistant"):
+        raise CapabilityError(
+            f"{type(model).__name__} is a drafting model for speculative decoding: it reads "
+            f"the hidden states and keys of its target model, which attrlens does not pass; "
+            f"explain the target model instead."
+        )
     if tokenizer is None:
         raise ParameterError(
             "A transformers model object needs its tokenizer: "
@@ -715,6 +722,44 @@ def wrap_model(model: Any, tokenizer: Any = None, *, model_id: str | None = None
         kind = str(getattr(cfg, "peft_type", "peft")).split(".")[-1].lower()
         name = f"{name}+{kind}:{active}"
     return HFModel(model, tokenizer, info=ModelInfo(str(name), None))
+
+
+def _default_dynamic_cache(model: Any) -> bool:
+    """Whether transformers' generation gives ``model`` a ``DynamicCache`` (its own list of
+    models with caches of their own kinds: RWKV, xLSTM, the first MiniMax, ...); True where
+    this transformers has no such list."""
+    check = getattr(model, "_supports_default_dynamic_cache", None)
+    try:
+        return bool(check()) if callable(check) else True
+    except Exception:  # noqa: BLE001 - a model class that cannot answer: assume the default
+        return True
+
+
+def _plain_linear(head: Any) -> bool:
+    """Whether ``head`` is a torch Linear that computes as one (not a subclass with a
+    forward of its own: Dory scales its logits per token, quantized layers unpack)."""
+    import torch
+
+    return isinstance(head, torch.nn.Linear) and type(head).forward is torch.nn.Linear.forward
+
+
+def _flat(x: Any) -> list[Any]:
+    """The leaves of nested lists/tuples (GPT-Neo's ``attention_layers``)."""
+    if isinstance(x, (list, tuple)):
+        return [leaf for item in x for leaf in _flat(item)]
+    return [] if x is None else [x]
+
+
+def _indexed_cache_layers(config: Any) -> bool:
+    """Whether transformers' cache for ``config`` keeps a sparse-attention indexer's keys
+    in some layer (DeepSeek-V3.2-style indexers); False where it cannot tell."""
+    try:
+        from transformers import DynamicCache
+
+        layers = DynamicCache(config=config).layers
+    except Exception:  # noqa: BLE001 - a config the cache cannot read, an old transformers
+        return False
+    return any(hasattr(layer, "update_indexer") for layer in layers)
 
 
 def _embedding_rows(model: Any) -> int | None:
@@ -1095,6 +1140,39 @@ class HFModel:
             return None
         return int(chunk)
 
+    def shares_prefix(self, n_tokens: int) -> bool:
+        """Whether attrlens' packed masks, packed attention and shared key/value prefix hold
+        for sequences of ``n_tokens``: not past one chunk of chunked attention (Llama-4), and
+        never for a model in :attr:`own_masks_only`. Where they do not, the engine runs plain
+        rows, GiLOT's beams keep caches of transformers' own, and the gradient methods
+        transformers' masks."""
+        return self.within_attention_chunk(n_tokens) and not self.own_masks_only
+
+    @property
+    def own_masks_only(self) -> bool:
+        """A model whose attention holds only under transformers' own masks and caches:
+        a sparse-attention indexer (DeepSeek-V3.2, GLM-MoE-DSA, HY-V4: it reads a 4-D mask
+        and keeps its own keys in the cache; packed rows broke its top-k ties differently),
+        GPT-Neo's local layers (their window is cut by tensor index, not by position: 1.4
+        nats off behind a shared prefix) or layers run in several loops (Dory: a cache layer
+        per loop)."""
+        got = self.__dict__.get("_own_masks_only")
+        if got is None:
+            cfg = self.text_config
+            local = [k for k in _flat(getattr(cfg, "attention_layers", None)) if k == "local"]
+            got = self.__dict__["_own_masks_only"] = bool(
+                _indexed_cache_layers(cfg) or getattr(cfg, "index_topk", None)
+                or local or (getattr(cfg, "n_recurrent_loops", 1) or 1) > 1)
+        return got
+
+    @property
+    def unpadded_rows(self) -> bool:
+        """Whether plain rows must run one per forward, unpadded: layers that compress keys
+        in windows of tensor columns (DeepSeek-V4's compressed sparse attention) read a
+        padded row's pads, behind gapped positions (``delete``: 0.1-0.5 nats)."""
+        kinds = getattr(self.text_config, "layer_types", None) or []
+        return any(isinstance(k, str) and "compressed" in k for k in kinds)
+
     def within_attention_chunk(self, n_tokens: int) -> bool:
         """Whether a sequence of ``n_tokens`` lies within one attention chunk (always, for a
         model without chunked attention): else attrlens' packed masks, packed attention and
@@ -1312,12 +1390,16 @@ class HFModel:
         ``get_decoder()``, or its base model where that returns the whole LM (GPT-2, Falcon,
         GPT-J, ... in transformers 4.x), or its ``model`` / ``transformer`` child where both
         do (Llama-4's text model, whose base-model name is not its child's)."""
+        import torch
+
         lm = self.model
         dec = lm.get_decoder()
-        if dec is not None and dec is not lm:  # (the common case, on every forward)
-            return dec
+        layer = (torch.nn.Linear, torch.nn.Embedding)  # a projection, not a decoder
+        if dec is not None and dec is not lm and not isinstance(dec, layer):
+            return dec  # (the common case, on every forward)
+        # (ModernBERT-decoder's get_decoder() gives its vocabulary projection, named decoder)
         for dec in (lm.base_model, getattr(lm, "model", None), getattr(lm, "transformer", None)):
-            if dec is not None and dec is not lm:
+            if dec is not None and dec is not lm and not isinstance(dec, layer):
                 return dec
         return lm.base_model
 
@@ -1397,8 +1479,12 @@ class HFModel:
         x = self._probe_ids()
         with torch.no_grad():
             want = self.decoder(input_ids=x, use_cache=False).last_hidden_state[0].float()
-            with self._packed_block():
-                got = self.decoder(input_ids=x, use_cache=False).last_hidden_state[0].float()
+            try:
+                with self._packed_block():
+                    got = self.decoder(input_ids=x, use_cache=False).last_hidden_state[0]
+            except Exception:  # noqa: BLE001 - e.g. a sparse-attention indexer that reads
+                return False    # the 4-D mask the packed attention does not make
+            got = got.float()
         # (only where no sliding window or attention chunk cuts the causal mask: the packed
         # attention takes those from the engine's masks)
         k = min([x.shape[1]] + [v for v in (self.sliding_window[0], self.attention_chunk) if v])
@@ -1476,10 +1562,12 @@ class HFModel:
     @property
     def keeps_cache(self) -> bool:
         """Whether the decoder takes a key/value cache (a ``cache`` or ``past_key_values``
-        argument): what a shared prefix and GiLOT's beam search extend. OpenAI GPT takes
-        none; its scoring rows run plain, and the beams are refused."""
+        argument) of transformers' kind (``DynamicCache``): what a shared prefix and GiLOT's
+        beam search extend. OpenAI GPT takes none, xLSTM and RWKV caches of their own; their
+        scoring rows run plain, and the beams are refused."""
         params = self._decoder_parameters()
-        return "cache" in params or "past_key_values" in params
+        return ("cache" in params or "past_key_values" in params) and _default_dynamic_cache(
+            self.model)
 
     def output_cache(self, output: Any) -> Any:
         """The key/value cache of a decoder output, read without deprecated attributes: by
@@ -1557,8 +1645,8 @@ class HFModel:
         instead of keys (5.25 dropped the flag; LFM2's says False in 5.24, where its
         convolution layers already keep such a cache), or a config that names a recurrent
         layer (``layer_types``: LFM2's "conv" in transformers 4.x), or a decoder that takes
-        its state outside transformers' caches (RWKV's ``state``; without a flag in 5.25,
-        GiLOT's beams crashed on it)."""
+        its state outside transformers' caches (RWKV's ``state``) or in a cache of its own
+        kind (xLSTM; without a flag in 5.25, GiLOT's beams crashed on both)."""
         got = self.__dict__.get("_stateful")
         if got is None:
             flag = getattr(type(self.model), "_is_stateful", None)
@@ -1567,8 +1655,10 @@ class HFModel:
                 bool(flag) or _recurrent_cache_layers(self.model.config)
                 or _recurrent_layer_types(self.text_config)
                 # a recurrent state passed outside transformers' caches (RWKV's ``state``,
-                # Mamba's ``cache_params`` in transformers 4.x): no flag on 5.25
-                or "state" in params or "cache_params" in params)
+                # Mamba's ``cache_params`` in transformers 4.x), or a cache of its own kind
+                # (xLSTM's): no flag on 5.25
+                or "state" in params or "cache_params" in params
+                or not _default_dynamic_cache(self.model))
         return got
 
     @property
@@ -1651,7 +1741,8 @@ class HFModel:
             return float(v) if ok else None
 
         cands: list[tuple[str, Any]] = []
-        for key in ("final_logit_softcapping", "logits_soft_cap"):  # Gemma-2/3, RecurrentGemma
+        # Gemma-2/3, RecurrentGemma; xLSTM
+        for key in ("final_logit_softcapping", "logits_soft_cap", "output_logit_soft_cap"):
             if (cap := num(key)) is not None:
                 cands.append((f"soft-capping at {cap:g}",
                               lambda z, cap=cap: torch.tanh(z / cap) * cap))
@@ -1661,6 +1752,8 @@ class HFModel:
         if (f := num("logits_scaling")) is not None:  # Granite divides, HyperCLOVA X multiplies
             cands += [("/ logits_scaling", lambda z, f=f: z / f),
                       ("x logits_scaling", lambda z, f=f: z * f)]
+        if (f := num("logits_mup_width_multiplier")) is not None:  # Inkling divides
+            cands.append(("/ logits_mup_width_multiplier", lambda z, f=f: z / f))
         cands.append(("none", None))
         x = self._probe_ids()
         with torch.no_grad():
@@ -1713,10 +1806,8 @@ class HFModel:
 
         head = self.lm_head
         weight = getattr(head, "weight", None)
-        if weight is None or weight.dtype == torch.float32 or not isinstance(
-            head, torch.nn.Linear
-        ):
-            return head(hidden).float()
+        if weight is None or weight.dtype == torch.float32 or not _plain_linear(head):
+            return self._in_vocab(head(hidden).float())
         w32 = getattr(self, "_head_fp32", None)
         if w32 is None or w32.device != _execution_device(head, weight):
             # kept across calls: never an inference tensor, which autograd (the gradient
@@ -1729,7 +1820,20 @@ class HFModel:
         h = hidden.to(w32.device).float()
         exact_bf16 = self._bf16_exact(hidden, weight, w32) and not torch.is_grad_enabled()
         with bf16_products() if exact_bf16 else contextlib.nullcontext():
-            return torch.nn.functional.linear(h, w32, self._head_bias_fp32)
+            return self._in_vocab(torch.nn.functional.linear(h, w32, self._head_bias_fp32))
+
+    def _in_vocab(self, z: Any) -> Any:
+        """The logits of the model's real vocabulary: its first ``unpadded_vocab_size`` (a
+        config key of Inkling's; its logits past it are cut off), else all of them."""
+        n = self.vocab_rows
+        return z if n is None else z[..., :n]
+
+    @property
+    def vocab_rows(self) -> int | None:
+        """How many of the head's rows are the model's vocabulary (``unpadded_vocab_size``),
+        or None: all of them."""
+        n = getattr(self.text_config, "unpadded_vocab_size", None)
+        return int(n) if isinstance(n, int) and not isinstance(n, bool) and n > 0 else None
 
     def _bf16_exact(self, hidden: Any, weight: Any, on: Any) -> bool:
         """Whether the head's float32 products of ``hidden`` and ``weight`` (computed where
@@ -1763,7 +1867,7 @@ class HFModel:
         head = self.lm_head
         weight = getattr(head, "weight", None)
         T = token_ids.shape[0]
-        if weight is None or not isinstance(head, torch.nn.Linear):
+        if weight is None or not _plain_linear(head):  # (a head of its own: its forward)
             logits = self.output_logits(hidden)
             idx = token_ids.to(logits.device).expand(*logits.shape[:-2], T)[..., None]
             return logits.gather(-1, idx)[..., 0] - torch.logsumexp(logits, dim=-1)
@@ -1777,7 +1881,7 @@ class HFModel:
             z_t = z_t + bias[tok].float()
         if fn is not None:
             z_t = fn(z_t)
-        V, R = weight.shape[0], h.shape[0]
+        V, R = min(weight.shape[0], self.vocab_rows or weight.shape[0]), h.shape[0]
         # at most ``budget`` logits and ``budget`` converted weights per slice, each in one
         # buffer reused by every slice (fresh buffers cost page faults on every slice)
         step = max(min_slice, min(V, budget // max(1, R), budget // h.shape[1]))

@@ -237,13 +237,14 @@ class BeamRunner:
         if not getattr(self.model, "keeps_cache", True):
             raise CapabilityError(
                 f"The model {self.model.info.id} ({type(self.model.model).__name__}) takes no "
-                f"key/value cache: GiLOT's beam search extends one per beam; use a method "
-                f"that scores a fixed output (loo, kernel_shap, spex, ig, ...)."
+                f"key/value cache of transformers' kind: GiLOT's beam search extends one per "
+                f"beam; use a method that scores a fixed output (loo, kernel_shap, spex, ig, "
+                f"...)."
             )
         if self.prefix is not None and not self.prefix.matches(self.model, self.prompt_ids):
             raise InputError("The shared prefix cache belongs to another model or prompt.")
-        within = getattr(self.model, "within_attention_chunk", lambda n: True)
-        if not within(self.n_prompt + self.horizon):
+        shares = getattr(self.model, "shares_prefix", lambda n: True)
+        if not shares(self.n_prompt + self.horizon):
             # chunked attention past one chunk: transformers' masks, on caches of its own
             # (behind a shared prefix its chunked masks read the wrong keys)
             self.prefix_reuse = False
@@ -303,7 +304,8 @@ class BeamRunner:
         cache = self._shared(G, p) if p > 0 else new_dynamic_cache(self.model)
         attn = torch.as_tensor(inp.keep[rows].astype(np.int64), device=dev)
         ids = torch.as_tensor(inp.ids[rows, p:], device=dev)
-        pos = torch.arange(p, L, device=dev)[None, :].expand(G, -1)
+        # (a tensor of its own per call: transformers 4.x's XGLM adds its offset in place)
+        pos = torch.arange(p, L, device=dev)[None, :].expand(G, -1).clone()
         hidden = self._forward(ids, attn, pos, cache)
         self.counters["tokens_min"] += int((L - cut).sum())
         pred = torch.as_tensor(inp.predictor[rows] - p, device=dev)
@@ -402,7 +404,7 @@ class BeamRunner:
                  torch.ones((R, J - 1), dtype=prep.attn.dtype, device=dev)], dim=1,
             )
             toks = torch.as_tensor(beams.tokens, device=dev).repeat(G, 1)
-            pos = torch.arange(L, L + J - 1, device=dev)[None, :].expand(R, -1)
+            pos = torch.arange(L, L + J - 1, device=dev)[None, :].expand(R, -1).clone()
             h = self._forward(toks, attn, pos, cache)
             hist[:, :, 1:] = h.reshape(G, b, J - 1, H)
             self.counters["tokens_min"] += G * beams.distinct_nodes()

@@ -255,10 +255,11 @@ def new_dynamic_cache(model: Any) -> Any:
     has them: transformers builds each layer's 2-D-mask attention mask for that layer's
     kind of cache, so a sliding layer behind a full-length cache gets a mask of the wrong
     width (models that mix full and sliding layers: Gemma-2, Qwen2 with
-    ``max_window_layers``)."""
+    ``max_window_layers``); and the layers its config names for a model in
+    ``HFModel.own_masks_only`` (a sparse-attention indexer keeps its keys there)."""
     from transformers import DynamicCache
 
-    if model.sliding_window[0] is None:
+    if model.sliding_window[0] is None and not getattr(model, "own_masks_only", False):
         return DynamicCache()
     try:
         return DynamicCache(config=model.text_config)

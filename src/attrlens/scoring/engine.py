@@ -230,9 +230,10 @@ class ScoringEngine:
         # a model that ignores position_ids (ALiBi) or refuses 4-D masks: each perturbed
         # prompt in a row of its own, right-padded, no shared prefix (plain forwards)
         positions, masks = getattr(self.model, "packing", (True, True))
-        # (and a sequence longer than a chunk of chunked attention: transformers' masks)
-        within = getattr(self.model, "within_attention_chunk", lambda n: True)
-        plain = not (positions and masks and within(L + T))
+        # (and a sequence longer than a chunk of chunked attention, or a model whose attention
+        # holds only under transformers' masks and caches: HFModel.shares_prefix)
+        shares = getattr(self.model, "shares_prefix", lambda n: True)
+        plain = not (positions and masks and shares(L + T))
         reuse = self.prefix_reuse and not plain and getattr(self.model, "keeps_cache", True)
         capture = reuse and not self.prefix.ready and self.prefix.can_capture
         if reuse and not capture:
@@ -256,6 +257,8 @@ class ScoringEngine:
         # model runs one prompt
         alone = plain and getattr(self.model, "stateful", False) and any(
             x.attention is not None and not np.all(x.attention) for x in inputs)
+        # (and layers that compress keys by tensor column read a padded row's pads)
+        alone = alone or (plain and getattr(self.model, "unpadded_rows", False))
         queue = deque([[[g]] for g in keys] if alone else
                       self._pack(keys, width, cut, 0) if plain else self._plan(keys, width, cut))
         while queue:
