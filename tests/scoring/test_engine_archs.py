@@ -225,6 +225,9 @@ def _configs(tok) -> dict[str, tuple[str, str, dict]]:
            "topk_group": 1}
     new = {**gqa, "head_dim": 16, **moe}
     win = {**new, "sliding_window": 6}
+    # placeholder ids of images etc.: byte tokens that occur in no prompt or output here
+    # (V - 2, once used, is "Ġscattering", a token of the scored output)
+    mm = tok.convert_tokens_to_ids(["\u0100", "\u0101", "\u0102", "\u0103"])
     mrope = {"rope_scaling": {"type": "mrope", **section},
              "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, **section}}
     configs = {
@@ -398,19 +401,19 @@ def _configs(tok) -> dict[str, tuple[str, str, dict]]:
                        {"text_config": {**gqa, "head_dim": 16, "sliding_window": 6,
                                         "query_pre_attn_scalar": 16},
                         "vision_config": vision, "mm_tokens_per_image": 4,
-                        "image_token_index": V - 1}),
+                        "image_token_index": mm[0]}),
         "llava": ("LlavaConfig", "LlavaForConditionalGeneration",
                   {"text_config": {"model_type": "llama", **gqa},
                    "vision_config": {"model_type": "clip_vision_model", **vision},
-                   "image_token_index": V - 1}),
+                   "image_token_index": mm[0]}),
         # multimodal RoPE: text positions are the same in its 3 sections
         "qwen2_vl": ("Qwen2VLConfig", "Qwen2VLForConditionalGeneration",
                      {"text_config": {**gqa, "head_dim": 16, **mrope},
                       "vision_config": {"depth": 1, "embed_dim": 32, "hidden_size": 64,
                                         "num_heads": 2, "patch_size": 14,
                                         "spatial_merge_size": 2},
-                      "image_token_id": V - 1, "video_token_id": V - 2,
-                      "vision_start_token_id": V - 3}),
+                      "image_token_id": mm[0], "video_token_id": mm[1],
+                      "vision_start_token_id": mm[2]}),
         # session 14: more of transformers 5's causal LMs, one config each (MoE keys
         # for those with experts; the window for those whose code slides it)
         "afmoe": ("AfmoeConfig", "AfmoeForCausalLM", win),
