@@ -1595,7 +1595,8 @@ class HFModel:
 
     def inference(self) -> Any:
         """The context of this model's forwards without gradients: ``torch.inference_mode()``
-        (here ~1.5 ms, about 4%, less per forward of the embedded model than ``no_grad``),
+        (1–2.4 ms, 0–4%, less per forward of the embedded model than ``no_grad`` here:
+        ``benchmarks/inference_mode.py``),
         or ``torch.no_grad()`` for a model that cannot run under it (optimum-quanto's 4- and
         2-bit weights: "Cannot set version_counter for inference tensor")."""
         import torch

@@ -245,8 +245,9 @@ class BeamRunner:
             raise InputError("The shared prefix cache belongs to another model or prompt.")
         shares = getattr(self.model, "shares_prefix", lambda n: True)
         if not shares(self.n_prompt + self.horizon):
-            # chunked attention past one chunk: transformers' masks, on caches of its own
-            # (behind a shared prefix its chunked masks read the wrong keys)
+            # chunked attention past one chunk (behind a shared prefix its chunked masks read
+            # the wrong keys), or a model in HFModel.own_masks_only: transformers' masks, on
+            # caches of its own
             self.prefix_reuse = False
         self._cache = self.prefix or PrefixCache(self.model, self.prompt_ids)
         eos = list(self.model.eos_token_ids)
