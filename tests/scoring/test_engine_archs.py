@@ -73,6 +73,8 @@ def _configs_latent_sparse_hybrid(tok, lm: dict, gqa: dict) -> dict:
     new_tf = int(transformers.__version__.split(".")[0]) >= 5
     # placeholder ids of images etc.: byte tokens that occur in no prompt or output here
     mm = tok.convert_tokens_to_ids(["\u0100", "\u0101", "\u0102", "\u0103"])
+    g4text = {**gqa, "head_dim": 16, "global_head_dim": 16, "sliding_window": 6,
+              "layer_types": ["sliding_attention", "full_attention"]}
     return {
         "deepseek_v2": ("DeepseekV2Config", "DeepseekV2ForCausalLM",
                         {**mla, **experts, "first_k_dense_replace": 1}),
@@ -192,6 +194,68 @@ def _configs_latent_sparse_hybrid(tok, lm: dict, gqa: dict) -> dict:
                     "audio_config": None, "image_token_id": mm[0], "boi_token_id": mm[1],
                     "eoi_token_id": mm[2], "video_token_id": mm[3],
                     "tie_word_embeddings": False}),
+        # cross-attention layers (skipped without an image): transformers' masks and caches
+        "mllama": ("MllamaTextConfig", "MllamaForCausalLM",
+                   {**gqa, "num_hidden_layers": 3, "cross_attention_layers": [1]}),
+        "phi4_multimodal": ("Phi4MultimodalConfig", "Phi4MultimodalForCausalLM",
+                            {**gqa, "original_max_position_embeddings": 512,
+                             "vision_config": {"hidden_size": 32, "intermediate_size": 64,
+                                               "num_hidden_layers": 1, "num_attention_heads": 2,
+                                               "image_size": 28, "crop_size": 28,
+                                               "patch_size": 14, "image_token_id": mm[0]},
+                             "audio_config": {"hidden_size": 32, "intermediate_size": 64,
+                                              "num_blocks": 1, "num_attention_heads": 2,
+                                              "ext_pw_out_channel": 32,
+                                              "depthwise_separable_out_channel": 32,
+                                              "nemo_conv_channels": 32,
+                                              "audio_token_id": mm[1]}}),
+        "gemma4_unified": ("Gemma4UnifiedConfig", "Gemma4UnifiedForConditionalGeneration",
+                           {"text_config": dict(g4text),
+                            "vision_config": {"patch_size": 4, "pooling_kernel_size": 2,
+                                              "mm_embed_dim": 32, "mm_posemb_size": 64,
+                                              "output_proj_dims": 64},
+                            "audio_config": None, "image_token_id": mm[0],
+                            "boi_token_id": mm[1], "eoi_token_id": mm[2],
+                            "video_token_id": mm[3], "audio_token_id": mm[3],
+                            "boa_token_id": mm[3], "eoa_token_index": mm[3],
+                            "tie_word_embeddings": False}),
+        "gemma4_unified_text": ("Gemma4UnifiedTextConfig", "Gemma4UnifiedForCausalLM",
+                                dict(g4text)),
+        "cohere_compass_text": ("CohereCompassTextConfig", "CohereCompassForCausalLM",
+                                {**gqa, "sliding_window": 6,
+                                 "layer_types": ["sliding_attention", "full_attention"],
+                                 "rope_parameters": {
+                                     "sliding_attention": {"rope_type": "default",
+                                                           "rope_theta": 10000.0,
+                                                           "mrope_section": [2, 3, 3]},
+                                     "full_attention": None}}),
+        "aria_text": ("AriaTextConfig", "AriaTextForCausalLM",
+                      {**gqa, "intermediate_size": 32, "moe_num_experts": 4, "moe_topk": 2,
+                       "moe_num_shared_experts": 1}),
+        "inkling2_loop_text": ("Inkling2LoopTextConfig", "Inkling2LoopForCausalLM",
+                               {**no_ffn, "num_hidden_layers": 3, "num_key_value_heads": 2,
+                                "unpadded_vocab_size": V, "head_dim": 16,
+                                "swa_num_attention_heads": 4, "swa_num_key_value_heads": 2,
+                                "swa_head_dim": 16, "sliding_window_size": 6, "d_rel": 8,
+                                "rel_extent": 64,
+                                "layer_types": ["hybrid_sliding", "hybrid", "hybrid"],
+                                "moe_intermediate_size": 32, "n_routed_experts": 4,
+                                "num_experts_per_tok": 2, "n_layers_per_attn_res_block": 1,
+                                "loop_layer_index_start": 1, "loop_layer_index_end": 2,
+                                "loop_num_passes": 2, "loop_gate_rank": 8}),
+        "fuyu": ("FuyuConfig", "FuyuForCausalLM",
+                 {"text_config": {"model_type": "persimmon", **lm, "partial_rotary_factor": 0.5},
+                  "image_size": 8, "patch_size": 4, "image_token_id": mm[0],
+                  "tie_word_embeddings": False, **sp}),
+        "ctrl": ("CTRLConfig", "CTRLLMHeadModel",
+                 {"vocab_size": V, "n_embd": 64, "dff": 128, "n_layer": 2, "n_head": 4,
+                  "n_positions": 512, "resid_pdrop": 0.0, "embd_pdrop": 0.0,
+                  "tie_word_embeddings": False, **sp}),
+        "gpt_neox_japanese": ("GPTNeoXJapaneseConfig", "GPTNeoXJapaneseForCausalLM",
+                              {"vocab_size": V, "hidden_size": 64, "num_hidden_layers": 2,
+                               "num_attention_heads": 4, "intermediate_multiple_size": 2,
+                               "max_position_embeddings": 512, "attention_dropout": 0.0,
+                               "hidden_dropout": 0.0, "tie_word_embeddings": False, **sp}),
         "qwen3_5": ("Qwen3_5Config", "Qwen3_5ForConditionalGeneration",
                     {"text_config": {**gqa, "head_dim": 16, **gdn, "linear_num_value_heads": 2,
                                      "rope_parameters": {"rope_type": "default",
@@ -501,7 +565,7 @@ RECURRENT = {"mamba", "jamba", "recurrent_gemma", "qwen3_next", "lfm2", "granite
              "inkling2_text", "lara_mini", "lfm3", "nemotron_h", "olmo_hybrid", "rwkv",
              "qwen3_5_text", "qwen3_5_moe_text", "qwen4_exp_text", "kimi_linear",
              "bailing_hybrid", "mamba2", "zamba", "xlstm", "deepseek_v4", "zaya",
-             "inkling_text", "qwen3_5"}
+             "inkling_text", "qwen3_5", "inkling2_loop_text"}
 CHUNKED = {"llama4_text"}  # sequences longer than a chunk: plain rows
 NO_CACHE = {"openai_gpt"}  # nor 4-D masks: plain rows
 def _tf_version() -> list[str]:
@@ -516,10 +580,10 @@ MASKS_ON_5 = {"xglm"}  # transformers 4.x's refuses 4-D masks: plain rows there
 FLAG_ONLY = {"deepseek_v4"}
 # attention that holds only under transformers' masks and caches: plain rows
 OWN_MASKS = {"deepseek_v32", "glm_moe_dsa", "axk2", "hy_v4", "dots3_note_text", "dory",
-             "gpt_neo"}
+             "gpt_neo", "mllama"}
 LOGIT_MAP = {"cohere", "cohere2", "granite", "gemma2", "gemma3n", "recurrent_gemma", "beam",
              "cohere2_moe", "inkling2_text", "vaultgemma", "nanochat", "minicpm3", "xlstm",
-             "inkling_text"}
+             "inkling_text", "inkling2_loop_text"}
 
 
 @pytest.mark.filterwarnings("ignore::FutureWarning")  # the reference passes Bloom positions
@@ -1017,12 +1081,13 @@ def test_logits_cut_to_the_unpadded_vocabulary() -> None:
     _assert_gradient_likelihood_is_plain(hm, ids, fs, out)
 
 
-@pytest.mark.parametrize("name", ["modernbert_decoder", "gemma4_assistant"])
+@pytest.mark.parametrize("name", ["modernbert_decoder", "gemma4_assistant", "blt"])
 def test_models_attrlens_cannot_run_are_refused_on_one_line(name) -> None:
     """ModernBERT-decoder's get_decoder() is its vocabulary projection (a TypeError deep in
     the engine; now its real decoder is found, and its two-stage head is refused by the
     head check); Gemma-4's assistant is a speculative-decoding drafter that needs its target
-    model's states (a ValueError inside the model)."""
+    model's states (a ValueError inside the model); BLT scores byte patches with no flat
+    decoder (an AttributeError in the prefix cache)."""
     import transformers
 
     import attrlens
@@ -1033,7 +1098,22 @@ def test_models_attrlens_cannot_run_are_refused_on_one_line(name) -> None:
     lm = {"vocab_size": len(tok), "hidden_size": 64, "intermediate_size": 128,
           "num_hidden_layers": 2, "num_attention_heads": 4, "max_position_embeddings": 512,
           "tie_word_embeddings": False, **sp}
+    byte = {"vocab_size": len(tok), "hidden_size": 32, "num_hidden_layers": 1,
+            "num_attention_heads": 2, "intermediate_size": 64, "max_position_embeddings": 512}
     cfg, cls, kw, needle = {
+        # byte patches: no flat decoder (a KeyError-like AttributeError in the engine)
+        "blt": ("BltConfig", "BltForCausalLM",
+                {"vocab_size": len(tok), "max_position_embeddings": 512, "patch_size": 4,
+                 "patching_mode": "entropy", "cross_attn_k": 2,
+                 "encoder_hash_byte_group_size": [3, 4], "encoder_hash_byte_group_vocab": 64,
+                 "encoder_hash_byte_group_nb_functions": 1, "patcher_config": dict(byte),
+                 "encoder_config": {**byte, "hidden_size_global": 64, "cross_attn_k": 2},
+                 "decoder_config": {**byte, "hidden_size_global": 64, "cross_attn_k": 2},
+                 "global_config": {"hidden_size": 64, "num_attention_heads": 4,
+                                   "num_hidden_layers": 2, "intermediate_size": 128,
+                                   "max_position_embeddings": 512},
+                 "use_cache": False, "tie_word_embeddings": False, **sp},
+                "no single stack of token-level decoder layers"),
         "modernbert_decoder": ("ModernBertDecoderConfig", "ModernBertDecoderForCausalLM",
                                {**lm, "local_attention": 12}, "LM head's output"),
         "gemma4_assistant": ("Gemma4AssistantConfig", "Gemma4AssistantForCausalLM",

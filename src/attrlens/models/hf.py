@@ -688,6 +688,12 @@ def wrap_model(model: Any, tokenizer: Any = None, *, model_id: str | None = None
             f"decoder), which it does not support."
         )
     kind = str(getattr(getattr(model, "config", None), "model_type", "") or "")
+    if getattr(_text_config(model.config), "num_hidden_layers", None) is None:
+        raise CapabilityError(
+            f"{type(model).__name__} has no single stack of token-level decoder layers (its "
+            f"config names no num_hidden_layers: BLT's byte patches), which attrlens' scoring "
+            f"needs."
+        )
     if kind.endswith("_assistant"):
         raise CapabilityError(
             f"{type(model).__name__} is a drafting model for speculative decoding: it reads "
@@ -759,7 +765,9 @@ def _indexed_cache_layers(config: Any) -> bool:
         layers = DynamicCache(config=config).layers
     except Exception:  # noqa: BLE001 - a config the cache cannot read, an old transformers
         return False
-    return any(hasattr(layer, "update_indexer") for layer in layers)
+    # (DeepSeek-V3.2's name, and MiniMax-M3's)
+    return any(hasattr(layer, "update_indexer") or hasattr(layer, "update_index")
+               for layer in layers)
 
 
 def _embedding_rows(model: Any) -> int | None:
@@ -1154,15 +1162,18 @@ class HFModel:
         a sparse-attention indexer (DeepSeek-V3.2, GLM-MoE-DSA, HY-V4: it reads a 4-D mask
         and keeps its own keys in the cache; packed rows broke its top-k ties differently),
         GPT-Neo's local layers (their window is cut by tensor index, not by position: 1.4
-        nats off behind a shared prefix) or layers run in several loops (Dory: a cache layer
-        per loop)."""
+        nats off behind a shared prefix), layers run in several loops (Dory: a cache layer
+        per loop) or cross-attention layers (Mllama: skipped without an image, they read a
+        shared prefix's unwritten layer as cached image states and crashed)."""
         got = self.__dict__.get("_own_masks_only")
         if got is None:
             cfg = self.text_config
             local = [k for k in _flat(getattr(cfg, "attention_layers", None)) if k == "local"]
             got = self.__dict__["_own_masks_only"] = bool(
                 _indexed_cache_layers(cfg) or getattr(cfg, "index_topk", None)
-                or local or (getattr(cfg, "n_recurrent_loops", 1) or 1) > 1)
+                or getattr(cfg, "index_topk_blocks", None)
+                or local or (getattr(cfg, "n_recurrent_loops", 1) or 1) > 1
+                or getattr(cfg, "cross_attention_layers", None))
         return got
 
     @property
