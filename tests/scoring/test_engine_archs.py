@@ -526,7 +526,8 @@ def _configs(tok) -> dict[str, tuple[str, str, dict]]:
         **_configs_latent_sparse_hybrid(tok, lm, gqa),
     }
     # (architectures newer than the oldest transformers of the range run where they exist)
-    return {k: v for k, v in configs.items() if hasattr(transformers, v[1])}
+    return {k: v for k, v in configs.items()
+            if hasattr(transformers, v[0]) and hasattr(transformers, v[1])}
 
 
 def _model(name: str):
@@ -574,7 +575,7 @@ def _tf_version() -> list[str]:
     return transformers.__version__.split(".")
 
 
-MASKS_ON_5 = {"xglm"}  # transformers 4.x's refuses 4-D masks: plain rows there
+MASKS_ON_5 = {"xglm", "ctrl"}  # transformers 4.x's refuse 4-D masks: plain rows there
 # transformers 5.24 flags DeepSeek-V4 as stateful (for its compressed-key cache layers); 5.25
 # drops the flag, and it runs as an attention model there (exact too, checked by hand)
 FLAG_ONLY = {"deepseek_v4"}
