@@ -156,62 +156,48 @@ def explain(
         )
     _check_arguments(granularity, masker, max_new_tokens)
     model = _resolve_model(model, tokenizer)
-    with model.evaluating():
-        return _explain(prompt, model, explainer, route_name, t_start, granularity=granularity,
-                        output=output, target=target, seed=seed, masker=masker, spans=spans,
-                        chat=chat, max_new_tokens=max_new_tokens, reduction=reduction,
-                        top_k=top_k, contrast=contrast, prefix_reuse=prefix_reuse,
-                        target_backend=target_backend, audit=audit, progress=progress)
+    with model.evaluating():  # a model object in training mode: back as it was afterwards
+        api_before = _api_counters(target_backend)
+        inputs, scoring = prepare(
+            prompt, model=model, granularity=granularity, output=output,
+            target=target or explainer.default_target, masker=masker or explainer.default_masker,
+            spans=spans, chat=chat, max_new_tokens=max_new_tokens, reduction=reduction,
+            top_k=top_k, contrast=contrast, prefix_reuse=prefix_reuse,
+            target_backend=target_backend, progress=progress,
+        )
+        check_param("explain", "seed", seed, kind=int, low=0)
+        explainer.validate(inputs.n_features)  # before any game is built: cheap errors first
+        require_needs(explainer.needs, inputs.model, target_backend, method=explainer.name)
+        probe = None
+        if route_name not in (None, "generate", "surrogate"):
+            from .games.served import served_game
 
+            game, probe = served_game(inputs, target_backend, route_name,
+                                      target=scoring.target.name, reduction=reduction)
+            route_name = game.route_name
+        else:
+            game = explainer.make_game(inputs, scoring, closed=target_backend)
+        exp = explainer.explain(game, seed=seed)
+        attr = finish(explainer, inputs, scoring, exp, t_start=t_start, seed=seed,
+                      target_backend=target_backend, api_before=api_before)
+        if route_name is not None:
+            attr.params["route"] = route_name
+            if probe is not None:
+                attr.extra["route_probe"] = probe
+        if contrast is not None and scoring.target.name == "contrastive":
+            attr.params["contrast_text"] = contrast
+        if target_backend is not None:
+            attr.model = served_provenance(inputs.model.info, target_backend, route_name)
+        if audit is not None:
+            from .analysis.audit import audit as run_audit
+            from .games.served import served_game
 
-def _explain(prompt: Any, model: Any, explainer: Explainer, route_name: str | None,
-             t_start: float, *, granularity: str, output: str | None, target: str | None,
-             seed: int, masker: str | None, spans: Any, chat: bool | None,
-             max_new_tokens: int, reduction: str, top_k: int, contrast: str | None,
-             prefix_reuse: bool, target_backend: Any, audit: int | None,
-             progress: Progress | None) -> Attribution:
-    """The body of :func:`explain`, on a resolved model in eval mode."""
-    api_before = _api_counters(target_backend)
-    inputs, scoring = prepare(
-        prompt, model=model, granularity=granularity, output=output,
-        target=target or explainer.default_target, masker=masker or explainer.default_masker,
-        spans=spans, chat=chat, max_new_tokens=max_new_tokens, reduction=reduction,
-        top_k=top_k, contrast=contrast, prefix_reuse=prefix_reuse,
-        target_backend=target_backend, progress=progress,
-    )
-    check_param("explain", "seed", seed, kind=int, low=0)
-    explainer.validate(inputs.n_features)  # before any game is built: cheap errors first
-    require_needs(explainer.needs, inputs.model, target_backend, method=explainer.name)
-    probe = None
-    if route_name not in (None, "generate", "surrogate"):
-        from .games.served import served_game
-
-        game, probe = served_game(inputs, target_backend, route_name,
-                                  target=scoring.target.name, reduction=reduction)
-        route_name = game.route_name
-    else:
-        game = explainer.make_game(inputs, scoring, closed=target_backend)
-    exp = explainer.explain(game, seed=seed)
-    attr = finish(explainer, inputs, scoring, exp, t_start=t_start, seed=seed,
-                  target_backend=target_backend, api_before=api_before)
-    if route_name is not None:
-        attr.params["route"] = route_name
-        if probe is not None:
-            attr.extra["route_probe"] = probe
-    if contrast is not None and scoring.target.name == "contrastive":
-        attr.params["contrast_text"] = contrast
-    if target_backend is not None:
-        attr.model = served_provenance(inputs.model.info, target_backend, route_name)
-    if audit is not None:
-        from .analysis.audit import audit as run_audit
-        from .games.served import served_game
-
-        exact, probe = served_game(inputs, target_backend, None)
-        result = run_audit(attr.scores, exact, audit, labels=attr.labels)
-        attr.extra["audit"] = {**result.as_dict(), "route_probe": probe}
-        for key in ("api_calls", "cached_calls"):
-            attr.cost[key] = attr.cost.get(key, 0) + result.cost[key]
-    return attr
+            exact, probe = served_game(inputs, target_backend, None)
+            result = run_audit(attr.scores, exact, audit, labels=attr.labels)
+            attr.extra["audit"] = {**result.as_dict(), "route_probe": probe}
+            for key in ("api_calls", "cached_calls"):
+                attr.cost[key] = attr.cost.get(key, 0) + result.cost[key]
+        return attr
 
 
 def served_provenance(local: Any, backend: Any, route: str | None) -> dict[str, Any]:

@@ -756,18 +756,24 @@ def _flat(x: Any) -> list[Any]:
     return [] if x is None else [x]
 
 
-def _indexed_cache_layers(config: Any) -> bool:
-    """Whether transformers' cache for ``config`` keeps a sparse-attention indexer's keys
-    in some layer (DeepSeek-V3.2-style indexers); False where it cannot tell."""
+def _config_cache_layers(config: Any) -> list[Any]:
+    """The layers of the cache transformers makes for ``config`` (``DynamicCache(config=)``:
+    per layer type); none where it cannot tell (an old transformers, a config it cannot
+    read: attention layers)."""
     try:
         from transformers import DynamicCache
 
-        layers = DynamicCache(config=config).layers
-    except Exception:  # noqa: BLE001 - a config the cache cannot read, an old transformers
-        return False
+        return list(DynamicCache(config=config).layers)
+    except Exception:  # noqa: BLE001
+        return []
+
+
+def _indexed_cache_layers(config: Any) -> bool:
+    """Whether transformers' cache for ``config`` keeps a sparse-attention indexer's keys
+    in some layer (DeepSeek-V3.2-style indexers)."""
     # (DeepSeek-V3.2's name, and MiniMax-M3's)
     return any(hasattr(layer, "update_indexer") or hasattr(layer, "update_index")
-               for layer in layers)
+               for layer in _config_cache_layers(config))
 
 
 def _embedding_rows(model: Any) -> int | None:
@@ -1014,14 +1020,11 @@ def _recurrent_cache_layers(config: Any) -> bool:
     """Whether transformers' cache for ``config`` keeps a recurrent state in some layer
     (transformers >= 5.25); False where it cannot tell."""
     try:
-        from transformers.cache_utils import DynamicCache, LinearAttentionCacheLayerMixin
+        from transformers.cache_utils import LinearAttentionCacheLayerMixin
     except ImportError:
         return False
-    try:
-        layers = DynamicCache(config=config).layers
-    except Exception:  # noqa: BLE001 - a config the cache cannot read: attention layers
-        return False
-    return any(isinstance(layer, LinearAttentionCacheLayerMixin) for layer in layers)
+    return any(isinstance(layer, LinearAttentionCacheLayerMixin)
+               for layer in _config_cache_layers(config))
 
 
 #: ``layer_types`` entries of layers that keep a state instead of keys (transformers'
@@ -1576,9 +1579,13 @@ class HFModel:
         argument) of transformers' kind (``DynamicCache``): what a shared prefix and GiLOT's
         beam search extend. OpenAI GPT takes none, xLSTM and RWKV caches of their own; their
         scoring rows run plain, and the beams are refused."""
-        params = self._decoder_parameters()
-        return ("cache" in params or "past_key_values" in params) and _default_dynamic_cache(
-            self.model)
+        got = self.__dict__.get("_keeps_cache")
+        if got is None:  # (read by every scoring run: once per model)
+            params = self._decoder_parameters()
+            got = self.__dict__["_keeps_cache"] = bool(
+                ("cache" in params or "past_key_values" in params)
+                and _default_dynamic_cache(self.model))
+        return got
 
     def output_cache(self, output: Any) -> Any:
         """The key/value cache of a decoder output, read without deprecated attributes: by
