@@ -198,14 +198,14 @@ def test_device_map_models_take_inputs_on_the_embedding_device(tiny) -> None:
     assert wrapped.info.device == "cpu,cuda:1"
 
 
-def _assert_same_scores(tiny, m, methods) -> None:
+def _assert_same_scores(tiny, m, methods, atol=1e-6) -> None:
     """Each method's scores (and answer) for the model object ``m`` equal the tiny model's."""
     for method in methods:
         ref, got = (attrlens.explain(PROMPTS[1], model=mm, tokenizer=tiny.tokenizer,
                                      method=method, max_new_tokens=3, seed=0)
                     for mm in (tiny.model, m))
         assert got.output_text == ref.output_text
-        np.testing.assert_allclose(got.scores, ref.scores, rtol=1e-5, atol=1e-6,
+        np.testing.assert_allclose(got.scores, ref.scores, rtol=1e-5, atol=atol,
                                    err_msg=method)
 
 
@@ -232,6 +232,24 @@ def test_offloaded_weights_give_the_same_scores(tiny, tiny_dir, tmp_path) -> Non
     for space in ("embed_rope", "layer0_keys"):
         np.testing.assert_allclose(rope_vectors(wrapped, ids, pos, space=space),
                                    rope_vectors(tiny, ids, pos, space=space), rtol=1e-6)
+
+
+def test_a_model_whose_config_asks_for_tuples_or_per_layer_outputs(tiny) -> None:
+    """Settings users make on their model object for other work: ``return_dict=False``
+    (torchscript and older code) made every method fail with "'tuple' object has no
+    attribute 'last_hidden_state'"; ``output_hidden_states`` / ``output_attentions`` made
+    each forward keep every layer's states and maps. Every method now gives the plain
+    model's scores, and the config is the user's again afterwards."""
+    m = copy.deepcopy(tiny.model)
+    if hasattr(m, "set_attn_implementation"):
+        m.set_attn_implementation("eager")  # (output_attentions needs it)
+        m.config.output_attentions = True
+    m.config.output_hidden_states = True
+    m.config.return_dict = False
+    before = m.config.to_dict()
+    # (eager attention rounds differently from SDPA: ~1e-6 in float32)
+    _assert_same_scores(tiny, m, ("loo", "gilot", "grad_x_input", "attention"), atol=2e-5)
+    assert m.config.to_dict() == before
 
 
 def _dropout_model(tiny):

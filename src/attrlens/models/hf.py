@@ -786,6 +786,22 @@ def _embedding_rows(model: Any) -> int | None:
     return None if rows is None else int(rows)
 
 
+# the output settings attrlens' forwards rely on: objects with named fields, not tuples;
+# no per-layer maps or states unless a call asks for them (see HFModel.evaluating)
+_RUN_SETTINGS = {"return_dict": True, "output_attentions": False, "output_hidden_states": False}
+
+
+def _configs_of(model: Any) -> list[Any]:
+    """Every distinct config object of ``model``'s modules (a multimodal model's text
+    decoder has a config of its own)."""
+    seen: dict[int, Any] = {}
+    for m in model.modules():
+        cfg = getattr(m, "config", None)
+        if cfg is not None and hasattr(cfg, "return_dict"):
+            seen.setdefault(id(cfg), cfg)
+    return list(seen.values())
+
+
 def _offload_hook(module: Any) -> Any:
     """accelerate's hook of a module whose weights are offloaded (``device_map`` with
     ``"cpu"`` or ``"disk"`` entries: the parameters are on the meta device and the hook
@@ -1601,15 +1617,28 @@ class HFModel:
         """The model in eval mode inside the block (no dropout, no training-only routing
         noise), and each module back in the mode it had after it: a model object the user
         is training stays in training mode after an explanation, and one put back in
-        training mode after it was wrapped is explained in eval mode all the same."""
+        training mode after it was wrapped is explained in eval mode all the same. The
+        same for the output settings of its configs (``return_dict=False`` makes
+        transformers return tuples; ``output_attentions`` / ``output_hidden_states`` would
+        keep every layer's maps and states in each forward): transformers' defaults inside
+        the block, the user's after it."""
         training = [m for m in self.model.modules() if m.training]
         if training:
             self.model.eval()
+        changed = []
+        for cfg in _configs_of(self.model):
+            for key, want in _RUN_SETTINGS.items():
+                have = getattr(cfg, key, want)
+                if have != want:
+                    setattr(cfg, key, want)
+                    changed.append((cfg, key, have))
         try:
             yield
         finally:
             for m in training:  # each as it was (train(True) would set its children too)
                 m.training = True
+            for cfg, key, have in reversed(changed):
+                setattr(cfg, key, have)
 
     def inference(self) -> Any:
         """The context of this model's forwards without gradients: ``torch.inference_mode()``
