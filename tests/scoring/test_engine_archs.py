@@ -316,12 +316,11 @@ def _configs(tok) -> dict[str, tuple[str, str, dict]]:
                 {"vocab_size": V, "d_model": 64, "n_layers": 2, "n_heads": 4,
                  "max_seq_len": 512}),
         "phi": ("PhiConfig", "PhiForCausalLM", {**lm, "partial_rotary_factor": 0.5}),
-        # no key/value cache at all: plain rows, and no beams (transformers 5: 4.x's GPT
-        # takes no use_cache argument, which attrlens' forwards pass)
-        **({"openai_gpt": ("OpenAIGPTConfig", "OpenAIGPTLMHeadModel",
-                           {"vocab_size": V, "n_embd": 64, "n_layer": 2, "n_head": 4,
-                            "n_positions": 512, **sp})}
-           if int(transformers.__version__.split(".")[0]) >= 5 else {}),
+        # no key/value cache at all: plain rows, and no beams (in transformers 4.x its
+        # forward takes no use_cache argument either)
+        "openai_gpt": ("OpenAIGPTConfig", "OpenAIGPTLMHeadModel",
+                       {"vocab_size": V, "n_embd": 64, "n_layer": 2, "n_head": 4,
+                        "n_positions": 512, **sp}),
         "gptj": ("GPTJConfig", "GPTJForCausalLM",
                  {"vocab_size": V, "n_embd": 64, "n_layer": 2, "n_head": 4, "rotary_dim": 8,
                   "n_positions": 512, **sp}),
@@ -975,8 +974,6 @@ def test_gilot_is_refused_on_one_line_for_a_model_without_a_cache() -> None:
     prefix capture found nothing); a refusal now, and the other methods run."""
     import attrlens
 
-    if int(_tf_version()[0]) < 5:
-        pytest.skip("transformers 4.x's OpenAI GPT takes no use_cache argument")
     hm = _model("openai_gpt")
     with pytest.raises(CapabilityError, match="takes no key/value cache") as e:
         attrlens.explain(PROMPT, model=hm, method="gilot", output=" Because.", chat=False)

@@ -394,7 +394,7 @@ class WhiteBoxGame(Game):
         extra: dict[str, Any] = {"output_attentions": True} if attentions else {}
         if self._positions:  # (ALiBi models ignore them, and Bloom warns)
             extra["position_ids"] = torch.arange(s, device=embeds.device)[None, :].expand(b, s)
-        out = self.model.decoder(inputs_embeds=embeds, use_cache=False, **extra)
+        out = self.model.decoder(inputs_embeds=embeds, **self.model.no_cache, **extra)
         if attentions and len(getattr(out, "attentions", None) or ()) != self.n_layers:
             raise CapabilityError(
                 f"The model {self.model.info.id} ({type(self.model.model).__name__}) returned "

@@ -183,13 +183,23 @@ def cpu_dtype_file() -> Path:
     return cache_dir() / "models" / "cpu_dtype.json"
 
 
+def _without_cache(module: Any) -> dict[str, Any]:
+    """``use_cache=False`` for a forward that takes it; nothing for one that does not (OpenAI
+    GPT in transformers 4.x, which keeps no cache)."""
+    import inspect
+
+    params = inspect.signature(type(module).forward).parameters.values()
+    takes = any(p.name == "use_cache" or p.kind is p.VAR_KEYWORD for p in params)
+    return {"use_cache": False} if takes else {}
+
+
 def _time_forward(model: Any, ids: Any, params: dict[str, Any] | None) -> float:
     """Seconds of one forward of ``model`` on ``ids`` (b, s), with ``params`` substituted for
     its parameters when given (``torch.func.functional_call``)."""
     import torch
     from torch.func import functional_call
 
-    kwargs = {"input_ids": ids, "use_cache": False}
+    kwargs = {"input_ids": ids, **_without_cache(model)}
     with torch.inference_mode():
         t0 = time.perf_counter()
         if params is None:
@@ -1508,10 +1518,10 @@ class HFModel:
 
         x = self._probe_ids()
         with torch.no_grad():
-            want = self.decoder(input_ids=x, use_cache=False).last_hidden_state[0].float()
+            want = self.decoder(input_ids=x, **self.no_cache).last_hidden_state[0].float()
             try:
                 with self._packed_block():
-                    got = self.decoder(input_ids=x, use_cache=False).last_hidden_state[0]
+                    got = self.decoder(input_ids=x, **self.no_cache).last_hidden_state[0]
             except Exception:  # noqa: BLE001 - e.g. a sparse-attention indexer that reads
                 return False    # the 4-D mask the packed attention does not make
             got = got.float()
@@ -1588,6 +1598,15 @@ class HFModel:
         import inspect
 
         return inspect.signature(type(self.decoder).forward).parameters
+
+    @property
+    def no_cache(self) -> dict[str, Any]:
+        """The decoder's keyword arguments for a forward that keeps no key/value cache
+        (``use_cache=False``; none for a decoder without the argument)."""
+        got = self.__dict__.get("_no_cache")
+        if got is None:
+            got = self.__dict__["_no_cache"] = _without_cache(self.decoder)
+        return got
 
     @property
     def keeps_cache(self) -> bool:
@@ -1667,7 +1686,7 @@ class HFModel:
             return True
         try:
             with torch.inference_mode():
-                self.decoder(input_ids=self._probe_ids(), use_cache=False)
+                self.decoder(input_ids=self._probe_ids(), **self.no_cache)
         except RuntimeError as e:
             if "inference tensor" not in str(e).lower():
                 raise
@@ -1747,8 +1766,8 @@ class HFModel:
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
             try:
-                a = dec(input_ids=x, position_ids=pos, use_cache=False).last_hidden_state[0]
-                b = dec(input_ids=x, position_ids=gapped, use_cache=False).last_hidden_state[0]
+                a = dec(input_ids=x, position_ids=pos, **self.no_cache).last_hidden_state[0]
+                b = dec(input_ids=x, position_ids=gapped, **self.no_cache).last_hidden_state[0]
             except (TypeError, ValueError, RuntimeError):
                 return False, False
             positions = not torch.equal(a[-1], b[-1])
@@ -1763,7 +1782,7 @@ class HFModel:
                     ~keep, torch.finfo(a.dtype).min)
                 try:
                     outs.append(dec(input_ids=x, position_ids=pos, attention_mask=mask,
-                                    use_cache=False).last_hidden_state[0])
+                                    **self.no_cache).last_hidden_state[0])
                 except (TypeError, ValueError, RuntimeError, IndexError):
                     return positions, False
         c, d = outs
@@ -1805,8 +1824,8 @@ class HFModel:
         cands.append(("none", None))
         x = self._probe_ids()
         with torch.no_grad():
-            full = self.model(input_ids=x, use_cache=False).logits[0].float()
-            hid = self.decoder(input_ids=x, use_cache=False).last_hidden_state[0]
+            full = self.model(input_ids=x, **_without_cache(self.model)).logits[0].float()
+            hid = self.decoder(input_ids=x, **self.no_cache).last_hidden_state[0]
             ours = self._head_logits(hid).to(full.device)
         if not bool(torch.isfinite(full).all()):  # not a transform: the model overflows
             raise InputError(

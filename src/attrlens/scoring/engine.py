@@ -378,7 +378,8 @@ class ScoringEngine:
                 hidden = self.model.decoder(
                     input_ids=torch.as_tensor(ids_t, device=dev),
                     attention_mask=mask,
-                    use_cache=self.model.cache_kwarg in kwargs,
+                    **({"use_cache": True} if self.model.cache_kwarg in kwargs
+                       else self.model.no_cache),
                     **kwargs,
                 ).last_hidden_state
             kwargs.clear()
