@@ -180,6 +180,28 @@ def test_text_generation_pipeline_explains_as_its_model(tiny) -> None:
     assert wrap_model(pipe).model is tiny.model
 
 
+def test_data_parallel_model_explains_as_its_module(tiny) -> None:
+    """A model still wrapped for training (``DataParallel``) was refused as "not a causal
+    LM"; attrlens runs its module, with the module's scores."""
+    import torch
+
+    dp = torch.nn.DataParallel(tiny.model)
+    assert wrap_model(dp, tiny.tokenizer).model is tiny.model
+    np.testing.assert_allclose(_loo(PROMPTS[0], model=dp, tokenizer=tiny.tokenizer),
+                               _loo(PROMPTS[0], model=tiny.model, tokenizer=tiny.tokenizer),
+                               atol=1e-6, rtol=0)
+
+
+def test_model_without_its_weights_is_refused_on_one_line(tiny) -> None:
+    """A model built on the meta device (no weights loaded) failed deep inside with
+    "Tensor.item() cannot be called on meta tensors"; now a one-line refusal that says how
+    to load them."""
+    m = copy.deepcopy(tiny.model).to("meta")
+    with pytest.raises(ParameterError, match="meta device.*load them first") as e:
+        attrlens.explain(PROMPTS[0], model=m, tokenizer=tiny.tokenizer, method="loo")
+    assert "\n" not in str(e.value)
+
+
 def test_wrapped_object_records_its_placement(tiny) -> None:
     wrapped = wrap_model(tiny.model, tiny.tokenizer, model_id="my-llama")
     assert wrapped.info.id == "my-llama" and wrapped.info.sha256 is None

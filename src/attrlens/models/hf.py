@@ -649,7 +649,8 @@ def wrap_model(model: Any, tokenizer: Any = None, *, model_id: str | None = None
     input embedding's device).
 
     model:     an ``AutoModelForCausalLM`` (or an HFModel, returned as is; a
-               ``torch.compile``-d model is unwrapped: attrlens runs the module itself; a
+               ``torch.compile``-d model is unwrapped: attrlens runs the module itself, as
+               it does a ``DataParallel`` / ``DistributedDataParallel`` one's; a
                text-generation ``pipeline`` gives its model and tokenizer)
     tokenizer: its fast tokenizer (``AutoTokenizer.from_pretrained(...)``)
     model_id:  the id recorded in results (default: the config's ``_name_or_path``, with
@@ -682,6 +683,8 @@ def wrap_model(model: Any, tokenizer: Any = None, *, model_id: str | None = None
         # model: 34 s with a cold compile cache, 6.7 s warm, against 0.9 s;
         # benchmarks/model_objects.py). The weights are the same.
         model = compiled
+    if isinstance(model, (torch.nn.DataParallel, torch.nn.parallel.DistributedDataParallel)):
+        model = model.module  # (replicas for training; one forward at a time needs none)
     is_lm = isinstance(model, torch.nn.Module) and all(
         callable(getattr(model, a, None))
         for a in ("get_decoder", "get_output_embeddings", "get_input_embeddings", "generate")
@@ -709,6 +712,12 @@ def wrap_model(model: Any, tokenizer: Any = None, *, model_id: str | None = None
             f"{type(model).__name__} is a drafting model for speculative decoding: it reads "
             f"the hidden states and keys of its target model, which attrlens does not pass; "
             f"explain the target model instead."
+        )
+    if _unloaded(model):
+        raise ParameterError(
+            f"The weights of {type(model).__name__} are on the meta device (a model built "
+            f"without them: init_empty_weights, device='meta', from_config under a meta "
+            f"device); load them first (from_pretrained, or load_state_dict(..., assign=True))."
         )
     if tokenizer is None:
         raise ParameterError(
@@ -810,6 +819,14 @@ def _configs_of(model: Any) -> list[Any]:
         if cfg is not None and hasattr(cfg, "return_dict"):
             seen.setdefault(id(cfg), cfg)
     return list(seen.values())
+
+
+def _unloaded(model: Any) -> bool:
+    """Whether some weight of ``model`` is on the meta device with no offload hook to bring
+    it in (accelerate's offloaded modules keep theirs there between forwards)."""
+    if not any(p.is_meta for p in model.parameters()):
+        return False
+    return not any(_offload_hook(m) is not None for m in model.modules())
 
 
 def _offload_hook(module: Any) -> Any:
