@@ -145,3 +145,36 @@ def test_bfloat16_model_scores_close_to_float32(setup):
     b = ScoringEngine(bf, ids, out).token_logprobs(inputs)
     assert np.all(np.isfinite(b))
     np.testing.assert_allclose(b.mean(1), a.mean(1), atol=0.5)  # bf16 keeps ~3 significant digits
+
+
+def test_answers_and_scores_up_to_the_end_of_a_learned_position_table() -> None:
+    """A model with a learned position table (GPT-2: 32 positions here): generating past it
+    and the engine's padding columns (positions counted on past the row's last token) both
+    failed with "IndexError: index out of range in self". The answer now stops at the end of
+    the context, and every method's scores equal those of the same weights with a longer
+    table (the padding reads only itself, so its positions change nothing)."""
+    import attrlens
+    from conftest import make_tiny_tokenizer
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    tok = make_tiny_tokenizer()
+    torch.manual_seed(0)
+    short, long = (GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_embd=64, n_layer=2,
+                                              n_head=4, n_positions=n)).eval()
+                   for n in (32, 64))
+    state = short.state_dict()
+    state["transformer.wpe.weight"] = torch.cat(
+        [state["transformer.wpe.weight"], long.transformer.wpe.weight[32:].detach()])
+    long.load_state_dict(state)
+    prompt = " ".join(["word"] * 10)
+    n_prompt = len(tok(prompt)["input_ids"])
+    got = {}
+    for method in ("loo", "gilot", "grad_x_input", "attention"):
+        got[method] = attrlens.explain(prompt, model=short, tokenizer=tok, method=method,
+                                       chat=False, max_new_tokens=40)
+        out = got[method].output_text
+        assert n_prompt + len(tok(out, add_special_tokens=False)["input_ids"]) == 32, method
+        ref = attrlens.explain(prompt, model=long, tokenizer=tok, method=method, chat=False,
+                               output=out)
+        np.testing.assert_allclose(got[method].scores, ref.scores, rtol=1e-5, atol=1e-6,
+                                   err_msg=method)

@@ -1378,8 +1378,9 @@ class HFModel:
 
     # ---- generation ----------------------------------------------------------------------
     def generate(self, input_ids: list[int], *, max_new_tokens: int = 64) -> list[int]:
-        """Greedy continuation of ``input_ids`` (stops at EOS, which is not returned): at
-        each step the most likely token of the distribution that attrlens scores. The
+        """Greedy continuation of ``input_ids`` (stops at EOS, which is not returned, or at
+        the end of the model's context): at each step the most likely token of the
+        distribution that attrlens scores. The
         model's own generation config (``generation_config.json``: repetition penalty, banned
         or forced tokens, beams, a minimum length, ...) is set aside for the call: it is not
         recorded in results, and it would make the answer depend on a file beside the
@@ -1388,6 +1389,14 @@ class HFModel:
 
         from .base import out_of_memory_attempt
 
+        # (past the context, position tables end: IndexError inside the model; the
+        # answer stops where the context does)
+        max_new_tokens = min(max_new_tokens, self.context_length - len(input_ids))
+        if max_new_tokens <= 0:
+            raise InputError(
+                f"The prompt has {len(input_ids)} tokens, which fill the model's context of "
+                f"{self.context_length}; nothing can be generated after it: shorten it."
+            )
         ids = torch.tensor([input_ids], device=self.device)
 
         def greedy() -> Any:

@@ -324,6 +324,7 @@ class ScoringEngine:
         cut_t = np.zeros((B, S), dtype=np.int64)  # prefix columns visible to each query
         key_ok = np.ones((B, S), dtype=bool)
         scored: list[tuple[int, int, int]] = []  # (segment, row, column of its predictor)
+        last_pos = max(self.model.context_length - 1, L + T - 1)
         for r, row in enumerate(rows):
             o = 0
             for g in row:
@@ -350,7 +351,8 @@ class ScoringEngine:
             # padding: each pad column reads only itself (never read by real tokens)
             pads = np.arange(o, S)
             seg_t[r, pads] = -(r * S + pads) - 1
-            pos_t[r, pads] = pos_t[r, o - 1] + 1 + np.arange(S - o)  # rows are never empty
+            # (rows are never empty; a learned position table ends at the context)
+            pos_t[r, pads] = np.minimum(pos_t[r, o - 1] + 1 + np.arange(S - o), last_pos)
             idx_t[r, pads] = idx_t[r, o - 1] + 1 + np.arange(S - o)
         window, mixed = self.model.sliding_window
         if plain:  # right-padded rows: padding and switched-off keys hidden, causal inside
