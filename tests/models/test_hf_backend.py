@@ -601,3 +601,26 @@ def test_loads_never_ask_for_hub_kernels(tiny_dir, monkeypatch) -> None:
     assert isinstance(m, HFModel) and seen == [False]
     emb = MiniLMWordEmbeddings()
     assert emb.dim > 0 and seen == [False, False]
+
+
+def test_a_vocabulary_without_eos_or_pad_tokens(tiny) -> None:
+    """A tokenizer and model with neither an EOS nor a pad token (a custom vocabulary):
+    generating the answer failed with "IndexError: list index out of range"; the answer now
+    runs to max_new_tokens, gradient and LOO scores are the model's, and GiLOT (whose beams
+    end at EOS) is refused on one line."""
+    from conftest import make_tiny_tokenizer
+
+    tok = make_tiny_tokenizer()
+    tok.eos_token = tok.pad_token = None
+    m = copy.deepcopy(tiny.model)
+    for cfg in (m.config, m.generation_config):
+        cfg.eos_token_id = cfg.pad_token_id = None
+    got = attrlens.explain(PROMPTS[1], model=m, tokenizer=tok, method="loo", max_new_tokens=5)
+    assert len(got.output_tokens) == 5
+    ref = attrlens.explain(PROMPTS[1], model=tiny.model, tokenizer=tiny.tokenizer,
+                           method="loo", max_new_tokens=5)
+    assert got.output_tokens == ref.output_tokens  # (its answer has no EOS either)
+    np.testing.assert_allclose(got.scores, ref.scores, rtol=1e-5, atol=1e-6)
+    with pytest.raises(Exception, match="no EOS token") as e:
+        attrlens.explain(PROMPTS[1], model=m, tokenizer=tok, method="gilot", max_new_tokens=5)
+    assert "\n" not in str(e.value)

@@ -1398,6 +1398,7 @@ class HFModel:
                 f"{self.context_length}; nothing can be generated after it: shorten it."
             )
         ids = torch.tensor([input_ids], device=self.device)
+        eos = self.eos_token_ids
 
         def greedy() -> Any:
             with self.inference(), warnings.catch_warnings(), self._plain_generation():
@@ -1408,8 +1409,11 @@ class HFModel:
                     max_new_tokens=max_new_tokens,
                     do_sample=False,
                     num_beams=1,
-                    pad_token_id=self.tokenizer.pad_token_id or self.eos_token_ids[0],
-                    eos_token_id=self.eos_token_ids,
+                    # (one sequence: the pad id is never used; a vocabulary without pad
+                    # and EOS tokens gets 0)
+                    pad_token_id=next((t for t in (self.tokenizer.pad_token_id, *eos)
+                                       if t is not None), 0),
+                    eos_token_id=eos or None,
                 )
 
         out, err = out_of_memory_attempt(greedy)
@@ -1421,7 +1425,6 @@ class HFModel:
                 f"another device."
             )
         new = out[0, ids.shape[1]:].tolist()
-        eos = set(self.eos_token_ids)
         for i, t in enumerate(new):
             if t in eos:
                 return new[:i]
