@@ -153,9 +153,10 @@ def test_answers_and_scores_up_to_the_end_of_a_learned_position_table() -> None:
     failed with "IndexError: index out of range in self". The answer now stops at the end of
     the context, and every method's scores equal those of the same weights with a longer
     table (the padding reads only itself, so its positions change nothing)."""
-    import attrlens
     from conftest import make_tiny_tokenizer
     from transformers import GPT2Config, GPT2LMHeadModel
+
+    import attrlens
 
     tok = make_tiny_tokenizer()
     torch.manual_seed(0)
