@@ -185,3 +185,51 @@ def test_a_chat_template_that_refuses_the_messages_gives_one_line(tiny_model):
         build_prompt([{"role": "system", "content": "Be terse."},
                       {"role": "user", "content": "Hi there"}], model)
     assert "\n" not in str(ei.value)
+
+
+def _with_template(tiny_model, template):
+    import copy
+
+    from attrlens.models.hf import HFModel
+
+    tok = copy.deepcopy(tiny_model.tokenizer)
+    tok.chat_template = template
+    return HFModel(tiny_model.model, tok, info=tiny_model.info)
+
+
+QWEN_LIKE = (  # injects a default system prompt when the messages have none
+    "{% if messages[0]['role'] != 'system' %}"
+    "{{ '<|im_start|>system\\nYou are a helpful assistant.<|im_end|>\\n' }}{% endif %}"
+    "{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] "
+    "+ '<|im_end|>\\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+
+
+@pytest.mark.parametrize("user", ["a", "user", "im", "helpful assistant",
+                                  "You are a helpful assistant."])
+def test_the_user_text_is_found_where_the_template_put_it_not_in_its_markup(tiny_model, user):
+    """A user text that also occurs in the template's own text (inside '<|im_start|>', the
+    role name, a default system prompt) is the message the template rendered, never the
+    first match in the markup before it."""
+    model = _with_template(tiny_model, QWEN_LIKE)
+    pr = build_prompt(user, model)
+    where = pr.text.rindex("<|im_start|>user\n") + len("<|im_start|>user\n")
+    assert pr.regions == ((where, where + len(user)),)
+    pr = build_prompt([{"role": "system", "content": "You are a helpful assistant."},
+                       {"role": "user", "content": user}], model)
+    assert len(pr.regions) == 1 and pr.region_messages == (1,)
+    a, b = pr.regions[0]
+    assert pr.text[a:b] == user and pr.text[:a].endswith("<|im_start|>user\n")
+
+
+def test_a_template_that_strips_or_rewrites_the_content_is_still_located(tiny_model):
+    """A template that trims the content is located by the stripped text; one that rewrites
+    it (upper-cases) cannot be located and is refused on one line, as before."""
+    strip = _with_template(tiny_model, QWEN_LIKE.replace("m['content']", "m['content'] | trim"))
+    pr = build_prompt("  a  ", strip)
+    a, b = pr.regions[0]
+    assert pr.text[a:b] == "a" and pr.text[:a].endswith("<|im_start|>user\n")
+    upper = _with_template(tiny_model, QWEN_LIKE.replace("m['content']", "m['content'] | upper"))
+    with pytest.raises(InputError, match="changed the content of message 0"):
+        build_prompt("Hello there", upper)

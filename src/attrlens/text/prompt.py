@@ -125,18 +125,23 @@ def build_prompt(
             f"The prompt is empty: no message with role {'/'.join(explain_roles)} has content."
         )
     text = renderer.render_chat(list(messages))
+    located = _locate_contents(renderer, messages, text)
     regions: list[tuple[int, int]] = []
     owners: list[int] = []
-    cursor = 0
+    cursor = located[1] if located[0] is None else 0
     for i, m in enumerate(messages):
         content = m["content"]
         if not content:
             continue
-        pos = text.find(content, cursor)
-        piece = content
-        if pos < 0:  # some templates strip the content
-            piece = content.strip()
-            pos = text.find(piece, cursor) if piece else -1
+        if located[0] is not None:
+            span = located[0][i]
+            pos, piece = (-1, content) if span is None else (span[0], text[span[0]:span[1]])
+        else:  # the template rewrites some content: search in order, after its first markup
+            pos = text.find(content, cursor)
+            piece = content
+            if pos < 0:  # some templates strip the content
+                piece = content.strip()
+                pos = text.find(piece, cursor) if piece else -1
         if pos < 0:
             if m["role"] in explain_roles:
                 raise InputError(
@@ -156,6 +161,50 @@ def build_prompt(
         messages=messages,
         chat=True,
     )
+
+
+def _locate_contents(
+    renderer: Any, messages: Sequence[Message], text: str
+) -> tuple[list[tuple[int, int] | None] | None, int]:
+    """Where each message's content lies in ``text`` (the rendered chat), found by rendering
+    the messages again with each content replaced by a unique marker: the markers' places
+    are the contents' places, never a match of the content inside the template's own text
+    (a user prompt "a" inside "<|im_start|>", or the words of a default system prompt).
+
+    Returns (spans, -1), one (start, end) per message (None: not shown, or empty), when
+    putting the contents (as given, or stripped) back at the markers rebuilds ``text``
+    exactly; else (None, start), where start is the first marker's place (0 if none), from
+    which the caller searches in order."""
+    import re
+
+    joined = text + "".join(m["content"] for m in messages)
+    k = 0
+    while f"ATTRLENS{k}M" in joined:
+        k += 1
+    marks = [f"ATTRLENS{k}M{i}Q" if m["content"] else "" for i, m in enumerate(messages)]
+    try:
+        skeleton = renderer.render_chat([{**m, "content": c} for m, c in zip(messages, marks)])
+    except InputError:  # a template that checks the content itself: search instead
+        return None, 0
+    found = [(mt.start(), mt.end(), int(mt.group(1)))
+             for mt in re.finditer(rf"ATTRLENS{k}M(\d+)Q", skeleton)]
+    start = found[0][0] if found else 0
+    if len({i for _, _, i in found}) != len(found):  # a content shown twice: ambiguous
+        return None, start
+    for strip in (False, True):
+        spans: list[tuple[int, int] | None] = [None] * len(messages)
+        out, last = [], 0
+        for a, b, i in found:
+            piece = messages[i]["content"].strip() if strip else messages[i]["content"]
+            out.append(skeleton[last:a])
+            at = sum(len(x) for x in out)
+            out.append(piece)
+            spans[i] = (at, at + len(piece))
+            last = b
+        out.append(skeleton[last:])
+        if "".join(out) == text:
+            return spans, -1
+    return None, start
 
 
 def control_token_ids(tok: Any) -> set[int]:
