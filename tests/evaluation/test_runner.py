@@ -132,6 +132,23 @@ def test_evaluate_writes_records_and_summary(tiny_model, tmp_path):
     assert s4.computed == 1
 
 
+def test_records_of_one_dtype_are_not_reused_for_another(tiny_dir, tmp_path):
+    """The same weights loaded in bfloat16 score differently from float32: a run into the
+    same folder computes its own records (before, it reused the float32 ones as its own);
+    the float32 records are still there for a float32 rerun, and each record names the
+    dtype and device it was computed in."""
+    kw = {"methods": ["loo"], "metrics": ["abpc"], "out": tmp_path / "o", "chat": False,
+          "progress": False, "n_test": 16, "n_calibration": 4}
+    f32 = attrlens.load_model(str(tiny_dir), dtype="float32", device="cpu")
+    b16 = attrlens.load_model(str(tiny_dir), dtype="bfloat16", device="cpu")
+    assert attrlens.evaluate(ITEMS[:1], model=f32, **kw).computed == 1
+    assert attrlens.evaluate(ITEMS[:1], model=b16, **kw).computed == 1
+    assert attrlens.evaluate(ITEMS[:1], model=f32, **kw).computed == 0
+    recs = [json.loads(x) for x in (tmp_path / "o" / "records.jsonl").read_text().splitlines()]
+    assert sorted(r["model"]["dtype"] for r in recs) == ["bfloat16", "float32"]
+    assert {r["model"]["device"] for r in recs} == {"cpu"}
+
+
 @pytest.mark.integration
 def test_model_output_is_generated_once_and_explained(tiny_model, tmp_path):
     s = attrlens.evaluate([{"id": "q", "prompt": "The quick brown fox jumps over"}],

@@ -209,9 +209,12 @@ class EvalConfig:
 
 
 def model_hash(model: HFModel) -> dict[str, Any]:
-    """{"id", "sha256"} of a loaded model (sha256 None for in-memory models), with its chat
-    template's keyword arguments where it has any (they change the prompts)."""
-    return model.info.provenance()
+    """{"id", "sha256", "dtype"} of a loaded model (sha256 None for in-memory models), with
+    its chat template's keyword arguments where it has any (they change the prompts): what
+    a record's key holds of the model. The dtype is in it (bfloat16 scores are not float32
+    scores); the device is not (the same weights in the same dtype score the same on any
+    device, so a run may go on elsewhere), and is written beside it in each record."""
+    return {**model.info.provenance(), "dtype": model.info.dtype}
 
 
 def _earlier_template_date(store: Any, model: HFModel) -> str | None:
@@ -222,6 +225,7 @@ def _earlier_template_date(store: Any, model: HFModel) -> str | None:
     mine = {k: v for k, v in model_hash(model).items() if k != "template_date"}
     for rec in store.records():
         theirs = dict(rec.get("model") or {})
+        theirs.pop("device", None)
         date = theirs.pop("template_date", None)
         if date and theirs == mine:
             return str(date)
@@ -405,7 +409,8 @@ class ItemRunner:
         """What every record of (item, method) starts with, failed or not."""
         return {"key": key, "item_id": item.id, "item_sha256": item.sha256,
                 "method": spec.name, "label": spec.label,
-                "params": _json_clean(spec.param_dict), "model": model_hash(self.model),
+                "params": _json_clean(spec.param_dict),
+                "model": {**model_hash(self.model), "device": self.model.info.device},
                 "seed": self.seed, "eval": _json_clean(asdict(self.config))}
 
     def _run(self, item: EvalItem, spec: MethodSpec, key: str) -> dict[str, Any]:
