@@ -624,3 +624,38 @@ def test_a_vocabulary_without_eos_or_pad_tokens(tiny) -> None:
     with pytest.raises(Exception, match="no EOS token") as e:
         attrlens.explain(PROMPTS[1], model=m, tokenizer=tok, method="gilot", max_new_tokens=5)
     assert "\n" not in str(e.value)
+
+
+def test_a_model_directory_changed_on_disk_is_loaded_again(tiny, tmp_path) -> None:
+    """load_model shares one model per path in a process, but a directory whose files
+    changed since (a new chat template, in chat_template.jinja or tokenizer_config.json by
+    transformers version) is loaded again, with a new hash: before, the old model and hash
+    were returned, and a chat template in its own file was not in the hash at all."""
+    d = save_model_dir(tiny, tmp_path / "m")
+    first = load_model(str(d), dtype="float32", device="cpu")
+    assert load_model(str(d), dtype="float32", device="cpu") is first
+    tok = copy.deepcopy(tiny.tokenizer)
+    tok.chat_template = "{% for m in messages %}[{{ m['content'] }}]{% endfor %}"
+    tok.save_pretrained(d)
+    again = load_model(str(d), dtype="float32", device="cpu")
+    assert again is not first and again.info.sha256 != first.info.sha256
+    assert again.render_chat([{"role": "user", "content": "hi"}]) == "[hi]"
+    assert first.render_chat([{"role": "user", "content": "hi"}]) != "[hi]"
+
+
+def test_a_moved_copy_of_a_model_directory_reuses_its_evaluation_records(tiny, tmp_path):
+    """A record's key names the weights by their hash, not by the path they were loaded
+    from: the same directory copied elsewhere (or named relatively) continues a run."""
+    import shutil
+
+    a = save_model_dir(tiny, tmp_path / "a")
+    b = tmp_path / "elsewhere" / "b"
+    shutil.copytree(a, b)
+    kw = {"methods": ["loo"], "metrics": ["abpc"], "out": tmp_path / "o", "chat": False,
+          "progress": False, "n_test": 16, "n_calibration": 4}
+    items = [{"id": "x", "prompt": PROMPTS[1], "output": " the"}]
+    ma = load_model(str(a), dtype="float32", device="cpu")
+    mb = load_model(str(b), dtype="float32", device="cpu")
+    assert ma.info.id != mb.info.id and ma.info.sha256 == mb.info.sha256
+    assert attrlens.evaluate(items, model=ma, **kw).computed == 1
+    assert attrlens.evaluate(items, model=mb, **kw).computed == 0

@@ -217,14 +217,22 @@ def model_hash(model: HFModel) -> dict[str, Any]:
     return {**model.info.provenance(), "dtype": model.info.dtype}
 
 
+def _weights_not_name(model: dict[str, Any]) -> dict[str, Any]:
+    """What identifies a model in a record's key: its weights hash where it has one, not the
+    name it was loaded by (``./m``, ``/home/me/m`` and a moved copy are the same model);
+    the id only for a model without a hash (one built in memory)."""
+    return {k: v for k, v in model.items() if not (k == "id" and model.get("sha256"))}
+
+
 def _earlier_template_date(store: Any, model: HFModel) -> str | None:
     """The template date of this model's first record in ``store`` (same weights and chat
     template arguments), for a template that reads the date; None otherwise."""
     if not model.template_reads_date:
         return None
-    mine = {k: v for k, v in model_hash(model).items() if k != "template_date"}
+    mine = {k: v for k, v in _weights_not_name(model_hash(model)).items()
+            if k != "template_date"}
     for rec in store.records():
-        theirs = dict(rec.get("model") or {})
+        theirs = _weights_not_name(dict(rec.get("model") or {}))
         theirs.pop("device", None)
         date = theirs.pop("template_date", None)
         if date and theirs == mine:
@@ -256,7 +264,7 @@ def make_key(item: EvalItem, spec: MethodSpec, model: dict[str, Any], seed: int,
         "item_sha256": item.sha256,
         "method": spec.name,
         "params": _json_clean(spec.param_dict),
-        "model": model,
+        "model": _weights_not_name(model),
         "seed": seed,
         "eval": config.key_fields(),
     })

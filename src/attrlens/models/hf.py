@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 
 _DTYPES = ("float32", "bfloat16", "float16")
 _HASH_CACHE: dict[tuple[str, float, int], str] = {}
-_LOADED: dict[tuple[str, str], HFModel] = {}
+_LOADED: dict[tuple[str, str, str], tuple[tuple, HFModel]] = {}
 
 
 def cache_dir() -> Path:
@@ -60,18 +60,47 @@ def file_sha256(path: Path) -> str:
     return _HASH_CACHE[key]
 
 
+#: the files of a model directory that decide what it computes and how it reads text:
+#: weights, configs (config, generation and tokenizer settings are .json), its own code,
+#: chat templates (.jinja), sentencepiece (.model) and BPE/WordPiece (.txt) vocabularies
+_MODEL_SUFFIXES = (".safetensors", ".bin", ".gguf", ".json", ".py", ".jinja", ".model",
+                   ".txt", ".tiktoken")
+#: a sub-folder whose files count too (transformers' named extra chat templates)
+_MODEL_SUBDIRS = ("additional_chat_templates",)
+
+
+def _model_files(path: Path) -> list[Path]:
+    """The files of ``path`` (a model file, or a directory) that :func:`_dir_sha256`
+    covers, in a fixed order."""
+    if not path.is_dir():
+        return [path]
+    files = [p for p in path.iterdir() if p.is_file() and p.suffix in _MODEL_SUFFIXES]
+    for sub in _MODEL_SUBDIRS:
+        if (path / sub).is_dir():
+            files += [p for p in (path / sub).iterdir()
+                      if p.is_file() and p.suffix in _MODEL_SUFFIXES]
+    return sorted(files)
+
+
 def _dir_sha256(path: Path) -> str:
-    """sha256 over the weight, config and code files of a model directory (names +
-    contents; a model with its own modeling code computes what its .py files say)."""
+    """sha256 over the files of a model directory that decide its outputs (names relative
+    to it + contents): weights, configs, its own modeling code (a model with its own code
+    computes what its .py files say), chat templates and tokenizer vocabularies."""
     h = hashlib.sha256()
-    files = sorted(
-        p for p in path.iterdir()
-        if p.suffix in (".safetensors", ".bin", ".gguf", ".json", ".py")
-    )
-    for p in files:
-        h.update(p.name.encode())
+    for p in _model_files(path):
+        h.update(p.relative_to(path).as_posix().encode())
         h.update(file_sha256(p).encode())
     return h.hexdigest()
+
+
+def _files_stamp(path: Path) -> tuple[tuple[str, int, int], ...]:
+    """(name, size, mtime) of each file :func:`_dir_sha256` covers: changes when the
+    model on disk does, without reading it."""
+    out = []
+    for p in _model_files(path):
+        st = p.stat()
+        out.append((str(p), st.st_size, st.st_mtime_ns))
+    return tuple(out)
 
 
 _DEVICE_HELP = "'auto', 'cpu', 'cuda', 'cuda:N' (N = a GPU index) or 'mps'"
@@ -308,7 +337,8 @@ def load_model(
             with its weights (``auto_map`` in its config.json), as transformers'
             ``trust_remote_code=True``; off by default, and such a directory is then refused
             with a one-line error (never an interactive prompt).
-    Models are loaded once per process (per path, device and dtype) and shared.
+    Models are loaded once per process (per path, device and dtype) and shared, and loaded
+    again when their files on disk change.
     """
     dev = resolve_device(device)
     want = resolve_dtype(dtype, dev)
@@ -324,11 +354,12 @@ def load_model(
             file = _cached_hub_model(str(path))
             model_id = str(path)
     key = (str(file.resolve()), dev, dtype)
-    if key in _LOADED:
-        return _LOADED[key]
+    stamp = _files_stamp(file)
+    if key in _LOADED and _LOADED[key][0] == stamp:
+        return _LOADED[key][1]
     model = _load(file, model_id=model_id, device=dev, dtype=want, cache=cache,
                   trust_remote_code=trust_remote_code)
-    _LOADED[key] = model
+    _LOADED[key] = (stamp, model)  # a model changed on disk since is loaded again
     return model
 
 
