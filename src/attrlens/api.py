@@ -12,7 +12,7 @@ from .errors import InputError, ParameterError, unknown_name_message
 from .explainers.base import Explainer, Explanation
 from .games import Game, as_game
 from .models.base import require_needs, runtime_environment
-from .params import check_param
+from .params import check_param, check_seed
 from .registry import get_explainer
 from .result import Attribution
 
@@ -72,7 +72,7 @@ def explain_game(
     Values are read as "higher = more of the behaviour being explained"; scores are positive
     for features whose presence raises the value.
     """
-    check_param("explain_game", "seed", seed, kind=int, low=0)
+    check_seed("explain_game", seed)
     explainer = make_explainer(method, {"budget": budget, **params})
     if explainer.needs != "game":
         raise ParameterError(
@@ -165,7 +165,7 @@ def explain(
             top_k=top_k, contrast=contrast, prefix_reuse=prefix_reuse,
             target_backend=target_backend, progress=progress,
         )
-        check_param("explain", "seed", seed, kind=int, low=0)
+        check_seed("explain", seed)
         explainer.validate(inputs.n_features)  # before any game is built: cheap errors first
         require_needs(explainer.needs, inputs.model, target_backend, method=explainer.name)
         probe = None

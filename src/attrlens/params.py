@@ -26,6 +26,11 @@ def _article(word: str) -> str:
     return "an" if word[:1] in "aeiou" else "a"
 
 
+def _number(x: float) -> str:
+    """A bound as written: whole numbers in full (4294967295, not 4.29497e+09)."""
+    return str(int(x)) if float(x).is_integer() and abs(x) < 1e16 else f"{x:g}"
+
+
 @dataclass(frozen=True)
 class Param:
     """One declared parameter.
@@ -61,8 +66,8 @@ class Param:
             text = "a str"
         else:
             tname = _TYPE_NAMES.get(self.type, self.type.__name__)
-            lo = "-inf" if self.low is None else f"{self.low:g}"
-            hi = "inf)" if self.high is None else f"{self.high:g}]"
+            lo = "-inf" if self.low is None else _number(self.low)
+            hi = "inf)" if self.high is None else _number(self.high) + "]"
             text = f"{_article(tname)} {tname} in the range [{lo}, {hi}"
         return text + (" or None" if self.none_ok else "")
 
@@ -185,6 +190,16 @@ def validate(owner: str, values: Mapping[str, Any], declared: Sequence[Param]) -
     for p in declared:
         out[p.name] = p.check(owner, values.get(p.name, p.default))
     return out
+
+
+#: the largest seed: numpy's RandomState and scikit-learn's random_state take 32-bit seeds
+SEED_MAX = 2**32 - 1
+
+
+def check_seed(owner: str, seed: object) -> int:
+    """A random seed: an int in [0, 2**32 - 1] (the range every generator attrlens seeds
+    accepts), as a Python int."""
+    return check_param(owner, "seed", seed, kind=int, low=0, high=SEED_MAX)
 
 
 def check_param(

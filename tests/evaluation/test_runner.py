@@ -68,6 +68,28 @@ def test_bad_arguments_fail_before_any_work(tmp_path):
         attrlens.evaluate(ITEMS, methods=["loo"], backend="spark", out=tmp_path / "o")
     with pytest.raises(ParameterError):
         attrlens.evaluate(ITEMS, methods=["nope"], out=tmp_path / "o")
+    # options that were only refused per item (each record failing) or deep inside a run
+    for bad, match in [({"granularity": "words"}, "'granularity' parameter of evaluate"),
+                       ({"target": "contrastive"}, "contrast answer per item"),
+                       ({"target": "nlll"}, "'target' parameter of evaluate"),
+                       ({"method_masker": "blank"}, "'method_masker' parameter"),
+                       ({"seed": 2**32}, "'seed' parameter of evaluate"),
+                       ({"chat": "no"}, "'chat' parameter of evaluate")]:
+        with pytest.raises(ParameterError, match=match):
+            attrlens.evaluate(ITEMS, methods=["loo"], out=tmp_path / "o", **bad)
+    assert not (tmp_path / "o").exists()
+
+
+def test_numpy_integers_are_taken_as_ints(tiny_model, tmp_path):
+    """Counts and seeds computed with numpy (np.int64) pass the checks; before, they went on
+    unconverted and the record key failed ('Object of type int64 is not JSON
+    serializable'), and limit=np.int64(1) was refused."""
+    s = attrlens.evaluate(ITEMS, methods=["loo"], metrics=["abpc"], model=tiny_model,
+                          out=tmp_path / "o", seed=np.int64(3), limit=np.int64(1),
+                          n_test=np.int64(16), n_calibration=np.int64(4),
+                          max_new_tokens=np.int64(3), chat=False, progress=False)
+    rec = json.loads((tmp_path / "o" / "records.jsonl").read_text())
+    assert s.computed == 1 and rec["seed"] == 3 and rec["eval"]["n_test"] == 16
 
 
 @pytest.mark.integration

@@ -170,6 +170,18 @@ def test_budget_holds_seed_repeats_and_json_round_trips(method, request, tmp_pat
     assert {p.name for p in cls.all_parameters()} <= set(back.params)
 
 
+@pytest.mark.parametrize("method", [m for m in METHODS if get_explainer(m).needs == "game"])
+def test_a_seed_outside_the_generators_range_is_refused_and_its_largest_runs(method):
+    """Seeds are 32-bit (numpy's RandomState, scikit-learn, LightGBM): a larger one failed
+    deep in numpy ("Seed must be between 0 and 2**32 - 1") for lime and proxyspex; it is a
+    ParameterError for every method, and the largest seed runs and repeats."""
+    with pytest.raises(ParameterError, match=r"'seed' parameter .* range \[0, 4294967295\]"):
+        attrlens.explain_game(Game(additive, N), N, method=method, seed=2**32)
+    a, b = (attrlens.explain_game(Game(additive, N), N, method=method, seed=2**32 - 1)
+            for _ in range(2))
+    np.testing.assert_array_equal(a.scores, b.scores)
+
+
 def test_game_budget_too_small_is_a_parameter_error():
     for method in METHODS:
         cls = get_explainer(method)

@@ -20,7 +20,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..games import Game, as_game
-from ..params import check_param
+from ..params import check_param, check_seed
 
 _SALT = 0x1D5  # separates the LDS stream from the R² test masks (uniform_test_masks(seed))
 
@@ -39,7 +39,7 @@ def lds_masks(n: int, n_test: int = 100, *, p_keep: float = 0.5, seed: int = 0) 
     check_param("lds_masks", "n", n, kind=int, low=1)
     check_param("lds_masks", "n_test", n_test, kind=int, low=2)
     check_param("lds_masks", "p_keep", p_keep, kind=float, low=0.0, high=1.0)
-    check_param("lds_masks", "seed", seed, kind=int, low=0)
+    check_seed("lds_masks", seed)
     return np.random.default_rng([int(seed), _SALT]).random((n_test, n)) < p_keep
 
 

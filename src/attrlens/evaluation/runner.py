@@ -56,7 +56,7 @@ import numpy as np
 
 from ..errors import CapabilityError, InputError, ParameterError, unknown_name_message
 from ..games import Game
-from ..params import check_param
+from ..params import check_param, check_seed
 from .datasets import EvalItem, load_items
 from .store import ResultsStore, record_key
 
@@ -863,19 +863,35 @@ def evaluate(
               else the day the model was loaded; part of every record's key
     Returns the :class:`Summary` (also written to ``out``).
     """
-    check_param("evaluate", "seed", seed, kind=int, low=0)
+    from ..scoring.targets import TARGETS
+    from ..text.mask import MASKERS
+    from ..text.segment import GRANULARITIES
+
+    # the checked values, normalised (numpy ints -> int: they go into JSON record keys)
+    seed = check_seed("evaluate", seed)
     check_param("evaluate", "backend", backend, choices=BACKENDS)
-    check_param("evaluate", "workers", workers, kind=int, low=1)
+    workers = check_param("evaluate", "workers", workers, kind=int, low=1)
+    check_param("evaluate", "granularity", granularity, choices=GRANULARITIES)
     check_param("evaluate", "masker", masker, choices=EVAL_MASKERS)
     check_param("evaluate", "auc", auc, choices=("mean", "trapezoid"))
-    check_param("evaluate", "n_test", n_test, kind=int, low=2)
-    check_param("evaluate", "n_calibration", n_calibration, kind=int, low=2)
-    check_param("evaluate", "r_max", r_max, kind=int, low=1)
-    check_param("evaluate", "max_new_tokens", max_new_tokens, kind=int, low=1)
-    check_param("evaluate", "regen_max_new_tokens", regen_max_new_tokens, kind=int, low=1)
-    check_param("evaluate", "n_lds", n_lds, kind=int, low=2)
-    check_param("evaluate", "target", target, kind=str, none_ok=True)
-    check_param("evaluate", "method_masker", method_masker, kind=str, none_ok=True)
+    n_test = check_param("evaluate", "n_test", n_test, kind=int, low=2)
+    n_calibration = check_param("evaluate", "n_calibration", n_calibration, kind=int, low=2)
+    r_max = check_param("evaluate", "r_max", r_max, kind=int, low=1)
+    max_new_tokens = check_param("evaluate", "max_new_tokens", max_new_tokens, kind=int, low=1)
+    regen_max_new_tokens = check_param("evaluate", "regen_max_new_tokens",
+                                       regen_max_new_tokens, kind=int, low=1)
+    n_lds = check_param("evaluate", "n_lds", n_lds, kind=int, low=2)
+    limit = check_param("evaluate", "limit", limit, kind=int, low=1, none_ok=True)
+    check_param("evaluate", "chat", chat, kind=bool, none_ok=True)
+    if target == "contrastive":
+        raise ParameterError(
+            "evaluate cannot use the 'contrastive' target: it needs a contrast answer per "
+            "item, which evaluation items do not carry; use attrlens.explain for it, or "
+            "another target (" + ", ".join(t for t in TARGETS if t != "contrastive") + ")."
+        )
+    check_param("evaluate", "target", target, none_ok=True,
+                choices=tuple(t for t in TARGETS if t != "contrastive"))
+    check_param("evaluate", "method_masker", method_masker, choices=MASKERS, none_ok=True)
     check_param("evaluate", "target_url", target_url, kind=str, none_ok=True)
     check_param("evaluate", "target_model", target_model, kind=str, none_ok=True)
     if (target_url is None) != (target_model is None):

@@ -26,7 +26,7 @@ from typing import Literal
 import numpy as np
 
 from attrlens.errors import InputError, ParameterError
-from attrlens.params import check_param
+from attrlens.params import check_param, check_seed
 from attrlens.solvers.bch import BCHCode, make_bch_code
 
 Coeffs = dict[tuple[int, ...], float]
@@ -176,7 +176,7 @@ def make_design(n: int, *, b: int, t: int = 5, n_groups: int = 3, seed: int = 0)
     check_param("make_design", "b", b, kind=int, low=1, high=20)
     check_param("make_design", "t", t, kind=int, low=1)
     check_param("make_design", "n_groups", n_groups, kind=int, low=1)
-    check_param("make_design", "seed", seed, kind=int, low=0)
+    check_seed("make_design", seed)
     code = make_bch_code(n, t)
     rng = np.random.default_rng(seed)
     ms = rng.integers(0, 2, size=(n_groups, n, b), dtype=np.uint8)

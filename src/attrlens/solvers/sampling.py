@@ -21,7 +21,7 @@ from collections.abc import Callable
 import numpy as np
 
 from attrlens.errors import InputError, ParameterError
-from attrlens.params import check_param
+from attrlens.params import check_param, check_seed
 
 __all__ = [
     "all_masks",
@@ -85,7 +85,7 @@ def sparse_k_masks(
             f"cannot remove more features than there are). Got {k} instead."
         )
     check_param(owner, "mode", mode, choices=_SPARSE_MODES)
-    check_param(owner, "seed", seed, kind=(int, np.integer))
+    check_seed(owner, seed)
     rng = np.random.default_rng(seed)
 
     if mode == "up_to_k":
@@ -154,7 +154,7 @@ def bernoulli_masks(
     check_param(owner, "n", n, kind=int, low=1)
     check_param(owner, "budget", budget, kind=int, low=1)
     check_param(owner, "p_keep", p_keep, low=1e-12, high=1.0)
-    check_param(owner, "seed", seed, kind=int, low=0)
+    check_seed(owner, seed)
     check_param(owner, "min_kept", min_kept, kind=int, low=0)
     size = np.ones(n, dtype=np.int64) if sizes is None else np.asarray(sizes, dtype=np.int64)
     if size.shape != (n,) or bool((size < 0).any()):
@@ -210,7 +210,7 @@ def lime_masks(n: int, num_samples: int, *, seed: int = 0, variant: str = "lime_
     owner = "lime_masks"
     check_param(owner, "n", n, kind=int, low=1)
     check_param(owner, "num_samples", num_samples, kind=int, low=1)
-    check_param(owner, "seed", seed, kind=int, low=0)
+    check_seed(owner, seed)
     check_param(owner, "variant", variant, choices=LIME_VARIANTS)
     masks = np.ones((num_samples, n), dtype=bool)
     if variant == "lime_text":

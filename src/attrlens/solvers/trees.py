@@ -22,7 +22,7 @@ from typing import Any, Literal
 import numpy as np
 
 from attrlens.errors import CapabilityError, InputError, ParameterError
-from attrlens.params import check_param
+from attrlens.params import check_param, check_seed
 from attrlens.solvers.fourier import fourier_basis
 
 Coeffs = dict[tuple[int, ...], float]
@@ -178,7 +178,7 @@ def proxyspex_fit(
 
     owner = "proxyspex_fit"
     check_param(owner, "max_order", max_order, kind=int, low=1)
-    check_param(owner, "seed", seed, kind=int, low=0)
+    check_seed(owner, seed)
     check_param(owner, "n_jobs", n_jobs, kind=int, low=-1)
     check_param(owner, "cv", cv, kind=int, low=2)
     z = np.asarray(masks)
