@@ -28,6 +28,10 @@ def test_exponential_kernel_is_the_reference_formula():
         exponential_kernel([-0.1, 0.2], 1.0)
     with pytest.raises(ParameterError):
         exponential_kernel(d, 0.0)
+    # extreme widths (width**2 overflowed to OverflowError): all-equal weights when very
+    # wide, the original alone when very narrow
+    np.testing.assert_array_equal(exponential_kernel(d, 1e300), 1.0)
+    np.testing.assert_array_equal(exponential_kernel(d, 1e-300), [1.0, 0, 0, 0, 0])
 
 
 def test_median_rule_is_one_rule():

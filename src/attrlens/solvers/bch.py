@@ -437,9 +437,9 @@ def make_bch_code(n: int, t: int) -> BCHCode:
         if rem >> n_par:
             rem ^= (1 << n_par) | low
     parity_rows = np.zeros((n, n_par), dtype=np.uint8)
-    shifts = np.arange(n_par - 1, -1, -1)
-    for j in range(n):
-        parity_rows[j] = (rems[n - 1 - j] >> shifts) & 1
+    for j in range(n):  # the bits of a Python int (n_par may exceed 63), highest first
+        parity_rows[j] = np.frombuffer(
+            format(rems[n - 1 - j], f"0{n_par}b").encode(), dtype=np.uint8) - ord("0")
     # syndrome bit matrix: S_l = sum_p h_p alpha^(l * (P-1-p)), l = 1..2t
     deg = np.arange(n_par - 1, -1, -1, dtype=np.int64)
     powers = exp[(np.arange(1, 2 * t + 1)[None, :] * deg[:, None]) % q]  # (P, 2t)

@@ -60,7 +60,8 @@ def exponential_kernel(distances: Any, width: float, *, rescale: bool = False) -
     """
     d = _distances(distances)
     check_param("exponential_kernel", "width", width, low=1e-300)
-    logw = -(d**2) / (2.0 * float(width) ** 2)
+    with np.errstate(over="ignore"):  # d / width, then squared: no overflow of width**2
+        logw = -0.5 * (d / float(width)) ** 2
     if rescale and logw.size:
         logw = logw - logw.max()
     return np.exp(logw)
