@@ -213,3 +213,22 @@ def test_distinct_lime_masks_and_distinct_prefix():
     rows = np.array([[1, 1], [0, 1], [0, 1], [1, 0], [0, 0]], bool)
     assert distinct_prefix(rows, 2) == 3 and distinct_prefix(rows, 3) == 4
     assert distinct_prefix(rows, 10) == 5
+
+
+@pytest.mark.parametrize(("n", "m", "k"), [(6, 500, 20), (3, 300, 5), (40, 300, 64),
+                                           (5, 50, 1000)])
+def test_lime_masks_up_to_a_budget_are_the_leading_rows_of_the_full_draw(n, m, k,
+                                                                         monkeypatch):
+    """lime_masks(max_distinct=k) is the full draw cut where its (k+1)-th distinct mask
+    would start, built without the rows after it (walked in pieces of 7 sizes here, the
+    same draws as one call); before, all num_samples rows were built first, so a large
+    num_samples on a small budget ran out of memory or time."""
+    from attrlens.solvers import sampling
+
+    full = lime_masks(n, m, seed=4)
+    monkeypatch.setattr(sampling, "_SIZE_CHUNK", 7)
+    np.testing.assert_array_equal(lime_masks(n, m, seed=4), full)
+    cut = lime_masks(n, m, seed=4, max_distinct=k)
+    np.testing.assert_array_equal(cut, full[: distinct_prefix(full, k)])
+    dist = lime_masks(n, m, seed=4, variant="distinct", max_distinct=k)
+    np.testing.assert_array_equal(dist, lime_masks(n, min(m, k), seed=4, variant="distinct"))

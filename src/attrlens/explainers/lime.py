@@ -31,7 +31,7 @@ from ..params import Param
 from ..registry import register
 from ..solvers.kernels import LocalityKernel, WidthParam, lime_text_distances
 from ..solvers.regression import weighted_r2, weighted_ridge
-from ..solvers.sampling import LIME_VARIANTS, distinct_prefix, lime_masks
+from ..solvers.sampling import LIME_VARIANTS, lime_masks
 from .base import Explainer, Explanation
 
 
@@ -66,11 +66,8 @@ class LimeExplainer(Explainer):
         n = game.n_features
         p = self.params
         limit = int(budget) if budget is not None else p["num_samples"]
-        if p["variant"] == "lime_text":
-            masks = lime_masks(n, p["num_samples"], seed=seed, variant="lime_text")
-            masks = masks[: distinct_prefix(masks, limit)]
-        else:
-            masks = lime_masks(n, min(p["num_samples"], limit), seed=seed, variant="distinct")
+        masks = lime_masks(n, p["num_samples"], seed=seed, variant=p["variant"],
+                           max_distinct=limit)
         y = game(masks)
         kernel = LocalityKernel(p["kernel_width"])
         w, width = kernel(lime_text_distances(masks))

@@ -194,7 +194,12 @@ def bernoulli_masks(
 LIME_VARIANTS = ("lime_text", "distinct")
 
 
-def lime_masks(n: int, num_samples: int, *, seed: int = 0, variant: str = "lime_text") -> np.ndarray:
+#: sizes drawn per call when the lime_text stream is walked in pieces (same draws as one call)
+_SIZE_CHUNK = 1 << 20
+
+
+def lime_masks(n: int, num_samples: int, *, seed: int = 0, variant: str = "lime_text",
+               max_distinct: int | None = None) -> np.ndarray:
     """LIME text masks ``(m, n)``, row 0 = the original (all kept).
 
     ``"lime_text"`` (the reference ``LimeTextExplainer``): each of the ``num_samples - 1``
@@ -206,26 +211,28 @@ def lime_masks(n: int, num_samples: int, *, seed: int = 0, variant: str = "lime_
 
     ``"distinct"`` (attrlens before 0.2): d uniform in 1..n-1 (all removed only when n = 1),
     and no row repeats: m = min(num_samples, number of such masks + 1) distinct rows.
+
+    max_distinct: return only the leading rows holding at most this many distinct masks
+    (a budget of distinct evaluations), without building the rows after them: the same rows
+    as ``masks[:distinct_prefix(masks, max_distinct)]``, in memory for those rows only.
     """
     owner = "lime_masks"
     check_param(owner, "n", n, kind=int, low=1)
     check_param(owner, "num_samples", num_samples, kind=int, low=1)
     check_seed(owner, seed)
     check_param(owner, "variant", variant, choices=LIME_VARIANTS)
-    masks = np.ones((num_samples, n), dtype=bool)
+    check_param(owner, "max_distinct", max_distinct, kind=int, low=1, none_ok=True)
     if variant == "lime_text":
-        rs = np.random.RandomState(seed)
-        removed = rs.randint(1, n + 1, num_samples - 1)
-        for r, d in enumerate(removed, start=1):
-            masks[r, rs.choice(n, d, replace=False)] = False
-        return masks
+        return _lime_text_masks(n, num_samples, seed, max_distinct)
+    if max_distinct is not None:  # the rows are distinct: the first max_distinct of them
+        num_samples = min(num_samples, max_distinct)
     if n == 1:
         return np.array([[True], [False]])[: min(num_samples, 2)]
     total = 2**n - 1 if n < 63 else None  # the full mask plus every d in 1..n-1
     want = num_samples if total is None else min(num_samples, total)
     rng = np.random.default_rng(seed)
-    out = [masks[0]]
-    seen = {np.packbits(masks[0]).tobytes()}
+    out = [np.ones(n, dtype=bool)]
+    seen = {np.packbits(out[0]).tobytes()}
     for _ in range(_MAX_ROUNDS):
         if len(out) >= want:
             break
@@ -240,6 +247,35 @@ def lime_masks(n: int, num_samples: int, *, seed: int = 0, variant: str = "lime_
                 if len(out) >= want:
                     break
     return np.asarray(out, dtype=bool)
+
+
+def _lime_text_masks(n: int, num_samples: int, seed: int,
+                     max_distinct: int | None) -> np.ndarray:
+    """The reference's draws, walked in pieces: the sizes are the first num_samples - 1
+    draws of RandomState(seed) and the subsets come after all of them, so one generator
+    reads the sizes piece by piece while a second, moved past every size, draws the
+    subsets; rows stop at the (max_distinct + 1)-th distinct mask."""
+    sizes_rs, subsets_rs = np.random.RandomState(seed), np.random.RandomState(seed)
+    left = num_samples - 1
+    while left:  # move the subsets' generator past all the sizes
+        k = min(left, _SIZE_CHUNK)
+        subsets_rs.randint(1, n + 1, k)
+        left -= k
+    rows = [np.ones(n, dtype=bool)]
+    seen = {rows[0].tobytes()}
+    left = num_samples - 1
+    while left:
+        sizes = sizes_rs.randint(1, n + 1, min(left, _SIZE_CHUNK))
+        left -= len(sizes)
+        for d in sizes:
+            row = np.ones(n, dtype=bool)
+            row[subsets_rs.choice(n, d, replace=False)] = False
+            key = row.tobytes()
+            if max_distinct is not None and key not in seen and len(seen) >= max_distinct:
+                return np.asarray(rows, dtype=bool)
+            seen.add(key)
+            rows.append(row)
+    return np.asarray(rows, dtype=bool)
 
 
 def distinct_prefix(masks: np.ndarray, max_distinct: int) -> int:
