@@ -112,7 +112,7 @@ def explain(
     spans: Sequence[tuple[int, int]] | None = None,
     chat: bool | None = None,
     max_new_tokens: int = 32,
-    reduction: str = "mean",
+    reduction: str | None = None,
     top_k: int = 100,
     contrast: str | None = None,
     prefix_reuse: bool = True,
@@ -154,7 +154,9 @@ def explain(
             "--audit checks a stand-in attribution against the served model: use it with "
             "--method rope_lime or gsmile and --target-url/--target-model."
         )
-    _check_arguments(granularity, masker, max_new_tokens)
+    _check_arguments(granularity, masker, max_new_tokens, target=target, reduction=reduction,
+                     top_k=top_k, contrast=contrast, spans=spans, chat=chat,
+                     progress=progress)
     model = _resolve_model(model, tokenizer)
     with model.evaluating():  # a model object in training mode: back as it was afterwards
         api_before = _api_counters(target_backend)
@@ -173,7 +175,8 @@ def explain(
             from .games.served import served_game
 
             game, probe = served_game(inputs, target_backend, route_name,
-                                      target=scoring.target.name, reduction=reduction)
+                                      target=scoring.target.name,
+                                      reduction=scoring.target.reduction)
             route_name = game.route_name
         else:
             game = explainer.make_game(inputs, scoring, closed=target_backend)
@@ -223,8 +226,14 @@ def _api_counters(backend: Any) -> dict[str, float]:
     return dict(getattr(backend, "counters", {}) or {})
 
 
-def _check_arguments(granularity: str, masker: str | None, max_new_tokens: int) -> None:
-    """The arguments checked before a model is loaded (cheap errors first)."""
+def _check_arguments(granularity: str, masker: str | None, max_new_tokens: int, *,
+                     target: Any = None, reduction: Any = None, top_k: Any = 100,
+                     contrast: Any = None, spans: Any = None, chat: Any = None,
+                     progress: Any = None) -> None:
+    """The arguments checked before a model is loaded (cheap errors first): their types,
+    and options that would otherwise be ignored (``contrast`` without the contrastive
+    target, ``spans`` without span granularity)."""
+    from .scoring.targets import TARGETS
     from .text.mask import MASKERS
     from .text.segment import GRANULARITIES
 
@@ -233,6 +242,29 @@ def _check_arguments(granularity: str, masker: str | None, max_new_tokens: int) 
         raise ParameterError(unknown_name_message("granularity", granularity, GRANULARITIES))
     if masker is not None and masker not in MASKERS:
         raise ParameterError(unknown_name_message("masker", masker, MASKERS))
+    if target is not None and target not in TARGETS:
+        raise ParameterError(unknown_name_message("target", target, TARGETS))
+    check_param("explain", "reduction", reduction, choices=("mean", "sum"), none_ok=True)
+    check_param("explain", "top_k", top_k, kind=int, low=1)
+    check_param("explain", "chat", chat, kind=bool, none_ok=True)
+    if contrast is not None:
+        if not isinstance(contrast, str):
+            raise ParameterError(
+                f"The contrast must be a string (the alternative output); got "
+                f"{type(contrast).__name__}.")
+        if target != "contrastive":
+            raise ParameterError(
+                "A contrast output is read only by the contrastive target: pass "
+                "target='contrastive' (--target contrastive) with it, or leave it out.")
+    if spans is not None and granularity != "span":
+        raise ParameterError(
+            f"Spans are the features of granularity 'span'; got granularity "
+            f"'{granularity}'. Pass granularity='span' (--granularity span) with them, or "
+            f"leave them out.")
+    if progress is not None and not callable(progress):
+        raise ParameterError(
+            f"progress must be a callable (done, total) or None; got "
+            f"{type(progress).__name__}.")
 
 
 def _resolve_model(model: Any, tokenizer: Any) -> Any:
@@ -259,7 +291,7 @@ def prepare(
     spans: Sequence[tuple[int, int]] | None = None,
     chat: bool | None = None,
     max_new_tokens: int = 32,
-    reduction: str = "mean",
+    reduction: str | None = None,
     top_k: int = 100,
     contrast: str | None = None,
     prefix_reuse: bool = True,
@@ -277,7 +309,9 @@ def prepare(
     from .text.prompt import build_prompt, tokenize_output, tokenize_text
     from .text.segment import segment
 
-    _check_arguments(granularity, masker, max_new_tokens)
+    _check_arguments(granularity, masker, max_new_tokens, target=target, reduction=reduction,
+                     top_k=top_k, contrast=contrast, spans=spans, chat=chat,
+                     progress=progress)
     model = _resolve_model(model, tokenizer)
     pr = build_prompt(prompt, model, chat=chat)
     # user text is text: control-token strings typed there never become control tokens

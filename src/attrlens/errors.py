@@ -48,9 +48,13 @@ class ServerGoneError(BackendError):
 
 
 def unknown_name_message(kind: str, name: str, valid: Iterable[str]) -> str:
-    """Message for an unknown name: lists the valid ones and suggests the closest."""
+    """Message for an unknown name: lists the valid ones and suggests the closest (a value
+    that is not a string at all is named with its type)."""
     valid = sorted(valid)
+    plural = kind[:-1] + "ies" if kind.endswith("y") and kind[-2:-1] not in "aeiou" else kind + "s"
+    if not isinstance(name, str):
+        return (f"The {kind} must be a string, one of: {', '.join(valid)}; got "
+                f"{type(name).__name__} {name!r}.")
     close = difflib.get_close_matches(name, valid, n=1, cutoff=0.5)
     hint = f" Did you mean '{close[0]}'?" if close else ""
-    plural = kind[:-1] + "ies" if kind.endswith("y") and kind[-2:-1] not in "aeiou" else kind + "s"
     return f"Unknown {kind} '{name}'. Valid {plural}: {', '.join(valid)}.{hint}"

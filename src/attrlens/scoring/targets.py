@@ -10,7 +10,8 @@ Targets:
     nll          -(1/T) Σ_t -log p(o_t | x(z), o_<t)   (reduction "mean"; "sum" optional)
     logprob      Σ_t log p(o_t | x(z), o_<t)            (total log-prob)
     kl, js, tv   -(1/T) Σ_t D(p_t^0, p_t^z) over the union of the top-k tokens of both
-                 distributions (k = 100), renormalised (GiLOT's vocabulary compression)
+                 distributions (k = 100), renormalised (GiLOT's vocabulary compression);
+                 reduction "sum" drops the 1/T
     contrastive  log p(o | x(z)) - log p(o' | x(z)) for a second candidate output o'
 """
 
@@ -65,9 +66,11 @@ class LogProbTarget(Target):
 class DivergenceTarget(Target):
     """Minus a divergence between the unmasked and masked next-token distributions."""
 
-    def __init__(self, engine: ScoringEngine, *, kind: str = "kl", k: int = 100):
+    def __init__(self, engine: ScoringEngine, *, kind: str = "kl", k: int = 100,
+                 reduction: str = "mean"):
         super().__init__(engine)
         self.name = kind
+        self.reduction = reduction
         self.kind = kind
         self.k = k
         self._ref: Any = None  # (T, V) log-probs of the unmasked prompt
@@ -109,25 +112,40 @@ class ContrastiveTarget(Target):
         return (a - b)[:, None]
 
 
+#: each target's reduction over output tokens when none is given, and those it takes
+REDUCTIONS = {"nll": ("mean", "sum"), "logprob": ("sum",), "kl": ("mean", "sum"),
+              "js": ("mean", "sum"), "tv": ("mean", "sum"), "contrastive": ("sum",)}
+
+
 def make_target(
     name: str,
     engine: ScoringEngine,
     *,
-    reduction: str = "mean",
+    reduction: str | None = None,
     k: int = 100,
     alt_engine: ScoringEngine | None = None,
 ) -> Target:
-    """Build a target by name (one of TARGETS)."""
-    if name not in TARGETS:
+    """Build a target by name (one of TARGETS). reduction: over the output tokens, "mean"
+    or "sum" (None = the target's own: the first of :data:`REDUCTIONS`); ``logprob`` and
+    ``contrastive`` are totals by definition and take "sum" only. k: the top-k union of
+    the divergence targets (an int >= 1)."""
+    from ..params import check_param
+
+    if not isinstance(name, str) or name not in TARGETS:
         raise InputError(unknown_name_message("target", name, TARGETS))
-    if reduction not in ("mean", "sum"):
-        raise InputError(f"The reduction must be 'mean' or 'sum'; got {reduction!r}.")
-    if name == "nll":
-        return LogProbTarget(engine, name="nll", reduction=reduction)
-    if name == "logprob":
-        return LogProbTarget(engine, name="logprob", reduction="sum")
+    check_param("the target", "reduction", reduction, choices=("mean", "sum"), none_ok=True)
+    if reduction is None:
+        reduction = REDUCTIONS[name][0]
+    elif reduction not in REDUCTIONS[name]:
+        raise InputError(
+            f"The {name} target is a total over the output tokens (reduction 'sum'); got "
+            f"reduction={reduction!r}. Use the nll target for the mean log-probability."
+        )
+    if name in ("nll", "logprob"):
+        return LogProbTarget(engine, name=name, reduction=reduction)
     if name in ("kl", "js", "tv"):
-        return DivergenceTarget(engine, kind=name, k=k)
+        k = check_param("the target", "top_k", k, kind=int, low=1)
+        return DivergenceTarget(engine, kind=name, k=k, reduction=reduction)
     if alt_engine is None:
         raise InputError(
             "The contrastive target needs a second candidate output (--contrast-text TEXT)."

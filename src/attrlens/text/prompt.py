@@ -43,7 +43,14 @@ class Prompt:
         rendered prompt, template and system prompt included). The one place where span
         offsets are converted."""
         out: list[tuple[int, int]] = []
+        if isinstance(spans, (str, bytes)) or not isinstance(spans, Sequence) or not spans:
+            raise InputError(f"Spans must be a non-empty list of (start, end) char offsets, "
+                             f"e.g. [(0, 5), (6, 11)]; got {spans!r}.")
         for sp in spans:
+            if not isinstance(sp, Sequence) or isinstance(sp, (str, bytes)):
+                raise InputError(
+                    f"Spans must be a list of (start, end) pairs, e.g. [(0, 5)] for one span; "
+                    f"got {spans!r}.")
             if (len(sp) != 2 or not all(isinstance(x, int) and not isinstance(x, bool)
                                         for x in sp)):
                 raise InputError(f"A span must be two ints (start, end); got {tuple(sp)!r}.")

@@ -1,0 +1,62 @@
+"""explain()'s own arguments: wrong types and options that would be ignored are refused on
+one line before any model is loaded; the reduction asked for is the one used."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import attrlens
+from attrlens.errors import AttrlensError, InputError, ParameterError
+
+PROMPT = "The quick brown fox jumps over the lazy dog"
+
+
+@pytest.mark.parametrize(("kwargs", "needle"), [
+    ({"granularity": 3}, "granularity must be a string"),
+    ({"masker": ["delete"]}, "masker must be a string"),
+    ({"target": 5}, "target must be a string"),
+    ({"target": "nlll"}, "Did you mean 'nll'"),
+    ({"reduction": "median"}, "'reduction' parameter of explain"),
+    ({"top_k": 0}, "'top_k' parameter of explain must be an int in the range [1, inf)"),
+    ({"top_k": 2.5}, "'top_k' parameter"),
+    ({"top_k": None}, "'top_k' parameter"),
+    ({"contrast": 5, "target": "contrastive"}, "contrast must be a string"),
+    ({"contrast": " cat"}, "only by the contrastive target"),
+    ({"spans": [(0, 3)]}, "Spans are the features of granularity 'span'"),
+    ({"chat": "no"}, "'chat' parameter of explain"),
+    ({"progress": 5}, "progress must be a callable"),
+])
+def test_wrong_arguments_are_refused_before_the_model_is_loaded(kwargs, needle):
+    """Each failed with a raw TypeError deep inside (a non-string name), was silently
+    ignored (contrast without the contrastive target, spans without span granularity,
+    chat='no' read as true) or gave zeros (top_k=0); the model path does not exist, so an
+    error about it would mean the check came too late."""
+    with pytest.raises(ParameterError) as ei:
+        attrlens.explain(PROMPT, model="/no/such/model", output=" x", **kwargs)
+    assert needle in str(ei.value) and "\n" not in str(ei.value)
+
+
+def test_one_span_not_in_a_list_is_refused(tiny_model):
+    with pytest.raises(InputError, match=r"list of \(start, end\) pairs, e.g. \[\(0, 5\)\]"):
+        attrlens.explain(PROMPT, model=tiny_model, output=" x", granularity="span",
+                         spans=(0, 3), chat=False)
+
+
+def test_the_reduction_asked_for_is_used_and_recorded(tiny_model):
+    """A divergence target with reduction 'sum' sums over the output tokens (it was
+    silently averaged); logprob and contrastive are totals and refuse 'mean'."""
+    kw = {"model": tiny_model, "output": " over the lazy", "chat": False, "method": "loo"}
+    n_out = len(tiny_model.tokenize(" over the lazy")[0])
+    assert n_out > 1
+    mean = attrlens.explain(PROMPT, target="kl", **kw)
+    total = attrlens.explain(PROMPT, target="kl", reduction="sum", **kw)
+    assert mean.params["target"]["reduction"] == "mean"
+    assert total.params["target"]["reduction"] == "sum"
+    assert np.abs(mean.scores).max() > 0
+    # (teacher-forced per-token values are the same; only the reduction differs)
+    np.testing.assert_allclose(total.scores, n_out * mean.scores, rtol=1e-6, atol=1e-9)
+    assert attrlens.explain(PROMPT, target="logprob", **kw).params["target"]["reduction"] \
+        == "sum"
+    with pytest.raises(AttrlensError, match="total over the output tokens"):
+        attrlens.explain(PROMPT, target="logprob", reduction="mean", **kw)
