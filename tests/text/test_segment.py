@@ -58,6 +58,14 @@ def test_sentences_and_unicode():
     text = "Première phrase. Deuxième… troisième!\n\nQuatre? 😀 fin"
     segs = [text[a:b] for (sp,) in char_segments(text, [(0, len(text))], "sentence") for a, b in [sp]]
     assert segs == ["Première phrase.", " Deuxième…", " troisième!", "\n\nQuatre?", " 😀 fin"]
+    # full-width end marks end a sentence without a space after them (Chinese, Japanese;
+    # before, such a text was one sentence); a Latin full stop still needs the space
+    # ("3.14", "e.g.x")
+    text = "東京は日本の首都です。大阪も大きい！「本当？」そうです。 pi is 3.14 e.g.x ok."
+    segs = [text[a:b] for (sp,) in char_segments(text, [(0, len(text))], "sentence")
+            for a, b in [sp]]
+    assert segs == ["東京は日本の首都です。", "大阪も大きい！", "「本当？」", "そうです。",
+                    " pi is 3.14 e.g.x ok."]
 
 
 def test_span_granularity_validates_spans():

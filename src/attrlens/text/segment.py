@@ -24,8 +24,13 @@ GRANULARITIES = ("token", "word", "sentence", "message", "span")
 
 _WORD = re.compile(r"\S+")
 # a sentence ends at . ! ? (or runs of them, or an ellipsis), optionally followed by closing
-# quotes/brackets, and then whitespace; a line break also ends a sentence
-_SENT_END = re.compile(r"(?:[.!?\u2026\u3002]+[\"'\u2019\u201d)\]]*(?=\s|$))|\n")
+# quotes/brackets, and then whitespace; at a full-width end mark (。！？, Chinese and
+# Japanese, written without a space after it) with or without whitespace; a line break also
+# ends a sentence
+_CLOSERS = "\"'\u2019\u201d)\\]\u300d\u300f\uff09\u3011"
+_SENT_END = re.compile(
+    rf"(?:[.!?\u2026\u3002\uff01\uff1f]+[{_CLOSERS}]*(?=\s|$))"
+    rf"|(?:[\u3002\uff01\uff1f]+[{_CLOSERS}]*)|\n")
 
 
 @dataclass(frozen=True)
