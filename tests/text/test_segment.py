@@ -101,3 +101,18 @@ def test_blank_only_prompt_has_no_features(tiny_model):
     _, offsets = tiny_model.tokenize(text)
     with pytest.raises(InputError, match="no features"):
         segment(text, [(0, len(text))], offsets, "word")
+
+
+def test_span_features_are_the_text_of_their_whole_tokens():
+    """A span ending inside a token is masked by the whole token: its spans and label say
+    so (before, they kept the user's offsets while more text was masked); spans sharing a
+    token cannot be masked apart and are refused (before, silently merged)."""
+    text = "unbelievable things"
+    offsets = [(0, 2), (2, 8), (8, 12), (12, 19)]  # "un" "believ" "able" " things"
+    fs = segment(text, [(0, len(text))], offsets, "span", spans=[(0, 4), (13, 19)])
+    assert [f.spans for f in fs] == [((0, 8),), ((12, 19),)]
+    assert fs.labels == ["unbeliev", "things"] and [f.tokens for f in fs] == [(0, 1), (3,)]
+    with pytest.raises(InputError, match=r"\(0, 4\) and \(5, 12\) both fall in the token 'believ' at \(2, 8\)"):
+        segment(text, [(0, len(text))], offsets, "span", spans=[(0, 4), (5, 12)])
+    with pytest.raises(InputError, match=r"span \(3, 5\) 'el' lies inside tokens"):
+        segment(text, [(0, len(text))], offsets, "span", spans=[(0, 3), (3, 5), (5, 9)])

@@ -203,6 +203,41 @@ def assign_tokens(
     return [tuple(t) for t in owned]
 
 
+def _spans_on_tokens(
+    text: str,
+    fspans: Sequence[tuple[tuple[int, int], ...]],
+    tokens: Sequence[tuple[int, ...]],
+    offsets: Sequence[tuple[int, int]],
+) -> list[tuple[tuple[int, int], ...]]:
+    """Span features as the text their tokens cover: a feature is masked by whole tokens, so
+    a span ending inside a token is widened to that token's ends (its label and spans then
+    say what is masked). A span whose tokens all belong to its neighbours, or two spans
+    sharing a token, cannot be masked apart: refused, naming the token."""
+    out: list[tuple[tuple[int, int], ...]] = []
+    given: list[tuple[int, int]] = []
+    for sps, toks in zip(fspans, tokens):
+        (a, b), = sps
+        if not toks:
+            raise InputError(
+                f"The span ({a}, {b}) {text[a:b]!r} lies inside tokens that other spans hold "
+                f"more of, so it cannot be masked on its own; spans are masked by whole "
+                f"tokens: widen it or move its neighbours' ends."
+            )
+        lo = min([a] + [offsets[t][0] for t in toks])
+        hi = max([b] + [offsets[t][1] for t in toks])
+        if out and out[-1][0][1] > lo:
+            pb = out[-1][0][1]
+            ta, tb = next(o for o in offsets if o[0] < pb and o[1] > lo and o[1] > o[0])
+            raise InputError(
+                f"The spans ({given[-1][0]}, {given[-1][1]}) and ({a}, {b}) both fall in the "
+                f"token {text[ta:tb]!r} at ({ta}, {tb}); spans are masked by whole tokens, "
+                f"so put the boundary between them at a token boundary."
+            )
+        out.append(((lo, hi),))
+        given.append((a, b))
+    return out
+
+
 def _label(text: str, spans: tuple[tuple[int, int], ...]) -> str:
     raw = " ".join(text[a:b] for a, b in spans).strip()
     return re.sub(r"\s+", " ", raw) if raw else repr(text[spans[0][0]:spans[-1][1]])
@@ -219,6 +254,8 @@ def segment(
     """Segment the explainable regions of ``text`` into a :class:`FeatureSet`."""
     fspans = char_segments(text, regions, granularity, offsets=offsets, spans=spans)
     tokens = assign_tokens(fspans, offsets)
+    if granularity == "span":  # the user's spans, widened to the tokens that are masked
+        fspans = _spans_on_tokens(text, fspans, tokens, offsets)
     # a feature no token was assigned to (its text shares one token with a neighbour)
     # cannot be masked on its own: merge it into the feature holding that token
     merged_spans: list[list[tuple[int, int]]] = []
