@@ -157,6 +157,7 @@ def explain(
     _check_arguments(granularity, masker, max_new_tokens, target=target, reduction=reduction,
                      top_k=top_k, contrast=contrast, spans=spans, chat=chat,
                      progress=progress)
+    check_seed("explain", seed)  # before the model loads and answers: cheap errors first
     model = _resolve_model(model, tokenizer)
     with model.evaluating():  # a model object in training mode: back as it was afterwards
         api_before = _api_counters(target_backend)
@@ -167,7 +168,6 @@ def explain(
             top_k=top_k, contrast=contrast, prefix_reuse=prefix_reuse,
             target_backend=target_backend, progress=progress,
         )
-        check_seed("explain", seed)
         explainer.validate(inputs.n_features)  # before any game is built: cheap errors first
         require_needs(explainer.needs, inputs.model, target_backend, method=explainer.name)
         probe = None

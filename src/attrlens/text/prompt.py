@@ -200,13 +200,13 @@ def _locate_contents(
         return None, start
     for strip in (False, True):
         spans: list[tuple[int, int] | None] = [None] * len(messages)
-        out, last = [], 0
+        out, last, at = [], 0, 0
         for a, b, i in found:
             piece = messages[i]["content"].strip() if strip else messages[i]["content"]
-            out.append(skeleton[last:a])
-            at = sum(len(x) for x in out)
-            out.append(piece)
+            at += a - last  # the template's text before this content
+            out += [skeleton[last:a], piece]
             spans[i] = (at, at + len(piece))
+            at += len(piece)
             last = b
         out.append(skeleton[last:])
         if "".join(out) == text:

@@ -214,7 +214,7 @@ def _spans_on_tokens(
     say what is masked). A span whose tokens all belong to its neighbours, or two spans
     sharing a token, cannot be masked apart: refused, naming the token."""
     out: list[tuple[tuple[int, int], ...]] = []
-    given: list[tuple[int, int]] = []
+    given = (0, 0)  # the previous span as the user gave it
     for sps, toks in zip(fspans, tokens):
         (a, b), = sps
         if not toks:
@@ -229,12 +229,12 @@ def _spans_on_tokens(
             pb = out[-1][0][1]
             ta, tb = next(o for o in offsets if o[0] < pb and o[1] > lo and o[1] > o[0])
             raise InputError(
-                f"The spans ({given[-1][0]}, {given[-1][1]}) and ({a}, {b}) both fall in the "
+                f"The spans {given} and ({a}, {b}) both fall in the "
                 f"token {text[ta:tb]!r} at ({ta}, {tb}); spans are masked by whole tokens, "
                 f"so put the boundary between them at a token boundary."
             )
         out.append(((lo, hi),))
-        given.append((a, b))
+        given = (a, b)
     return out
 
 
