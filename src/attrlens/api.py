@@ -137,9 +137,11 @@ def explain(
                  methods probe the server for a log-likelihood route)
     audit:       K exact served evaluations auditing a surrogate attribution (rope_lime,
                  gsmile): result in ``extra["audit"]``
-    params:      method parameters (e.g. beams=10 for gilot, k=3 for rope_lime)
+    params:      method parameters (e.g. beams=10 for gilot, k=3 for rope_lime); with a path
+                 (or None) as ``model``, also load_model's device, dtype, trust_remote_code
     """
     t_start = time.perf_counter()
+    loading = {k: params.pop(k) for k in _LOAD_KEYS if k in params}
     explainer = make_explainer(method, {"budget": budget, **params})
     if explainer.needs == "closed_model" and target_backend is None:
         raise ParameterError(
@@ -158,7 +160,7 @@ def explain(
                      top_k=top_k, contrast=contrast, spans=spans, chat=chat,
                      progress=progress)
     check_seed("explain", seed)  # before the model loads and answers: cheap errors first
-    model = _resolve_model(model, tokenizer)
+    model = _resolve_model(model, tokenizer, loading)
     with model.evaluating():  # a model object in training mode: back as it was afterwards
         api_before = _api_counters(target_backend)
         inputs, scoring = prepare(
@@ -267,13 +269,24 @@ def _check_arguments(granularity: str, masker: str | None, max_new_tokens: int, 
             f"{type(progress).__name__}.")
 
 
-def _resolve_model(model: Any, tokenizer: Any) -> Any:
-    """The HFModel of ``explain``'s model argument: None (the embedded default), a path, an
-    attrlens model, or a transformers model object with its tokenizer."""
+#: explain()'s keywords that go to load_model when the model is given as a path
+_LOAD_KEYS = ("device", "dtype", "trust_remote_code")
+
+
+def _resolve_model(model: Any, tokenizer: Any, loading: dict[str, Any] | None = None) -> Any:
+    """The HFModel of ``explain``'s model argument: None (the embedded default), a path
+    (loaded with ``loading``: load_model's device, dtype, trust_remote_code), an attrlens
+    model, or a transformers model object with its tokenizer."""
     from .models.hf import HFModel, wrap_model
 
     if model is None or isinstance(model, str) or hasattr(model, "__fspath__"):
-        model = load_model(model)
+        model = load_model(model, **(loading or {}))
+    elif loading:
+        raise ParameterError(
+            f"{', '.join(f'{k}=' for k in loading)} load a model from a path; a model object "
+            f"stays where and as it is: move or convert it first (model.to(...)), or pass "
+            f"the path."
+        )
     if not isinstance(model, HFModel) or tokenizer is not None:
         model = wrap_model(model, tokenizer)  # a transformers model object (or a clear error)
     return model

@@ -659,3 +659,83 @@ def test_a_moved_copy_of_a_model_directory_reuses_its_evaluation_records(tiny, t
     assert ma.info.id != mb.info.id and ma.info.sha256 == mb.info.sha256
     assert attrlens.evaluate(items, model=ma, **kw).computed == 1
     assert attrlens.evaluate(items, model=mb, **kw).computed == 0
+
+
+# ---- loading: what a wrong model argument is told -----------------------------------------
+def test_a_model_path_that_is_not_a_path_is_refused_on_one_line() -> None:
+    """load_model(123) failed with a raw TypeError inside pathlib."""
+    with pytest.raises(ParameterError, match="must be a string or a path.*got int"):
+        load_model(123)
+
+
+def test_a_mistyped_local_path_is_not_taken_for_a_hub_id(tiny_dir, tmp_path, monkeypatch):
+    """'models/tiny-lama' has the shape of a Hub id; where its folder exists here it is a
+    mistyped path, told with the entries spelled like it (before: 'neither a local path nor
+    a Hub model ... hf download models/tiny-lama')."""
+    import shutil
+
+    from attrlens.errors import InputError
+
+    monkeypatch.chdir(tmp_path)
+    shutil.copytree(tiny_dir, tmp_path / "models" / "tiny-llama")
+    with pytest.raises(InputError) as e:
+        load_model("models/tiny-lama")
+    msg = str(e.value)
+    assert "does not exist (did you mean 'models/tiny-llama'?)" in msg
+    assert "hf download" not in msg and "\n" not in msg
+
+
+def test_a_model_directory_without_a_usable_tokenizer(tiny_dir, tmp_path) -> None:
+    """No tokenizer files, or a damaged one: named on one line, with the fix (before: a
+    BackendError quoting transformers' 'Couldn't instantiate the backend tokenizer')."""
+    import shutil
+
+    from attrlens.errors import InputError
+
+    bare = tmp_path / "bare"
+    shutil.copytree(tiny_dir, bare)
+    for f in bare.iterdir():
+        if f.name.startswith("tokenizer") or f.name == "special_tokens_map.json":
+            f.unlink()
+    with pytest.raises(InputError, match=r"has no tokenizer \(none of tokenizer.json.*"
+                                         r"save_pretrained"):
+        load_model(str(bare), device="cpu", dtype="float32")
+    damaged = tmp_path / "damaged"
+    shutil.copytree(tiny_dir, damaged)
+    (damaged / "tokenizer.json").write_text("{ not json")
+    with pytest.raises(InputError, match="tokenizer in the model directory .* does not load"):
+        load_model(str(damaged), device="cpu", dtype="float32")
+
+
+def test_an_encoder_with_a_language_model_head_is_refused_as_not_causal(tiny, tmp_path):
+    """AutoModelForCausalLM loads a BERT directory (BertLMHeadModel, is_decoder off): its
+    outputs read later tokens, and it ended in 'report the architecture' or, worse, in
+    scores of a model that sees the output while scoring it."""
+    import transformers
+
+    from attrlens.errors import CapabilityError
+
+    tok = tiny.tokenizer
+    cfg = transformers.BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=1,
+                                  num_attention_heads=2, intermediate_size=64,
+                                  pad_token_id=tok.pad_token_id)
+    transformers.BertForMaskedLM(cfg).save_pretrained(tmp_path / "bert")
+    tok.save_pretrained(tmp_path / "bert")
+    with pytest.raises(CapabilityError, match=r"is not a causal LM: its outputs at a position "
+                                              r"change with later tokens"):
+        attrlens.explain(PROMPTS[1], model=str(tmp_path / "bert"), output=" the", chat=False)
+
+
+def test_explain_loads_a_path_with_the_given_device_and_dtype(tiny, tiny_dir) -> None:
+    """explain(model=path, device=..., dtype=...) loads as load_model does (before:
+    "Method 'loo': Unknown parameter 'device'"); a model object is not moved silently."""
+    a = attrlens.explain(PROMPTS[1], model=str(tiny_dir), device="cpu", dtype="bfloat16",
+                         output=" the", chat=False)
+    b = attrlens.explain(PROMPTS[1], model=load_model(str(tiny_dir), device="cpu",
+                                                     dtype="bfloat16"),
+                         output=" the", chat=False)
+    assert a.model["dtype"] == "bfloat16"
+    np.testing.assert_array_equal(a.scores, b.scores)
+    with pytest.raises(ParameterError, match=r"^dtype= load a model from a path; a model "
+                                             r"object stays"):
+        attrlens.explain(PROMPTS[1], model=tiny, dtype="float16", output=" the", chat=False)

@@ -69,7 +69,7 @@ def _scratch(hm, inp, out, L: int) -> np.ndarray:
 
 
 def test_refused_on_one_line_without_the_flag(model_dir) -> None:
-    with pytest.raises(InputError, match=r"ships its own modeling code.*--trust-remote-code"):
+    with pytest.raises(InputError, match=r"ships its own modeling or tokenizer code.*--trust-remote-code"):
         load_model(str(model_dir), device="cpu", dtype="float32")
     # the CLI: no interactive question (stdin closed), one line, exit code 2
     proc = subprocess.run(

@@ -340,6 +340,13 @@ def load_model(
     Models are loaded once per process (per path, device and dtype) and shared, and loaded
     again when their files on disk change.
     """
+    if path is not None and not isinstance(path, (str, os.PathLike)):
+        raise ParameterError(
+            f"The model path must be a string or a path (a model directory, a .gguf file or "
+            f"a Hub id in the local cache), or None for the embedded default; got "
+            f"{type(path).__name__}. A transformers model object needs no loading: pass it "
+            f"as explain(prompt, model=m, tokenizer=tok)."
+        )
     dev = resolve_device(device)
     want = resolve_dtype(dtype, dev)
     from .default import DEFAULT_MODEL_ID, default_gguf_path
@@ -372,10 +379,14 @@ def _cached_hub_model(name: str) -> Path:
     Hugging Face cache (``HF_HOME`` / ``HF_HUB_CACHE``), as a model that was downloaded
     before; nothing is downloaded. A one-line InputError where ``name`` is neither that
     nor an existing path."""
-    missing = (f"The model path '{name}' does not exist. Give a local transformers model "
-               f"directory (with config.json), a .gguf file, a Hub model id already in the "
-               f"local Hugging Face cache, or omit --model for the embedded default model.")
-    if not _HUB_ID.fullmatch(name) or name.startswith((".", "~")):
+    missing = (f"The model path '{name}' does not exist{_near_paths(name)}. Give a local "
+               f"transformers model directory (with config.json), a .gguf file, a Hub model "
+               f"id already in the local Hugging Face cache, or omit --model for the embedded "
+               f"default model.")
+    # a path whose folder exists here is a mistyped path, not a Hub id (models/llama-3)
+    local = Path(name).expanduser().parent
+    if (not _HUB_ID.fullmatch(name) or name.startswith((".", "~"))
+            or (str(local) not in ("", ".") and local.is_dir())):
         raise InputError(missing)
     try:
         from huggingface_hub import snapshot_download
@@ -404,6 +415,24 @@ def _cached_hub_model(name: str) -> Path:
         f"The Hub model '{name}' in the local Hugging Face cache ({snap}) has no config.json "
         f"nor a .gguf file (a partial download?): fetch it again (`hf download {name}`)."
     )
+
+
+def _near_paths(name: str) -> str:
+    """' (did you mean ...?)' naming the entries of ``name``'s folder that are spelled
+    most like it, or '' where there are none (or no such folder)."""
+    import difflib
+
+    p = Path(name).expanduser()
+    folder = p.parent
+    try:
+        names = [q.name for q in folder.iterdir()] if folder.is_dir() else []
+    except OSError:
+        names = []
+    near = difflib.get_close_matches(p.name, names, n=3, cutoff=0.6)
+    if not near:
+        return ""
+    shown = [str(folder / n) if str(folder) != "." else n for n in near]
+    return f" (did you mean {' or '.join(repr(s) for s in shown)}?)"
 
 
 def gguf_copy_dir(sha: str) -> Path:
@@ -640,19 +669,14 @@ def _load(file: Path, *, model_id: str, device: str, dtype: str | None, cache: b
             )
         sha = _dir_sha256(file)
         trust = {"trust_remote_code": bool(trust_remote_code)}  # (False: no prompt)
+        tok = _dir_tokenizer(file, trust)
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                tok = AutoTokenizer.from_pretrained(str(file), **trust)
                 mdl = _from_pretrained(file, dtype=dtype, device=device, **trust)
         except Exception as exc:
             if not trust_remote_code and "trust_remote_code" in str(exc):
-                raise InputError(
-                    f"The model directory '{file}' ships its own modeling code (auto_map in "
-                    f"its config.json), which attrlens runs only when allowed: read it, then "
-                    f"pass --trust-remote-code (CLI) or "
-                    f"attrlens.load_model(path, trust_remote_code=True)."
-                ) from exc
+                raise _remote_code_refused(file) from exc
             raise BackendError(
                 f"Could not load the model directory '{file}': {type(exc).__name__}: "
                 f"{_first_line(exc)}"
@@ -672,6 +696,47 @@ def _load(file: Path, *, model_id: str, device: str, dtype: str | None, cache: b
         mdl = mdl.to(device=torch.device(device), dtype=target)
     return HFModel(mdl.eval(), tok, info=ModelInfo(model_id, sha),
                    load_s=time.perf_counter() - t0)
+
+
+def _remote_code_refused(file: Path) -> InputError:
+    """The refusal of a model directory that ships code of its own, without the flag."""
+    return InputError(
+        f"The model directory '{file}' ships its own modeling or tokenizer code (auto_map in "
+        f"its config.json or tokenizer_config.json), which attrlens runs only when allowed: "
+        f"read it, then pass --trust-remote-code (CLI) or "
+        f"attrlens.load_model(path, trust_remote_code=True)."
+    )
+
+
+#: the files a transformers tokenizer is read from (one of them at least)
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model",
+                    "vocab.json", "vocab.txt", "spiece.model", "sentencepiece.bpe.model",
+                    "tokenizer.tiktoken")
+
+
+def _dir_tokenizer(file: Path, trust: dict[str, bool]) -> Any:
+    """The tokenizer saved in the model directory ``file``, or a one-line InputError naming
+    what is missing or unreadable (loading it is cheap: before the weights)."""
+    from transformers import AutoTokenizer
+
+    fix = (f"save the model's tokenizer into it "
+           f"(AutoTokenizer.from_pretrained(<its source>).save_pretrained('{file}'))")
+    if not any((file / n).is_file() for n in _TOKENIZER_FILES):
+        raise InputError(
+            f"The model directory '{file}' has no tokenizer (none of "
+            f"{', '.join(_TOKENIZER_FILES[:4])}, ...): {fix}."
+        )
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return AutoTokenizer.from_pretrained(str(file), **trust)
+    except Exception as exc:
+        if not trust.get("trust_remote_code") and "trust_remote_code" in str(exc):
+            raise _remote_code_refused(file) from exc
+        raise InputError(
+            f"The tokenizer in the model directory '{file}' does not load "
+            f"({type(exc).__name__}: {_first_line(exc)}): {fix}."
+        ) from exc
 
 
 def wrap_model(model: Any, tokenizer: Any = None, *, model_id: str | None = None) -> HFModel:
@@ -1887,6 +1952,16 @@ class HFModel:
             full = self.model(input_ids=x, **_without_cache(self.model)).logits[0].float()
             hid = self.decoder(input_ids=x, **self.no_cache).last_hidden_state[0]
             ours = self._head_logits(hid).to(full.device)
+            later = x.clone()
+            later[0, -1] = x[0, 0] if x[0, -1] != x[0, 0] else x[0, 1]  # another token
+            moved = self.model(input_ids=later, **_without_cache(self.model)).logits[0].float()
+        if not torch.allclose(moved[:-1], full[:-1], atol=1e-3 * (1.0 + float(full.abs().max()))):
+            raise CapabilityError(
+                f"The model {self.info.id} ({type(self.model).__name__}) is not a causal LM: "
+                f"its outputs at a position change with later tokens (an encoder such as "
+                f"BERT, or a decoder class with is_decoder off); attrlens explains models "
+                f"that read left to right."
+            )
         if not bool(torch.isfinite(full).all()):  # not a transform: the model overflows
             raise InputError(
                 f"The model {self.info.id} gives NaN or inf logits on a few plain tokens (it "
