@@ -23,17 +23,19 @@ Progress = Callable[[int, int], None]
 
 
 def load_model(path: str | None = None, *, device: str = "auto", dtype: str = "auto",
-               trust_remote_code: bool = False) -> Any:
+               trust_remote_code: bool = False, progress: bool = True) -> Any:
     """Load a local model (default: the embedded SmolLM2-135M-Instruct) from a transformers
     directory or a GGUF file. device: auto | cpu | cuda | cuda:N | mps; dtype: auto (bf16 on
     GPUs, fp16 where bf16 is unsupported, the faster of fp32/bf16 measured on a CPU) |
     float32 | bfloat16 | float16; trust_remote_code: run the modeling code a model directory
-    ships (transformers' flag of that name; off: such a directory is refused). A
+    ships (transformers' flag of that name; off: such a directory is refused); progress:
+    show a GGUF file's one-time conversion on stderr. A
     transformers model object needs no loading: pass it with its tokenizer to
     explain(prompt, model=m, tokenizer=tok)."""
     from .models.hf import load_model as _load
 
-    return _load(path, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
+    return _load(path, device=device, dtype=dtype, trust_remote_code=trust_remote_code,
+                 progress=progress)
 
 
 def make_explainer(method: str | Explainer, params: dict[str, Any]) -> Explainer:

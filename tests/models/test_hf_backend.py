@@ -529,6 +529,35 @@ def test_a_copy_that_does_not_load_is_converted_again(tmp_path, monkeypatch, cap
     assert again.info.sha256 == m.info.sha256
 
 
+@pytest.mark.integration
+def test_a_truncated_copy_is_converted_again_and_quiet_hides_the_conversion(
+        tmp_path, monkeypatch, capsys, caplog) -> None:
+    """A copy cut short (a full disk, a killed writer) failed every later run with
+    'internal error: SafetensorError'; it is converted again. ``--quiet`` also hides the
+    conversion's progress bar, which transformers draws whatever its own switch says."""
+    import json
+
+    from attrlens.cli import main
+    from attrlens.models import hf
+    from attrlens.models.default import default_gguf_path
+
+    monkeypatch.setenv("ATTRLENS_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(hf, "_LOADED", {})  # load from the disk, not this process's models
+    argv = ["explain", "The capital of France is", "--output-text", " Paris", "--quiet",
+            "--device", "cpu", "--dtype", "float32", "--json"]
+    assert main([*argv, str(tmp_path / "a.json")]) == 0
+    out = capsys.readouterr()
+    assert out.err == "" and out.out == ""
+    weights = hf.gguf_copy_dir(hf.file_sha256(default_gguf_path())) / "model.safetensors"
+    with open(weights, "r+b") as f:
+        f.truncate(weights.stat().st_size // 2)
+    monkeypatch.setattr(hf, "_LOADED", {})
+    assert main([*argv, str(tmp_path / "b.json")]) == 0
+    assert "did not load (SafetensorError); converting the GGUF again" in caplog.text
+    a, b = (json.loads((tmp_path / n).read_text())["scores"] for n in ("a.json", "b.json"))
+    assert a == b
+
+
 def test_generation_and_wrapping_make_no_deprecated_transformers_calls(tiny) -> None:
     def run() -> None:
         m = wrap_model(tiny.model, tiny.tokenizer)

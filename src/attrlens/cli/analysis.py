@@ -174,7 +174,8 @@ def _explain_fn(args: argparse.Namespace, explainer: Any, progress: Progress) ->
 
     model = with_chat_template(
         api.load_model(args.model, dtype=args.dtype, device=args.device,
-                       trust_remote_code=args.trust_remote_code), args)
+                       trust_remote_code=args.trust_remote_code,
+                       progress=not args.quiet), args)
     return functools.partial(
         api.explain, model=model, method=explainer, granularity=args.granularity,
         target=args.target, masker=args.masker, seed=args.seed,

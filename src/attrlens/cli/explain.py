@@ -136,7 +136,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         model = with_chat_template(
             api.load_model(args.model, dtype=args.dtype, device=args.device,
-                           trust_remote_code=args.trust_remote_code), args)
+                           trust_remote_code=args.trust_remote_code,
+                           progress=not args.quiet), args)
         require_needs(explainer.needs, model, backend, method=explainer.name)
         attr = api.explain(
             prompt,

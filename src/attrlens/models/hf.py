@@ -324,6 +324,7 @@ def load_model(
     dtype: str = "auto",
     cache: bool = True,
     trust_remote_code: bool = False,
+    progress: bool = True,
 ) -> HFModel:
     """Load a causal LM: the embedded default (``path=None``), a GGUF file, a model dir, or a
     PEFT adapter dir (merged into the local base model its adapter_config.json names).
@@ -337,6 +338,7 @@ def load_model(
             with its weights (``auto_map`` in its config.json), as transformers'
             ``trust_remote_code=True``; off by default, and such a directory is then refused
             with a one-line error (never an interactive prompt).
+    progress: show the progress bar of a GGUF file's one-time conversion (on stderr).
     Models are loaded once per process (per path, device and dtype) and shared, and loaded
     again when their files on disk change.
     """
@@ -365,7 +367,7 @@ def load_model(
     if key in _LOADED and _LOADED[key][0] == stamp:
         return _LOADED[key][1]
     model = _load(file, model_id=model_id, device=dev, dtype=want, cache=cache,
-                  trust_remote_code=trust_remote_code)
+                  trust_remote_code=trust_remote_code, progress=progress)
     _LOADED[key] = (stamp, model)  # a model changed on disk since is loaded again
     return model
 
@@ -597,8 +599,27 @@ def _merge_adapter(mdl: Any, adapter: Path) -> Any:
     return wrapped.merge_and_unload()
 
 
+@contextlib.contextmanager
+def _conversion_bar(show: bool) -> Iterator[None]:
+    """transformers' GGUF conversion draws its tqdm bar whatever its own progress-bar
+    switch says; ``show=False`` turns that bar off for the duration."""
+    mod = sys.modules.get("transformers.modeling_gguf_pytorch_utils")
+    if mod is None:
+        with contextlib.suppress(ImportError):
+            import transformers.modeling_gguf_pytorch_utils as mod
+    bar = getattr(mod, "tqdm", None)
+    if show or bar is None:
+        yield
+        return
+    mod.tqdm = functools.partial(bar, disable=True)
+    try:
+        yield
+    finally:
+        mod.tqdm = bar
+
+
 def _load(file: Path, *, model_id: str, device: str, dtype: str | None, cache: bool,
-          trust_remote_code: bool = False) -> HFModel:
+          trust_remote_code: bool = False, progress: bool = True) -> HFModel:
     """Load ``file`` on ``device`` in ``dtype`` (None: measured on the CPU, see
     :func:`cpu_auto_dtype`)."""
     import torch
@@ -624,15 +645,16 @@ def _load(file: Path, *, model_id: str, device: str, dtype: str | None, cache: b
                     warnings.simplefilter("ignore")
                     tok = AutoTokenizer.from_pretrained(str(copy_dir))
                     mdl = _from_pretrained(copy_dir, dtype=dtype, device=device if dtype else "cpu")
-            except (OSError, ValueError, KeyError, AttributeError, RuntimeError) as exc:
-                # a copy this transformers cannot read: convert the GGUF again, replace it
+            except Exception as exc:  # noqa: BLE001 - whatever the reader raises (a
+                # truncated safetensors file: SafetensorError), the copy is only attrlens'
+                # cache: convert the GGUF again and replace it
                 log.warning("the cached copy %s did not load (%s); converting the GGUF again",
                             copy_dir, type(exc).__name__)
                 shutil.rmtree(copy_dir, ignore_errors=True)
         if mdl is None:  # de-quantize in float32 (and keep that copy), convert afterwards
             kwargs = {"gguf_file": file.name}
             try:
-                with warnings.catch_warnings():
+                with warnings.catch_warnings(), _conversion_bar(progress):
                     warnings.simplefilter("ignore")
                     tok = AutoTokenizer.from_pretrained(str(file.parent), **kwargs)
                     mdl = _from_pretrained(file.parent, dtype=None, device="cpu", **kwargs)
