@@ -60,3 +60,36 @@ def test_the_reduction_asked_for_is_used_and_recorded(tiny_model):
         == "sum"
     with pytest.raises(AttrlensError, match="total over the output tokens"):
         attrlens.explain(PROMPT, target="logprob", reduction="mean", **kw)
+
+
+@pytest.mark.parametrize(("prompt", "kwargs", "needle"), [
+    ("a \ud800 b", {"output": " x"}, "prompt holds invalid Unicode at character 2 (the lone"),
+    (PROMPT, {"output": " x\udcff"}, "The output holds invalid Unicode at character 2"),
+    (PROMPT, {"output": " x", "target": "contrastive", "contrast": "\udfff"},
+     "The contrast output holds invalid Unicode at character 0"),
+    ([{"role": "user", "content": "hi"}, {"role": "user", "content": "b\udc80"}],
+     {"output": " x"}, "The content of chat message 1 holds invalid Unicode"),
+])
+def test_text_that_is_not_valid_unicode_is_refused_on_one_line(tiny_model, prompt, kwargs,
+                                                              needle):
+    """A lone surrogate (bytes that are not UTF-8 read with surrogateescape, as Python reads
+    a command line) failed inside the tokenizer with 'TextEncodeInput must be Union[...]'."""
+    with pytest.raises(InputError) as ei:
+        attrlens.explain(prompt, model=tiny_model, **kwargs)
+    assert needle in str(ei.value) and "\n" not in str(ei.value)
+
+
+def test_a_command_line_prompt_that_is_not_utf8(tiny_dir):
+    """The same from a shell: the argument's bytes are not UTF-8; exit 2, one line."""
+    import os
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "attrlens", "explain", b"caf\xe9 au lait", "--model",
+         os.fsencode(tiny_dir), "--output-text", " x", "--quiet"],
+        capture_output=True, timeout=120, check=False)
+    err = proc.stderr.decode("utf-8", "replace").strip()
+    assert proc.returncode == 2, err
+    assert err.count("\n") == 0
+    assert "prompt holds invalid Unicode at character 3 (the lone surrogate U+DCE9" in err

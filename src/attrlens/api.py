@@ -15,6 +15,7 @@ from .models.base import require_needs, runtime_environment
 from .params import check_param, check_seed
 from .registry import get_explainer
 from .result import Attribution
+from .text.prompt import check_text
 
 if TYPE_CHECKING:
     from .games.model import ModelInputs, ScoringGame
@@ -260,6 +261,7 @@ def _check_arguments(granularity: str, masker: str | None, max_new_tokens: int, 
             raise ParameterError(
                 "A contrast output is read only by the contrastive target: pass "
                 "target='contrastive' (--target contrastive) with it, or leave it out.")
+        check_text("contrast output", contrast)
     if spans is not None and granularity != "span":
         raise ParameterError(
             f"Spans are the features of granularity 'span'; got granularity "
@@ -357,6 +359,7 @@ def prepare(
     else:
         if not isinstance(output, str):
             raise InputError("The output must be a string.")
+        check_text("output", output)
         output_ids = tokenize_output(model, pr.text, pr.regions, prompt_ids, output,
                                      add_special_tokens=not pr.chat)
         if not output_ids:

@@ -76,6 +76,21 @@ class Prompt:
         return [(a + s_ - lead, a + e_ - lead) for s_, e_ in out]
 
 
+def check_text(what: str, text: str) -> str:
+    """``text``, or a one-line InputError where it is not valid Unicode (a lone surrogate:
+    e.g. bytes that are not UTF-8, read with Python's surrogateescape), which no tokenizer
+    takes."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InputError(
+            f"The {what} holds invalid Unicode at character {exc.start} (the lone surrogate "
+            f"U+{ord(text[exc.start]):04X}, e.g. from bytes that are not UTF-8); give it as "
+            f"UTF-8 text."
+        ) from None
+    return text
+
+
 def validate_messages(messages: Any) -> tuple[Message, ...]:
     """Check the chat-message list shape; return it as a tuple of plain dicts."""
     if not isinstance(messages, (list, tuple)) or not messages:
@@ -90,6 +105,7 @@ def validate_messages(messages: Any) -> tuple[Message, ...]:
             )
         if not isinstance(m["role"], str) or not isinstance(m["content"], str):
             raise InputError(f"Chat message {i}: 'role' and 'content' must be strings.")
+        check_text(f"content of chat message {i}", m["content"])
         if m["role"] not in ROLES:
             from ..errors import unknown_name_message
 
@@ -114,7 +130,7 @@ def build_prompt(
     explain_roles: roles whose content is explainable.
     """
     if isinstance(prompt, str):
-        if not prompt.strip():
+        if not check_text("prompt", prompt).strip():
             raise InputError("The prompt is empty: give some text to explain.")
         if chat is None:
             chat = bool(renderer is not None and getattr(renderer, "has_chat_template", False))
