@@ -287,3 +287,40 @@ def test_show_valid_result_and_html_into_missing_directory(tmp_path, capsys):
     assert code == 0 and "loo" in out, err
     code, _, err = run(["show", str(p), "--html", str(tmp_path / "nope" / "r.html")], capsys)
     assert code == 2 and "does not exist" in err
+
+
+@pytest.mark.parametrize("case", ["same file", "model file", "messages file", "show input",
+                                  "compare into the model"])
+def test_outputs_that_would_overwrite_each_other_or_an_input_are_refused(
+        case, tiny_dir, tmp_path, capsys):
+    """Before, `--json x --html x` kept only the HTML, `--json <model>/config.json` wrote a
+    result over the model's config (the model then failed to load), and `show r.json --html
+    r.json` replaced the result with its report; each is refused on one line, before work."""
+    import shutil
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_dir, model)
+    config = (model / "config.json").read_bytes()
+    msgs = tmp_path / "m.json"
+    msgs.write_text(json.dumps([{"role": "user", "content": "The quick brown fox"}]))
+    result = tmp_path / "r.json"
+    result.write_text("{}")
+    base = ["explain", "The quick brown fox", "--model", str(model), "--output-text", " x"]
+    argv, needle = {
+        "same file": ([*base, "--json", str(tmp_path / "o"), "--html", str(tmp_path / "o")],
+                      "--json and --html name the same file"),
+        "model file": ([*base, "--json", str(model / "config.json")],
+                       f"--json {model / 'config.json'} would write over the model {model}"),
+        "messages file": (["explain", "--messages", str(msgs), "--model", str(model),
+                           "--output-text", " x", "--html", str(msgs)],
+                          "--html " + str(msgs) + " would write over the --messages file"),
+        "show input": (["show", str(result), "--html", str(result)],
+                       "would write over the result file"),
+        "compare into the model": (["compare", "a b", "a c", "--model", str(model),
+                                    "--html", str(model / "tokenizer.json")],
+                                   "would write over the model"),
+    }[case]
+    code, _, err = run(argv, capsys)
+    assert code == 2 and needle in err and err.strip().count("\n") == 0, err
+    assert (model / "config.json").read_bytes() == config
+    assert result.read_text() == "{}" and json.loads(msgs.read_text())[0]["role"] == "user"

@@ -29,7 +29,7 @@ from .common import (
     add_chat_template_option,
     add_method_options,
     check_choice,
-    check_output_path,
+    check_output_paths,
     make_checked_explainer,
     method_params,
     with_chat_template,
@@ -163,8 +163,7 @@ def _checked(args: argparse.Namespace) -> Any:
         raise ParameterError(f"--seed must be an int >= 0; got {args.seed}.")
     if args.max_new_tokens < 1:
         raise ParameterError(f"--max-new-tokens must be an int >= 1; got {args.max_new_tokens}.")
-    check_output_path(args.json, "--json")
-    check_output_path(args.html, "--html")
+    check_output_paths({"--json": args.json, "--html": args.html}, {"the model": args.model})
     return explainer
 
 

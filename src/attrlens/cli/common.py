@@ -166,6 +166,29 @@ def check_output_path(path: str | None, option: str) -> None:
         raise InputError(f"{option} {path} is a directory; give a file name.")
 
 
+def check_output_paths(outputs: dict[str, str | None],
+                       inputs: dict[str, str | None] | None = None) -> None:
+    """Each output file checked (:func:`check_output_path`), then refused where two options
+    name one file (the second write would replace the first) or where it is one of the
+    command's inputs or inside one (a --messages file, a model file or directory: a result
+    written over config.json), all before any work."""
+    seen: dict[str, str] = {}
+    for option, path in outputs.items():
+        if not path:
+            continue
+        check_output_path(path, option)
+        real = os.path.realpath(path)
+        if real in seen:
+            raise InputError(f"{seen[real]} and {option} name the same file {path}; give each "
+                             f"its own.")
+        seen[real] = option
+        for what, src in (inputs or {}).items():
+            source = os.path.realpath(src) if src else None
+            if source and (real == source or real.startswith(source.rstrip(os.sep) + os.sep)):
+                raise InputError(f"{option} {path} would write over {what} {src}; write it "
+                                 f"elsewhere.")
+
+
 def check_choice(kind: str, value: str | None, valid: Sequence[str]) -> None:
     if value is not None and value not in valid:
         raise ParameterError(unknown_name_message(kind, value, valid))

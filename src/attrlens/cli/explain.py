@@ -17,7 +17,7 @@ from .common import (
     add_chat_template_option,
     add_method_options,
     check_choice,
-    check_output_path,
+    check_output_paths,
     check_served,
     emit,
     make_checked_explainer,
@@ -116,8 +116,8 @@ def run(args: argparse.Namespace) -> int:
     check_choice("masker", args.masker, MASKERS)
     check_choice("target", args.target, TARGETS)
     spans = parse_spans(args.spans)
-    check_output_path(args.json, "--json")
-    check_output_path(args.html, "--html")
+    check_output_paths({"--json": args.json, "--html": args.html},
+                       {"the --messages file": args.messages, "the model": args.model})
     prompt = read_prompt(args)
     if explainer.needs == "closed_model" and not args.target_url:
         raise ParameterError(

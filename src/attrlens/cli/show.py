@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
-from .common import check_output_path
+from .common import check_output_paths
 
 
 def add_parser(sub: Any) -> argparse.ArgumentParser:
@@ -46,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
         query_weight_from,
     )
 
-    check_output_path(args.html, "--html")
+    check_output_paths({"--html": args.html}, {"the result file": args.file})
     if args.top < 1:
         raise InputError(f"--top must be 1 or more; got {args.top}.")
     data = read_json(args.file)
