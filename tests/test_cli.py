@@ -263,13 +263,18 @@ def _corrupt(kind):
         d["input"]["features"][1]["spans"] = [[2, 99]]
     elif kind == "input not an object":
         d["input"] = "a b"
+    elif kind == "output token past the text":  # (shown as a report's columns, CSV offsets)
+        d["output"]["tokens"] = [{"text": "o", "start": 0, "end": 5}]
+    elif kind == "output tokens out of order":
+        d["output"]["tokens"] = [{"text": "", "start": 1, "end": 1},
+                                 {"text": "o", "start": 0, "end": 1}]
     return d
 
 
 @pytest.mark.parametrize("kind", [
     "empty input", "missing label", "string scores", "ragged matrix",
     "feature index out of range", "non-numeric cost", "span outside text",
-    "input not an object",
+    "input not an object", "output token past the text", "output tokens out of order",
 ])
 def test_show_on_malformed_result_is_one_line_exit_2(kind, tmp_path, capsys):
     p = tmp_path / "bad.json"

@@ -139,8 +139,9 @@ def validate_dict(d: Any, *, source: str = "the data") -> None:
         raise bad("'version' must be a string")
 
 
-def _output_tokens(tokens: Any, source: str) -> list[dict[str, Any]] | None:
-    """The optional ``output.tokens`` list, checked ([{text, start, end}])."""
+def _output_tokens(tokens: Any, source: str, text: str) -> list[dict[str, Any]] | None:
+    """The optional ``output.tokens`` list, checked: [{text, start, end}], char offsets into
+    the output ``text``, in order (0 <= start <= end <= len(text), starts not decreasing)."""
     if tokens is None:
         return None
     ok = isinstance(tokens, list) and all(
@@ -151,6 +152,14 @@ def _output_tokens(tokens: Any, source: str) -> list[dict[str, Any]] | None:
     if not ok:
         raise InputError(f"{source} is not a valid attrlens result: 'output.tokens' must be a "
                          "list of {text, start, end} objects.")
+    last = 0
+    for j, t in enumerate(tokens):
+        if not last <= t["start"] <= t["end"] <= len(text):
+            raise InputError(
+                f"{source} is not a valid attrlens result: output token {j} has offsets "
+                f"({t['start']}, {t['end']}), which are not in order inside the output text "
+                f"(0..{len(text)}).")
+        last = t["start"]
     return [{"text": t["text"], "start": t["start"], "end": t["end"]} for t in tokens]
 
 
@@ -256,7 +265,8 @@ class Attribution:
             seed=d["seed"],
             version=d["version"],
             extra=extra,
-            output_tokens=_output_tokens(d["output"].get("tokens"), source),
+            output_tokens=_output_tokens(d["output"].get("tokens"), source,
+                                         d["output"].get("text", "")),
         )
 
     @classmethod
