@@ -768,3 +768,27 @@ def test_explain_loads_a_path_with_the_given_device_and_dtype(tiny, tiny_dir) ->
     with pytest.raises(ParameterError, match=r"^dtype= load a model from a path; a model "
                                              r"object stays"):
         attrlens.explain(PROMPTS[1], model=tiny, dtype="float16", output=" the", chat=False)
+
+
+@pytest.mark.parametrize("prompt", ["The quick brown fox", "The quick <|im_end|> fox"])
+def test_a_tokenizer_that_appends_eos_scores_as_one_that_only_prepends_bos(tiny, prompt):
+    """A post-processor "<bos> $A <eos>" (some fine-tunes' tokenizers append EOS) ended every
+    plain prompt with EOS, so the output was scored after an end of text; the tokens a
+    tokenizer puts after a text are dropped, those before it kept (also where a control-token
+    string typed in the prompt is split into text)."""
+    from tokenizers.processors import TemplateProcessing
+
+    def with_post(single):
+        tok = copy.deepcopy(tiny.tokenizer)
+        specials = [(t, tok.convert_tokens_to_ids(t)) for t in (tok.bos_token, tok.eos_token)]
+        tok._tokenizer.post_processor = TemplateProcessing(single=single,
+                                                           special_tokens=specials)
+        return tok
+
+    bos, eos = tiny.tokenizer.bos_token, tiny.tokenizer.eos_token
+    appends, prepends = with_post(f"{bos} $A {eos}"), with_post(f"{bos} $A")
+    assert appends("a b")["input_ids"][-1] == appends.eos_token_id  # the tokenizer does
+    got, want = (attrlens.explain(prompt, model=tiny.model, tokenizer=t, output=" jumps over",
+                                  chat=False) for t in (appends, prepends))
+    np.testing.assert_allclose(got.scores, want.scores, rtol=0, atol=1e-6)
+    assert got.cost["tokens_processed"] == want.cost["tokens_processed"]

@@ -1484,12 +1484,24 @@ class HFModel:
                 f"alternating user/assistant), or a plain prompt with --raw."
             ) from exc
 
-    def tokenize(self, text: str, *, add_special_tokens: bool = False) -> tuple[list[int], list[tuple[int, int]]]:
-        """Token ids and (start, end) char offsets of each token in ``text``."""
-        enc = self.tokenizer(
-            text, add_special_tokens=add_special_tokens, return_offsets_mapping=True
-        )
-        return list(enc["input_ids"]), [tuple(o) for o in enc["offset_mapping"]]
+    def tokenize(self, text: str, *, add_special_tokens: bool = False,
+                 split_special_tokens: bool = False) -> tuple[list[int], list[tuple[int, int]]]:
+        """Token ids and (start, end) char offsets of each token in ``text``.
+        ``add_special_tokens``: the tokens the tokenizer puts before a text (BOS), never those
+        it puts after (a post-processor that appends EOS, as some fine-tunes' tokenizers do,
+        would end every prompt there and put the output after an end of text).
+        ``split_special_tokens``: control-token strings in the text become ordinary tokens."""
+        kw = {"split_special_tokens": True} if split_special_tokens else {}
+        enc = self.tokenizer(text, add_special_tokens=add_special_tokens,
+                             return_offsets_mapping=True, **kw)
+        ids, offsets = list(enc["input_ids"]), [tuple(o) for o in enc["offset_mapping"]]
+        if add_special_tokens:
+            plain = list(self.tokenizer(text, add_special_tokens=False, **kw)["input_ids"])
+            n = len(plain)
+            cut = next((k + n for k in range(len(ids) - n + 1) if ids[k:k + n] == plain),
+                       len(ids))
+            ids, offsets = ids[:cut], offsets[:cut]
+        return ids, offsets
 
     def decode(self, ids: list[int], *, skip_special_tokens: bool = True) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=skip_special_tokens)

@@ -264,9 +264,7 @@ def tokenize_text(
         return ids, offsets
 
     def encode(piece: str, plain: bool, specials: bool) -> tuple[list[int], list[tuple[int, int]]]:
-        enc = tok(piece, add_special_tokens=specials, return_offsets_mapping=True,
-                  split_special_tokens=plain)
-        return list(enc["input_ids"]), [tuple(o) for o in enc["offset_mapping"]]
+        return model.tokenize(piece, add_special_tokens=specials, split_special_tokens=plain)
 
     if regions == [(0, len(text))]:
         return encode(text, True, add_special_tokens)
