@@ -93,3 +93,33 @@ def test_a_command_line_prompt_that_is_not_utf8(tiny_dir):
     assert proc.returncode == 2, err
     assert err.count("\n") == 0
     assert "prompt holds invalid Unicode at character 3 (the lone surrogate U+DCE9" in err
+
+
+@pytest.mark.parametrize(("method", "kwargs", "needle"), [
+    ("gilot", {"target": "kl"}, "'gilot' does not read target= (--target)"),
+    ("gilot", {"reduction": "sum"}, "'gilot' does not read reduction= (--reduction)"),
+    ("grad_x_input", {"masker": "delete"}, "'grad_x_input' does not read masker= (--masker)"),
+    ("attention", {"target": "logprob", "masker": "replace"},
+     "'attention' does not read target= (--target) or masker= (--masker)"),
+])
+def test_settings_a_method_does_not_read_are_refused(method, kwargs, needle):
+    """GiLOT's value is a distance between beam distributions and the gradient and attention
+    methods read sum_t log p(o_t) of the whole prompt: a target or masker given to them was
+    silently ignored and recorded in the result as if used (the path does not exist: the
+    check comes before the model loads)."""
+    with pytest.raises(ParameterError) as ei:
+        attrlens.explain(PROMPT, model="/no/such/model", output=" x", method=method, **kwargs)
+    assert needle in str(ei.value) and "\n" not in str(ei.value)
+
+
+def test_results_record_only_the_settings_their_method_reads(tiny_model):
+    kw = {"model": tiny_model, "output": " x", "chat": False}
+    loo = attrlens.explain(PROMPT, **kw).params
+    gilot = attrlens.explain(PROMPT, method="gilot", beams=2, max_new_tokens=2, **kw).params
+    grad = attrlens.explain(PROMPT, method="grad_x_input", **kw).params
+    assert loo["target"]["target"] == "nll" and loo["masker"] == "delete"
+    assert "target" not in gilot and gilot["masker"] == "attention_off"
+    assert "target" not in grad and "masker" not in grad
+    from attrlens.registry import get_explainer
+
+    assert get_explainer("gsmile").reads == ()  # text deletions, a distance between answers

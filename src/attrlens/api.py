@@ -162,6 +162,8 @@ def explain(
     _check_arguments(granularity, masker, max_new_tokens, target=target, reduction=reduction,
                      top_k=top_k, contrast=contrast, spans=spans, chat=chat,
                      progress=progress)
+    _check_read(explainer, target=target, reduction=reduction, contrast=contrast,
+                masker=masker)
     check_seed("explain", seed)  # before the model loads and answers: cheap errors first
     model = _resolve_model(model, tokenizer, loading)
     with model.evaluating():  # a model object in training mode: back as it was afterwards
@@ -229,6 +231,19 @@ def served_provenance(local: Any, backend: Any, route: str | None) -> dict[str, 
 
 def _api_counters(backend: Any) -> dict[str, float]:
     return dict(getattr(backend, "counters", {}) or {})
+
+
+def _check_read(explainer: Explainer, **given: Any) -> None:
+    """Refuse scoring settings the method does not read (``Explainer.reads``): a target for
+    GiLOT or the gradient methods, a masker for gSMILE, would be silently ignored."""
+    setting = {"target": "target", "reduction": "target", "contrast": "target",
+               "masker": "masker"}
+    unread = [k for k, v in given.items() if v is not None and setting[k] not in explainer.reads]
+    if unread:
+        names = " or ".join(f"{k}= (--{k})" for k in unread)
+        raise ParameterError(
+            f"The method '{explainer.name}' does not read {names}: its value does not "
+            f"depend on it; drop it.")
 
 
 def _check_arguments(granularity: str, masker: str | None, max_new_tokens: int, *,
@@ -433,8 +448,9 @@ def finish(
     params_out = {
         **exp.params,
         "granularity": features.granularity,
-        "target": scoring.target.params(),
-        "masker": inputs.masker.kind,
+        # (only the settings the method reads: Explainer.reads)
+        **({"target": scoring.target.params()} if "target" in explainer.reads else {}),
+        **({"masker": inputs.masker.kind} if "masker" in explainer.reads else {}),
         "prefix_reuse": inputs.prefix_reuse,
         "scoring_batch_tokens": scoring.engines[0].configured_batch_tokens,
         "chat_template": pr.chat,

@@ -30,7 +30,10 @@ def describe(name: str) -> str:
         lines.append(f"budget:  yes (--budget: {BUDGET.help})")
     else:
         lines.append("budget:  no (its cost is fixed by the input; --budget is refused)")
-    lines.append(f"default masker: {cls.default_masker} · default target: {cls.default_target}")
+    settings = [f"default {k}: {getattr(cls, f'default_{k}')}" for k in ("masker", "target")
+                if k in cls.reads]
+    lines.append(" · ".join(settings) if settings else
+                 "masker, target: none (its value is its own; --masker and --target are refused)")
     params = method_options(cls)
     hidden = [p for p in cls.parameters if not p.cli]
     if not params:

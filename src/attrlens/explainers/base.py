@@ -77,6 +77,10 @@ class Explainer(ABC):
     uses_budget: ClassVar[bool] = True
     default_masker: ClassVar[str] = "delete"
     default_target: ClassVar[str] = "nll"
+    #: which of explain()'s scoring settings the method's values depend on: "target" (the
+    #: target, its reduction, a contrast) and "masker"; a setting it does not read is
+    #: refused when given and left out of its results
+    reads: ClassVar[tuple[str, ...]] = ("target", "masker")
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

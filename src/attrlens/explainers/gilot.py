@@ -94,6 +94,7 @@ class GilotExplainer(Explainer):
     paper = "Li, Chen, Chai, Xiong (ICML 2024), GiLOT: interpreting generative language models"
     needs = "local_model"
     default_masker = "attention_off"
+    reads = ("masker",)  # its value is a distance between beam distributions
     parameters = _parameters("ot")
 
     def min_budget(self, n_features: int) -> int:

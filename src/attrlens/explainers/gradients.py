@@ -93,6 +93,8 @@ class _WhiteBoxExplainer(Explainer):
 
     needs: ClassVar[str] = "local_model"
     uses_budget: ClassVar[bool] = False
+    #: gradients and attention of sum_t log p(o_t) on the whole prompt: no target, no masking
+    reads: ClassVar[tuple[str, ...]] = ()
 
     def make_game(
         self, inputs: ModelInputs, scoring: ScoringGame, *, closed: OpenAIBackend | None = None

@@ -73,6 +73,7 @@ class GSmileExplainer(Explainer):
     needs = "closed_model"
     default_masker = "delete"
     default_target = "nll"
+    reads = ()  # word-deleted prompts sent as text; the value is a distance between answers
     parameters = (
         Param("p_keep", 0.5, "keep probability of each feature in a perturbation",
               low=1e-9, high=1.0),

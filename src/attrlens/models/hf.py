@@ -1989,18 +1989,18 @@ class HFModel:
             later = x.clone()
             later[0, -1] = x[0, 0] if x[0, -1] != x[0, 0] else x[0, 1]  # another token
             moved = self.model(input_ids=later, **_without_cache(self.model)).logits[0].float()
+        if not bool(torch.isfinite(full).all()):  # not a transform: the model overflows
+            raise InputError(
+                f"The model {self.info.id} gives NaN or inf logits on a few plain tokens (it "
+                f"overflows in {str(self.dtype).replace('torch.', '')}); load it in float32 "
+                f"(--dtype float32) or bfloat16."
+            )
         if not torch.allclose(moved[:-1], full[:-1], atol=1e-3 * (1.0 + float(full.abs().max()))):
             raise CapabilityError(
                 f"The model {self.info.id} ({type(self.model).__name__}) is not a causal LM: "
                 f"its outputs at a position change with later tokens (an encoder such as "
                 f"BERT, or a decoder class with is_decoder off); attrlens explains models "
                 f"that read left to right."
-            )
-        if not bool(torch.isfinite(full).all()):  # not a transform: the model overflows
-            raise InputError(
-                f"The model {self.info.id} gives NaN or inf logits on a few plain tokens (it "
-                f"overflows in {str(self.dtype).replace('torch.', '')}); load it in float32 "
-                f"(--dtype float32) or bfloat16."
             )
         tol = 1e-2 * (1.0 + float(full.abs().max()))
         # the closest candidate (a soft cap far above small probe logits is close to none)
