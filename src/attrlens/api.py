@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -107,7 +108,7 @@ def explain(
     tokenizer: Any = None,
     method: str | Explainer = "loo",
     granularity: str = "word",
-    output: str | None = None,
+    output: str | Sequence[int] | None = None,
     target: str | None = None,
     budget: int | None = None,
     seed: int = 0,
@@ -130,6 +131,8 @@ def explain(
     prompt:      text, or chat messages [{"role", "content"}] (only user content is explained)
     model:       None (embedded default), a path, attrlens.load_model(...), or a transformers
                  causal LM object on any device(s), given with ``tokenizer``
+    output:      the output to explain: text (tokenized as the continuation of the prompt),
+                 or its token ids (e.g. a result's ``output_token_ids``: the very tokens)
     granularity: token | word | sentence | message | span (with ``spans``: char spans of the
                  user's text: the prompt string, or the one user message's content)
     target:      nll | logprob | kl | js | tv | contrastive (with ``contrast``); default: the
@@ -233,6 +236,25 @@ def _api_counters(backend: Any) -> dict[str, float]:
     return dict(getattr(backend, "counters", {}) or {})
 
 
+def _token_ids(output: Any) -> bool:
+    """Whether ``output`` is given as token ids (a list or tuple of ints)."""
+    return isinstance(output, (list, tuple)) and all(
+        isinstance(i, (int, np.integer)) and not isinstance(i, bool) for i in output)
+
+
+def _checked_ids(output: Sequence[int], model: Any) -> list[int]:
+    """The output's token ids, refused on one line where empty or outside the model's
+    vocabulary."""
+    ids = [int(i) for i in output]
+    n = int(model.input_embeddings.weight.shape[0])
+    bad = next((i for i in ids if not 0 <= i < n), None)
+    if not ids or bad is not None:
+        raise InputError(
+            f"The output token ids must be a non-empty list of ids of this model's "
+            f"vocabulary (0..{n - 1}); got {'an empty list' if not ids else bad}.")
+    return ids
+
+
 def _check_read(explainer: Explainer, **given: Any) -> None:
     """Refuse scoring settings the method does not read (``Explainer.reads``): a target for
     GiLOT or the gradient methods, a masker for gSMILE, would be silently ignored."""
@@ -317,7 +339,7 @@ def prepare(
     model: Any = None,
     tokenizer: Any = None,
     granularity: str = "word",
-    output: str | None = None,
+    output: str | Sequence[int] | None = None,
     target: str = "nll",
     masker: str = "delete",
     spans: Sequence[tuple[int, int]] | None = None,
@@ -371,9 +393,24 @@ def prepare(
                 "explain a given output."
             )
         output_text = model.decode(output_ids)
+        again = tokenize_output(model, pr.text, pr.regions, prompt_ids, output_text,
+                                add_special_tokens=not pr.chat)
+        if again != output_ids:
+            warnings.warn(
+                f"The model's answer ({len(output_ids)} tokens) reads back as other tokens "
+                f"({len(again)}: it wrote its text in tokens other than the tokenizer's): "
+                f"passing its text back as the output scores those; to score these tokens "
+                f"again pass the result: --output-from RESULT.json "
+                f"(output=attr.output_token_ids).", stacklevel=3)
+    elif _token_ids(output):
+        if target_backend is not None:
+            raise InputError("A served model's output is explained as text; give output= "
+                             "(--output-text) as a string.")
+        output_ids = _checked_ids(output, model)
+        output_text = model.decode(output_ids)
     else:
         if not isinstance(output, str):
-            raise InputError("The output must be a string.")
+            raise InputError("The output must be a string (or a list of token ids).")
         check_text("output", output)
         output_ids = tokenize_output(model, pr.text, pr.regions, prompt_ids, output,
                                      add_special_tokens=not pr.chat)

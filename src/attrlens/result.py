@@ -2,7 +2,7 @@
 
 Schema ``attrlens.attribution/1`` (documented in docs/result_schema.md). Top-level keys:
 schema, method, params, model {id, sha256}, input {text, features [{index, label, spans}]},
-output {text, tokens (optional: [{text, start, end}])}, scores [n floats; positive =
+output {text, tokens (optional: [{text, start, end, id}])}, scores [n floats; positive =
 supports the output], interactions (null or {index, order, terms [{features, value}]}),
 per_output_token (null or n x T matrix), cost {model_forwards, tokens_processed, api_calls,
 wall_s}, seed, version, and optional extra keys (metadata, warnings, faithfulness, ...).
@@ -148,10 +148,12 @@ def _output_tokens(tokens: Any, source: str, text: str) -> list[dict[str, Any]] 
         isinstance(t, dict) and isinstance(t.get("text"), str)
         and all(isinstance(t.get(k), int) and not isinstance(t.get(k), bool)
                 for k in ("start", "end"))
+        and (t.get("id") is None or (isinstance(t["id"], int) and not isinstance(t["id"], bool)
+                                     and t["id"] >= 0))
         for t in tokens)
     if not ok:
         raise InputError(f"{source} is not a valid attrlens result: 'output.tokens' must be a "
-                         "list of {text, start, end} objects.")
+                         "list of {text, start, end, id (optional)} objects.")
     last = 0
     for j, t in enumerate(tokens):
         if not last <= t["start"] <= t["end"] <= len(text):
@@ -160,7 +162,8 @@ def _output_tokens(tokens: Any, source: str, text: str) -> list[dict[str, Any]] 
                 f"({t['start']}, {t['end']}), which are not in order inside the output text "
                 f"(0..{len(text)}).")
         last = t["start"]
-    return [{"text": t["text"], "start": t["start"], "end": t["end"]} for t in tokens]
+    return [{"text": t["text"], "start": t["start"], "end": t["end"],
+             **({"id": t["id"]} if t.get("id") is not None else {})} for t in tokens]
 
 
 @dataclass
@@ -194,6 +197,15 @@ class Attribution:
             )
         for k in ("model_forwards", "tokens_processed", "api_calls", "wall_s"):
             self.cost.setdefault(k, 0)
+
+    @property
+    def output_token_ids(self) -> list[int] | None:
+        """The token ids of the explained output (None in results without them): pass them
+        as ``explain(..., output=...)`` to score the very same tokens again."""
+        toks = self.output_tokens
+        if not toks or any(t.get("id") is None for t in toks):
+            return None
+        return [int(t["id"]) for t in toks]
 
     @property
     def n_features(self) -> int:

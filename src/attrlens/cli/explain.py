@@ -55,6 +55,9 @@ def add_parser(sub: Any, method: str | None) -> argparse.ArgumentParser:
                    help="run the modeling code a model directory ships (read it first)")
     add_chat_template_option(e)
     e.add_argument("--output-text", help="explain this output instead of the model's own answer")
+    e.add_argument("--output-from", metavar="RESULT.json",
+                   help="explain the output of a saved result: its very tokens (where the "
+                        "result has their ids), else its text")
     e.add_argument("--contrast-text", help="alternative output for --target contrastive")
     e.add_argument("--target", help="nll | logprob | kl | js | tv | contrastive "
                    "(default: the method's)")
@@ -103,6 +106,30 @@ def _budget(text: str | None) -> int | None:
     return None if text is None else BUDGET.parse_cli(text)
 
 
+def _output_source(args: argparse.Namespace) -> Any:
+    """The saved result of --output-from (read before the model loads), or None."""
+    if args.output_from is None:
+        return None
+    if args.output_text is not None:
+        raise ParameterError("Give --output-text or --output-from, not both.")
+    from ..result import Attribution
+
+    return Attribution.load(args.output_from)
+
+
+def _output(args: argparse.Namespace, source: Any, model: Any) -> str | list[int] | None:
+    """The output to explain: --output-text, or the --output-from result's tokens where it
+    was made with these weights (token ids are the model's own), else its text."""
+    if source is None:
+        return args.output_text
+    ids = source.output_token_ids
+    same = source.model.get("sha256") is not None and source.model.get("sha256") == getattr(
+        model.info, "sha256", None)
+    if ids is not None and same:
+        return ids
+    return source.output_text
+
+
 def run(args: argparse.Namespace) -> int:
     from .. import api
     from ..models.base import require_needs
@@ -117,8 +144,10 @@ def run(args: argparse.Namespace) -> int:
     check_choice("target", args.target, TARGETS)
     spans = parse_spans(args.spans)
     check_output_paths({"--json": args.json, "--html": args.html},
-                       {"the --messages file": args.messages, "the model": args.model})
+                       {"the --messages file": args.messages, "the model": args.model,
+                        "the --output-from result": args.output_from})
     prompt = read_prompt(args)
+    source = _output_source(args)
     if explainer.needs == "closed_model" and not args.target_url:
         raise ParameterError(
             f"The method '{explainer.name}' explains a closed model: give --target-url and "
@@ -144,7 +173,7 @@ def run(args: argparse.Namespace) -> int:
             model=model,
             method=explainer,
             granularity=args.granularity,
-            output=args.output_text,
+            output=_output(args, source, model),
             target=args.target,
             seed=args.seed,
             masker=args.masker,

@@ -1504,7 +1504,10 @@ class HFModel:
         return ids, offsets
 
     def decode(self, ids: list[int], *, skip_special_tokens: bool = True) -> str:
-        return self.tokenizer.decode(ids, skip_special_tokens=skip_special_tokens)
+        """The text of ``ids``, as the tokens spell it (no clean-up of spaces before
+        punctuation, which some tokenizers' configs ask for and which changes the text)."""
+        return self.tokenizer.decode(ids, skip_special_tokens=skip_special_tokens,
+                                     clean_up_tokenization_spaces=False)
 
     # ---- generation ----------------------------------------------------------------------
     def generate(self, input_ids: list[int], *, max_new_tokens: int = 64) -> list[int]:

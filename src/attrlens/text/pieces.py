@@ -11,7 +11,14 @@ from typing import Any
 
 
 def output_pieces(model: Any, ids: Sequence[int], text: str) -> list[dict[str, Any]]:
-    """One ``{"text", "start", "end"}`` per output token id (``len(ids)`` pieces).
+    """One ``{"text", "start", "end", "id"}`` per output token id (``len(ids)`` pieces; the
+    id says which token was scored, which the text alone may not: see :func:`_pieces`)."""
+    ids = [int(i) for i in ids]
+    return [{**p, "id": i} for p, i in zip(_pieces(model, ids, text), ids, strict=True)]
+
+
+def _pieces(model: Any, ids: list[int], text: str) -> list[dict[str, Any]]:
+    """One ``{"text", "start", "end"}`` per output token id.
 
     ``model`` offers ``tokenize(text) -> (ids, offsets)`` and ``decode(ids) -> str``. When the
     text re-tokenizes to exactly ``ids`` the tokenizer's offsets are used; otherwise the
@@ -19,7 +26,6 @@ def output_pieces(model: Any, ids: Sequence[int], text: str) -> list[dict[str, A
     half of a multi-byte character, gets an empty piece and the next one takes the text).
     Pieces are contiguous and cover ``text[pieces[0].start:pieces[-1].end]``.
     """
-    ids = [int(i) for i in ids]
     if not ids:
         return []
     try:
