@@ -31,17 +31,14 @@ def main() -> None:
     ap.add_argument("--out", default="benchmarks/fixed_cost.json")
     args = ap.parse_args()
     import torch
+    from scoring import machine
     from torch.profiler import ProfilerActivity, profile
 
     import attrlens
 
     lengths = [int(x) for x in args.lengths.split(",")]
-    flags = open("/proc/cpuinfo").read() if os.path.exists("/proc/cpuinfo") else ""
     res: dict = {"threads": torch.get_num_threads(), "torch": torch.__version__,
-                 "load_avg_start": os.getloadavg(),
-                 "cpu_flags": sorted({f for f in ("avx512f", "avx512_bf16", "amx_bf16")
-                                      if f" {f}" in flags}),
-                 "dtypes": {}}
+                 "machine": machine(), "dtypes": {}}
     gen = torch.Generator().manual_seed(0)
     for dtype in args.dtypes.split(","):
         m = attrlens.load_model(device="cpu", dtype=dtype)
