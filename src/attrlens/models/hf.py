@@ -1495,8 +1495,9 @@ class HFModel:
         enc = self.tokenizer(text, add_special_tokens=add_special_tokens,
                              return_offsets_mapping=True, **kw)
         ids, offsets = list(enc["input_ids"]), [tuple(o) for o in enc["offset_mapping"]]
-        if add_special_tokens:
-            plain = list(self.tokenizer(text, add_special_tokens=False, **kw)["input_ids"])
+        plain = (list(self.tokenizer(text, add_special_tokens=False, **kw)["input_ids"])
+                 if add_special_tokens else [])
+        if plain:  # (where the text alone gives no tokens, what is before or after is moot)
             n = len(plain)
             cut = next((k + n for k in range(len(ids) - n + 1) if ids[k:k + n] == plain),
                        len(ids))
