@@ -108,3 +108,41 @@ def test_generic_records_and_checks(tmp_path):
     with pytest.raises(InputError, match="invalid JSON"):
         load_items(bad)
     assert isinstance(load_items([EvalItem("z", "p")])[0], EvalItem)
+
+
+@pytest.mark.parametrize(("rec", "needle"), [
+    ({"prompt": None}, "'prompt' must be a string; got NoneType"),
+    ({"prompt": 123}, "'prompt' must be a string; got int"),
+    ({"prompt": ["a", "b"]}, "'prompt' must be a string; got list"),
+    ({"messages": [{"role": "user", "content": {"a": 1}}]}, "string values"),
+    ({"prompt": "a b", "messages": [{"role": "user", "content": "x y"}]},
+     "'prompt' or 'messages', not both"),
+    ({"prompt": "a b", "output": 123}, "'output' must be a string; got int"),
+    ({"prompt": "a b", "spans": "0:3"}, "'spans' must be a list of [start, end] pairs"),
+    ({"prompt": "a b", "spans": [[0]]}, "'spans' must be a list of [start, end] pairs"),
+    ({"prompt": "a b", "spans": [[0.5, 3.7]]}, "'spans' must be a list of [start, end] pairs"),
+    ({"prompt": "a b", "labels": 5}, "'labels' must be a list of feature indices"),
+    ({"prompt": "a b", "labels": "abc"}, "'labels' must be a list of feature indices"),
+    ("just a string", "Record 1 is not a JSON object ({...}); got str"),
+])
+def test_malformed_generic_records_are_refused_naming_the_field(rec, needle):
+    """Before, a null, number or list prompt (or a dict content) was turned into text with
+    str() and explained ('None'), a prompt beside messages was dropped, float spans were
+    truncated, and the rest failed with raw Python messages (a string record listed its
+    characters as field names)."""
+    with pytest.raises(InputError) as ei:
+        load_items([rec])
+    assert needle in str(ei.value) and "\n" not in str(ei.value)
+
+
+def test_a_data_file_with_a_byte_order_mark_or_not_utf8(tmp_path):
+    p = tmp_path / "bom.jsonl"
+    p.write_bytes(b"\xef\xbb\xbf" + json.dumps({"prompt": "a b"}).encode() + b"\n")
+    assert load_items(p)[0].prompt == "a b"
+    q = tmp_path / "utf16.jsonl"
+    q.write_bytes('{"prompt": "a b"}\n'.encode("utf-16"))
+    with pytest.raises(InputError, match="is not UTF-8 text"):
+        load_items(q)
+    r = tmp_path / "sep.jsonl"  # U+2028 inside a JSON string is not a line break
+    r.write_text(json.dumps({"prompt": "a\u2028b"}, ensure_ascii=False) + "\n", encoding="utf-8")
+    assert load_items(r)[0].prompt == "a\u2028b"

@@ -140,26 +140,43 @@ def detect_kind(rec: dict[str, Any]) -> str:
 def _gold(labels: Any, n: int | None) -> tuple[int, ...] | None:
     if labels is None:
         return None
-    labels = list(labels)
+    if not isinstance(labels, list) or not all(
+            isinstance(v, int) and (isinstance(v, bool) or v >= 0) for v in labels):
+        raise InputError("'labels' must be a list of feature indices (ints >= 0) or of one "
+                         "0/1 flag per span.")
     if n is not None and len(labels) == n and all(v in (0, 1, True, False) for v in labels):
         return tuple(i for i, v in enumerate(labels) if v)
     return tuple(sorted({int(i) for i in labels}))
 
 
 def _generic(rec: dict[str, Any], idx: str) -> EvalItem:
+    if "messages" in rec and "prompt" in rec:
+        raise InputError("give 'prompt' or 'messages', not both (the other would be ignored).")
     if "messages" in rec:
         msgs = rec["messages"]
         if not isinstance(msgs, list) or not all(
-            isinstance(m, dict) and "role" in m and "content" in m for m in msgs
+            isinstance(m, dict) and isinstance(m.get("role"), str)
+            and isinstance(m.get("content"), str) for m in msgs
         ):
-            raise InputError("'messages' must be a list of {role, content} objects.")
+            raise InputError("'messages' must be a list of {role, content} objects with "
+                             "string values.")
         prompt: str | tuple[dict[str, str], ...] = tuple(
-            {"role": str(m["role"]), "content": str(m["content"])} for m in msgs
+            {"role": m["role"], "content": m["content"]} for m in msgs
         )
     else:
-        prompt = str(rec["prompt"])
+        if not isinstance(rec["prompt"], str):
+            raise InputError(f"'prompt' must be a string; got {type(rec['prompt']).__name__}.")
+        prompt = rec["prompt"]
+    if rec.get("output") is not None and not isinstance(rec["output"], str):
+        raise InputError(f"'output' must be a string; got {type(rec['output']).__name__}.")
     spans = rec.get("spans")
-    spans_t = tuple((int(a), int(b)) for a, b in spans) if spans is not None else None
+    if spans is not None and not (isinstance(spans, list) and all(
+            isinstance(sp, list) and len(sp) == 2
+            and all(isinstance(x, int) and not isinstance(x, bool) for x in sp)
+            for sp in spans)):
+        raise InputError("'spans' must be a list of [start, end] pairs of ints (char offsets "
+                         "into the prompt).")
+    spans_t = tuple((a, b) for a, b in spans) if spans is not None else None
     gran = rec.get("granularity") or ("span" if spans_t is not None else None)
     n = len(spans_t) if spans_t is not None else None
     return EvalItem(
@@ -260,6 +277,9 @@ def item_from_record(
     """One :class:`EvalItem` from a JSON record (``kind``: one of KINDS)."""
     if kind not in KINDS:
         raise InputError(f"Unknown data kind {kind!r}; expected one of {', '.join(KINDS)}.")
+    if not isinstance(rec, dict):
+        raise InputError(f"Record {index + 1} is not a JSON object ({{...}}); got "
+                         f"{type(rec).__name__}.")
     if kind == "auto":
         kind = detect_kind(rec)
     idx = f"{path.stem if path else 'item'}-{index}"
@@ -279,6 +299,8 @@ def item_from_record(
         raise InputError(
             f"Record {index + 1} is not a valid {kind} record: {type(exc).__name__}: {exc}"
         ) from exc
+    except InputError as exc:
+        raise InputError(f"Record {index + 1} is not a valid {kind} record: {exc}") from None
 
 
 def load_items(
@@ -296,17 +318,22 @@ def load_items(
     items: list[EvalItem] = []
     if isinstance(data, (str, Path)):
         path = resolve_data_path(data)
-        with open(path, encoding="utf-8") as f:
-            for i, line in enumerate(f):
-                if limit is not None and len(items) >= limit:
-                    break
-                if not line.strip():
-                    continue
-                try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise InputError(f"{path.name}:{i + 1}: invalid JSON: {exc}") from exc
-                items.append(item_from_record(rec, kind=kind, index=i, path=path))
+        try:  # (utf-8-sig: a byte-order mark some editors write is not part of the data)
+            lines = path.read_text(encoding="utf-8-sig").split("\n")  # (not splitlines:
+            # U+2028 and the like are allowed inside a JSON string)
+        except UnicodeDecodeError as exc:
+            raise InputError(f"The data file {path} is not UTF-8 text (byte {exc.start}); "
+                             f"save it as UTF-8.") from None
+        for i, line in enumerate(lines):
+            if limit is not None and len(items) >= limit:
+                break
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise InputError(f"{path.name}:{i + 1}: invalid JSON: {exc}") from exc
+            items.append(item_from_record(rec, kind=kind, index=i, path=path))
     else:
         for i, rec in enumerate(data):
             if limit is not None and len(items) >= limit:
