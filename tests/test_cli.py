@@ -265,6 +265,8 @@ def _corrupt(kind):
         d["input"] = "a b"
     elif kind == "output token past the text":  # (shown as a report's columns, CSV offsets)
         d["output"]["tokens"] = [{"text": "o", "start": 0, "end": 5}]
+    elif kind == "a score past a float":  # an integer literal of 401 digits
+        d["scores"][0] = 10**400
     elif kind == "output tokens out of order":
         d["output"]["tokens"] = [{"text": "", "start": 1, "end": 1},
                                  {"text": "o", "start": 0, "end": 1}]
@@ -275,6 +277,7 @@ def _corrupt(kind):
     "empty input", "missing label", "string scores", "ragged matrix",
     "feature index out of range", "non-numeric cost", "span outside text",
     "input not an object", "output token past the text", "output tokens out of order",
+    "a score past a float",
 ])
 def test_show_on_malformed_result_is_one_line_exit_2(kind, tmp_path, capsys):
     p = tmp_path / "bad.json"
@@ -329,3 +332,72 @@ def test_outputs_that_would_overwrite_each_other_or_an_input_are_refused(
     assert code == 2 and needle in err and err.strip().count("\n") == 0, err
     assert (model / "config.json").read_bytes() == config
     assert result.read_text() == "{}" and json.loads(msgs.read_text())[0]["role"] == "user"
+
+
+def test_top_below_one_is_refused_by_every_command(tiny_dir, tmp_path, capsys):
+    """explain --top -1 printed 'top -1 features' without the last feature, --top 0 an empty
+    table; show refused them; every command now does, on one line, before any work."""
+    p = tmp_path / "ok.json"
+    p.write_text(json.dumps(_valid_result()))
+    for argv in (["explain", "a b", "--model", str(tiny_dir), "--output-text", " x"],
+                 ["aqw", "a [[b]]", "--model", str(tiny_dir)],
+                 ["compare", "a b", "a c", "--model", str(tiny_dir)], ["show", str(p)]):
+        for top in ("0", "-1", "two"):
+            code, _, err = run([*argv, "--top", top], capsys)
+            assert code == 2 and "--top must be an int of 1 or more" in err, (argv, err)
+            assert err.strip().count("\n") == 0
+    from attrlens.errors import InputError
+    from attrlens.result import Attribution
+
+    attr = Attribution.from_dict(_valid_result())
+    assert attr.top_k(1) == [(0, "a", 0.5)]
+    for k in (0, -1, "2"):
+        with pytest.raises(InputError, match="top_k needs k >= 1"):
+            attr.top_k(k)
+
+
+def test_a_prompt_and_messages_together_or_markers_and_a_query_span(tiny_dir, tmp_path, capsys):
+    """Before, a PROMPT beside --messages was dropped without a word, and aqw with both
+    [[...]] and --query-span sent the markers to the model."""
+    m = tmp_path / "m.json"
+    m.write_text(json.dumps([{"role": "user", "content": "hi there"}]))
+    code, _, err = run(["explain", "other prompt", "--messages", str(m), "--model",
+                        str(tiny_dir), "--output-text", " x"], capsys)
+    assert code == 2 and "Give a PROMPT or --messages FILE, not both" in err
+    code, _, err = run(["aqw", "apple: fruit. [[banana:]]", "--query-span", "0:6", "--model",
+                        str(tiny_dir)], capsys)
+    assert code == 2 and "not both: with a span the markers would stay in the prompt" in err
+
+
+def test_quiet_records_notes_without_printing_them(tiny_dir, tmp_path, capsys, monkeypatch):
+    """--quiet printed the library's notes on stderr; they are kept in the result only."""
+    import warnings
+
+    from attrlens import api
+
+    real = api.prepare
+
+    def noisy(*a, **kw):
+        warnings.warn("a note of the library", stacklevel=2)
+        return real(*a, **kw)
+
+    monkeypatch.setattr(api, "prepare", noisy)
+    path = tmp_path / "r.json"
+    argv = ["explain", "a b", "--model", str(tiny_dir), "--output-text", " x", "--json",
+            str(path)]
+    code, _, err = run([*argv, "--quiet"], capsys)
+    assert code == 0 and err == ""
+    assert json.loads(path.read_text())["warnings"] == ["a note of the library"]
+    code, _, err = run(argv, capsys)
+    assert code == 0 and "attrlens: note: a note of the library" in err
+
+
+def test_a_stdin_prompt_drops_its_byte_order_mark(tiny_dir, tmp_path):
+    path = tmp_path / "r.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "attrlens", "explain", "-", "--model", str(tiny_dir),
+         "--output-text", " x", "--json", str(path), "--quiet"],
+        input="\ufeffhello world".encode(), capture_output=True, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr
+    labels = [f["label"] for f in json.loads(path.read_text())["input"]["features"]]
+    assert labels == ["hello", "world"]

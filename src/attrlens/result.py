@@ -54,7 +54,14 @@ def json_safe(obj: Any) -> Any:
 
 
 def _is_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
+    """A JSON number that a float holds (an integer literal of 400 digits does not)."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return False
+    try:
+        float(v)
+    except OverflowError:
+        return False
+    return True
 
 
 def validate_dict(d: Any, *, source: str = "the data") -> None:
@@ -213,6 +220,10 @@ class Attribution:
 
     def top_k(self, k: int = 5, *, by: str = "value") -> list[tuple[int, str, float]]:
         """The k features with the largest score (``by="abs"``: largest magnitude)."""
+        if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1:
+            raise InputError(f"top_k needs k >= 1 (an int); got {k!r}.")
+        if by not in ("value", "abs"):
+            raise InputError(f"top_k orders by 'value' or 'abs'; got {by!r}.")
         key = np.abs(self.scores) if by == "abs" else self.scores
         order = np.argsort(-key, kind="stable")[:k]
         return [(int(i), self.labels[i], float(self.scores[i])) for i in order]

@@ -139,6 +139,10 @@ def locate_query(
     query_span: (start, end) into ``prompt``; if None, ``prompt`` must mark exactly one
     region with ``markers`` (they are removed)."""
     text = prompt
+    if query_span is not None and markers[0] in prompt and markers[1] in prompt:
+        raise InputError(
+            f"Give the query as {markers[0]}...{markers[1]} in the prompt or as a span "
+            f"(--query-span), not both: with a span the markers would stay in the prompt.")
     if query_span is None:
         text, spans = marked_spans(prompt, open=markers[0], close=markers[1])
         if len(spans) != 1:

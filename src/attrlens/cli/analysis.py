@@ -32,6 +32,7 @@ from .common import (
     check_output_paths,
     make_checked_explainer,
     method_params,
+    top_rows,
     with_chat_template,
 )
 
@@ -77,7 +78,7 @@ def _add_common(p: argparse.ArgumentParser, method: str | None) -> None:
                    help="a method parameter as KEY=VALUE (same as its generated --option)")
     p.add_argument("--json", help="write the result JSON here (written before any display)")
     p.add_argument("--html", help="write an HTML report here")
-    p.add_argument("--top", type=int, default=5, help="rows of the top-k tables")
+    p.add_argument("--top", type=top_rows, default=5, help="rows of the top-k tables")
     p.add_argument("--quiet", action="store_true", help="no terminal output or progress")
     cls = _method_class(method)
     if cls is not None:

@@ -38,6 +38,17 @@ class Parser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
+def top_rows(text: str) -> int:
+    """``--top``'s type: rows of a top-k table, 1 or more."""
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"--top must be an int of 1 or more; got {text!r}")
+    return n
+
+
 def long_options(parser: argparse.ArgumentParser) -> list[str]:
     """The parser's ``--long`` option strings, sorted."""
     return sorted(o for o in parser._option_string_actions if o.startswith("--"))
@@ -107,6 +118,9 @@ def make_checked_explainer(method: str, budget: int | None,
 # ---- inputs --------------------------------------------------------------------------------
 def read_prompt(args: argparse.Namespace) -> str | list[dict[str, str]]:
     """The prompt from the argument, stdin ('-') or a --messages JSON file (UTF-8)."""
+    if args.messages and args.prompt is not None:
+        raise InputError("Give a PROMPT or --messages FILE, not both (the other would be "
+                         "ignored).")
     if args.messages:
         try:
             with open(args.messages, encoding="utf-8") as f:
@@ -131,7 +145,8 @@ def read_prompt(args: argparse.Namespace) -> str | list[dict[str, str]]:
                     f"{exc.start}); send UTF-8."
                 ) from exc
         # `echo TEXT |` adds one line break: drop exactly one, so stdin and the argument
-        # form give the same prompt
+        # form give the same prompt; a byte-order mark is not text
+        data = data.removeprefix("\ufeff")
         return data[:-2] if data.endswith("\r\n") else data.removesuffix("\n")
     return args.prompt
 
@@ -273,6 +288,8 @@ class Progress:
 
 #: the library's warnings of this run, shown as one-line notes and recorded in the result
 NOTES: list[str] = []
+#: ``--quiet``: notes are recorded (in the result's warnings) but not printed
+QUIET = False
 
 
 def note_warning(message: Any, category: Any, filename: str, lineno: int, file: Any = None,
@@ -289,7 +306,8 @@ def note_warning(message: Any, category: Any, filename: str, lineno: int, file: 
     text = one_line(str(message))
     if text not in NOTES:
         NOTES.append(text)
-        print(f"attrlens: note: {text}", file=sys.stderr)
+        if not QUIET:
+            print(f"attrlens: note: {text}", file=sys.stderr)
 
 
 def emit(attr: Attribution, args: argparse.Namespace) -> int:

@@ -25,6 +25,7 @@ from .common import (
     parse_spans,
     read_prompt,
     target_backend,
+    top_rows,
     with_chat_template,
 )
 
@@ -70,7 +71,7 @@ def add_parser(sub: Any, method: str | None) -> argparse.ArgumentParser:
     e.add_argument("--raw", action="store_true", help="do not apply the chat template")
     e.add_argument("--json", help="write the result JSON here (written before any display)")
     e.add_argument("--html", help="write an HTML report here")
-    e.add_argument("--top", type=int, default=10, help="rows of the top-k table")
+    e.add_argument("--top", type=top_rows, default=10, help="rows of the top-k table")
     e.add_argument("--quiet", action="store_true", help="no terminal output or progress")
     c = e.add_argument_group("closed model (OpenAI-compatible endpoint)")
     c.add_argument("--target-url", help="base URL of the endpoint, e.g. http://127.0.0.1:8080/v1")

@@ -10,13 +10,13 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
-from .common import check_output_paths
+from .common import check_output_paths, top_rows
 
 
 def add_parser(sub: Any) -> argparse.ArgumentParser:
     s = sub.add_parser("show", help="render a saved result JSON (explain, aqw or compare)")
     s.add_argument("file")
-    s.add_argument("--top", type=int, default=10)
+    s.add_argument("--top", type=top_rows, default=10)
     s.add_argument("--html", help="also write an HTML report here")
     s.set_defaults(func=run)
     return s
@@ -47,8 +47,6 @@ def run(args: argparse.Namespace) -> int:
     )
 
     check_output_paths({"--html": args.html}, {"the result file": args.file})
-    if args.top < 1:
-        raise InputError(f"--top must be 1 or more; got {args.top}.")
     data = read_json(args.file)
     source = f"'{args.file}'"
     console = Console()
