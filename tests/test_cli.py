@@ -369,29 +369,6 @@ def test_a_prompt_and_messages_together_or_markers_and_a_query_span(tiny_dir, tm
     assert code == 2 and "not both: with a span the markers would stay in the prompt" in err
 
 
-def test_quiet_records_notes_without_printing_them(tiny_dir, tmp_path, capsys, monkeypatch):
-    """--quiet printed the library's notes on stderr; they are kept in the result only."""
-    import warnings
-
-    from attrlens import api
-
-    real = api.prepare
-
-    def noisy(*a, **kw):
-        warnings.warn("a note of the library", stacklevel=2)
-        return real(*a, **kw)
-
-    monkeypatch.setattr(api, "prepare", noisy)
-    path = tmp_path / "r.json"
-    argv = ["explain", "a b", "--model", str(tiny_dir), "--output-text", " x", "--json",
-            str(path)]
-    code, _, err = run([*argv, "--quiet"], capsys)
-    assert code == 0 and err == ""
-    assert json.loads(path.read_text())["warnings"] == ["a note of the library"]
-    code, _, err = run(argv, capsys)
-    assert code == 0 and "attrlens: note: a note of the library" in err
-
-
 def test_a_stdin_prompt_drops_its_byte_order_mark(tiny_dir, tmp_path):
     path = tmp_path / "r.json"
     proc = subprocess.run(

@@ -16,7 +16,7 @@ import warnings
 from collections.abc import Sequence
 
 from ..errors import AttrlensError, unknown_name_message
-from . import analysis, cache, common, evaluate, explain, methods, serve, show
+from . import analysis, cache, evaluate, explain, methods, serve, show
 from .common import NOTES, Parser, long_options, method_params, note_warning, prescan_method
 
 __all__ = ["build_parser", "main", "method_params"]
@@ -89,7 +89,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"attrlens: error: {one_line(_unknown_options(parser, argv, extra))}",
                   file=sys.stderr)
             return 2
-        common.QUIET = bool(getattr(args, "quiet", False))
         with warnings.catch_warnings():
             # attrlens's own warnings: one-line notes, recorded in the result
             warnings.showwarning = functools.partial(note_warning,

@@ -288,8 +288,6 @@ class Progress:
 
 #: the library's warnings of this run, shown as one-line notes and recorded in the result
 NOTES: list[str] = []
-#: ``--quiet``: notes are recorded (in the result's warnings) but not printed
-QUIET = False
 
 
 def note_warning(message: Any, category: Any, filename: str, lineno: int, file: Any = None,
@@ -306,8 +304,7 @@ def note_warning(message: Any, category: Any, filename: str, lineno: int, file: 
     text = one_line(str(message))
     if text not in NOTES:
         NOTES.append(text)
-        if not QUIET:
-            print(f"attrlens: note: {text}", file=sys.stderr)
+        print(f"attrlens: note: {text}", file=sys.stderr)
 
 
 def emit(attr: Attribution, args: argparse.Namespace) -> int:
