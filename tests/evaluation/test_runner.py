@@ -464,5 +464,67 @@ def test_cli_evaluate_counts_the_failed_records(tmp_path, capsys):
     rc = main(["evaluate", str(data), "--methods", "loo", "--metrics", "abpc", "--out",
                str(tmp_path / "run"), "--quiet", "--no-report"])
     assert rc == 0
-    assert "2 records computed, 0 resumed, 1 failed (the reasons are in summary.md" in \
+    assert "1 records computed, 0 resumed, 1 failed (the reasons are in summary.md" in \
         capsys.readouterr().out
+
+
+def test_a_run_in_which_every_record_failed_exits_non_zero(tiny_dir, tmp_path, capsys):
+    """Before: exit 0 and "2 records computed" when both items failed."""
+    from attrlens.cli import main
+
+    data = tmp_path / "d.jsonl"
+    data.write_text("\n".join(json.dumps({"prompt": p, "output": " x"})
+                              for p in ("the cat sat", "a dog ran")) + "\n", encoding="utf-8")
+    argv = ["evaluate", str(data), "--methods", "loo", "--metrics", "abpc", "--model",
+            str(tiny_dir), "--quiet", "--no-report", "--out"]
+    rc = main([*argv, str(tmp_path / "bad"), "--granularity", "span"])  # no spans given
+    out = capsys.readouterr()
+    assert rc == 1 and "0 records computed, 0 resumed, 2 failed" in out.out
+    assert "attrlens: error: every record failed" in out.err
+    assert main([*argv, str(tmp_path / "ok")]) == 0
+    assert "2 records computed, 0 resumed;" in capsys.readouterr().out
+
+
+def test_summary_and_records_are_strict_json(tiny_dir, tmp_path):
+    """A metric that cannot be computed (auroc without gold labels) was written as a bare
+    NaN, which strict JSON readers refuse; it is null, and a rerun still resumes."""
+    data = [{"prompt": "the cat sat", "output": " x"}]
+    kw = {"methods": ["loo"], "metrics": ["auroc"], "model": str(tiny_dir),
+          "out": tmp_path / "o", "progress": False, "report": False, "chat": False}
+    attrlens.evaluate(data, **kw)
+
+    def strict(text):
+        return json.loads(text, parse_constant=lambda c: pytest.fail(f"bare {c} in JSON"))
+
+    summary = strict((tmp_path / "o" / "summary.json").read_text())
+    assert summary["table"]["loo"]["auroc"]["mean"] is None
+    for line in (tmp_path / "o" / "records.jsonl").read_text().splitlines():
+        assert strict(line)["metrics"]["auroc"] is None
+    again = attrlens.evaluate(data, **kw)
+    assert again.skipped == 1 and again.computed == 0
+    assert np.isnan(again.table["loo"]["auroc"]["mean"])
+
+
+@pytest.mark.parametrize("case", ["out is a file", "out under a file", "records a folder",
+                                  "attributions a file"])
+def test_an_output_folder_that_cannot_hold_the_run_is_refused_first(tiny_dir, tmp_path,
+                                                                    capsys, case):
+    """Each was an 'internal error' (FileExistsError, NotADirectoryError, IsADirectoryError),
+    two of them after every record had been computed."""
+    from attrlens.cli import main
+
+    data = tmp_path / "d.jsonl"
+    data.write_text(json.dumps({"prompt": "the cat sat", "output": " x"}) + "\n")
+    f = tmp_path / "afile"
+    f.write_text("x")
+    out = {"out is a file": f, "out under a file": f / "sub"}.get(case, tmp_path / "o")
+    if case == "records a folder":
+        (out / "records.jsonl").mkdir(parents=True)
+    if case == "attributions a file":
+        out.mkdir()
+        (out / "attributions").write_text("x")
+    rc = main(["evaluate", str(data), "--methods", "loo", "--model", str(tiny_dir),
+               "--quiet", "--no-report", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert rc == 2 and "internal error" not in err and err.strip().count("\n") == 0, err
+    assert ("is a file" in err) or ("is a folder where the run writes a file" in err)

@@ -4,6 +4,7 @@ in-process or on Ray). A thin front end of :func:`attrlens.evaluate`."""
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Any
 
 from ..evaluation.runner import BACKENDS, EVAL_MASKERS, METRICS
@@ -70,9 +71,13 @@ def run(args: argparse.Namespace) -> int:
         chat_template_kwargs=chat_template_kwargs(args), template_date=args.template_date,
     )
     failed = sum(len(v) for v in summary.failed.values())
-    print(f"{summary.computed} records computed, {summary.skipped} resumed"
+    print(f"{summary.computed - failed} records computed, {summary.skipped} resumed"
           + (f", {failed} failed (the reasons are in summary.md; a rerun tries them again)"
              if failed else "")
           + f"; tables in {args.out}/summary.md and {args.out}/summary.json"
           + ("" if args.no_report else f"; pages linked from {args.out}/index.html"))
+    if failed and summary.computed == failed and not summary.skipped:
+        print("attrlens: error: every record failed (nothing to compare); the first reason: "
+              + next(iter(next(iter(summary.failed.values())).values())), file=sys.stderr)
+        return 1
     return 0

@@ -57,6 +57,7 @@ import numpy as np
 from ..errors import CapabilityError, InputError, ParameterError, unknown_name_message
 from ..games import Game
 from ..params import check_param, check_seed
+from ..result import json_safe
 from .datasets import EvalItem, load_items
 from .store import ResultsStore, record_key
 
@@ -697,7 +698,8 @@ def summarize_records(records: list[dict[str, Any]], methods: list[str], metrics
         if r.get("error"):
             failed.setdefault(r["label"], {})[r["item_id"]] = r["error"]
             continue
-        by[r["label"]][r["item_id"]] = r["metrics"]
+        by[r["label"]][r["item_id"]] = {  # (a value not computed is null on disk)
+            k: float("nan") if v is None else v for k, v in r["metrics"].items()}
         bins_of[r["item_id"]] = r["bin"]
     nan = float("nan")
     table: dict[str, dict[str, dict[str, float]]] = {}
@@ -959,8 +961,8 @@ def evaluate(
         if data_ is not None:
             att_dir.mkdir(exist_ok=True)
             name = f"{rec['key'][:16]}.json"
-            (att_dir / name).write_text(json.dumps(data_, indent=1, allow_nan=True),
-                                        encoding="utf-8")
+            (att_dir / name).write_text(json.dumps(json_safe(data_), indent=1,
+                                                   allow_nan=False), encoding="utf-8")
             rec["attribution"] = f"attributions/{name}"
             if report:
                 try:
@@ -994,7 +996,8 @@ def evaluate(
                                 out=out_dir, settings=settings, n_items=len(items))
     summary.computed, summary.skipped = prog.done, n_skip
     (out_dir / "summary.json").write_text(
-        json.dumps(summary.to_dict(), indent=2, sort_keys=True, allow_nan=True) + "\n",
+        json.dumps(json_safe(summary.to_dict()), indent=2, sort_keys=True,
+                   allow_nan=False) + "\n",
         encoding="utf-8")
     (out_dir / "summary.md").write_text(summary.markdown(), encoding="utf-8")
     if report:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
+from ..result import json_safe
 from .datasets import canonical_sha256
 
 RECORDS = "records.jsonl"
@@ -26,11 +27,37 @@ def record_key(fields: dict[str, Any]) -> str:
     return canonical_sha256(fields)
 
 
+#: what a run writes inside its output folder: files, and folders
+_OUT_FILES = (RECORDS, "summary.json", "summary.md", "index.html")
+_OUT_DIRS = ("attributions", "items")
+
+
+def _check_out(out: Path) -> None:
+    """Refuse an output folder that cannot be one (a file, a path through a file) or that
+    holds a folder where a file goes or the other way round, before any work (these failed
+    as internal errors, some after every record was computed)."""
+    probe = out
+    while not probe.exists() and probe.parent != probe:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise InputError(f"The output folder {out} cannot be made: {probe} is a file; give "
+                         f"another --out.")
+    for name in _OUT_FILES:
+        if (out / name).is_dir():
+            raise InputError(f"{out / name} is a folder where the run writes a file; move it "
+                             f"or give another --out.")
+    for name in _OUT_DIRS:
+        if (out / name).exists() and not (out / name).is_dir():
+            raise InputError(f"{out / name} is a file where the run writes a folder; move it "
+                             f"or give another --out.")
+
+
 class ResultsStore:
     """Records of one output directory (``DIR/records.jsonl``)."""
 
     def __init__(self, out: str | Path):
         self.dir = Path(out)
+        _check_out(self.dir)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.path = self.dir / RECORDS
         self._records: dict[str, dict[str, Any]] = {}
@@ -72,7 +99,9 @@ class ResultsStore:
         """Write one finished record (a line, flushed to disk at once)."""
         if "key" not in record:
             raise InputError("A results record needs a 'key'.")
-        line = json.dumps(record, sort_keys=True, ensure_ascii=False, allow_nan=True)
+        # (strict JSON: a metric that could not be computed, NaN, is written as null)
+        line = json.dumps(json_safe(record), sort_keys=True, ensure_ascii=False,
+                          allow_nan=False)
         # a torn line left by a kill must not swallow this record: start on a fresh line
         lead = ""
         if self.path.is_file() and self.path.stat().st_size > 0:
