@@ -528,3 +528,18 @@ def test_an_output_folder_that_cannot_hold_the_run_is_refused_first(tiny_dir, tm
     err = capsys.readouterr().err
     assert rc == 2 and "internal error" not in err and err.strip().count("\n") == 0, err
     assert ("is a file" in err) or ("is a folder where the run writes a file" in err)
+
+
+def test_settings_a_method_does_not_read_neither_key_nor_label_its_records(tiny_dir, tmp_path):
+    """--target kl reached ig's records as eval.target 'kl' (ig reads no target) and keyed
+    them apart from the same numbers under nll; loo's records still follow the target."""
+    data = [{"prompt": "the cat sat", "output": " x"}]
+    kw = {"metrics": ["abpc"], "model": str(tiny_dir), "out": tmp_path / "o",
+          "progress": False, "report": False, "chat": False}
+    attrlens.evaluate(data, methods=["grad_x_input", "loo"], **kw)
+    again = attrlens.evaluate(data, methods=["grad_x_input", "loo"], target="kl", **kw)
+    assert again.skipped == 1 and again.computed == 1  # only loo's value changed
+    recs = [json.loads(x) for x in (tmp_path / "o" / "records.jsonl").read_text().splitlines()]
+    assert [r["method"] for r in recs] == ["grad_x_input", "loo", "loo"]
+    assert "target" not in recs[0]["eval"] and "method_masker" not in recs[0]["eval"]
+    assert recs[2]["eval"]["target"] == "kl"

@@ -267,8 +267,18 @@ def make_key(item: EvalItem, spec: MethodSpec, model: dict[str, Any], seed: int,
         "params": _json_clean(spec.param_dict),
         "model": _weights_not_name(model),
         "seed": seed,
-        "eval": config.key_fields(),
+        "eval": _read_by(spec.name, config.key_fields()),
     })
+
+
+def _read_by(method: str, fields: dict[str, Any]) -> dict[str, Any]:
+    """The evaluation settings without the explained-value ones the method does not read
+    (``Explainer.reads``): ig's records under --target kl are its records under nll."""
+    from ..registry import get_explainer
+
+    reads = get_explainer(method).reads
+    setting = {"target": "target", "method_masker": "masker"}
+    return {k: v for k, v in fields.items() if k not in setting or setting[k] in reads}
 
 
 class ItemRunner:
@@ -420,7 +430,8 @@ class ItemRunner:
                 "method": spec.name, "label": spec.label,
                 "params": _json_clean(spec.param_dict),
                 "model": {**model_hash(self.model), "device": self.model.info.device},
-                "seed": self.seed, "eval": _json_clean(asdict(self.config))}
+                "seed": self.seed,
+                "eval": _read_by(spec.name, _json_clean(asdict(self.config)))}
 
     def _run(self, item: EvalItem, spec: MethodSpec, key: str) -> dict[str, Any]:
         from ..api import finish, make_explainer
