@@ -7,7 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from attrlens.errors import InputError
+import attrlens
+from attrlens.errors import AttrlensError, InputError
 from attrlens.games import Game, as_game
 from attrlens.result import REQUIRED_KEYS, SCHEMA, Attribution
 
@@ -35,7 +36,7 @@ def test_game_rejects_bad_shapes_and_values():
     with pytest.raises(InputError, match="NaN"):
         bad(np.ones((1, 2), dtype=bool))
     short = Game(lambda m: np.zeros(1), 2)
-    with pytest.raises(InputError, match="one value per mask"):
+    with pytest.raises(InputError, match="one number per mask"):
         short(np.array([[1, 1], [1, 0], [0, 1]], dtype=bool))
     with pytest.raises(InputError, match="features"):
         as_game(g, 5)
@@ -117,3 +118,19 @@ def test_local_model_results_record_torch_threads_and_versions(tiny_model):
     assert env["torch_threads"] == 1 and env["torch"] == torch.__version__
     back = Attribution.from_dict(a.to_dict())
     assert back.to_dict()["environment"] == env
+
+
+@pytest.mark.parametrize(("fn", "n", "needle"), [
+    (lambda m: m.sum(1), 4.0, "'n_features' parameter of explain_game must be an int"),
+    (lambda m: m.sum(1), "4", "'n_features' parameter of explain_game must be an int"),
+    (lambda m: np.ones((len(m), 2)), 4, "returned an array of shape (5, 2) (ndarray) for 5"),
+    (lambda m: None, 4, "returned an array of shape () (NoneType) for 5 masks"),
+    (lambda m: ["a"] * len(m), 4, "returned values that are not numbers (list) for 5 masks"),
+])
+def test_explain_game_refuses_wrong_features_and_values_on_one_line(fn, n, needle):
+    """Before: raw TypeError (a float n), ValueError 'cannot reshape array' (two values per
+    mask), IndexError (None) and ValueError 'could not convert string to float'."""
+    with pytest.raises(AttrlensError) as ei:
+        attrlens.explain_game(fn, n, method="loo")
+    assert needle in str(ei.value) and "\n" not in str(ei.value)
+    assert attrlens.explain_game(lambda m: m.sum(1), 4, method="loo").scores.tolist() == [1] * 4

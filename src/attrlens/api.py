@@ -77,6 +77,7 @@ def explain_game(
     for features whose presence raises the value.
     """
     check_seed("explain_game", seed)
+    check_param("explain_game", "n_features", n_features, kind=int, low=1)
     explainer = make_explainer(method, {"budget": budget, **params})
     if explainer.needs != "game":
         raise ParameterError(

@@ -107,12 +107,20 @@ class Game:
 
     def compute(self, masks: np.ndarray) -> list[Any]:
         """The values of new masks (one per row); typed games override this."""
-        vals = np.asarray(self.fn(masks), dtype=float)
-        if vals.shape[0] != len(masks):
+        got = self.fn(masks)
+        try:
+            vals = np.asarray(got, dtype=float)
+        except (TypeError, ValueError):
+            vals = None
+        if vals is None or vals.ndim == 0 or vals.shape[0] != len(masks) or vals.ndim > 2 or (
+                vals.ndim == 2 and vals.shape[1] != 1):
+            shape = ("values that are not numbers" if vals is None
+                     else f"an array of shape {vals.shape}")
             raise InputError(
-                f"The value function returned {vals.shape[0]} values for "
-                f"{len(masks)} masks; it must return one value per mask."
-            )
+                f"The value function returned {shape} ({type(got).__name__}) for "
+                f"{len(masks)} masks; it must return one number per mask (shape "
+                f"({len(masks)},)).")
+        vals = vals.reshape(len(masks))
         if not np.all(np.isfinite(vals)):
             raise InputError(
                 "The value function returned NaN or inf; check the model's precision "
