@@ -118,7 +118,7 @@ def test_evaluate_writes_records_and_summary(tiny_model, tmp_path):
         if r["item_id"] == "paris":
             assert 0.0 <= m["auroc"] <= 1.0
         else:
-            assert np.isnan(m["auroc"])  # no gold labels
+            assert m["auroc"] is None  # no gold labels: null on disk (strict JSON)
     # ρ = 1 masks every feature: d(1) = NLL(o | nothing) - NLL(o | x), computed directly
     r = next(r for r in recs if r["item_id"] == "fox" and r["method"] == "loo")
     _, game = prepare(ITEMS[0]["prompt"], model=tiny_model, output=ITEMS[0]["output"],
@@ -486,23 +486,38 @@ def test_a_run_in_which_every_record_failed_exits_non_zero(tiny_dir, tmp_path, c
 
 
 def test_summary_and_records_are_strict_json(tiny_dir, tmp_path):
-    """A metric that cannot be computed (auroc without gold labels) was written as a bare
-    NaN, which strict JSON readers refuse; it is null, and a rerun still resumes."""
+    """A metric that cannot be computed (auroc of an item without gold labels) was written
+    as a bare NaN, which strict JSON readers refuse; it is null, and a rerun still resumes.
+    With no gold labels at all, auroc is refused before any work."""
     data = [{"prompt": "the cat sat", "output": " x"}]
     kw = {"methods": ["loo"], "metrics": ["auroc"], "model": str(tiny_dir),
           "out": tmp_path / "o", "progress": False, "report": False, "chat": False}
+    with pytest.raises(ParameterError, match="auroc compare with gold features .* none of "
+                                             "the 1 items has them"):
+        attrlens.evaluate(data, **kw)
+    data.append({"id": "g", "prompt": "a dog ran", "output": " x", "labels": [1]})
     attrlens.evaluate(data, **kw)
 
     def strict(text):
         return json.loads(text, parse_constant=lambda c: pytest.fail(f"bare {c} in JSON"))
 
-    summary = strict((tmp_path / "o" / "summary.json").read_text())
-    assert summary["table"]["loo"]["auroc"]["mean"] is None
-    for line in (tmp_path / "o" / "records.jsonl").read_text().splitlines():
-        assert strict(line)["metrics"]["auroc"] is None
+    strict((tmp_path / "o" / "summary.json").read_text())
+    recs = [strict(x) for x in (tmp_path / "o" / "records.jsonl").read_text().splitlines()]
+    assert recs[0]["metrics"]["auroc"] is None and recs[1]["metrics"]["auroc"] is not None
     again = attrlens.evaluate(data, **kw)
-    assert again.skipped == 1 and again.computed == 0
-    assert np.isnan(again.table["loo"]["auroc"]["mean"])
+    assert again.skipped == 2 and again.computed == 0
+
+
+def test_a_granularity_the_data_set_does_not_use_is_refused(tiny_dir, tmp_path):
+    """SST-2 items bring their own word spans: --granularity token ran them as spans and the
+    summary said 'granularity token'. It is refused, and the summary names what was used."""
+    kw = {"methods": ["loo"], "metrics": ["abpc"], "model": str(tiny_dir), "limit": 1,
+          "out": tmp_path / "o", "progress": False, "report": False, "chat": False}
+    data = "../shared/data/sst2_dev_100.jsonl"
+    with pytest.raises(ParameterError, match="brings its own features \\(granularity span"):
+        attrlens.evaluate(data, granularity="token", **kw)
+    s = attrlens.evaluate(data, **kw)
+    assert s.settings["granularity"] == "span (the data set's own)"
 
 
 @pytest.mark.parametrize("case", ["out is a file", "out under a file", "records a folder",

@@ -929,6 +929,19 @@ def evaluate(
                 f"target_model (a served model, e.g. `attrlens serve`)."
             )
     items = load_items(data, kind=kind, limit=limit)
+    own = sorted({it.granularity for it in items if it.granularity})
+    fixed = all(it.granularity for it in items)
+    if fixed and granularity != "word":
+        raise ParameterError(
+            f"Every item of this data set brings its own features (granularity "
+            f"{'/'.join(own)}: e.g. the shared SST-2, DROP, MMLU and HotpotQA files' words or "
+            f"sentences); granularity '{granularity}' would not apply: leave it out.")
+    asked = [m for m in metric_names if m in GOLD_METRICS]
+    if asked and not any(it.gold for it in items):
+        raise ParameterError(
+            f"{', '.join(asked)} compare with gold features (a record's 'labels', HotpotQA's "
+            f"supporting facts), and none of the {len(items)} items has them: drop "
+            f"{'them' if len(asked) > 1 else 'it'} or give labels.")
     config = EvalConfig(metrics=metric_names, granularity=granularity, masker=masker,
                         n_test=n_test, n_calibration=n_calibration, r_max=r_max,
                         max_new_tokens=max_new_tokens, regen_max_new_tokens=regen_max_new_tokens,
@@ -1000,6 +1013,7 @@ def evaluate(
         "model_id": mhash["id"], "model_sha256": mhash["sha256"], "seed": seed,
         **{k: mhash[k] for k in ("chat_template_kwargs", "template_date") if k in mhash},
         **config.key_fields(),
+        **({"granularity": f"{'/'.join(own)} (the data set's own)"} if fixed else {}),
         "methods": {s.label: {"name": s.name, "params": _json_clean(s.param_dict)}
                     for s in specs},
     }
