@@ -378,3 +378,18 @@ def test_a_stdin_prompt_drops_its_byte_order_mark(tiny_dir, tmp_path):
     assert proc.returncode == 0, proc.stderr
     labels = [f["label"] for f in json.loads(path.read_text())["input"]["features"]]
     assert labels == ["hello", "world"]
+
+
+@pytest.mark.parametrize(("argv", "needle"), [
+    (["compare", "a b", "a c", "--method", "loo", "--param", "foo=1"],
+     "Unknown parameter 'foo'. Valid parameters: budget."),
+    (["show", "DIR"], "The result file 'DIR' is a directory."),
+    (["evaluate", "DIR", "--methods", "loo", "--out", "DIR/o"],
+     "The data path 'DIR' is a directory; give a JSONL file."),
+])
+def test_small_messages_say_what_is_wrong(argv, needle, tmp_path, capsys):
+    """Before: 'Valid parameters: .' (an empty list), and a directory given for a file was
+    said not to exist."""
+    argv = [a.replace("DIR", str(tmp_path)) for a in argv]
+    code, _, err = run(argv, capsys)
+    assert code == 2 and needle.replace("DIR", str(tmp_path)) in err, err

@@ -126,8 +126,9 @@ def _params(args: argparse.Namespace) -> dict[str, Any]:
         if key == "budget":
             out["budget"] = BUDGET.parse_cli(text)
         elif key not in decl:
+            valid = sorted(decl) + (["budget"] if cls.uses_budget else [])
             raise ParameterError(f"--param: the method '{cls.name}' has no such parameter. "
-                                 + unknown_name_message("parameter", key, sorted(decl)))
+                                 + unknown_name_message("parameter", key, valid))
         else:
             out[key] = decl[key].parse_cli(text)
     return out

@@ -26,7 +26,8 @@ def read_json(path: str | Path) -> Any:
     """The JSON in ``path`` (InputError with one clear line otherwise)."""
     path = Path(path)
     if not path.is_file():
-        raise InputError(f"The result file '{path}' does not exist.")
+        raise InputError(f"The result file '{path}' "
+                         f"{'is a directory' if path.is_dir() else 'does not exist'}.")
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:

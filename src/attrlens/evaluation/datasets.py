@@ -97,6 +97,8 @@ def resolve_data_path(path: str | Path) -> Path:
     """An existing data file: absolute, relative to the working directory, or relative to the
     repository root (in that order)."""
     p = Path(path)
+    if p.is_dir():
+        raise InputError(f"The data path {str(path)!r} is a directory; give a JSONL file.")
     if p.is_file():
         return p
     if not p.is_absolute():
