@@ -558,3 +558,10 @@ def test_settings_a_method_does_not_read_neither_key_nor_label_its_records(tiny_
     assert [r["method"] for r in recs] == ["grad_x_input", "loo", "loo"]
     assert "target" not in recs[0]["eval"] and "method_masker" not in recs[0]["eval"]
     assert recs[2]["eval"]["target"] == "kl"
+
+
+def test_a_method_budget_reads_as_the_budget_option_does():
+    """'loo:budget=none' was refused ("Got 'none'") though --budget none is the default."""
+    specs = parse_methods("loo:budget=none,lime:budget=64:num_samples=32")
+    assert specs[0].param_dict == {"budget": None}
+    assert specs[1].param_dict == {"budget": 64, "num_samples": 32}

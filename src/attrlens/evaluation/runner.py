@@ -126,8 +126,13 @@ def parse_methods(methods: Sequence[str | tuple[str, dict[str, Any]] | MethodSpe
                         f"Method parameter {kv!r} in {m!r} is not key=value; write e.g. "
                         f"lime:num_samples=64."
                     )
-                k, v = kv.split("=", 1)
-                params[k.strip()] = _parse_value(v.strip())
+                k, v = (x.strip() for x in kv.split("=", 1))
+                if k == "budget":  # as --budget reads it (an int, or none: the default)
+                    from ..explainers.base import BUDGET
+
+                    params[k] = BUDGET.parse_cli(v)
+                else:
+                    params[k] = _parse_value(v)
             out.append(MethodSpec(name.strip(), tuple(sorted(params.items()))))
         elif isinstance(m, tuple) and len(m) == 2 and isinstance(m[0], str) and isinstance(
             m[1], dict
