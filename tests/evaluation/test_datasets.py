@@ -124,6 +124,7 @@ def test_generic_records_and_checks(tmp_path):
     ({"prompt": "a b", "labels": 5}, "'labels' must be a list of feature indices"),
     ({"prompt": "a b", "labels": "abc"}, "'labels' must be a list of feature indices"),
     ("just a string", "Record 1 is not a JSON object ({...}); got str"),
+    ({"sentence": "fine", "label": None}, "'label' must be 0 (negative) or 1 (positive)"),
 ])
 def test_malformed_generic_records_are_refused_naming_the_field(rec, needle):
     """Before, a null, number or list prompt (or a dict content) was turned into text with

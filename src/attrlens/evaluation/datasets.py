@@ -208,7 +208,9 @@ def _sst2(rec: dict[str, Any], idx: str) -> EvalItem:
     sent = str(rec["sentence"]).strip()
     prompt = f"{head}{sent}\nIs this review positive or negative? Answer:"
     spans = word_spans(prompt, len(head), len(head) + len(sent))
-    label = rec.get("label_text") or ("positive" if int(rec["label"]) == 1 else "negative")
+    if not rec.get("label_text") and rec["label"] not in (0, 1):
+        raise InputError(f"'label' must be 0 (negative) or 1 (positive); got {rec['label']!r}.")
+    label = rec.get("label_text") or ("positive" if rec["label"] == 1 else "negative")
     di = rec.get("dev_index")
     return EvalItem(
         id=f"sst2-{di}" if di is not None else idx,
