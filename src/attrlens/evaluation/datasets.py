@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
+from .jsonl import jsonl_records
 
 KINDS = ("auto", "generic", "alpaca", "sst2", "drop", "mmlu", "hotpotqa")
 _WORD = re.compile(r"\S+")
@@ -322,22 +323,10 @@ def load_items(
     items: list[EvalItem] = []
     if isinstance(data, (str, Path)):
         path = resolve_data_path(data)
-        try:  # (utf-8-sig: a byte-order mark some editors write is not part of the data)
-            lines = path.read_text(encoding="utf-8-sig").split("\n")  # (not splitlines:
-            # U+2028 and the like are allowed inside a JSON string)
-        except UnicodeDecodeError as exc:
-            raise InputError(f"The data file {path} is not UTF-8 text (byte {exc.start}); "
-                             f"save it as UTF-8.") from None
-        for i, line in enumerate(lines):
+        for line_no, rec in jsonl_records(path):
             if limit is not None and len(items) >= limit:
                 break
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise InputError(f"{path.name}:{i + 1}: invalid JSON: {exc}") from exc
-            items.append(item_from_record(rec, kind=kind, index=i, path=path))
+            items.append(item_from_record(rec, kind=kind, index=line_no - 1, path=path))
     else:
         for i, rec in enumerate(data):
             if limit is not None and len(items) >= limit:

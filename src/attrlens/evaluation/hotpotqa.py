@@ -13,7 +13,6 @@ Reads the project's JSONL sample (``shared/data/hotpotqa_dev_distractor_100.json
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -21,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError
+from .jsonl import jsonl_records
 
 INSTRUCTION = (
     "Answer the question using the context below. Answer with a few words only.\n"
@@ -187,16 +187,7 @@ def load_hotpotqa(
     path = Path(path)
     if not path.is_file():
         raise InputError(f"The HotpotQA file {path} does not exist.")
-    items = []
-    with open(path, encoding="utf-8") as f:
-        for i, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise InputError(f"{path}:{i}: invalid JSON: {exc}") from exc
-            items.append(_parse(rec, i, path))
+    items = [_parse(rec, i, path) for i, rec in jsonl_records(path)]
     if shuffle_seed is not None:
         order = np.random.default_rng(shuffle_seed).permutation(len(items))
         items = [items[j] for j in order]
