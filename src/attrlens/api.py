@@ -259,9 +259,7 @@ def _checked_ids(output: Sequence[int], model: Any) -> list[int]:
 def _check_read(explainer: Explainer, **given: Any) -> None:
     """Refuse scoring settings the method does not read (``Explainer.reads``): a target for
     GiLOT or the gradient methods, a masker for gSMILE, would be silently ignored."""
-    setting = {"target": "target", "reduction": "target", "contrast": "target",
-               "masker": "masker"}
-    unread = [k for k, v in given.items() if v is not None and setting[k] not in explainer.reads]
+    unread = [k for k, v in given.items() if v is not None and explainer.ignores(k)]
     if unread:
         names = " or ".join(f"{k}= (--{k})" for k in unread)
         raise ParameterError(

@@ -126,7 +126,7 @@ def _output(args: argparse.Namespace, source: Any, model: Any) -> str | list[int
     ids = source.output_token_ids
     same = source.model.get("sha256") is not None and source.model.get("sha256") == getattr(
         model.info, "sha256", None)
-    if ids is not None and same and not getattr(args, "target_url", None):
+    if ids is not None and same and not args.target_url:
         return ids
     return source.output_text  # (a served model's output is explained as text)
 

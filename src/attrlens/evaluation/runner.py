@@ -281,9 +281,8 @@ def _read_by(method: str, fields: dict[str, Any]) -> dict[str, Any]:
     (``Explainer.reads``): ig's records under --target kl are its records under nll."""
     from ..registry import get_explainer
 
-    reads = get_explainer(method).reads
-    setting = {"target": "target", "method_masker": "masker"}
-    return {k: v for k, v in fields.items() if k not in setting or setting[k] in reads}
+    cls = get_explainer(method)
+    return {k: v for k, v in fields.items() if not cls.ignores(k)}
 
 
 class ItemRunner:

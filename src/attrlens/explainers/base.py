@@ -81,6 +81,10 @@ class Explainer(ABC):
     #: target, its reduction, a contrast) and "masker"; a setting it does not read is
     #: refused when given and left out of its results
     reads: ClassVar[tuple[str, ...]] = ("target", "masker")
+    #: the options that set each of those: explain()'s and evaluate()'s names
+    SETTING_OF: ClassVar[dict[str, str]] = {
+        "target": "target", "reduction": "target", "contrast": "target",
+        "masker": "masker", "method_masker": "masker"}
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -104,6 +108,13 @@ class Explainer(ABC):
     @classmethod
     def all_parameters(cls) -> tuple[Param, ...]:
         return ((BUDGET,) if cls.uses_budget else ()) + tuple(cls.parameters)
+
+    @classmethod
+    def ignores(cls, option: str) -> bool:
+        """Whether the option ``option`` sets a scoring setting this method does not read
+        (False for every other option)."""
+        setting = cls.SETTING_OF.get(option)
+        return setting is not None and setting not in cls.reads
 
     @classmethod
     def owner(cls) -> str:
