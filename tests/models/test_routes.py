@@ -405,3 +405,37 @@ def test_top_logprobs_route_needs_a_one_token_output(llama_backend, default_mode
         api.explain("Is the sky blue? Answer yes or no.", model=default_model, method="loo",
                     output="Absolutely not, it is green", target_backend=llama_backend,
                     route="top_logprobs")
+
+
+def test_white_box_method_on_a_served_output_stands_in_only_when_asked(make_fake, tiny_model):
+    """gilot, gradient and attention methods read the local model's internals: on a served
+    model's output they ran on the local model without a word; now the local model stands
+    in only with route='surrogate', the result and the terminal say so."""
+    import io
+
+    from rich.console import Console
+
+    import attrlens
+    from attrlens.report.terminal import render
+
+    fake, be = make_fake({"echo"})
+    text = "What is the capital of France?"
+    for method in ("attention", "ig", "gilot"):
+        with pytest.raises(ParameterError, match=f"'{method}'.*--route surrogate"):
+            attrlens.explain(text, model=tiny_model, method=method, output=" Paris",
+                             chat=False, target_backend=be)
+    a = attrlens.explain(text, model=tiny_model, method="attention", output=" Paris",
+                         chat=False, target_backend=be, route="surrogate")
+    ref = attrlens.explain(text, model=tiny_model, method="attention", output=" Paris",
+                           chat=False)
+    np.testing.assert_allclose(a.scores, ref.scores, atol=1e-6)
+    assert a.params["route"] == "surrogate" and a.model["id"] == "toy"
+    assert "surrogate of the served model" in a.model["scored_by"]
+    assert fake.bodies == []  # the served model was not asked anything
+    out = io.StringIO()
+    render(a, console=Console(file=out, width=200))
+    assert re.search(r"^by +the local model .*surrogate of the served model", out.getvalue(),
+                     re.MULTILINE)
+    with pytest.raises(ParameterError, match="cannot run through a served route"):
+        attrlens.explain(text, model=tiny_model, method="attention", output=" Paris",
+                         chat=False, target_backend=be, route="echo")

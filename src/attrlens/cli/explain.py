@@ -83,8 +83,10 @@ def add_parser(sub: Any, method: str | None) -> argparse.ArgumentParser:
                    "of a one-token answer, 'A,B' (game-based methods, e.g. spex; no surrogate)")
     c.add_argument("--route", help="how the served model is scored: prompt_logprobs (vLLM) | "
                    "sglang | echo | forced_tokens (llama.cpp) | top_logprobs (one-token "
-                   "outputs) | generate (gsmile) | surrogate (rope_lime); default: probe the "
-                   "server (game-based methods then run on the served model itself)")
+                   "outputs) | generate (gsmile) | surrogate (rope_lime; for gilot, gradient "
+                   "and attention methods the local model standing in for the served one, "
+                   "asked for by name); default: probe the server (game-based methods then "
+                   "run on the served model itself)")
     c.add_argument("--audit", type=int, metavar="K",
                    help="with rope_lime or gsmile: spend K exact served evaluations "
                    "(leave-one-out on the top and bottom features) and report the rank and "

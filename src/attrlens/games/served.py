@@ -162,12 +162,21 @@ def method_route(method: str, needs: str, route: str | None, has_backend: bool) 
             )
         return own
     if needs != "game":
+        # the local model's beams, gradients or attention: on a served output it can only
+        # stand in for the served model, which the user asks for by name
+        if route == "surrogate":
+            return route
         if route is not None:
             raise ParameterError(
                 f"The method '{method}' needs the local model's internals; it cannot run "
                 f"through a served route (drop --route {route})."
             )
-        return None
+        raise ParameterError(
+            f"The method '{method}' needs a model's internals, which a served model does not "
+            f"give: add --route surrogate (route='surrogate') to explain the served answer "
+            f"with the local model standing in for it, or use a game-based method (loo, "
+            f"lime, spex, ...), which scores the served model itself."
+        )
     if route in METHOD_ROUTES.values():
         raise ParameterError(
             f"The route '{route}' gives no served log-likelihood; it belongs to "

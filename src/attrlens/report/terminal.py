@@ -98,6 +98,10 @@ def render(attr: Any, *, top: int = 10, console: Any = None) -> None:
     scored = _scored_by(attr.params)
     if scored:
         console.print(Text("scored ", style="bold cyan") + Text(scored))
+    model = attr.model if isinstance(attr.model, dict) else {}
+    if model.get("scored_by"):  # a served model's output: say who scored it
+        console.print(Text("by     ", style="bold cyan")
+                      + Text(literal(model["scored_by"], keep_newlines=False)))
     table = Table(title=Text(f"top {min(top, attr.n_features)} features"), show_lines=False)
     table.add_column("#", justify="right")
     table.add_column("feature")
