@@ -134,3 +134,16 @@ def test_explain_game_refuses_wrong_features_and_values_on_one_line(fn, n, needl
         attrlens.explain_game(fn, n, method="loo")
     assert needle in str(ei.value) and "\n" not in str(ei.value)
     assert attrlens.explain_game(lambda m: m.sum(1), 4, method="loo").scores.tolist() == [1] * 4
+
+
+def test_the_result_schema_lists_every_interaction_index():
+    """docs/result_schema.md names the values of ``interactions.index``: all of them."""
+    import pathlib
+    import re
+
+    from attrlens.solvers.indices import INDICES
+
+    doc = (pathlib.Path(__file__).parents[1] / "docs" / "result_schema.md").read_text()
+    listed = re.search(r"`index` is one of ([a-z, ]+);", doc)
+    assert listed is not None
+    assert {w.strip() for w in listed.group(1).split(",")} == set(INDICES)

@@ -47,6 +47,21 @@ def test_chat_returns_text_usage_and_counts(fake_openai, tmp_path):
     assert be.counters["api_calls"] == 1
     assert be.counters["prompt_tokens"] == 3 and be.counters["completion_tokens"] == 4
     assert be.counters["cost_usd"] == pytest.approx(3 / 1000 * 2.0 + 4 / 1000 * 10.0, abs=1e-12)
+    be.reset_counters()  # documented in docs/closed_models.md
+    assert be.counters == {"api_calls": 0, "cached_calls": 0, "retries": 0,
+                           "prompt_tokens": 0, "completion_tokens": 0, "cost_usd": 0.0}
+    # one price is a price: the other side costs nothing
+    half = make(fake_openai, tmp_path, price_completion_per_1k=10.0, cache=False)
+    half.chat("x y z", max_tokens=8)
+    assert half.counters["cost_usd"] == pytest.approx(4 / 1000 * 10.0, abs=1e-12)
+
+
+def test_without_prices_the_cost_is_unknown_not_zero(fake_openai, tmp_path):
+    be = make(fake_openai, tmp_path, cache=False)
+    be.chat("one two", max_tokens=8)
+    assert be.counters["api_calls"] == 1 and "cost_usd" not in be.counters
+    be.reset_counters()
+    assert be.counters["api_calls"] == 0 and "cost_usd" not in be.counters
 
 
 def test_string_prompt_is_one_user_message(fake_openai, tmp_path):

@@ -396,14 +396,22 @@ class OpenAIBackend:
             # a redirect's Location may carry userinfo: never send, log or show it
             event_hooks={"request": [_drop_userinfo]},
         )
-        self.counters: dict[str, float] = {
-            "api_calls": 0,
-            "cached_calls": 0,
-            "retries": 0,
-            "prompt_tokens": 0,
-            "completion_tokens": 0,
-            "cost_usd": 0.0,
-        }
+        self.counters: dict[str, float] = {}
+        self.reset_counters()
+
+    def reset_counters(self) -> None:
+        """Zero :attr:`counters`. ``cost_usd`` is there only when a price is given: without
+        prices the cost is unknown, not zero."""
+        with self._lock:
+            self.counters.clear()
+            self.counters.update(api_calls=0, cached_calls=0, retries=0, prompt_tokens=0,
+                                 completion_tokens=0)
+            if self._priced:
+                self.counters["cost_usd"] = 0.0
+
+    @property
+    def _priced(self) -> bool:
+        return self.price_prompt_per_1k is not None or self.price_completion_per_1k is not None
 
     # --- presentation --------------------------------------------------------------------
     def __repr__(self) -> str:
@@ -776,12 +784,11 @@ class OpenAIBackend:
         usage = usage if isinstance(usage, dict) else {}
         p_tok = _int(usage.get("prompt_tokens"))
         c_tok = _int(usage.get("completion_tokens"))
-        cost = 0.0
-        if self.price_prompt_per_1k is not None:
-            cost += p_tok / 1000.0 * self.price_prompt_per_1k
-        if self.price_completion_per_1k is not None:
-            cost += c_tok / 1000.0 * self.price_completion_per_1k
-        self._count(api_calls=1, prompt_tokens=p_tok, completion_tokens=c_tok, cost_usd=cost)
+        priced: dict[str, float] = {}
+        if self._priced:
+            priced["cost_usd"] = (p_tok / 1000.0 * (self.price_prompt_per_1k or 0.0)
+                                  + c_tok / 1000.0 * (self.price_completion_per_1k or 0.0))
+        self._count(api_calls=1, prompt_tokens=p_tok, completion_tokens=c_tok, **priced)
         # validated before it is stored: a rejected answer is never replayed from the cache
         completion = self._completion(data, cached=False, wants_lp=wants_lp, note=note)
         if key is not None:
