@@ -393,3 +393,15 @@ def test_small_messages_say_what_is_wrong(argv, needle, tmp_path, capsys):
     argv = [a.replace("DIR", str(tmp_path)) for a in argv]
     code, _, err = run(argv, capsys)
     assert code == 2 and needle.replace("DIR", str(tmp_path)) in err, err
+
+
+@pytest.mark.parametrize("argv", [["methods"], ["methods", "spex"]])
+def test_a_reader_that_goes_away_stops_the_output_quietly(argv):
+    """`attrlens methods | head -1`: the closed pipe ended as 'internal error:
+    BrokenPipeError' and exit 1; it stops quietly, as a tool stopped by SIGPIPE (141)."""
+    p = subprocess.Popen([sys.executable, "-m", "attrlens", *argv], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE)
+    p.stdout.close()  # before the command writes anything: every write finds no reader
+    err = p.stderr.read().decode()
+    assert p.wait(timeout=120) == 141
+    assert err == ""

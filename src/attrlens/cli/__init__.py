@@ -9,6 +9,7 @@ Errors print one line (``attrlens: error: ...``) and exit 2 (input/parameter) or
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import os
 import sys
@@ -100,6 +101,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("attrlens: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # the reader went away (`attrlens show r.json | head`): stop quietly, as a Unix
+        # tool stopped by SIGPIPE does, and keep the interpreter's final flush from failing
+        with contextlib.suppress(OSError, ValueError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except SystemExit as exc:  # argparse: --help, --version, usage errors
         return int(exc.code or 0) if isinstance(exc.code, int) else 2
     except Exception as exc:
