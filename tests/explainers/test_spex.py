@@ -281,6 +281,30 @@ def test_proxyspex_on_a_tiny_game_uses_the_exact_spectrum():
     np.testing.assert_allclose(a.scores, brute_shapley(fn, 3), atol=1e-9)
 
 
+@pytest.mark.parametrize("n", [5, 6, 8])
+def test_proxyspex_with_every_coalition_evaluated_is_exact(n):
+    """The default budget covers all 2^n coalitions up to n = 10; at n = 5 the trees got 32
+    rows, fitted a constant and scored every feature 0, and at n = 6 / 8 the energy cut
+    dropped one of several equal features."""
+    rng = np.random.default_rng(n)
+    w = rng.normal(size=n)
+    fn = lambda m: m.astype(float) @ w + 0.7 * m[:, 0] * m[:, 1] - 0.4 * m[:, 1] * m[:, 2]
+    a = attrlens.explain_game(fn, n, method="proxyspex")
+    assert a.extra["metadata"]["exhaustive"] is True and a.cost["value_calls"] == 2**n
+    np.testing.assert_allclose(a.scores, brute_shapley(fn, n), atol=1e-9)
+    ones = attrlens.explain_game(lambda m: m.sum(1) * 1.0, n, method="proxyspex")
+    np.testing.assert_allclose(ones.scores, 1.0, atol=1e-9)
+
+
+def test_proxyspex_says_when_its_proxy_is_a_constant():
+    """Too few masks for the trees to split: every score 0, which is said, not silent."""
+    w = np.arange(1.0, 13.0)
+    with pytest.warns(UserWarning, match="fitted a constant on 25 masks.*raise --budget"):
+        a = attrlens.explain_game(lambda m: m @ w, 12, method="proxyspex", budget=25,
+                                  grid="small")
+    assert np.all(a.scores == 0.0)
+
+
 def test_ksii_index_through_spex_and_faith_banzhaf(spex6):
     """k-SII of order 2 from SPEX's (exact, 64-coalition) spectrum equals the conversion of
     the brute-force Möbius transform; efficiency: the non-empty values sum to v(1) - v(0)."""

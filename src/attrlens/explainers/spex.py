@@ -27,7 +27,7 @@ harness (evaluation/faithfulness.py).
 
 from __future__ import annotations
 
-import itertools
+import warnings
 from typing import Any
 
 import numpy as np
@@ -198,8 +198,9 @@ _PROXY_MIN = 20  # 5-fold cross-validation of the boosted trees needs a few mask
 class ProxySpexExplainer(_FourierExplainer):
     """ProxySPEX: boosted-tree proxy on uniform masks, exact tree -> Fourier, sparse refit.
 
-    ``budget`` = number of distinct uniform random masks evaluated. Games with fewer than
-    20 coalitions (n <= 4) are enumerated and solved exactly (terms up to max_order).
+    ``budget`` = number of distinct uniform random masks evaluated. A budget that covers
+    all 2^n coalitions (the default up to n = 10) enumerates them and gives the exact
+    spectrum (terms up to max_order) without a proxy.
     """
 
     name = "proxyspex"
@@ -236,15 +237,12 @@ class ProxySpexExplainer(_FourierExplainer):
         rng = np.random.default_rng(seed)
         masks = uniform_masks(n, int(budget or 0), rng)
         values = game(masks)
-        if len(masks) < _PROXY_MIN:
-            # every coalition evaluated, too few rows for the trees' cross-validation: the
-            # exact spectrum (up to max_order) by least squares
-            from ..solvers.fourier import fourier_basis
-
-            keys = [k for r in range(min(n, p["max_order"]) + 1)
-                    for k in itertools.combinations(range(n), r)]
-            sol, *_ = np.linalg.lstsq(fourier_basis(keys, masks), values, rcond=None)
-            coeffs = {k: float(c) for k, c in zip(keys, sol) if c != 0.0}
+        total = n_coalitions(n)
+        if total is not None and len(masks) >= total:
+            # every coalition evaluated (uniform_masks returns them in all_masks order): the
+            # exact spectrum up to max_order; no proxy is needed, and boosted trees on 2^n
+            # rows (32 at n = 5) fit a constant, i.e. scored every feature 0
+            coeffs = exact_spectrum(values, n, p["max_order"])
             info: dict[str, Any] = {"exhaustive": True}
         else:
             coeffs, info = proxyspex_fit(
@@ -252,6 +250,13 @@ class ProxySpexExplainer(_FourierExplainer):
                 energy=p["energy"], grid=p["grid"], return_info=True,
             )
             info = {"exhaustive": False, **info}
+            if len(coeffs) <= 1 and np.ptp(values) > 0:
+                warnings.warn(
+                    f"ProxySPEX's tree proxy fitted a constant on {len(masks)} masks "
+                    f"(cross-validated R² {info.get('cv_r2', float('nan')):.2f}), so every "
+                    f"score is 0: raise --budget (default {self.default_budget(n)}).",
+                    stacklevel=2,
+                )
         extra: dict[str, Any] = {"n_samples": len(masks), **info}
         return self._explanation(coeffs, n, extra)
 
