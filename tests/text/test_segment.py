@@ -116,3 +116,26 @@ def test_span_features_are_the_text_of_their_whole_tokens():
         segment(text, [(0, len(text))], offsets, "span", spans=[(0, 4), (5, 12)])
     with pytest.raises(InputError, match=r"span \(3, 5\) 'el' lies inside tokens"):
         segment(text, [(0, len(text))], offsets, "span", spans=[(0, 3), (3, 5), (5, 9)])
+
+
+def test_token_features_keep_the_bytes_of_one_character_together():
+    """Byte-level BPE splits an emoji or accented letter over tokens sharing its character
+    (offsets (6, 8), (7, 8), (7, 8) for ' 🍕'): the first made a blank feature ' ' and the
+    others a feature holding part of the character's bytes."""
+    text = "I love 🍕 so"
+    offsets = [(0, 1), (1, 6), (6, 8), (7, 8), (7, 8), (8, 11)]
+    fs = segment(text, [(0, len(text))], offsets, "token")
+    assert fs.labels == ["I", "love", "🍕", "so"]
+    assert [f.spans for f in fs] == [((0, 1),), ((1, 6),), ((6, 8),), ((8, 11),)]
+    assert [f.tokens for f in fs] == [(0,), (1,), (2, 3, 4), (5,)]
+
+
+def test_a_blank_token_joins_the_token_after_it():
+    """'price: 5' tokenized as 'price', ':', 'Ġ', '5': the space went to ':'; as the module
+    says, whitespace belongs to the feature that follows it."""
+    text = "price: 5\n\nok"
+    offsets = [(0, 5), (5, 6), (6, 7), (7, 8), (8, 9), (9, 10), (10, 12)]
+    fs = segment(text, [(0, len(text))], offsets, "token")
+    assert fs.labels == ["price", ":", "5", "ok"]
+    assert [f.spans for f in fs] == [((0, 5),), ((5, 6),), ((6, 8),), ((8, 12),)]
+    assert [f.tokens for f in fs] == [(0,), (1,), (2, 3), (4, 5, 6)]

@@ -146,12 +146,23 @@ def char_segments(
         for r in regions:
             s, e = r
             cuts = []
+            reach = s  # the furthest character the tokens so far cover
+            blank_from = None  # start of a run of blank-only tokens
             for a, b in offsets:
                 if b <= a or b <= s or a >= e:
                     continue
                 a, b = max(a, s), min(b, e)
-                if text[a:b].strip():  # a blank-only token joins the next one
-                    cuts.append(a)
+                if a < reach:
+                    # a byte-level token sharing a character with the tokens before it
+                    # (the last bytes of an emoji or accented letter): no boundary here
+                    reach = max(reach, b)
+                    continue
+                if text[a:b].strip():  # a run of blank-only tokens joins the next token
+                    cuts.append(a if blank_from is None else blank_from)
+                    blank_from = None
+                elif blank_from is None:
+                    blank_from = a
+                reach = b
             pieces = _spread(r, cuts[1:]) if cuts else []
             out.extend((p,) for p in pieces)
     else:  # span
