@@ -26,6 +26,10 @@ PROMPT = "The quick brown fox jumps over the lazy dog"
     ({"spans": [(0, 3)]}, "Spans are the features of granularity 'span'"),
     ({"chat": "no"}, "'chat' parameter of explain"),
     ({"progress": 5}, "progress must be a callable"),
+    ({"prefix_reuse": "no"}, "'prefix_reuse' parameter of explain must be a bool"),
+    ({"top_k": 5}, ("top_k is the vocabulary union of the kl/js/tv targets; loo scores the "
+                   "nll target")),
+    ({"top_k": 5, "method": "gilot"}, "gilot scores no target"),
 ])
 def test_wrong_arguments_are_refused_before_the_model_is_loaded(kwargs, needle):
     """Each failed with a raw TypeError deep inside (a non-string name), was silently
@@ -123,3 +127,23 @@ def test_results_record_only_the_settings_their_method_reads(tiny_model):
     from attrlens.registry import get_explainer
 
     assert get_explainer("gsmile").reads == ()  # text deletions, a distance between answers
+
+
+def test_top_k_is_read_by_the_divergence_targets(tiny_model):
+    """top_k=5 with the nll target was silently ignored; with kl it sets the union read."""
+    a = attrlens.explain(PROMPT, model=tiny_model, output=" x", chat=False, target="kl",
+                         top_k=5)
+    assert a.params["target"]["top_k_union"] == 5
+
+
+def test_numpy_spans_and_token_ids_are_taken(tiny_model):
+    """A (k, 2) array of spans, NumPy int offsets, and an array of output ids were refused;
+    they give the same result as the lists."""
+    ref = attrlens.explain(PROMPT, model=tiny_model, output=" x", chat=False,
+                           granularity="span", spans=[(0, 3), (4, 9)])
+    ids = np.asarray(ref.output_token_ids)
+    for spans in (np.array([[0, 3], [4, 9]]), [(np.int64(0), np.int64(3)), (4, 9)]):
+        a = attrlens.explain(PROMPT, model=tiny_model, output=ids, chat=False,
+                             granularity="span", spans=spans)
+        assert a.labels == ["The", "quick"] and a.output_token_ids == ref.output_token_ids
+        np.testing.assert_allclose(a.scores, ref.scores, atol=1e-6)

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
 
 import attrlens
-from attrlens.errors import AttrlensError, InputError
+from attrlens.errors import AttrlensError, InputError, ParameterError
 from attrlens.games import Game, as_game
 from attrlens.result import REQUIRED_KEYS, SCHEMA, Attribution
 
@@ -139,7 +140,6 @@ def test_explain_game_refuses_wrong_features_and_values_on_one_line(fn, n, needl
 def test_the_result_schema_lists_every_interaction_index():
     """docs/result_schema.md names the values of ``interactions.index``: all of them."""
     import pathlib
-    import re
 
     from attrlens.solvers.indices import INDICES
 
@@ -147,3 +147,45 @@ def test_the_result_schema_lists_every_interaction_index():
     listed = re.search(r"`index` is one of ([a-z, ]+);", doc)
     assert listed is not None
     assert {w.strip() for w in listed.group(1).split(",")} == set(INDICES)
+
+
+@pytest.mark.parametrize(("kwargs", "needle"), [
+    ({"labels": [1, 2, 3]}, "labels must be strings, one per feature; got int 1"),
+    ({"labels": "abc"}, "got the string 'abc'"),
+    ({"progress": 5}, "progress must be a callable"),
+])
+def test_explain_game_refuses_labels_and_progress_it_cannot_use(kwargs, needle):
+    """Int labels made a result that could not be loaded back, a string was split into
+    letters, and progress=5 ended in "'int' object is not callable"."""
+    with pytest.raises(ParameterError) as ei:
+        attrlens.explain_game(lambda m: m.sum(1) * 1.0, 3, **kwargs)
+    assert needle in str(ei.value)
+
+
+@pytest.mark.parametrize(("kwargs", "needle"), [
+    ({"scores": [[1.0, 2.0]], "labels": ["a"]}, "one number per feature (1-D)"),
+    ({"scores": [1.0, 2.0], "labels": ["a", "b"], "spans": [[[0, 1]]]},
+     "the spans of every feature or none"),
+    ({"scores": [1.0], "labels": [1]}, "labels are strings"),
+])
+def test_an_attribution_that_could_not_be_saved_or_loaded_is_refused(kwargs, needle):
+    with pytest.raises(InputError, match=re.escape(needle)):
+        Attribution(method="x", **kwargs)
+
+
+def test_a_per_token_game_takes_a_matrix_per_call():
+    """Game(fn, n, per_token=True): fn returns (m, T), as documented; it was refused."""
+    w = np.arange(1.0, 7.0)
+    g = Game(lambda m: np.stack([m @ w * (t + 1) for t in range(3)], 1), 6, per_token=True)
+    a = attrlens.explain_game(g, 6, method="loo")
+    np.testing.assert_allclose(a.scores, 2 * w)  # the mean over t of (t + 1) w
+    np.testing.assert_allclose(a.per_output_token, w[:, None] * [1, 2, 3])
+    bad = Game(lambda m: m @ w, 6, per_token=True)
+    with pytest.raises(InputError, match=r"one row of per-token values per mask"):
+        attrlens.explain_game(bad, 6, method="loo")
+
+
+def test_faith_banzhaf_records_the_order_that_ran():
+    a = attrlens.explain_game(lambda m: m.sum(1) * 1.0, 3, method="faith_banzhaf", order=5,
+                              budget=8)
+    assert a.params["order"] == 3 == a.interactions["order"]

@@ -83,7 +83,17 @@ def explain_game(
         raise ParameterError(
             f"The method '{explainer.name}' needs a language model; use attrlens.explain."
         )
+    if progress is not None and not callable(progress):
+        raise ParameterError(f"progress must be a callable (done, total) or None; got "
+                             f"{type(progress).__name__}.")
+    if isinstance(labels, str):
+        raise ParameterError(f"labels must be a list of strings, one per feature; got the "
+                             f"string {labels!r}.")
     labels = list(labels) if labels is not None else [f"x{i}" for i in range(n_features)]
+    bad = next((lab for lab in labels if not isinstance(lab, str)), None)
+    if bad is not None:
+        raise ParameterError(f"labels must be strings, one per feature; got "
+                             f"{type(bad).__name__} {bad!r} (pass [str(x) for x in labels]).")
     if len(labels) != n_features:
         raise InputError(f"{len(labels)} labels given for {n_features} features.")
     game = as_game(fn, n_features, progress=progress, batch_size=1024)
@@ -168,6 +178,15 @@ def explain(
                      progress=progress)
     _check_read(explainer, target=target, reduction=reduction, contrast=contrast,
                 masker=masker)
+    check_param("explain", "prefix_reuse", prefix_reuse, kind=bool)
+    from .scoring.targets import DIVERGENCES
+
+    read_target = (target or explainer.default_target) if "target" in explainer.reads else None
+    if top_k != 100 and read_target not in DIVERGENCES:
+        raise ParameterError(
+            f"top_k is the vocabulary union of the {'/'.join(DIVERGENCES)} targets; "
+            f"{explainer.name} scores "
+            f"{f'the {read_target} target' if read_target else 'no target'}: leave it out.")
     check_seed("explain", seed)  # before the model loads and answers: cheap errors first
     model = _resolve_model(model, tokenizer, loading)
     with model.evaluating():  # a model object in training mode: back as it was afterwards
@@ -235,6 +254,13 @@ def served_provenance(local: Any, backend: Any, route: str | None) -> dict[str, 
 
 def _api_counters(backend: Any) -> dict[str, float]:
     return dict(getattr(backend, "counters", {}) or {})
+
+
+def _as_list(output: Any) -> Any:
+    """A NumPy array or torch tensor of token ids as a list (anything else as it is)."""
+    if hasattr(output, "tolist") and hasattr(output, "ndim") and output.ndim == 1:
+        return output.tolist()
+    return output
 
 
 def _token_ids(output: Any) -> bool:
@@ -401,7 +427,7 @@ def prepare(
                 f"passing its text back as the output scores those; to score these tokens "
                 f"again pass the result: --output-from RESULT.json "
                 f"(output=attr.output_token_ids).", stacklevel=3)
-    elif _token_ids(output):
+    elif _token_ids(output := _as_list(output)):
         if target_backend is not None:
             raise InputError("A served model's output is explained as text; give output= "
                              "(--output-text) as a string.")

@@ -196,12 +196,23 @@ class Attribution:
     output_tokens: list[dict[str, Any]] | None = None
 
     def __post_init__(self) -> None:
+        # what load() would refuse is refused here, when the result is made, not when read
         self.scores = np.asarray(self.scores, dtype=float)
+        if self.scores.ndim != 1:
+            raise InputError(f"An attribution's scores are one number per feature (1-D); got "
+                             f"shape {self.scores.shape}.")
         if len(self.labels) != len(self.scores):
             raise InputError(
                 f"An attribution needs one label per score; got {len(self.labels)} labels "
                 f"for {len(self.scores)} scores."
             )
+        bad = next((lab for lab in self.labels if not isinstance(lab, str)), None)
+        if bad is not None:
+            raise InputError(f"An attribution's labels are strings; got {type(bad).__name__} "
+                             f"{bad!r}.")
+        if self.spans and len(self.spans) != len(self.labels):
+            raise InputError(f"An attribution needs the spans of every feature or none; got "
+                             f"{len(self.spans)} for {len(self.labels)} features.")
         for k in ("model_forwards", "tokens_processed", "api_calls", "wall_s"):
             self.cost.setdefault(k, 0)
 

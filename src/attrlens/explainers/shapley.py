@@ -249,8 +249,11 @@ class _RegressionExplainer(Explainer):
             "exact_design": bool(exhaustive),
             "surrogate": {"basis": "mobius", "terms": mobius_terms(mob)},
         }
+        ran = {"budget": _cap(n, int(budget or 0))}
+        if "order" in self.params:  # the order that ran: at most n
+            ran["order"] = order
         return Explanation(scores=scores, interactions=self._interactions(mob, n, order),
-                           extra=extra, params={"budget": _cap(n, int(budget or 0))})
+                           extra=extra, params=ran)
 
     def _interactions(
         self, mob: dict[tuple[int, ...], float], n: int, order: int

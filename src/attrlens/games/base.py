@@ -112,21 +112,26 @@ class Game:
             vals = np.asarray(got, dtype=float)
         except (TypeError, ValueError):
             vals = None
-        if vals is None or vals.ndim == 0 or vals.shape[0] != len(masks) or vals.ndim > 2 or (
-                vals.ndim == 2 and vals.shape[1] != 1):
+        if self.per_token:  # one row of per-output-token values per mask
+            ok = vals is not None and vals.ndim == 2 and vals.shape[0] == len(masks) and (
+                vals.shape[1] >= 1)
+            want = f"one row of per-token values per mask (shape ({len(masks)}, T))"
+        else:
+            ok = vals is not None and vals.ndim in (1, 2) and vals.shape[0] == len(masks) and (
+                vals.ndim == 1 or vals.shape[1] == 1)
+            want = f"one number per mask (shape ({len(masks)},))"
+        if not ok:
             shape = ("values that are not numbers" if vals is None
                      else f"an array of shape {vals.shape}")
             raise InputError(
                 f"The value function returned {shape} ({type(got).__name__}) for "
-                f"{len(masks)} masks; it must return one number per mask (shape "
-                f"({len(masks)},)).")
-        vals = vals.reshape(len(masks))
+                f"{len(masks)} masks; it must return {want}.")
         if not np.all(np.isfinite(vals)):
             raise InputError(
                 "The value function returned NaN or inf; check the model's precision "
                 "(try dtype float32) or the target."
             )
-        return list(vals)
+        return list(vals) if self.per_token else list(vals.reshape(len(masks)))
 
     def new_masks(self, masks: np.ndarray) -> list[bytes]:
         """Keys of the rows of ``masks`` not yet in the memo (distinct, in order)."""

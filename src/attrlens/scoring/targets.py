@@ -29,6 +29,8 @@ from .distributions import divergence, topk_divergence  # noqa: F401  (divergenc
 from .engine import ScoringEngine, gather_logprobs, unmasked_input
 
 TARGETS = ("nll", "logprob", "kl", "js", "tv", "contrastive")
+#: the targets that compare distributions over the union of their top-k tokens (``k``)
+DIVERGENCES = ("kl", "js", "tv")
 
 
 class Target(abc.ABC):
@@ -143,7 +145,7 @@ def make_target(
         )
     if name in ("nll", "logprob"):
         return LogProbTarget(engine, name=name, reduction=reduction)
-    if name in ("kl", "js", "tv"):
+    if name in DIVERGENCES:
         k = check_param("the target", "top_k", k, kind=int, low=1)
         return DivergenceTarget(engine, kind=name, k=k, reduction=reduction)
     if alt_engine is None:

@@ -11,6 +11,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from ..errors import InputError
 
 Message = dict[str, str]
@@ -43,6 +45,8 @@ class Prompt:
         rendered prompt, template and system prompt included). The one place where span
         offsets are converted."""
         out: list[tuple[int, int]] = []
+        if hasattr(spans, "tolist") and getattr(spans, "ndim", 0) == 2:
+            spans = spans.tolist()  # a (k, 2) NumPy array or tensor of offsets
         if isinstance(spans, (str, bytes)) or not isinstance(spans, Sequence) or not spans:
             raise InputError(f"Spans must be a non-empty list of (start, end) char offsets, "
                              f"e.g. [(0, 5), (6, 11)]; got {spans!r}.")
@@ -51,8 +55,8 @@ class Prompt:
                 raise InputError(
                     f"Spans must be a list of (start, end) pairs, e.g. [(0, 5)] for one span; "
                     f"got {spans!r}.")
-            if (len(sp) != 2 or not all(isinstance(x, int) and not isinstance(x, bool)
-                                        for x in sp)):
+            if (len(sp) != 2 or not all(isinstance(x, (int, np.integer))
+                                        and not isinstance(x, bool) for x in sp)):
                 raise InputError(f"A span must be two ints (start, end); got {tuple(sp)!r}.")
             out.append((int(sp[0]), int(sp[1])))
         if not self.chat:
