@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -325,3 +326,22 @@ def test_ksii_index_through_spex_and_faith_banzhaf(spex6):
     assert fb.interactions["order"] == n  # k-SII of order n is the Möbius transform
     for S, v in brute_mobius(fn, n).items():
         assert terms(fb).get(S, 0.0) == pytest.approx(v, abs=1e-6), S
+
+
+def test_spex_says_when_the_game_has_more_effects_than_its_bins():
+    """250 equal first-order effects at the default b = 6 (192 bins): the peeling stalled
+    and the scores summed to 49 of 250, silently; a sparse game of as many features (with
+    noise) is recovered and says nothing. The fit is recorded either way."""
+    with pytest.warns(UserWarning, match=r"explain 1\d% of the variance of the \d+ values"):
+        dense = attrlens.explain_game(lambda m: m.sum(1) * 1.0, 250, method="spex")
+    assert dense.extra["metadata"]["fit_r2"] < 0.2 and dense.scores.sum() < 60
+    rng = np.random.default_rng(0)
+    w = np.zeros(250)
+    w[rng.choice(250, 20, replace=False)] = rng.normal(size=20)
+    noise = np.random.default_rng(1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        a = attrlens.explain_game(lambda m: m @ w + 0.01 * noise.normal(size=len(m)), 250,
+                                  method="spex")
+    np.testing.assert_allclose(a.scores, w, atol=0.01)
+    assert a.extra["metadata"]["fit_r2"] > 0.99

@@ -76,6 +76,23 @@ def exact_spectrum(values: np.ndarray, n: int, max_order: int) -> Coeffs:
     return out
 
 
+#: SPEX warns when its interactions explain less than this share of the queried values
+#: variance (``extra["fit_r2"]``)
+FIT_WARN = 0.5
+
+
+def _fit_r2(coeffs: Coeffs, masks: np.ndarray, values: np.ndarray) -> float:
+    """R² of the recovered dictionary on the masks the design queried (1 = it reproduces
+    every value; a constant game counts as fitted)."""
+    from ..solvers.fourier import fourier_basis
+
+    y = np.asarray(values, dtype=float)
+    keys = list(coeffs)
+    pred = (fourier_basis(keys, masks) @ np.array([coeffs[k] for k in keys])) if keys else 0.0
+    total = float(np.sum((y - y.mean()) ** 2))
+    return 1.0 - float(np.sum((y - pred) ** 2)) / total if total > 0 else 1.0
+
+
 class _FourierExplainer(Explainer):
     """Shared checks and output of SPEX and ProxySPEX."""
 
@@ -171,7 +188,8 @@ class SpexExplainer(_FourierExplainer):
             exp.params["b"] = None
             return exp
         design = make_design(n, b=b, t=p["max_order"], n_groups=p["n_groups"], seed=seed)
-        values = game(design.masks())  # repeated masks are free (counted once)
+        masks = design.masks()
+        values = game(masks)  # repeated masks are free (counted once)
         res = spex_transform(design, values, decoder=p["decoder"], chase_depth=p["chase_depth"],
                              refit=p["refit"], seed=seed)
         extra = {
@@ -185,6 +203,15 @@ class SpexExplainer(_FourierExplainer):
             "unexplained_bins": res.n_multiton_bins,
             "residual_energy": res.residual_energy,
         }
+        extra["fit_r2"] = fit = _fit_r2(res.coeffs, masks, values)
+        if fit < FIT_WARN:
+            # more effects than the design's bins: the peeling stalls and most of the game is
+            # left out (an additive game of 250 features at b = 6 kept 49 of its 250)
+            warnings.warn(
+                f"SPEX's recovered interactions explain {fit:.0%} of the variance of the "
+                f"{len(values)} values it queried (b = {b}): the game has more effects than "
+                f"the design separates and the scores miss many of them; raise b (e.g. "
+                f"b={min(b + 2, 12)}) or the budget.", stacklevel=2)
         exp = self._explanation(res.coeffs, n, extra)
         exp.params["b"] = b
         return exp
