@@ -189,3 +189,9 @@ def test_faith_banzhaf_records_the_order_that_ran():
     a = attrlens.explain_game(lambda m: m.sum(1) * 1.0, 3, method="faith_banzhaf", order=5,
                               budget=8)
     assert a.params["order"] == 3 == a.interactions["order"]
+
+
+def test_complex_values_are_refused_not_cast():
+    """A value function returning complex numbers lost their imaginary parts silently."""
+    with pytest.raises(InputError, match="complex numbers"):
+        attrlens.explain_game(lambda m: m.sum(1) * (1 + 1j), 3)

@@ -108,6 +108,9 @@ class Game:
     def compute(self, masks: np.ndarray) -> list[Any]:
         """The values of new masks (one per row); typed games override this."""
         got = self.fn(masks)
+        if np.iscomplexobj(got):
+            raise InputError("The value function returned complex numbers; it must return "
+                             "real values (e.g. np.abs(v) or v.real, whichever is meant).")
         try:
             vals = np.asarray(got, dtype=float)
         except (TypeError, ValueError):
