@@ -83,9 +83,7 @@ def explain_game(
         raise ParameterError(
             f"The method '{explainer.name}' needs a language model; use attrlens.explain."
         )
-    if progress is not None and not callable(progress):
-        raise ParameterError(f"progress must be a callable (done, total) or None; got "
-                             f"{type(progress).__name__}.")
+    _check_progress(progress)
     if isinstance(labels, str):
         raise ParameterError(f"labels must be a list of strings, one per feature; got the "
                              f"string {labels!r}.")
@@ -329,6 +327,10 @@ def _check_arguments(granularity: str, masker: str | None, max_new_tokens: int, 
             f"Spans are the features of granularity 'span'; got granularity "
             f"'{granularity}'. Pass granularity='span' (--granularity span) with them, or "
             f"leave them out.")
+    _check_progress(progress)
+
+
+def _check_progress(progress: Any) -> None:
     if progress is not None and not callable(progress):
         raise ParameterError(
             f"progress must be a callable (done, total) or None; got "
