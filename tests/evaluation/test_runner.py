@@ -545,19 +545,30 @@ def test_an_output_folder_that_cannot_hold_the_run_is_refused_first(tiny_dir, tm
     assert ("is a file" in err) or ("is a folder where the run writes a file" in err)
 
 
-def test_settings_a_method_does_not_read_neither_key_nor_label_its_records(tiny_dir, tmp_path):
-    """--target kl reached ig's records as eval.target 'kl' (ig reads no target) and keyed
-    them apart from the same numbers under nll; loo's records still follow the target."""
-    data = [{"prompt": "the cat sat", "output": " x"}]
-    kw = {"metrics": ["abpc"], "model": str(tiny_dir), "out": tmp_path / "o",
-          "progress": False, "report": False, "chat": False}
-    attrlens.evaluate(data, methods=["grad_x_input", "loo"], **kw)
-    again = attrlens.evaluate(data, methods=["grad_x_input", "loo"], target="kl", **kw)
-    assert again.skipped == 1 and again.computed == 1  # only loo's value changed
-    recs = [json.loads(x) for x in (tmp_path / "o" / "records.jsonl").read_text().splitlines()]
-    assert [r["method"] for r in recs] == ["grad_x_input", "loo", "loo"]
-    assert "target" not in recs[0]["eval"] and "method_masker" not in recs[0]["eval"]
-    assert recs[2]["eval"]["target"] == "kl"
+def test_evaluation_settings_key_every_record_whatever_its_method_reads(tiny_dir, tmp_path):
+    """grad_x_input reads no target and no masker, but its metrics do: the curves mask with
+    the evaluation masker and top-k scores the game of --target and --method-masker. A
+    changed setting reused its old record (abpc under another masker, top-k under another
+    target); each now recomputes it, with the numbers of a fresh run."""
+    data = [{"prompt": "the cat sat on the mat", "output": " x"}]
+    kw = {"metrics": ["abpc", "topk"], "model": str(tiny_dir), "progress": False,
+          "report": False, "chat": False, "r_max": 2}
+
+    def records(out):
+        return [json.loads(x) for x in (out / "records.jsonl").read_text().splitlines()]
+
+    attrlens.evaluate(data, methods=["grad_x_input"], out=tmp_path / "o", **kw)
+    for change in ({"masker": "replace"}, {"target": "logprob"}, {"method_masker": "delete"}):
+        again = attrlens.evaluate(data, methods=["grad_x_input"], out=tmp_path / "o",
+                                  **change, **kw)
+        assert again.computed == 1 and again.skipped == 0, change
+        fresh_out = tmp_path / f"fresh_{next(iter(change))}"
+        attrlens.evaluate(data, methods=["grad_x_input"], out=fresh_out, **change, **kw)
+        got, fresh = records(tmp_path / "o")[-1], records(fresh_out)[-1]
+        assert got["eval"][next(iter(change))] == next(iter(change.values()))
+        assert got["metrics"] == fresh["metrics"], change
+    before = records(tmp_path / "o")
+    assert before[0]["metrics"] != before[1]["metrics"]  # the masker moved abpc
 
 
 def test_a_method_budget_reads_as_the_budget_option_does():
@@ -565,3 +576,28 @@ def test_a_method_budget_reads_as_the_budget_option_does():
     specs = parse_methods("loo:budget=none,lime:budget=64:num_samples=32")
     assert specs[0].param_dict == {"budget": None}
     assert specs[1].param_dict == {"budget": 64, "num_samples": 32}
+
+
+def test_bf16_records_are_keyed_by_the_thread_count_that_computed_them(tiny_dir, tmp_path):
+    """In bf16 the rounding of batched sums, and so a record's numbers, depend on torch's
+    thread count: Ray's one-thread actors gave other numbers than a local run under the
+    same key, and a resumed store mixed them. float32 records do not depend on it."""
+    import torch
+
+    data = [{"prompt": "the cat sat on the mat", "output": " x"}]
+    kw = {"metrics": ["abpc"], "progress": False, "report": False, "chat": False}
+    before = torch.get_num_threads()
+    try:
+        for dtype, recomputed in (("bfloat16", 1), ("float32", 0)):
+            model = attrlens.load_model(str(tiny_dir), dtype=dtype)
+            out = tmp_path / dtype
+            torch.set_num_threads(2)
+            attrlens.evaluate(data, methods=["loo"], model=model, out=out, **kw)
+            torch.set_num_threads(1)
+            again = attrlens.evaluate(data, methods=["loo"], model=model, out=out, **kw)
+            assert again.computed == recomputed and again.skipped == 1 - recomputed, dtype
+            recs = [json.loads(x) for x in (out / "records.jsonl").read_text().splitlines()]
+            assert [r["model"].get("torch_threads") for r in recs] == (
+                [2, 1] if recomputed else [None])
+    finally:
+        torch.set_num_threads(before)

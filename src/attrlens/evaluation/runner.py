@@ -2,8 +2,9 @@
 
 One *record* = one explanation (item × method with its parameters × model × seed) with its
 metric values. Records are computed independently of each other (each one prepares its own
-games), so a record's numbers do not depend on what ran before it, on the backend, or on
-whether the run was resumed; they are appended to ``DIR/records.jsonl`` as they finish
+games), so a record's numbers do not depend on what ran before it, or on whether the run was
+resumed (in bf16 they depend on torch's thread count, which the key holds: Ray's actors
+run one thread each); they are appended to ``DIR/records.jsonl`` as they finish
 (:mod:`.store`) and a rerun skips them. The summary (``DIR/summary.json`` and
 ``DIR/summary.md``) holds, per method and metric, the mean over items with a 95% bootstrap
 CI, the same per n-feature bin (8-15, 16-31, 32-63, 64-127, SPEX), and paired Wilcoxon
@@ -214,13 +215,29 @@ class EvalConfig:
         return d
 
 
-def model_hash(model: HFModel) -> dict[str, Any]:
+def model_hash(model: HFModel, threads: int | None = None) -> dict[str, Any]:
     """{"id", "sha256", "dtype"} of a loaded model (sha256 None for in-memory models), with
     its chat template's keyword arguments where it has any (they change the prompts): what
     a record's key holds of the model. The dtype is in it (bfloat16 scores are not float32
     scores); the device is not (the same weights in the same dtype score the same on any
-    device, so a run may go on elsewhere), and is written beside it in each record."""
-    return {**model.info.provenance(), "dtype": model.info.dtype}
+    device, so a run may go on elsewhere), and is written beside it in each record. In a
+    reduced dtype, torch's CPU thread count (``threads``) is in it too: the rounding of
+    batched sums, and so the scores, depend on it (Ray's actors run RAY_THREADS threads,
+    a local run torch's default)."""
+    out = {**model.info.provenance(), "dtype": model.info.dtype}
+    if threads is not None and model.info.dtype not in ("float32", "float64"):
+        out["torch_threads"] = int(threads)
+    return out
+
+
+#: torch threads of each Ray actor (one CPU each)
+RAY_THREADS = 1
+
+
+def _threads() -> int:
+    import torch
+
+    return int(torch.get_num_threads())
 
 
 def _weights_not_name(model: dict[str, Any]) -> dict[str, Any]:
@@ -240,6 +257,7 @@ def _earlier_template_date(store: Any, model: HFModel) -> str | None:
     for rec in store.records():
         theirs = _weights_not_name(dict(rec.get("model") or {}))
         theirs.pop("device", None)
+        theirs.pop("torch_threads", None)
         date = theirs.pop("template_date", None)
         if date and theirs == mine:
             return str(date)
@@ -272,17 +290,12 @@ def make_key(item: EvalItem, spec: MethodSpec, model: dict[str, Any], seed: int,
         "params": _json_clean(spec.param_dict),
         "model": _weights_not_name(model),
         "seed": seed,
-        "eval": _read_by(spec.name, config.key_fields()),
+        # every evaluation setting, also those the method itself does not read: the
+        # metrics do (the curves mask with ``masker``; R², top-k and LDS score the game of
+        # ``target`` and ``method_masker``), so ig's record under --target kl is not its
+        # record under nll
+        "eval": config.key_fields(),
     })
-
-
-def _read_by(method: str, fields: dict[str, Any]) -> dict[str, Any]:
-    """The evaluation settings without the explained-value ones the method does not read
-    (``Explainer.reads``): ig's records under --target kl are its records under nll."""
-    from ..registry import get_explainer
-
-    cls = get_explainer(method)
-    return {k: v for k, v in fields.items() if not cls.ignores(k)}
 
 
 class ItemRunner:
@@ -290,6 +303,7 @@ class ItemRunner:
 
     model: a loaded HFModel, a model path, or None (the embedded default model)
     trust_remote_code: run the modeling code a model path ships (see ``load_model``)
+    threads:     torch's CPU thread count for this process (a Ray actor: RAY_THREADS)
     share_cache: share the evaluation's model calls between the methods of an item
     target_url:  the served model's API root (with ``config.target_model``): the explained
                  output is its greedy answer, and closed-model methods (gsmile) query it
@@ -297,7 +311,7 @@ class ItemRunner:
 
     def __init__(self, model: Any, config: EvalConfig, seed: int, *,
                  share_cache: bool = True, target_url: str | None = None,
-                 trust_remote_code: bool = False):
+                 trust_remote_code: bool = False, threads: int | None = None):
         from ..api import load_model
         from ..models.hf import HFModel
 
@@ -318,6 +332,10 @@ class ItemRunner:
                 "evaluate needs a local model: a path, None (the embedded model) or "
                 "attrlens.load_model(...)."
             )
+        if threads is not None:  # a Ray actor: the thread count its records are keyed by
+            import torch
+
+            torch.set_num_threads(threads)
         self.model = model
         self.config = config
         self.seed = seed
@@ -433,9 +451,10 @@ class ItemRunner:
         return {"key": key, "item_id": item.id, "item_sha256": item.sha256,
                 "method": spec.name, "label": spec.label,
                 "params": _json_clean(spec.param_dict),
-                "model": {**model_hash(self.model), "device": self.model.info.device},
+                "model": {**model_hash(self.model, _threads()),
+                          "device": self.model.info.device},
                 "seed": self.seed,
-                "eval": _read_by(spec.name, _json_clean(asdict(self.config)))}
+                "eval": _json_clean(asdict(self.config))}
 
     def _run(self, item: EvalItem, spec: MethodSpec, key: str) -> dict[str, Any]:
         from ..api import finish, make_explainer
@@ -804,7 +823,7 @@ def _run_ray(model: Any, config: EvalConfig, seed: int, groups: list[Group], *, 
         model_arg = ray.put(model) if isinstance(model, HFModel) else model
         actor_cls = ray.remote(num_cpus=1)(ItemRunner)
         actors = [actor_cls.remote(model_arg, config, seed, share_cache=share_cache,
-                                   target_url=target_url)
+                                   target_url=target_url, threads=RAY_THREADS)
                   for _ in range(workers)]
         pool = ActorPool(actors)
         for recs in pool.map_unordered(lambda a, g: a.run_group.remote(g[0], g[1]), groups):
@@ -965,7 +984,7 @@ def evaluate(
         earlier = _earlier_template_date(store, runner.model)
         if earlier is not None:  # a rerun on a later day renders the run's prompts again
             runner.model = runner.model.with_template_date(earlier)
-    mhash = model_hash(runner.model)
+    mhash = model_hash(runner.model, RAY_THREADS if backend == "ray" else _threads())
     groups: list[Group] = []
     n_skip = 0
     keys: list[str] = []

@@ -81,10 +81,10 @@ class Explainer(ABC):
     #: target, its reduction, a contrast) and "masker"; a setting it does not read is
     #: refused when given and left out of its results
     reads: ClassVar[tuple[str, ...]] = ("target", "masker")
-    #: the options that set each of those: explain()'s and evaluate()'s names
+    #: explain()'s options that set each of those (evaluate's records keep all of theirs:
+    #: its metrics read them whatever the method reads)
     SETTING_OF: ClassVar[dict[str, str]] = {
-        "target": "target", "reduction": "target", "contrast": "target",
-        "masker": "masker", "method_masker": "masker"}
+        "target": "target", "reduction": "target", "contrast": "target", "masker": "masker"}
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
