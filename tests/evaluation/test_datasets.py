@@ -123,6 +123,10 @@ def test_generic_records_and_checks(tmp_path):
     ({"prompt": "a b", "spans": [[0.5, 3.7]]}, "'spans' must be a list of [start, end] pairs"),
     ({"prompt": "a b", "labels": 5}, "'labels' must be a list of feature indices"),
     ({"prompt": "a b", "labels": "abc"}, "'labels' must be a list of feature indices"),
+    # a 0/1 vector without spans was read as the indices {0, 1}: gold = the first two words
+    ({"prompt": "The sky is blue today", "labels": [0, 0, 0, 1, 0]},
+     "a 0/1 flag per feature needs the record's 'spans'"),
+    ({"prompt": "a b", "labels": [True, False]}, "repeat a value or hold true/false"),
     ("just a string", "Record 1 is not a JSON object ({...}); got str"),
     ({"sentence": "fine", "label": None}, "'label' must be 0 (negative) or 1 (positive)"),
 ])

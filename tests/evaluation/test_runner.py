@@ -74,7 +74,11 @@ def test_bad_arguments_fail_before_any_work(tmp_path):
                        ({"target": "nlll"}, "'target' parameter of evaluate"),
                        ({"method_masker": "blank"}, "'method_masker' parameter"),
                        ({"seed": 2**32}, "'seed' parameter of evaluate"),
-                       ({"chat": "no"}, "'chat' parameter of evaluate")]:
+                       ({"chat": "no"}, "'chat' parameter of evaluate"),
+                       # v(all) of a divergence is 0: top-k's relative change was noise
+                       # over bf16 noise (135.6 under kl)
+                       ({"target": "kl", "metrics": ["abpc", "topk"]},
+                        "topk metric is the change relative to v")]:
         with pytest.raises(ParameterError, match=match):
             attrlens.evaluate(ITEMS, methods=["loo"], out=tmp_path / "o", **bad)
     assert not (tmp_path / "o").exists()

@@ -149,7 +149,13 @@ def _gold(labels: Any, n: int | None) -> tuple[int, ...] | None:
                          "0/1 flag per span.")
     if n is not None and len(labels) == n and all(v in (0, 1, True, False) for v in labels):
         return tuple(i for i, v in enumerate(labels) if v)
-    return tuple(sorted({int(i) for i in labels}))
+    if len(set(labels)) != len(labels) or any(isinstance(v, bool) for v in labels):
+        # [0, 0, 1, 0] without spans read as the indices {0, 1}: the wrong gold features
+        raise InputError(
+            f"'labels' {labels} repeat a value or hold true/false: a 0/1 flag per feature "
+            f"needs the record's 'spans' (one flag per span); without spans, give the gold "
+            f"features' indices once each (e.g. [2]).")
+    return tuple(sorted(int(i) for i in labels))
 
 
 def _generic(rec: dict[str, Any], idx: str) -> EvalItem:

@@ -942,6 +942,14 @@ def evaluate(
         )
     specs = parse_methods(methods)
     metric_names = parse_metrics(metrics)
+    from ..scoring.targets import DIVERGENCES
+
+    if "topk" in metric_names and target in DIVERGENCES:
+        raise ParameterError(
+            f"The topk metric is the change relative to v(all features), which under the "
+            f"{target} target is 0 by definition (the unmasked prompt against itself): use "
+            f"--target nll or logprob for topk, or other metrics (abpc, r2, lds) with "
+            f"{target}.")
     from ..registry import get_explainer
 
     for s in specs:
