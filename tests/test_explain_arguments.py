@@ -147,3 +147,12 @@ def test_numpy_spans_and_token_ids_are_taken(tiny_model):
                              granularity="span", spans=spans)
         assert a.labels == ["The", "quick"] and a.output_token_ids == ref.output_token_ids
         np.testing.assert_allclose(a.scores, ref.scores, atol=1e-6)
+
+
+@pytest.mark.parametrize("chat", [False, True])
+def test_overlapping_spans_are_named_in_the_users_offsets(tiny_model, chat):
+    """With the chat template the error said 'overlap at (121, 123)' for a 19-character
+    prompt: offsets into the rendered template, which the user never wrote."""
+    with pytest.raises(InputError, match=r"The spans \(0, 8\) and \(6, 12\) overlap"):
+        attrlens.explain("Paris is in France.", model=tiny_model, output=" x", chat=chat,
+                         granularity="span", spans=[(0, 8), (6, 12)])

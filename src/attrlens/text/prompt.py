@@ -7,6 +7,7 @@ template's markup and assistant turns are frozen.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -59,6 +60,10 @@ class Prompt:
                                         and not isinstance(x, bool) for x in sp)):
                 raise InputError(f"A span must be two ints (start, end); got {tuple(sp)!r}.")
             out.append((int(sp[0]), int(sp[1])))
+        for (a1, b1), (a2, b2) in itertools.pairwise(sorted(out)):
+            if a2 < b1:  # said here, in the user's offsets (below they become the template's)
+                raise InputError(f"The spans ({a1}, {b1}) and ({a2}, {b2}) overlap; features "
+                                 f"must be disjoint.")
         if not self.chat:
             return out
         if len(self.regions) != 1 or self.messages is None:
