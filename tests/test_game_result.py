@@ -195,3 +195,10 @@ def test_complex_values_are_refused_not_cast():
     """A value function returning complex numbers lost their imaginary parts silently."""
     with pytest.raises(InputError, match="complex numbers"):
         attrlens.explain_game(lambda m: m.sum(1) * (1 + 1j), 3)
+
+
+def test_a_budget_below_the_minimum_names_both_ways_to_raise_it():
+    """evaluate has no --budget option: the message also names its method:budget=N form."""
+    with pytest.raises(AttrlensError, match=r"Raise --budget to 5 or more \(loo:budget=5 in "
+                                            r"evaluate's --methods\)"):
+        attrlens.explain_game(lambda m: m.sum(1) * 1.0, 4, method="loo", budget=2)

@@ -188,7 +188,7 @@ class Explainer(ABC):
             raise ParameterError(
                 f"The budget {self.budget} is too small for {self.name} with {n_features} "
                 f"features: it needs at least {need} evaluations. Raise --budget to {need} "
-                f"or more."
+                f"or more ({self.name}:budget={need} in evaluate's --methods)."
             )
         return int(self.budget)
 
