@@ -605,3 +605,21 @@ def test_bf16_records_are_keyed_by_the_thread_count_that_computed_them(tiny_dir,
                 [2, 1] if recomputed else [None])
     finally:
         torch.set_num_threads(before)
+
+
+def test_asking_for_another_metric_keeps_the_ones_stored(tiny_model, tmp_path):
+    """abpc, then topk: the record was computed again with topk only, so a later abpc run
+    computed it once more (4 lines for one key, the last holding one metric)."""
+    data = [{"prompt": "the cat sat on the mat", "output": " x"}]
+    kw = {"methods": ["loo"], "model": tiny_model, "out": tmp_path / "o", "progress": False,
+          "report": False, "chat": False, "r_max": 2}
+    first = attrlens.evaluate(data, metrics=["abpc"], **kw)
+    second = attrlens.evaluate(data, metrics=["topk"], **kw)
+    assert second.computed == 1
+    recs = [json.loads(x) for x in (tmp_path / "o" / "records.jsonl").read_text().splitlines()]
+    assert set(recs[-1]["metrics"]) >= {"abpc", "morf", "lerf", "topk"}
+    assert recs[-1]["metrics"]["abpc"] == recs[0]["metrics"]["abpc"]  # same explanation
+    for metrics in (["abpc"], ["abpc", "topk"]):
+        again = attrlens.evaluate(data, metrics=metrics, **kw)
+        assert again.computed == 0 and again.skipped == 1, metrics
+    assert first.table["loo"]["abpc"]["mean"] == again.table["loo"]["abpc"]["mean"]

@@ -49,7 +49,7 @@ import math
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -996,6 +996,7 @@ def evaluate(
     groups: list[Group] = []
     n_skip = 0
     keys: list[str] = []
+    kept: set[str] = set()  # metrics of records computed again for a metric they lack
     for item in items:
         todo = []
         for spec in specs:
@@ -1005,9 +1006,17 @@ def evaluate(
             if old is not None and set(metric_names) <= set(old.get("metrics", {})):
                 n_skip += 1
                 continue
+            if old is not None:
+                kept |= set(old.get("metrics", {}))
             todo.append((spec, key))
         if todo:
             groups.append((item, todo))
+    if kept - set(metric_names):
+        # the new record replaces the old one: it keeps the old one's metrics too (same key,
+        # same seed: the same explanation), so asking for one more metric loses none
+        config = replace(config, metrics=metric_names + tuple(
+            m for m in METRICS if m in kept and m not in metric_names))
+        runner.config = config
     prog = ProgressPrinter(sum(len(t) for _, t in groups), n_skip, enabled=progress)
     att_dir = out_dir / "attributions"
 
