@@ -125,3 +125,22 @@ def test_rendering_shows_markup_literally(tiny_model):
     show_query_weight(QueryWeight(0.8, a, [1], (0, 0)), console=con)
     out = buf.getvalue()
     assert "[b]x" in out and "[i]y" in out and "aqw" in out
+
+
+def test_compare_counts_case_and_refuses_same_words_before_explaining():
+    """'Apple' vs 'apple' is a real contrast (it was aligned away as the same word); prompts
+    differing only in spacing were refused after both had been explained."""
+    from attrlens.analysis.compare import align_slots, run_compare
+
+    assert align_slots(["I", "bought", "Apple"], ["I", "bought", "apple"]) == [([2], [2])]
+    calls = []
+
+    def explain(prompt):
+        calls.append(prompt)
+        return Attribution(method="loo", scores=np.ones(3), labels=prompt.split())
+
+    cmp = run_compare("I bought Apple", "I bought apple", explain)
+    assert cmp.slots == [([2], [2])] and len(calls) == 2
+    with pytest.raises(InputError, match="same words"):
+        run_compare("The cat sat.", "The cat  sat.", explain)
+    assert len(calls) == 2  # refused before any explanation

@@ -19,10 +19,11 @@ Slots = list[tuple[list[int], list[int]]]
 
 def align_slots(labels_a: Sequence[str], labels_b: Sequence[str]) -> Slots:
     """Feature slots where two label sequences differ: [(indices in a, indices in b)]
-    (difflib alignment of the whitespace-stripped, lower-cased labels)."""
+    (difflib alignment of the whitespace-stripped labels; case counts: "Apple" is not
+    "apple")."""
 
     def norm(s: str) -> str:
-        return s.strip().lower()
+        return s.strip()
 
     sm = difflib.SequenceMatcher(a=[norm(x) for x in labels_a], b=[norm(x) for x in labels_b],
                                  autojunk=False)
@@ -93,4 +94,13 @@ def run_compare(
     explain: Callable[[Any], Attribution],
 ) -> Comparison:
     """Explain both prompts with the same ``explain`` callable and align them."""
+    if _words(prompt_a) == _words(prompt_b):  # before two explanations are paid for
+        raise InputError("The two prompts have the same words (they differ at most in "
+                         "spacing); give prompts that differ.")
     return compare_attributions(explain(prompt_a), explain(prompt_b))
+
+
+def _words(prompt: str | list[dict[str, str]]) -> Any:
+    if isinstance(prompt, str):
+        return prompt.split()
+    return [(m.get("role"), str(m.get("content", "")).split()) for m in prompt]
