@@ -328,3 +328,16 @@ def test_library_warnings_become_recorded_one_line_notes(tiny_dir, tmp_path, cap
 def test_granularity_plural(capsys):
     code, _, err = run(["explain", "hi", "--granularity", "words"], capsys)
     assert code == 2 and "Valid granularities:" in err and "granularitys" not in err
+
+
+def test_aqw_refused_after_explaining_keeps_the_attribution(tiny_dir, tmp_path, capsys):
+    """A method whose scores turn out negative (gradient x input) is refused by the query
+    weight only once the explanation has run; its --json was not written, so the work was
+    lost."""
+    path = tmp_path / "q.json"
+    code, _, err = run(["aqw", "apple: fruit. carrot: vegetable. [[banana:]]", "--model",
+                        str(tiny_dir), "--method", "grad_x_input", "--json", str(path)], capsys)
+    assert code != 0 and "non-negative scores" in err and f"saved in {path}" in err, err
+    d = json.loads(path.read_text())
+    assert d["method"] == "grad_x_input" and "aqw" not in d.get("metadata", {})
+    assert min(d["scores"]) < 0

@@ -210,9 +210,17 @@ def run_aqw(args: argparse.Namespace) -> int:
     progress = Progress(not args.quiet, f"explaining ({explainer.name})")
     try:
         explain = _explain_fn(args, explainer, progress)
-        res = query_weight_of(explain(text), text, span)
+        attr = explain(text)
     finally:
         progress.close()
+    try:
+        res = query_weight_of(attr, text, span)
+    except InputError as exc:
+        if not args.json:
+            raise
+        attr.save(args.json)  # computed already: kept, without a query weight
+        raise InputError(f"{exc} The attribution is saved in {args.json} (no query "
+                         f"weight).") from exc
     record_query_weight(res)
     _record_notes(res.attribution)
     if args.json:
