@@ -623,3 +623,23 @@ def test_asking_for_another_metric_keeps_the_ones_stored(tiny_model, tmp_path):
         again = attrlens.evaluate(data, metrics=metrics, **kw)
         assert again.computed == 0 and again.skipped == 1, metrics
     assert first.table["loo"]["abpc"]["mean"] == again.table["loo"]["abpc"]["mean"]
+
+
+def test_evaluate_loads_a_model_path_in_the_dtype_asked(tiny_dir, tiny_model, tmp_path):
+    """evaluate had no dtype: on a CPU where bf16 is faster every run was bf16, whose
+    records depend on the thread count; --dtype float32 makes them comparable."""
+    from attrlens.cli import main
+
+    data = tmp_path / "d.jsonl"
+    data.write_text(json.dumps({"prompt": "the cat sat", "output": " x"}) + "\n")
+    for dtype in ("bfloat16", "float32"):
+        out = tmp_path / dtype
+        rc = main(["evaluate", str(data), "--methods", "loo", "--model", str(tiny_dir),
+                   "--dtype", dtype, "--device", "cpu", "--quiet", "--no-report",
+                   "--out", str(out)])
+        assert rc == 0
+        rec = json.loads((out / "records.jsonl").read_text())
+        assert rec["model"]["dtype"] == dtype and rec["model"]["device"] == "cpu"
+    with pytest.raises(ParameterError, match="dtype= load a model from a path"):
+        attrlens.evaluate(ITEMS, methods=["loo"], model=tiny_model, dtype="float32",
+                          out=tmp_path / "x")

@@ -39,6 +39,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="run the modeling code a model directory ships (read it first)")
     add_chat_template_option(p)
     p.add_argument("--granularity", default="word")
+    p.add_argument("--dtype", default="auto",
+                   help="auto (the faster of float32/bfloat16 measured here; bf16/fp16 on GPUs)"
+                        " | float32 (records comparable across machines and backends) | "
+                        "bfloat16 | float16")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
     p.add_argument("--eval-masker", choices=EVAL_MASKERS, default="attention_off",
                    help="masking for MoRF/LeRF (GiLOT: attention_off)")
     p.add_argument("--n-test", type=int, default=1000, help="R² test masks")
@@ -67,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
         n_test=args.n_test, max_new_tokens=args.max_new_tokens, progress=not args.quiet,
         n_lds=args.n_lds, target=args.target, method_masker=args.method_masker,
         target_url=args.target_url, target_model=args.target_model, report=not args.no_report,
-        trust_remote_code=args.trust_remote_code,
+        trust_remote_code=args.trust_remote_code, device=args.device, dtype=args.dtype,
         chat_template_kwargs=chat_template_kwargs(args), template_date=args.template_date,
     )
     failed = sum(len(v) for v in summary.failed.values())

@@ -304,6 +304,7 @@ class ItemRunner:
     model: a loaded HFModel, a model path, or None (the embedded default model)
     trust_remote_code: run the modeling code a model path ships (see ``load_model``)
     threads:     torch's CPU thread count for this process (a Ray actor: RAY_THREADS)
+    loading:     load_model's device and dtype for a model path
     share_cache: share the evaluation's model calls between the methods of an item
     target_url:  the served model's API root (with ``config.target_model``): the explained
                  output is its greedy answer, and closed-model methods (gsmile) query it
@@ -311,13 +312,14 @@ class ItemRunner:
 
     def __init__(self, model: Any, config: EvalConfig, seed: int, *,
                  share_cache: bool = True, target_url: str | None = None,
-                 trust_remote_code: bool = False, threads: int | None = None):
+                 trust_remote_code: bool = False, threads: int | None = None,
+                 loading: dict[str, Any] | None = None):
         from ..api import load_model
         from ..models.hf import HFModel
 
         if model is None or isinstance(model, (str, Path)):
             model = load_model(None if model is None else str(model),
-                               trust_remote_code=trust_remote_code)
+                               trust_remote_code=trust_remote_code, **(loading or {}))
         elif isinstance(model, dict):  # how to load it (a Ray actor: :func:`_model_for_ray`)
             spec = dict(model)
             kwargs = spec.pop("chat_template_kwargs", None)
@@ -868,6 +870,8 @@ def evaluate(
     trust_remote_code: bool = False,
     chat_template_kwargs: dict[str, Any] | None = None,
     template_date: str | None = None,
+    device: str | None = None,
+    dtype: str | None = None,
 ) -> Summary:
     """Run ``methods`` over the items of ``data``, score them with ``metrics``, aggregate.
 
@@ -875,8 +879,10 @@ def evaluate(
               records / :class:`EvalItem` s; ``kind`` forces an adapter (see datasets.KINDS)
     methods:  names, (name, params) pairs, or "loo,lime:num_samples=64"
     metrics:  names from METRICS, or a comma-separated string
-    model:    a loaded model, a path, or None (the embedded model); ``trust_remote_code``:
-              run the modeling code a model path ships (see ``attrlens.load_model``)
+    model:    a loaded model, a path, or None (the embedded model); ``trust_remote_code``,
+              ``device``, ``dtype``: how a path is loaded (see ``attrlens.load_model``;
+              dtype "float32" to compare records across machines and backends: bf16
+              scores depend on the thread count)
     out:      output directory (records.jsonl, summary.json, summary.md, attributions/,
               items/ and index.html); an existing one is resumed: finished records are not
               recomputed, failed ones (an item a method could not explain: ``error``, listed
@@ -940,6 +946,11 @@ def evaluate(
             f"chat_template_kwargs must be a dict of the chat template's keyword arguments, "
             f"e.g. {{'enable_thinking': False}}; got {type(chat_template_kwargs).__name__}."
         )
+    loading = {k: v for k, v in (("device", device), ("dtype", dtype)) if v is not None}
+    if loading and not (model is None or isinstance(model, (str, Path))):
+        raise ParameterError(
+            f"{', '.join(f'{k}=' for k in loading)} load a model from a path; a loaded model "
+            f"stays as it is: load it with them (attrlens.load_model), or pass the path.")
     specs = parse_methods(methods)
     metric_names = parse_metrics(metrics)
     from ..scoring.targets import DIVERGENCES
@@ -983,7 +994,7 @@ def evaluate(
 
     # the driver loads the model too (for its hash; in-process runs use it)
     runner = ItemRunner(model, config, seed, share_cache=share_cache, target_url=target_url,
-                        trust_remote_code=trust_remote_code)
+                        trust_remote_code=trust_remote_code, loading=loading)
     if chat_template_kwargs is not None:
         runner.model = runner.model.with_chat_template(**chat_template_kwargs)
     if template_date is not None:
