@@ -75,6 +75,7 @@ def test_bad_arguments_fail_before_any_work(tmp_path):
                        ({"method_masker": "blank"}, "'method_masker' parameter"),
                        ({"seed": 2**32}, "'seed' parameter of evaluate"),
                        ({"chat": "no"}, "'chat' parameter of evaluate"),
+                       ({"workers": 2}, "are Ray actors: add backend='ray'"),
                        # v(all) of a divergence is 0: top-k's relative change was noise
                        # over bf16 noise (135.6 under kl)
                        ({"target": "kl", "metrics": ["abpc", "topk"]},

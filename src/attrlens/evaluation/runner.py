@@ -913,6 +913,10 @@ def evaluate(
     seed = check_seed("evaluate", seed)
     check_param("evaluate", "backend", backend, choices=BACKENDS)
     workers = check_param("evaluate", "workers", workers, kind=int, low=1)
+    if workers != 1 and backend == "local":
+        raise ParameterError(f"workers={workers} are Ray actors: add backend='ray' "
+                             f"(--backend ray), or leave workers out (the local backend runs "
+                             f"one process).")
     check_param("evaluate", "granularity", granularity, choices=GRANULARITIES)
     check_param("evaluate", "masker", masker, choices=EVAL_MASKERS)
     check_param("evaluate", "auc", auc, choices=("mean", "trapezoid"))
