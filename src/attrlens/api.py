@@ -341,6 +341,15 @@ def _check_progress(progress: Any) -> None:
 _LOAD_KEYS = ("device", "dtype", "trust_remote_code")
 
 
+def refuse_loading(loading: dict[str, Any]) -> None:
+    """load_model's keywords given with a model object: refused (it is not moved)."""
+    raise ParameterError(
+        f"{', '.join(f'{k}=' for k in loading)} load a model from a path; a model object "
+        f"stays where and as it is: move or convert it first (model.to(...)), or pass "
+        f"the path."
+    )
+
+
 def _resolve_model(model: Any, tokenizer: Any, loading: dict[str, Any] | None = None) -> Any:
     """The HFModel of ``explain``'s model argument: None (the embedded default), a path
     (loaded with ``loading``: load_model's device, dtype, trust_remote_code), an attrlens
@@ -350,11 +359,7 @@ def _resolve_model(model: Any, tokenizer: Any, loading: dict[str, Any] | None = 
     if model is None or isinstance(model, str) or hasattr(model, "__fspath__"):
         model = load_model(model, **(loading or {}))
     elif loading:
-        raise ParameterError(
-            f"{', '.join(f'{k}=' for k in loading)} load a model from a path; a model object "
-            f"stays where and as it is: move or convert it first (model.to(...)), or pass "
-            f"the path."
-        )
+        refuse_loading(loading)
     if not isinstance(model, HFModel) or tokenizer is not None:
         model = wrap_model(model, tokenizer)  # a transformers model object (or a clear error)
     return model

@@ -952,9 +952,9 @@ def evaluate(
         )
     loading = {k: v for k, v in (("device", device), ("dtype", dtype)) if v is not None}
     if loading and not (model is None or isinstance(model, (str, Path))):
-        raise ParameterError(
-            f"{', '.join(f'{k}=' for k in loading)} load a model from a path; a loaded model "
-            f"stays as it is: load it with them (attrlens.load_model), or pass the path.")
+        from ..api import refuse_loading
+
+        refuse_loading(loading)
     specs = parse_methods(methods)
     metric_names = parse_metrics(metrics)
     from ..scoring.targets import DIVERGENCES

@@ -76,21 +76,9 @@ def exact_spectrum(values: np.ndarray, n: int, max_order: int) -> Coeffs:
     return out
 
 
-#: SPEX warns when its interactions explain less than this share of the queried values
-#: variance (``extra["fit_r2"]``)
+#: SPEX warns when its interactions explain less than this share of the variance of the
+#: values it queried (``extra["fit_r2"]``)
 FIT_WARN = 0.5
-
-
-def _fit_r2(coeffs: Coeffs, masks: np.ndarray, values: np.ndarray) -> float:
-    """R² of the recovered dictionary on the masks the design queried (1 = it reproduces
-    every value; a constant game counts as fitted)."""
-    from ..solvers.fourier import fourier_basis
-
-    y = np.asarray(values, dtype=float)
-    keys = list(coeffs)
-    pred = (fourier_basis(keys, masks) @ np.array([coeffs[k] for k in keys])) if keys else 0.0
-    total = float(np.sum((y - y.mean()) ** 2))
-    return 1.0 - float(np.sum((y - pred) ** 2)) / total if total > 0 else 1.0
 
 
 class _FourierExplainer(Explainer):
@@ -172,7 +160,7 @@ class SpexExplainer(_FourierExplainer):
         return self._queries(n_features, b)
 
     def _explain(self, game: BudgetedGame, *, budget: int | None, seed: int) -> Explanation:
-        from ..solvers.fourier import b_for_budget, make_design, spex_transform
+        from ..solvers.fourier import b_for_budget, fourier_r2, make_design, spex_transform
 
         n = game.n_features
         p = self.params
@@ -203,8 +191,8 @@ class SpexExplainer(_FourierExplainer):
             "unexplained_bins": res.n_multiton_bins,
             "residual_energy": res.residual_energy,
         }
-        extra["fit_r2"] = fit = _fit_r2(res.coeffs, masks, values)
-        if fit < FIT_WARN:
+        extra["fit_r2"] = fit = fourier_r2(res.coeffs, masks, values)
+        if fit < FIT_WARN and np.ptp(values) > 0:  # (a constant game has no variance)
             # more effects than the design's bins: the peeling stalls and most of the game is
             # left out (an additive game of 250 features at b = 6 kept 49 of its 250)
             warnings.warn(
