@@ -20,6 +20,11 @@ ITEMS = [
 ]
 
 
+# Ray's actors run torch on 1 thread, this process on its default: float32 sums in another
+# order differ in the last bits (measured up to 4.8e-7 on log-probabilities of ~0.2)
+TOL = 1e-5
+
+
 def _records(path):
     recs = [json.loads(x) for x in (path / "records.jsonl").read_text().splitlines()]
     return {r["key"]: r for r in recs}
@@ -44,17 +49,21 @@ def test_ray_matches_local(tiny_model, tmp_path, capfd):
             assert a[k]["error"] == b[k]["error"] and b[k]["metrics"] == {}
             continue
         assert np.allclose(a[k]["curves"]["morf_curve"], b[k]["curves"]["morf_curve"],
-                           rtol=1e-6, atol=1e-9)
+                           rtol=0, atol=TOL)
         assert a[k]["metrics"].keys() == b[k]["metrics"].keys()
         for m in a[k]["metrics"]:
-            assert a[k]["metrics"][m] == pytest.approx(b[k]["metrics"][m], rel=1e-6, abs=1e-9)
+            assert a[k]["metrics"][m] == pytest.approx(b[k]["metrics"][m], rel=1e-5, abs=TOL)
         sa = json.loads((tmp_path / "local" / a[k]["attribution"]).read_text())["scores"]
         sb = json.loads((tmp_path / "ray" / b[k]["attribution"]).read_text())["scores"]
-        assert np.allclose(sa, sb, rtol=1e-6, atol=1e-9)
+        assert np.allclose(sa, sb, rtol=0, atol=TOL), np.abs(np.subtract(sa, sb)).max()
     assert dist.table["loo"]["abpc"]["n"] == 3
     assert dist.table["loo"]["abpc"]["mean"] == pytest.approx(
-        local.table["loo"]["abpc"]["mean"], rel=1e-6, abs=1e-9)
+        local.table["loo"]["abpc"]["mean"], rel=1e-5, abs=TOL)
     # the Ray run's store resumes like the local one
+    capfd.readouterr()
     again = attrlens.evaluate(ITEMS, out=tmp_path / "ray", backend="ray", workers=2,
                               progress=False, **kw)
     assert again.computed == 1 and again.skipped == 3  # the failed item is tried again
+    # without progress, Ray's own start-up lines stay off stderr too
+    err = capfd.readouterr().err
+    assert "Ray" not in err, err

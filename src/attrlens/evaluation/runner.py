@@ -45,6 +45,7 @@ actors, each loading the model once; a local Ray, or a cluster by ``address``).
 from __future__ import annotations
 
 import json
+import logging
 import math
 import sys
 import time
@@ -798,12 +799,14 @@ def _model_for_ray(model: Any) -> Any:
 
 def _run_ray(model: Any, config: EvalConfig, seed: int, groups: list[Group], *, workers: int,
              address: str | None, on_record: Callable[[dict[str, Any]], None],
-             share_cache: bool = True, target_url: str | None = None) -> None:
+             share_cache: bool = True, target_url: str | None = None,
+             quiet: bool = False) -> None:
     """Items spread over an actor pool of ``workers`` Ray actors (each loads the model once).
 
     A loaded model is shipped once through the object store; a path, None or a dict of
     ``load_model`` arguments (:func:`_model_for_ray`) is loaded by each actor. Records are
-    written by this (driver) process as groups finish.
+    written by this (driver) process as groups finish. ``quiet`` keeps Ray's own start-up
+    lines (its INFO and WARNING log) off stderr too; its errors still show.
     """
     try:
         import ray
@@ -814,10 +817,12 @@ def _run_ray(model: Any, config: EvalConfig, seed: int, groups: list[Group], *, 
         ) from exc
     started = False
     if not ray.is_initialized():
+        level = logging.ERROR if quiet else logging.INFO
         if address:
-            ray.init(address=address, log_to_driver=False)
+            ray.init(address=address, log_to_driver=False, logging_level=level)
         else:
-            ray.init(num_cpus=max(2, workers), include_dashboard=False, log_to_driver=False)
+            ray.init(num_cpus=max(2, workers), include_dashboard=False, log_to_driver=False,
+                     logging_level=level)
         started = True
     try:
         from ..models.hf import HFModel
@@ -1058,7 +1063,7 @@ def evaluate(
     else:
         _run_ray(_model_for_ray(runner.model), config, seed, groups, workers=workers,
                  address=address, on_record=on_record, share_cache=share_cache,
-                 target_url=target_url)
+                 target_url=target_url, quiet=not progress)
 
     wanted = set(keys)
     records = [r for r in store.records() if r["key"] in wanted]
