@@ -297,6 +297,40 @@ def test_proxyspex_with_every_coalition_evaluated_is_exact(n):
     np.testing.assert_allclose(ones.scores, 1.0, atol=1e-9)
 
 
+@pytest.mark.parametrize("method,n", [("spex", 7), ("proxyspex", 7), ("proxyspex", 10)])
+def test_every_coalition_evaluated_keeps_terms_above_max_order(method, n):
+    """The unanimity game's only effects are of degree n > max_order (5): a spectrum cut at
+    max_order scored 0.1406 (n = 7) and 0.0746 (n = 10) where Shapley gives 1/n, and the
+    scores missed efficiency without a word."""
+    fn = lambda m: np.asarray(m, bool).all(1).astype(float)
+    a = attrlens.explain_game(fn, n, method=method)
+    assert a.extra["metadata"]["exhaustive"] is True
+    np.testing.assert_allclose(a.scores, 1.0 / n, atol=1e-12)
+    assert a.scores.sum() == pytest.approx(1.0, abs=1e-12)
+
+
+@pytest.mark.parametrize("method", ["spex", "proxyspex"])
+def test_exact_spectrum_is_not_cut_relative_to_the_constant(method):
+    """A constant of 1e12 set the cut at 1e-12 of itself and dropped the effects 1 and 2;
+    a game too large for float64 sums is refused, not scored [0, 0, 0]."""
+    w = np.arange(1.0, 6.0)
+    a = attrlens.explain_game(lambda m: m.astype(float) @ w + 1e12, 5, method=method)
+    np.testing.assert_allclose(a.scores, w, rtol=1e-3)
+    huge = lambda m: np.where(np.asarray(m)[:, 0], 1.5e308, -1.5e308)
+    with pytest.raises(attrlens.errors.InputError, match="overflows.*rescale"):
+        attrlens.explain_game(huge, 3, method=method)
+
+
+@pytest.mark.parametrize("scale", [1e-9, 1e-5, 1.0, 1e4])
+def test_spex_design_does_not_depend_on_the_game_units(scale):
+    """The zero-ton floor was an absolute 1e-9: an additive game of 16 features scaled by
+    1e-5 came back all 0 (with a warning blaming the design), and by 1e-4 with 62% error."""
+    w = np.random.default_rng(0).normal(size=16)
+    a = attrlens.explain_game(lambda m: scale * (m.astype(float) @ w), 16, method="spex")
+    assert a.extra["metadata"]["exhaustive"] is False
+    np.testing.assert_allclose(a.scores / scale, w, atol=1e-9)
+
+
 def test_proxyspex_says_when_its_proxy_is_a_constant():
     """Too few masks for the trees to split: every score 0, which is said, not silent."""
     w = np.arange(1.0, 13.0)

@@ -289,6 +289,11 @@ def _rows_to_keys(rows) -> list[tuple[int, ...]]:  # rows: iterable of (n,) bool
 
 
 # ---------------------------------------------------------------------- decoder
+#: a bin whose energy per entry is at most this share of the values' variance (plus the
+#: noise term) holds nothing; a resolution of the reference's absolute 1e-9, which made
+#: the answer depend on the game's units
+ZERO_FLOOR = 1e-9
+
 @dataclass
 class SpexDecodeResult:
     """Output of ``spex_transform``: coefficients plus decoder diagnostics."""
@@ -364,7 +369,10 @@ def spex_transform(
     bins = np.ascontiguousarray(fwht(sub).transpose(0, 2, 1))  # (C, 2^b, P+1)
     init_energy = float(np.sum(bins**2))
 
-    cutoff = 1e-9 + 1.5 * noise_sd**2 / n_bins  # zero-ton threshold per entry (gamma = 0.5)
+    # zero-ton threshold per entry (gamma = 0.5): the floor is relative to the variance of
+    # the values (the reference's absolute 1e-9 assumes a game of about unit variance: it
+    # zeroed every effect of a game scaled by 1e-5 and a third of one scaled by 1e-4)
+    cutoff = ZERO_FLOOR * float(np.var(sub_vals)) + 1.5 * noise_sd**2 / n_bins
     to_check = np.ones((c_groups, n_bins), dtype=bool)
     found: dict[bytes, list] = {}  # packed key -> [key row, summed value]
     peeled_at: list[int] = []
@@ -478,7 +486,8 @@ def spex_decode(
     nothing new was peeled in the last ``trap_exit`` rounds (None disables).
     res_energy_cutoff: a bin is a singleton iff its residual after removing the candidate
     keeps less than this fraction of the bin energy (and the candidate hashes to the bin).
-    noise_sd: noise level for the zero-ton threshold 1e-9 + 1.5 noise_sd^2 / 2^b.
+    noise_sd: noise level for the zero-ton threshold ZERO_FLOOR Var(values) +
+    1.5 noise_sd^2 / 2^b.
     refit: "lasso" refits the values on support + {()} + singletons (LassoCV, 5-fold).
     seed: seeds the lasso cross-validation split only.
 
