@@ -149,6 +149,25 @@ def test_bad_parameters_are_rejected():
                               order=3)
 
 
+@pytest.mark.parametrize("index", ["ksii", "fsii", "stii"])
+def test_faith_banzhaf_refuses_an_ordered_index_it_would_only_rename(index):
+    """An order-2 fit's ksii/fsii/stii of order 2 are its Möbius coefficients, i.e. the FBII:
+    they came back as the game's index under its name (the game's FSII differs: SPEX's)."""
+    def fn(m):
+        x = np.asarray(m, float)
+        return x[:, 0] + 0.5 * x[:, 1] + 2 * x[:, 0] * x[:, 1] * x[:, 2] + x[:, 2] * x[:, 3]
+
+    with pytest.raises(ParameterError, match=f"index '{index}' of order 2 would be its own FBII"):
+        attrlens.explain_game(fn, 4, method="faith_banzhaf", order=2, budget=16, index=index)
+    # at an order covering every feature the fit is the game: its index is the game's
+    full = attrlens.explain_game(fn, 4, method="faith_banzhaf", order=4, budget=16, index=index)
+    ref = attrlens.explain_game(fn, 4, method="spex", index=index, order=4)
+    got, want = ({tuple(t["features"]): t["value"] for t in a.interactions["terms"]}
+                 for a in (full, ref))
+    for S in set(got) | set(want):
+        assert got.get(S, 0.0) == pytest.approx(want.get(S, 0.0), abs=1e-9), S
+
+
 def test_uniform_masks_distinct_and_exhaustive():
     rng = np.random.default_rng(0)
     m = uniform_masks(12, 500, rng)

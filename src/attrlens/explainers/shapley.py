@@ -33,6 +33,7 @@ from ..params import Param
 from ..registry import register
 from ..solvers.indices import (
     INDICES,
+    ORDERED_INDICES,
     interactions_from_mobius,
     mobius_design,
     terms_of,
@@ -287,9 +288,23 @@ class FaithBanzhafExplainer(_RegressionExplainer):
         _ALPHA,
         Param("scores", "banzhaf", "first-order scores of the fitted polynomial",
               type=str, choices=("banzhaf", "shapley")),
-        Param("index", "fbii", "interaction index of the result (fbii = the coefficients)",
+        Param("index", "fbii", "interaction index of the fitted polynomial (fbii = its "
+              "coefficients; ksii/fsii/stii only at an order covering every feature)",
               type=str, choices=INDICES),
     )
+
+    def check(self, n_features: int) -> None:
+        index, order = self.params["index"], self._order()
+        if index in ORDERED_INDICES and index != "fbii" and order < n_features:
+            # any order-l index of a polynomial of degree l is its Möbius form, i.e. the FBII:
+            # the game's own ksii/fsii/stii came back as the FBII under their names
+            raise ParameterError(
+                f"faith_banzhaf's index '{index}' of order {order} would be its own FBII "
+                f"coefficients under another name, not the game's {index} ({n_features} "
+                f"features): use index=fbii, or spex/proxyspex (index={index}) for the "
+                f"game's {index}."
+            )
+        super().check(n_features)
 
     def _interactions(
         self, mob: dict[tuple[int, ...], float], n: int, order: int
