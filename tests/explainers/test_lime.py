@@ -113,3 +113,18 @@ def test_seed_and_parameters():
                 {"alpha": -1.0}, {"budget": 1}):
         with pytest.raises(ParameterError, match=next(iter(bad))):
             attrlens.explain_game(additive, N, method="lime", **bad)
+
+
+def test_a_kernel_that_leaves_one_sample_is_said():
+    """Width 0.25 on LIME's 100 x cosine distances weighs every perturbed row ~0: the ridge
+    fitted the original row alone, scored every feature 0 and reported a weighted R² of 1."""
+    import warnings
+
+    fn = lambda m: m.astype(float) @ np.arange(1.0, 6.0)
+    with pytest.warns(UserWarning, match=r"leaves 1\.00 effective samples of \d+.*widen"):
+        narrow = attrlens.explain_game(fn, 5, method="lime", kernel_width=0.25)
+    assert np.allclose(narrow.scores, 0.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        wide = attrlens.explain_game(fn, 5, method="lime")
+    np.testing.assert_allclose(wide.scores, np.arange(1.0, 6.0), atol=0.05)
