@@ -50,6 +50,30 @@ def _setup(tiny_model, text="The quick brown fox jumps"):
     return pr, np.asarray(ids), fs
 
 
+@pytest.mark.integration
+@pytest.mark.parametrize("text", ["  The cat sat", "   The cat", "\n\nThe cat sat"])
+@pytest.mark.parametrize("granularity", ["word", "token"])
+def test_a_token_of_template_and_user_text_stays_frozen(default_model, text, granularity):
+    """The template's newline and the user's leading blank make one token ("\n "): it was
+    masked with the first word, so deleting "The" deleted template text too."""
+    pr = build_prompt(text, default_model)
+    ids, offsets = default_model.tokenize(pr.text)
+    (rs, re_), = pr.regions
+    straddling = [t for t, (a, b) in enumerate(offsets) if a < rs < b]
+    assert straddling  # the case itself: one token holds template and user characters
+    fs = segment(pr.text, pr.regions, offsets, granularity)
+    for f in fs:
+        for t in f.tokens:
+            a, b = offsets[t]
+            assert rs <= a and b <= re_, (f.label, pr.text[a:b])
+    assert fs[0].label == "The"
+    # deleting every feature leaves the template whole
+    kept = Masker("delete", np.asarray(ids), fs).apply(np.zeros((1, len(fs)), bool))[0]
+    left = "".join(pr.text[offsets[p][0]:offsets[p][1]] for p in kept.positions)
+    user = left.split("<|im_start|>user\n")[1]  # (only the straddling blank is left)
+    assert not user.split("<|im_end|>")[0].strip() and left.endswith("assistant\n"), left
+
+
 def test_delete_masker_keeps_original_positions(tiny_model):
     _pr, ids, fs = _setup(tiny_model)
     mk = Masker("delete", ids, fs)

@@ -193,13 +193,19 @@ def char_segments(
 def assign_tokens(
     feature_spans: Sequence[tuple[tuple[int, int], ...]],
     offsets: Sequence[tuple[int, int]],
+    regions: Sequence[tuple[int, int]] | None = None,
 ) -> list[tuple[int, ...]]:
-    """Token indices of each feature: a token goes to the feature it overlaps most."""
+    """Token indices of each feature: a token goes to the feature it overlaps most. With
+    ``regions``, a token reaching outside every region stays frozen (no feature): "\n " made
+    of the chat template's newline and the user's leading space was masked with the first
+    word, deleting template text."""
     flat = sorted((a, b, fi) for fi, sps in enumerate(feature_spans) for a, b in sps)
     starts = [a for a, _, _ in flat]
     owned: list[list[int]] = [[] for _ in feature_spans]
     for ti, (a, b) in enumerate(offsets):
         if b <= a:
+            continue
+        if regions is not None and not any(rs <= a and b <= re_ for rs, re_ in regions):
             continue
         j = max(0, bisect.bisect_right(starts, a) - 1)
         best, best_fi = 0, -1
@@ -264,7 +270,7 @@ def segment(
 ) -> FeatureSet:
     """Segment the explainable regions of ``text`` into a :class:`FeatureSet`."""
     fspans = char_segments(text, regions, granularity, offsets=offsets, spans=spans)
-    tokens = assign_tokens(fspans, offsets)
+    tokens = assign_tokens(fspans, offsets, regions)
     if granularity == "span":  # the user's spans, widened to the tokens that are masked
         fspans = _spans_on_tokens(text, fspans, tokens, offsets)
     # a feature no token was assigned to (its text shares one token with a neighbour)
