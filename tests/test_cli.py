@@ -405,3 +405,36 @@ def test_a_reader_that_goes_away_stops_the_output_quietly(argv):
     err = p.stderr.read().decode()
     assert p.wait(timeout=120) == 141
     assert err == ""
+
+
+@pytest.mark.parametrize("case", ["dash", "virtual file system", "read-only file"])
+def test_an_output_that_cannot_be_written_is_refused_before_any_work(case, tmp_path, capsys,
+                                                                     monkeypatch):
+    """`--json /proc/nope.json` failed with 'internal error: FileNotFoundError' after the
+    whole computation (lost), and `--json -` wrote a file named '-'; both are now one line
+    before the model loads (a load would fail here: there is no model at --model)."""
+    import os
+
+    monkeypatch.chdir(tmp_path)
+    ro = tmp_path / "ro.json"
+    ro.write_text("{}")
+    ro.chmod(0o444)
+    if case == "read-only file" and os.access(ro, os.W_OK):
+        pytest.skip("this user writes read-only files (root)")
+    path, needle = {"dash": ("-", "--json - would make a file named '-'"),
+                    "virtual file system": ("/proc/nope.json", "cannot be written"),
+                    "read-only file": (str(ro), "cannot be written")}[case]
+    code, _, err = run(["explain", "a b", "--model", str(tmp_path / "no-model"),
+                        "--output-text", " x", "--json", path], capsys)
+    assert code == 2 and needle in err and err.strip().count("\n") == 0, err
+    assert not (tmp_path / "-").exists() and ro.read_text() == "{}"
+
+
+def test_output_from_a_file_nested_too_deep_is_one_line(tmp_path, capsys):
+    """`--output-from` a JSON of 100,000 nested lists ended as 'internal error:
+    RecursionError' (show read the same file cleanly)."""
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 100_000)
+    code, _, err = run(["explain", "a b", "--model", str(tmp_path / "no-model"),
+                        "--output-from", str(deep)], capsys)
+    assert code == 2 and "is not an attrlens result: it is not JSON" in err, err

@@ -173,6 +173,21 @@ def _output_tokens(tokens: Any, source: str, text: str) -> list[dict[str, Any]] 
              **({"id": t["id"]} if t.get("id") is not None else {})} for t in tokens]
 
 
+def read_result_json(path: str | Path) -> Any:
+    """The JSON in a result file (InputError with one clear line otherwise: missing, a
+    directory, not UTF-8, not JSON, nested too deep to parse)."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"The result file '{path}' "
+                         f"{'is a directory' if path.is_dir() else 'does not exist'}.")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+        raise InputError(f"'{path}' is not an attrlens result: it is not JSON ({exc}).") from exc
+    except OSError as exc:
+        raise InputError(f"Could not read the result file '{path}': {exc}.") from exc
+
+
 @dataclass
 class Attribution:
     """Scores per feature (positive = supports the output), with provenance and cost."""
@@ -305,16 +320,7 @@ class Attribution:
 
     @classmethod
     def load(cls, path: str | Path) -> Attribution:
-        path = Path(path)
-        if not path.is_file():
-            raise InputError(f"The result file '{path}' does not exist.")
-        try:
-            d = json.loads(path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise InputError(f"'{path}' is not an attrlens result: it is not JSON ({exc}).") from exc
-        except OSError as exc:
-            raise InputError(f"Could not read the result file '{path}': {exc}.") from exc
-        return cls.from_dict(d, source=f"'{path}'")
+        return cls.from_dict(read_result_json(path), source=f"'{path}'")
 
     # ---- display -------------------------------------------------------------------------
     def show(self, *, top: int = 10, console: Any = None) -> None:

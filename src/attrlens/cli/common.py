@@ -170,15 +170,29 @@ def parse_spans(text: str | None) -> list[tuple[int, int]] | None:
 
 
 def check_output_path(path: str | None, option: str) -> None:
-    """Refuse an output file whose directory does not exist (before any work is done)."""
+    """Refuse an output file that could not be written (its directory missing, a directory,
+    ``-``, no permission, a read-only or virtual file system), before any work is done: the
+    write comes after the computation, which an unwritable path used to throw away."""
     if not path:
         return
+    if path == "-":
+        raise InputError(f"{option} - would make a file named '-'; give a file name (or "
+                         f"/dev/stdout with --quiet to print it).")
     parent = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(parent):
         raise InputError(f"{option} {path}: the directory {parent} does not exist; create it "
                          f"first or choose another path.")
     if os.path.isdir(path):
         raise InputError(f"{option} {path} is a directory; give a file name.")
+    existed = os.path.exists(path)
+    try:
+        with open(path, "a", encoding="utf-8"):  # appends nothing: an existing file is kept
+            pass
+    except OSError as exc:
+        raise InputError(f"{option} {path} cannot be written ({exc.strerror or exc}); choose "
+                         f"another path.") from None
+    if not existed:
+        os.remove(path)
 
 
 def check_output_paths(outputs: dict[str, str | None],

@@ -5,11 +5,10 @@ attribution (``attrlens.attribution/1``, from ``explain`` or ``aqw``) or a compa
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Any
 
-from ..errors import InputError
+from ..result import read_result_json
 from .common import check_output_paths, top_rows
 
 
@@ -20,20 +19,6 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     s.add_argument("--html", help="also write an HTML report here")
     s.set_defaults(func=run)
     return s
-
-
-def read_json(path: str | Path) -> Any:
-    """The JSON in ``path`` (InputError with one clear line otherwise)."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"The result file '{path}' "
-                         f"{'is a directory' if path.is_dir() else 'does not exist'}.")
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
-        raise InputError(f"'{path}' is not an attrlens result: it is not JSON ({exc}).") from exc
-    except OSError as exc:
-        raise InputError(f"Could not read the result file '{path}': {exc}.") from exc
 
 
 def run(args: argparse.Namespace) -> int:
@@ -48,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
     )
 
     check_output_paths({"--html": args.html}, {"the result file": args.file})
-    data = read_json(args.file)
+    data = read_result_json(args.file)
     source = f"'{args.file}'"
     console = Console()
     if isinstance(data, dict) and data.get("schema") == COMPARISON_SCHEMA:
