@@ -140,6 +140,36 @@ def test_malformed_generic_records_are_refused_naming_the_field(rec, needle):
     assert needle in str(ei.value) and "\n" not in str(ei.value)
 
 
+def test_an_unknown_field_of_a_generic_record_is_refused_with_a_hint(tmp_path):
+    """A misspelt 'output' was ignored: the model's own answer was explained instead of "x".
+    The adapters' own fields still load."""
+    p = tmp_path / "d.jsonl"
+    p.write_text(json.dumps({"prompt": "a b"}) + "\n\n"
+                 + json.dumps({"id": "q7", "prompt": "Hi there.", "outptu": "x"}) + "\n")
+    with pytest.raises(InputError) as ei:
+        load_items(p)
+    msg = str(ei.value)
+    assert msg.startswith("Line 3 of d.jsonl (id 'q7') is not a valid generic record: "
+                          "Unknown field 'outptu'.") and "\n" not in msg
+    assert "Did you mean 'output'?" in msg
+    assert "granularity, id, labels, messages, output, prompt, spans" in msg
+    with pytest.raises(InputError, match="Record 1 is not a valid generic record: Unknown "
+                                         "field 'lables'.* Did you mean 'labels'"):
+        load_items([{"prompt": "a b", "lables": [1]}])
+    # every field of the shared data sets' records is read (or kept as provenance)
+    items = load_items([
+        {"instruction": "Say hi.", "input": "", "output": "hi", "subset_index": 1},
+        {"sentence": "fine", "label": 1, "label_text": "positive", "dev_index": 2},
+        {"passage": "a b", "question": "q?", "answers": ["a"], "source_line": 3},
+        {"subject": "s", "question": "q?", "choices": ["a", "b", "c", "d"], "answer": "A",
+         "answer_index": 0, "source_row": 4},
+        {"id": "h", "dev_index": 5, "question": "q?", "answer": "a", "type": "bridge",
+         "level": "easy", "context": [["T", ["One.", " Two."]]],
+         "supporting_facts": [["T", 1]]},
+    ])
+    assert [i.meta["kind"] for i in items] == ["alpaca", "sst2", "drop", "mmlu", "hotpotqa"]
+
+
 def test_a_data_file_with_a_byte_order_mark_or_not_utf8(tmp_path):
     p = tmp_path / "bom.jsonl"
     p.write_bytes(b"\xef\xbb\xbf" + json.dumps({"prompt": "a b"}).encode() + b"\n")

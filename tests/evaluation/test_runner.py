@@ -644,3 +644,29 @@ def test_evaluate_loads_a_model_path_in_the_dtype_asked(tiny_dir, tiny_model, tm
     with pytest.raises(ParameterError, match="dtype= load a model from a path"):
         attrlens.evaluate(ITEMS, methods=["loo"], model=tiny_model, dtype="float32",
                           out=tmp_path / "x")
+
+
+def _no_model_load(monkeypatch):
+    """Loading a model fails the test: what is checked here must be refused before it."""
+    import attrlens.api
+
+    def load_model(*a, **k):
+        pytest.fail("the model was loaded before the bad input was refused")
+
+    monkeypatch.setattr(attrlens.api, "load_model", load_model)
+
+
+def test_cli_refuses_a_misspelt_record_field_before_loading_the_model(tmp_path, capsys,
+                                                                     monkeypatch):
+    """{"outptu": "x"} ran with rc 0 and explained the model's own answer instead of "x"."""
+    from attrlens.cli import main
+
+    _no_model_load(monkeypatch)
+    data = tmp_path / "d.jsonl"
+    data.write_text(json.dumps({"prompt": "Hi there.", "outptu": "x"}) + "\n")
+    rc = main(["evaluate", str(data), "--methods", "loo", "--quiet", "--out",
+               str(tmp_path / "o")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "\n" not in err and "Traceback" not in err, err
+    assert "Line 1 of d.jsonl" in err and "'outptu'" in err and "Did you mean 'output'" in err
+    assert not (tmp_path / "o").exists()

@@ -24,6 +24,9 @@ hotpotqa   ``context``, ``supporting_facts``            SPEX prompt format; feat
                                                         facts; the model's own answer
 =========  ==========================================  ======================================
 
+A generic record with any other field is refused (naming the closest accepted one), so a
+misspelt field is never silently ignored.
+
 Relative paths are resolved against the working directory first, then the repository root
 (so ``../shared/data/alpaca_50.jsonl`` works from anywhere inside the checkout).
 """
@@ -38,10 +41,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import InputError
+from ..errors import InputError, unknown_name_message
 from .jsonl import jsonl_records
 
 KINDS = ("auto", "generic", "alpaca", "sst2", "drop", "mmlu", "hotpotqa")
+#: the fields a generic record may have: any other is refused (a misspelt field would be
+#: ignored, e.g. 'outptu' explained the model's own answer instead of the record's output)
+GENERIC_FIELDS = ("prompt", "messages", "output", "spans", "granularity", "labels", "id")
 _WORD = re.compile(r"\S+")
 
 
@@ -159,6 +165,9 @@ def _gold(labels: Any, n: int | None) -> tuple[int, ...] | None:
 
 
 def _generic(rec: dict[str, Any], idx: str) -> EvalItem:
+    for k in rec:
+        if k not in GENERIC_FIELDS:
+            raise InputError(unknown_name_message("field", k, GENERIC_FIELDS))
     if "messages" in rec and "prompt" in rec:
         raise InputError("give 'prompt' or 'messages', not both (the other would be ignored).")
     if "messages" in rec:
@@ -294,6 +303,9 @@ def item_from_record(
     if kind == "auto":
         kind = detect_kind(rec)
     idx = f"{path.stem if path else 'item'}-{index}"
+    where = f"Line {index + 1} of {path.name}" if path else f"Record {index + 1}"
+    if isinstance(rec.get("id"), (str, int)) and not isinstance(rec.get("id"), bool):
+        where += f" (id {rec['id']!r})"
     try:
         if kind == "generic":
             return _generic(rec, idx)
@@ -306,12 +318,12 @@ def item_from_record(
         if kind == "mmlu":
             return _mmlu(rec, idx)
         return _hotpotqa(rec, idx, index + 1, path or Path("data"))
+    except InputError as exc:  # (before ValueError, which it is)
+        raise InputError(f"{where} is not a valid {kind} record: {exc}") from None
     except (KeyError, TypeError, ValueError, IndexError) as exc:
         raise InputError(
-            f"Record {index + 1} is not a valid {kind} record: {type(exc).__name__}: {exc}"
+            f"{where} is not a valid {kind} record: {type(exc).__name__}: {exc}"
         ) from exc
-    except InputError as exc:
-        raise InputError(f"Record {index + 1} is not a valid {kind} record: {exc}") from None
 
 
 def load_items(
