@@ -122,3 +122,24 @@ def test_killed_run_resumes_without_recomputing(tmp_path):
     b = json.loads((fresh / "summary.json").read_text())
     assert a == b
     assert (out / "summary.md").read_text() == (fresh / "summary.md").read_text()
+
+
+def test_a_folder_that_holds_no_run_is_not_written_into(tmp_path):
+    """A folder of the user's (their index.html and summary.md) was overwritten silently."""
+    mine = tmp_path / "site"
+    mine.mkdir()
+    (mine / "index.html").write_text("my page")
+    (mine / "summary.md").write_text("my notes")
+    with pytest.raises(InputError) as ei:
+        ResultsStore(mine)
+    msg = str(ei.value)
+    assert "is not empty and holds no attrlens run (no records.jsonl; it holds index.html, " \
+           "summary.md)" in msg and "give an empty or new folder" in msg and "\n" not in msg
+    assert sorted(p.name for p in mine.iterdir()) == ["index.html", "summary.md"]
+    assert (mine / "index.html").read_text() == "my page"
+    # an empty folder, a run's folder, and one a run left before its first record are used
+    (tmp_path / "empty").mkdir()
+    ResultsStore(tmp_path / "empty").append({"key": "k"})
+    assert "k" in ResultsStore(tmp_path / "empty")
+    (tmp_path / "early" / "attributions").mkdir(parents=True)
+    ResultsStore(tmp_path / "early")

@@ -28,7 +28,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "(e.g. loo,lime:num_samples=64)")
     p.add_argument("--metrics", default="abpc",
                    help=f"comma-separated metrics from {','.join(METRICS)} (default abpc)")
-    p.add_argument("--out", required=True, help="output directory (resumed if it exists)")
+    p.add_argument("--out", required=True, help="output directory, new or empty (a run's is resumed)")
     p.add_argument("--limit", type=int, default=None, help="first N items only")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--backend", choices=BACKENDS, default="local")

@@ -889,7 +889,8 @@ def evaluate(
               dtype "float32" to compare records across machines and backends: bf16
               scores depend on the thread count)
     out:      output directory (records.jsonl, summary.json, summary.md, attributions/,
-              items/ and index.html); an existing one is resumed: finished records are not
+              items/ and index.html), new or empty; an existing run's is resumed (a folder
+              holding anything else is refused): finished records are not
               recomputed, failed ones (an item a method could not explain: ``error``, listed
               in the summary's ``failed``) are tried again
     backend:  "local" or "ray" (``workers`` actors; ``address`` of a cluster, else local Ray)

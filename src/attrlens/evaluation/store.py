@@ -35,7 +35,8 @@ _OUT_DIRS = ("attributions", "items")
 def _check_out(out: Path) -> None:
     """Refuse an output folder that cannot be one (a file, a path through a file) or that
     holds a folder where a file goes or the other way round, before any work (these failed
-    as internal errors, some after every record was computed)."""
+    as internal errors, some after every record was computed); and a non-empty folder that
+    holds no run (it would be overwritten)."""
     probe = out
     while not probe.exists() and probe.parent != probe:
         probe = probe.parent
@@ -50,6 +51,17 @@ def _check_out(out: Path) -> None:
         if (out / name).exists() and not (out / name).is_dir():
             raise InputError(f"{out / name} is a file where the run writes a folder; move it "
                              f"or give another --out.")
+    if out.is_dir() and not (out / RECORDS).is_file():
+        # a folder of something else: the run would overwrite its index.html, summary.md...
+        # (attributions/ and items/ alone are what a run killed before its first record
+        # leaves: that is resumed)
+        other = sorted(p.name for p in out.iterdir()
+                       if not (p.name in _OUT_DIRS and p.is_dir()))
+        if other:
+            raise InputError(
+                f"The output folder {out} is not empty and holds no attrlens run (no "
+                f"{RECORDS}; it holds {', '.join(other[:3])}{', ...' if len(other) > 3 else ''}"
+                f"): the run would overwrite its files; give an empty or new folder as --out.")
 
 
 class ResultsStore:
