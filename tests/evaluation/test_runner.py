@@ -10,7 +10,7 @@ import pytest
 
 import attrlens
 from attrlens.cli.evaluate import add_arguments as add_evaluate_arguments
-from attrlens.errors import ParameterError
+from attrlens.errors import InputError, ParameterError
 from attrlens.evaluation.runner import (
     METRICS,
     bin_label,
@@ -670,3 +670,21 @@ def test_cli_refuses_a_misspelt_record_field_before_loading_the_model(tmp_path, 
     assert rc == 2 and "\n" not in err and "Traceback" not in err, err
     assert "Line 1 of d.jsonl" in err and "'outptu'" in err and "Did you mean 'output'" in err
     assert not (tmp_path / "o").exists()
+
+
+def test_cli_refuses_an_empty_out_before_loading_the_model(tmp_path, capsys, monkeypatch):
+    """--out '' was taken as the working directory (a summary at '/summary.md')."""
+    from attrlens.cli import main
+
+    _no_model_load(monkeypatch)
+    monkeypatch.chdir(tmp_path)
+    data = tmp_path / "d.jsonl"
+    data.write_text(json.dumps({"prompt": "the cat sat", "output": " x"}) + "\n")
+    (tmp_path / "o").mkdir()
+    monkeypatch.chdir(tmp_path / "o")
+    rc = main(["evaluate", str(data), "--methods", "loo", "--quiet", "--out", ""])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "\n" not in err and "must be a folder name" in err, err
+    assert list((tmp_path / "o").iterdir()) == []
+    with pytest.raises(InputError, match="must be a folder name"):
+        attrlens.evaluate(str(data), methods=["loo"], out="", progress=False)

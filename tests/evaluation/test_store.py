@@ -143,3 +143,13 @@ def test_a_folder_that_holds_no_run_is_not_written_into(tmp_path):
     assert "k" in ResultsStore(tmp_path / "empty")
     (tmp_path / "early" / "attributions").mkdir(parents=True)
     ResultsStore(tmp_path / "early")
+
+
+@pytest.mark.parametrize("out", ["", "  ", None])
+def test_an_empty_output_folder_name_is_refused(tmp_path, monkeypatch, out):
+    """--out '' wrote the run into the working directory and printed '/summary.md'."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(InputError, match="The output folder must be a folder name, e.g. "
+                                         "--out runs/alpaca; got"):
+        ResultsStore(out)
+    assert list(tmp_path.iterdir()) == []

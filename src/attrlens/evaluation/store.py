@@ -68,6 +68,10 @@ class ResultsStore:
     """Records of one output directory (``DIR/records.jsonl``)."""
 
     def __init__(self, out: str | Path):
+        if not isinstance(out, (str, Path)) or not str(out).strip():
+            # Path("") is the working directory: the run wrote there, reporting "/summary.md"
+            raise InputError(f"The output folder must be a folder name, e.g. --out runs/alpaca; "
+                             f"got {out!r}.")
         self.dir = Path(out)
         _check_out(self.dir)
         self.dir.mkdir(parents=True, exist_ok=True)
