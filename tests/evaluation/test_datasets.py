@@ -128,6 +128,11 @@ def test_generic_records_and_checks(tmp_path):
      "a 0/1 flag per feature needs the record's 'spans'"),
     ({"prompt": "a b", "labels": [True, False]}, "repeat a value or hold true/false"),
     ("just a string", "Record 1 is not a JSON object ({...}); got str"),
+    # refused when the model had loaded (the run aborted after "1 records to compute")
+    ({"prompt": "a b c", "granularity": "wordz"},
+     ("Unknown granularity 'wordz'. Valid granularities: message, sentence, span, token, "
+      "word. Did you mean 'word'?")),
+    ({"prompt": "a b c", "granularity": "span"}, "granularity 'span' needs the record's 'spans'"),
     ({"sentence": "fine", "label": None}, "'label' must be 0 (negative) or 1 (positive)"),
 ])
 def test_malformed_generic_records_are_refused_naming_the_field(rec, needle):

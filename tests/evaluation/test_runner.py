@@ -688,3 +688,40 @@ def test_cli_refuses_an_empty_out_before_loading_the_model(tmp_path, capsys, mon
     assert list((tmp_path / "o").iterdir()) == []
     with pytest.raises(InputError, match="must be a folder name"):
         attrlens.evaluate(str(data), methods=["loo"], out="", progress=False)
+
+
+@pytest.mark.parametrize(("methods", "match"), [
+    ("lime:num_samples=abc", "'num_samples' parameter of LimeExplainer must be an int"),
+    ("lime:num_samples=64.0", "'num_samples' parameter of LimeExplainer must be an int"),
+    ("loo:budget=-3", "'budget' parameter of LeaveOneOutExplainer must be an int"),
+    ("lime:kernel_width=NaN", "'kernel_width' parameter of LimeExplainer must be a float"),
+    ("lime:num_samples=64:num_samples=32",
+     "'num_samples' is given twice in 'lime:num_samples=64:num_samples=32'"),
+])
+def test_cli_refuses_bad_method_parameters_before_loading_the_model(tmp_path, capsys,
+                                                                    monkeypatch, methods,
+                                                                    match):
+    """Bad values were refused only once the model had loaded and '1 records to compute' was
+    printed; a parameter given twice ran with the last value."""
+    from attrlens.cli import main
+
+    _no_model_load(monkeypatch)
+    data = tmp_path / "d.jsonl"
+    data.write_text(json.dumps({"prompt": "the cat sat", "output": " x"}) + "\n")
+    rc = main(["evaluate", str(data), "--methods", methods, "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "\n" not in err and match in err, err
+    assert not (tmp_path / "o").exists()
+
+
+def test_cli_refuses_a_records_bad_granularity_before_loading_the_model(tmp_path, capsys,
+                                                                       monkeypatch):
+    from attrlens.cli import main
+
+    _no_model_load(monkeypatch)
+    data = tmp_path / "d.jsonl"
+    data.write_text(json.dumps({"prompt": "a b c", "granularity": "wordz"}) + "\n")
+    rc = main(["evaluate", str(data), "--methods", "loo", "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "\n" not in err and "Line 1 of d.jsonl" in err, err
+    assert "Unknown granularity 'wordz'" in err and "[evaluate]" not in err

@@ -195,6 +195,16 @@ def _generic(rec: dict[str, Any], idx: str) -> EvalItem:
         raise InputError("'spans' must be a list of [start, end] pairs of ints (char offsets "
                          "into the prompt).")
     spans_t = tuple((a, b) for a, b in spans) if spans is not None else None
+    if rec.get("granularity") is not None:  # (checked here, before any model is loaded)
+        from ..text.segment import GRANULARITIES
+
+        if rec["granularity"] not in GRANULARITIES:
+            raise InputError(unknown_name_message("granularity", rec["granularity"],
+                                                  GRANULARITIES))
+        if rec["granularity"] == "span" and spans_t is None:
+            raise InputError("granularity 'span' needs the record's 'spans' ([start, end] "
+                             "char offsets of the features); give them or another "
+                             "granularity.")
     gran = rec.get("granularity") or ("span" if spans_t is not None else None)
     n = len(spans_t) if spans_t is not None else None
     return EvalItem(

@@ -129,6 +129,10 @@ def parse_methods(methods: Sequence[str | tuple[str, dict[str, Any]] | MethodSpe
                         f"lime:num_samples=64."
                     )
                 k, v = (x.strip() for x in kv.split("=", 1))
+                if k in params:  # the last one won silently
+                    raise ParameterError(
+                        f"The parameter {k!r} is given twice in {m!r}; give it once."
+                    )
                 if k == "budget":  # as --budget reads it (an int, or none: the default)
                     from ..explainers.base import BUDGET
 
@@ -971,10 +975,14 @@ def evaluate(
             f"{target} target is 0 by definition (the unmasked prompt against itself): use "
             f"--target nll or logprob for topk, or other metrics (abpc, r2, lds) with "
             f"{target}.")
-    from ..registry import get_explainer
+    from ..api import make_explainer
+    from ..params import validate
 
     for s in specs:
-        ex = get_explainer(s.name)(**{k: v for k, v in s.params})  # unknown names fail now
+        # unknown names and bad values (types, ranges, choices) fail now, not after the model
+        # has loaded; the checks that need an item's feature count run per record
+        ex = make_explainer(s.name, dict(s.params))
+        validate(ex.owner(), ex.params, ex.all_parameters())
         if ex.needs == "closed_model" and target_url is None:
             raise ParameterError(
                 f"The method '{s.name}' explains a closed model: give target_url and "
