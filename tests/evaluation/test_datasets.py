@@ -133,6 +133,10 @@ def test_generic_records_and_checks(tmp_path):
      ("Unknown granularity 'wordz'. Valid granularities: message, sentence, span, token, "
       "word. Did you mean 'word'?")),
     ({"prompt": "a b c", "granularity": "span"}, "granularity 'span' needs the record's 'spans'"),
+    # a failed record that "a rerun tries again" (rc 1) once the model had loaded
+    ({"messages": [{"role": "usr", "content": "hi there"}]},
+     "Chat message 0 has an unknown role: Unknown role 'usr'."),
+    ({"messages": []}, "Chat messages must be a non-empty list"),
     ({"sentence": "fine", "label": None}, "'label' must be 0 (negative) or 1 (positive)"),
 ])
 def test_malformed_generic_records_are_refused_naming_the_field(rec, needle):

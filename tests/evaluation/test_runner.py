@@ -725,3 +725,19 @@ def test_cli_refuses_a_records_bad_granularity_before_loading_the_model(tmp_path
     err = capsys.readouterr().err.strip()
     assert rc == 2 and "\n" not in err and "Line 1 of d.jsonl" in err, err
     assert "Unknown granularity 'wordz'" in err and "[evaluate]" not in err
+
+
+def test_cli_refuses_a_record_with_an_unknown_chat_role_before_loading_the_model(
+        tmp_path, capsys, monkeypatch):
+    """It became a failed record that 'a rerun tries again' (rc 1): bad data, refused."""
+    from attrlens.cli import main
+
+    _no_model_load(monkeypatch)
+    data = tmp_path / "d.jsonl"
+    data.write_text(json.dumps({"id": "c1", "messages": [
+        {"role": "user", "content": "hi"}, {"role": "robot", "content": "yo"}]}) + "\n")
+    rc = main(["evaluate", str(data), "--methods", "loo", "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "\n" not in err, err
+    assert "Line 1 of d.jsonl (id 'c1')" in err and "unknown role: Unknown role 'robot'" in err
+    assert not (tmp_path / "o").exists()

@@ -178,6 +178,9 @@ def _generic(rec: dict[str, Any], idx: str) -> EvalItem:
         ):
             raise InputError("'messages' must be a list of {role, content} objects with "
                              "string values.")
+        from ..text.prompt import validate_messages
+
+        validate_messages(msgs)  # an unknown role is bad data, not an item to retry later
         prompt: str | tuple[dict[str, str], ...] = tuple(
             {"role": m["role"], "content": m["content"]} for m in msgs
         )
