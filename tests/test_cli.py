@@ -438,3 +438,32 @@ def test_output_from_a_file_nested_too_deep_is_one_line(tmp_path, capsys):
     code, _, err = run(["explain", "a b", "--model", str(tmp_path / "no-model"),
                         "--output-from", str(deep)], capsys)
     assert code == 2 and "is not an attrlens result: it is not JSON" in err, err
+
+
+@pytest.mark.parametrize("extra,needle", [
+    (["--seed", "-1"], "seed"),
+    (["--max-new-tokens", "0"], "max_new_tokens"),
+    (["--target", "contrastive"], "contrast"),
+    (["--contrast-text", "foo"], "contrastive target"),
+    (["--method", "gilot", "--target", "kl"], "does not read target"),
+    (["--method", "ig", "--masker", "delete"], "does not read masker"),
+    (["--template-date", "2026-13-45"], "is not a date"),
+    (["--chat-template-kwargs", "[]"], "must be a JSON object"),
+    (["--spans", "0:2"], "Pass granularity='span'"),
+    (["--granularity", "span"], "needs spans"),
+    (["--granularity", "span", "--spans", "0:9"], "outside the user's text (length 3)"),
+    (["--raw", "--messages", "MSGS"], "leave out chat=False (--raw)"),
+    (["--messages", "NOUSER"], "no message with role user has content"),
+])
+def test_explain_checks_its_arguments_before_the_model_loads(extra, needle, tmp_path, capsys):
+    """Each was refused only after the model had loaded (13-26 s on the embedded model);
+    here there is no model at --model, so a check after the load would say that instead."""
+    msgs = tmp_path / "m.json"
+    msgs.write_text(json.dumps([{"role": "user", "content": "a b"}]))
+    nouser = tmp_path / "n.json"
+    nouser.write_text(json.dumps([{"role": "system", "content": "a b"}]))
+    extra = [str(msgs) if x == "MSGS" else str(nouser) if x == "NOUSER" else x for x in extra]
+    prompt = [] if "--messages" in extra else ["a b"]
+    code, _, err = run(["explain", *prompt, "--model", str(tmp_path / "no-model"), *extra],
+                       capsys)
+    assert code == 2 and needle in err and "no-model" not in err, err

@@ -16,7 +16,7 @@ from .models.base import require_needs, runtime_environment
 from .params import check_param, check_seed
 from .registry import get_explainer
 from .result import Attribution
-from .text.prompt import check_text
+from .text.prompt import check_prompt, check_text
 
 if TYPE_CHECKING:
     from .games.model import ModelInputs, ScoringGame
@@ -157,35 +157,12 @@ def explain(
     """
     t_start = time.perf_counter()
     loading = {k: params.pop(k) for k in _LOAD_KEYS if k in params}
-    explainer = make_explainer(method, {"budget": budget, **params})
-    if explainer.needs == "closed_model" and target_backend is None:
-        raise ParameterError(
-            f"The method '{explainer.name}' explains a closed model: give --target-url and "
-            f"--target-model (or target_backend=OpenAIBackend(...))."
-        )
-    from .games.served import method_route
-
-    route_name = method_route(explainer.name, explainer.needs, route, target_backend is not None)
-    if audit is not None and route_name not in ("generate", "surrogate"):
-        raise ParameterError(
-            "--audit checks a stand-in attribution against the served model: use it with "
-            "--method rope_lime or gsmile and --target-url/--target-model."
-        )
-    _check_arguments(granularity, masker, max_new_tokens, target=target, reduction=reduction,
-                     top_k=top_k, contrast=contrast, spans=spans, chat=chat,
-                     progress=progress)
-    _check_read(explainer, target=target, reduction=reduction, contrast=contrast,
-                masker=masker)
-    check_param("explain", "prefix_reuse", prefix_reuse, kind=bool)
-    from .scoring.targets import DIVERGENCES
-
-    read_target = (target or explainer.default_target) if "target" in explainer.reads else None
-    if top_k != 100 and read_target not in DIVERGENCES:
-        raise ParameterError(
-            f"top_k is the vocabulary union of the {'/'.join(DIVERGENCES)} targets; "
-            f"{explainer.name} scores "
-            f"{f'the {read_target} target' if read_target else 'no target'}: leave it out.")
-    check_seed("explain", seed)  # before the model loads and answers: cheap errors first
+    explainer, route_name = check_explain(
+        prompt, method=method, budget=budget, params=params, granularity=granularity,
+        target=target, seed=seed, masker=masker, spans=spans, chat=chat,
+        max_new_tokens=max_new_tokens, reduction=reduction, top_k=top_k, contrast=contrast,
+        prefix_reuse=prefix_reuse, target_backend=target_backend, route=route, audit=audit,
+        progress=progress)
     model = _resolve_model(model, tokenizer, loading)
     with model.evaluating():  # a model object in training mode: back as it was afterwards
         api_before = _api_counters(target_backend)
@@ -229,6 +206,63 @@ def explain(
             for key in ("api_calls", "cached_calls"):
                 attr.cost[key] = attr.cost.get(key, 0) + result.cost[key]
         return attr
+
+
+def check_explain(
+    prompt: Any,
+    *,
+    method: str | Explainer = "loo",
+    budget: int | None = None,
+    params: dict[str, Any] | None = None,
+    granularity: str = "word",
+    target: str | None = None,
+    seed: int = 0,
+    masker: str | None = None,
+    spans: Sequence[tuple[int, int]] | None = None,
+    chat: bool | None = None,
+    max_new_tokens: int = 32,
+    reduction: str | None = None,
+    top_k: int = 100,
+    contrast: str | None = None,
+    prefix_reuse: bool = True,
+    target_backend: Any = None,
+    route: str | None = None,
+    audit: int | None = None,
+    progress: Progress | None = None,
+) -> tuple[Explainer, str | None]:
+    """Every check of :func:`explain`'s arguments that needs no model (the command line
+    runs it before it loads one: cheap errors first); (the explainer, the served route)."""
+    explainer = make_explainer(method, {"budget": budget, **(params or {})})
+    if explainer.needs == "closed_model" and target_backend is None:
+        raise ParameterError(
+            f"The method '{explainer.name}' explains a closed model: give --target-url and "
+            f"--target-model (or target_backend=OpenAIBackend(...))."
+        )
+    from .games.served import method_route
+
+    route_name = method_route(explainer.name, explainer.needs, route, target_backend is not None)
+    if audit is not None and route_name not in ("generate", "surrogate"):
+        raise ParameterError(
+            "--audit checks a stand-in attribution against the served model: use it with "
+            "--method rope_lime or gsmile and --target-url/--target-model."
+        )
+    _check_arguments(granularity, masker, max_new_tokens, target=target, reduction=reduction,
+                     top_k=top_k, contrast=contrast, spans=spans, chat=chat,
+                     progress=progress)
+    _check_read(explainer, target=target, reduction=reduction, contrast=contrast,
+                masker=masker)
+    check_param("explain", "prefix_reuse", prefix_reuse, kind=bool)
+    from .scoring.targets import DIVERGENCES
+
+    read_target = (target or explainer.default_target) if "target" in explainer.reads else None
+    if top_k != 100 and read_target not in DIVERGENCES:
+        raise ParameterError(
+            f"top_k is the vocabulary union of the {'/'.join(DIVERGENCES)} targets; "
+            f"{explainer.name} scores "
+            f"{f'the {read_target} target' if read_target else 'no target'}: leave it out.")
+    check_seed("explain", seed)
+    check_prompt(prompt, chat=chat, spans=spans)
+    return explainer, route_name
 
 
 def served_provenance(local: Any, backend: Any, route: str | None) -> dict[str, Any]:
@@ -312,6 +346,10 @@ def _check_arguments(granularity: str, masker: str | None, max_new_tokens: int, 
     check_param("explain", "reduction", reduction, choices=("mean", "sum"), none_ok=True)
     check_param("explain", "top_k", top_k, kind=int, low=1)
     check_param("explain", "chat", chat, kind=bool, none_ok=True)
+    if target == "contrastive" and not (isinstance(contrast, str) and contrast.strip()):
+        raise ParameterError(
+            "The contrastive target needs a non-empty contrast output (the alternative): "
+            "contrast='...' (--contrast-text TEXT).")
     if contrast is not None:
         if not isinstance(contrast, str):
             raise ParameterError(
@@ -322,6 +360,9 @@ def _check_arguments(granularity: str, masker: str | None, max_new_tokens: int, 
                 "A contrast output is read only by the contrastive target: pass "
                 "target='contrastive' (--target contrastive) with it, or leave it out.")
         check_text("contrast output", contrast)
+    if spans is None and granularity == "span":
+        raise ParameterError("Granularity 'span' needs spans: give spans=[(start, end), ...] "
+                             "(--spans 0:5,6:11), char offsets into the user's text.")
     if spans is not None and granularity != "span":
         raise ParameterError(
             f"Spans are the features of granularity 'span'; got granularity "

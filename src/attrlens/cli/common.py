@@ -374,6 +374,15 @@ def chat_template_kwargs(args: argparse.Namespace) -> dict[str, Any] | None:
     return value
 
 
+def check_chat_template_options(args: argparse.Namespace) -> None:
+    """``--chat-template-kwargs`` and ``--template-date`` checked without a model."""
+    from ..models.hf import parse_template_date
+
+    chat_template_kwargs(args)
+    if getattr(args, "template_date", None) is not None:
+        parse_template_date(args.template_date)
+
+
 def with_chat_template(model: Any, args: argparse.Namespace) -> Any:
     """``model`` with the command's ``--chat-template-kwargs`` and ``--template-date``
     (unchanged without)."""

@@ -16,6 +16,7 @@ from .common import (
     Progress,
     add_chat_template_option,
     add_method_options,
+    check_chat_template_options,
     check_choice,
     check_output_paths,
     check_served,
@@ -162,6 +163,13 @@ def run(args: argparse.Namespace) -> int:
                                  "it takes no other --route and no --audit.")
         return _closed_values(args, prompt, explainer)
     check_served(explainer, args)
+    # every other check of the arguments that needs no model, then the chat template's
+    # options (JSON, date): cheap errors before the model loads
+    api.check_explain(
+        prompt, method=explainer, granularity=args.granularity, target=args.target,
+        seed=args.seed, masker=args.masker, spans=spans, chat=False if args.raw else None,
+        max_new_tokens=args.max_new_tokens, contrast=args.contrast_text)
+    check_chat_template_options(args)
     backend = target_backend(args)  # the endpoint is checked before the model loads
 
     progress = Progress(not args.quiet, f"explaining ({explainer.name})")

@@ -124,6 +124,40 @@ def validate_messages(messages: Any) -> tuple[Message, ...]:
     return tuple(out)
 
 
+def check_prompt(
+    prompt: Any,
+    *,
+    chat: bool | None = None,
+    spans: Sequence[Sequence[int]] | None = None,
+    explain_roles: tuple[str, ...] = ("user",),
+) -> None:
+    """What can be checked of a prompt without a model (so before one loads): text or
+    well-formed messages, something to explain, chat=False only for text, and spans inside
+    the user's text (the one explainable message's content)."""
+    if isinstance(prompt, str):
+        if not check_text("prompt", prompt).strip():
+            raise InputError("The prompt is empty: give some text to explain.")
+        user = [prompt]
+    else:
+        messages = validate_messages(prompt)
+        if chat is False:
+            raise InputError("Chat messages need the chat template: leave out chat=False "
+                             "(--raw), or give the prompt as text.")
+        user = [m["content"] for m in messages if m["role"] in explain_roles and m["content"]]
+        if not any(u.strip() for u in user):
+            raise InputError(f"The prompt is empty: no message with role "
+                             f"{'/'.join(explain_roles)} has content.")
+    if spans is None or len(user) != 1:
+        return  # (several explainable messages: refused with the rendered prompt)
+    for sp in spans:
+        if (isinstance(sp, Sequence) and len(sp) == 2
+                and all(isinstance(x, (int, np.integer)) for x in sp)
+                and not 0 <= sp[0] < sp[1] <= len(user[0])):
+            raise InputError(
+                f"The span ({sp[0]}, {sp[1]}) is outside the user's text (length "
+                f"{len(user[0])}) or empty; spans are char offsets into the user's text.")
+
+
 def build_prompt(
     prompt: str | list[Message],
     renderer: Any | None = None,
@@ -138,24 +172,17 @@ def build_prompt(
     chat:     apply the chat template to a text prompt (default: if the model has one).
     explain_roles: roles whose content is explainable.
     """
+    check_prompt(prompt, chat=chat, explain_roles=explain_roles)
     if isinstance(prompt, str):
-        if not check_text("prompt", prompt).strip():
-            raise InputError("The prompt is empty: give some text to explain.")
         if chat is None:
             chat = bool(renderer is not None and getattr(renderer, "has_chat_template", False))
         if not chat:
             return Prompt(text=prompt, regions=((0, len(prompt)),), region_messages=(0,))
-        messages = ({"role": "user", "content": prompt},)
+        messages: tuple[Message, ...] = ({"role": "user", "content": prompt},)
     else:
         messages = validate_messages(prompt)
-        if chat is False:
-            raise InputError("Chat messages need the chat template; do not pass chat=False.")
     if renderer is None:
         raise InputError("Rendering chat messages needs a model with a chat template.")
-    if not any(m["content"].strip() for m in messages if m["role"] in explain_roles):
-        raise InputError(
-            f"The prompt is empty: no message with role {'/'.join(explain_roles)} has content."
-        )
     text = renderer.render_chat(list(messages))
     located = _locate_contents(renderer, messages, text)
     regions: list[tuple[int, int]] = []
