@@ -480,13 +480,18 @@ def test_a_run_in_which_every_record_failed_exits_non_zero(tiny_dir, tmp_path, c
     data = tmp_path / "d.jsonl"
     data.write_text("\n".join(json.dumps({"prompt": p, "output": " x"})
                               for p in ("the cat sat", "a dog ran")) + "\n", encoding="utf-8")
-    argv = ["evaluate", str(data), "--methods", "loo", "--metrics", "abpc", "--model",
+    # longer than the tiny model's context: each record fails (a bad record, such as span
+    # granularity without spans, is refused before the run instead)
+    long = tmp_path / "long.jsonl"
+    long.write_text("\n".join(json.dumps({"prompt": p * 600, "output": " x"})
+                              for p in ("the ", "a ")) + "\n", encoding="utf-8")
+    argv = ["--methods", "loo", "--metrics", "abpc", "--model",
             str(tiny_dir), "--quiet", "--no-report", "--out"]
-    rc = main([*argv, str(tmp_path / "bad"), "--granularity", "span"])  # no spans given
+    rc = main(["evaluate", str(long), *argv, str(tmp_path / "bad")])
     out = capsys.readouterr()
     assert rc == 1 and "0 records computed, 0 resumed, 2 failed" in out.out
     assert "attrlens: error: every record failed" in out.err
-    assert main([*argv, str(tmp_path / "ok")]) == 0
+    assert main(["evaluate", str(data), *argv, str(tmp_path / "ok")]) == 0
     assert "2 records computed, 0 resumed;" in capsys.readouterr().out
 
 
