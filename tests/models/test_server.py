@@ -132,3 +132,24 @@ def test_serve_cli_prints_url_and_stops_on_ctrl_c(tmp_path):
         time.sleep(0.2)
     else:
         pytest.fail("the server still answers after Ctrl-C")
+
+
+def test_default_model_name_identifies_the_gguf_file(tmp_path):
+    """Two different GGUF files served without an alias get different model names (the
+    call cache keys its rows by URL and model name); the embedded model stays 'smollm2'
+    and an alias overrides the name. No server is started."""
+    from attrlens.models.default import default_gguf_path
+
+    embedded = default_gguf_path()
+    a = tmp_path / "model.gguf"
+    a.write_bytes(b"GGUF" + b"\0" * 64)
+    sub = tmp_path / "other"
+    sub.mkdir()
+    b = sub / "model.gguf"  # same file name, one byte of content different
+    b.write_bytes(b"GGUF" + b"\0" * 63 + b"\1")
+    name_a, name_b = LlamaServer(a).model_name, LlamaServer(b).model_name
+    assert name_a != name_b
+    assert name_a.startswith("model-") and len(name_a) == len("model-") + 12
+    assert LlamaServer().model_name == "smollm2"
+    assert LlamaServer(embedded).model_name == "smollm2"
+    assert LlamaServer(a, model_alias="mine").model_name == "mine"

@@ -62,6 +62,33 @@ def _resolve_model_path(model_path: str | os.PathLike[str] | None) -> Path:
     return path
 
 
+#: the name the embedded model is served under
+DEFAULT_ALIAS = "smollm2"
+
+
+def served_model_name(model_path: str | os.PathLike[str] | None = None) -> str:
+    """The model name a GGUF file is served under when no alias is given.
+
+    The embedded model is ``smollm2``; any other file is ``<file stem>-<first 12 hex digits
+    of its sha256>``, so two different files never share a name (the call cache keys its
+    rows by URL and model name: a shared name would replay one model's answers for the
+    other).
+    """
+    path = _resolve_model_path(model_path)
+    if model_path is None:
+        return DEFAULT_ALIAS
+    from .default import default_gguf_path
+    from .hf import file_sha256
+
+    try:
+        embedded = default_gguf_path().resolve()
+    except BackendError:  # the embedded model's package is not installed
+        embedded = None
+    if path.resolve() == embedded:
+        return DEFAULT_ALIAS
+    return f"{path.stem}-{file_sha256(path)[:12]}"
+
+
 class LlamaServer:
     """llama.cpp's OpenAI-compatible HTTP server on loopback, in a child process.
 
@@ -73,7 +100,8 @@ class LlamaServer:
     llama.cpp's threads synchronise at every layer and slow down sharply when they
     outnumber the cores left free (2 threads on a busy 2-core machine: 10x slower).
     ``n_parallel``: requests decoded at once (slots). ``model_alias``: the model name
-    clients send and ``/v1/models`` lists.
+    clients send and ``/v1/models`` lists; None = ``served_model_name(model_path)``
+    (``smollm2`` for the embedded model, ``<stem>-<sha256 prefix>`` for any other file).
     ``startup_timeout``: seconds to wait for ``/health`` to answer 200.
 
     Use as a context manager, or call ``start()`` / ``stop()``::
@@ -91,7 +119,7 @@ class LlamaServer:
         n_ctx: int = 4096,
         n_threads: int | None = None,
         n_parallel: int = 1,
-        model_alias: str = "smollm2",
+        model_alias: str | None = None,
         startup_timeout: float = 120.0,
     ) -> None:
         self.model_path = model_path
@@ -105,10 +133,11 @@ class LlamaServer:
         self._proc: subprocess.Popen[str] | None = None
         self._log: IO[str] | None = None
         self._url: str | None = None
+        self._name: str | None = None
 
     def __repr__(self) -> str:
         state = self._url if self.running else "stopped"
-        return f"LlamaServer(model_alias={self.model_alias!r}, {state})"
+        return f"LlamaServer(model_alias={self.model_name!r}, {state})"
 
     # --- public properties ---------------------------------------------------------------
     @property
@@ -141,8 +170,13 @@ class LlamaServer:
 
     @property
     def model_name(self) -> str:
-        """The model name the server answers to (its alias)."""
-        return self.model_alias
+        """The model name the server answers to: ``model_alias``, or when None the name
+        that identifies the file (``served_model_name``; its hash is computed once)."""
+        if self.model_alias is not None:
+            return self.model_alias
+        if self._name is None:
+            self._name = served_model_name(self.model_path)
+        return self._name
 
     @property
     def pid(self) -> int | None:
@@ -164,7 +198,9 @@ class LlamaServer:
             check_param(owner, "n_threads", self.n_threads, kind=int, low=1)
         check_param(owner, "n_parallel", self.n_parallel, kind=int, low=1)
         check_param(owner, "startup_timeout", self.startup_timeout, low=0.1)
-        if not isinstance(self.model_alias, str) or not self.model_alias.strip():
+        if self.model_alias is not None and (
+            not isinstance(self.model_alias, str) or not self.model_alias.strip()
+        ):
             raise ParameterError(
                 f"The 'model_alias' parameter of {owner} must be a non-empty str. "
                 f"Got {self.model_alias!r} instead."
@@ -204,7 +240,7 @@ class LlamaServer:
             "--parallel",
             str(self.n_parallel),
             "--alias",
-            self.model_alias,
+            self.model_name,
         ]
         # lives as long as the child; closed in stop()
         self._log = tempfile.TemporaryFile(  # noqa: SIM115
@@ -336,12 +372,14 @@ def run_server_cli(
     port: int | None = None,
     n_ctx: int = 4096,
     n_threads: int | None = None,
+    model_alias: str | None = None,
 ) -> int:
     """``attrlens serve``: start the server, print its URL and model name, block until Ctrl-C.
 
     Returns the process exit status (0 after Ctrl-C, 3 if the server died on its own).
     """
-    server = LlamaServer(model, port=port, n_ctx=n_ctx, n_threads=n_threads)
+    server = LlamaServer(model, port=port, n_ctx=n_ctx, n_threads=n_threads,
+                         model_alias=model_alias)
     server.start()
     try:
         print(f"llama.cpp server running at {server.base_url}", flush=True)
@@ -373,7 +411,7 @@ def _child_main(argv: list[str]) -> int:
     ap.add_argument("--n-ctx", type=int, default=4096)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--parallel", type=int, default=1)
-    ap.add_argument("--alias", default="smollm2")
+    ap.add_argument("--alias", default=DEFAULT_ALIAS)
     args = ap.parse_args(argv)
     if not _is_loopback(args.host):
         print(f"refusing non-loopback host {args.host}", file=sys.stderr)
