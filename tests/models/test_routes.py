@@ -234,6 +234,24 @@ def test_probe_is_one_request_per_route_and_once_per_backend(make_fake):
     assert len(fake.bodies) == 3
 
 
+def test_probe_conclusion_is_cached_so_a_rerun_sends_nothing(make_fake, tmp_path):
+    """A rerun (a new backend on the same endpoint and model, same call cache) sends no
+    probe request at all: not the failed prompt_logprobs/sglang ones, not the echo one."""
+    from attrlens.models.cache import CallCache
+
+    cache = CallCache(tmp_path / "calls.sqlite")
+    fake, _ = make_fake({"echo"})
+    first = OpenAIBackend(fake.url + "/v1", "toy", cache=cache, max_retries=0)
+    r1, rep1 = probe_routes(first)
+    assert r1.name == "echo" and len(fake.bodies) == 3
+    again = OpenAIBackend(fake.url + "/v1", "toy", cache=cache, max_retries=0)
+    r2, rep2 = probe_routes(again)
+    assert r2.name == "echo"
+    assert rep2.as_dict() == rep1.as_dict()
+    assert len(fake.bodies) == 3  # nothing sent
+    assert again.counters["api_calls"] == 0
+
+
 def test_broken_route_is_refused_loudly(make_fake):
     _, be = make_fake({"prompt_logprobs", "echo"}, broken={"prompt_logprobs"})
     with pytest.warns(UserWarning, match="prompt_logprobs.*refused.*empty"):

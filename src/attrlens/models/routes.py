@@ -27,8 +27,9 @@ particular kind of server answers, and reads the per-token log-probs of ``o`` ba
 
 The first five are *scoring routes* (:data:`SCORING_ROUTES`): every game-based method can
 run on the served model through them. :func:`probe_routes` sends one short request per
-candidate (cached like every call), picks the first that works in :data:`PROBE_ORDER`,
-refuses loudly a route that answers but is broken (empty or non-finite log-probs), and an
+candidate (cached like every call), picks the first that works in :data:`PROBE_ORDER`
+(that conclusion is cached too, per endpoint and model: a rerun sends no probe request,
+not even the ones that failed), refuses loudly a route that answers but is broken (empty or non-finite log-probs), and an
 explicit route the server lacks gives one error naming the routes it has.
 
 Completion-style routes (all but ``top_logprobs``) send the prompt as text with the chat
@@ -54,6 +55,7 @@ from ..errors import (
     ServerGoneError,
     unknown_name_message,
 )
+from .cache import cache_key
 
 if TYPE_CHECKING:
     from .openai import OpenAIBackend
@@ -555,6 +557,38 @@ def _try(route: Route) -> tuple[str, str]:
 _PROBED: weakref.WeakKeyDictionary[Any, ProbeReport] = weakref.WeakKeyDictionary()
 
 
+def _probe_request(candidates: Sequence[str]) -> dict[str, Any]:
+    """The call-cache request under which the probe's conclusion is stored (with the
+    backend's endpoint and model, like any call): the routes tried, in order."""
+    return {"probe_routes": list(candidates)}
+
+
+def _cached_probe(backend: OpenAIBackend, candidates: Sequence[str]) -> ProbeReport | None:
+    """The conclusion of an earlier probe of this endpoint and model, from the call cache
+    (None when there is none, or no cache): a rerun sends no probe requests at all, not
+    even the ones that failed."""
+    if backend.cache is None:
+        return None
+    hit = backend.cache.get(cache_key(backend.base_url, backend.model,
+                                      _probe_request(candidates)))
+    if not isinstance(hit, dict) or hit.get("chosen") not in candidates:
+        return None
+    try:
+        return ProbeReport(str(hit["chosen"]), [str(w) for w in hit.get("working") or []],
+                           dict(hit.get("missing") or {}), dict(hit.get("broken") or {}))
+    except (TypeError, ValueError):
+        return None
+
+
+def _store_probe(backend: OpenAIBackend, candidates: Sequence[str],
+                 report: ProbeReport) -> None:
+    if backend.cache is None:
+        return
+    request = _probe_request(candidates)
+    backend.cache.put(cache_key(backend.base_url, backend.model, request), report.as_dict(),
+                      endpoint=backend.base_url, model=backend.model, request=request)
+
+
 def probe_routes(
     backend: OpenAIBackend,
     route: str | None = None,
@@ -563,7 +597,8 @@ def probe_routes(
     count_tokens: Callable[[str], int] | None = None,
 ) -> tuple[Route, ProbeReport]:
     """The scoring route to use on ``backend``: ``route`` if given and working, else the
-    first of ``candidates`` that works (one short request each, cached).
+    first of ``candidates`` that works (one short request each, cached; the conclusion is
+    stored in the call cache per endpoint and model, so a rerun sends no probe request).
 
     A route that answers with unusable log-probs is refused with a warning (and is an
     error when asked for by name); a requested route the server lacks raises
@@ -572,6 +607,10 @@ def probe_routes(
     """
     report = ProbeReport()
     known = _PROBED.get(backend)
+    if route is None and (known is None or known.chosen is None):
+        known = _cached_probe(backend, candidates)
+        if known is not None:
+            _PROBED[backend] = known
     if route is None and known is not None and known.chosen is not None:
         return make_route(known.chosen, backend, count_tokens=count_tokens), known
     if route is not None:
@@ -601,6 +640,7 @@ def probe_routes(
         if state == "ok":
             report.chosen, report.working = name, [name]
             _PROBED[backend] = report
+            _store_probe(backend, candidates, report)
             return r, report
         if state == "broken":
             warnings.warn(
