@@ -81,3 +81,19 @@ def test_cache_needs_a_subcommand(capsys):
     assert code == 2 and len(lines) == 1 and lines[0].startswith("attrlens: error:")
     code, _, err = run(["cache", "info", "--bogus"], capsys)
     assert code == 2 and "--dir" in err and err.count("\n") == 1
+
+
+def test_damaged_cache_is_one_line_and_clear_deletes_it(tmp_path, capsys):
+    d = tmp_path / "bad"
+    d.mkdir()
+    (d / "calls.sqlite").write_bytes(b"garbage, not an SQLite file" * 50)
+    code, out, err = run(["cache", "info", "--dir", str(d)], capsys)
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert code == 3 and len(lines) == 1 and lines[0].startswith("attrlens: error:")
+    assert str(d / "calls.sqlite") in err and "damaged" in err and "internal" not in err
+    code, out, err = run(["cache", "clear", "--dir", str(d)], capsys)
+    assert code == 0, err
+    assert "damaged" in out and "deleted the file" in out and str(d / "calls.sqlite") in out
+    assert not (d / "calls.sqlite").exists()
+    code, out, _ = run(["cache", "info", "--dir", str(d)], capsys)
+    assert code == 0 and "no cache file yet" in out

@@ -5,7 +5,8 @@
     ├── ParameterError(ValueError) a method/CLI parameter is out of range or unknown
     ├── CapabilityError           a backend lacks what a method needs (e.g. teacher forcing)
     └── BackendError              a model or server failed (load error, HTTP failure, ...)
-        └── ServerGoneError       the endpoint cannot be reached after all retries
+        ├── ServerGoneError       the endpoint cannot be reached after all retries
+        └── CacheDamagedError     the call cache file is damaged (delete it, or no cache)
 
 Every message says what was wrong, what was expected, and how to fix it; the CLI prints
 ``str(error)`` on one line and exits with status 2 (input/parameter) or 3 (backend).
@@ -45,6 +46,17 @@ class BackendError(AttrlensError):
 
 class ServerGoneError(BackendError):
     """The remote endpoint could not be reached after every retry."""
+
+
+class CacheDamagedError(BackendError):
+    """The call cache file is damaged (not a database, malformed, undecodable rows).
+
+    ``path``: the file; ``reason``: what SQLite or the decoder said."""
+
+    def __init__(self, message: str, path: str = "", reason: str = "") -> None:
+        super().__init__(message)
+        self.path = path
+        self.reason = reason
 
 
 def unknown_name_message(kind: str, name: str, valid: Iterable[str]) -> str:

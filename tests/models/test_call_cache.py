@@ -273,3 +273,50 @@ def test_delete_one_row(tmp_path):
     cache.put("k", {})
     assert cache.delete("k") is True and cache.delete("k") is False
     assert len(cache) == 0
+
+
+def _damaged_files(tmp_path: Path) -> dict[str, Path]:
+    """Cache files damaged three ways: garbage, a malformed page, a row that is not JSON."""
+    out = {}
+    garbage = tmp_path / "garbage" / "calls.sqlite"
+    garbage.parent.mkdir()
+    garbage.write_bytes(b"this is not a database" * 100)
+    out["garbage"] = garbage
+    malformed = tmp_path / "malformed" / "calls.sqlite"
+    with CallCache(malformed) as cache:
+        for i in range(50):
+            cache.put(f"k{i}", {"text": "x" * 500}, endpoint="http://e/v1", model="m")
+    with open(malformed, "r+b") as f:  # overwrite one page of the table
+        f.seek(4096 * 2)
+        f.write(b"\xff" * 4096)
+    out["malformed"] = malformed
+    undecodable = tmp_path / "undecodable" / "calls.sqlite"
+    with CallCache(undecodable) as cache:
+        cache.put("k0", {"v": 1})
+    conn = sqlite3.connect(undecodable)
+    conn.execute("UPDATE calls SET response = '{not json' WHERE key = 'k0'")
+    conn.commit()
+    conn.close()
+    out["undecodable"] = undecodable
+    return out
+
+
+def test_damaged_cache_file_is_a_clear_error_naming_the_file(tmp_path):
+    from attrlens.errors import CacheDamagedError
+    from attrlens.models.openai import OpenAIBackend
+
+    for kind, path in _damaged_files(tmp_path).items():
+        with pytest.raises(CacheDamagedError) as info:
+            CallCache(path).get("k0")
+        msg = str(info.value)
+        assert str(path) in msg and "damaged" in msg and "Delete" in msg, kind
+        assert "--no-cache" in msg and "writable" not in msg, kind
+        if kind == "undecodable":  # only that row is unreadable
+            continue
+        # a backend on it fails the same way, before any request (the URL is unreachable)
+        be = OpenAIBackend("http://127.0.0.1:9/v1", "m", cache=CallCache(path), max_retries=0)
+        with pytest.raises(CacheDamagedError, match="damaged"):
+            be.chat("hi")
+        assert be.counters["api_calls"] == 0
+        with pytest.raises(CacheDamagedError):
+            cache_info(path.parent)

@@ -70,10 +70,18 @@ def run_info(args: argparse.Namespace) -> int:
 
 
 def run_clear(args: argparse.Namespace) -> int:
-    from ..models.cache import cache_clear
+    from ..errors import CacheDamagedError
+    from ..models.cache import cache_clear, delete_cache_file
     from ..redact import redact_url
 
-    n = cache_clear(endpoint=args.endpoint, cache_dir=args.dir)
+    try:
+        n = cache_clear(endpoint=args.endpoint, cache_dir=args.dir)
+    except CacheDamagedError as exc:
+        # its rows can be neither read nor deleted one by one: the file goes, whole
+        path = delete_cache_file(args.dir)
+        print(f"the call cache at {path} was damaged ({exc.reason}): deleted the file; "
+              "its calls will be asked for again")
+        return 0
     where = f" of {redact_url(args.endpoint)}" if args.endpoint else ""
     print(f"deleted {n} cached call{'s' if n != 1 else ''}{where}")
     return 0

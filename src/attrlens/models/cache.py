@@ -20,16 +20,18 @@ scrubbed when the file is opened. Deleted rows are overwritten (``secure_delete`
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import sqlite3
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from ..errors import BackendError
+from ..errors import BackendError, CacheDamagedError
 from ..redact import redact_url, strip_userinfo
 
 CACHE_FILE_NAME = "calls.sqlite"
@@ -92,8 +94,30 @@ class CallCache:
     def __repr__(self) -> str:
         return f"CallCache(path={str(self.path)!r})"
 
+    def _damaged(self, exc: BaseException) -> CacheDamagedError:
+        reason = str(exc) or type(exc).__name__
+        return CacheDamagedError(
+            f"The call cache at {self.path} is damaged ({reason}). Delete that file "
+            "('attrlens cache clear' deletes a damaged cache) or turn the cache off "
+            "(--no-cache / cache=False).",
+            str(self.path),
+            reason,
+        )
+
+    @contextlib.contextmanager
+    def _reading(self) -> Iterator[None]:
+        """Turn a damaged file's errors (SQLite's corruption errors, rows that are not
+        JSON) into CacheDamagedError; OperationalError (locked, I/O) passes through."""
+        try:
+            yield
+        except sqlite3.OperationalError:
+            raise
+        except (sqlite3.DatabaseError, ValueError) as exc:
+            raise self._damaged(exc) from exc
+
     def _connect(self) -> sqlite3.Connection:
         if self._conn is None:
+            conn = None
             try:
                 _private_dir(self.path.parent)
                 _private_file(self.path)
@@ -108,7 +132,19 @@ class CallCache:
                 for suffix in ("-wal", "-shm"):  # SQLite copies the file's mode; make sure
                     _tighten(self.path.with_name(self.path.name + suffix), 0o600)
                 _scrub_endpoints(conn)
+            except sqlite3.DatabaseError as exc:
+                if conn is not None:
+                    conn.close()
+                if isinstance(exc, sqlite3.OperationalError):
+                    raise BackendError(
+                        f"Cannot open the call cache at {self.path}: {exc}. Set "
+                        "ATTRLENS_CACHE_DIR to a writable directory, or turn the cache off "
+                        "(--no-cache / cache=False)."
+                    ) from exc
+                raise self._damaged(exc) from exc
             except (OSError, sqlite3.Error) as exc:
+                if conn is not None:
+                    conn.close()
                 raise BackendError(
                     f"Cannot open the call cache at {self.path}: {exc}. Set ATTRLENS_CACHE_DIR "
                     "to a writable directory, or turn the cache off (--no-cache / cache=False)."
@@ -118,13 +154,13 @@ class CallCache:
 
     def get(self, key: str) -> dict[str, Any] | None:
         """The cached response for ``key``, or None."""
-        with self._lock:
+        with self._lock, self._reading():
             row = (
                 self._connect()
                 .execute("SELECT response FROM calls WHERE key = ?", (key,))
                 .fetchone()
             )
-        return None if row is None else json.loads(row[0])
+            return None if row is None else json.loads(row[0])
 
     def put(
         self,
@@ -140,7 +176,7 @@ class CallCache:
         ``endpoint`` is stored without its userinfo (see ``endpoint_label``). Store only
         answers the client accepted: a row is replayed on every later identical request.
         """
-        with self._lock:
+        with self._lock, self._reading():
             self._connect().execute(
                 "INSERT OR REPLACE INTO calls (key, endpoint, model, request, response, created)"
                 " VALUES (?, ?, ?, ?, ?, ?)",
@@ -157,24 +193,24 @@ class CallCache:
     def __contains__(self, key: object) -> bool:
         if not isinstance(key, str):
             return False
-        with self._lock:
+        with self._lock, self._reading():
             row = self._connect().execute("SELECT 1 FROM calls WHERE key = ?", (key,)).fetchone()
         return row is not None
 
     def __len__(self) -> int:
-        with self._lock:
+        with self._lock, self._reading():
             return int(self._connect().execute("SELECT COUNT(*) FROM calls").fetchone()[0])
 
     def delete(self, key: str) -> bool:
         """Delete the row of ``key``; True if there was one."""
-        with self._lock:
+        with self._lock, self._reading():
             cur = self._connect().execute("DELETE FROM calls WHERE key = ?", (key,))
         return cur.rowcount > 0
 
     def clear(self, endpoint: str | None = None) -> int:
         """Delete every cached call (or those of ``endpoint``, compared without userinfo or
         trailing slash); returns the number of rows deleted."""
-        with self._lock:
+        with self._lock, self._reading():
             conn = self._connect()
             if endpoint is None:
                 removed = conn.execute("DELETE FROM calls").rowcount
@@ -196,7 +232,7 @@ class CallCache:
 
     def info(self) -> dict[str, Any]:
         """Summary of the file: see ``cache_info``."""
-        with self._lock:
+        with self._lock, self._reading():
             conn = self._connect()
             entries = int(conn.execute("SELECT COUNT(*) FROM calls").fetchone()[0])
             endpoints: dict[str, int] = {}
@@ -348,3 +384,14 @@ def cache_clear(
         return 0
     with CallCache(path) as cache:
         return cache.clear(endpoint)
+
+
+def delete_cache_file(cache_dir: str | os.PathLike[str] | None = None) -> Path:
+    """Delete the cache file itself (with its WAL and shared-memory files): the way out of
+    a damaged cache (CacheDamagedError), whose rows cannot be read or deleted one by one.
+    Returns the path of the file."""
+    path = _cache_path(cache_dir)
+    for suffix in ("", "-wal", "-shm", "-journal"):
+        with contextlib.suppress(FileNotFoundError):
+            path.with_name(path.name + suffix).unlink()
+    return path
