@@ -268,6 +268,22 @@ def test_cache_info_and_clear_by_endpoint(tmp_path):
     assert b"MARKER-A" not in _all_bytes(tmp_path)
 
 
+def test_clearing_an_endpoint_clears_the_rows_of_its_server_root(tmp_path):
+    """The scoring routes store llama.cpp's /completion and /tokenize rows under the server
+    root (http://h:81), not under the base URL (http://h:81/v1) the user clears."""
+    from attrlens.models.openai import OpenAIBackend
+
+    root = OpenAIBackend("http://h:81/v1", "m", cache=False).root_url
+    cache = CallCache(tmp_path / "calls.sqlite")
+    cache.put("v1", {"a": 1}, endpoint="http://h:81/v1", model="m")
+    cache.put("tok", {"a": 2}, endpoint=root, model="m")
+    cache.put("cmp", {"a": 3}, endpoint=root + "/", model="m")
+    cache.put("other", {"a": 4}, endpoint="http://h:82", model="m")
+    cache.close()
+    assert cache_clear("http://h:81/v1", cache_dir=tmp_path) == 3
+    assert cache_info(tmp_path)["endpoints"] == {"http://h:82": 1}
+
+
 def test_delete_one_row(tmp_path):
     cache = CallCache(tmp_path / "c.sqlite")
     cache.put("k", {})

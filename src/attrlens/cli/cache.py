@@ -22,8 +22,9 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     i.add_argument("--json", action="store_true", help="print the information as JSON")
     i.set_defaults(func=run_info)
     k = csub.add_parser("clear", help="delete cached calls (all, or one endpoint's)")
-    k.add_argument("--endpoint", help="delete only the calls of this base URL (credentials and "
-                   "a trailing slash are ignored)")
+    k.add_argument("--endpoint", help="delete only the calls of this base URL and of its "
+                   "server root (http://HOST:PORT/v1 also clears the /completion calls stored "
+                   "under http://HOST:PORT; credentials and a trailing slash are ignored)")
     k.add_argument("--dir", help="cache directory (default: $ATTRLENS_CACHE_DIR or the user "
                    "cache directory)")
     k.set_defaults(func=run_clear)

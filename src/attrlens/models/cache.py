@@ -209,17 +209,22 @@ class CallCache:
 
     def clear(self, endpoint: str | None = None) -> int:
         """Delete every cached call (or those of ``endpoint``, compared without userinfo or
-        trailing slash); returns the number of rows deleted."""
+        trailing slash, and those the routes at its server root stored: clearing
+        ``http://host/v1`` clears ``http://host``'s ``/completion`` rows too); returns the
+        number of rows deleted."""
         with self._lock, self._reading():
             conn = self._connect()
             if endpoint is None:
                 removed = conn.execute("DELETE FROM calls").rowcount
             else:
-                want = endpoint_label(endpoint)
+                from .openai import server_root
+
+                label = endpoint_label(endpoint)
+                want = {label, server_root(label)}
                 names = [
                     row[0]
                     for row in conn.execute("SELECT DISTINCT endpoint FROM calls")
-                    if endpoint_label(row[0]) == want
+                    if endpoint_label(row[0]) in want
                 ]
                 removed = 0
                 for name in names:
@@ -377,7 +382,7 @@ def cache_clear(
     endpoint: str | None = None, cache_dir: str | os.PathLike[str] | None = None
 ) -> int:
     """Delete cached calls: all of them, or those of ``endpoint`` (a base URL, compared
-    without userinfo or trailing slash). Returns the number of calls deleted (0 when the
+    without userinfo or trailing slash, with those of its server root). Returns the number of calls deleted (0 when the
     cache does not exist; it is not created)."""
     path = _cache_path(cache_dir)
     if not path.is_file():

@@ -255,6 +255,12 @@ def _validate_messages(messages: object) -> list[Message]:
     return out
 
 
+def server_root(base_url: str) -> str:
+    """The root URL of the server behind an API base URL: without a trailing ``/v1``
+    (``http://host:8080/v1`` -> ``http://host:8080``); routes at the root are sent there."""
+    return base_url.removesuffix("/v1")
+
+
 class _Hidden:
     """Holds secrets without showing them in ``repr``/``vars`` dumps."""
 
@@ -912,8 +918,7 @@ class OpenAIBackend:
     def root_url(self) -> str:
         """The server's root URL: ``base_url`` without a trailing ``/v1`` (where llama.cpp's
         ``/completion`` and ``/tokenize`` and SGLang's ``/generate`` live)."""
-        url = self.base_url
-        return url.removesuffix("/v1")
+        return server_root(self.base_url)
 
     def post(
         self,
