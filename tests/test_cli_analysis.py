@@ -254,6 +254,28 @@ def test_closed_answers_result_names_the_served_model(fake_openai, tmp_path, cap
     assert "None" not in page.split("Provenance")[0] and "fake-model" in page
 
 
+def test_closed_answers_cost_counts_tokens_and_cache_hits(fake_openai, tmp_path, capsys,
+                                                          monkeypatch):
+    """docs/result_schema.md: a closed model's cost holds api_calls, cached_calls,
+    prompt_tokens and completion_tokens; a cached rerun makes no call."""
+    monkeypatch.setenv("ATTRLENS_CACHE_DIR", str(tmp_path / "cache"))
+    path = tmp_path / "c.json"
+    argv = ["explain", "is it raining today", "--method", "loo", "--target-url",
+            fake_openai.base_url, "--target-model", "fake-model", "--closed-answers",
+            "echo:,alt0", "--json", str(path), "--quiet"]
+    code, _, err = run(argv, capsys)
+    assert code == 0, err
+    first = json.loads(path.read_text())["cost"]
+    assert first["api_calls"] >= 5 and first["cached_calls"] == 0  # 4 words + the full prompt
+    # the fake's usage: one prompt token per word of the message, one completion token
+    assert first["prompt_tokens"] >= first["api_calls"] and first["completion_tokens"] > 0
+    code, _, err = run(argv, capsys)
+    assert code == 0, err
+    again = json.loads(path.read_text())["cost"]
+    assert again["api_calls"] == 0 and again["cached_calls"] == first["api_calls"]
+    assert again["prompt_tokens"] == 0 and again["completion_tokens"] == 0
+
+
 def test_served_provenance_names_both_models():
     from attrlens.api import served_provenance
     from attrlens.models.base import ModelInfo

@@ -68,3 +68,12 @@ def test_loo_on_the_served_model_and_audit(llama_server, tmp_path, capsys, monke
     audit = a["audit"]  # extra keys are top-level keys of the result file
     assert audit["k"] == 4 and audit["route"] == "forced_tokens"
     assert audit["cost"]["value_calls"] == 4
+    # on an empty cache every call of the audit (its route probe, /tokenize and the exact
+    # values, whose llama.cpp answers count tokens as tokens_evaluated) is in the cost
+    monkeypatch.setenv("ATTRLENS_CACHE_DIR", str(tmp_path / "cache2"))
+    code, _, err = run(["explain", prompt, "--method", "rope_lime", "--budget", "10",
+                        "--audit", "4", "--json", str(apath), *base], capsys)
+    assert code == 0, err
+    a = json.loads(apath.read_text())
+    assert a["cost"]["api_calls"] > a["audit"]["cost"]["api_calls"] >= 4
+    assert a["cost"]["prompt_tokens"] > 0 and a["cost"]["completion_tokens"] >= 4

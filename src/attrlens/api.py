@@ -203,8 +203,8 @@ def explain(
             exact, probe = served_game(inputs, target_backend, None)
             result = run_audit(attr.scores, exact, audit, labels=attr.labels)
             attr.extra["audit"] = {**result.as_dict(), "route_probe": probe}
-            for key in ("api_calls", "cached_calls"):
-                attr.cost[key] = attr.cost.get(key, 0) + result.cost[key]
+            # the audit's calls (its probe and exact values) are the run's calls too
+            attr.cost.update(api_cost(target_backend, api_before))
         return attr
 
 
@@ -286,6 +286,16 @@ def served_provenance(local: Any, backend: Any, route: str | None) -> dict[str, 
 
 def _api_counters(backend: Any) -> dict[str, float]:
     return dict(getattr(backend, "counters", {}) or {})
+
+
+def api_cost(backend: Any, before: dict[str, float] | None = None) -> dict[str, float]:
+    """What a served backend spent since its counters were ``before`` (None: since they
+    were zero): ``api_calls``, ``cached_calls``, ``prompt_tokens``, ``completion_tokens``
+    and, with prices, ``cost_usd``; the keys of ``Attribution.cost`` for served models."""
+    now, before = _api_counters(backend), before or {}
+    return {key: now[key] - before.get(key, 0)
+            for key in ("api_calls", "cached_calls", "prompt_tokens", "completion_tokens",
+                        "cost_usd") if key in now}
 
 
 def _as_list(output: Any) -> Any:
@@ -550,11 +560,7 @@ def finish(
     cost = exp.cost.as_dict()
     cost["wall_s"] = time.perf_counter() - t_start
     if target_backend is not None:
-        now, before = _api_counters(target_backend), api_before or {}
-        for key in ("api_calls", "cached_calls", "prompt_tokens", "completion_tokens",
-                    "cost_usd"):
-            if key in now:
-                cost[key] = now[key] - before.get(key, 0)
+        cost.update(api_cost(target_backend, api_before))
     params_out = {
         **exp.params,
         "granularity": features.granularity,

@@ -56,6 +56,26 @@ def test_chat_returns_text_usage_and_counts(fake_openai, tmp_path):
     assert half.counters["cost_usd"] == pytest.approx(4 / 1000 * 10.0, abs=1e-12)
 
 
+def test_root_route_answers_count_llama_cpp_token_fields(tmp_path):
+    """llama.cpp's /completion answers carry tokens_evaluated/tokens_predicted, no usage:
+    they are the call's prompt and completion tokens (and priced)."""
+    import httpx
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        assert request.url.path == "/completion"
+        return httpx.Response(200, json={"content": " Paris", "tokens_evaluated": 7,
+                                         "tokens_predicted": 2})
+
+    be = OpenAIBackend("http://127.0.0.1:9/v1", "m", cache=False, max_retries=0,
+                       price_prompt_per_1k=1.0, price_completion_per_1k=3.0)
+    be._client = httpx.Client(transport=httpx.MockTransport(answer))
+    be.post("/completion", {"prompt": "x"}, root=True)
+    be.post("/completion", {"prompt": "y"}, root=True)
+    assert be.counters["api_calls"] == 2
+    assert be.counters["prompt_tokens"] == 14 and be.counters["completion_tokens"] == 4
+    assert be.counters["cost_usd"] == pytest.approx((14 * 1.0 + 4 * 3.0) / 1000, abs=1e-12)
+
+
 def test_without_prices_the_cost_is_unknown_not_zero(fake_openai, tmp_path):
     be = make(fake_openai, tmp_path, cache=False)
     be.chat("one two", max_tokens=8)

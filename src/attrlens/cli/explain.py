@@ -228,7 +228,7 @@ def _closed_values(args: argparse.Namespace, prompt: Any, explainer: Any) -> int
     finally:
         progress.close()
     attr.output_text = f"log p({answers[0]}) - log p({answers[1]})"
-    attr.cost["api_calls"] = int(backend.counters.get("api_calls", 0))
+    attr.cost.update(api.api_cost(backend))  # a fresh backend: its counters are this run's
     attr.params.update(target_model=backend.model, target_url=backend.public_url,
                        closed_answers=answers, granularity=args.granularity)
     attr.model = {"id": backend.model, "sha256": None, "endpoint": backend.public_url,

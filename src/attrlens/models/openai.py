@@ -211,6 +211,17 @@ def _int(value: object) -> int:
         return 0
 
 
+def _usage_tokens(data: Any) -> tuple[int, int]:
+    """(prompt tokens, completion tokens) of one answer: its ``usage``, or llama.cpp's
+    ``tokens_evaluated``/``tokens_predicted`` (its native ``/completion`` has no usage)."""
+    if not isinstance(data, dict):
+        return 0, 0
+    usage = data.get("usage")
+    if isinstance(usage, dict) and ("prompt_tokens" in usage or "completion_tokens" in usage):
+        return _int(usage.get("prompt_tokens")), _int(usage.get("completion_tokens"))
+    return _int(data.get("tokens_evaluated")), _int(data.get("tokens_predicted"))
+
+
 def _parse_tokens(choice: dict[str, Any]) -> list[TokenLogprob] | None:
     """TokenLogprob list from an OpenAI ``choice.logprobs.content``; None if missing."""
     lp = choice.get("logprobs")
@@ -479,6 +490,16 @@ class OpenAIBackend:
                 f"{resp.request.method}: give the final URL as the base URL"
             )
         return note + ")"
+
+    def _count_call(self, data: Any) -> None:
+        """Count one answered HTTP call: ``api_calls``, its tokens (``_usage_tokens``) and,
+        with prices, ``cost_usd``."""
+        p_tok, c_tok = _usage_tokens(data)
+        priced: dict[str, float] = {}
+        if self._priced:
+            priced["cost_usd"] = (p_tok / 1000.0 * (self.price_prompt_per_1k or 0.0)
+                                  + c_tok / 1000.0 * (self.price_completion_per_1k or 0.0))
+        self._count(api_calls=1, prompt_tokens=p_tok, completion_tokens=c_tok, **priced)
 
     def _count(self, **deltas: float) -> None:
         with self._lock:
@@ -786,15 +807,7 @@ class OpenAIBackend:
                     "not cached."
                 )
             ) from exc
-        usage = data.get("usage") if isinstance(data, dict) else None
-        usage = usage if isinstance(usage, dict) else {}
-        p_tok = _int(usage.get("prompt_tokens"))
-        c_tok = _int(usage.get("completion_tokens"))
-        priced: dict[str, float] = {}
-        if self._priced:
-            priced["cost_usd"] = (p_tok / 1000.0 * (self.price_prompt_per_1k or 0.0)
-                                  + c_tok / 1000.0 * (self.price_completion_per_1k or 0.0))
-        self._count(api_calls=1, prompt_tokens=p_tok, completion_tokens=c_tok, **priced)
+        self._count_call(data)
         # validated before it is stored: a rejected answer is never replayed from the cache
         completion = self._completion(data, cached=False, wants_lp=wants_lp, note=note)
         if key is not None:
@@ -936,7 +949,8 @@ class OpenAIBackend:
         Returns ``(response JSON, cached)``. ``validate(response)`` raises BackendError (or
         CapabilityError) for an answer the caller cannot use: such an answer is not stored
         (and a stored one that fails is asked for again). Counted in ``counters``
-        (``api_calls`` or ``cached_calls``; tokens from a ``usage`` field when present).
+        (``api_calls`` or ``cached_calls``; tokens from ``usage``, or llama.cpp's
+        ``tokens_evaluated``/``tokens_predicted``; ``cost_usd`` with prices).
         """
         endpoint = self.root_url if root else self.base_url
         key = None
@@ -969,13 +983,7 @@ class OpenAIBackend:
                     f"text: {one_line(resp.text, _REASON_CHARS)!r}. The answer was not cached."
                 )
             ) from exc
-        usage = data.get("usage") if isinstance(data, dict) else None
-        usage = usage if isinstance(usage, dict) else {}
-        self._count(
-            api_calls=1,
-            prompt_tokens=_int(usage.get("prompt_tokens")),
-            completion_tokens=_int(usage.get("completion_tokens")),
-        )
+        self._count_call(data)
         if validate is not None:
             validate(data)
         if key is not None:
