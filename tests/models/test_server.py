@@ -153,3 +153,19 @@ def test_default_model_name_identifies_the_gguf_file(tmp_path):
     assert LlamaServer().model_name == "smollm2"
     assert LlamaServer(embedded).model_name == "smollm2"
     assert LlamaServer(a, model_alias="mine").model_name == "mine"
+
+
+def test_port_in_use_is_refused_at_once():
+    """A port another server listens on is named at once, before the child starts."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        port = busy.getsockname()[1]
+        t0 = time.monotonic()
+        server = LlamaServer(port=port, n_threads=1)
+        with pytest.raises(ParameterError, match=rf"^port {port} is in use; pick another "
+                           r"with --port"):
+            server.start()
+        assert time.monotonic() - t0 < 5.0 and not server.running

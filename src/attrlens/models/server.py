@@ -17,6 +17,7 @@ import contextlib
 import ipaddress
 import os
 import queue
+import socket
 import subprocess
 import sys
 import tempfile
@@ -41,6 +42,20 @@ def _is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
+
+
+def _port_in_use(host: str, port: int) -> bool:
+    """True when ``port`` cannot be bound on ``host`` (a server listens there already)."""
+    addr = "127.0.0.1" if host == "localhost" else host.strip("[]")
+    family = socket.AF_INET6 if ":" in addr else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        # a port left in TIME_WAIT is free to a listening server (llama.cpp reuses it too)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((addr, port))
+        except OSError:
+            return True
+    return False
 
 
 def _resolve_model_path(model_path: str | os.PathLike[str] | None) -> Path:
@@ -216,6 +231,11 @@ class LlamaServer:
         if self.running:
             return self
         path = self._validate()
+        if self.port and _port_in_use(self.host, self.port):
+            raise ParameterError(
+                f"port {self.port} is in use; pick another with --port (LlamaServer's "
+                "'port'), or leave it out to take a free one."
+            )
         try:
             import xllamacpp  # noqa: F401  (fail here, with a clear message, not in the child)
         except ImportError as exc:
@@ -289,7 +309,7 @@ class LlamaServer:
             except queue.Empty:
                 continue
             if line is None:
-                raise BackendError(self._failure("exited during start-up"))
+                raise BackendError(self._failure("exited during start-up", timed=False))
             if line.startswith(_READY_PREFIX):
                 return line[len(_READY_PREFIX) :].strip().rstrip("/")
 
@@ -298,7 +318,7 @@ class LlamaServer:
         with httpx.Client(timeout=2.0, trust_env=False) as client:
             while time.monotonic() < deadline:
                 if not self.running:
-                    raise BackendError(self._failure("exited during start-up"))
+                    raise BackendError(self._failure("exited during start-up", timed=False))
                 try:
                     resp = client.get(self.url + "/health")
                     if resp.status_code == 200:
@@ -322,11 +342,13 @@ class LlamaServer:
         except (OSError, ValueError):
             return ""
 
-    def _failure(self, what: str) -> str:
+    def _failure(self, what: str, *, timed: bool = True) -> str:
+        """``timed``: the start-up timed out (else the child exited on its own)."""
         tail = self.log_tail().strip().splitlines()[-8:]
         port = f" on port {self.port}" if self.port else ""
+        within = f" within {self.startup_timeout:g} s" if timed else ""
         return (
-            f"The llama.cpp server{port} {what} within {self.startup_timeout:g} s. "
+            f"The llama.cpp server{port} {what}{within}. "
             f"Last lines of its log: {' | '.join(tail) or '(empty)'}"
         )
 
