@@ -97,3 +97,20 @@ def test_damaged_cache_is_one_line_and_clear_deletes_it(tmp_path, capsys):
     assert not (d / "calls.sqlite").exists()
     code, out, _ = run(["cache", "info", "--dir", str(d)], capsys)
     assert code == 0 and "no cache file yet" in out
+
+
+def test_a_file_or_empty_dir_or_endpoint_is_a_one_line_error(tmp_path, capsys):
+    afile = tmp_path / "afile"
+    afile.write_text("not a directory")
+    for argv, needle in (
+        (["cache", "info", "--dir", str(afile)], "is not a directory"),
+        (["cache", "clear", "--dir", str(afile)], "is not a directory"),
+        (["cache", "info", "--dir", ""], "cache directory is empty"),
+        (["cache", "clear", "--dir", ""], "cache directory is empty"),
+        (["cache", "clear", "--dir", str(tmp_path), "--endpoint", ""], "endpoint to clear"),
+    ):
+        code, out, err = run(argv, capsys)
+        assert code == 2 and out == "", argv
+        assert err.startswith("attrlens: error:") and err.count("\n") == 1, argv
+        assert needle in err, (argv, err)
+    assert afile.read_text() == "not a directory"

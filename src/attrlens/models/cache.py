@@ -31,7 +31,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from ..errors import BackendError, CacheDamagedError
+from ..errors import BackendError, CacheDamagedError, ParameterError
 from ..redact import redact_url, strip_userinfo
 
 CACHE_FILE_NAME = "calls.sqlite"
@@ -351,7 +351,19 @@ def _size_on_disk(path: Path) -> int:
 
 
 def _cache_path(cache_dir: str | os.PathLike[str] | None) -> Path:
+    """``calls.sqlite`` in ``cache_dir`` (default ``default_cache_dir()``); ParameterError
+    for an empty name or a path that is not a directory."""
+    if cache_dir is not None and not str(cache_dir).strip():
+        raise ParameterError(
+            "The cache directory is empty; give the directory that holds calls.sqlite "
+            "(--dir DIR), or leave it out for the default one."
+        )
     base = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+    if base.exists() and not base.is_dir():
+        raise ParameterError(
+            f"The cache directory {base} is not a directory; give the directory that "
+            "holds calls.sqlite (--dir DIR), not a file."
+        )
     return base / CACHE_FILE_NAME
 
 
@@ -384,6 +396,11 @@ def cache_clear(
     """Delete cached calls: all of them, or those of ``endpoint`` (a base URL, compared
     without userinfo or trailing slash, with those of its server root). Returns the number of calls deleted (0 when the
     cache does not exist; it is not created)."""
+    if endpoint is not None and not endpoint_label(endpoint):
+        raise ParameterError(
+            "The endpoint to clear is empty; give a base URL such as "
+            "http://127.0.0.1:8080/v1 (--endpoint URL), or leave it out to clear every call."
+        )
     path = _cache_path(cache_dir)
     if not path.is_file():
         return 0
