@@ -679,3 +679,22 @@ def test_real_server_behind_a_broken_proxy(fault_proxy, tmp_path, reference_text
     assert comp.text == reference_texts[0] and len(cache) == 1
     assert be.chat(_msgs(PROMPTS[0]), max_tokens=8, seed=0).cached is True
     assert fault_proxy.n_chat == 3
+
+
+def test_errors_name_the_url_the_request_went_to_and_promise_nothing_before_a_call():
+    """An unreachable server at the model-name check: nothing ran, so nothing is said to be
+    kept for a rerun. A root-level route's error names the root URL, not the /v1 one."""
+    import httpx
+
+    gone = OpenAIBackend("http://127.0.0.1:9/v1", "m", cache=False, max_retries=0)
+    with pytest.raises(ServerGoneError) as info:
+        gone.check()
+    assert "127.0.0.1:9/v1" in str(info.value) and "rerun" not in str(info.value)
+
+    be = OpenAIBackend("http://127.0.0.1:9/v1", "m", cache=False, max_retries=0)
+    be._client = httpx.Client(transport=httpx.MockTransport(
+        lambda request: httpx.Response(404, json={"error": {"message": "File Not Found"}})))
+    with pytest.raises(BackendError) as info:
+        be.post("/generate", {"text": "x"}, root=True)
+    msg = str(info.value)
+    assert "http://127.0.0.1:9 " in msg and "/v1" not in msg and "/generate" in msg

@@ -542,6 +542,7 @@ class OpenAIBackend:
         abort: threading.Event | None = None,
         count_retries: bool = True,
         root: bool = False,
+        resumable: bool = True,
     ) -> httpx.Response:
         """One logical request with retries; returns a 2xx response or raises.
 
@@ -550,6 +551,8 @@ class OpenAIBackend:
         failed sibling) stops retrying. Every message is one line, without secrets.
         """
         url = (self.root_url if root else self.base_url) + path
+        # errors name the URL the request went to: the server root for root-level routes
+        shown = server_root(self.public_url) if root else self.public_url
         retries = self.max_retries if max_retries is None else max_retries
         started = time.monotonic()
         last = ""
@@ -563,7 +566,7 @@ class OpenAIBackend:
             except httpx.TooManyRedirects as exc:
                 raise BackendError(
                     self._say(
-                        f"The server at {self.public_url} redirected {method} {path} more than "
+                        f"The server at {shown} redirected {method} {path} more than "
                         f"5 times ({exc}). Give the URL the redirects end at as the base URL."
                     )
                 ) from None
@@ -579,7 +582,7 @@ class OpenAIBackend:
                     if note and not self._warned_redirect:
                         self._warned_redirect = True
                         msg = self._say(
-                            f"The server at {self.public_url} answered {method} {path}{note}. "
+                            f"The server at {shown} answered {method} {path}{note}. "
                             "Give the final URL as the base URL to skip the detour."
                         )
                         warnings.warn(msg, UserWarning, stacklevel=4)
@@ -588,7 +591,7 @@ class OpenAIBackend:
                 if code < 400:  # a redirect httpx could not follow (no Location, 304, ...)
                     raise BackendError(
                         self._say(
-                            f"The server at {self.public_url} answered {method} {path} with "
+                            f"The server at {shown} answered {method} {path} with "
                             f"a redirect it gives no usable target for ({msg}). Check the URL."
                         )
                     )
@@ -596,7 +599,9 @@ class OpenAIBackend:
                     last = msg
                     retry_after = _retry_after_seconds(resp.headers.get("retry-after"))
                 else:
-                    raise BackendError(self._say(self._client_error_message(code, msg, path)))
+                    raise BackendError(
+                        self._say(self._client_error_message(code, msg, path, shown))
+                    )
             if attempt == retries:
                 break
             if count_retries:
@@ -613,16 +618,19 @@ class OpenAIBackend:
         elapsed = time.monotonic() - started
         raise ServerGoneError(
             self._say(
-                f"The server at {self.public_url} gave no usable answer to {method} {path} in "
+                f"The server at {shown} gave no usable answer to {method} {path} in "
                 f"{retries + 1} attempt(s) over {elapsed:.1f} s; last error: {last}. Check "
-                "that it is running and the URL is right; completed calls are kept in the "
-                "cache, so a rerun resumes where this one stopped."
+                "that it is running and the URL is right"
+                + ("; completed calls are kept in the cache, so a rerun resumes where this "
+                   "one stopped." if resumable else ".")
             )
         )
 
-    def _client_error_message(self, code: int, msg: str, path: str) -> str:
-        """Message for a permanent HTTP error; ``msg`` is ``HTTP <code> <phrase>: reason``."""
-        where = f"The server at {self.public_url}"
+    def _client_error_message(self, code: int, msg: str, path: str,
+                              shown: str | None = None) -> str:
+        """Message for a permanent HTTP error; ``msg`` is ``HTTP <code> <phrase>: reason``;
+        ``shown``: the URL the request went to (default ``public_url``)."""
+        where = f"The server at {shown or self.public_url}"
         if code in (401, 403):
             return (
                 f"{where} refused the request ({msg}). Put a valid API key in the environment "
@@ -646,7 +654,8 @@ class OpenAIBackend:
         """Model names listed by ``GET /models``; None when the server has no such route."""
         try:
             resp = self._request(
-                "GET", "/models", max_retries=min(self.max_retries, 2), count_retries=False
+                "GET", "/models", max_retries=min(self.max_retries, 2), count_retries=False,
+                resumable=False,  # the first request: no call has run yet
             )
         except BackendError as exc:
             if isinstance(exc, ServerGoneError):
@@ -933,6 +942,11 @@ class OpenAIBackend:
         ``/completion`` and ``/tokenize`` and SGLang's ``/generate`` live)."""
         return server_root(self.base_url)
 
+    @property
+    def root_public_url(self) -> str:
+        """``public_url`` of the server root (credentials replaced by ``***``)."""
+        return server_root(self.public_url)
+
     def post(
         self,
         path: str,
@@ -979,7 +993,8 @@ class OpenAIBackend:
         except ValueError as exc:
             raise BackendError(
                 self._say(
-                    f"The server at {self.public_url}{note} answered {path} with non-JSON "
+                    f"The server at {self.root_public_url if root else self.public_url}{note} "
+                    f"answered {path} with non-JSON "
                     f"text: {one_line(resp.text, _REASON_CHARS)!r}. The answer was not cached."
                 )
             ) from exc

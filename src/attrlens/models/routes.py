@@ -161,7 +161,8 @@ class Route(abc.ABC):
 
     # -- scoring -------------------------------------------------------------------------
     def _where(self) -> str:
-        return f"The '{self.name}' route of the server at {self.backend.public_url}"
+        url = self.backend.root_public_url if self.root else self.backend.public_url
+        return f"The '{self.name}' route of the server at {url}"
 
     @abc.abstractmethod
     def score_many(self, queries: Sequence[ScoreQuery], progress: Progress | None = None
