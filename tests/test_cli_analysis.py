@@ -274,6 +274,11 @@ def test_closed_answers_cost_counts_tokens_and_cache_hits(fake_openai, tmp_path,
     again = json.loads(path.read_text())["cost"]
     assert again["api_calls"] == 0 and again["cached_calls"] == first["api_calls"]
     assert again["prompt_tokens"] == 0 and again["completion_tokens"] == 0
+    # --masker is applied and recorded (it was ignored: the masked words became <unk>)
+    code, _, err = run([*argv, "--masker", "delete"], capsys)
+    d = json.loads(path.read_text())
+    assert code == 0 and d["params"]["masker"] == "delete", err
+    assert d["cost"]["api_calls"] >= 4  # other prompts than replace's: sent, not cached
 
 
 def test_served_provenance_names_both_models():

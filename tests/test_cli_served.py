@@ -31,6 +31,9 @@ def run(argv, capsys):
           "rope_lime", "--route", "echo", "--output-text", "x"], "runs through the route"),
         (["explain", "hi there", "--target-url", "http://127.0.0.1:9/v1", "--method",
           "rope_lime", "--audit", "2", "--output-text", "x"], "K >= 3"),
+        # the served prompts delete the masked text: --masker replace was recorded, not done
+        (["explain", "hi there", "--target-url", "http://127.0.0.1:9/v1", "--method", "loo",
+          "--masker", "replace", "--output-text", "x"], "masker 'replace' cannot apply"),
     ],
 )
 def test_served_option_errors_are_one_line(argv, needle, capsys):
@@ -59,6 +62,10 @@ def test_loo_on_the_served_model_and_audit(llama_server, tmp_path, capsys, monke
     d2 = json.loads(path.read_text())
     assert code == 0 and d2["cost"]["api_calls"] == 0 and d2["cost"]["cached_calls"] >= n + 1
     assert d2["input"]["features"] == d["input"]["features"]
+    # kernel_shap's own masker is replace, but the served prompts deleted the text
+    code, _, err = run(["explain", prompt, "--method", "kernel_shap", "--budget", "12",
+                        "--route", "forced_tokens", "--json", str(path), *base], capsys)
+    assert code == 0 and json.loads(path.read_text())["params"]["masker"] == "delete", err
 
     apath = tmp_path / "audit.json"
     code, _, err = run(["explain", prompt, "--method", "rope_lime", "--budget", "10",

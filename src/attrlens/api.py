@@ -192,6 +192,7 @@ def explain(
             attr.params["route"] = route_name
             if probe is not None:
                 attr.extra["route_probe"] = probe
+                attr.params["masker"] = "delete"  # what the served prompts did (above)
         if contrast is not None and scoring.target.name == "contrastive":
             attr.params["contrast_text"] = contrast
         if target_backend is not None:
@@ -229,23 +230,34 @@ def check_explain(
     route: str | None = None,
     audit: int | None = None,
     progress: Progress | None = None,
+    served: bool | None = None,
 ) -> tuple[Explainer, str | None]:
     """Every check of :func:`explain`'s arguments that needs no model (the command line
-    runs it before it loads one: cheap errors first); (the explainer, the served route)."""
+    runs it before it loads one: cheap errors first); (the explainer, the served route).
+    ``served``: whether a served model is explained (default: a ``target_backend`` is
+    given; the command line says so before it connects to one)."""
+    served = target_backend is not None if served is None else served
     explainer = make_explainer(method, {"budget": budget, **(params or {})})
-    if explainer.needs == "closed_model" and target_backend is None:
+    if explainer.needs == "closed_model" and not served:
         raise ParameterError(
             f"The method '{explainer.name}' explains a closed model: give --target-url and "
             f"--target-model (or target_backend=OpenAIBackend(...))."
         )
     from .games.served import method_route
 
-    route_name = method_route(explainer.name, explainer.needs, route, target_backend is not None)
+    route_name = method_route(explainer.name, explainer.needs, route, served)
     if audit is not None and route_name not in ("generate", "surrogate"):
         raise ParameterError(
             "--audit checks a stand-in attribution against the served model: use it with "
             "--method rope_lime or gsmile and --target-url/--target-model."
         )
+    if route_name not in (None, "generate", "surrogate") and masker not in (None, "delete"):
+        # the served model takes text: its masked prompts delete the features' text
+        raise ParameterError(
+            f"The served model scores prompts with the masked features' text deleted (a "
+            f"server takes text, not mask tokens or attention masks), so masker '{masker}' "
+            f"cannot apply: leave it out, or use route='surrogate' (--route surrogate) to "
+            f"score on the local model.")
     _check_arguments(granularity, masker, max_new_tokens, target=target, reduction=reduction,
                      top_k=top_k, contrast=contrast, spans=spans, chat=chat,
                      progress=progress)

@@ -168,7 +168,8 @@ def run(args: argparse.Namespace) -> int:
     api.check_explain(
         prompt, method=explainer, granularity=args.granularity, target=args.target,
         seed=args.seed, masker=args.masker, spans=spans, chat=False if args.raw else None,
-        max_new_tokens=args.max_new_tokens, contrast=args.contrast_text)
+        max_new_tokens=args.max_new_tokens, contrast=args.contrast_text,
+        route=args.route, audit=args.audit, served=bool(args.target_url))
     check_chat_template_options(args)
     backend = target_backend(args)  # the endpoint is checked before the model loads
 
@@ -222,7 +223,7 @@ def _closed_values(args: argparse.Namespace, prompt: Any, explainer: Any) -> int
     progress = Progress(not args.quiet, f"explaining ({explainer.name}, closed model)")
     try:
         game = closed_game(backend, prompt, granularity=args.granularity, answers=answers,
-                           progress=progress)
+                           masker=args.masker or "replace", progress=progress)
         attr = api.explain_game(game, game.n_features, method=explainer, seed=args.seed,
                                 labels=game.labels)
     finally:
@@ -230,7 +231,8 @@ def _closed_values(args: argparse.Namespace, prompt: Any, explainer: Any) -> int
     attr.output_text = f"log p({answers[0]}) - log p({answers[1]})"
     attr.cost.update(api.api_cost(backend))  # a fresh backend: its counters are this run's
     attr.params.update(target_model=backend.model, target_url=backend.public_url,
-                       closed_answers=answers, granularity=args.granularity)
+                       closed_answers=answers, granularity=args.granularity,
+                       masker=game.value_fn.masker)
     attr.model = {"id": backend.model, "sha256": None, "endpoint": backend.public_url,
                   "produced": "the output", "scored_by": f"the served model {backend.model} "
                   f"at {backend.public_url} (top log-probs of the first answer token)"}
