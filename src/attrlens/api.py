@@ -368,10 +368,6 @@ def _check_arguments(granularity: str, masker: str | None, max_new_tokens: int, 
     check_param("explain", "reduction", reduction, choices=("mean", "sum"), none_ok=True)
     check_param("explain", "top_k", top_k, kind=int, low=1)
     check_param("explain", "chat", chat, kind=bool, none_ok=True)
-    if target == "contrastive" and not (isinstance(contrast, str) and contrast.strip()):
-        raise ParameterError(
-            "The contrastive target needs a non-empty contrast output (the alternative): "
-            "contrast='...' (--contrast-text TEXT).")
     if contrast is not None:
         if not isinstance(contrast, str):
             raise ParameterError(
@@ -382,6 +378,10 @@ def _check_arguments(granularity: str, masker: str | None, max_new_tokens: int, 
                 "A contrast output is read only by the contrastive target: pass "
                 "target='contrastive' (--target contrastive) with it, or leave it out.")
         check_text("contrast output", contrast)
+    if target == "contrastive" and not (isinstance(contrast, str) and contrast.strip()):
+        raise ParameterError(
+            "The contrastive target needs a non-empty contrast output (the alternative): "
+            "contrast='...' (--contrast-text TEXT).")
     if spans is None and granularity == "span":
         raise ParameterError("Granularity 'span' needs spans: give spans=[(start, end), ...] "
                              "(--spans 0:5,6:11), char offsets into the user's text.")

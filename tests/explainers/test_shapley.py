@@ -188,3 +188,15 @@ def test_ridge_fit_matches_least_squares_on_noise_free_data():
     noisy = rng.normal(size=50)  # pure noise: cross-validation shrinks hard
     c2, _, alpha2 = ridge_fit(X, noisy)
     assert alpha2 > 1.0 and np.abs(c2).max() < 0.2
+
+
+@pytest.mark.parametrize("method,kw,least", [("kernel_shap", {}, 7), ("banzhaf", {}, 7),
+                                             ("faith_banzhaf", {"order": 2}, 22)])
+def test_regressions_refuse_a_budget_that_leaves_them_underdetermined(method, kw, least):
+    """kernel_shap at budget 2 split v(1) - v(0) equally over the features (every score
+    the same, no warning); the regressions need one coalition per coefficient."""
+    fn = lambda m: m.astype(float) @ np.arange(1.0, 7.0)
+    with pytest.raises(ParameterError, match=f"needs at least {least}"):
+        attrlens.explain_game(fn, 6, method=method, budget=least - 1, **kw)
+    a = attrlens.explain_game(fn, 6, method=method, budget=least, **kw)
+    assert len(set(np.round(a.scores, 6))) > 1

@@ -143,7 +143,9 @@ class KernelShapExplainer(Explainer):
     default_target = "logprob"
 
     def min_budget(self, n_features: int) -> int:
-        return _cap(n_features, 2)
+        # the two ends and n - 1 more coalitions: fewer leave the regression underdetermined
+        # (budget 2 split v(1) - v(0) equally over the features, a ranking of nothing)
+        return _cap(n_features, n_features + 1)
 
     def default_budget(self, n_features: int) -> int:
         return _cap(n_features, max(64, 2 * n_features + 2048))
@@ -211,7 +213,8 @@ class _RegressionExplainer(Explainer):
         return sum(math.comb(n, k) for k in range(1, min(order, n) + 1))
 
     def min_budget(self, n_features: int) -> int:
-        return _cap(n_features, 2)
+        # one mask per coefficient and the intercept: fewer leave the fit underdetermined
+        return _cap(n_features, self._n_terms(n_features, self._order()) + 1)
 
     def default_budget(self, n_features: int) -> int:
         p = self._n_terms(n_features, self._order())
