@@ -467,3 +467,20 @@ def test_explain_checks_its_arguments_before_the_model_loads(extra, needle, tmp_
     code, _, err = run(["explain", *prompt, "--model", str(tmp_path / "no-model"), *extra],
                        capsys)
     assert code == 2 and needle in err and "no-model" not in err, err
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["explain", "a b", "--method", "lime", "--num-samples", "1000", "--num-samples", "3"],
+     "--num-samples was given twice (1000 and 3)"),
+    (["compare", "a b", "a c", "--method", "lime", "--num-samples", "20", "--param",
+      "num_samples=10"], "'num_samples' was given twice"),
+    (["compare", "a b", "a c", "--method", "lime", "--budget", "6", "--param", "budget=4"],
+     "'budget' was given twice"),
+    (["aqw", "a [[b]]", "--method", "lime", "--param", "alpha=1", "--param", "alpha=2"],
+     "'alpha' was given twice"),
+])
+def test_a_method_parameter_given_twice_is_refused(argv, needle, tmp_path, capsys):
+    """The last value was kept without a word (compare recorded num_samples 10 of 20/10 and
+    budget 6 of 6/4)."""
+    code, _, err = run([*argv, "--model", str(tmp_path / "no-model")], capsys)
+    assert code == 2 and needle in err and err.strip().count("\n") == 0, err

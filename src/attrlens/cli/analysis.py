@@ -123,6 +123,10 @@ def _params(args: argparse.Namespace) -> dict[str, Any]:
         if cls is None:
             continue  # the unknown method is reported by make_checked_explainer
         decl = {p.name: p for p in cls.parameters}
+        if key in out or (key == "budget" and args.budget is not None):
+            # both were kept silently before, the option's or the later --param's value
+            raise ParameterError(f"The parameter '{key}' was given twice (--param and "
+                                 f"--{key.replace('_', '-')}, or two --param); give it once.")
         if key == "budget":
             out["budget"] = BUDGET.parse_cli(text)
         elif key not in decl:

@@ -60,6 +60,18 @@ def method_options(cls: type[Explainer]) -> list[Param]:
     return [p for p in cls.parameters if p.cli]
 
 
+class _Once(argparse.Action):
+    """A method option given twice with two values is refused (argparse keeps the last one
+    without a word: ``--num-samples 1000 --num-samples 3`` ran 3)."""
+
+    def __call__(self, parser: Any, namespace: Any, values: Any, option: Any = None) -> None:
+        before = getattr(namespace, self.dest, None)
+        if before is not None and before != values:
+            raise ParameterError(f"{option} was given twice ({before} and {values}); give it "
+                                 f"once.")
+        setattr(namespace, self.dest, values)
+
+
 def add_method_options(parser: argparse.ArgumentParser, cls: type[Explainer]) -> None:
     """One option per declared parameter of ``cls`` (``--name``; the value is parsed by the
     declaration, so a wrong value is refused with the declaration's message)."""
@@ -74,7 +86,7 @@ def add_method_options(parser: argparse.ArgumentParser, cls: type[Explainer]) ->
             raise TypeError(f"{cls.__name__} declares '{p.name}', which clashes with the CLI "
                             f"option {p.option}; rename the parameter.")
         text = f"{p.help} ({p.describe()}; default {p.default!r})".replace("%", "%%")
-        g.add_argument(p.option, dest=f"method_param__{p.name}", default=None,
+        g.add_argument(p.option, dest=f"method_param__{p.name}", default=None, action=_Once,
                        metavar=p.type.__name__.upper() if p.choices is None else "{"
                        + ",".join(str(c) for c in p.choices) + "}", help=text)
 
