@@ -484,3 +484,16 @@ def test_a_method_parameter_given_twice_is_refused(argv, needle, tmp_path, capsy
     budget 6 of 6/4)."""
     code, _, err = run([*argv, "--model", str(tmp_path / "no-model")], capsys)
     assert code == 2 and needle in err and err.strip().count("\n") == 0, err
+
+
+@pytest.mark.parametrize("extra,needle", [
+    (["--no-cache"], "--no-cache needs --target-url"),
+    (["--api-key-env", "NOPE_VAR"], "--api-key-env needs --target-url"),
+    (["--target-model", "m", "--no-cache"], "--target-model and --no-cache need --target-url"),
+])
+def test_served_model_options_without_a_served_model_are_refused(extra, needle, tmp_path,
+                                                                 capsys):
+    """--no-cache and --api-key-env did nothing without --target-url, silently."""
+    code, _, err = run(["explain", "a b", "--model", str(tmp_path / "no-model"), *extra],
+                       capsys)
+    assert code == 2 and needle in err, err

@@ -258,15 +258,20 @@ def check_served(explainer: Explainer, args: argparse.Namespace) -> None:
 def target_backend(args: argparse.Namespace) -> Any:
     """The closed-model backend of --target-url/--target-model (checked), or None."""
     if not getattr(args, "target_url", None):
-        if getattr(args, "target_model", None):
-            raise InputError("--target-model needs --target-url.")
+        # options of the served model, ignored without one: said, not dropped
+        given = [opt for opt, on in (("--target-model", getattr(args, "target_model", None)),
+                                     ("--api-key-env", getattr(args, "api_key_env", None)),
+                                     ("--no-cache", getattr(args, "no_cache", False))) if on]
+        if given:
+            raise InputError(f"{' and '.join(given)} need{'s' if len(given) == 1 else ''} "
+                             f"--target-url (they set up the served model).")
         return None
     from ..models.openai import OpenAIBackend
 
     backend = OpenAIBackend(
         args.target_url,
         args.target_model or "default",
-        api_key_env=args.api_key_env,
+        api_key_env=getattr(args, "api_key_env", None) or "OPENAI_API_KEY",
         cache=not args.no_cache,
     )
     backend.check()
