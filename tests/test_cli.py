@@ -267,6 +267,14 @@ def _corrupt(kind):
         d["output"]["tokens"] = [{"text": "o", "start": 0, "end": 5}]
     elif kind == "a score past a float":  # an integer literal of 401 digits
         d["scores"][0] = 10**400
+    elif kind == "unknown interaction index":  # (the table was headed '(bogus)')
+        d["interactions"]["index"] = "bogus"
+    elif kind == "a feature twice in a term":  # (shown as 'a × a')
+        d["interactions"]["terms"][0]["features"] = [0, 0]
+    elif kind == "overlapping features":
+        d["input"]["features"][1]["spans"] = [[0, 3]]
+    elif kind == "warnings not a list":  # (left out of the HTML without a word)
+        d["warnings"] = "just a string"
     elif kind == "output tokens out of order":
         d["output"]["tokens"] = [{"text": "", "start": 1, "end": 1},
                                  {"text": "o", "start": 0, "end": 1}]
@@ -277,7 +285,8 @@ def _corrupt(kind):
     "empty input", "missing label", "string scores", "ragged matrix",
     "feature index out of range", "non-numeric cost", "span outside text",
     "input not an object", "output token past the text", "output tokens out of order",
-    "a score past a float",
+    "a score past a float", "unknown interaction index", "a feature twice in a term",
+    "overlapping features", "warnings not a list",
 ])
 def test_show_on_malformed_result_is_one_line_exit_2(kind, tmp_path, capsys):
     p = tmp_path / "bad.json"

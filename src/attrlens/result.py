@@ -10,6 +10,7 @@ wall_s}, seed, version, and optional extra keys (metadata, warnings, faithfulnes
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 from dataclasses import dataclass, field
@@ -109,6 +110,11 @@ def validate_dict(d: Any, *, source: str = "the data") -> None:
                     or not 0 <= sp[0] <= sp[1] <= text_len):
                 raise bad(f"feature {i} has span {sp!r} outside the input text "
                           f"(0..{text_len})")
+    owned = sorted((a, b, i) for i, f in enumerate(feats) for a, b in f.get("spans", [])
+                   if b > a)
+    for (a1, b1, i1), (a2, _b2, i2) in itertools.pairwise(owned):
+        if a2 < b1 and i1 != i2:  # (the schema: features never overlap)
+            raise bad(f"features {i1} and {i2} overlap at ({a2}, {b1})")
     n = len(feats)
     scores = d["scores"]
     if not isinstance(scores, list) or not all(s is None or _is_number(s) for s in scores):
@@ -127,13 +133,20 @@ def validate_dict(d: Any, *, source: str = "the data") -> None:
             raise bad("'per_output_token' must hold numbers (null for non-finite)")
     inter = d["interactions"]
     if inter is not None:
+        from .solvers.indices import INDICES
+
         if not isinstance(inter, dict) or not isinstance(inter.get("terms", []), list):
             raise bad("'interactions' must be null or an object with a 'terms' list")
+        if inter.get("index") not in INDICES:
+            raise bad(f"'interactions.index' must be one of {', '.join(INDICES)}; got "
+                      f"{inter.get('index')!r}")
         for t in inter.get("terms", []):
             idx = t.get("features") if isinstance(t, dict) else None
             if not isinstance(idx, list) or not all(
                     isinstance(j, int) and not isinstance(j, bool) and 0 <= j < n for j in idx):
                 raise bad(f"interaction term {t!r} names a feature outside 0..{n - 1}")
+            if len(set(idx)) != len(idx):
+                raise bad(f"interaction term {t!r} names a feature twice")
             if not (t.get("value") is None or _is_number(t.get("value"))):
                 raise bad(f"interaction term {t!r} has a non-numeric value")
     for k, v in (d["cost"] or {}).items():
@@ -144,6 +157,10 @@ def validate_dict(d: Any, *, source: str = "the data") -> None:
         raise bad(f"'seed' must be an integer or null; got {d['seed']!r}")
     if not isinstance(d["version"], str):
         raise bad("'version' must be a string")
+    notes = d.get("warnings")
+    if notes is not None and not (isinstance(notes, list)
+                                  and all(isinstance(w, str) for w in notes)):
+        raise bad("'warnings' must be a list of strings")
 
 
 def _output_tokens(tokens: Any, source: str, text: str) -> list[dict[str, Any]] | None:
