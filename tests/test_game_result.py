@@ -202,3 +202,16 @@ def test_a_budget_below_the_minimum_names_both_ways_to_raise_it():
     with pytest.raises(AttrlensError, match=r"Raise --budget to 5 or more \(loo:budget=5 in "
                                             r"evaluate's --methods\)"):
         attrlens.explain_game(lambda m: m.sum(1) * 1.0, 4, method="loo", budget=2)
+
+
+def test_a_plain_games_non_finite_values_or_scores_are_not_blamed_on_a_model():
+    """explain_game has no model, yet its errors said 'the model overflows in its dtype;
+    load it in float32' and 'check the model's precision'."""
+    huge = lambda m: np.where(np.asarray(m)[:, 0], 1.5e308, -1.5e308)
+    with pytest.raises(InputError, match="gave NaN or inf scores: it must return finite "
+                                         "numbers.*rescale it") as e:
+        attrlens.explain_game(huge, 3, method="loo")
+    assert "dtype" not in str(e.value)
+    with pytest.raises(InputError, match="returned NaN or inf; it must return finite") as e:
+        attrlens.explain_game(lambda m: np.full(len(m), np.nan), 3, method="loo")
+    assert "model" not in str(e.value)

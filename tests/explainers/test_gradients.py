@@ -507,7 +507,8 @@ def test_non_finite_scores_of_any_method_are_refused(tiny_model, monkeypatch):
         return PathGradients(directional=got.directional, attention=got.attention)
 
     monkeypatch.setattr(WhiteBoxGame, "path_gradients", nan_paths)
-    with pytest.raises(InputError, match="method 'ig' gave NaN or inf scores"):
+    with pytest.raises(InputError,
+                       match="method .ig. gave NaN or inf scores: the model overflows in its"):
         _explain(tiny_model, "ig")
 
 

@@ -206,10 +206,7 @@ class Explainer(ABC):
         if not np.all(np.isfinite(np.asarray(exp.scores, dtype=float))):
             # (games refuse non-finite values; gradients and attention maps come here)
             raise InputError(
-                f"The method '{self.name}' gave NaN or inf scores: the model overflows in its "
-                f"dtype (its activations or gradients); load it in float32 (--dtype float32) "
-                f"or bfloat16."
-            )
+                f"The method '{self.name}' gave NaN or inf scores: {game.nonfinite_hint}.")
         wall = time.perf_counter() - t0
         cost = game.cost() - before
         cost.value_calls = view.n_calls

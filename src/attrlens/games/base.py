@@ -72,6 +72,9 @@ class Game:
     #: what one value is: "scalar" (float), "per_token" ((T,) row reduced to a float), or a
     #: typed game's own kind ("texts", "beam_distances", ...)
     value_kind: str = "scalar"
+    #: what to do about NaN or inf values or scores (a model's game: its dtype)
+    nonfinite_hint: str = ("it must return finite numbers (too large a value overflows "
+                           "float64 sums: rescale it, e.g. divide by its largest value)")
 
     def __init__(
         self,
@@ -130,10 +133,7 @@ class Game:
                 f"The value function returned {shape} ({type(got).__name__}) for "
                 f"{len(masks)} masks; it must return {want}.")
         if not np.all(np.isfinite(vals)):
-            raise InputError(
-                "The value function returned NaN or inf; check the model's precision "
-                "(try dtype float32) or the target."
-            )
+            raise InputError(f"The value function returned NaN or inf; {self.nonfinite_hint}.")
         return list(vals) if self.per_token else list(vals.reshape(len(masks)))
 
     def new_masks(self, masks: np.ndarray) -> list[bytes]:

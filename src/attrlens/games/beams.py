@@ -116,6 +116,9 @@ class BeamGame(Game):
                     tokens stay masked in every variant
     """
 
+    nonfinite_hint = ("the model overflows in its dtype (its activations or gradients): "
+                      "load it in float32 (--dtype float32) or bfloat16")
+
     value_kind = "beam_distances"
 
     def __init__(

@@ -60,6 +60,9 @@ class ScoringGame(Game):
     the scoring engines' forwards and tokens.
     """
 
+    nonfinite_hint = ("the model overflows in its dtype (its activations or gradients): "
+                      "load it in float32 (--dtype float32) or bfloat16")
+
     def __init__(
         self,
         inputs: ModelInputs,

@@ -84,6 +84,9 @@ class WhiteBoxGame(Game):
                       (on when a chunk's activations would exceed ACTIVATION_BUDGET)
     """
 
+    nonfinite_hint = ("the model overflows in its dtype (its activations or gradients): "
+                      "load it in float32 (--dtype float32) or bfloat16")
+
     value_kind = "white_box"
 
     def __init__(
