@@ -331,13 +331,23 @@ def test_spex_design_does_not_depend_on_the_game_units(scale):
     np.testing.assert_allclose(a.scores / scale, w, atol=1e-9)
 
 
-def test_proxyspex_says_when_its_proxy_is_a_constant():
-    """Too few masks for the trees to split: every score 0, which is said, not silent."""
+def test_proxyspex_refuses_budgets_its_trees_cannot_use_and_says_when_it_fits_badly():
+    """Below 40 masks no tree splits (leaves hold 20): every score was 0. At 40-50 the
+    proxy predicted held-out masks worse than their mean (R² -0.22 at 40) and 11 of 12
+    scores were 0, without a word."""
     w = np.arange(1.0, 13.0)
-    with pytest.warns(UserWarning, match="fitted a constant on 25 masks.*raise --budget"):
-        a = attrlens.explain_game(lambda m: m @ w, 12, method="proxyspex", budget=25,
+    with pytest.raises(ParameterError, match="needs at least 40"):
+        attrlens.explain_game(lambda m: m @ w, 12, method="proxyspex", budget=39)
+    with pytest.warns(UserWarning, match=r"worse than their mean \(cross-validated R² -0\.\d+ "
+                                         r"on 40 masks\).*raise --budget"):
+        a = attrlens.explain_game(lambda m: m @ w, 12, method="proxyspex", budget=40,
                                   grid="small")
-    assert np.all(a.scores == 0.0)
+    assert a.extra["metadata"]["cv_r2"] < 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        good = attrlens.explain_game(lambda m: m @ w, 12, method="proxyspex", budget=80,
+                                     grid="small")
+    assert good.extra["metadata"]["cv_r2"] > 0.9
 
 
 def test_ksii_index_through_spex_and_faith_banzhaf(spex6):

@@ -216,7 +216,9 @@ class SpexExplainer(_FourierExplainer):
 
 
 # ---- ProxySPEX --------------------------------------------------------------------------
-_PROXY_MIN = 20  # 5-fold cross-validation of the boosted trees needs a few masks per fold
+# LightGBM's leaves hold at least 20 masks (min_child_samples), so no tree splits fewer
+# than 40: below that every score was 0
+_PROXY_MIN = 40
 
 
 @register
@@ -275,11 +277,20 @@ class ProxySpexExplainer(_FourierExplainer):
                 energy=p["energy"], grid=p["grid"], return_info=True,
             )
             info = {"exhaustive": False, **info}
+            cv = info.get("cv_r2", float("nan"))
             if len(coeffs) <= 1 and np.ptp(values) > 0:
                 warnings.warn(
                     f"ProxySPEX's tree proxy fitted a constant on {len(masks)} masks "
-                    f"(cross-validated R² {info.get('cv_r2', float('nan')):.2f}), so every "
+                    f"(cross-validated R² {cv:.2f}), so every "
                     f"score is 0: raise --budget (default {self.default_budget(n)}).",
+                    stacklevel=2,
+                )
+            elif cv < 0 and np.ptp(values) > 0:
+                # (at 40-50 masks: -0.22 to -0.02, with 11 of 12 scores 0 and no word)
+                warnings.warn(
+                    f"ProxySPEX's tree proxy predicts held-out masks worse than their mean "
+                    f"(cross-validated R² {cv:.2f} on {len(masks)} masks), so its scores are "
+                    f"unreliable: raise --budget (default {self.default_budget(n)}).",
                     stacklevel=2,
                 )
         extra: dict[str, Any] = {"n_samples": len(masks), **info}
