@@ -506,3 +506,16 @@ def test_served_model_options_without_a_served_model_are_refused(extra, needle, 
     code, _, err = run(["explain", "a b", "--model", str(tmp_path / "no-model"), *extra],
                        capsys)
     assert code == 2 and needle in err, err
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("spans,needle", [
+    ("0:2,2:3", "The span (2, 3) 'e' lies inside tokens"),
+    ("0:5,5:11", "The spans (0, 5) and (5, 11) both fall in the token ' cat' at (3, 7)"),
+])
+def test_span_errors_give_the_users_offsets(spans, needle, capsys):
+    """They gave the chat-rendered text's: 'The span (117, 118)', '(115, 120) and (120,
+    126) ... at (118, 122)' for the 11-character prompt."""
+    code, _, err = run(["explain", "The cat sat", "--granularity", "span", "--spans", spans,
+                        "--output-text", " x", "--quiet"], capsys)
+    assert code == 2 and needle in err, err

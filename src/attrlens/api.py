@@ -466,9 +466,12 @@ def prepare(
     # user text is text: control-token strings typed there never become control tokens
     prompt_ids, offsets = tokenize_text(model, pr.text, pr.regions,
                                         add_special_tokens=not pr.chat)
+    shift = 0
     if spans is not None:  # offsets into the user's text -> into the rendered prompt
+        given = spans
         spans = pr.text_spans(spans)
-    features = segment(pr.text, pr.regions, offsets, granularity, spans=spans)
+        shift = spans[0][0] - int(given[0][0])  # the user's offsets -> the rendered text's
+    features = segment(pr.text, pr.regions, offsets, granularity, spans=spans, shift=shift)
 
     if output is None and target_backend is not None:
         msgs = list(pr.messages) if pr.messages else [{"role": "user", "content": pr.text}]

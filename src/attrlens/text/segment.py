@@ -225,19 +225,25 @@ def _spans_on_tokens(
     fspans: Sequence[tuple[tuple[int, int], ...]],
     tokens: Sequence[tuple[int, ...]],
     offsets: Sequence[tuple[int, int]],
+    shift: int = 0,
 ) -> list[tuple[tuple[int, int], ...]]:
     """Span features as the text their tokens cover: a feature is masked by whole tokens, so
     a span ending inside a token is widened to that token's ends (its label and spans then
     say what is masked). A span whose tokens all belong to its neighbours, or two spans
-    sharing a token, cannot be masked apart: refused, naming the token."""
+    sharing a token, cannot be masked apart: refused, naming the token (offsets in the
+    messages less ``shift``: the user's own, not the chat-rendered text's)."""
     out: list[tuple[tuple[int, int], ...]] = []
     given = (0, 0)  # the previous span as the user gave it
+
+    def user(a: int, b: int) -> tuple[int, int]:
+        return (a - shift, b - shift)
+
     for sps, toks in zip(fspans, tokens):
         (a, b), = sps
         if not toks:
             raise InputError(
-                f"The span ({a}, {b}) {text[a:b]!r} lies inside tokens that other spans hold "
-                f"more of, so it cannot be masked on its own; spans are masked by whole "
+                f"The span {user(a, b)} {text[a:b]!r} lies inside tokens that other spans "
+                f"hold more of, so it cannot be masked on its own; spans are masked by whole "
                 f"tokens: widen it or move its neighbours' ends."
             )
         lo = min([a] + [offsets[t][0] for t in toks])
@@ -246,8 +252,8 @@ def _spans_on_tokens(
             pb = out[-1][0][1]
             ta, tb = next(o for o in offsets if o[0] < pb and o[1] > lo and o[1] > o[0])
             raise InputError(
-                f"The spans {given} and ({a}, {b}) both fall in the "
-                f"token {text[ta:tb]!r} at ({ta}, {tb}); spans are masked by whole tokens, "
+                f"The spans {user(*given)} and {user(a, b)} both fall in the "
+                f"token {text[ta:tb]!r} at {user(ta, tb)}; spans are masked by whole tokens, "
                 f"so put the boundary between them at a token boundary."
             )
         out.append(((lo, hi),))
@@ -267,12 +273,14 @@ def segment(
     granularity: str = "word",
     *,
     spans: Sequence[tuple[int, int]] | None = None,
+    shift: int = 0,
 ) -> FeatureSet:
-    """Segment the explainable regions of ``text`` into a :class:`FeatureSet`."""
+    """Segment the explainable regions of ``text`` into a :class:`FeatureSet`. ``shift``:
+    where the user's text starts in ``text`` (span errors give the user's offsets)."""
     fspans = char_segments(text, regions, granularity, offsets=offsets, spans=spans)
     tokens = assign_tokens(fspans, offsets, regions)
     if granularity == "span":  # the user's spans, widened to the tokens that are masked
-        fspans = _spans_on_tokens(text, fspans, tokens, offsets)
+        fspans = _spans_on_tokens(text, fspans, tokens, offsets, shift)
     # a feature no token was assigned to (its text shares one token with a neighbour)
     # cannot be masked on its own: merge it into the feature holding that token
     merged_spans: list[list[tuple[int, int]]] = []
