@@ -519,3 +519,20 @@ def test_span_errors_give_the_users_offsets(spans, needle, capsys):
     code, _, err = run(["explain", "The cat sat", "--granularity", "span", "--spans", spans,
                         "--output-text", " x", "--quiet"], capsys)
     assert code == 2 and needle in err, err
+
+
+def test_a_result_of_another_schema_version_is_named_as_such(tmp_path, capsys):
+    """A file of schema attrlens.attribution/2 was called 'not an attrlens result'."""
+    d = _valid_result()
+    d["schema"] = "attrlens.attribution/2"
+    p = tmp_path / "new.json"
+    p.write_text(json.dumps(d))
+    code, _, err = run(["show", str(p)], capsys)
+    assert code == 2 and 'is an attrlens file of schema "attrlens.attribution/2"' in err, err
+    assert "not an attrlens result" not in err
+
+
+def test_an_empty_model_path_is_named_as_such(capsys):
+    """--model '' said "The directory '.' is not a transformers model"."""
+    code, _, err = run(["explain", "a b", "--model", "", "--output-text", " x"], capsys)
+    assert code == 2 and "The model path is empty" in err, err

@@ -73,7 +73,14 @@ def validate_dict(d: Any, *, source: str = "the data") -> None:
     def bad(what: str) -> InputError:
         return InputError(f"{source} is not a valid attrlens result: {what}.")
 
-    if not isinstance(d, dict) or d.get("schema") != SCHEMA:
+    schema = d.get("schema") if isinstance(d, dict) else None
+    if isinstance(schema, str) and schema.startswith("attrlens.") and schema != SCHEMA:
+        # (a file of another attrlens version or kind was called "not an attrlens result")
+        raise InputError(
+            f"{source} is an attrlens file of schema \"{schema}\", which this version of "
+            f"attrlens does not read here (it reads \"{SCHEMA}\"); use the attrlens version "
+            f"that wrote it, or upgrade.")
+    if not isinstance(d, dict) or schema != SCHEMA:
         raise InputError(
             f"{source} is not an attrlens result (expected \"schema\": \"{SCHEMA}\")."
         )

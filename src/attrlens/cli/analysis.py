@@ -60,7 +60,7 @@ def _method_class(method: str | None) -> Any:
 def _add_common(p: argparse.ArgumentParser, method: str | None) -> None:
     p.add_argument("--method", default=DEFAULT_METHOD,
                    help=f"attribution method (see 'attrlens methods'; default: {DEFAULT_METHOD})")
-    p.add_argument("--granularity", default="word", help="token | word | sentence")
+    p.add_argument("--granularity", default="word", help="token | word | sentence | message")
     p.add_argument("--model", help="local model directory, .gguf file or Hub id in the local Hugging Face cache (default: embedded)")
     p.add_argument("--dtype", default="auto", help="auto | float32 | bfloat16 | float16")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")

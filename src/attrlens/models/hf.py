@@ -342,6 +342,11 @@ def load_model(
     Models are loaded once per process (per path, device and dtype) and shared, and loaded
     again when their files on disk change.
     """
+    if isinstance(path, str) and not path.strip():
+        # ('' was read as the current directory: "The directory '.' is not a model")
+        raise ParameterError("The model path is empty; give a model directory, a .gguf file "
+                             "or a Hub id in the local cache, or leave it out for the "
+                             "embedded default.")
     if path is not None and not isinstance(path, (str, os.PathLike)):
         raise ParameterError(
             f"The model path must be a string or a path (a model directory, a .gguf file or "
