@@ -215,3 +215,13 @@ def test_a_plain_games_non_finite_values_or_scores_are_not_blamed_on_a_model():
     with pytest.raises(InputError, match="returned NaN or inf; it must return finite") as e:
         attrlens.explain_game(lambda m: np.full(len(m), np.nan), 3, method="loo")
     assert "model" not in str(e.value)
+
+
+@pytest.mark.parametrize("method", ["loo", "lime", "kernel_shap", "banzhaf", "spex",
+                                    "proxyspex"])
+def test_the_recorded_budget_never_exceeds_the_coalitions_there_are(method):
+    """lime, spex, proxyspex and loo recorded the cap given (100 on 3 features, where 8
+    coalitions exist); kernel_shap and banzhaf recorded 8: one rule for every method."""
+    a = attrlens.explain_game(lambda m: m.astype(float) @ np.arange(1.0, 4.0), 3,
+                              method=method, budget=100)
+    assert a.params["budget"] == 8 and a.cost["value_calls"] <= 8

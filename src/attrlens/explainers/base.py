@@ -212,6 +212,8 @@ class Explainer(ABC):
         cost.value_calls = view.n_calls
         cost.wall_s = wall
         exp.cost = cost
+        if budget is not None and n < 63:
+            budget = min(budget, 2**n)  # recorded as every method does: never more than 2^n
         exp.params = {**self.params, "budget": budget, **exp.params} if self.uses_budget else {
             **self.params, **exp.params}
         return exp
