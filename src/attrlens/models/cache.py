@@ -394,8 +394,8 @@ def cache_clear(
     endpoint: str | None = None, cache_dir: str | os.PathLike[str] | None = None
 ) -> int:
     """Delete cached calls: all of them, or those of ``endpoint`` (a base URL, compared
-    without userinfo or trailing slash, with those of its server root). Returns the number of calls deleted (0 when the
-    cache does not exist; it is not created)."""
+    without userinfo or trailing slash, with those of its server root). Returns the number
+    of calls deleted (0 when the cache does not exist; it is not created)."""
     if endpoint is not None and not endpoint_label(endpoint):
         raise ParameterError(
             "The endpoint to clear is empty; give a base URL such as "

@@ -29,8 +29,9 @@ The first five are *scoring routes* (:data:`SCORING_ROUTES`): every game-based m
 run on the served model through them. :func:`probe_routes` sends one short request per
 candidate (cached like every call), picks the first that works in :data:`PROBE_ORDER`
 (that conclusion is cached too, per endpoint and model: a rerun sends no probe request,
-not even the ones that failed), refuses loudly a route that answers but is broken (empty or non-finite log-probs), and an
-explicit route the server lacks gives one error naming the routes it has.
+not even the ones that failed), refuses loudly a route that answers but is broken (empty
+or non-finite log-probs), and an explicit route the server lacks gives one error naming
+the routes it has.
 
 Completion-style routes (all but ``top_logprobs``) send the prompt as text with the chat
 template already applied (the caller renders it); ``top_logprobs`` sends chat messages.
