@@ -4,6 +4,7 @@ explainer on the contract, and the analysis use cases on its attributions."""
 from __future__ import annotations
 
 import functools
+import re
 
 import numpy as np
 import pytest
@@ -496,3 +497,32 @@ def test_ipot_agrees_with_exact_ot(tiny_model, ids):
     assert gilot_attribution(tiny_model, ids, keep[:1], **kw).solver == "exact"  # auto on CPU
     np.testing.assert_allclose(ipot.per_position, exact.per_position, rtol=2e-2, atol=1e-4)
     assert np.all(exact.scores > 0)
+
+
+def test_settings_gilot_does_not_read_are_refused_or_recorded_as_not_read(tiny_model):
+    """gilot_kl with vocab_k=5, cost=half, solver=ipot gave the default scores and recorded
+    those values as if they ran; so did shared_weights with own beams."""
+    kw = {"model": tiny_model, "beams": 2, "horizon": 2}
+    for method, extra, needle in (("gilot_kl", {"vocab_k": 5, "solver": "ipot"},
+                                   "does not read vocab_k, solver here (the KL distance"),
+                                  ("gilot", {"shared_weights": "original"},
+                                   "does not read shared_weights here (own beams")):
+        with pytest.raises(ParameterError, match=re.escape(needle)):
+            attrlens.explain("the lazy dog", method=method, **extra, **kw)
+    kl = attrlens.explain("the lazy dog", method="gilot_kl", **kw)
+    assert kl.params["vocab_k"] is None and kl.params["solver"] is None
+    assert kl.params["shared_weights"] is None and kl.params["smoothing"] == 1e-4
+    ot = attrlens.explain("the lazy dog", method="gilot", **kw)
+    assert ot.params["vocab_k"] == 100 and ot.params["solver"] == "exact"
+
+
+def test_gilot_follows_prefix_reuse(tiny_model):
+    """prefix_reuse=False was recorded, but the beam runner shared the prefix anyway (same
+    tokens processed, same cost)."""
+    kw = {"model": tiny_model, "method": "gilot", "beams": 2, "horizon": 3,
+          "granularity": "token"}
+    on = attrlens.explain("the lazy dog is blue", prefix_reuse=True, **kw)
+    off = attrlens.explain("the lazy dog is blue", prefix_reuse=False, **kw)
+    assert off.params["prefix_reuse"] is False
+    assert off.cost["tokens_processed"] > on.cost["tokens_processed"]
+    np.testing.assert_allclose(off.scores, on.scores, atol=1e-5)

@@ -26,8 +26,9 @@ attribution and live in :mod:`attrlens.analysis`.
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from ..errors import ParameterError
 from ..games import BudgetedGame, Game
 from ..games.beams import BeamGame, BeamSettings
 from ..params import Param
@@ -44,6 +45,8 @@ BEAM_MODES = ("own", "shared")
 SHARED_WEIGHTS = ("masked", "original")
 COSTS = ("full", "half")
 SOLVERS = ("auto", "ipot", "sinkhorn", "exact")
+#: parameters of the transport only (not read with the KL distance)
+OT_ONLY = ("vocab_k", "vocab_p", "vocab_cap", "cost", "solver", "ot_beta", "ot_iter", "ot_tol")
 
 
 def _parameters(distance: str) -> tuple[Param, ...]:
@@ -100,6 +103,28 @@ class GilotExplainer(Explainer):
     def min_budget(self, n_features: int) -> int:
         return n_features + 1
 
+    def _unread(self) -> list[str]:
+        """The parameters this configuration does not read: the transport's with the KL
+        distance (the whole vocabulary, no solver), shared_weights with own beams."""
+        p = self.params
+        out = list(OT_ONLY) if p["distance"] == "kl" else []
+        if p["beam_mode"] == "own":
+            out.append("shared_weights")
+        return out
+
+    def check(self, n_features: int) -> None:
+        # (they were recorded as if they ran: gilot_kl's vocab_k=5, solver=ipot changed
+        # nothing and the result said vocab_k 5, solver ipot)
+        defaults = {q.name: q.default for q in self.parameters}
+        given = [k for k in self._unread() if self.params[k] != defaults[k]]
+        if given:
+            why = ("the KL distance uses the whole vocabulary and no transport solver"
+                   if self.params["distance"] == "kl" and set(given) & set(OT_ONLY)
+                   else "own beams have no shared prefix weights")
+            raise ParameterError(
+                f"The method '{self.name}' does not read {', '.join(given)} here ({why}); "
+                f"drop {'it' if len(given) == 1 else 'them'}.")
+
     def settings(self) -> BeamSettings:
         p = self.params
         return BeamSettings(
@@ -123,8 +148,6 @@ class GilotExplainer(Explainer):
 
     def _explain(self, game: BudgetedGame, *, budget: int | None, seed: int) -> Explanation:
         if game.value_kind != "beam_distances":
-            from ..errors import ParameterError
-
             raise ParameterError(
                 f"The method '{self.name}' needs a local model (its beam game); use "
                 f"attrlens.explain."
@@ -151,12 +174,14 @@ class GilotExplainer(Explainer):
         if p["distance"] == "ot":
             extra["union_size_mean"] = game.union_size_mean
             extra["ot_solver"] = game.solver
+        # the solver actually used ("auto" resolves by device); null: not read (_unread)
+        ran: dict[str, Any] = {"solver": game.solver} if p["distance"] == "ot" else {}
+        ran.update({k: None for k in self._unread()})
         return Explanation(
             scores=scores,
             per_output_token=per_pos if p["per_position"] else None,
             extra=extra,
-            # the solver actually used ("auto" resolves by device)
-            params={"solver": game.solver} if p["distance"] == "ot" else {},
+            params=ran,
         )
 
 

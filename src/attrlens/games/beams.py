@@ -132,6 +132,7 @@ class BeamGame(Game):
         mask_token_id: int = 0,
         settings: BeamSettings | None = None,
         prefix: PrefixCache | None = None,
+        prefix_reuse: bool = True,
         reference_keep: np.ndarray | None = None,
         progress: Progress | None = None,
     ):
@@ -150,7 +151,8 @@ class BeamGame(Game):
         if self.reference_keep.shape != (L,):
             raise InputError(f"reference_keep must have shape ({L},).")
         self.runner = BeamRunner(model, self.prompt_ids, beams=s.beams, horizon=s.horizon,
-                                 max_batch_tokens=s.max_batch_tokens, prefix=prefix)
+                                 max_batch_tokens=s.max_batch_tokens, prefix=prefix,
+                                 prefix_reuse=prefix_reuse)
         self.runner_progress = progress
         self.solver = resolve_solver(s.solver, getattr(model, "device", None))
         self.timings = {"model_s": 0.0, "compress_s": 0.0, "solver_s": 0.0}
@@ -167,7 +169,8 @@ class BeamGame(Game):
         *,
         prefix: PrefixCache | None = None,
     ) -> BeamGame:
-        """The game of one prepared explanation (its model, prompt, features, masker)."""
+        """The game of one prepared explanation (its model, prompt, features, masker; its
+        ``prefix_reuse``, which the beam runner follows too)."""
         mk = inputs.masker
         if mk.kind not in ("attention_off", "delete", "replace"):
             raise InputError(
@@ -180,6 +183,7 @@ class BeamGame(Game):
             # attention_off feeds id 0 like the paper's code; replace uses the masker's token
             mask_token_id=mk.mask_token_id if mk.kind == "replace" else 0,
             settings=settings, prefix=prefix, progress=inputs.progress,
+            prefix_reuse=inputs.prefix_reuse,
         )
 
     # ---- the reference ------------------------------------------------------------------
