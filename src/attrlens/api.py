@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import inspect
 import time
 import warnings
 from collections.abc import Callable, Sequence
+from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -158,11 +160,11 @@ def explain(
     t_start = time.perf_counter()
     loading = {k: params.pop(k) for k in _LOAD_KEYS if k in params}
     explainer, route_name = check_explain(
-        prompt, method=method, budget=budget, params=params, granularity=granularity,
+        prompt, method=method, budget=budget, granularity=granularity,
         target=target, seed=seed, masker=masker, spans=spans, chat=chat,
         max_new_tokens=max_new_tokens, reduction=reduction, top_k=top_k, contrast=contrast,
         prefix_reuse=prefix_reuse, target_backend=target_backend, route=route, audit=audit,
-        progress=progress)
+        progress=progress, **params)
     model = _resolve_model(model, tokenizer, loading)
     with model.evaluating():  # a model object in training mode: back as it was afterwards
         api_before = _api_counters(target_backend)
@@ -209,35 +211,22 @@ def explain(
         return attr
 
 
-def check_explain(
-    prompt: Any,
-    *,
-    method: str | Explainer = "loo",
-    budget: int | None = None,
-    params: dict[str, Any] | None = None,
-    granularity: str = "word",
-    target: str | None = None,
-    seed: int = 0,
-    masker: str | None = None,
-    spans: Sequence[tuple[int, int]] | None = None,
-    chat: bool | None = None,
-    max_new_tokens: int = 32,
-    reduction: str | None = None,
-    top_k: int = 100,
-    contrast: str | None = None,
-    prefix_reuse: bool = True,
-    target_backend: Any = None,
-    route: str | None = None,
-    audit: int | None = None,
-    progress: Progress | None = None,
-    served: bool | None = None,
-) -> tuple[Explainer, str | None]:
+def check_explain(prompt: Any, *, served: bool | None = None,
+                  **arguments: Any) -> tuple[Explainer, str | None]:
     """Every check of :func:`explain`'s arguments that needs no model (the command line
     runs it before it loads one: cheap errors first); (the explainer, the served route).
-    ``served``: whether a served model is explained (default: a ``target_backend`` is
-    given; the command line says so before it connects to one)."""
-    served = target_backend is not None if served is None else served
-    explainer = make_explainer(method, {"budget": budget, **(params or {})})
+    ``arguments``: explain's keywords but ``model``, ``tokenizer`` and ``output`` (those
+    left out take explain's defaults; method parameters as in explain). ``served``: whether
+    a served model is explained (default: a ``target_backend`` is given; the command line
+    says so before it connects to one)."""
+    unread = sorted({"model", "tokenizer", "output"} & set(arguments))
+    if unread:
+        raise TypeError(f"check_explain does not take {', '.join(unread)}")
+    bound = inspect.signature(explain).bind(prompt, **arguments)
+    bound.apply_defaults()
+    a = SimpleNamespace(**bound.arguments)
+    served = a.target_backend is not None if served is None else served
+    explainer = make_explainer(a.method, {"budget": a.budget, **a.params})
     if explainer.needs == "closed_model" and not served:
         raise ParameterError(
             f"The method '{explainer.name}' explains a closed model: give --target-url and "
@@ -245,35 +234,35 @@ def check_explain(
         )
     from .games.served import method_route
 
-    route_name = method_route(explainer.name, explainer.needs, route, served)
-    if audit is not None and route_name not in ("generate", "surrogate"):
+    route_name = method_route(explainer.name, explainer.needs, a.route, served)
+    if a.audit is not None and route_name not in ("generate", "surrogate"):
         raise ParameterError(
             "--audit checks a stand-in attribution against the served model: use it with "
             "--method rope_lime or gsmile and --target-url/--target-model."
         )
-    if route_name not in (None, "generate", "surrogate") and masker not in (None, "delete"):
+    if route_name not in (None, "generate", "surrogate") and a.masker not in (None, "delete"):
         # the served model takes text: its masked prompts delete the features' text
         raise ParameterError(
             f"The served model scores prompts with the masked features' text deleted (a "
-            f"server takes text, not mask tokens or attention masks), so masker '{masker}' "
+            f"server takes text, not mask tokens or attention masks), so masker '{a.masker}' "
             f"cannot apply: leave it out, or use route='surrogate' (--route surrogate) to "
             f"score on the local model.")
-    _check_arguments(granularity, masker, max_new_tokens, target=target, reduction=reduction,
-                     top_k=top_k, contrast=contrast, spans=spans, chat=chat,
-                     progress=progress)
-    _check_read(explainer, target=target, reduction=reduction, contrast=contrast,
-                masker=masker)
-    check_param("explain", "prefix_reuse", prefix_reuse, kind=bool)
+    _check_arguments(a.granularity, a.masker, a.max_new_tokens, target=a.target,
+                     reduction=a.reduction, top_k=a.top_k, contrast=a.contrast, spans=a.spans,
+                     chat=a.chat, progress=a.progress)
+    _check_read(explainer, target=a.target, reduction=a.reduction, contrast=a.contrast,
+                masker=a.masker)
+    check_param("explain", "prefix_reuse", a.prefix_reuse, kind=bool)
     from .scoring.targets import DIVERGENCES
 
-    read_target = (target or explainer.default_target) if "target" in explainer.reads else None
-    if top_k != 100 and read_target not in DIVERGENCES:
+    read_target = (a.target or explainer.default_target) if "target" in explainer.reads else None
+    if a.top_k != 100 and read_target not in DIVERGENCES:
         raise ParameterError(
             f"top_k is the vocabulary union of the {'/'.join(DIVERGENCES)} targets; "
             f"{explainer.name} scores "
             f"{f'the {read_target} target' if read_target else 'no target'}: leave it out.")
-    check_seed("explain", seed)
-    check_prompt(prompt, chat=chat, spans=spans)
+    check_seed("explain", a.seed)
+    check_prompt(prompt, chat=a.chat, spans=a.spans)
     return explainer, route_name
 
 
