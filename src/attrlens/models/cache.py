@@ -132,19 +132,12 @@ class CallCache:
                 for suffix in ("-wal", "-shm"):  # SQLite copies the file's mode; make sure
                     _tighten(self.path.with_name(self.path.name + suffix), 0o600)
                 _scrub_endpoints(conn)
-            except sqlite3.DatabaseError as exc:
-                if conn is not None:
-                    conn.close()
-                if isinstance(exc, sqlite3.OperationalError):
-                    raise BackendError(
-                        f"Cannot open the call cache at {self.path}: {exc}. Set "
-                        "ATTRLENS_CACHE_DIR to a writable directory, or turn the cache off "
-                        "(--no-cache / cache=False)."
-                    ) from exc
-                raise self._damaged(exc) from exc
             except (OSError, sqlite3.Error) as exc:
                 if conn is not None:
                     conn.close()
+                if (isinstance(exc, sqlite3.DatabaseError)
+                        and not isinstance(exc, sqlite3.OperationalError)):
+                    raise self._damaged(exc) from exc  # not a database, or a corrupt one
                 raise BackendError(
                     f"Cannot open the call cache at {self.path}: {exc}. Set ATTRLENS_CACHE_DIR "
                     "to a writable directory, or turn the cache off (--no-cache / cache=False)."
