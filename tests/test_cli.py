@@ -456,6 +456,7 @@ def test_output_from_a_file_nested_too_deep_is_one_line(tmp_path, capsys):
     (["--contrast-text", "foo"], "contrastive target"),
     (["--method", "gilot", "--target", "kl"], "does not read target"),
     (["--method", "ig", "--masker", "delete"], "does not read masker"),
+    (["--method", "gilot", "--output-text", "Paris"], "not a given output"),
     (["--template-date", "2026-13-45"], "is not a date"),
     (["--chat-template-kwargs", "[]"], "must be a JSON object"),
     (["--spans", "0:2"], "Pass granularity='span'"),

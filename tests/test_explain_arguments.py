@@ -119,11 +119,20 @@ def test_settings_a_method_does_not_read_are_refused(method, kwargs, needle):
 def test_results_record_only_the_settings_their_method_reads(tiny_model):
     kw = {"model": tiny_model, "output": " x", "chat": False}
     loo = attrlens.explain(PROMPT, **kw).params
-    gilot = attrlens.explain(PROMPT, method="gilot", beams=2, max_new_tokens=2, **kw).params
+    gilot = attrlens.explain(PROMPT, method="gilot", beams=2, max_new_tokens=2,
+                             model=tiny_model, chat=False).params
     grad = attrlens.explain(PROMPT, method="grad_x_input", **kw).params
     assert loo["target"]["target"] == "nll" and loo["masker"] == "delete"
     assert "target" not in gilot and gilot["masker"] == "attention_off"
     assert "target" not in grad and "masker" not in grad
+    # the scoring engine's settings, null where nothing read them: the gradient methods
+    # run no engine, GiLOT batches its beams by its own max_batch_tokens, and a given
+    # output was not generated (all were recorded as if they ran)
+    assert loo["prefix_reuse"] is True and loo["scoring_batch_tokens"] == 4096
+    assert loo["max_new_tokens"] is None  # the output was given
+    assert grad["prefix_reuse"] is None and grad["scoring_batch_tokens"] is None
+    assert gilot["prefix_reuse"] is True and gilot["scoring_batch_tokens"] is None
+    assert gilot["max_new_tokens"] == 2
     from attrlens.registry import get_explainer
 
     assert get_explainer("gsmile").reads == ()  # text deletions, a distance between answers
@@ -156,3 +165,14 @@ def test_overlapping_spans_are_named_in_the_users_offsets(tiny_model, chat):
     with pytest.raises(InputError, match=r"The spans \(0, 8\) and \(6, 12\) overlap"):
         attrlens.explain("Paris is in France.", model=tiny_model, output=" x", chat=chat,
                          granularity="span", spans=[(0, 8), (6, 12)])
+
+
+@pytest.mark.parametrize("output", [" x", [42]])
+def test_gilot_refuses_a_given_output(output):
+    """GiLOT scores the model's own beam distributions whatever output is given: with an
+    output it scored its beams and recorded the given text as the output it explained
+    (the path does not exist: the check comes before the model loads)."""
+    for method in ("gilot", "gilot_kl"):
+        with pytest.raises(ParameterError, match="not a given output") as ei:
+            attrlens.explain(PROMPT, model="/no/such/model", output=output, method=method)
+        assert "\n" not in str(ei.value)

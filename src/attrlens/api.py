@@ -160,7 +160,7 @@ def explain(
     t_start = time.perf_counter()
     loading = {k: params.pop(k) for k in _LOAD_KEYS if k in params}
     explainer, route_name = check_explain(
-        prompt, method=method, budget=budget, granularity=granularity,
+        prompt, method=method, budget=budget, output=output, granularity=granularity,
         target=target, seed=seed, masker=masker, spans=spans, chat=chat,
         max_new_tokens=max_new_tokens, reduction=reduction, top_k=top_k, contrast=contrast,
         prefix_reuse=prefix_reuse, target_backend=target_backend, route=route, audit=audit,
@@ -215,11 +215,12 @@ def check_explain(prompt: Any, *, served: bool | None = None,
                   **arguments: Any) -> tuple[Explainer, str | None]:
     """Every check of :func:`explain`'s arguments that needs no model (the command line
     runs it before it loads one: cheap errors first); (the explainer, the served route).
-    ``arguments``: explain's keywords but ``model``, ``tokenizer`` and ``output`` (those
-    left out take explain's defaults; method parameters as in explain). ``served``: whether
+    ``arguments``: explain's keywords but ``model`` and ``tokenizer`` (those left out take
+    explain's defaults; method parameters as in explain; of ``output`` only whether it is
+    given is checked). ``served``: whether
     a served model is explained (default: a ``target_backend`` is given; the command line
     says so before it connects to one)."""
-    unread = sorted({"model", "tokenizer", "output"} & set(arguments))
+    unread = sorted({"model", "tokenizer"} & set(arguments))
     if unread:
         raise TypeError(f"check_explain does not take {', '.join(unread)}")
     bound = inspect.signature(explain).bind(prompt, **arguments)
@@ -261,6 +262,13 @@ def check_explain(prompt: Any, *, served: bool | None = None,
             f"top_k is the vocabulary union of the {'/'.join(DIVERGENCES)} targets; "
             f"{explainer.name} scores "
             f"{f'the {read_target} target' if read_target else 'no target'}: leave it out.")
+    if a.output is not None and not explainer.explains_output:
+        # (gilot with --output-text scored its own beams and recorded the given text as the
+        # output it explained)
+        raise ParameterError(
+            f"The method '{explainer.name}' explains the model's own output distribution "
+            f"(its beams), not a given output: drop output= (--output-text/--output-from), "
+            f"or use another method to explain that output.")
     check_seed("explain", a.seed)
     check_prompt(prompt, chat=a.chat, spans=a.spans)
     return explainer, route_name
@@ -462,6 +470,7 @@ def prepare(
         shift = spans[0][0] - int(given[0][0])  # the user's offsets -> the rendered text's
     features = segment(pr.text, pr.regions, offsets, granularity, spans=spans, shift=shift)
 
+    generated = output is None  # (by the local or the served model)
     if output is None and target_backend is not None:
         msgs = list(pr.messages) if pr.messages else [{"role": "user", "content": pr.text}]
         output = target_backend.chat(msgs, max_tokens=max_new_tokens, temperature=0.0).text
@@ -542,6 +551,7 @@ def prepare(
         max_new_tokens=max_new_tokens,
         prefix_reuse=prefix_reuse,
         progress=progress,
+        generated=generated,
     )
     return inputs, ScoringGame(inputs, tgt, engines=engines)
 
@@ -566,15 +576,18 @@ def finish(
     if target_backend is not None:
         cost.update(api_cost(target_backend, api_before))
     params_out = {
+        # the scoring engine's settings, before the method's own record: a method that does
+        # not run the engine records them as null (Explanation.params)
+        "prefix_reuse": inputs.prefix_reuse,
+        "scoring_batch_tokens": scoring.engines[0].configured_batch_tokens,
+        # the generated answer's length; null where the output was given
+        "max_new_tokens": inputs.max_new_tokens if inputs.generated else None,
         **exp.params,
         "granularity": features.granularity,
         # (only the settings the method reads: Explainer.reads)
         **({"target": scoring.target.params()} if "target" in explainer.reads else {}),
         **({"masker": inputs.masker.kind} if "masker" in explainer.reads else {}),
-        "prefix_reuse": inputs.prefix_reuse,
-        "scoring_batch_tokens": scoring.engines[0].configured_batch_tokens,
         "chat_template": pr.chat,
-        "max_new_tokens": inputs.max_new_tokens,
     }
     if target_backend is not None:
         params_out["target_model"] = getattr(target_backend, "model", None)

@@ -186,6 +186,12 @@ def test_model_output_is_generated_once_and_explained(tiny_model, tmp_path):
         tiny_model.tokenize("The quick brown fox jumps over", add_special_tokens=True)[0],
         max_new_tokens=4))
     assert rec["output_text"] == gen and s.table["loo"]["abpc"]["n"] == 1
+    assert rec["resolved_params"]["max_new_tokens"] == 4  # it made the explained answer
+    attrlens.evaluate([{"id": "g", "prompt": "The quick brown fox", "output": " jumps"}],
+                      methods=["loo"], metrics=["abpc"], model=tiny_model,
+                      out=tmp_path / "g", max_new_tokens=4, chat=False, progress=False)
+    rec = json.loads((tmp_path / "g" / "records.jsonl").read_text())
+    assert rec["resolved_params"]["max_new_tokens"] is None  # a given output: not read
 
 
 @pytest.mark.integration

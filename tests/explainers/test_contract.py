@@ -84,7 +84,8 @@ def run_method(method: str | Explainer, request, *, seed: int = 0, budget: int |
     tiny = request.getfixturevalue("tiny_model")
     backend = request.getfixturevalue("closed_backend") if cls.needs == "closed_model" else None
     a = attrlens.explain(PROMPT, model=tiny, method=method, budget=budget, seed=seed,
-                         output=None if backend is not None else OUTPUT, chat=False,
+                         output=None if backend is not None or not cls.explains_output
+                         else OUTPUT, chat=False,
                          max_new_tokens=4, target_backend=backend, **params)
     return a, None
 

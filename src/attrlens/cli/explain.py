@@ -167,6 +167,7 @@ def run(args: argparse.Namespace) -> int:
     # options (JSON, date): cheap errors before the model loads
     api.check_explain(
         prompt, method=explainer, granularity=args.granularity, target=args.target,
+        output=args.output_text if source is None else source.output_text,
         seed=args.seed, masker=args.masker, spans=spans, chat=False if args.raw else None,
         max_new_tokens=args.max_new_tokens, contrast=args.contrast_text,
         route=args.route, audit=args.audit, served=bool(args.target_url))

@@ -482,6 +482,8 @@ class ItemRunner:
         method_masker = cfg.method_masker or explainer.default_masker
         inputs, scoring = self._prepare(item, target=target, masker=method_masker,
                                         output=output, backend=backend)
+        # an item without an output explains the answer output_text generated
+        inputs = replace(inputs, generated=item.output is None)
         n = inputs.n_features
         explainer.validate(n)
         game = explainer.make_game(inputs, scoring, closed=backend)

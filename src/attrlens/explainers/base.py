@@ -81,6 +81,10 @@ class Explainer(ABC):
     #: target, its reduction, a contrast) and "masker"; a setting it does not read is
     #: refused when given and left out of its results
     reads: ClassVar[tuple[str, ...]] = ("target", "masker")
+    #: False for a method whose value does not depend on the explained output (GiLOT: the
+    #: model's own beam distributions); a given output is then refused, not recorded as
+    #: the output its scores explain
+    explains_output: ClassVar[bool] = True
     #: explain()'s options that set each of those (evaluate's records keep all of theirs:
     #: its metrics read them whatever the method reads)
     SETTING_OF: ClassVar[dict[str, str]] = {

@@ -98,6 +98,7 @@ class GilotExplainer(Explainer):
     needs = "local_model"
     default_masker = "attention_off"
     reads = ("masker",)  # its value is a distance between beam distributions
+    explains_output = False  # of the model's own beams, whatever output is given
     parameters = _parameters("ot")
 
     def min_budget(self, n_features: int) -> int:
@@ -176,6 +177,7 @@ class GilotExplainer(Explainer):
             extra["ot_solver"] = game.solver
         # the solver actually used ("auto" resolves by device); null: not read (_unread)
         ran: dict[str, Any] = {"solver": game.solver} if p["distance"] == "ot" else {}
+        ran["scoring_batch_tokens"] = None  # its beam runner's batches are max_batch_tokens
         ran.update({k: None for k in self._unread()})
         return Explanation(
             scores=scores,

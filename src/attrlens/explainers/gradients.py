@@ -127,7 +127,9 @@ class _WhiteBoxExplainer(Explainer):
 
     @staticmethod
     def _params(**kw: Any) -> dict[str, Any]:
-        return {"aggregation": "sum", **kw}
+        # (the scoring engine does not run: its settings are not read)
+        return {"aggregation": "sum", "prefix_reuse": None, "scoring_batch_tokens": None,
+                **kw}
 
 
 class _PathExplainer(_WhiteBoxExplainer):

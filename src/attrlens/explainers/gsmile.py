@@ -182,6 +182,7 @@ class GSmileExplainer(Explainer):
             "embeddings_name": game.embeddings.name,
             "wmd": "exact EMD (POT), nBOW masses, lower-cased words without punctuation",
             "max_tokens": int(game.max_new_tokens),
+            "max_new_tokens": int(game.max_new_tokens),  # its regenerations', output given too
             "temperature": 0.0,
             "attribution": "coef of the similarity; positive keeps the output similar",
         }

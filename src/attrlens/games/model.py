@@ -34,6 +34,7 @@ class ModelInputs:
     masker:      the masker chosen for this run (delete | replace | attention_off)
     max_new_tokens: generation length used for the output (and by regenerating methods)
     prefix_reuse: whether scoring shares the unmasked prompt's key/value cache
+    generated:   the output is the model's answer (max_new_tokens made it), not a given one
     """
 
     model: HFModel
@@ -47,6 +48,7 @@ class ModelInputs:
     max_new_tokens: int = 32
     prefix_reuse: bool = True
     progress: Progress | None = None
+    generated: bool = True
 
     @property
     def n_features(self) -> int:
