@@ -190,3 +190,13 @@ def test_a_data_file_with_a_byte_order_mark_or_not_utf8(tmp_path):
     r = tmp_path / "sep.jsonl"  # U+2028 inside a JSON string is not a line break
     r.write_text(json.dumps({"prompt": "a\u2028b"}, ensure_ascii=False) + "\n", encoding="utf-8")
     assert load_items(r)[0].prompt == "a\u2028b"
+
+
+@needs_shared
+def test_every_mmlu_item_of_the_shared_sample_has_its_own_id():
+    """MMLU numbers its rows per subject: the sample holds row 190 of two subjects, and
+    the whole file was refused ("Two items have the id 'mmlu-190'")."""
+    items = load_items(f"{DATA}/mmlu_test_100.jsonl")
+    assert len(items) == 100 and len({it.id for it in items}) == 100
+    assert {it.id for it in items if it.meta["source_row"] == 190} == {
+        "mmlu-high_school_world_history-190", "mmlu-miscellaneous-190"}

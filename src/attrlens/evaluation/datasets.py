@@ -277,14 +277,16 @@ def _mmlu(rec: dict[str, Any], idx: str) -> EvalItem:
     spans = word_spans(prompt, 0, len(body))
     # the choice letters ("A.") are frozen: only words of the question and the choices count
     spans = [s for s in spans if not re.fullmatch(r"[A-D]\.", prompt[s[0] : s[1]])]
-    sr = rec.get("source_row")
+    sr, subject = rec.get("source_row"), rec.get("subject")
+    # MMLU's rows are numbered per subject (the shared sample has row 190 of two subjects)
+    ident = idx if sr is None else f"mmlu-{subject}-{sr}" if subject else f"mmlu-{sr}"
     return EvalItem(
-        id=f"mmlu-{sr}" if sr is not None else idx,
+        id=ident,
         prompt=prompt,
         output=f" {rec['answer']}" if rec.get("answer") else None,
         granularity="span",
         spans=tuple(spans),
-        meta={"kind": "mmlu", "subject": rec.get("subject"), "source_row": sr},
+        meta={"kind": "mmlu", "subject": subject, "source_row": sr},
     )
 
 
