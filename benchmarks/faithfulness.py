@@ -59,9 +59,11 @@ def build_item(model: Any, instruction: str, body: str, *, output: str | None,
     pr = build_prompt([{"role": "user", "content": instruction + body}], model, chat=True)
     ids, offsets = model.tokenize(pr.text, add_special_tokens=False)
     start = pr.text.index(body, pr.text.index(instruction[:20]))
-    region = [(start, start + len(body))]
-    spans = [sp[0] for sp in char_segments(pr.text, region, "word")]
-    feats = segment(pr.text, region, offsets, "span", spans=spans)
+    # the body's words are the features; the rest of the user's text stays (frozen)
+    # explainable text, as explain's span granularity has it: the body's first token also
+    # holds the blank before it
+    spans = [sp[0] for sp in char_segments(pr.text, [(start, start + len(body))], "word")]
+    feats = segment(pr.text, pr.regions, offsets, "span", spans=spans)
     if candidates is not None:
         # the model's own one-word answer: the candidate it rates higher on the full prompt
         scores = []

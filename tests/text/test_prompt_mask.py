@@ -257,3 +257,16 @@ def test_a_template_that_strips_or_rewrites_the_content_is_still_located(tiny_mo
     upper = _with_template(tiny_model, QWEN_LIKE.replace("m['content']", "m['content'] | upper"))
     with pytest.raises(InputError, match="changed the content of message 0"):
         build_prompt("Hello there", upper)
+
+
+def test_a_span_whose_token_reaches_outside_the_explainable_text_says_so():
+    """The span's only token also holds a blank of the frozen text before it, so it stays
+    frozen; the error said the token was held more by other spans (there are none)."""
+    text = "Review: few films"
+    regions = [(8, len(text))]  # only the review's words can be explained
+    offsets = [(0, 6), (6, 7), (7, 11), (11, 17)]  # "Review", ":", " few", " films"
+    with pytest.raises(InputError) as ei:
+        segment(text, regions, offsets, "span", spans=[(8, 11), (12, 17)])
+    msg = str(ei.value)
+    assert "' few' at (7, 11), which reaches outside the text that can be explained" in msg
+    assert "other spans hold more" not in msg and "\n" not in msg

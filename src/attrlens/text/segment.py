@@ -238,8 +238,18 @@ def _spans_on_tokens(
     def user(a: int, b: int) -> tuple[int, int]:
         return (a - shift, b - shift)
 
+    held = {t for toks in tokens for t in toks}
     for sps, toks in zip(fspans, tokens):
         (a, b), = sps
+        outside = [(ta, tb) for t, (ta, tb) in enumerate(offsets)
+                   if ta < b and tb > a and tb > ta and t not in held]
+        if not toks and outside:
+            ta, tb = outside[0]
+            raise InputError(
+                f"The span {user(a, b)} {text[a:b]!r} lies in the token {text[ta:tb]!r} at "
+                f"{user(ta, tb)}, which reaches outside the text that can be explained (into "
+                f"the chat template or text before the user's), so it stays as it is; "
+                f"spans are masked by whole tokens: widen the span or move it.")
         if not toks:
             raise InputError(
                 f"The span {user(a, b)} {text[a:b]!r} lies inside tokens that other spans "
