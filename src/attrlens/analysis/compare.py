@@ -54,14 +54,15 @@ class Comparison:
         return self.slots[0][1] if self.slots else []
 
     def summary(self) -> list[dict[str, Any]]:
-        """Per slot and side: features, labels, summed score, best rank (1 = top, ties by
-        feature order) and share of the total |score|."""
+        """Per slot and side: features, labels, summed score, best rank by importance
+        (|score|; 1 = top, ties by feature order, non-finite scores last) and share of the
+        total |score|."""
         rows = []
         for fa, fb in self.slots:
             row: dict[str, Any] = {}
             for side, attr, feats in (("a", self.a, fa), ("b", self.b, fb)):
                 s = np.asarray(attr.scores, dtype=float)
-                order = np.argsort(-s, kind="stable")
+                order = np.argsort(-np.abs(s), kind="stable")
                 rank = [int(np.flatnonzero(order == i)[0]) + 1 for i in feats]
                 tot = float(np.abs(s).sum())
                 row[side] = {

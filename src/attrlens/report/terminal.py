@@ -102,11 +102,12 @@ def render(attr: Any, *, top: int = 10, console: Any = None) -> None:
     if model.get("scored_by"):  # a served model's output: say who scored it
         console.print(Text("by     ", style="bold cyan")
                       + Text(literal(model["scored_by"], keep_newlines=False)))
-    table = Table(title=Text(f"top {min(top, attr.n_features)} features"), show_lines=False)
+    table = Table(title=Text(f"top {min(top, attr.n_features)} features (by magnitude)"),
+                  show_lines=False)
     table.add_column("#", justify="right")
     table.add_column("feature")
     table.add_column("score", justify="right")
-    for i, lab, s in attr.top_k(top):
+    for i, lab, s in attr.top_k(top, by="abs"):
         lab = literal(lab, keep_newlines=False)
         table.add_row(Text(str(i)), Text(lab if len(lab) <= 60 else lab[:57] + "..."),
                       Text(f"{s:+.4f}"))
