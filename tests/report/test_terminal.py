@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import io
+import re
 
 import numpy as np
+import pytest
 from rich.console import Console
 
 from attrlens.analysis.compare import compare_attributions
@@ -56,3 +58,51 @@ def test_comparison_rank_is_by_magnitude():
     # a non-finite score ranks last and does not displace the finite ones
     c = Attribution(method="loo", scores=np.array([np.nan, -0.9, 0.5]), labels=["x", "he", "y"])
     assert compare_attributions(c, b).summary()[0]["a"]["rank"] == 1
+
+
+_SGR = re.compile(r"\x1b\[([0-9;]*)m([^\x1b]*)")
+
+
+def _styled_words(out: str) -> dict[str, tuple[str, ...]]:
+    """Each word of the input and output lines of the ANSI output -> the SGR codes it is
+    printed with."""
+    words: dict[str, tuple[str, ...]] = {}
+    lines = [ln for ln in out.splitlines() if "input" in ln or "output" in ln]
+    for codes, text in _SGR.findall("\x1b[0m" + "\n".join(lines)):
+        for w in text.split():
+            words[w] = tuple(c for c in codes.split(";") if c not in ("", "0"))
+    return words
+
+
+# foreground / background codes of the named ANSI colours (normal, bright)
+_GREEN = {"32", "92", "42", "102"}
+_RED = {"31", "91", "41", "101"}
+
+
+@pytest.mark.parametrize("system", ["standard", "256", "truecolor"])
+def test_colours_keep_sign_and_order_on_every_colour_system(system):
+    # levels -4..4 of |score| / scale as label chips (no spans)
+    labels = ["n4", "n3", "n2", "n1", "z0", "p1", "p2", "p3", "p4"]
+    attr = Attribution(method="loo", scores=np.arange(-4.0, 5.0), labels=labels,
+                       output_text="done")
+    con, buf = _console(system)
+    render(attr, console=con)
+    words = _styled_words(buf.getvalue())
+    styles = [words[w] for w in labels]
+    assert styles[4] == ()  # zero: unstyled
+    # every level has its own look, and negative and positive never share one
+    assert len(set(styles)) == 9
+    words = {w: set(c) for w, c in words.items()}
+    if system == "standard":
+        for w in labels[:4]:
+            assert words[w] & _RED and not words[w] & _GREEN, (w, words[w])
+        for w in labels[5:]:
+            assert words[w] & _GREEN and not words[w] & _RED, (w, words[w])
+        # size is ordered: plain colour < bold bright < background < bold bright background
+        for side in (labels[3::-1], labels[5:]):
+            assert not {"1"} & words[side[0]]
+            assert "1" in words[side[1]]
+            assert words[side[2]] & {"41", "42"} and words[side[3]] & {"101", "102"}
+    # only the label of a line is bold cyan: the prompt and the output are not
+    assert "36" not in words["p1"] and "36" not in words["done"]
+    assert "36" in words["input"]

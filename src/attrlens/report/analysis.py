@@ -41,10 +41,10 @@ def show_query_weight(res: QueryWeight, *, top: int = 5, console: Any = None) ->
     from rich.console import Console
     from rich.text import Text
 
-    from .terminal import literal, render
+    from .terminal import _row, literal, render
 
     console = console or Console()
     render(res.attribution, top=top, console=console)
     q = " ".join(res.attribution.labels[i] for i in res.query_features)
-    console.print(Text("query  ", style="bold cyan") + Text(literal(q, keep_newlines=False)))
-    console.print(Text("aqw    ", style="bold cyan") + Text(f"{res.aqw:.4f}"))
+    console.print(_row("query  ", Text(literal(q, keep_newlines=False))))
+    console.print(_row("aqw    ", Text(f"{res.aqw:.4f}")))

@@ -31,17 +31,38 @@ def one_line(text: object) -> str:
     return " ".join(literal(text).split())
 
 
-def _style(score: float, scale: float) -> str:
-    """Green for support, red for opposition; brightness by |score| / scale."""
+# background shades by level 1..4 of |score| / scale (key: the sign), for true-colour terminals
+_SHADES_RGB = {1: ["on #1f3d1f", "on #2e5e2e", "on #3f8f3f", "on #4fbf4f"],
+               -1: ["on #4a1f1f", "on #6e2b2b", "on #a33a3a", "on #d94a4a"]}
+# 256-colour terminals: the colour cube's greens and reds (the hex shades above downgrade
+# there with levels 1 and 2 on one colour)
+_SHADES_256 = {1: ["on color(22)", "on color(28)", "on color(34)", "on color(40)"],
+               -1: ["on color(52)", "on color(88)", "on color(124)", "on color(160)"]}
+# 16-colour terminals (the hex shades above downgrade there to greys, black and yellow):
+# the named ANSI green/red, growing from plain text to bold, bright and a full background
+_SHADES_16 = {1: ["green", "bold bright_green", "black on green", "bold black on bright_green"],
+              -1: ["red", "bold bright_red", "black on red", "bold black on bright_red"]}
+
+
+def _style(score: float, scale: float, color_system: str | None = "truecolor") -> str:
+    """Green for support, red for opposition; brightness by |score| / scale (4 levels),
+    from a palette that ``color_system`` (rich's: "truecolor", "256", "standard",
+    "windows") shows with the sign readable and the levels ordered."""
     if scale <= 0 or not np.isfinite(score):
         return ""
     a = min(1.0, abs(score) / scale)
     level = round(a * 4)
     if level == 0:
         return ""
-    greens = ["", "on #1f3d1f", "on #2e5e2e", "on #3f8f3f", "on #4fbf4f"]
-    reds = ["", "on #4a1f1f", "on #6e2b2b", "on #a33a3a", "on #d94a4a"]
-    return (greens if score > 0 else reds)[level]
+    shades = {"truecolor": _SHADES_RGB, "256": _SHADES_256}.get(color_system or "", _SHADES_16)
+    return shades[1 if score > 0 else -1][level - 1]
+
+
+def _row(label: str, body: Any) -> Any:
+    """A line of the report: ``label`` in bold cyan, then ``body`` in its own styles."""
+    from rich.text import Text
+
+    return Text.assemble((label, "bold cyan"), body)
 
 
 def _scored_by(params: Any) -> str:
@@ -67,6 +88,7 @@ def render(attr: Any, *, top: int = 10, console: Any = None) -> None:
     from rich.text import Text
 
     console = console or Console()
+    system = console.color_system
     scores = np.asarray(attr.scores, dtype=float)
     finite = scores[np.isfinite(scores)]
     scale = float(np.max(np.abs(finite))) if finite.size else 0.0
@@ -84,24 +106,23 @@ def render(attr: Any, *, top: int = 10, console: Any = None) -> None:
         for a, b, i in marks:
             if a > cursor:
                 line.append(literal(text[cursor:a]), style="dim")
-            line.append(literal(text[max(a, cursor):b]), style=_style(scores[i], scale))
+            line.append(literal(text[max(a, cursor):b]), style=_style(scores[i], scale, system))
             cursor = max(cursor, b)
         if cursor < last:
             line.append(literal(text[cursor:last]), style="dim")
     else:
         for lab, s in zip(attr.labels, scores):
-            line.append(literal(lab), style=_style(s, scale))
+            line.append(literal(lab), style=_style(s, scale, system))
             line.append(" ")
     console.print(Text(f"attrlens · {literal(attr.method, keep_newlines=False)}", style="bold"))
-    console.print(Text("input  ", style="bold cyan") + line)
-    console.print(Text("output ", style="bold cyan") + Text(literal(attr.output_text)))
+    console.print(_row("input  ", line))
+    console.print(_row("output ", Text(literal(attr.output_text))))
     scored = _scored_by(attr.params)
     if scored:
-        console.print(Text("scored ", style="bold cyan") + Text(scored))
+        console.print(_row("scored ", Text(scored)))
     model = attr.model if isinstance(attr.model, dict) else {}
     if model.get("scored_by"):  # a served model's output: say who scored it
-        console.print(Text("by     ", style="bold cyan")
-                      + Text(literal(model["scored_by"], keep_newlines=False)))
+        console.print(_row("by     ", Text(literal(model["scored_by"], keep_newlines=False))))
     table = Table(title=Text(f"top {min(top, attr.n_features)} features (by magnitude)"),
                   show_lines=False)
     table.add_column("#", justify="right")
@@ -139,9 +160,7 @@ def render(attr: Any, *, top: int = 10, console: Any = None) -> None:
         parts.insert(0, f"{c['value_calls']} evaluations")
     if c.get("oom_retries"):
         parts.append(f"{c['oom_retries']} batches halved after running out of memory")
-    console.print(Text("cost   ", style="bold cyan") + Text(" · ".join(parts)))
+    console.print(_row("cost   ", Text(" · ".join(parts))))
     if conf is not None:
-        console.print(
-            Text("confidence ", style="bold cyan")
-            + Text("beam mass per position: " + " ".join(f"{x:.2f}" for x in conf))
-        )
+        console.print(_row("confidence ", Text(
+            "beam mass per position: " + " ".join(f"{x:.2f}" for x in conf))))
