@@ -284,3 +284,25 @@ def test_provenance_shows_the_environment():
     page = render_html(attr)
     assert "torch threads" in page and "2.99.0+cpu" in page and "9.1.0" in page
     assert "torch threads" not in render_html(make_attr())
+
+
+def _noisy_interactions() -> Attribution:
+    """Three real terms and the ~1e-16 residue an exact game's solve leaves where the true
+    value is 0 (faith_banzhaf), plus terms with no finite value."""
+    attr = make_attr()
+    attr.interactions = {"index": "fbii", "order": 2, "terms": [
+        {"features": [0], "value": 0.8}, {"features": [0, 2], "value": -0.5},
+        {"features": [1, 2], "value": 0.25}, {"features": [1, 4], "value": 1.1e-16},
+        {"features": [0, 4], "value": -1.3e-16}, {"features": [5], "value": 2.3e-16},
+        {"features": [2, 5], "value": None}, {"features": [3, 5]}]}
+    return attr
+
+
+def test_interaction_noise_terms_are_not_shown():
+    page = render_html(_noisy_interactions())
+    # the three real terms; the 1e-16 residue is not drawn, listed nor counted
+    assert "3 non-zero terms" in page
+    assert page.count("<line ") == 2
+    table = re.search(r"<table class='alr-inter'>(.*?)</table>", page, re.DOTALL).group(1)
+    assert table.count("<tr>") == 1 + 2  # header + the two pairs
+    assert "e-16" not in page

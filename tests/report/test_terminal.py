@@ -106,3 +106,17 @@ def test_colours_keep_sign_and_order_on_every_colour_system(system):
     # only the label of a line is bold cyan: the prompt and the output are not
     assert "36" not in words["p1"] and "36" not in words["done"]
     assert "36" in words["input"]
+
+
+def test_interaction_table_leaves_out_noise_and_missing_values():
+    attr = Attribution(method="faith_banzhaf", scores=np.array([0.8, 0.1, -0.3, 0.0, 0.2, 0.0]),
+                       labels=["aa", "bb", "cc", "dd", "ee", "ff"])
+    attr.interactions = {"index": "fbii", "order": 2, "terms": [
+        {"features": [0], "value": 0.8}, {"features": [0, 2], "value": -0.5},
+        {"features": [1, 2], "value": 0.25}, {"features": [1, 4], "value": 1.1e-16},
+        {"features": [0, 4], "value": -1.3e-16}, {"features": [2, 5], "value": None},
+        {"features": [3, 5]}]}
+    out = _plain(attr)
+    assert "aa × cc" in out and "bb × cc" in out
+    for pair in ("bb × ee", "aa × ee", "cc × ff", "dd × ff"):
+        assert pair not in out

@@ -294,16 +294,29 @@ def _beams_html(attr: Any, T: int) -> str:
 
 
 # ---- interactions ----------------------------------------------------------------------------
-def _terms(attr: Any) -> list[tuple[tuple[int, ...], float]]:
-    inter = getattr(attr, "interactions", None) or {}
+NOISE_RTOL = 1e-9  #: terms with |value| <= NOISE_RTOL * the largest |value| are rounding noise
+
+
+def significant_terms(inter: Any) -> list[tuple[tuple[int, ...], float]]:
+    """The interaction terms worth showing, largest |value| first: finite values above
+    rounding noise (|value| > :data:`NOISE_RTOL` x the largest; an exact game's solved
+    index leaves ~1e-16 where the truth is 0); terms without a finite value are left out."""
     out = []
-    for t in inter.get("terms", []) or []:
+    for t in (inter.get("terms", []) if isinstance(inter, dict) else []) or []:
+        if not isinstance(t, dict):
+            continue
         v = _num(t.get("value"))
-        feats = tuple(int(j) for j in t.get("features", []))
+        feats = tuple(int(j) for j in t.get("features", []) or [])
         if v is not None and feats:
             out.append((feats, v))
+    vmax = max((abs(v) for _, v in out), default=0.0)
+    out = [fv for fv in out if abs(fv[1]) > NOISE_RTOL * vmax]
     out.sort(key=lambda fv: -abs(fv[1]))
     return out
+
+
+def _terms(attr: Any) -> list[tuple[tuple[int, ...], float]]:
+    return significant_terms(getattr(attr, "interactions", None) or {})
 
 
 def _interactions_html(attr: Any, top: int = 20) -> str:

@@ -87,6 +87,8 @@ def render(attr: Any, *, top: int = 10, console: Any = None) -> None:
     from rich.table import Table
     from rich.text import Text
 
+    from .html import significant_terms
+
     console = console or Console()
     system = console.color_system
     scores = np.asarray(attr.scores, dtype=float)
@@ -138,13 +140,11 @@ def render(attr: Any, *, top: int = 10, console: Any = None) -> None:
         t2 = Table(title=Text(f"strongest interactions ({literal(inter.get('index'))})"))
         t2.add_column("features")
         t2.add_column("value", justify="right")
-        terms = sorted(
-            (t for t in inter["terms"] if len(t["features"]) >= 2),
-            key=lambda t: -abs(t["value"]),
-        )[:top]
-        for t in terms:
-            names = " × ".join(literal(attr.labels[j], keep_newlines=False) for j in t["features"])
-            t2.add_row(Text(names), Text(f"{t['value']:+.4f}"))
+        # finite values above rounding noise (as the HTML report's), pairs and higher
+        terms = [fv for fv in significant_terms(inter) if len(fv[0]) >= 2][:top]
+        for feats, v in terms:
+            names = " × ".join(literal(attr.labels[j], keep_newlines=False) for j in feats)
+            t2.add_row(Text(names), Text(f"{v:+.4f}"))
         if terms:
             console.print(t2)
     c = attr.cost
