@@ -13,6 +13,7 @@ Needs ``/usr/bin/chromium`` (``apt-get install -y chromium``) and the ``playwrig
 from __future__ import annotations
 
 import os
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -269,4 +270,17 @@ def test_real_results_in_the_browser(browser, tmp_path, real_results, kind):
         assert REAL_PROMPT in op.page.text_content(".alr-input")
     op.shot(f"report_real_{kind}.png")
     op.check_clean()
+    op.page.close()
+
+
+def test_bidi_override_in_the_prompt_keeps_the_feature_order(browser, tmp_path):
+    # U+202E (right-to-left override) would draw every feature after it in reverse order
+    attr = make_attr(prompt="alpha beta \u202egamma delta epsilon zeta", output=" ok fine")
+    op = Opened(browser, attr.to_html(), tmp_path / "bidi.html")
+    op.check_clean()
+    xs = op.page.eval_on_selector_all(
+        ".alr-input .alr-feat", "els => els.map(e => e.getBoundingClientRect().left)")
+    assert len(xs) == attr.n_features
+    assert all(b > a + 1 for a, b in pairwise(xs)), xs  # left to right, by 1 px at least
+    assert "\\u202egamma" in op.page.text_content(".alr-input")
     op.page.close()

@@ -306,3 +306,18 @@ def test_interaction_noise_terms_are_not_shown():
     table = re.search(r"<table class='alr-inter'>(.*?)</table>", page, re.DOTALL).group(1)
     assert table.count("<tr>") == 1 + 2  # header + the two pairs
     assert "e-16" not in page
+
+
+def test_bidi_controls_and_nul_are_shown_not_obeyed():
+    prompt = "alpha beta \u202egamma delta\u2066 eps\x00ilon zeta"
+    attr = make_attr(prompt=prompt, output=" ok \u202efine\x00 done")
+    page = render_html(attr)
+    for ch in ("\u202e", "\u2066", "\x00"):
+        assert ch not in page
+    assert "\\u202egamma" in page and "eps\\x00ilon" in page and "fine\\x00" in page
+    assert "\\u2066" in page
+    css = re.search(r"<style>(.*?)</style>", page, re.DOTALL).group(1)
+    rule = re.search(r"([^}]*)\{unicode-bidi:isolate\}", css).group(1)
+    for sel in (".alr-feat", ".alr-box", ".alr td", ".alr th"):
+        assert sel in rule
+    assert all("\u202e" not in c for c in _data_block(page)["cols"])

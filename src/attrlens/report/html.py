@@ -19,6 +19,7 @@ from __future__ import annotations
 import html
 import json
 import math
+import re
 import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -37,9 +38,23 @@ FAITHFULNESS_KEY = "faithfulness"  #: Attribution.extra key of the faithfulness 
 
 
 # ---- small helpers ---------------------------------------------------------------------------
+# characters a page would drop or act on instead of showing: C0 controls but tab, newline
+# and carriage return (NUL vanishes), DEL, C1 controls and the bidirectional embeddings,
+# overrides and isolates (which reorder the text after them on screen)
+_INVISIBLE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def visible(value: Any) -> str:
+    """``value`` as text with the characters of ``_INVISIBLE`` written as escapes
+    (``\\x00``, ``\\u202e``), as the terminal report shows them."""
+    return _INVISIBLE.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"),
+                          str(value))
+
+
 def esc(value: Any) -> str:
-    """``value`` as text, escaped for an HTML text node or a quoted attribute."""
-    return html.escape(str(value), quote=True)
+    """``value`` as text, escaped for an HTML text node or a quoted attribute, control and
+    bidirectional formatting characters shown as escapes (:func:`visible`)."""
+    return html.escape(visible(value), quote=True)
 
 
 def json_for_script(obj: Any) -> str:
@@ -619,7 +634,8 @@ def render_fragment(attr: Any, *, notebook: bool = False, root_id: str | None = 
         _provenance_html(attr),
         "</div>",
     ]
-    data = {"scores": scores, "scale": scale, "matrix": mat, "mscale": mscale, "cols": cols}
+    data = {"scores": scores, "scale": scale, "matrix": mat, "mscale": mscale,
+            "cols": [visible(c) for c in cols]}
     return (f"<style>{_asset('report.css')}</style>" + "".join(parts)
             + f'<script type="application/json" id="{esc(rid)}-data">{json_for_script(data)}'
             + f"</script><script>{_asset('report.js')}({json.dumps(rid)});</script>")
