@@ -321,3 +321,29 @@ def test_bidi_controls_and_nul_are_shown_not_obeyed():
     for sel in (".alr-feat", ".alr-box", ".alr td", ".alr th"):
         assert sel in rule
     assert all("\u202e" not in c for c in _data_block(page)["cols"])
+
+
+def test_compare_page_colours_both_prompts_on_one_scale():
+    from attrlens.analysis.compare import compare_attributions
+    from attrlens.cli.analysis import comparison_html
+
+    a = make_attr(prompt="Write a story about a female homemaker.", seed=0)
+    b = make_attr(prompt="Write a story about a male homemaker.", seed=1)
+    a.scores = a.scores / np.max(np.abs(a.scores))  # largest |score| 1
+    b.scores = 10 * b.scores / np.max(np.abs(b.scores))  # largest |score| 10
+    page = comparison_html(compare_attributions(a, b))
+    blocks = re.findall(r'<script type="application/json" id="[^"]+">(.*?)</script>', page,
+                        re.DOTALL)
+    assert len(blocks) == 2
+    mscale = max(np.max(np.abs(a.per_output_token)), np.max(np.abs(b.per_output_token)))
+    for blk in blocks:
+        data = json.loads(blk)
+        assert data["scale"] == pytest.approx(10.0, rel=1e-12)
+        assert data["mscale"] == pytest.approx(mscale, rel=1e-12)
+    # a's strongest feature (|score| 1) is a tenth of the full colour, as on b's scale
+    i = int(np.argmax(np.abs(a.scores)))
+    span = re.search(rf'<span class="alr-feat" data-i="{i}"[^>]*>', page).group(0)
+    assert colour(float(a.scores[i]), 10.0) in span
+    # the headings are inside the styled reports
+    assert re.search(r'<div class="alr" id="[^"]+"><h2>Prompt A</h2>', page)
+    assert re.search(r'<div class="alr" id="[^"]+"><h2>Prompt B</h2>', page)

@@ -376,7 +376,7 @@ def comparison_from_dict(d: Any, *, source: str = "the data") -> Comparison:
 
 def comparison_html(cmp: Comparison) -> str:
     """Both reports on one self-contained page, after a table of the differing slot(s)."""
-    from ..report.html import esc, fmt, render_fragment
+    from ..report.html import esc, fmt, max_abs, render_fragment, report_matrix
 
     rows = "".join(
         f"<tr><td>{k}</td><td>{esc(' '.join(r['a']['labels']) or '-')}</td>"
@@ -387,8 +387,13 @@ def comparison_html(cmp: Comparison) -> str:
     table = ("<div class='alr'><h1>attrlens · compare</h1><h2>The differing slot(s)</h2>"
              "<table><tr><th>slot</th><th>A</th><th>score A</th><th>rank A</th><th>B</th>"
              f"<th>score B</th><th>rank B</th></tr>{rows}</table></div>")
-    body = (table + "<h2>Prompt A</h2>" + render_fragment(cmp.a)
-            + "<h2>Prompt B</h2>" + render_fragment(cmp.b))
+    # one colour scale for both prompts (and one for both matrices): equal colours are
+    # equal scores
+    scale = max_abs(cmp.a.scores, cmp.b.scores)
+    mscale = max_abs(report_matrix(cmp.a), report_matrix(cmp.b))
+    body = table + "".join(
+        render_fragment(r, scale=scale, matrix_scale=mscale, heading=f"Prompt {tag}")
+        for tag, r in (("A", cmp.a), ("B", cmp.b)))
     title = f"attrlens · compare ({cmp.a.method})"
     return ("<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             "<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; "

@@ -577,24 +577,37 @@ def _top_html(attr: Any, scores: np.ndarray, scale: float, k: int = 15) -> str:
             f"<th>feature</th><th>score</th><th></th></tr>{rows}</table>")
 
 
-def render_fragment(attr: Any, *, notebook: bool = False, root_id: str | None = None) -> str:
-    """The report as an HTML fragment (scoped CSS, data block and script included): the body
-    of :func:`render_html` and ``Attribution._repr_html_`` (``notebook=True``: sized for a
-    cell)."""
-    rid = root_id or f"alr-{uuid.uuid4().hex[:12]}"
-    scores = np.asarray(attr.scores, dtype=float)
-    scale = max_abs(scores)
+def report_matrix(attr: Any) -> np.ndarray | None:
+    """The result's per-output-token matrix as the report shows it (None: none, or not
+    (n_features, T) with T > 0)."""
     pot = getattr(attr, "per_output_token", None)
     mat = None if pot is None else np.asarray(pot, dtype=float)
-    if mat is not None and (mat.ndim != 2 or mat.shape[0] != len(scores) or mat.shape[1] == 0):
-        mat = None
+    if mat is not None and (mat.ndim != 2 or mat.shape[0] != len(attr.scores)
+                            or mat.shape[1] == 0):
+        return None
+    return mat
+
+
+def render_fragment(attr: Any, *, notebook: bool = False, root_id: str | None = None,
+                    scale: float | None = None, matrix_scale: float | None = None,
+                    heading: str | None = None) -> str:
+    """The report as an HTML fragment (scoped CSS, data block and script included): the body
+    of :func:`render_html` and ``Attribution._repr_html_`` (``notebook=True``: sized for a
+    cell). ``scale`` / ``matrix_scale``: the colour scales of the scores and of the matrix
+    (default: their own largest magnitude; give one shared by several reports on a page);
+    ``heading``: a heading above the report, inside it."""
+    rid = root_id or f"alr-{uuid.uuid4().hex[:12]}"
+    scores = np.asarray(attr.scores, dtype=float)
+    scale = max_abs(scores) if scale is None else float(scale)
+    mat = report_matrix(attr)
     T = 0 if mat is None else mat.shape[1]
     cols, cols_are_tokens, mass = _columns(attr, T) if mat is not None else ([], False, None)
-    mscale = max_abs(mat)
+    mscale = max_abs(mat) if matrix_scale is None else float(matrix_scale)
     model_id = (attr.model or {}).get("id")
     warnings = (attr.extra or {}).get("warnings") or []
     parts = [
         f'<div class="alr{" alr-nb" if notebook else ""}" id="{esc(rid)}">',
+        "" if heading is None else f"<h2>{esc(heading)}</h2>",
         f"<h1>attrlens · {esc(attr.method)}</h1>",
         (f"<p class='alr-sub'>model <code>{esc(model_id)}</code> · {len(scores)} features"
          f"{f' · output matrix {len(scores)} × {T}' if mat is not None else ''}</p>"),
