@@ -4,6 +4,7 @@ the comparison of two prompts, on any method's attribution."""
 from __future__ import annotations
 
 import functools
+import json
 
 import numpy as np
 import pytest
@@ -144,3 +145,25 @@ def test_compare_counts_case_and_refuses_same_words_before_explaining():
     with pytest.raises(InputError, match="same words"):
         run_compare("The cat sat.", "The cat  sat.", explain)
     assert len(calls) == 2  # refused before any explanation
+
+
+def test_compare_share_and_json_with_non_finite_scores(tmp_path):
+    from attrlens.cli.analysis import comparison_from_dict, save_comparison
+
+    a = Attribution(method="loo", scores=np.array([np.nan, 0.5, 0.3]),
+                    labels=["a", "female", "x"])
+    b = Attribution(method="loo", scores=np.array([0.1, np.nan, 0.2]),
+                    labels=["a", "male", "x"])
+    cmp = compare_attributions(a, b)
+    row = cmp.summary()[0]
+    # the share is of the finite scores' total |score| (0.8), not 0 because one is NaN
+    assert row["a"]["share"] == pytest.approx(0.5 / 0.8, rel=1e-12)
+    assert row["a"]["score"] == pytest.approx(0.5, rel=1e-12)
+    # b's slot has no finite score: NaN, written as null
+    assert np.isnan(row["b"]["score"]) and np.isnan(row["b"]["share"])
+    path = save_comparison(cmp, tmp_path / "c.json")
+    d = json.loads(path.read_text(encoding="utf-8"))
+    assert d["summary"][0]["b"]["score"] is None and d["summary"][0]["b"]["share"] is None
+    assert d["summary"][0]["a"]["share"] == pytest.approx(0.625, rel=1e-12)
+    back = comparison_from_dict(d)
+    assert back.summary()[0]["a"]["rank"] == row["a"]["rank"]

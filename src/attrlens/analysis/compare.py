@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError
-from ..result import Attribution
+from ..result import Attribution, json_safe
 
 Slots = list[tuple[list[int], list[int]]]
 
@@ -56,7 +56,8 @@ class Comparison:
     def summary(self) -> list[dict[str, Any]]:
         """Per slot and side: features, labels, summed score, best rank by importance
         (|score|; 1 = top, ties by feature order, non-finite scores last) and share of the
-        total |score|."""
+        total |score| (of the finite scores; the score and share of a slot with a non-finite
+        score are NaN, null in :meth:`to_dict`)."""
         rows = []
         for fa, fb in self.slots:
             row: dict[str, Any] = {}
@@ -64,20 +65,22 @@ class Comparison:
                 s = np.asarray(attr.scores, dtype=float)
                 order = np.argsort(-np.abs(s), kind="stable")
                 rank = [int(np.flatnonzero(order == i)[0]) + 1 for i in feats]
-                tot = float(np.abs(s).sum())
+                tot = float(np.abs(s[np.isfinite(s)]).sum())  # non-finite scores left out
+                score = float(s[feats].sum()) if feats else 0.0  # NaN if one of them is
                 row[side] = {
                     "features": list(feats),
                     "labels": [attr.labels[i] for i in feats],
-                    "score": float(s[feats].sum()) if feats else 0.0,
+                    "score": score,
                     "rank": min(rank) if rank else None,
-                    "share": float(s[feats].sum() / tot) if feats and tot > 0 else 0.0,
+                    "share": score / tot if feats and tot > 0 else 0.0,
                 }
             rows.append(row)
         return rows
 
     def to_dict(self) -> dict[str, Any]:
         return {"a": self.a.to_dict(), "b": self.b.to_dict(),
-                "slots": [[list(x), list(y)] for x, y in self.slots], "summary": self.summary()}
+                "slots": [[list(x), list(y)] for x, y in self.slots],
+                "summary": json_safe(self.summary())}
 
 
 def compare_attributions(a: Attribution, b: Attribution) -> Comparison:
