@@ -120,3 +120,31 @@ def test_interaction_table_leaves_out_noise_and_missing_values():
     assert "aa × cc" in out and "bb × cc" in out
     for pair in ("bb × ee", "aa × ee", "cc × ff", "dd × ff"):
         assert pair not in out
+
+
+@pytest.mark.parametrize("case", ["wall_null", "counts_null", "beam_null", "beam_str"])
+def test_valid_results_with_missing_numbers_show_na(case, tmp_path):
+    # schema-valid files (null costs, odd metadata) are shown, with n/a for what is missing
+    attr = Attribution(method="gilot", scores=np.array([0.5, 0.2]), labels=["aa", "bb"],
+                       cost={"model_forwards": 3, "tokens_processed": 10, "api_calls": 0,
+                             "wall_s": 1.5, "value_calls": 4},
+                       extra={"metadata": {"beam_mass": [0.9, 0.5]}})
+    if case == "wall_null":
+        attr.cost["wall_s"] = None
+    elif case == "counts_null":
+        attr.cost.update(model_forwards=None, value_calls=None)
+    elif case == "beam_null":
+        attr.extra["metadata"]["beam_mass"] = [0.9, None]
+    else:
+        attr.extra["metadata"]["beam_mass"] = "x"
+    back = Attribution.load(attr.save(tmp_path / "r.json"))  # valid: it loads
+    out = _plain(back)
+    cost = next(ln for ln in out.splitlines() if ln.startswith("cost"))
+    if case == "wall_null":
+        assert "n/a s" in cost and "3 forwards" in cost
+    elif case == "counts_null":
+        assert "n/a forwards" in cost and "n/a evaluations" in cost and "1.50 s" in cost
+    elif case == "beam_null":
+        assert "beam mass per position: 0.90 n/a" in out
+    else:
+        assert "beam mass" not in out and "4 evaluations" in cost

@@ -147,20 +147,45 @@ def render(attr: Any, *, top: int = 10, console: Any = None) -> None:
             t2.add_row(Text(names), Text(f"{v:+.4f}"))
         if terms:
             console.print(t2)
-    c = attr.cost
+    c = attr.cost if isinstance(attr.cost, dict) else {}
     meta = attr.extra.get("metadata", {}) if isinstance(attr.extra, dict) else {}
     conf = meta.get("beam_mass") if isinstance(meta, dict) else None
     parts = [
-        f"{c.get('model_forwards', 0)} forwards",
-        f"{c.get('tokens_processed', 0)} tokens",
-        f"{c.get('api_calls', 0)} API calls",
-        f"{c.get('wall_s', 0):.2f} s",
+        f"{_count(c.get('model_forwards', 0))} forwards",
+        f"{_count(c.get('tokens_processed', 0))} tokens",
+        f"{_count(c.get('api_calls', 0))} API calls",
+        f"{_fixed(c.get('wall_s', 0))} s",
     ]
     if "value_calls" in c:
-        parts.insert(0, f"{c['value_calls']} evaluations")
+        parts.insert(0, f"{_count(c['value_calls'])} evaluations")
     if c.get("oom_retries"):
-        parts.append(f"{c['oom_retries']} batches halved after running out of memory")
+        parts.append(f"{_count(c['oom_retries'])} batches halved after running out of memory")
     console.print(_row("cost   ", Text(" · ".join(parts))))
-    if conf is not None:
+    if isinstance(conf, list) and conf:
         console.print(_row("confidence ", Text(
-            "beam mass per position: " + " ".join(f"{x:.2f}" for x in conf))))
+            "beam mass per position: " + " ".join(_fixed(x) for x in conf))))
+
+
+def _finite(v: Any) -> float | None:
+    """``v`` as a finite float (None: missing, not a number, or non-finite)."""
+    if isinstance(v, bool):
+        return None
+    try:
+        f = float(v)
+    except (TypeError, ValueError, OverflowError):
+        return None
+    return f if np.isfinite(f) else None
+
+
+def _count(v: Any) -> str:
+    """A count of the cost (n/a: missing or not a number)."""
+    if isinstance(v, (int, np.integer)) and not isinstance(v, bool):
+        return str(v)
+    f = _finite(v)
+    return "n/a" if f is None else f"{f:g}"
+
+
+def _fixed(v: Any) -> str:
+    """A number with 2 decimals (seconds, beam mass; n/a: missing or not a number)."""
+    f = _finite(v)
+    return "n/a" if f is None else f"{f:.2f}"
