@@ -284,3 +284,15 @@ def test_bidi_override_in_the_prompt_keeps_the_feature_order(browser, tmp_path):
     assert all(b > a + 1 for a, b in pairwise(xs)), xs  # left to right, by 1 px at least
     assert "\\u202egamma" in op.page.text_content(".alr-input")
     op.page.close()
+
+
+def test_a_very_long_token_does_not_widen_the_page(browser, tmp_path):
+    long = "W" * 3000
+    attr = add_interactions(make_attr(prompt=f"Is a {long} cat a pet? Answer:",
+                                      output=f" Yes {long} ok"))
+    attr.extra["warnings"].append(f"long {long}")
+    op = Opened(browser, attr.to_html(), tmp_path / "long.html")
+    op.check_clean()
+    # the page is no wider than the 1200 px window (was ~44,000 px)
+    assert op.page.evaluate("document.documentElement.scrollWidth") <= 1200
+    op.page.close()

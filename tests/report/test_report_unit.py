@@ -347,3 +347,18 @@ def test_compare_page_colours_both_prompts_on_one_scale():
     # the headings are inside the styled reports
     assert re.search(r'<div class="alr" id="[^"]+"><h2>Prompt A</h2>', page)
     assert re.search(r'<div class="alr" id="[^"]+"><h2>Prompt B</h2>', page)
+
+
+def test_long_labels_are_shortened_with_the_full_name_in_the_title():
+    long = "W" * 3000
+    attr = add_interactions(make_attr(prompt=f"Is a {long} cat a pet? Answer:"))
+    page = render_html(attr)
+    full = f"#2 “{long}”"
+    short = f"#2 “{'W' * 59}…”"
+    top = re.search(r"<table class='alr-top'>(.*?)</table>", page, re.DOTALL).group(1)
+    assert f'<span title="{full}">{short}</span>' in top and long not in top.replace(
+        f'title="{full}"', "")
+    heat = re.search(r'<table class="alr-heat">(.*?)</table>', page, re.DOTALL).group(1)
+    assert f'<th class="alr-row"><span title="{full}">{short}</span></th>' in heat
+    inter = re.search(r"<table class='alr-inter'>(.*?)</table>", page, re.DOTALL).group(1)
+    assert short in inter

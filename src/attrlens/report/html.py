@@ -136,6 +136,16 @@ def feature_name(i: int, label: str) -> str:
     return f"#{i} “{label.strip() or label}”"
 
 
+def name_html(i: int, label: str, limit: int = 60) -> str:
+    """:func:`feature_name` as escaped HTML, a label longer than ``limit`` characters
+    shortened (as the terminal does) with the full name in the title."""
+    full = feature_name(i, label)
+    core = label.strip() or label
+    if len(core) <= limit:
+        return esc(full)
+    return f'<span title="{esc(full)}">{esc(feature_name(i, core[:limit - 1] + "…"))}</span>'
+
+
 # ---- the input -------------------------------------------------------------------------------
 def _input_html(attr: Any, scores: np.ndarray, scale: float) -> str:
     """The input text, each feature's text coloured (leading/trailing whitespace left out of
@@ -258,7 +268,7 @@ def _matrix_html(attr: Any, mat: np.ndarray, mscale: float, cols: list[str],
             f"{_style(v, mscale)}></td>"
             for j, v in enumerate(_num(x) for x in mat[i])
         )
-        rows.append(f'<tr><th class="alr-row">{esc(feature_name(i, attr.labels[i]))}</th>'
+        rows.append(f'<tr><th class="alr-row">{name_html(i, attr.labels[i])}</th>'
                     f"{cells}</tr>")
     return (f'<div class="alr-scroll"><table class="alr-heat"><thead><tr><th class="alr-row">'
             f"feature \\ output</th>{heads}</tr>{mass_row}</thead><tbody>{''.join(rows)}"
@@ -348,7 +358,7 @@ def _interactions_html(attr: Any, top: int = 20) -> str:
     rows = []
     shown = [fv for fv in terms if len(fv[0]) >= 2][:top] or terms[:top]
     for feats, v in shown:
-        names = " × ".join(esc(feature_name(j, labels[j])) for j in feats)
+        names = " × ".join(name_html(j, labels[j]) for j in feats)
         width = 0 if vmax == 0 else 6 * abs(v) / vmax
         rows.append(
             f"<tr><td class='alr-num'>{len(feats)}</td><td>{names}</td>"
@@ -410,7 +420,7 @@ def _higher_orders(attr: Any, terms: list[tuple[tuple[int, ...], float]], top: i
         return ""
     rows = "".join(
         f"<tr><td class='alr-num'>{len(f)}</td><td>"
-        f"{' × '.join(esc(feature_name(j, attr.labels[j])) for j in f)}</td>"
+        f"{' × '.join(name_html(j, attr.labels[j]) for j in f)}</td>"
         f"<td class='alr-num'>{esc(fmt(v))}</td></tr>" for f, v in hi)
     return ("<h3>Higher-order terms (order ≥ 3)</h3><table><tr><th>order</th><th>features</th>"
             f"<th>value</th></tr>{rows}</table>")
@@ -568,7 +578,7 @@ def _provenance_html(attr: Any) -> str:
 def _top_html(attr: Any, scores: np.ndarray, scale: float, k: int = 15) -> str:
     order = np.argsort(-np.abs(np.where(np.isfinite(scores), scores, 0.0)), kind="stable")[:k]
     rows = "".join(
-        f"<tr><td class='alr-num'>{r + 1}</td><td>{esc(feature_name(int(i), attr.labels[i]))}"
+        f"<tr><td class='alr-num'>{r + 1}</td><td>{name_html(int(i), attr.labels[i])}"
         f"</td><td class='alr-num'>{esc(fmt(scores[i]))}</td><td><span class='alr-w' style='"
         f"width:{0 if scale == 0 or not np.isfinite(scores[i]) else 8 * abs(scores[i]) / scale:.2f}"
         f"rem;background-color:{colour(_num(scores[i]), scale) or '#ccc'}'></span></td></tr>"
@@ -722,7 +732,7 @@ def compare_html(results: Sequence[Any], *, names: Sequence[str] | None = None,
             f"{esc(fmt(corr[a][b]['kendall'], False))}</td>" for b in range(len(results)))
         + "</tr>" for a in range(len(results)))
     score_rows = "".join(
-        f"<tr><td>{esc(feature_name(i, results[0].labels[i]))}</td>" + "".join(
+        f"<tr><td>{name_html(i, results[0].labels[i])}</td>" + "".join(
             f"<td class='alr-num'{_style(_num(r.scores[i]), scale)}>{esc(fmt(r.scores[i]))}</td>"
             for r in results) + "</tr>" for i in range(n))
     out = results[0].output_text or ""
