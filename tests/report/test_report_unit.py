@@ -362,3 +362,17 @@ def test_long_labels_are_shortened_with_the_full_name_in_the_title():
     assert f'<th class="alr-row"><span title="{full}">{short}</span></th>' in heat
     inter = re.search(r"<table class='alr-inter'>(.*?)</table>", page, re.DOTALL).group(1)
     assert short in inter
+
+
+@pytest.mark.parametrize("target", ["//evil.example/x.html", "/etc/passwd", "\\\\host\\x.html",
+                                    "\\x.html", "javascript:alert(1)", "http://x/y"])
+def test_index_refuses_links_that_are_not_relative(target):
+    recs = [_record(make_attr(), "q1", "k1")]
+    with pytest.raises(InputError, match="relative"):
+        index_html(recs, href=lambda r: target)
+
+
+def test_index_escapes_hash_in_file_names():
+    recs = [_record(make_attr(), "q1", "k1")]
+    page = index_html(recs, href=lambda r: "items/c#1 a.html")
+    assert re.findall(r'href="([^"]+)"', page) == ["items/c%231%20a.html"]

@@ -781,9 +781,12 @@ def index_html(records: Sequence[dict[str, Any]], *,
     def link(r: dict[str, Any]) -> str:
         target = href(r) if href is not None else r.get("page") or "items/" + record_page_name(r)
         target = str(target)
-        if ":" in target.split("/")[0]:  # a scheme (javascript:, http:): not a relative link
+        # a scheme (javascript:, http:), a root or network path (/etc/passwd, //host/x,
+        # \\host): not a relative link
+        if (":" in target.replace("\\", "/").split("/")[0]
+                or target.startswith(("/", "\\"))):
             raise InputError(f"The index links relative paths only; got {target!r}.")
-        return quote(target, safe="/._-#")
+        return quote(target, safe="/._-")  # '#' too is a character of the file's name
 
     head = "".join(f"<th>{esc(m)}</th>" for m in metrics)
     rows = []
