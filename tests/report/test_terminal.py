@@ -148,3 +148,15 @@ def test_valid_results_with_missing_numbers_show_na(case, tmp_path):
         assert "beam mass per position: 0.90 n/a" in out
     else:
         assert "beam mass" not in out and "4 evaluations" in cost
+
+
+def test_features_without_text_positions_are_shown_as_coloured_labels():
+    # every span empty (valid: a feature may have no characters in the prompt)
+    attr = Attribution(method="loo", scores=np.array([1.0, -1.0, 0.0]),
+                       labels=["hello", "world", "foo"], spans=[[[0, 0]], [[6, 6]], []],
+                       input_text="hello world foo", output_text="x")
+    con, buf = _console("standard")
+    render(attr, console=con)
+    words = {w: set(c) for w, c in _styled_words(buf.getvalue()).items()}
+    assert words["hello"] & _GREEN and words["world"] & _RED, words
+    assert "2" not in words["hello"] | words["world"]  # not dim

@@ -96,13 +96,15 @@ def render(attr: Any, *, top: int = 10, console: Any = None) -> None:
     scale = float(np.max(np.abs(finite))) if finite.size else 0.0
     text = attr.input_text
     line = Text()
-    if text and attr.spans:
+    # the features' text positions (empty spans mark nothing)
+    marks = sorted(
+        (int(a), int(b), i) for i, sps in enumerate(attr.spans or []) for a, b in (sps or [])
+        if b > a
+    )
+    if text and marks:
         # colour every feature span inside the prompt; frozen text stays dim
-        marks = sorted(
-            (a, b, i) for i, sps in enumerate(attr.spans) for a, b in sps
-        )
-        first = marks[0][0] if marks else 0
-        last = marks[-1][1] if marks else len(text)
+        first = marks[0][0]
+        last = max(b for _, b, _ in marks)
         # show only the explainable part with a little context
         cursor = first
         for a, b, i in marks:
