@@ -205,7 +205,9 @@ def read_result_json(path: str | Path) -> Any:
         raise InputError(f"The result file '{path}' "
                          f"{'is a directory' if path.is_dir() else 'does not exist'}.")
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        # NaN / Infinity literals (not JSON, but Python writes them) are read as null, the
+        # non-finite value a result is saved as
+        return json.loads(path.read_text(encoding="utf-8"), parse_constant=lambda _: None)
     except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
         raise InputError(f"'{path}' is not an attrlens result: it is not JSON ({exc}).") from exc
     except OSError as exc:

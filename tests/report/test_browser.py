@@ -296,3 +296,21 @@ def test_a_very_long_token_does_not_widen_the_page(browser, tmp_path):
     # the page is no wider than the 1200 px window (was ~44,000 px)
     assert op.page.evaluate("document.documentElement.scrollWidth") <= 1200
     op.page.close()
+
+
+def test_script_numbers_match_the_python_format(browser, tmp_path):
+    from attrlens.report.html import fmt
+
+    attr = make_attr(prompt="a b c d e f g h i j k l")
+    attr.scores = np.array([12345.0, -1.0625, 1e-5, 0.00012345, 123.45, -0.0, 1e300, 2.5e-300,
+                            99995.0, 0.1, 1234.5, float("nan")])
+    op = Opened(browser, attr.to_html(), tmp_path / "fmt.html")
+    op.page.click(".alr-reset")  # the script repaints: titles and legend from its fmt()
+    titles = op.page.eval_on_selector_all(".alr-input .alr-feat",
+                                          "els => els.map(e => [Number(e.dataset.i), e.title])")
+    assert len(titles) == attr.n_features
+    for i, title in titles:
+        assert title.rsplit(": ", 1)[1] == fmt(attr.scores[i]), (i, title)
+    assert op.page.text_content(".alr-legend-hi") == fmt(1e300)
+    op.check_clean()
+    op.page.close()

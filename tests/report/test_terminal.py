@@ -160,3 +160,26 @@ def test_features_without_text_positions_are_shown_as_coloured_labels():
     words = {w: set(c) for w, c in _styled_words(buf.getvalue()).items()}
     assert words["hello"] & _GREEN and words["world"] & _RED, words
     assert "2" not in words["hello"] | words["world"]  # not dim
+
+
+def test_scores_use_the_reports_number_format(tmp_path):
+    # %+.4g as in the HTML: n/a for null, exponent form for the very large and very small
+    attr = Attribution(method="loo", scores=np.array([np.nan, 1e300, -1e-300, 12345.0, 0.5]),
+                       labels=["aa", "bb", "cc", "dd", "ee"])
+    rows = {lab: score for _, lab, score in _top_rows(_plain(attr))}
+    assert rows == {"aa": "n/a", "bb": "+1e+300", "cc": "-1e-300", "dd": "+1.234e+04",
+                    "ee": "+0.5"}
+
+
+def test_nan_and_infinity_literals_are_read_as_null(tmp_path):
+    attr = Attribution(method="loo", scores=np.array([0.5, np.nan, -0.25]),
+                       labels=["aa", "bb", "cc"], per_output_token=np.ones((3, 1)))
+    text = attr.to_json().replace("null", "NaN", 1)  # the first null is the NaN score
+    text = text.replace("-0.25", "-Infinity")
+    path = tmp_path / "r.json"
+    path.write_text(text, encoding="utf-8")
+    back = Attribution.load(path)
+    assert back.scores[0] == 0.5 and np.isnan(back.scores[1]) and np.isnan(back.scores[2])
+    # a file the library writes loads back the same
+    same = Attribution.load(attr.save(tmp_path / "s.json"))
+    np.testing.assert_array_equal(same.scores, attr.scores)

@@ -16,6 +16,7 @@ def show_comparison(cmp: Comparison, *, top: int = 5, console: Any = None) -> No
     from rich.table import Table
     from rich.text import Text
 
+    from .html import fmt
     from .terminal import literal, render
 
     console = console or Console()
@@ -29,8 +30,8 @@ def show_comparison(cmp: Comparison, *, top: int = 5, console: Any = None) -> No
         a, b = row["a"], row["b"]
         table.add_row(
             str(k), Text(literal(" ".join(a["labels"]), keep_newlines=False) or "-"),
-            f"{a['score']:.4f}", str(a["rank"] or "-"),
-            Text(literal(" ".join(b["labels"]), keep_newlines=False) or "-"), f"{b['score']:.4f}",
+            fmt(a["score"]), str(a["rank"] or "-"),
+            Text(literal(" ".join(b["labels"]), keep_newlines=False) or "-"), fmt(b["score"]),
             str(b["rank"] or "-"),
         )
     console.print(table)

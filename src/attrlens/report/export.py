@@ -111,7 +111,7 @@ def read_records(source: str | Path) -> list[dict[str, Any]]:
         if not line.strip():
             continue
         try:
-            rec = json.loads(line)
+            rec = json.loads(line, parse_constant=lambda _: None)  # NaN, Infinity: null
         except json.JSONDecodeError as exc:
             if k == len(lines) - 1:
                 continue

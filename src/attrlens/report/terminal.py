@@ -87,7 +87,7 @@ def render(attr: Any, *, top: int = 10, console: Any = None) -> None:
     from rich.table import Table
     from rich.text import Text
 
-    from .html import significant_terms
+    from .html import fmt, significant_terms
 
     console = console or Console()
     system = console.color_system
@@ -135,7 +135,7 @@ def render(attr: Any, *, top: int = 10, console: Any = None) -> None:
     for i, lab, s in attr.top_k(top, by="abs"):
         lab = literal(lab, keep_newlines=False)
         table.add_row(Text(str(i)), Text(lab if len(lab) <= 60 else lab[:57] + "..."),
-                      Text(f"{s:+.4f}"))
+                      Text(fmt(s)))
     console.print(table)
     inter = attr.interactions
     if inter and inter.get("terms"):
@@ -146,7 +146,7 @@ def render(attr: Any, *, top: int = 10, console: Any = None) -> None:
         terms = [fv for fv in significant_terms(inter) if len(fv[0]) >= 2][:top]
         for feats, v in terms:
             names = " × ".join(literal(attr.labels[j], keep_newlines=False) for j in feats)
-            t2.add_row(Text(names), Text(f"{v:+.4f}"))
+            t2.add_row(Text(names), Text(fmt(v)))
         if terms:
             console.print(t2)
     c = attr.cost if isinstance(attr.cost, dict) else {}

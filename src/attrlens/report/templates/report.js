@@ -15,10 +15,32 @@
     for (var k = 0; k < 3; k++) { out.push(Math.floor(255 + (c[k] - 255) * a + 0.5)); }
     return "rgb(" + out.join(", ") + ")";
   }
+  // Python's "%+.4g" (the report's numbers): 4 significant digits rounded half to even,
+  // exponent form below 1e-4 and from 1e4, trailing zeros dropped
   function fmt(v) {
     if (v === null || v === undefined || !isFinite(v)) { return "n/a"; }
-    var s = Number(v).toPrecision(4);
-    return (v >= 0 ? "+" : "") + String(Number(s));
+    v = Number(v);
+    var sign = (v < 0 || (v === 0 && 1 / v < 0)) ? "-" : "+", a = Math.abs(v);
+    if (a === 0) { return sign + "0"; }
+    var p = a.toExponential(40).split("e"), d = p[0].replace(".", ""), e = Number(p[1]);
+    var n = Number(d.slice(0, 4)), rest = d.slice(4), half = "5";
+    while (half.length < rest.length) { half += "0"; }
+    if (rest > half || (rest === half && n % 2 === 1)) {
+      n += 1;
+      if (n === 10000) { n = 1000; e += 1; }
+    }
+    var digits = String(n), s;
+    if (e < -4 || e >= 4) {
+      s = (digits.charAt(0) + "." + digits.slice(1)).replace(/\.?0+$/, "")
+        + "e" + (e < 0 ? "-" : "+") + (Math.abs(e) < 10 ? "0" : "") + Math.abs(e);
+    } else if (e >= 3) {
+      s = digits;
+    } else if (e >= 0) {
+      s = (digits.slice(0, e + 1) + "." + digits.slice(e + 1)).replace(/\.?0+$/, "");
+    } else {
+      s = ("0." + new Array(-e).join("0") + digits).replace(/\.?0+$/, "");
+    }
+    return sign + s;
   }
   var feats = root.querySelectorAll(".alr-feat");
   var legendLo = root.querySelector(".alr-legend-lo");
