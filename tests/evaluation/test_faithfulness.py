@@ -180,3 +180,39 @@ class _NoLogprobs:
 
     def chat_many(self, msgs, **kw):
         raise AssertionError("must check log-prob support first")
+
+
+@pytest.mark.parametrize("method,budget", [("banzhaf", 100), ("faith_banzhaf", 100),
+                                           ("proxyspex", 200)])
+def test_r2_test_and_calibration_masks_are_held_out_from_the_methods_draws(method, budget):
+    # with n = 12 (4096 coalitions), a uniform test mask is one of the method's `budget`
+    # distinct training masks with probability budget / 4096 (2.4% / 4.9%); drawn from the
+    # method's own stream (the same seed), the first `budget` test masks were all of them
+    n = 12
+    rng = np.random.default_rng(7)
+    w = rng.normal(size=n)
+    seen = []
+
+    def game(m):
+        seen.append(np.asarray(m, bool).copy())
+        return np.asarray(m, float) @ w
+
+    for seed in (0, 3):
+        seen.clear()
+        attrlens.explain_game(game, n, method=method, budget=budget, seed=seed)
+        train = {r.tobytes() for s in seen for r in s}
+        assert len(train) >= budget // 2
+        chance = len(train) / 2**n
+        for masks in (uniform_test_masks(n, 1000, seed=seed), calibration(n, 1000, seed)):
+            for part in (masks[:budget], masks):
+                share = np.mean([r.tobytes() in train for r in part])
+                # binomial: mean `chance`, sd <= 0.022 for the first 100; 4 sd above chance
+                assert share <= chance + 4 * np.sqrt(chance * (1 - chance) / len(part)), share
+    # the test and calibration sets are different draws
+    assert not np.array_equal(uniform_test_masks(n, 200, seed=0), calibration(n, 200, 0))
+
+
+def calibration(n, m, seed):
+    from attrlens.evaluation.faithfulness import calibration_masks
+
+    return calibration_masks(n, m, seed=seed)

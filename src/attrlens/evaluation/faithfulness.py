@@ -1,7 +1,9 @@
 """Faithfulness R² (METHODS.md §5.2) and top-k removal (§5.4) of attributions on a game.
 
 Faithfulness: N_test = 1000 masks drawn uniformly from {0,1}^n (seeded, shared by all
-methods), R² = 1 - Σ(v - v̂)² / Σ(v - v̄)² of the method's prediction v̂ against the true
+methods; drawn from a salted stream of the seed, so they are independent of the masks a
+method draws with the same seed: ``default_rng(seed)`` would give banzhaf, faith_banzhaf and
+proxyspex their own training masks as the first test masks), R² = 1 - Σ(v - v̂)² / Σ(v - v̄)² of the method's prediction v̂ against the true
 values v (scikit-learn's ``r2_score``). The prediction is the method's own surrogate where it has one:
 
 * ``fourier``  v̂(z) = Σ_k F(k) (-1)^{<z,k>}                   (spex, proxyspex)
@@ -45,10 +47,28 @@ class Faithfulness:
     calibration: tuple[float, float] | None = None
 
 
+#: salts of the evaluation's own mask streams: ``default_rng([seed, salt])`` shares nothing
+#: with ``default_rng(seed)``, the stream the methods draw their samples from (and the LDS
+#: stream has a salt of its own, lds._SALT)
+_TEST_SALT = 0x7E57
+_CALIBRATION_SALT = 0xCA11
+
+#: how the R² test and calibration masks are drawn (recorded with each evaluation)
+MASK_STREAM = "salted"
+
+
 def uniform_test_masks(n: int, n_test: int = 1000, *, seed: int = 0) -> np.ndarray:
-    """(n_test, n) masks with each feature kept independently with probability 1/2."""
+    """(n_test, n) masks with each feature kept independently with probability 1/2, from a
+    stream of ``seed`` held out from every method's draws with the same seed."""
     check_param("uniform_test_masks", "n_test", n_test, kind=int, low=1)
-    return np.random.default_rng(seed).random((n_test, n)) < 0.5
+    return np.random.default_rng([int(seed), _TEST_SALT]).random((n_test, n)) < 0.5
+
+
+def calibration_masks(n: int, n_calibration: int = 200, *, seed: int = 0) -> np.ndarray:
+    """(n_calibration, n) uniform masks of the calibrated R²'s fit, from a stream of ``seed``
+    apart from the test masks and from every method's draws."""
+    check_param("calibration_masks", "n_calibration", n_calibration, kind=int, low=1)
+    return np.random.default_rng([int(seed), _CALIBRATION_SALT]).random((n_calibration, n)) < 0.5
 
 
 def _metadata(attr: Any) -> dict[str, Any]:
@@ -125,7 +145,7 @@ def faithfulness_r2(
     test_masks:  (n_test, n) masks (default: ``uniform_test_masks(n, n_test, seed=seed)``)
     mode:        "auto" (surrogate if the method has one, else calibrated), "surrogate",
                  "calibrated"
-    n_calibration: masks of the calibration set (drawn with seed + 1)
+    n_calibration: masks of the calibration set (:func:`calibration_masks` of ``seed``)
     """
     from sklearn.metrics import r2_score
 
@@ -147,7 +167,7 @@ def faithfulness_r2(
             f"The method '{getattr(attr, 'method', '?')}' has no surrogate; use mode='calibrated'."
         )
     check_param("faithfulness_r2", "n_calibration", n_calibration, kind=int, low=2)
-    cal = uniform_test_masks(n, n_calibration, seed=seed + 1)
+    cal = calibration_masks(n, n_calibration, seed=seed)
     alpha, gamma = _calibrate(scores, cal, game(cal))
     yhat = alpha + gamma * ((~test_masks) @ scores)
     return Faithfulness(float(r2_score(y, yhat)), "calibrated", len(test_masks), (alpha, gamma))

@@ -22,7 +22,7 @@ from ..errors import InputError
 from ..games import Game, as_game
 from ..params import check_param, check_seed
 
-_SALT = 0x1D5  # separates the LDS stream from the R² test masks (uniform_test_masks(seed))
+_SALT = 0x1D5  # separates the LDS stream from the methods' and the R² masks' streams
 
 
 @dataclass(frozen=True)

@@ -187,6 +187,11 @@ class EvalConfig:
     max_new_tokens:  length of the explained output when the model generates it
     regen_max_new_tokens: length of each regeneration (regenerate curves)
     auc:             "mean" (GiLOT) or "trapezoid"
+    mask_stream:     how the R² test/calibration masks are drawn: "salted" (a stream of the
+                     seed apart from the one every method draws its samples from with the
+                     same seed; always in the key: records of the earlier unsalted draws,
+                     whose first test masks were banzhaf/faith_banzhaf/proxyspex's training
+                     masks, are computed again)
     """
 
     metrics: tuple[str, ...]
@@ -203,6 +208,7 @@ class EvalConfig:
     target: str | None = None
     method_masker: str | None = None
     target_model: str | None = None
+    mask_stream: str = "salted"
 
     #: settings added after the first stores were written: they enter the record key only
     #: when they differ from their default, so older stores stay valid
@@ -508,10 +514,10 @@ class ItemRunner:
             metrics.update(morf_regen=cur.morf, lerf_regen=cur.lerf, abpc_regen=cur.abpc)
             extra["regen_curves"] = cur.as_dict()
         if "r2" in want:
-            from .faithfulness import faithfulness_r2, uniform_test_masks
+            from .faithfulness import calibration_masks, faithfulness_r2, uniform_test_masks
 
             sets = {"test": uniform_test_masks(n, cfg.n_test, seed=self.seed),
-                    "calibration": uniform_test_masks(n, cfg.n_calibration, seed=self.seed + 1)}
+                    "calibration": calibration_masks(n, cfg.n_calibration, seed=self.seed)}
             fgame = self._fixed_game(item, output, target, method_masker, sets)
             f = faithfulness_r2(attr, fgame, test_masks=sets["test"], seed=self.seed,
                                 n_calibration=cfg.n_calibration)
