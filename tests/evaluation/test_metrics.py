@@ -45,7 +45,21 @@ def test_auroc_extremes_and_one_class():
     g = np.array([0, 1, 0, 1, 0], bool)
     assert auroc([0, 5, 1, 4, 2], g) == 1.0
     assert auroc([5, 0, 4, 1, 3], g) == 0.0
-    assert auroc([1, 2, 3], [True, True, True]) == 0.5
+    assert np.isnan(auroc([1, 2, 3], [True, True, True]))
+
+
+@pytest.mark.parametrize("gold", [[], [0, 1, 2, 3]])
+def test_every_metric_is_undefined_with_one_class_only(gold):
+    # no gold feature (labels [], HotpotQA facts whose titles are absent) or only gold ones:
+    # no ranking is better than another, so nothing may enter the means (was auroc 0.5,
+    # mrr 0 for no gold; 1.0 everywhere for all gold)
+    m = supporting_fact_metrics([0.3, 0.1, 0.9, 0.2], gold)
+    assert set(m) == {"auroc", "precision_at_g", "recall_at_2", "recall_at_5", "top2_em", "mrr"}
+    assert all(np.isnan(v) for v in m.values()), m
+    labels = np.isin(np.arange(4), gold)
+    for f in (auroc, precision_at_k, mrr, top_k_exact_match):
+        assert np.isnan(f([0.3, 0.1, 0.9, 0.2], labels))
+    assert np.isnan(recall_at_k([0.3, 0.1, 0.9, 0.2], labels, 2))
 
 
 def test_ranking_metrics_on_a_known_order():
@@ -62,10 +76,54 @@ def test_ranking_metrics_on_a_known_order():
     assert mrr(s2, g) == 1.0
 
 
-def test_ties_break_in_feature_order():
-    g = np.array([0, 1, 0], bool)
-    assert mrr([1.0, 1.0, 1.0], g) == pytest.approx(0.5)
-    assert precision_at_k([1.0, 1.0, 1.0], g, 1) == 0.0
+def test_ties_are_expected_over_random_orders_not_feature_order():
+    # all-equal scores rank nothing: gold at the front or at the back scores the same
+    # (the stable sort gave gold [0, 1] precision/recall/mrr 1.0 and gold [3, 4] 0 / 0.25)
+    for gold in ([0, 1], [3, 4], [1, 3]):
+        m = supporting_fact_metrics([0, 0, 0, 0, 0], gold)
+        assert m["auroc"] == 0.5
+        assert m["precision_at_g"] == pytest.approx(2 / 5, abs=1e-12)  # E hits = 2 * 2/5
+        assert m["recall_at_2"] == pytest.approx(2 / 5, abs=1e-12)
+        assert m["recall_at_5"] == pytest.approx(1.0, abs=1e-12)
+        assert m["top2_em"] == pytest.approx(1 / 10, abs=1e-12)  # 1 / C(5, 2)
+        # first gold at j = 1..4 with P = (5 - j) / 10
+        assert m["mrr"] == pytest.approx(sum((5 - j) / 10 / j for j in range(1, 5)), abs=1e-12)
+
+
+def brute_tie_average(f, s, g):
+    """f averaged over every order of the tied features (ranked with a stable sort of the
+    scores after a permutation of the features)."""
+    n = len(s)
+    vals = []
+    for perm in itertools.permutations(range(n)):
+        p = np.asarray(perm)
+        vals.append(f(np.asarray(s)[p], np.asarray(g)[p]))
+    return float(np.mean(vals))
+
+
+def stable(metric):
+    # the ranking by a stable sort: what a single tie order gives
+    def f(s, g):
+        order = np.argsort(-s, kind="stable")
+        hits = g[order]
+        return {"p2": hits[:2].sum() / 2, "r3": hits[:3].sum() / g.sum(),
+                "em": float(set(order[:g.sum()].tolist()) == set(np.flatnonzero(g).tolist())),
+                "mrr": 1.0 / (np.flatnonzero(hits)[0] + 1)}[metric]
+    return f
+
+
+def test_tie_aware_metrics_equal_the_average_over_tie_orders(rng):
+    for _ in range(12):
+        s = rng.integers(0, 3, size=6).astype(float)  # many ties
+        g = rng.random(6) < 0.4
+        if g.all() or not g.any():
+            continue
+        tol = 1e-9
+        assert precision_at_k(s, g, 2) == pytest.approx(brute_tie_average(stable("p2"), s, g), abs=tol)
+        assert recall_at_k(s, g, 3) == pytest.approx(brute_tie_average(stable("r3"), s, g), abs=tol)
+        assert top_k_exact_match(s, g) == pytest.approx(brute_tie_average(stable("em"), s, g), abs=tol)
+        assert mrr(s, g) == pytest.approx(brute_tie_average(stable("mrr"), s, g), abs=tol)
+        assert auroc(s, g) == pytest.approx(brute_auroc(s, g), abs=1e-12)
 
 
 def test_supporting_fact_metrics_bundle_and_errors():

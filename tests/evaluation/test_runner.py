@@ -752,3 +752,27 @@ def test_cli_refuses_a_record_with_an_unknown_chat_role_before_loading_the_model
     assert rc == 2 and "\n" not in err, err
     assert "Line 1 of d.jsonl (id 'c1')" in err and "unknown role: Unknown role 'robot'" in err
     assert not (tmp_path / "o").exists()
+
+
+def test_items_with_one_gold_class_are_undefined_and_left_out(tiny_model, tmp_path):
+    """An item with no gold feature (labels []) or only gold features counted as auroc 0.5
+    and mrr 0 (or 1.0 everywhere) in the means; its gold metrics are null with the reason,
+    and the summary's n counts only the items that have a value."""
+    data = [{"id": "none", "prompt": "a b c d", "output": " x", "labels": []},
+            {"id": "all", "prompt": "a b c d", "output": " x", "labels": [0, 1, 2, 3]},
+            {"id": "some", "prompt": "a b c d", "output": " x", "labels": [1]}]
+    gold = ["auroc", "r_precision", "recall_at_2", "mrr"]
+    s = attrlens.evaluate(data, methods=["loo"], metrics=gold, model=tiny_model,
+                          out=tmp_path / "o", chat=False, progress=False, report=False)
+    recs = {r["item_id"]: r for r in map(json.loads,
+                                          (tmp_path / "o" / "records.jsonl").read_text().splitlines())}
+    assert recs["none"]["gold_undefined"] == "no gold features"
+    assert recs["all"]["gold_undefined"] == "every feature gold"
+    assert "gold_undefined" not in recs["some"]
+    for i in ("none", "all"):
+        assert all(recs[i]["metrics"][m] is None for m in gold), recs[i]["metrics"]
+    for m in gold:
+        assert recs["some"]["metrics"][m] is not None
+        cell = s.table["loo"][m]
+        assert cell["n"] == 1 and cell["mean"] == pytest.approx(recs["some"]["metrics"][m])
+    assert recs["some"]["eval"]["gold_ties"] == "expected"

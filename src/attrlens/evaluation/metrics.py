@@ -1,23 +1,37 @@
 """Agreement of attributions with gold feature labels (METHODS §5.5, supporting-fact recovery).
 
 All functions take ``scores`` (n,) (higher = more important) and ``labels`` (n,) bool
-(True = gold feature, e.g. a HotpotQA supporting fact). Rankings sort by descending score;
-ties keep feature order (a stable sort), so results are deterministic.
+(True = gold feature, e.g. a HotpotQA supporting fact). Rankings sort by descending score.
+
+Ties (TIES = "expected"): tied features are in no order, so every metric is its expectation
+over the orders of the tied features, each equally likely (random tie-breaking), as AUROC
+counts a tie one half; a feature's position in the text never decides. All-equal scores thus
+score as a random ranking (AUROC 1/2, precision at k = |G|/n).
+
+One class only (no gold feature, or every feature gold): nothing separates a good ranking
+from a bad one, so every metric is NaN (undefined; aggregates leave it out and show how many
+items they used).
 
     auroc            P(score of a random gold > score of a random non-gold), ties count 1/2
-    precision_at_k   |top-k ∩ G| / k          (k = |G|: R-precision)
-    recall_at_k      |top-k ∩ G| / |G|
-    top_k_exact_match 1 if the top-k set equals G
-    mrr              1 / rank of the first gold feature
+    precision_at_k   E|top-k ∩ G| / k          (k = |G|: R-precision)
+    recall_at_k      E|top-k ∩ G| / |G|
+    top_k_exact_match P(the top-k set equals G)
+    mrr              E[1 / rank of the first gold feature]
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from math import comb
 
 import numpy as np
 
 from ..errors import InputError
+
+#: how tied scores are ranked (recorded with each evaluation)
+TIES = "expected"
+
+_NAN = float("nan")
 
 
 def _check(scores: Sequence[float], labels: Sequence[bool]) -> tuple[np.ndarray, np.ndarray]:
@@ -32,64 +46,121 @@ def _check(scores: Sequence[float], labels: Sequence[bool]) -> tuple[np.ndarray,
     return s, g.astype(bool)
 
 
+def one_class(labels: Sequence[bool]) -> str | None:
+    """"no gold features" / "every feature gold" when the labels hold one class, else None."""
+    g = np.asarray(labels, dtype=bool).reshape(-1)
+    if not g.any():
+        return "no gold features"
+    if g.all():
+        return "every feature gold"
+    return None
+
+
 def ranking(scores: Sequence[float]) -> np.ndarray:
-    """Feature indices by descending score (stable: ties in feature order)."""
+    """Feature indices by descending score (stable: ties in feature order; the metrics below
+    do not depend on this order within ties)."""
     return np.argsort(-np.asarray(scores, dtype=np.float64), kind="stable")
+
+
+def _tie_groups(s: np.ndarray, g: np.ndarray) -> list[tuple[int, int]]:
+    """(size, gold count) of each group of equal scores, by descending score."""
+    values, inv = np.unique(-s, return_inverse=True)  # ascending -s = descending s
+    size = np.bincount(inv, minlength=len(values))
+    gold = np.bincount(inv, weights=g.astype(np.float64), minlength=len(values))
+    return [(int(a), int(b)) for a, b in zip(size, gold)]
+
+
+def _expected_hits(s: np.ndarray, g: np.ndarray, k: int) -> float:
+    """E|top-k ∩ G| under random tie-breaking: the group cut by k contributes its gold share
+    of the places it gets."""
+    hits, taken = 0.0, 0
+    for size, gold in _tie_groups(s, g):
+        if taken >= k:
+            break
+        r = min(size, k - taken)
+        hits += r * gold / size
+        taken += r
+    return hits
 
 
 def auroc(scores: Sequence[float], labels: Sequence[bool]) -> float:
     """Area under the ROC curve of ``scores`` against ``labels`` (scikit-learn's
-    ``roc_auc_score``; ties count one half).
-
-    0.5 when only one class is present (the gSMILE reference's convention).
-    """
+    ``roc_auc_score``; ties count one half). NaN when only one class is present."""
     s, g = _check(scores, labels)
-    if g.all() or not g.any():
-        return 0.5
+    if one_class(g):
+        return _NAN
     from sklearn.metrics import roc_auc_score
 
     return float(roc_auc_score(g, s))
 
 
 def precision_at_k(scores: Sequence[float], labels: Sequence[bool], k: int | None = None) -> float:
-    """Fraction of the top-k features that are gold; k defaults to |G| (R-precision)."""
+    """Expected fraction of the top-k features that are gold; k defaults to |G|
+    (R-precision). NaN when only one class is present."""
     s, g = _check(scores, labels)
+    if one_class(g):
+        return _NAN
     k = int(g.sum()) if k is None else int(k)
     if k <= 0:
-        return float("nan")
+        return _NAN
     k = min(k, s.size)
-    return float(g[ranking(s)[:k]].sum() / k)
+    return float(_expected_hits(s, g, k) / k)
 
 
 def recall_at_k(scores: Sequence[float], labels: Sequence[bool], k: int) -> float:
-    """Fraction of the gold features found among the top-k (NaN without gold features)."""
+    """Expected fraction of the gold features found among the top-k (NaN when only one
+    class is present)."""
     s, g = _check(scores, labels)
-    n_pos = int(g.sum())
-    if n_pos == 0:
-        return float("nan")
-    return float(g[ranking(s)[: max(0, int(k))]].sum() / n_pos)
+    if one_class(g):
+        return _NAN
+    return float(_expected_hits(s, g, max(0, int(k))) / int(g.sum()))
 
 
 def top_k_exact_match(scores: Sequence[float], labels: Sequence[bool], k: int | None = None) -> float:
-    """1.0 if the set of the top-k features equals the gold set, else 0.0 (k defaults to |G|)."""
+    """Probability that the set of the top-k features equals the gold set (k defaults to
+    |G|); NaN when only one class is present."""
     s, g = _check(scores, labels)
+    if one_class(g):
+        return _NAN
     k = int(g.sum()) if k is None else int(k)
-    top = set(ranking(s)[:k].tolist())
-    return float(top == set(np.flatnonzero(g).tolist()))
+    if k != int(g.sum()):
+        return 0.0
+    taken = 0
+    for size, gold in _tie_groups(s, g):
+        if taken >= k:
+            return 1.0 if gold == 0 else 0.0
+        r = min(size, k - taken)
+        if r == size:
+            if gold != size:  # a whole group inside the top-k holds a non-gold feature
+                return 0.0
+        else:  # the group cut by k: its r places must take exactly its gold features
+            return 1.0 / comb(size, r) if gold == r else 0.0
+        taken += r
+    return 1.0
 
 
 def mrr(scores: Sequence[float], labels: Sequence[bool]) -> float:
-    """Reciprocal rank of the best-ranked gold feature (0 without gold features)."""
+    """Expected reciprocal rank of the best-ranked gold feature (NaN when only one class is
+    present). In the first group of tied scores holding gold features (size m, c gold, a
+    features above it) the first gold is its j-th with probability C(m-j, c-1) / C(m, c)."""
     s, g = _check(scores, labels)
-    hits = np.flatnonzero(g[ranking(s)])
-    return float(1.0 / (hits[0] + 1)) if hits.size else 0.0
+    if one_class(g):
+        return _NAN
+    above = 0
+    for size, gold in _tie_groups(s, g):
+        if gold:
+            total = comb(size, gold)
+            return float(sum(comb(size - j, gold - 1) / total / (above + j)
+                             for j in range(1, size - gold + 2)))
+        above += size
+    return _NAN  # unreachable: some group holds the gold features
 
 
 def supporting_fact_metrics(scores: Sequence[float], gold: Sequence[int], n: int | None = None) -> dict[str, float]:
     """The §5.5 metrics for one example: gold = indices of the supporting features.
 
     Returns auroc, precision_at_g (R-precision), recall_at_2, recall_at_5, top2_em (top-2
-    set equals G) and mrr.
+    set equals G) and mrr: each NaN when the example has no gold feature or only gold ones.
     """
     s = np.asarray(scores, dtype=np.float64).reshape(-1)
     n = s.size if n is None else int(n)

@@ -192,6 +192,11 @@ class EvalConfig:
                      same seed; always in the key: records of the earlier unsalted draws,
                      whose first test masks were banzhaf/faith_banzhaf/proxyspex's training
                      masks, are computed again)
+    gold_ties:       how the gold metrics rank tied scores: "expected" (the expectation over
+                     random tie orders, as AUROC's ties count 1/2; not the feature order).
+                     An item whose labels hold one class only (no gold feature, or every
+                     feature gold) has NaN gold metrics, left out of the means (the
+                     record's ``gold_undefined`` says why)
     """
 
     metrics: tuple[str, ...]
@@ -209,6 +214,7 @@ class EvalConfig:
     method_masker: str | None = None
     target_model: str | None = None
     mask_stream: str = "salted"
+    gold_ties: str = "expected"
 
     #: settings added after the first stores were written: they enter the record key only
     #: when they differ from their default, so older stores stay valid
@@ -540,6 +546,14 @@ class ItemRunner:
                 test_masks=zs).value
         if want & set(GOLD_METRICS):
             metrics.update(self._gold_metrics(item, scores))
+            if item.gold is not None:
+                from .metrics import one_class
+
+                labels = np.zeros(n, dtype=bool)
+                labels[[int(i) for i in item.gold if 0 <= int(i) < n]] = True
+                why = one_class(labels)
+                if why:
+                    extra["gold_undefined"] = why
 
         return {
             **self._record_head(item, spec, key),
