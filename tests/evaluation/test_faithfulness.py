@@ -216,3 +216,16 @@ def calibration(n, m, seed):
     from attrlens.evaluation.faithfulness import calibration_masks
 
     return calibration_masks(n, m, seed=seed)
+
+
+@pytest.mark.parametrize("method", ["kernel_shap", "lime", "loo", "banzhaf"])
+def test_r2_of_a_constant_game_is_undefined(method):
+    # var(v) = 0: R² is 0/0 (scikit-learn's force_finite gave kernel_shap and lime 1.0 and the
+    # calibrated loo 0.0); it is NaN, as LDS is
+    g = Game(lambda m: np.full(len(m), 2.5), N)
+    a = attrlens.explain_game(g, N, method=method, seed=0, **({} if method == "loo" else
+                                                               {"budget": 64}))
+    f = faithfulness_r2(a, g, n_test=200, seed=0)
+    assert np.isnan(f.r2), (method, f)
+    # a game that varies keeps its finite R²
+    assert np.isfinite(faithfulness_r2(a, Game(additive, N), n_test=200, seed=0).r2)

@@ -2,9 +2,11 @@
 
 Faithfulness: N_test = 1000 masks drawn uniformly from {0,1}^n (seeded, shared by all
 methods; drawn from a salted stream of the seed, so they are independent of the masks a
-method draws with the same seed: ``default_rng(seed)`` would give banzhaf, faith_banzhaf and
-proxyspex their own training masks as the first test masks), R² = 1 - Σ(v - v̂)² / Σ(v - v̄)² of the method's prediction v̂ against the true
-values v (scikit-learn's ``r2_score``). The prediction is the method's own surrogate where it has one:
+method draws with the same seed: ``default_rng(seed)`` would give banzhaf, faith_banzhaf
+and proxyspex their own training masks as the first test masks), R² = 1 - Σ(v - v̂)² /
+Σ(v - v̄)² of the method's prediction v̂ against the true values v (scikit-learn's
+``r2_score``; NaN when v is constant on the test set: 0/0). The prediction is the method's
+own surrogate where it has one:
 
 * ``fourier``  v̂(z) = Σ_k F(k) (-1)^{<z,k>}                   (spex, proxyspex)
 * ``mobius``   v̂(z) = Σ_S a(S) Π_{i∈S} z_i, ∅ = intercept       (banzhaf, faith_banzhaf,
@@ -147,8 +149,6 @@ def faithfulness_r2(
                  "calibrated"
     n_calibration: masks of the calibration set (:func:`calibration_masks` of ``seed``)
     """
-    from sklearn.metrics import r2_score
-
     check_param("faithfulness_r2", "mode", mode, choices=("auto", "surrogate", "calibrated"))
     scores = np.asarray(attr.scores, dtype=float)
     n = len(scores)
@@ -161,7 +161,7 @@ def faithfulness_r2(
     y = game(test_masks)
     yhat = predict_surrogate(attr, test_masks) if mode != "calibrated" else None
     if yhat is not None:
-        return Faithfulness(float(r2_score(y, yhat)), "surrogate", len(test_masks))
+        return Faithfulness(_r2(y, yhat), "surrogate", len(test_masks))
     if mode == "surrogate":
         raise ParameterError(
             f"The method '{getattr(attr, 'method', '?')}' has no surrogate; use mode='calibrated'."
@@ -170,7 +170,18 @@ def faithfulness_r2(
     cal = calibration_masks(n, n_calibration, seed=seed)
     alpha, gamma = _calibrate(scores, cal, game(cal))
     yhat = alpha + gamma * ((~test_masks) @ scores)
-    return Faithfulness(float(r2_score(y, yhat)), "calibrated", len(test_masks), (alpha, gamma))
+    return Faithfulness(_r2(y, yhat), "calibrated", len(test_masks), (alpha, gamma))
+
+
+def _r2(y: np.ndarray, yhat: np.ndarray) -> float:
+    """R² = 1 - Σ(v - v̂)² / Σ(v - v̄)²; NaN when the true values are constant (0/0: nothing
+    to explain, as LDS is NaN; scikit-learn's r2_score gives 1.0 or 0.0 there)."""
+    from sklearn.metrics import r2_score
+
+    y = np.asarray(y, dtype=np.float64).reshape(-1)
+    if y.size < 2 or np.all(y == y[0]):
+        return float("nan")
+    return float(r2_score(y, yhat))
 
 
 def _calibrate(scores: np.ndarray, masks: np.ndarray, y: np.ndarray) -> tuple[float, float]:
