@@ -443,11 +443,17 @@ def prepare(
     prefix_reuse: bool = True,
     target_backend: Any = None,
     progress: Progress | None = None,
+    snap_spans: bool = False,
 ) -> tuple[ModelInputs, ScoringGame]:
     """Everything before a method runs: model, prompt, features, output, masker, and the
     teacher-forced scoring game (masks -> target values). One preparation can serve several
     methods, which then share the game's memo (benchmarks use this to evaluate a test set
-    once)."""
+    once).
+
+    snap_spans: spans that share a token are moved to a token boundary instead of refused
+    (the token stays with the span holding more of it; a span inside its neighbour's token
+    joins it; ``inputs.features.snapped`` says what moved). For spans a program derived
+    (evaluate's data-set sentences and words); spans a user wrote are refused as given."""
     from .games.model import ModelInputs, ScoringGame
     from .scoring.engine import ScoringEngine
     from .scoring.targets import make_target
@@ -468,7 +474,8 @@ def prepare(
         given = spans
         spans = pr.text_spans(spans)
         shift = spans[0][0] - int(given[0][0])  # the user's offsets -> the rendered text's
-    features = segment(pr.text, pr.regions, offsets, granularity, spans=spans, shift=shift)
+    features = segment(pr.text, pr.regions, offsets, granularity, spans=spans, shift=shift,
+                       snap_spans=bool(snap_spans))
 
     generated = output is None  # (by the local or the served model)
     if output is None and target_backend is not None:

@@ -139,3 +139,47 @@ def test_a_blank_token_joins_the_token_after_it():
     assert fs.labels == ["price", ":", "5", "ok"]
     assert [f.spans for f in fs] == [((0, 5),), ((5, 6),), ((6, 8),), ((8, 12),)]
     assert [f.tokens for f in fs] == [(0,), (1,), (2, 3), (4, 5, 6)]
+
+
+def test_snap_spans_moves_a_shared_token_to_the_span_holding_more_of_it():
+    """A data set's sentence split cuts inside a token ('!",' of 'Hi!", now'): with
+    snap_spans the token stays with the span holding more of it and the neighbour's boundary
+    moves to the token's edge; a span lying inside its neighbour's token ('.' of 'I...')
+    joins that feature; what moved is recorded. Without it (spans a user wrote) both are
+    refused as before."""
+    text = 'Say "Hi!", now go. I...A.'
+    # "Say" ' "' "Hi" '!",' " now" " go" "." " I" "..." "A" "."
+    offsets = [(0, 3), (3, 5), (5, 7), (7, 10), (10, 14), (14, 17), (17, 18), (18, 20),
+               (20, 23), (23, 24), (24, 25)]
+    spans = [(0, 8), (8, 18), (18, 22), (22, 23), (23, 25)]
+    region = [(0, len(text))]
+    fs = segment(text, region, offsets, "span", spans=spans, shift=0, snap_spans=True)
+    # '!",' has 1 char in span 0 and 2 in span 1: span 1 gets it, span 0 ends before it;
+    # '...' has 2 chars in span 2 and 1 in span 3 ('.'): span 3 joins span 2
+    assert [f.spans for f in fs] == [((0, 7),), ((7, 18),), ((18, 23),), ((23, 25),)]
+    assert fs.labels == ['Say "Hi', '!", now go.', "I...", "A."]
+    assert [f.tokens for f in fs] == [(0, 1, 2), (3, 4, 5, 6), (7, 8), (9, 10)]
+    assert fs.snapped == {
+        "moved": [{"spans": [0, 1], "token": '!",', "token_at": [7, 10], "to": 1}],
+        "merged": [{"span": 3, "into": 2}],
+        "feature_of_span": [0, 1, 2, 2, 3]}
+    # offsets in the record are the given text's (less the shift of a rendered prompt)
+    pre = "<s>"
+    fs2 = segment(pre + text, [(3, 3 + len(text))], [(0, 3)] + [(a + 3, b + 3) for a, b in offsets],
+                  "span", spans=[(a + 3, b + 3) for a, b in spans], shift=3, snap_spans=True)
+    assert fs2.snapped["moved"][0]["token_at"] == [7, 10]
+    # the other way round: the shared token holds more of the first span
+    fs3 = segment("ab cd", region, [(0, 2), (2, 5)], "span", spans=[(0, 4), (4, 5)],
+                  snap_spans=True)
+    assert [f.spans for f in fs3] == [((0, 5),)] and fs3.snapped["merged"] == [
+        {"span": 1, "into": 0}]
+    # spans a user wrote are refused as given
+    with pytest.raises(InputError, match="both fall in the token"):
+        segment(text, region, offsets, "span", spans=spans[:2])
+    with pytest.raises(InputError, match="lies inside tokens"):
+        segment(text, region, offsets, "span", spans=spans[2:])
+    assert segment(text, region, offsets, "span", spans=[(0, 7), (7, 18)]).snapped is None
+    # a span whose token reaches outside the explainable text is refused either way
+    with pytest.raises(InputError, match="reaches outside"):
+        segment("xab", [(1, 3)], [(0, 2), (2, 3)], "span", spans=[(1, 2), (2, 3)],
+                snap_spans=True)

@@ -402,7 +402,7 @@ class ItemRunner:
             granularity=item.granularity or self.config.granularity,
             output=output, target=target, masker=masker, spans=self._spans(item),
             chat=self.config.chat, max_new_tokens=self.config.max_new_tokens,
-            target_backend=backend,
+            target_backend=backend, snap_spans=snaps_spans(item),
         )
 
     def output_text(self, item: EvalItem) -> str:
@@ -544,13 +544,17 @@ class ItemRunner:
             metrics["lds"] = linear_datamodeling_score(
                 scores, _LookupGame({Game.key(r): float(v) for r, v in zip(zs, vals)}, n),
                 test_masks=zs).value
+        snapped = inputs.features.snapped
+        if snapped and (snapped["moved"] or snapped["merged"]):
+            extra["spans_snapped"] = {k: snapped[k] for k in ("moved", "merged")}
+        gold = None if item.gold is None else feature_gold(item.gold, snapped)
         if want & set(GOLD_METRICS):
-            metrics.update(self._gold_metrics(item, scores))
-            if item.gold is not None:
+            metrics.update(self._gold_metrics(gold, scores))
+            if gold is not None:
                 from .metrics import one_class
 
                 labels = np.zeros(n, dtype=bool)
-                labels[[int(i) for i in item.gold if 0 <= int(i) < n]] = True
+                labels[list(gold)] = True
                 why = one_class(labels)
                 if why:
                     extra["gold_undefined"] = why
@@ -575,13 +579,14 @@ class ItemRunner:
         """Records of several methods on one item (the Ray actors' unit of work)."""
         return [self.run(item, spec, key) for spec, key in todo]
 
-    def _gold_metrics(self, item: EvalItem, scores: np.ndarray) -> dict[str, float]:
+    def _gold_metrics(self, gold: tuple[int, ...] | None, scores: np.ndarray
+                      ) -> dict[str, float]:
         nan = float("nan")
-        if item.gold is None:
+        if gold is None:
             return {m: nan for m in self.config.metrics if m in GOLD_METRICS}
         from .metrics import supporting_fact_metrics
 
-        sf = supporting_fact_metrics(scores, list(item.gold))
+        sf = supporting_fact_metrics(scores, list(gold))
         names = {"auroc": "auroc", "r_precision": "precision_at_g",
                  "recall_at_2": "recall_at_2", "recall_at_5": "recall_at_5", "mrr": "mrr"}
         return {m: float(sf[names[m]]) for m in self.config.metrics if m in GOLD_METRICS}
@@ -612,6 +617,28 @@ class ItemRunner:
         if self._encoder is None:
             self._encoder = MiniLMWordEmbeddings()
         return regenerate_curves(scores, generate, self._encoder.vectors, auc_kind=self.config.auc)
+
+
+#: the data sets whose spans the adapter derives (sentences, words): snapped to token
+#: boundaries; a generic record's spans are the user's own and are refused as given
+SNAPPED_KINDS = ("hotpotqa", "sst2", "drop", "mmlu")
+
+
+def snaps_spans(item: EvalItem) -> bool:
+    """Whether ``item``'s spans are moved to token boundaries (a data set's derived spans)."""
+    return item.spans is not None and item.meta.get("kind") in SNAPPED_KINDS
+
+
+def feature_gold(gold: Sequence[int], snapped: dict[str, Any] | None) -> tuple[int, ...]:
+    """The gold feature indices of gold span indices: a span merged into a neighbour makes
+    that feature gold."""
+    if not snapped:
+        return tuple(gold)
+    fos = snapped["feature_of_span"]
+    bad = [int(g) for g in gold if not 0 <= int(g) < len(fos)]
+    if bad:
+        raise InputError(f"Gold indices {bad} are outside [0, {len(fos)}).")
+    return tuple(sorted({fos[int(g)] for g in gold}))
 
 
 class _LookupGame(Game):

@@ -53,6 +53,11 @@ class FeatureSet:
     features: tuple[Feature, ...]
     granularity: str
     n_tokens: int
+    #: span features snapped to token boundaries (``segment(..., snap_spans=True)``): the
+    #: spans whose shared token went to a neighbour ("moved"), the spans merged into the
+    #: feature holding their only token ("merged"), and each given span's feature index
+    #: ("feature_of_span"); None when the spans were taken as given
+    snapped: dict | None = None
 
     def __len__(self) -> int:
         return len(self.features)
@@ -271,6 +276,72 @@ def _spans_on_tokens(
     return out
 
 
+def _snap_spans(
+    text: str,
+    fspans: Sequence[tuple[tuple[int, int], ...]],
+    tokens: Sequence[tuple[int, ...]],
+    offsets: Sequence[tuple[int, int]],
+    shift: int = 0,
+) -> tuple[list[tuple[tuple[int, int], ...]], list[tuple[int, ...]], dict]:
+    """Span features moved to token boundaries (for spans a program derived, e.g. a data
+    set's sentences, not spans a user wrote): a token two spans share stays with the span
+    holding more of it (``assign_tokens``) and the neighbour's boundary moves to that token's
+    edge; a span lying wholly inside its neighbour's token joins that neighbour's feature.
+    Returns the spans, their tokens, and what was changed (offsets less ``shift``: in the
+    given text): {"moved": [{"spans", "token", "token_at", "to"}], "merged": [{"span",
+    "into"}], "feature_of_span": [feature index of each given span]}. A span whose token
+    reaches outside the explainable text is still refused."""
+    def user(a: int, b: int) -> list[int]:
+        return [a - shift, b - shift]
+
+    owner = {t: i for i, toks in enumerate(tokens) for t in toks}
+    keep: list[int] = []
+    bounds: dict[int, list[int]] = {}
+    into: dict[int, int] = {}
+    for i, (sps, toks) in enumerate(zip(fspans, tokens)):
+        (a, b), = sps
+        if not toks:
+            over = [(min(b, tb) - max(a, ta), t) for t, (ta, tb) in enumerate(offsets)
+                    if ta < b and tb > a and tb > ta]
+            held = [(ov, t) for ov, t in over if t in owner]
+            if not held:
+                _spans_on_tokens(text, [sps], [toks], offsets, shift)  # refused: says why
+                raise InputError(f"The span {tuple(user(a, b))} {text[a:b]!r} has no token.")
+            into[i] = owner[max(held)[1]]
+            continue
+        keep.append(i)
+        bounds[i] = [min([a] + [offsets[t][0] for t in toks]),
+                     max([b] + [offsets[t][1] for t in toks])]
+    moved = []
+    for j, i in itertools.pairwise(keep):
+        if bounds[j][1] <= bounds[i][0]:
+            continue
+        last, first = max(tokens[j]), min(tokens[i])
+        edge = offsets[first][0]
+        if offsets[last][1] > edge:  # the two spans' tokens overlap (bytes of one character)
+            _spans_on_tokens(text, [fspans[j], fspans[i]], [tokens[j], tokens[i]], offsets,
+                             shift)
+        # the shared text lies between j's last token and i's first: the token holding it
+        # went to one of them (assign_tokens), its edge is the boundary
+        shared = [t for t in range(last, first + 1)
+                  if offsets[t][1] > offsets[t][0]
+                  and offsets[t][0] < bounds[j][1] and offsets[t][1] > bounds[i][0]]
+        tok = shared[0] if shared else first
+        to = owner.get(tok, i)
+        edge = offsets[tok][1] if to == j else offsets[tok][0]
+        bounds[j][1], bounds[i][0] = edge, edge
+        moved.append({"spans": [j, i], "token": text[offsets[tok][0]:offsets[tok][1]],
+                      "token_at": user(*offsets[tok]), "to": to})
+    index = {i: k for k, i in enumerate(keep)}
+    feature_of_span = [index[i] if i in index else index[into[i]] for i in range(len(fspans))]
+    info = {"moved": moved,
+            "merged": [{"span": i, "into": t} for i, t in sorted(into.items())],
+            "feature_of_span": feature_of_span}
+    out_spans = [((bounds[i][0], bounds[i][1]),) for i in keep]
+    out_tokens = [tuple(tokens[i]) for i in keep]
+    return out_spans, out_tokens, info
+
+
 def _label(text: str, spans: tuple[tuple[int, int], ...]) -> str:
     raw = " ".join(text[a:b] for a, b in spans).strip()
     return re.sub(r"\s+", " ", raw) if raw else repr(text[spans[0][0]:spans[-1][1]])
@@ -284,12 +355,20 @@ def segment(
     *,
     spans: Sequence[tuple[int, int]] | None = None,
     shift: int = 0,
+    snap_spans: bool = False,
 ) -> FeatureSet:
     """Segment the explainable regions of ``text`` into a :class:`FeatureSet`. ``shift``:
-    where the user's text starts in ``text`` (span errors give the user's offsets)."""
+    where the user's text starts in ``text`` (span errors give the user's offsets).
+    ``snap_spans``: spans two of which share a token are moved to a token boundary (and a
+    span inside a neighbour's token joins it) instead of refused; for spans derived by a
+    program (a data set's sentences), never for spans the user wrote (see
+    :func:`_snap_spans`; what moved is in the FeatureSet's ``snapped``)."""
     fspans = char_segments(text, regions, granularity, offsets=offsets, spans=spans)
     tokens = assign_tokens(fspans, offsets, regions)
-    if granularity == "span":  # the user's spans, widened to the tokens that are masked
+    snapped = None
+    if granularity == "span" and snap_spans:
+        fspans, tokens, snapped = _snap_spans(text, fspans, tokens, offsets, shift)
+    elif granularity == "span":  # the user's spans, widened to the tokens that are masked
         fspans = _spans_on_tokens(text, fspans, tokens, offsets, shift)
     # a feature no token was assigned to (its text shares one token with a neighbour)
     # cannot be masked on its own: merge it into the feature holding that token
@@ -328,4 +407,4 @@ def segment(
             f"Segmentation at granularity '{granularity}' found no features in the explainable "
             f"text; the prompt may be blank or only template. Try another granularity."
         )
-    return FeatureSet(tuple(feats), granularity, len(offsets))
+    return FeatureSet(tuple(feats), granularity, len(offsets), snapped)
