@@ -200,3 +200,19 @@ def test_every_mmlu_item_of_the_shared_sample_has_its_own_id():
     assert len(items) == 100 and len({it.id for it in items}) == 100
     assert {it.id for it in items if it.meta["source_row"] == 190} == {
         "mmlu-high_school_world_history-190", "mmlu-miscellaneous-190"}
+
+
+def test_limit_stops_reading_at_the_limit(tmp_path):
+    """load_items(path, limit=1) parsed line 2 before stopping: a malformed line (or bytes
+    that are not UTF-8) after the limit aborted the run. Lines after the limit are not read."""
+    p = tmp_path / "d.jsonl"
+    p.write_bytes(b'{"prompt": "a b c", "output": " x"}\n{"prompt": "a b\n\xff\xfe not text\n')
+    items = load_items(p, limit=1)
+    assert [it.prompt for it in items] == ["a b c"]
+    with pytest.raises(InputError, match=r"d.jsonl:2: invalid JSON"):
+        load_items(p, limit=2)
+    with pytest.raises(InputError, match=r"d.jsonl:2: invalid JSON"):
+        load_items(p)
+    q = tmp_path / "e.jsonl"  # a record that is JSON but not an item, after the limit
+    q.write_text('{"prompt": "a"}\n{"outptu": "x"}\n', encoding="utf-8")
+    assert len(load_items(q, limit=1)) == 1

@@ -356,9 +356,13 @@ def load_items(
     items: list[EvalItem] = []
     if isinstance(data, (str, Path)):
         path = resolve_data_path(data)
-        for line_no, rec in jsonl_records(path):
-            if limit is not None and len(items) >= limit:
+        records = jsonl_records(path)
+        # the limit is checked before the next line is read: what lies after it is not parsed
+        while limit is None or len(items) < limit:
+            nxt = next(records, None)
+            if nxt is None:
                 break
+            line_no, rec = nxt
             items.append(item_from_record(rec, kind=kind, index=line_no - 1, path=path))
     else:
         for i, rec in enumerate(data):

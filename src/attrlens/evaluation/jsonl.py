@@ -16,14 +16,24 @@ def jsonl_records(path: Path) -> Iterator[tuple[int, Any]]:
     (U+2028 and the like may stand inside a JSON string). Text that is not UTF-8, or a line
     that is not JSON, is a one-line InputError."""
     try:
-        text = path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise InputError(f"The data file {path} is not UTF-8 text (byte {exc.start}); save it "
-                         f"as UTF-8.") from None
-    for i, line in enumerate(text.split("\n"), start=1):
-        if not line.strip():
-            continue
-        try:
-            yield i, json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise InputError(f"{path.name}:{i}: invalid JSON: {exc}") from exc
+        fh = path.open("rb")
+    except OSError as exc:
+        raise InputError(f"Cannot read the data file {path}: {exc.strerror}.") from None
+    with fh:
+        # read line by line: a caller that stops (a limit) leaves the rest unread
+        offset = 0
+        for i, raw in enumerate(fh, start=1):
+            if i == 1 and raw.startswith(b"\xef\xbb\xbf"):
+                raw, offset = raw[3:], 3
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise InputError(f"The data file {path} is not UTF-8 text (line {i}, byte "
+                                 f"{offset + exc.start}); save it as UTF-8.") from None
+            offset += len(raw)
+            if not line.strip():
+                continue
+            try:
+                yield i, json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise InputError(f"{path.name}:{i}: invalid JSON: {exc}") from exc
