@@ -828,3 +828,19 @@ def test_shared_hotpotqa_items_split_inside_a_token_prepare_with_snapped_spans(d
         ends = [f.spans[0] for f in inputs.features]
         assert all(b1 <= a2 for (_, b1), (a2, _) in itertools.pairwise(ends)), iid
 
+
+def test_summary_markdown_n_is_per_metric_not_the_largest(tmp_path):
+    """summary.md's n column showed the largest n of the row's metrics (3 where r_precision
+    had 2 items with a value); it shows the fewest, and a metric with more says its own."""
+    from attrlens.evaluation.runner import summarize_records
+
+    recs = [{"label": "loo", "item_id": f"i{i}", "bin": "<8",
+             "metrics": {"abpc": 0.1 * i, "r_precision": None if i == 2 else 0.5}}
+            for i in range(3)]
+    s = summarize_records(recs, ["loo"], ["abpc", "r_precision"], out=tmp_path, settings={},
+                          n_items=3)
+    assert s.table["loo"]["abpc"]["n"] == 3 and s.table["loo"]["r_precision"]["n"] == 2
+    row = next(x for x in s.markdown().splitlines() if x.startswith("| loo |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[0] == "loo" and cells[-1] == "2"
+    assert cells[1].endswith("(n=3)") and "(n=" not in cells[2]

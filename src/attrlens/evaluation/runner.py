@@ -735,9 +735,11 @@ class Summary:
         ]
         for m in self.methods:
             row = self.table.get(m, {})
-            n = max((row[k]["n"] for k in self.metrics if k in row), default=0)
-            lines.append(f"| {m} | " + " | ".join(cell(row.get(k, {})) for k in self.metrics)
-                         + f" | {n} |")
+            ns = {k: row[k]["n"] for k in self.metrics if k in row}
+            n = min(ns.values(), default=0)  # a metric with more items says its own n
+            lines.append(f"| {m} | " + " | ".join(
+                cell(row.get(k, {})) + (f" (n={ns[k]})" if ns.get(k, n) != n else "")
+                for k in self.metrics) + f" | {n} |")
         bins_used = sorted({b for m in self.bins.values() for k in m.values() for b in k},
                            key=_bin_order)
         if bins_used:
