@@ -545,7 +545,8 @@ def prepare(
                                    max_batch_tokens=batch)
         engines = (engine, alt_engine)
     tgt = make_target(target, engine, reduction=reduction, k=top_k, alt_engine=alt_engine)
-    mk = Masker(masker, prompt_ids, features, mask_token_id=model.mask_token_id)
+    mk = Masker(masker, prompt_ids, features, mask_token_id=model.mask_token_id,
+                empty_context_id=getattr(model, "empty_context_id", None))
     inputs = ModelInputs(
         model=model,
         prompt=pr,
@@ -594,6 +595,9 @@ def finish(
         # (only the settings the method reads: Explainer.reads)
         **({"target": scoring.target.params()} if "target" in explainer.reads else {}),
         **({"masker": inputs.masker.kind} if "masker" in explainer.reads else {}),
+        # the token standing for a prompt with every token deleted (Masker.empty_context_id)
+        **({"empty_context_id": inputs.masker.empty_context_id}
+           if "masker" in explainer.reads and inputs.masker.kind == "delete" else {}),
         "chat_template": pr.chat,
     }
     if target_backend is not None:

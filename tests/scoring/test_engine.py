@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from attrlens.errors import InputError
 from attrlens.scoring.engine import ScoringEngine, unmasked_input
 from attrlens.scoring.targets import divergence, make_target
 from attrlens.text.mask import Masker
@@ -175,7 +176,54 @@ def test_answers_and_scores_up_to_the_end_of_a_learned_position_table() -> None:
                                        chat=False, max_new_tokens=40)
         out = got[method].output_text
         assert n_prompt + len(tok(out, add_special_tokens=False)["input_ids"]) == 32, method
+        # (gilot explains its own beams, not a given output: the long model's beams of the
+        # same length, which its first 32 positions make the same)
+        given = ({"max_new_tokens": 32 - n_prompt} if method == "gilot" else {"output": out})
         ref = attrlens.explain(prompt, model=long, tokenizer=tok, method=method, chat=False,
-                               output=out)
+                               **given)
         np.testing.assert_allclose(got[method].scores, ref.scores, rtol=1e-5, atol=1e-6,
                                    err_msg=method)
+
+
+@pytest.mark.parametrize("prefix_reuse", [True, False])
+def test_a_prompt_with_every_token_deleted_is_scored_from_the_empty_context_token(
+        tiny_model, prefix_reuse):
+    """delete with every prompt token masked left an empty sequence: its first output token
+    was predicted from whatever column stood before it (another segment, the prefix), so the
+    value changed with the batch (leave-one-out -3.94 where KernelSHAP and Banzhaf gave 0.32
+    with n=1). It is scored from one BOS token at position 0, alone and in any batch."""
+    model = tiny_model
+    pr = build_prompt("Hello there friend", model, chat=False)
+    ids, offsets = model.tokenize(pr.text)
+    fs = segment(pr.text, pr.regions, offsets, "word")
+    out = np.asarray(model.tokenize(" Because of Rayleigh scattering.")[0])
+    ids = np.asarray(ids)
+    assert model.empty_context_id == model.tokenizer.bos_token_id is not None
+    mk = Masker("delete", ids, fs, empty_context_id=model.empty_context_id)
+    masks = np.random.default_rng(3).random((9, len(fs))) > 0.4
+    masks[0], masks[4] = True, False
+    inputs = mk.apply(masks)
+    assert inputs[4].ids.tolist() == [model.tokenizer.bos_token_id]
+    batch = ScoringEngine(model, ids, out, prefix_reuse=prefix_reuse).token_logprobs(inputs)
+    alone = ScoringEngine(model, ids, out, prefix_reuse=prefix_reuse).token_logprobs(
+        [inputs[4]])
+    ref = _scratch(model, inputs[4], out, len(ids))
+    np.testing.assert_allclose(batch[4], ref, atol=1e-4)
+    np.testing.assert_allclose(alone[0], ref, atol=1e-4)
+    # without a token for the empty context such a mask is refused, not mis-scored
+    with pytest.raises(InputError, match="removes every token of the prompt"):
+        Masker("delete", ids, fs).apply(masks[4:5])
+
+
+def test_leave_one_out_of_a_single_feature_matches_shapley_values(tiny_model):
+    """With one feature LOO, KernelSHAP and Banzhaf are all v(all) - v(none)."""
+    import attrlens
+
+    got = {m: attrlens.explain("Hello", model=tiny_model, method=m, chat=False,
+                               output=" world", masker="delete", target="logprob",
+                               reduction="sum")
+           for m in ("loo", "kernel_shap", "banzhaf")}
+    for r in got.values():
+        assert r.params["empty_context_id"] == tiny_model.tokenizer.bos_token_id
+    np.testing.assert_allclose(got["loo"].scores, got["kernel_shap"].scores, atol=1e-5)
+    np.testing.assert_allclose(got["loo"].scores, got["banzhaf"].scores, atol=1e-5)

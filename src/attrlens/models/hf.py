@@ -1410,6 +1410,17 @@ class HFModel:
                 return int(tid)
         return 0
 
+    @property
+    def empty_context_id(self) -> int | None:
+        """The one token the ``delete`` masker feeds when every prompt token is masked (an
+        output needs a token to be predicted from): BOS if the vocabulary has one, else EOS
+        (the empty-context convention of lm-evaluation-harness); None without either."""
+        tok = self.tokenizer
+        if tok.bos_token_id is not None:
+            return int(tok.bos_token_id)
+        eos = self.eos_token_ids
+        return eos[0] if eos else None
+
     def __repr__(self) -> str:
         return f"HFModel(id={self.info.id!r}, device={self.info.device}, dtype={self.info.dtype})"
 

@@ -76,6 +76,9 @@ class Masker:
 
     prompt_ids: (L,) token ids; features: the FeatureSet built on that tokenization;
     mask_token_id: the id used by ``replace`` / ``replace_tokens``.
+    empty_context_id: the one token ``delete`` feeds, at position 0, when a mask removes
+    every prompt token (the output is still predicted from a token; the model's BOS, else
+    EOS: ``HFModel.empty_context_id``); None refuses such a mask.
     """
 
     def __init__(
@@ -85,6 +88,7 @@ class Masker:
         features: FeatureSet,
         *,
         mask_token_id: int = 0,
+        empty_context_id: int | None = None,
     ):
         if kind not in MASKERS:
             raise InputError(unknown_name_message("masker", kind, MASKERS))
@@ -92,6 +96,7 @@ class Masker:
         self.prompt_ids = np.asarray(prompt_ids, dtype=np.int64)
         self.features = features
         self.mask_token_id = int(mask_token_id)
+        self.empty_context_id = None if empty_context_id is None else int(empty_context_id)
         self.n_features = len(features)
         # token -> feature index (-1 frozen), as an array for vectorised masking
         self.owner = np.asarray(features.token_features(), dtype=np.int64)
@@ -130,9 +135,25 @@ class Masker:
                 att[-1] = 0
                 out.append(PerturbedInput(ids, np.append(pos[row], n_tok - 1), first,
                                           attention=att))
+            elif not row.any():
+                out.append(self._empty_context())
             else:
                 out.append(PerturbedInput(self.prompt_ids[row], pos[row], first))
         return out
+
+    def _empty_context(self) -> PerturbedInput:
+        """``delete`` with every prompt token masked: one context token at position 0 (an
+        empty sequence has no position to predict the first output token from), the output
+        at its unmasked positions."""
+        if self.empty_context_id is None:
+            raise InputError(
+                "A mask removes every token of the prompt and the model has no BOS or EOS "
+                "token to stand for the empty context; freeze part of the prompt (a chat "
+                "template, spans) or use the replace masker."
+            )
+        return PerturbedInput(np.asarray([self.empty_context_id], dtype=np.int64),
+                              np.zeros(1, dtype=np.int64), 0,
+                              output_start=int(self.prompt_ids.shape[0]))
 
     def _replace_features(self, keep: np.ndarray, first: int) -> PerturbedInput:
         """One mask token in place of each maximal run of masked tokens of one feature;
