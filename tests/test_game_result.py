@@ -167,6 +167,12 @@ def test_explain_game_refuses_labels_and_progress_it_cannot_use(kwargs, needle):
     ({"scores": [1.0, 2.0], "labels": ["a", "b"], "spans": [[[0, 1]]]},
      "the spans of every feature or none"),
     ({"scores": [1.0], "labels": [1]}, "labels are strings"),
+    # (rope_lime gave a 1-token output's per-token scores as (n,): the saved file then failed
+    # to load)
+    ({"scores": [1.0, 2.0], "labels": ["a", "b"], "per_output_token": [0.5, 1.0]},
+     "one row per feature and one column per output token (2 x T); got shape (2,)"),
+    ({"scores": [1.0], "labels": ["a"], "per_output_token": [[0.5], [1.0]]}, "got shape (2, 1)"),
+    ({"scores": [1.0], "labels": ["a"], "interactions": [1]}, "interactions are None or a dict"),
 ])
 def test_an_attribution_that_could_not_be_saved_or_loaded_is_refused(kwargs, needle):
     with pytest.raises(InputError, match=re.escape(needle)):
@@ -225,3 +231,10 @@ def test_the_recorded_budget_never_exceeds_the_coalitions_there_are(method):
     a = attrlens.explain_game(lambda m: m.astype(float) @ np.arange(1.0, 4.0), 3,
                               method=method, budget=100)
     assert a.params["budget"] == 8 and a.cost["value_calls"] <= 8
+
+
+def test_attributions_compare_by_identity_not_by_raising():
+    """== on two results raised (numpy's "truth value of an array is ambiguous")."""
+    a = Attribution(method="x", scores=[1.0, 2.0], labels=["a", "b"])
+    b = Attribution(method="x", scores=[1.0, 2.0], labels=["a", "b"])
+    assert a != b and a in [b, a] and len({a, b}) == 2 and [a].index(a) == 0

@@ -214,7 +214,7 @@ def read_result_json(path: str | Path) -> Any:
         raise InputError(f"Could not read the result file '{path}': {exc}.") from exc
 
 
-@dataclass
+@dataclass(eq=False)  # (identity: field-wise == of numpy arrays has no single truth value)
 class Attribution:
     """Scores per feature (positive = supports the output), with provenance and cost."""
 
@@ -254,6 +254,18 @@ class Attribution:
         if self.spans and len(self.spans) != len(self.labels):
             raise InputError(f"An attribution needs the spans of every feature or none; got "
                              f"{len(self.spans)} for {len(self.labels)} features.")
+        if self.per_output_token is not None:
+            self.per_output_token = np.asarray(self.per_output_token, dtype=float)
+            pot = self.per_output_token.shape
+            if len(pot) != 2 or pot[0] != len(self.scores):
+                raise InputError(
+                    f"An attribution's per_output_token is one row per feature and one column "
+                    f"per output token ({len(self.scores)} x T); got shape {pot}.")
+        if self.interactions is not None and not (
+                isinstance(self.interactions, dict)
+                and isinstance(self.interactions.get("terms", []), list)):
+            raise InputError("An attribution's interactions are None or a dict with a 'terms' "
+                             f"list; got {type(self.interactions).__name__}.")
         for k in ("model_forwards", "tokens_processed", "api_calls", "wall_s"):
             self.cost.setdefault(k, 0)
 

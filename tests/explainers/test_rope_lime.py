@@ -358,3 +358,16 @@ def test_locality_game_scores_through_the_scoring_game(tiny_model):
     assert game.cost().model_forwards >= 1 and game.cost().value_calls == 6
     with pytest.raises(ParameterError, match="local surrogate"):
         RopeLimeExplainer(budget=8).explain(Game(lambda m: m.sum(1).astype(float), 4))
+
+
+def test_a_one_token_output_has_one_per_token_column_and_round_trips(tiny_model, tmp_path):
+    """The per-output-token fit of a 1-token output came back (n,), not (n, 1): the result
+    saved, and its file was refused on loading."""
+    one = tiny_model.tokenizer.decode(tiny_model.tokenize(" Paris")[0][:1])
+    r = explain(tiny_model, output=one, budget=16, k=2)
+    assert len(r.output_tokens) == 1
+    assert r.per_output_token.shape == (len(r.scores), 1)
+    np.testing.assert_allclose(r.per_output_token[:, 0], r.scores, atol=1e-9)
+    r.save(tmp_path / "r.json")
+    back = Attribution.load(tmp_path / "r.json")
+    np.testing.assert_allclose(back.per_output_token, r.per_output_token)

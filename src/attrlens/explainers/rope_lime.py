@@ -171,7 +171,7 @@ class RopeLimeExplainer(Explainer):
             # the fit is linear in y: per-output-token coefficients average to ``coef``
             # (mean reduction) or sum to it (sum reduction); one multi-target fit
             mat = game.per_token_values(masks)  # memoised: no extra surrogate passes
-            per_token = np.asarray(self.fit(masks, mat, w)[0]).T  # (n, T)
+            per_token = np.asarray(self.fit(masks, mat, w)[0]).T.reshape(n, -1)  # (n, T), T=1 too
 
         extra: dict[str, Any] = {
             "intercept": intercept,
