@@ -59,6 +59,22 @@ def test_first_query_word_after_a_newline(tiny_model):
     assert words == ["Review:", "dull.", "Sentiment:"]
 
 
+def test_the_query_is_found_in_the_explained_copy_not_an_earlier_one(tiny_model):
+    """With the same words earlier in the input (a system prompt holding the prompt), the
+    query span was placed on that first, unexplained copy: no feature lay inside it."""
+    text, span = locate_query("Say it: [[hello world]]")
+    system = "System: " + text + "\nUser: "
+    attr = _word_attribution(tiny_model, text)
+    n = len(system)
+    moved = Attribution(method="x", scores=attr.scores, labels=attr.labels,
+                        spans=[[[a + n, b + n] for a, b in f] for f in attr.spans],
+                        input_text=system + text)
+    res = query_weight_of(moved, text, span)
+    assert res.query_span == (span[0] + n, span[1] + n)
+    assert res.query_text == "hello world"
+    assert res.query_features == query_weight_of(attr, text, span).query_features
+
+
 def test_query_weight_with_gilot_end_to_end(tiny_model):
     explain = functools.partial(attrlens.explain, model=tiny_model, method="gilot", beams=2,
                                 horizon=2, ot_iter=50, chat=False)

@@ -173,13 +173,33 @@ class QueryWeight:
         return self.attribution.input_text[a:b]
 
 
+def _locate(attribution: Attribution, text: str) -> int:
+    """Where ``text`` starts in the attribution's input text: of its occurrences, the one
+    holding the most feature characters (a system prompt or an earlier turn may hold the
+    same words unexplained, before the explained copy); 0 without an input text."""
+    full = attribution.input_text
+    if not full:
+        return 0
+    starts, at = [], full.find(text)
+    while at >= 0:
+        starts.append(at)
+        at = full.find(text, at + 1)
+    if not starts:
+        raise InputError("The prompt text could not be located in the attribution's input.")
+    spans = [(a, b) for f in attribution.spans for a, b in f]
+
+    def held(s0: int) -> int:
+        s1 = s0 + len(text)
+        return sum(max(0, min(b, s1) - max(a, s0)) for a, b in spans)
+
+    return max(starts, key=lambda s0: (held(s0), -s0))
+
+
 def query_weight_of(attribution: Attribution, text: str, span: tuple[int, int]) -> QueryWeight:
     """The query weight of ``attribution`` of prompt ``text`` with the query at ``span``
     (offsets into ``text``; the prompt may sit inside a chat template in the attribution's
     input text)."""
-    shift = attribution.input_text.find(text) if attribution.input_text else 0
-    if shift < 0:
-        raise InputError("The prompt text could not be located in the attribution's input.")
+    shift = _locate(attribution, text)
     full = (span[0] + shift, span[1] + shift)
     idx = features_in_span(attribution, full)
     if not idx:
