@@ -183,3 +183,21 @@ def test_snap_spans_moves_a_shared_token_to_the_span_holding_more_of_it():
     with pytest.raises(InputError, match="reaches outside"):
         segment("xab", [(1, 3)], [(0, 2), (2, 3)], "span", spans=[(1, 2), (2, 3)],
                 snap_spans=True)
+
+
+@pytest.mark.parametrize(("text", "want"), [
+    ("Dr. Smith met Mr. Jones at 5 p.m. on Friday. They talked.",
+     ["Dr. Smith met Mr. Jones at 5 p.m. on Friday.", " They talked."]),
+    ("Fruits, e.g. apples, are sweet. It costs approx. two dollars.",
+     ["Fruits, e.g. apples, are sweet.", " It costs approx. two dollars."]),
+    ("He moved to the U.S.A. He liked it. J. R. R. Tolkien wrote it.",
+     ["He moved to the U.S.A.", " He liked it.", " J. R. R. Tolkien wrote it."]),
+    ("Pears, etc. The end. See Fig. 3 and No. 5. He said no. Fine!",
+     ["Pears, etc.", " The end.", " See Fig. 3 and No. 5.", " He said no.", " Fine!"]),
+])
+def test_a_full_stop_after_an_abbreviation_does_not_end_the_sentence(text, want):
+    """Every full stop followed by a space ended a sentence: "Dr. Smith" and "5 p.m. on
+    Friday" were cut into pieces that are not sentences."""
+    segs = [text[a:b] for (sp,) in char_segments(text, [(0, len(text))], "sentence")
+            for a, b in [sp]]
+    assert segs == want

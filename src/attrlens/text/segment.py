@@ -32,6 +32,45 @@ _SENT_END = re.compile(
     rf"(?:[.!?\u2026\u3002\uff01\uff1f]+[{_CLOSERS}]*(?=\s|$))"
     rf"|(?:[\u3002\uff01\uff1f]+[{_CLOSERS}]*)|\n")
 
+# a full stop after these does not end a sentence: titles and Latin abbreviations, which
+# stand before more of the same sentence ("Dr. Smith", "e.g. apples", "Fig. 3")
+_NO_END_AFTER = frozenset([
+    "mr", "mrs", "ms", "dr", "prof", "st", "sr", "jr", "rev", "gen", "gov", "sen",
+    "rep", "capt", "lt", "col", "sgt", "mt", "ft", "vs", "e.g", "i.e", "cf", "viz",
+    "al", "approx", "ca", "dept", "est",
+])
+# ... and these only before a number ("Fig. 3", "No. 5"; "he said no. Fine")
+_BEFORE_NUMBER = frozenset([
+    "fig", "figs", "eq", "eqs", "no", "nos", "vol", "pp", "p", "sec", "ch",
+])
+# ... and these end one only before a capital letter ("etc. The", "Inc. Its", "U.S.A. He";
+# "Acme Inc. and", "5 p.m. on Friday" go on)
+_END_BEFORE_CAPITAL = frozenset([
+    "etc", "inc", "ltd", "co", "corp", "bros", "jan", "feb", "mar", "apr", "jun", "jul",
+    "aug", "sep", "sept", "oct", "nov", "dec",
+])
+_INITIALISM = re.compile(r"(?:[A-Za-z]\.)+[A-Za-z]$")  # U.S.A, e.g, p.m (before the last dot)
+
+
+def _ends_sentence(chunk: str, m: re.Match[str]) -> bool:
+    """Whether the end mark ``m`` ends a sentence: a single full stop after an
+    abbreviation, a single initial ("J. Smith") or before a lower-case word does not."""
+    if m.group() != ".":
+        return True
+    word = re.search(r"[^\s(\[\"'“]*$", chunk[: m.start()]).group()
+    after = chunk[m.end():].lstrip()
+    nxt = after[:1]
+    if nxt.islower():  # (a sentence seldom starts lower-case: "e.g. apples", "approx. two")
+        return False
+    key = word.lower()
+    if key in _NO_END_AFTER or (len(word) == 1 and word.isupper()):
+        return False
+    if key in _BEFORE_NUMBER and nxt.isdigit():
+        return False
+    if key in _END_BEFORE_CAPITAL or _INITIALISM.search(word):
+        return nxt.isupper()
+    return True
+
 
 @dataclass(frozen=True)
 class Feature:
@@ -103,7 +142,7 @@ def _sentence_spans(text: str, region: tuple[int, int]) -> list[tuple[int, int]]
     cuts: list[int] = []
     for m in _SENT_END.finditer(chunk):
         # the next sentence (with its leading whitespace) begins after the end mark
-        if chunk[m.end():].strip():
+        if chunk[m.end():].strip() and _ends_sentence(chunk, m):
             cuts.append(s + m.end())
     spans = _spread(region, sorted(set(cuts)))
     # blank-only pieces (e.g. runs of newlines) join the following sentence
