@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -216,3 +217,64 @@ def test_limit_stops_reading_at_the_limit(tmp_path):
     q = tmp_path / "e.jsonl"  # a record that is JSON but not an item, after the limit
     q.write_text('{"prompt": "a"}\n{"outptu": "x"}\n', encoding="utf-8")
     assert len(load_items(q, limit=1)) == 1
+
+
+def test_alpaca_null_input_is_no_input():
+    """A null 'input' (as JSON exports of Alpaca write) was put in the prompt as "None"."""
+    it = load_items([{"instruction": "Name a fruit.", "input": None, "output": "Apple"}])[0]
+    assert it.prompt == "Name a fruit."
+    it = load_items([{"instruction": "Sum these.", "input": " 1, 2 ", "output": "3"}])[0]
+    assert it.prompt == "Sum these.\n\n1, 2"
+    with pytest.raises(InputError, match="'instruction' must be a string"):
+        load_items([{"instruction": 7, "input": ""}])
+
+
+Q = {"question": "2 + 2?", "choices": ["3", "4", "5", "6"]}
+
+
+@pytest.mark.parametrize(("fields", "output"), [
+    ({"answer": "B"}, " B"), ({"answer": 1}, " B"), ({"answer": 0}, " A"),
+    ({"answer_index": 3}, " D"), ({"answer": "C", "answer_index": 2}, " C"), ({}, None),
+])
+def test_mmlu_answer_as_a_letter_or_a_choice_index(fields, output):
+    """The Hugging Face copy of MMLU gives the answer as an index: 1 became the output " 1"
+    (and 0 no output at all)."""
+    assert load_items([{**Q, **fields}])[0].output == output
+
+
+@pytest.mark.parametrize(("fields", "needle"), [
+    ({"answer": 4}, "'answer' must be one of A, B, C, D or a choice index 0..3; got 4"),
+    ({"answer": "E"}, "got 'E'"), ({"answer": "AB"}, "got 'AB'"), ({"answer": True}, "got True"),
+    ({"answer": "B", "answer_index": 2}, "'answer' 'B' and 'answer_index' 2 disagree"),
+    ({"choices": ["only one"]}, "'choices' must be a list of 2 to 10 answers"),
+])
+def test_mmlu_answers_that_name_no_choice_are_refused(fields, needle):
+    with pytest.raises(InputError, match=re.escape(needle)):
+        load_items([{**Q, **fields}])
+
+
+def test_mmlu_with_more_than_four_choices_freezes_every_choice_letter():
+    it = load_items([{"question": "Pick one", "choices": list("pqrstu"), "answer": 5}])[0]
+    assert it.output == " F"
+    words = [it.prompt[a:b].strip() for a, b in it.spans]
+    assert words == ["Pick", "one", "p", "q", "r", "s", "t", "u"]
+
+
+@pytest.mark.parametrize(("fields", "needle"), [
+    ({"label": 1, "label_text": "negative"},
+     "'label' 1 (positive) and 'label_text' 'negative' disagree"),
+    ({"label": -1}, "an unlabelled test row has -1"),
+    ({"label_text": "neutral"}, "'label_text' must be 'negative' or 'positive'"),
+    ({"label": True}, "got True"),
+])
+def test_sst2_labels_that_disagree_or_name_no_class_are_refused(fields, needle):
+    """label 1 with label_text 'negative' took the text without a word; -1 (GLUE's
+    unlabelled test rows) became ' negative'."""
+    with pytest.raises(InputError, match=re.escape(needle)):
+        load_items([{"sentence": "a fine film", **fields}])
+
+
+def test_sst2_label_or_label_text_alone():
+    assert load_items([{"sentence": "a fine film", "label": 1}])[0].output == " positive"
+    assert load_items([{"sentence": "a dull film", "label_text": "negative"}])[0].output == (
+        " negative")

@@ -133,7 +133,7 @@ def detect_kind(rec: dict[str, Any]) -> str:
         return "hotpotqa"
     if "instruction" in rec:
         return "alpaca"
-    if "sentence" in rec and "label" in rec:
+    if "sentence" in rec and ("label" in rec or "label_text" in rec):
         return "sst2"
     if "passage" in rec and "question" in rec:
         return "drop"
@@ -222,7 +222,11 @@ def _generic(rec: dict[str, Any], idx: str) -> EvalItem:
 
 
 def _alpaca(rec: dict[str, Any], idx: str) -> EvalItem:
-    instr, inp = str(rec["instruction"]).strip(), str(rec.get("input", "")).strip()
+    instr, inp = rec["instruction"], rec.get("input")
+    if not isinstance(instr, str) or not (inp is None or isinstance(inp, str)):
+        raise InputError("'instruction' must be a string and 'input' a string or null.")
+    # (a null input is no input: it was written into the prompt as "None")
+    instr, inp = instr.strip(), (inp or "").strip()
     prompt = f"{instr}\n\n{inp}" if inp else instr
     sid = rec.get("subset_index")
     return EvalItem(
@@ -237,9 +241,18 @@ def _sst2(rec: dict[str, Any], idx: str) -> EvalItem:
     sent = str(rec["sentence"]).strip()
     prompt = f"{head}{sent}\nIs this review positive or negative? Answer:"
     spans = word_spans(prompt, len(head), len(head) + len(sent))
-    if not rec.get("label_text") and rec["label"] not in (0, 1):
-        raise InputError(f"'label' must be 0 (negative) or 1 (positive); got {rec['label']!r}.")
-    label = rec.get("label_text") or ("positive" if rec["label"] == 1 else "negative")
+    names = {0: "negative", 1: "positive"}
+    num, text = rec.get("label"), rec.get("label_text")
+    if text is not None and text not in names.values():
+        raise InputError(f"'label_text' must be 'negative' or 'positive'; got {text!r}.")
+    if "label" in rec and (isinstance(num, bool) or num not in names):
+        raise InputError(f"'label' must be 0 (negative) or 1 (positive); got {num!r} (an "
+                         f"unlabelled test row has -1: use labelled rows).")
+    if num is None and text is None:
+        raise InputError("an SST-2 record needs 'label' (0/1) or 'label_text'.")
+    if num is not None and text is not None and names[num] != text:
+        raise InputError(f"'label' {num} ({names[num]}) and 'label_text' {text!r} disagree.")
+    label = text or names[num]
     di = rec.get("dev_index")
     return EvalItem(
         id=f"sst2-{di}" if di is not None else idx,
@@ -269,25 +282,48 @@ def _drop(rec: dict[str, Any], idx: str) -> EvalItem:
 
 
 def _mmlu(rec: dict[str, Any], idx: str) -> EvalItem:
-    letters = "ABCD"
+    letters = "ABCDEFGHIJ"
+    choices = rec["choices"]
+    if not isinstance(choices, list) or not 2 <= len(choices) <= len(letters):
+        raise InputError(f"'choices' must be a list of 2 to {len(letters)} answers.")
+    answer = _mmlu_answer(rec.get("answer"), rec.get("answer_index"), letters[: len(choices)])
     lines = [str(rec["question"]).strip()]
-    lines += [f"{letters[i]}. {str(c).strip()}" for i, c in enumerate(rec["choices"])]
+    lines += [f"{letters[i]}. {str(c).strip()}" for i, c in enumerate(choices)]
     body = "\n".join(lines)
     prompt = f"{body}\nAnswer with the letter of the correct choice. Answer:"
     spans = word_spans(prompt, 0, len(body))
     # the choice letters ("A.") are frozen: only words of the question and the choices count
-    spans = [s for s in spans if not re.fullmatch(r"[A-D]\.", prompt[s[0] : s[1]])]
+    spans = [s for s in spans if not re.fullmatch(r"[A-J]\.", prompt[s[0] : s[1]])]
     sr, subject = rec.get("source_row"), rec.get("subject")
     # MMLU's rows are numbered per subject (the shared sample has row 190 of two subjects)
     ident = idx if sr is None else f"mmlu-{subject}-{sr}" if subject else f"mmlu-{sr}"
     return EvalItem(
         id=ident,
         prompt=prompt,
-        output=f" {rec['answer']}" if rec.get("answer") else None,
+        output=f" {answer}" if answer else None,
         granularity="span",
         spans=tuple(spans),
         meta={"kind": "mmlu", "subject": subject, "source_row": sr},
     )
+
+
+def _mmlu_answer(answer: Any, index: Any, letters: str) -> str | None:
+    """The answer's letter: MMLU files give it as a letter ("B") or as the choice's index
+    (1, as the Hugging Face copy does); an ``answer_index`` beside it must agree."""
+    def letter(v: Any, name: str) -> str | None:
+        if v is None:
+            return None
+        if isinstance(v, int) and not isinstance(v, bool) and 0 <= v < len(letters):
+            return letters[v]
+        if isinstance(v, str) and len(v.strip()) == 1 and v.strip() in letters:
+            return v.strip()
+        raise InputError(f"'{name}' must be one of {', '.join(letters)} or a choice index "
+                         f"0..{len(letters) - 1}; got {v!r}.")
+
+    a, i = letter(answer, "answer"), letter(index, "answer_index")
+    if a is not None and i is not None and a != i:
+        raise InputError(f"'answer' {answer!r} and 'answer_index' {index!r} disagree.")
+    return a or i
 
 
 def _hotpotqa(rec: dict[str, Any], idx: str, line_no: int, path: Path) -> EvalItem:
