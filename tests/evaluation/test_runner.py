@@ -119,6 +119,13 @@ def test_evaluate_writes_records_and_summary(tiny_model, tmp_path):
         assert m["morf"] == pytest.approx(np.mean(c["morf_curve"]), abs=1e-12)
         assert np.isfinite(m["r2"]) and m["r2"] <= 1.0 and m["topk"] >= 0
         assert (out / r["attribution"]).is_file()
+        # the versions a record was computed with (it had none: a rerun on other versions
+        # could not be told apart)
+        import torch
+        import transformers
+        assert r["environment"] == {"attrlens": attrlens.__version__, "torch": torch.__version__,
+                                    "transformers": transformers.__version__,
+                                    "torch_threads": torch.get_num_threads()}
         item = next(i for i in ITEMS if i["id"] == r["item_id"])
         assert r["n_features"] == len(item["prompt"].split()) and r["bin"] == "8-15"
         if r["item_id"] == "paris":

@@ -58,8 +58,9 @@ import numpy as np
 
 from ..errors import CapabilityError, InputError, ParameterError, unknown_name_message
 from ..games import Game
+from ..models.base import runtime_environment
 from ..params import check_param, check_seed
-from ..result import json_safe
+from ..result import _version, json_safe
 from .datasets import EvalItem, load_items
 from .store import ResultsStore, record_key
 
@@ -473,7 +474,10 @@ class ItemRunner:
                 "model": {**model_hash(self.model, _threads()),
                           "device": self.model.info.device},
                 "seed": self.seed,
-                "eval": _json_clean(asdict(self.config))}
+                "eval": _json_clean(asdict(self.config)),
+                # the library versions and torch threads the record was computed with (not in
+                # its key: a rerun on newer versions finds the record; read them to compare)
+                "environment": {"attrlens": _version(), **runtime_environment()}}
 
     def _run(self, item: EvalItem, spec: MethodSpec, key: str) -> dict[str, Any]:
         from ..api import finish, make_explainer
