@@ -851,3 +851,27 @@ def test_summary_markdown_n_is_per_metric_not_the_largest(tmp_path):
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert cells[0] == "loo" and cells[-1] == "2"
     assert cells[1].endswith("(n=3)") and "(n=" not in cells[2]
+
+
+def test_methods_on_different_games_are_not_paired_by_r2_topk_lds(tiny_model, tmp_path):
+    """r2/topk/lds score each method on its own target and masker (spex: logprob; loo:
+    nll): the paired tests compared those numbers as one quantity. The summary records each
+    method's game, pairs those metrics only within one game, and says so."""
+    s = attrlens.evaluate(
+        ITEMS, methods=["loo", "spex", ("loo", {"budget": 20})],
+        metrics=["abpc", "r2"], model=tiny_model, out=tmp_path / "o", n_test=16,
+        n_calibration=8, chat=False, progress=False)
+    games = {m: v["game"] for m, v in s.settings["methods"].items()}
+    assert games["loo"] == {"target": "nll", "masker": "delete"}
+    assert games["spex"]["target"] == "logprob"
+    pairs = {k: {(t["a"], t["b"]) for t in v} for k, v in s.paired.items()}
+    assert len(pairs["abpc"]) == 3  # the evaluation's own game: every pair
+    assert pairs["r2"] == {("loo", "loo(budget=20)")}
+    md = s.markdown()
+    assert "## Games" in md and "| spex | logprob |" in md
+    # with the game fixed for all (target=, method_masker=) every pair is tested
+    s2 = attrlens.evaluate(
+        ITEMS, methods=["loo", "spex"], metrics=["r2"], model=tiny_model,
+        out=tmp_path / "o2", n_test=16, n_calibration=8, chat=False, progress=False,
+        target="nll", method_masker="delete")
+    assert [(t["a"], t["b"]) for t in s2.paired["r2"]] == [("loo", "spex")]

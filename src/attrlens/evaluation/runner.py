@@ -70,7 +70,10 @@ if TYPE_CHECKING:
 CURVE_METRICS = ("morf", "lerf", "abpc")
 REGEN_METRICS = ("morf_regen", "lerf_regen", "abpc_regen")
 GOLD_METRICS = ("auroc", "r_precision", "recall_at_2", "recall_at_5", "mrr")
-METRICS = CURVE_METRICS + REGEN_METRICS + ("r2", "topk", "lds") + GOLD_METRICS
+#: metrics of a method on its own game (its target and masker, unless target= and
+#: method_masker= fix them for all): methods whose games differ are not compared by them
+OWN_GAME_METRICS = ("r2", "topk", "lds")
+METRICS = CURVE_METRICS + REGEN_METRICS + OWN_GAME_METRICS + GOLD_METRICS
 EVAL_MASKERS = ("attention_off", "delete", "replace")
 BINS = ((8, 15), (16, 31), (32, 63), (64, 127))
 BACKENDS = ("local", "ray")
@@ -756,6 +759,16 @@ class Summary:
                     lines.append(f"| {m} | {k} | " + " | ".join(
                         f"{cell(b[x])} (n={b[x]['n']})" if x in b else "–" for x in bins_used
                     ) + " |")
+        own = [k for k in self.metrics if k in OWN_GAME_METRICS]
+        games = _games(st, self.methods)
+        if own and any(games.values()):
+            why = (f"{', '.join(own)} score each method on its own game (target and "
+                   f"masker): methods with different games are not compared by them (no "
+                   f"paired test).")
+            lines += ["", "## Games", "", why, "", "| method | target | masker |",
+                      "|---|---|---|"]
+            lines += [f"| {m} | {(g or {}).get('target', '?')} | "
+                      f"{(g or {}).get('masker', '?')} |" for m, g in games.items()]
         if any(self.paired.values()):
             lines += ["", "## Paired tests (Wilcoxon signed-rank, two-sided)", "",
                       "| metric | a | b | n | mean(a - b) | p |", "|---|---|---|---|---|---|"]
@@ -770,6 +783,13 @@ class Summary:
                 for i, why in sorted(items.items()):
                     lines.append(f"| {m} | {i} | {why.replace('|', '/')} |")
         return "\n".join(lines) + "\n"
+
+
+def _games(settings: dict[str, Any], methods: list[str]) -> dict[str, Any]:
+    """Each method's game ({target, masker}) from the summary's settings; None where the
+    settings do not say (then all are taken as one)."""
+    info = settings.get("methods") or {}
+    return {m: (info.get(m) or {}).get("game") for m in methods}
 
 
 def _bin_order(b: str) -> int:
@@ -812,10 +832,13 @@ def summarize_records(records: list[dict[str, Any]], methods: list[str], metrics
             bins[m][k] = {b: summarize(v) for b, v in sorted(per_bin.items(),
                                                               key=lambda kv: _bin_order(kv[0]))}
     paired: dict[str, list[dict[str, Any]]] = {}
+    game = _games(settings, methods)
     for k in metrics:
         paired[k] = []
         for i, a in enumerate(methods):
             for b in methods[i + 1:]:
+                if k in OWN_GAME_METRICS and game[a] != game[b]:
+                    continue  # (each on a game of its own: not the same quantity)
                 common = sorted(set(by[a]) & set(by[b]))
                 t = paired_test([by[a][j].get(k, nan) for j in common],
                                 [by[b][j].get(k, nan) for j in common])
@@ -1033,11 +1056,14 @@ def evaluate(
     from ..api import make_explainer
     from ..params import validate
 
+    games: dict[str, dict[str, str]] = {}
     for s in specs:
         # unknown names and bad values (types, ranges, choices) fail now, not after the model
         # has loaded; the checks that need an item's feature count run per record
         ex = make_explainer(s.name, dict(s.params))
         validate(ex.owner(), ex.params, ex.all_parameters())
+        games[s.label] = {"target": target or ex.default_target,
+                          "masker": method_masker or ex.default_masker}
         if ex.needs == "closed_model" and target_url is None:
             raise ParameterError(
                 f"The method '{s.name}' explains a closed model: give target_url and "
@@ -1138,8 +1164,9 @@ def evaluate(
         **{k: mhash[k] for k in ("chat_template_kwargs", "template_date") if k in mhash},
         **config.key_fields(),
         **({"granularity": f"{'/'.join(own)} (the data set's own)"} if fixed else {}),
-        "methods": {s.label: {"name": s.name, "params": _json_clean(s.param_dict)}
-                    for s in specs},
+        # (the game each method is scored on by r2, topk and lds: OWN_GAME_METRICS)
+        "methods": {s.label: {"name": s.name, "params": _json_clean(s.param_dict),
+                              "game": games[s.label]} for s in specs},
     }
     summary = summarize_records(records, [s.label for s in specs], list(metric_names),
                                 out=out_dir, settings=settings, n_items=len(items))
