@@ -587,6 +587,9 @@ FLAG_ONLY = {"deepseek_v4"}
 # attention that holds only under transformers' masks and caches: plain rows
 OWN_MASKS = {"deepseek_v32", "glm_moe_dsa", "axk2", "hy_v4", "dots3_note_text", "dory",
              "gpt_neo", "mllama"}
+if tuple(int(x) for x in _tf_version()[:2]) >= (5, 25):
+    RECURRENT -= FLAG_ONLY
+    OWN_MASKS |= FLAG_ONLY  # (its compressed keys: own masks only, plain unpadded rows)
 LOGIT_MAP = {"cohere", "cohere2", "granite", "gemma2", "gemma3n", "recurrent_gemma", "beam",
              "cohere2_moe", "inkling2_text", "vaultgemma", "nanochat", "minicpm3", "xlstm",
              "inkling_text", "inkling2_loop_text"}
@@ -854,8 +857,10 @@ def test_recurrent_models_get_gradients_and_refuse_beams_and_attention(name) -> 
     # (float32 scans in another order)
     prompt, output = _check_grad_x_input(hm, rtol=2e-3, atol=5e-5)
     for method in ("gilot", "attention", "bta"):
+        # (gilot explains its own beams: no output)
+        given = {} if method == "gilot" else {"output": output}
         with pytest.raises(CapabilityError, match="is recurrent"):
-            attrlens.explain(prompt, model=hm, method=method, output=output, chat=False)
+            attrlens.explain(prompt, model=hm, method=method, chat=False, **given)
 
 
 def test_shared_kv_layers_on_transformers_4_are_refused() -> None:
@@ -976,7 +981,7 @@ def test_gilot_is_refused_on_one_line_for_a_model_without_a_cache() -> None:
 
     hm = _model("openai_gpt")
     with pytest.raises(CapabilityError, match="takes no key/value cache") as e:
-        attrlens.explain(PROMPT, model=hm, method="gilot", output=" Because.", chat=False)
+        attrlens.explain(PROMPT, model=hm, method="gilot", chat=False)
     assert "\n" not in str(e.value)
     for method in ("loo", "ig", "attention"):
         r = attrlens.explain(PROMPT, model=hm, method=method, output=" Because.", chat=False)
@@ -1063,6 +1068,29 @@ def test_logits_cut_to_the_unpadded_vocabulary() -> None:
     np.testing.assert_allclose(ScoringEngine(hm, ids, out).token_logprobs(inputs), ref,
                                atol=1e-4)
     _assert_gradient_likelihood_is_plain(hm, ids, fs, out)
+
+
+@pytest.mark.parametrize(("name", "cut"), [("inkling_text", 20), ("inkling2_text", None)])
+def test_generation_stays_in_the_vocabulary_of_a_padded_head(name, cut) -> None:
+    """A head with rows past the vocabulary (Inkling's unpadded_vocab_size; here wider than
+    the embedding table, as transformers' default config makes it) let the greedy answer pick
+    a row that is no token: IndexError in the embedding at the next step. Generation takes
+    the argmax over the real rows only (the distribution attrlens scores)."""
+    import torch
+
+    tok = make_tiny_tokenizer()
+    hm = _model(name, **({} if cut is None else {"unpadded_vocab_size": len(tok) - cut}))
+    rows = hm.model.get_output_embeddings().weight.shape[0]
+    real = min(hm.vocab_rows, hm.input_embeddings.num_embeddings)
+    assert rows > real  # head rows that are no token
+    prompt = hm.tokenize(PROMPT, add_special_tokens=False)[0]
+    new = hm.generate(prompt, max_new_tokens=6)
+    assert len(new) >= 1 and max(new) < real
+    # each step's token is the argmax of the model's logits over the real rows
+    seq = torch.tensor([prompt + new])
+    with torch.no_grad():
+        logits = hm.model(input_ids=seq).logits[0, len(prompt) - 1 : -1, :real]
+    assert logits.argmax(-1).tolist() == new
 
 
 @pytest.mark.parametrize("name", ["modernbert_decoder", "gemma4_assistant", "blt"])

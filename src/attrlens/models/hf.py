@@ -1182,6 +1182,18 @@ def _packed_sdpa(module: Any, query: Any, key: Any, value: Any, attention_mask: 
     return out.transpose(1, 2).contiguous(), None
 
 
+class _VocabOnly:
+    """A logits processor for ``generate``: scores past the first ``n`` (head rows that are
+    no token) set to -inf."""
+
+    def __init__(self, n: int):
+        self.n = n
+
+    def __call__(self, input_ids: Any, scores: Any) -> Any:
+        scores[..., self.n:] = float("-inf")
+        return scores
+
+
 def _recurrent_cache_layers(config: Any) -> bool:
     """Whether transformers' cache for ``config`` keeps a recurrent state in some layer
     (transformers >= 5.25); False where it cannot tell."""
@@ -1549,6 +1561,16 @@ class HFModel:
             )
         ids = torch.tensor([input_ids], device=self.device)
         eos = self.eos_token_ids
+        extra: dict[str, Any] = {}
+        emb = getattr(self.input_embeddings, "num_embeddings", None)
+        rows = [n for n in (self.vocab_rows, emb) if n is not None]
+        if self.vocab_rows is not None and rows:
+            # a head wider than the vocabulary or the embedding table (Inkling's padding
+            # rows): its argmax could be a row that is no token (IndexError in the embedding
+            # at the next step)
+            from transformers import LogitsProcessorList
+
+            extra["logits_processor"] = LogitsProcessorList([_VocabOnly(min(rows))])
 
         def greedy() -> Any:
             with self.inference(), warnings.catch_warnings(), self._plain_generation():
@@ -1564,6 +1586,7 @@ class HFModel:
                     pad_token_id=next((t for t in (self.tokenizer.pad_token_id, *eos)
                                        if t is not None), 0),
                     eos_token_id=eos or None,
+                    **extra,
                 )
 
         out, err = out_of_memory_attempt(greedy)
