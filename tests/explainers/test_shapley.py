@@ -200,3 +200,21 @@ def test_regressions_refuse_a_budget_that_leaves_them_underdetermined(method, kw
         attrlens.explain_game(fn, 6, method=method, budget=least - 1, **kw)
     a = attrlens.explain_game(fn, 6, method=method, budget=least, **kw)
     assert len(set(np.round(a.scores, 6))) > 1
+
+
+def test_a_long_faith_banzhaf_plan_is_warned_of_before_it_runs():
+    """faith_banzhaf at order 2 on 120 features (7,260 terms, 29,040 evaluations, a 1.6 GiB
+    design) ran for minutes without a word; the plan is warned of when it is checked, and
+    small plans are not."""
+    import warnings
+
+    from attrlens.api import make_explainer
+
+    ex = make_explainer("faith_banzhaf", {})
+    with pytest.warns(UserWarning, match=r"with 120 features fits 7260 terms of order 2 on "
+                                         r"29040 model evaluations \(a 1\.6 GiB design\)"):
+        ex.check(120)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ex.check(12)
+        make_explainer("banzhaf", {}).check(120)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import warnings
 from typing import Any
 
 import numpy as np
@@ -204,6 +205,9 @@ class _RegressionExplainer(Explainer):
     default_masker = "replace"
     default_target = "logprob"
     max_terms = 20000
+    #: a plan over these many evaluations, or a design over these many bytes, is warned of
+    warn_evaluations = 20000
+    warn_design_bytes = 2.0**30
 
     def _order(self) -> int:
         return int(self.params.get("order", 1))
@@ -229,9 +233,19 @@ class _RegressionExplainer(Explainer):
                 f"lower the 'order' parameter (or use spex/proxyspex for many features)."
             )
         budget = self.params.get("budget") or self.default_budget(n_features)
+        m = _cap(n_features, int(budget))
         # masks, the float design over p terms (and the ridge's copies), the game's memo
-        check_plan_memory(f"The method '{self.name}'", n_features, _cap(n_features, int(budget)),
+        check_plan_memory(f"The method '{self.name}'", n_features, m,
                           24.0 * p + n_features + 200.0)
+        design = 8.0 * m * (p + 1)
+        if m > self.warn_evaluations or design > self.warn_design_bytes:
+            # (many features at order 2: 120 features are 7,260 terms, 29,040 evaluations)
+            warnings.warn(
+                f"{self.name} with {n_features} features fits {p} terms"
+                f"{f' of order {self._order()}' if self._order() > 1 else ''} on {m} model "
+                f"evaluations (a {design / 2**30:.1f} GiB design): this takes long; lower "
+                f"{'the order or ' if self._order() > 1 else ''}the budget, or use "
+                f"spex/proxyspex for many features.", stacklevel=2)
 
     def _explain(self, game: BudgetedGame, *, budget: int | None, seed: int) -> Explanation:
         n = game.n_features
