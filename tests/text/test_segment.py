@@ -201,3 +201,25 @@ def test_a_full_stop_after_an_abbreviation_does_not_end_the_sentence(text, want)
     segs = [text[a:b] for (sp,) in char_segments(text, [(0, len(text))], "sentence")
             for a, b in [sp]]
     assert segs == want
+
+
+def test_a_blank_a_template_token_holds_is_not_claimed_by_the_feature():
+    """SmolLM2's chat template tokenizes "user\\n  Hello" as "user", "\\n ", " Hello": the
+    frozen "\\n " holds the content's first blank, yet the first word's span began there
+    ("  Hello"): a blank the feature claimed and masking it left in place."""
+    text = "user\n  Hello there.  Bye \n"
+    region = (5, 25)  # "  Hello there.  Bye "
+    # "user" | "\n " (frozen, into the region) | " Hello" | " there" | "." | " " | " Bye" |
+    # " \n" (frozen, from the region's last blank on)
+    offsets = [(0, 4), (4, 6), (6, 12), (12, 18), (18, 19), (19, 20), (20, 24), (24, 26)]
+    for gran, want in (("word", [" Hello", " there.", "  Bye"]),
+                       ("sentence", [" Hello there.", "  Bye"]),
+                       ("message", [" Hello there.  Bye"])):
+        fs = segment(text, [region], offsets, gran)
+        got = [text[a:b] for f in fs for a, b in f.spans]
+        assert got == want, gran
+        # every char a feature claims lies in a token it masks
+        for f in fs:
+            toks = [offsets[t] for t in f.tokens]
+            assert all(any(x <= c < y for x, y in toks) for a, b in f.spans
+                       for c in range(a, b)), gran

@@ -386,6 +386,30 @@ def _label(text: str, spans: tuple[tuple[int, int], ...]) -> str:
     return re.sub(r"\s+", " ", raw) if raw else repr(text[spans[0][0]:spans[-1][1]])
 
 
+def _off_frozen_edges(
+    text: str,
+    spans: list[tuple[int, int]],
+    offsets: Sequence[tuple[int, int]],
+    starts: list[int],
+    owned: set[int],
+) -> list[tuple[int, int]]:
+    """A feature's spans without the blank edges that a frozen token holds: a template's
+    token may reach into the text ("\n " before "  Hello" in a chat turn); masking the
+    feature leaves that blank in place, so the feature does not claim it."""
+    out = []
+    for a, b in spans:
+        i = bisect.bisect_right(starts, a) - 1  # the token starting at or before a
+        if i >= 0 and i not in owned and starts[i] < a < offsets[i][1] <= b \
+                and not text[a:offsets[i][1]].strip():
+            a = offsets[i][1]
+        j = bisect.bisect_left(starts, b) - 1  # the token starting before b
+        if j >= 0 and j not in owned and a <= starts[j] < b < offsets[j][1] \
+                and not text[starts[j]:b].strip():
+            b = starts[j]
+        out.append((a, b))
+    return [sp for sp in out if sp[1] > sp[0]] or spans
+
+
 def segment(
     text: str,
     regions: Sequence[tuple[int, int]],
@@ -427,10 +451,12 @@ def segment(
                 merged_spans.append(list(sps))
                 merged_tokens.append(list(toks))
     feats = []
+    owned = {t for toks in merged_tokens for t in toks}
+    starts = [o[0] for o in offsets]
     for sps, toks in zip(merged_spans, merged_tokens):
         if not toks:
             continue
-        sps = sorted(sps)
+        sps = sorted(_off_frozen_edges(text, sps, offsets, starts, owned))
         # adjacent spans of one feature become one span
         joined: list[tuple[int, int]] = []
         for a, b in sps:
