@@ -126,7 +126,8 @@ def test_local_model_results_record_torch_threads_and_versions(tiny_model):
     (lambda m: m.sum(1), "4", "'n_features' parameter of explain_game must be an int"),
     (lambda m: np.ones((len(m), 2)), 4, "returned an array of shape (5, 2) (ndarray) for 5"),
     (lambda m: None, 4, "returned an array of shape () (NoneType) for 5 masks"),
-    (lambda m: ["a"] * len(m), 4, "returned values that are not numbers (list) for 5 masks"),
+    (lambda m: ["a"] * len(m), 4, "returned text ('a') for 5 masks; it must return numbers"),
+    (lambda m: [[1.0], [1.0, 2.0]] * 3, 4, "returned values that are not numbers (list)"),
 ])
 def test_explain_game_refuses_wrong_features_and_values_on_one_line(fn, n, needle):
     """Before: raw TypeError (a float n), ValueError 'cannot reshape array' (two values per
@@ -238,3 +239,12 @@ def test_attributions_compare_by_identity_not_by_raising():
     a = Attribution(method="x", scores=[1.0, 2.0], labels=["a", "b"])
     b = Attribution(method="x", scores=[1.0, 2.0], labels=["a", "b"])
     assert a != b and a in [b, a] and len({a, b}) == 2 and [a].index(a) == 0
+
+
+@pytest.mark.parametrize("wrap", [list, np.array, lambda v: np.array(v, dtype=object)])
+def test_text_values_are_refused_not_parsed(wrap):
+    """A value function returning text ("3.0", as read from a file) was parsed as numbers:
+    a "nan" or a locale's "2,5" then became a value or a message about shapes."""
+    with pytest.raises(InputError, match=r"returned text \('3.0'\) for 4 masks; it must "
+                                         r"return numbers"):
+        attrlens.explain_game(lambda m: wrap([f"{x:.1f}" for x in m.sum(1)]), 3)

@@ -111,9 +111,20 @@ class Game:
     def compute(self, masks: np.ndarray) -> list[Any]:
         """The values of new masks (one per row); typed games override this."""
         got = self.fn(masks)
-        if np.iscomplexobj(got):
+        try:
+            raw = np.asarray(got)
+        except (TypeError, ValueError):  # (ragged rows: refused below)
+            raw = None
+        if raw is not None and np.iscomplexobj(raw):
             raise InputError("The value function returned complex numbers; it must return "
                              "real values (e.g. np.abs(v) or v.real, whichever is meant).")
+        if raw is not None and (raw.dtype.kind in "US" or (raw.dtype.kind == "O" and any(
+                isinstance(x, (str, bytes)) for x in raw.ravel()))):
+            # ("0.5" read as 0.5 and "nan" as a value: text is not a measurement)
+            first = next(x for x in raw.ravel() if isinstance(x, (str, bytes, np.str_)))
+            raise InputError(f"The value function returned text ({str(first)!r}) for "
+                             f"{len(masks)} masks; it must return numbers (convert them "
+                             f"with float() where the text is a number).")
         try:
             vals = np.asarray(got, dtype=float)
         except (TypeError, ValueError):
