@@ -30,6 +30,10 @@ PROMPT = "The quick brown fox jumps over the lazy dog"
     ({"top_k": 5}, ("top_k is the vocabulary union of the kl/js/tv targets; loo scores the "
                    "nll target")),
     ({"top_k": 5, "method": "gilot"}, "gilot scores no target"),
+    # (ig reads one forward's gradients: prefix_reuse=False was accepted and did nothing)
+    ({"prefix_reuse": False, "method": "ig"},
+     "prefix_reuse is a setting of the scoring engine, which ig does not run"),
+    ({"prefix_reuse": False, "method": "attention"}, "which attention does not run"),
 ])
 def test_wrong_arguments_are_refused_before_the_model_is_loaded(kwargs, needle):
     """Each failed with a raw TypeError deep inside (a non-string name), was silently

@@ -254,6 +254,10 @@ def check_explain(prompt: Any, *, served: bool | None = None,
     _check_read(explainer, target=a.target, reduction=a.reduction, contrast=a.contrast,
                 masker=a.masker)
     check_param("explain", "prefix_reuse", a.prefix_reuse, kind=bool)
+    if not a.prefix_reuse and not explainer.runs_engine:
+        raise ParameterError(
+            f"prefix_reuse is a setting of the scoring engine, which {explainer.name} does not "
+            f"run (it reads one forward's gradients or attention): leave it out.")
     from .scoring.targets import DIVERGENCES
 
     read_target = (a.target or explainer.default_target) if "target" in explainer.reads else None

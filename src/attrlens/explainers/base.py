@@ -85,6 +85,9 @@ class Explainer(ABC):
     #: model's own beam distributions); a given output is then refused, not recorded as
     #: the output its scores explain
     explains_output: ClassVar[bool] = True
+    #: False for a method that never runs the scoring engine on masked prompts (gradients
+    #: and attention of one forward): its settings (prefix_reuse) are refused when given
+    runs_engine: ClassVar[bool] = True
     #: explain()'s options that set each of those (evaluate's records keep all of theirs:
     #: its metrics read them whatever the method reads)
     SETTING_OF: ClassVar[dict[str, str]] = {

@@ -97,6 +97,7 @@ class _WhiteBoxExplainer(Explainer):
     uses_budget: ClassVar[bool] = False
     #: gradients and attention of sum_t log p(o_t) on the whole prompt: no target, no masking
     reads: ClassVar[tuple[str, ...]] = ()
+    runs_engine: ClassVar[bool] = False
 
     def make_game(
         self, inputs: ModelInputs, scoring: ScoringGame, *, closed: OpenAIBackend | None = None
