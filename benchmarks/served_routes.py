@@ -116,7 +116,7 @@ def main() -> None:
             out = be.chat([{"role": "user", "content": prompt}],
                           max_tokens=args.max_new_tokens, temperature=0.0).text
             base = {"model": model, "granularity": "span", "spans": spans, "output": out,
-                        "max_new_tokens": args.max_new_tokens, "target_backend": be}
+                    "target_backend": be}
             runs = {"served_loo": {"method": "loo", "route": "forced_tokens"}}
             for k in (1, 3, 5):
                 runs[f"rope_lime_k{k}"] = {"method": "rope_lime", "k": k,

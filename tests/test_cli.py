@@ -28,7 +28,7 @@ def test_explain_writes_json_on_local_model(tiny_dir, tmp_path, capsys):
     path = tmp_path / "r.json"
     code, out, err = run(
         ["explain", "The quick brown fox", "--model", str(tiny_dir), "--json", str(path),
-         "--max-new-tokens", "4", "--output-text", " jumps"],
+         "--output-text", " jumps"],
         capsys,
     )
     assert code == 0, err
@@ -457,6 +457,7 @@ def test_output_from_a_file_nested_too_deep_is_one_line(tmp_path, capsys):
     (["--method", "gilot", "--target", "kl"], "does not read target"),
     (["--method", "ig", "--masker", "delete"], "does not read masker"),
     (["--method", "gilot", "--output-text", "Paris"], "not a given output"),
+    (["--output-text", "Paris", "--max-new-tokens", "4"], "leave max_new_tokens out"),
     (["--template-date", "2026-13-45"], "is not a date"),
     (["--chat-template-kwargs", "[]"], "must be a JSON object"),
     (["--spans", "0:2"], "Pass granularity='span'"),

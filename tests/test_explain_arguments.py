@@ -34,6 +34,8 @@ PROMPT = "The quick brown fox jumps over the lazy dog"
     ({"prefix_reuse": False, "method": "ig"},
      "prefix_reuse is a setting of the scoring engine, which ig does not run"),
     ({"prefix_reuse": False, "method": "attention"}, "which attention does not run"),
+    # (a given output was explained whole; max_new_tokens=2 did nothing)
+    ({"max_new_tokens": 2}, "max_new_tokens limits a generated answer, and the output is given"),
 ])
 def test_wrong_arguments_are_refused_before_the_model_is_loaded(kwargs, needle):
     """Each failed with a raw TypeError deep inside (a non-string name), was silently

@@ -126,7 +126,7 @@ def explain(
     masker: str | None = None,
     spans: Sequence[tuple[int, int]] | None = None,
     chat: bool | None = None,
-    max_new_tokens: int = 32,
+    max_new_tokens: int | None = None,
     reduction: str | None = None,
     top_k: int = 100,
     contrast: str | None = None,
@@ -149,6 +149,7 @@ def explain(
     target:      nll | logprob | kl | js | tv | contrastive (with ``contrast``); default: the
                  method's (``logprob`` for spex/proxyspex, ``nll`` for the others)
     masker:      delete | replace | attention_off (default: the method's)
+    max_new_tokens: the generated answer's length limit (default 32); only without ``output``
     target_backend: a closed-model backend (OpenAIBackend) whose output is explained
     route:       how the served model is reached (models.routes.ROUTES; default: game-based
                  methods probe the server for a log-likelihood route)
@@ -165,6 +166,7 @@ def explain(
         max_new_tokens=max_new_tokens, reduction=reduction, top_k=top_k, contrast=contrast,
         prefix_reuse=prefix_reuse, target_backend=target_backend, route=route, audit=audit,
         progress=progress, **params)
+    max_new_tokens = MAX_NEW_TOKENS if max_new_tokens is None else max_new_tokens
     model = _resolve_model(model, tokenizer, loading)
     with model.evaluating():  # a model object in training mode: back as it was afterwards
         api_before = _api_counters(target_backend)
@@ -248,7 +250,13 @@ def check_explain(prompt: Any, *, served: bool | None = None,
             f"server takes text, not mask tokens or attention masks), so masker '{a.masker}' "
             f"cannot apply: leave it out, or use route='surrogate' (--route surrogate) to "
             f"score on the local model.")
-    _check_arguments(a.granularity, a.masker, a.max_new_tokens, target=a.target,
+    if a.max_new_tokens is not None and a.output is not None:
+        raise ParameterError(
+            "max_new_tokens limits a generated answer, and the output is given (output=, "
+            "--output-text, --output-from): leave max_new_tokens out.")
+    _check_arguments(a.granularity, a.masker,
+                     MAX_NEW_TOKENS if a.max_new_tokens is None else a.max_new_tokens,
+                     target=a.target,
                      reduction=a.reduction, top_k=a.top_k, contrast=a.contrast, spans=a.spans,
                      chat=a.chat, progress=a.progress)
     _check_read(explainer, target=a.target, reduction=a.reduction, contrast=a.contrast,
@@ -412,6 +420,10 @@ def refuse_loading(loading: dict[str, Any]) -> None:
         f"stays where and as it is: move or convert it first (model.to(...)), or pass "
         f"the path."
     )
+
+
+#: the generated answer's length limit when explain() is not given one
+MAX_NEW_TOKENS = 32
 
 
 def _resolve_model(model: Any, tokenizer: Any, loading: dict[str, Any] | None = None) -> Any:

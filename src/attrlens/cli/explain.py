@@ -68,7 +68,9 @@ def add_parser(sub: Any, method: str | None) -> argparse.ArgumentParser:
     e.add_argument("--budget", help="maximum number of value-function evaluations "
                    "(default: the method's; 'none' = the method's)")
     e.add_argument("--seed", type=int, default=0)
-    e.add_argument("--max-new-tokens", type=int, default=32)
+    e.add_argument("--max-new-tokens", type=int, default=None,
+                   help="the generated answer's length limit (default 32; not with a given "
+                        "output)")
     e.add_argument("--raw", action="store_true", help="do not apply the chat template")
     e.add_argument("--json", help="write the result JSON here (written before any display)")
     e.add_argument("--html", help="write an HTML report here")
