@@ -187,7 +187,6 @@ def main(argv: list[str] | None = None) -> int:
                 "model": model,
                 "granularity": "span",
                 "spans": spans_r,
-                "max_new_tokens": args.max_new_tokens,
                 "seed": args.seed,
             }
             # the one closed call every method pays: the output to explain
@@ -272,6 +271,7 @@ def main(argv: list[str] | None = None) -> int:
                     output=out,
                     target_backend=backend,
                     budget=args.gsmile_budget,
+                    max_new_tokens=args.max_new_tokens,  # (its regenerations' length)
                     **base,
                 )
                 wall = time.perf_counter() - t1 + t_out

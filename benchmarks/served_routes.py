@@ -121,7 +121,8 @@ def main() -> None:
             for k in (1, 3, 5):
                 runs[f"rope_lime_k{k}"] = {"method": "rope_lime", "k": k,
                                            "budget": args.rope_budget}
-            runs["gsmile"] = {"method": "gsmile", "budget": args.gsmile_budget}
+            runs["gsmile"] = {"method": "gsmile", "budget": args.gsmile_budget,
+                              "max_new_tokens": args.max_new_tokens}  # (its regenerations)
             res = {}
             for name, kw in runs.items():
                 t0 = time.perf_counter()

@@ -47,6 +47,16 @@ def test_wrong_arguments_are_refused_before_the_model_is_loaded(kwargs, needle):
     assert needle in str(ei.value) and "\n" not in str(ei.value)
 
 
+def test_max_new_tokens_with_a_given_output_is_kept_where_the_method_regenerates():
+    """gsmile has the served model answer each perturbed prompt: max_new_tokens limits those
+    answers whether the explained output is given or not."""
+    from attrlens.api import check_explain
+
+    check_explain(PROMPT, method="gsmile", output=" x", max_new_tokens=8, served=True)
+    with pytest.raises(ParameterError, match="leave max_new_tokens out"):
+        check_explain(PROMPT, method="loo", output=" x", max_new_tokens=8)
+
+
 def test_one_span_not_in_a_list_is_refused(tiny_model):
     with pytest.raises(InputError, match=r"list of \(start, end\) pairs, e.g. \[\(0, 5\)\]"):
         attrlens.explain(PROMPT, model=tiny_model, output=" x", granularity="span",

@@ -250,7 +250,7 @@ def check_explain(prompt: Any, *, served: bool | None = None,
             f"server takes text, not mask tokens or attention masks), so masker '{a.masker}' "
             f"cannot apply: leave it out, or use route='surrogate' (--route surrogate) to "
             f"score on the local model.")
-    if a.max_new_tokens is not None and a.output is not None:
+    if a.max_new_tokens is not None and a.output is not None and not explainer.regenerates:
         raise ParameterError(
             "max_new_tokens limits a generated answer, and the output is given (output=, "
             "--output-text, --output-from): leave max_new_tokens out.")

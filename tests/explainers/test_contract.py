@@ -83,10 +83,11 @@ def run_method(method: str | Explainer, request, *, seed: int = 0, budget: int |
         return a, g.n_calls
     tiny = request.getfixturevalue("tiny_model")
     backend = request.getfixturevalue("closed_backend") if cls.needs == "closed_model" else None
+    given = backend is None and cls.explains_output
+    # (a given output, or a generated answer of 4 tokens)
     a = attrlens.explain(PROMPT, model=tiny, method=method, budget=budget, seed=seed,
-                         output=None if backend is not None or not cls.explains_output
-                         else OUTPUT, chat=False,
-                         max_new_tokens=4, target_backend=backend, **params)
+                         **({"output": OUTPUT} if given else {"max_new_tokens": 4}),
+                         chat=False, target_backend=backend, **params)
     return a, None
 
 

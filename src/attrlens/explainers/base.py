@@ -88,6 +88,9 @@ class Explainer(ABC):
     #: False for a method that never runs the scoring engine on masked prompts (gradients
     #: and attention of one forward): its settings (prefix_reuse) are refused when given
     runs_engine: ClassVar[bool] = True
+    #: True for a method that has the model generate answers to perturbed prompts (gsmile):
+    #: max_new_tokens limits those even where the explained output is given
+    regenerates: ClassVar[bool] = False
     #: explain()'s options that set each of those (evaluate's records keep all of theirs:
     #: its metrics read them whatever the method reads)
     SETTING_OF: ClassVar[dict[str, str]] = {

@@ -73,6 +73,7 @@ class GSmileExplainer(Explainer):
     needs = "closed_model"
     default_masker = "delete"
     default_target = "nll"
+    regenerates = True  # (max_new_tokens limits its regenerations, output given or not)
     reads = ()  # word-deleted prompts sent as text; the value is a distance between answers
     parameters = (
         Param("p_keep", 0.5, "keep probability of each feature in a perturbation",
