@@ -497,8 +497,8 @@ class ItemRunner:
                 f"target_model (a served model, e.g. `attrlens serve`)."
             )
         api_before = dict(getattr(backend, "counters", {}) or {})
-        target = cfg.target or explainer.default_target
-        method_masker = cfg.method_masker or explainer.default_masker
+        game_of = method_game(explainer, cfg.target, cfg.method_masker)
+        target, method_masker = game_of["target"], game_of["masker"]
         inputs, scoring = self._prepare(item, target=target, masker=method_masker,
                                         output=output, backend=backend)
         # an item without an output explains the answer output_text generated
@@ -785,6 +785,13 @@ class Summary:
         return "\n".join(lines) + "\n"
 
 
+def method_game(explainer: Any, target: str | None, masker: str | None) -> dict[str, str]:
+    """{target, masker} a method is scored on: evaluate's target= and method_masker= where
+    given, else the method's own (what r2, topk and lds read: OWN_GAME_METRICS)."""
+    return {"target": target or explainer.default_target,
+            "masker": masker or explainer.default_masker}
+
+
 def _games(settings: dict[str, Any], methods: list[str]) -> dict[str, Any]:
     """Each method's game ({target, masker}) from the summary's settings; None where the
     settings do not say (then all are taken as one)."""
@@ -1062,8 +1069,7 @@ def evaluate(
         # has loaded; the checks that need an item's feature count run per record
         ex = make_explainer(s.name, dict(s.params))
         validate(ex.owner(), ex.params, ex.all_parameters())
-        games[s.label] = {"target": target or ex.default_target,
-                          "masker": method_masker or ex.default_masker}
+        games[s.label] = method_game(ex, target, method_masker)
         if ex.needs == "closed_model" and target_url is None:
             raise ParameterError(
                 f"The method '{s.name}' explains a closed model: give target_url and "
