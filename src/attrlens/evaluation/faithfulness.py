@@ -34,6 +34,7 @@ import numpy as np
 from ..errors import InputError, ParameterError
 from ..games import Game, as_game
 from ..params import check_param
+from ..solvers.regression import weighted_r2
 
 SURROGATE_BASES = ("fourier", "mobius")
 
@@ -176,12 +177,10 @@ def faithfulness_r2(
 def _r2(y: np.ndarray, yhat: np.ndarray) -> float:
     """R² = 1 - Σ(v - v̂)² / Σ(v - v̄)²; NaN when the true values are constant (0/0: nothing
     to explain, as LDS is NaN; scikit-learn's r2_score gives 1.0 or 0.0 there)."""
-    from sklearn.metrics import r2_score
-
     y = np.asarray(y, dtype=np.float64).reshape(-1)
     if y.size < 2 or np.all(y == y[0]):
         return float("nan")
-    return float(r2_score(y, yhat))
+    return weighted_r2(y, yhat)
 
 
 def _calibrate(scores: np.ndarray, masks: np.ndarray, y: np.ndarray) -> tuple[float, float]:

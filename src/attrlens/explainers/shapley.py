@@ -40,6 +40,7 @@ from ..solvers.indices import (
     terms_of,
     values_from_mobius,
 )
+from ..solvers.regression import value_scale
 from ..solvers.sampling import kernel_shap_design, n_coalitions, uniform_masks
 from .base import Explainer, Explanation
 
@@ -61,16 +62,17 @@ def ridge_fit(
 
     X = np.asarray(X, dtype=float)
     y = np.asarray(y, dtype=float)
+    s = value_scale(y)  # solved at unit scale: the fit (and RidgeCV's choice) is equivariant
     if alpha is None:
-        reg = RidgeCV(alphas=_ALPHAS, fit_intercept=True).fit(X, y)
+        reg = RidgeCV(alphas=_ALPHAS, fit_intercept=True).fit(X, y / s)
         used = float(reg.alpha_)
     elif alpha == 0:
-        reg = LinearRegression(fit_intercept=True).fit(X, y)
+        reg = LinearRegression(fit_intercept=True).fit(X, y / s)
         used = 0.0
     else:
-        reg = Ridge(alpha=float(alpha), fit_intercept=True, solver="svd").fit(X, y)
+        reg = Ridge(alpha=float(alpha), fit_intercept=True, solver="svd").fit(X, y / s)
         used = float(alpha)
-    return np.asarray(reg.coef_, dtype=float), float(reg.intercept_), used
+    return np.asarray(reg.coef_, dtype=float) * s, float(reg.intercept_) * s, used
 
 
 def mobius_terms(coeffs: dict[tuple[int, ...], float]) -> list[dict[str, Any]]:

@@ -44,6 +44,7 @@ from ..solvers.indices import (
     terms_of,
     values_from_fourier,
 )
+from ..solvers.regression import value_scale
 from ..solvers.sampling import all_masks, n_coalitions, uniform_masks
 from .base import Explainer, Explanation
 
@@ -70,8 +71,10 @@ def exact_spectrum(values: np.ndarray, n: int) -> Coeffs:
     from ..errors import InputError
     from ..solvers.fourier import fwht
 
+    v = np.asarray(values, dtype=float)
+    scale = value_scale(v)  # |F| <= max |v|: transformed at unit scale, nothing overflows
     with np.errstate(over="ignore", invalid="ignore"):  # said below, in one line
-        f = fwht(np.asarray(values, dtype=float))  # index bit i <-> feature i, as all_masks
+        f = fwht(v / scale) * scale  # index bit i <-> feature i, as all_masks
     if not np.all(np.isfinite(f)):
         raise InputError(
             "The game's Fourier transform overflows (its values are too large for float64 "

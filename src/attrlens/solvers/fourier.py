@@ -28,6 +28,7 @@ import numpy as np
 from attrlens.errors import InputError, ParameterError
 from attrlens.params import check_param, check_seed
 from attrlens.solvers.bch import BCHCode, make_bch_code
+from attrlens.solvers.regression import value_scale
 
 Coeffs = dict[tuple[int, ...], float]
 
@@ -278,10 +279,10 @@ def fourier_r2(coeffs: Coeffs, masks: np.ndarray, values: np.ndarray) -> float:
     z = _as_masks(masks)
     if v.shape[0] != z.shape[0]:
         raise InputError(f"values has {v.shape[0]} entries but masks has {z.shape[0]} rows.")
-    from sklearn.metrics import r2_score
+    from .regression import weighted_r2
 
     # constant values: 1.0 for a perfect prediction, 0.0 otherwise (sklearn's convention)
-    return float(r2_score(v, predict(coeffs, z)))
+    return weighted_r2(v, predict(coeffs, z))
 
 
 def _rows_to_keys(rows) -> list[tuple[int, ...]]:  # rows: iterable of (n,) bool
@@ -360,6 +361,11 @@ def spex_transform(
         raise InputError(
             "values contains NaN or infinite entries; the value function must be finite."
         )
+    # decoded at unit scale (every step is linear in the values, the thresholds relative),
+    # then scaled back: squares of values near 1e±300 over- or underflow
+    scale = value_scale(sub_vals)
+    sub_vals = sub_vals / scale
+    noise_sd = noise_sd / scale
 
     code = design.code
     c_groups, n_del, n_bins = design.n_groups, design.n_delays, 1 << b
@@ -450,7 +456,7 @@ def spex_transform(
         coeffs = _lasso_refit(design, sub_vals, b, coeffs, seed=seed)
     energy = np.einsum("cjp,cjp->cj", bins, bins)
     return SpexDecodeResult(
-        coeffs=coeffs,
+        coeffs={k: c * scale for k, c in coeffs.items()},
         b=b,
         n_queries=design.n_queries_at(b),
         n_iterations=it,

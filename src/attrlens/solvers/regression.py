@@ -15,7 +15,7 @@ import numpy as np
 from attrlens.errors import InputError
 from attrlens.params import check_param
 
-__all__ = ["fidelity_metrics", "weighted_ols", "weighted_r2", "weighted_ridge"]
+__all__ = ["fidelity_metrics", "value_scale", "weighted_ols", "weighted_r2", "weighted_ridge"]
 
 
 def weighted_ridge(
@@ -48,12 +48,15 @@ def weighted_ridge(
     keep = wa > 0  # zero-weight rows change nothing; sklearn's solvers may dislike them
     model = (LinearRegression(fit_intercept=fit_intercept) if alpha == 0
              else Ridge(alpha=float(alpha), fit_intercept=fit_intercept, solver="svd"))
-    model.fit(xa[keep], ya[keep], sample_weight=wa[keep])
-    coef = np.asarray(model.coef_, dtype=np.float64)
-    intercept = model.intercept_
+    # the solution is scale-equivariant (y/s gives coef/s, the penalty included), so solve
+    # at unit scale: values near the float range's ends would overflow in the solvers' squares
+    s = value_scale(ya)
+    model.fit(xa[keep], ya[keep] / s, sample_weight=wa[keep])
+    coef = np.asarray(model.coef_, dtype=np.float64) * s
+    intercept = np.asarray(model.intercept_, dtype=np.float64) * s
     if ya.ndim > 1:
         return coef, np.broadcast_to(np.asarray(intercept, dtype=np.float64), (ya.shape[1],)).copy()
-    return coef.reshape(-1), float(intercept)
+    return coef.reshape(-1), float(intercept.reshape(-1)[0])
 
 
 def weighted_ols(
@@ -69,7 +72,16 @@ def weighted_r2(y: Any, yhat: Any, w: Any = None) -> float:
     from sklearn.metrics import r2_score
 
     ya, ha, wa = _check_pred(y, yhat, w)
-    return float(r2_score(ya, ha, sample_weight=wa))
+    s = value_scale(ya, ha)  # R^2 is scale-free; unit scale keeps its squares finite
+    return float(r2_score(ya / s, ha / s, sample_weight=wa))
+
+
+def value_scale(*arrays: Any) -> float:
+    """The largest magnitude among the arrays: a fit or an R^2 computed on values divided by
+    it cannot overflow in its squares (1.0 when they are all zero or not all finite)."""
+    s = max((float(np.abs(np.asarray(a, dtype=float)).max()) for a in arrays
+             if np.size(a)), default=0.0)
+    return s if 0.0 < s < np.inf else 1.0
 
 
 def fidelity_metrics(y: Any, yhat: Any, w: Any, n_params: int) -> dict[str, float]:

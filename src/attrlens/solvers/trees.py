@@ -24,6 +24,7 @@ import numpy as np
 from attrlens.errors import CapabilityError, InputError, ParameterError
 from attrlens.params import check_param, check_seed
 from attrlens.solvers.fourier import fourier_basis
+from attrlens.solvers.regression import value_scale
 
 Coeffs = dict[tuple[int, ...], float]
 
@@ -132,8 +133,10 @@ def ridge_refit(keys: list[tuple[int, ...]], masks: np.ndarray, values: np.ndarr
     if not keys:
         return {}
     x = fourier_basis(keys, masks)
-    reg = RidgeCV(alphas=np.logspace(-6, 6, 100), fit_intercept=False).fit(x, values)
-    return {k: float(c) for k, c in zip(keys, reg.coef_)}
+    y = np.asarray(values, dtype=np.float64)
+    s = value_scale(y)  # solved at unit scale: the ridge solution is scale-equivariant
+    reg = RidgeCV(alphas=np.logspace(-6, 6, 100), fit_intercept=False).fit(x, y / s)
+    return {k: float(c) * s for k, c in zip(keys, reg.coef_)}
 
 
 #: LightGBM grids besides max_depth in {max(1, t-2), t}: "reference" is spectralexplain's
@@ -215,7 +218,11 @@ def proxyspex_fit(
         base, param_grid=param_grid, scoring="r2",
         cv=KFold(n_splits=cv, shuffle=True, random_state=seed), n_jobs=1
     )
-    search.fit(x, y)
+    # LightGBM keeps labels in float32: centred and at unit scale they neither overflow
+    # (1e300) nor underflow (1e-300), nor lose the effects of a game on a large offset
+    # (1e8 + effects of 1 round to multiples of 8); only the tree's support is used below
+    centred = y - y.mean()
+    search.fit(x, centred / value_scale(centred))
     tree_coeffs = lightgbm_to_fourier(search.best_estimator_, z.shape[1])
     kept = truncate_energy(tree_coeffs, energy)
     keys = sorted(set(kept) | {()}, key=lambda k: (len(k), k))
