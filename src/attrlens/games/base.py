@@ -118,10 +118,10 @@ class Game:
         if raw is not None and np.iscomplexobj(raw):
             raise InputError("The value function returned complex numbers; it must return "
                              "real values (e.g. np.abs(v) or v.real, whichever is meant).")
-        if raw is not None and (raw.dtype.kind in "US" or (raw.dtype.kind == "O" and any(
-                isinstance(x, (str, bytes)) for x in raw.ravel()))):
-            # ("0.5" read as 0.5 and "nan" as a value: text is not a measurement)
-            first = next(x for x in raw.ravel() if isinstance(x, (str, bytes, np.str_)))
+        first = None  # the first text value ("0.5" read as 0.5 and "nan" as a value: text
+        if raw is not None and raw.dtype.kind in "USO":  # is not a measurement)
+            first = next((x for x in raw.ravel() if isinstance(x, (str, bytes))), None)
+        if first is not None:
             raise InputError(f"The value function returned text ({str(first)!r}) for "
                              f"{len(masks)} masks; it must return numbers (convert them "
                              f"with float() where the text is a number).")
