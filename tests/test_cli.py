@@ -538,3 +538,29 @@ def test_an_empty_model_path_is_named_as_such(capsys):
     """--model '' said "The directory '.' is not a transformers model"."""
     code, _, err = run(["explain", "a b", "--model", "", "--output-text", " x"], capsys)
     assert code == 2 and "The model path is empty" in err, err
+
+
+def test_paths_the_system_refuses_are_one_line_errors(tmp_path, capsys):
+    """A name too long for the file system, or an --out the system will not create, was
+    "attrlens: internal error: OSError ..." (exit 1)."""
+    long = tmp_path / ("a" * 300)
+    data = tmp_path / "d.jsonl"
+    data.write_text('{"prompt": "the cat sat", "output": " x"}\n', encoding="utf-8")
+    for argv, needle in (
+        (["show", f"{long}.json"], "Could not read the result file"),
+        (["evaluate", f"{long}.jsonl", "--methods", "loo", "--out", str(tmp_path / "o")],
+         "File name too long"),
+        (["evaluate", str(data), "--methods", "loo", "--out", str(long / "run")],
+         "cannot be created"),
+    ):
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and needle in err and "internal error" not in err, err
+
+
+def test_abbreviated_options_are_refused(capsys):
+    """``--meth lime`` ran lime (argparse's abbreviations) while the method-option scan read
+    loo: "--num-samples is a parameter of lime" was refused for 'loo'."""
+    assert main(["explain", "Hi there", "--meth", "lime", "--num-samples", "10"]) == 2
+    err = capsys.readouterr().err
+    assert "Unknown option '--meth'" in err and "Did you mean '--method'" in err

@@ -192,3 +192,15 @@ def test_gilot_refuses_a_given_output(output):
         with pytest.raises(ParameterError, match="not a given output") as ei:
             attrlens.explain(PROMPT, model="/no/such/model", output=output, method=method)
         assert "\n" not in str(ei.value)
+
+
+def test_a_contrast_equal_to_the_output_is_refused(tiny_model):
+    """log p(output) - log p(contrast) is 0 under every mask when both are the same tokens:
+    before, every score came back 0, with exit 0 and no word."""
+    with pytest.raises(InputError, match="is the explained output itself"):
+        attrlens.explain(PROMPT, model=tiny_model, output=" over the", target="contrastive",
+                         contrast=" over the", chat=False)
+    # a different alternative is explained (not all zero)
+    attr = attrlens.explain(PROMPT, model=tiny_model, output=" over the",
+                            target="contrastive", contrast=" under a", chat=False)
+    assert np.abs(attr.scores).max() > 0

@@ -557,6 +557,12 @@ def prepare(
                                   add_special_tokens=not pr.chat)
         if not alt_ids:
             raise InputError(f"The contrast text {contrast!r} tokenizes to nothing.")
+        if list(alt_ids) == list(output_ids):
+            # log p(output) - log p(contrast) is then 0 under every mask: all scores 0
+            raise InputError(
+                f"The contrast text {contrast!r} is the explained output itself (the same "
+                f"tokens), so the contrastive target is 0 for every mask: give a different "
+                f"alternative output.")
         alt_engine = ScoringEngine(model, prompt_ids, alt_ids, prefix_reuse=prefix_reuse,
                                    max_batch_tokens=batch)
         engines = (engine, alt_engine)

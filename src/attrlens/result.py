@@ -65,6 +65,13 @@ def _is_number(v: Any) -> bool:
     return True
 
 
+#: the other kinds of file this version writes, by schema (not attributions)
+OTHER_KINDS = {
+    "attrlens.comparison/1": "a comparison of two prompts (from attrlens compare)",
+    "attrlens.evaluation/1": "the summary of an evaluation run (from attrlens evaluate)",
+}
+
+
 def validate_dict(d: Any, *, source: str = "the data") -> None:
     """Check a result's JSON form against schema ``attrlens.attribution/1``; InputError naming
     the first problem (and where) otherwise. Scores and matrix entries may be null (a
@@ -74,6 +81,10 @@ def validate_dict(d: Any, *, source: str = "the data") -> None:
         return InputError(f"{source} is not a valid attrlens result: {what}.")
 
     schema = d.get("schema") if isinstance(d, dict) else None
+    if schema in OTHER_KINDS:
+        raise InputError(
+            f"{source} is {OTHER_KINDS[schema]}, not the attribution of one output: give a "
+            f"result of attrlens explain or aqw here ('attrlens show' opens this file).")
     if isinstance(schema, str) and schema.startswith("attrlens.") and schema != SCHEMA:
         # (a file of another attrlens version or kind was called "not an attrlens result")
         raise InputError(
@@ -201,9 +212,12 @@ def read_result_json(path: str | Path) -> Any:
     """The JSON in a result file (InputError with one clear line otherwise: missing, a
     directory, not UTF-8, not JSON, nested too deep to parse)."""
     path = Path(path)
-    if not path.is_file():
-        raise InputError(f"The result file '{path}' "
-                         f"{'is a directory' if path.is_dir() else 'does not exist'}.")
+    try:
+        if not path.is_file():
+            raise InputError(f"The result file '{path}' "
+                             f"{'is a directory' if path.is_dir() else 'does not exist'}.")
+    except OSError as exc:  # (a name too long for the file system, say)
+        raise InputError(f"Could not read the result file '{path}': {exc.strerror}.") from None
     try:
         # NaN / Infinity literals (not JSON, but Python writes them) are read as null, the
         # non-finite value a result is saved as

@@ -875,3 +875,33 @@ def test_methods_on_different_games_are_not_paired_by_r2_topk_lds(tiny_model, tm
         out=tmp_path / "o2", n_test=16, n_calibration=8, chat=False, progress=False,
         target="nll", method_masker="delete")
     assert [(t["a"], t["b"]) for t in s2.paired["r2"]] == [("loo", "spex")]
+
+
+def test_show_opens_an_evaluation_run(tiny_dir, tmp_path, capsys):
+    """``attrlens show`` on a run's folder, summary.json, summary.md or records.jsonl prints
+    its summary table; before, each was "not an attrlens result" (only the files under
+    attributions/ opened)."""
+    from attrlens.cli import main
+
+    data = tmp_path / "d.jsonl"
+    data.write_text(json.dumps({"prompt": "the cat sat", "output": " x"}) + "\n",
+                    encoding="utf-8")
+    run = tmp_path / "run"
+    assert main(["evaluate", str(data), "--methods", "loo", "--metrics", "abpc", "--model",
+                 str(tiny_dir), "--quiet", "--out", str(run)]) == 0
+    capsys.readouterr()
+    assert json.loads((run / "summary.json").read_text())["schema"] == "attrlens.evaluation/1"
+    for target in (run, run / "summary.json", run / "summary.md", run / "records.jsonl"):
+        assert main(["show", str(target)]) == 0, target
+        out = capsys.readouterr().out
+        assert "abpc" in out and "loo" in out and "index.html" in out
+    assert main(["show", str(run), "--html", str(tmp_path / "x.html")]) == 2
+    assert "is an evaluation run" in capsys.readouterr().err
+    # a stopped run (no summary yet) says how to finish it
+    (run / "summary.md").unlink()
+    assert main(["show", str(run)]) == 2
+    assert "has no summary yet" in capsys.readouterr().err
+    # and an attribution input refuses the summary by its kind, not by "upgrade"
+    assert main(["explain", "hi", "--output-from", str(run / "summary.json")]) == 2
+    err = capsys.readouterr().err
+    assert "the summary of an evaluation run" in err and "upgrade" not in err

@@ -109,6 +109,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 141
     except SystemExit as exc:  # argparse: --help, --version, usage errors
         return int(exc.code or 0) if isinstance(exc.code, int) else 2
+    except OSError as exc:
+        # a file or folder the system refused (too long a name, no permission, a read-only
+        # or special file system) where no step above said so in its own words
+        where = f" '{exc.filename}'" if exc.filename else ""
+        print(f"attrlens: error: cannot use{where}: {exc.strerror or one_line(str(exc))}; "
+              f"choose another path.", file=sys.stderr)
+        return 2
     except Exception as exc:
         if os.environ.get("ATTRLENS_DEBUG"):
             raise

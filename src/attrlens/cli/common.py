@@ -29,7 +29,13 @@ NEEDS_WORDS = {
 
 
 class Parser(argparse.ArgumentParser):
-    """argparse with one-line errors (``attrlens: error: ...``, exit 2)."""
+    """argparse with one-line errors (``attrlens: error: ...``, exit 2) and no abbreviated
+    options: ``--meth lime`` was read as ``--method lime`` by argparse, but not by the scan
+    that picks the method's own options before parsing, which then named the wrong method."""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> Any:  # type: ignore[override]
         from ..report.terminal import one_line

@@ -690,6 +690,10 @@ class ProgressPrinter:
 
 
 # ---- summary -------------------------------------------------------------------------------
+#: the ``schema`` of summary.json
+SUMMARY_SCHEMA = "attrlens.evaluation/1"
+
+
 @dataclass
 class Summary:
     """Aggregates of one evaluation (what summary.json holds).
@@ -716,6 +720,7 @@ class Summary:
     def to_dict(self) -> dict[str, Any]:
         """The JSON form (no timings: equal runs give equal summaries)."""
         return _json_clean({
+            "schema": SUMMARY_SCHEMA,
             "methods": self.methods, "metrics": self.metrics, "n_items": self.n_items,
             "settings": self.settings, "table": self.table, "bins": self.bins,
             "paired": self.paired, "failed": self.failed, "records": "records.jsonl",

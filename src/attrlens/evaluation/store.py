@@ -73,8 +73,12 @@ class ResultsStore:
             raise InputError(f"The output folder must be a folder name, e.g. --out runs/alpaca; "
                              f"got {out!r}.")
         self.dir = Path(out)
-        _check_out(self.dir)
-        self.dir.mkdir(parents=True, exist_ok=True)
+        try:
+            _check_out(self.dir)
+            self.dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise InputError(f"The output folder {out} cannot be created ({exc.strerror}); "
+                             f"give a folder you can write as --out.") from None
         self.path = self.dir / RECORDS
         self._records: dict[str, dict[str, Any]] = {}
         self.torn_lines = 0
