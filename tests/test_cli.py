@@ -564,3 +564,16 @@ def test_abbreviated_options_are_refused(capsys):
     assert main(["explain", "Hi there", "--meth", "lime", "--num-samples", "10"]) == 2
     err = capsys.readouterr().err
     assert "Unknown option '--meth'" in err and "Did you mean '--method'" in err
+
+
+def test_the_progress_bar_extends_for_each_round_of_evaluations():
+    """Two rounds of the same size (a game called twice with 5 new masks) made one bar of 5:
+    the second round only moved it from 5 to 5."""
+    from attrlens.cli.common import Progress
+
+    bar = Progress(True, "x")
+    for d, t in [(0, 2), (2, 2), (0, 5), (3, 5), (5, 5), (0, 5), (5, 5)]:
+        bar(d, t)
+    task = bar._bar.tasks[0]
+    assert (task.total, task.completed) == (12, 12)
+    bar.close()

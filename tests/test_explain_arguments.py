@@ -204,3 +204,22 @@ def test_a_contrast_equal_to_the_output_is_refused(tiny_model):
     attr = attrlens.explain(PROMPT, model=tiny_model, output=" over the",
                             target="contrastive", contrast=" under a", chat=False)
     assert np.abs(attr.scores).max() > 0
+
+
+def test_progress_moves_within_a_batch_of_masks(tiny_model, monkeypatch):
+    """Progress is reported from the start of each call of the game and after every forward
+    of the scoring engine: before, a batch of 256 masks reported only when all of it was
+    done, so a kernel_shap bar sat at "2/2" (the two ends) for the whole run."""
+    monkeypatch.setattr(type(tiny_model), "scoring_batch_tokens", lambda self: 512)
+    calls: list[tuple[int, int]] = []
+    attrlens.explain(PROMPT + " and the cat", model=tiny_model, output=" over the lazy",
+                     method="kernel_shap", budget=300, chat=False,
+                     progress=lambda d, t: calls.append((d, t)))
+    rounds = [i for i, (d, _) in enumerate(calls) if d == 0]
+    assert calls[0] == (0, 2) and len(rounds) == 2  # the two ends, then 298 masks
+    second = calls[rounds[1]:]
+    assert second[0] == (0, 298) and second[-1] == (298, 298)
+    done = [d for d, _ in second]
+    assert done == sorted(done)
+    # steps inside the first batch of 256 masks (one per forward of at most 512 tokens)
+    assert len({d for d in done if 0 < d < 256}) >= 3, calls

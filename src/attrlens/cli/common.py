@@ -295,6 +295,7 @@ class Progress:
         self._task: Any = None
         self._offset = 0
         self._last_total: int | None = None
+        self._last_done = 0
 
     def __call__(self, done: int, total: int) -> None:
         if not self.enabled:
@@ -311,11 +312,12 @@ class Progress:
             )
             self._bar.start()
             self._task = self._bar.add_task(self.label, total=total)
-        if total != self._last_total and self._last_total is not None and done <= total:
-            # a new round of evaluations: extend the bar
+        if self._last_total is not None and done <= total and (
+                total != self._last_total or done < self._last_done):
+            # a new round of evaluations (a game call starts at 0): extend the bar
             self._offset = self._bar.tasks[0].completed
             self._bar.update(self._task, total=self._offset + total)
-        self._last_total = total
+        self._last_total, self._last_done = total, done
         self._bar.update(self._task, completed=self._offset + done)
 
     def close(self) -> None:

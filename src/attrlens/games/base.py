@@ -66,7 +66,8 @@ class Game:
                  ``per_token=True``; the value is then ``reduce(matrix)``)
     n_features:  n
     batch_size:  masks per call of ``fn`` (None = all at once)
-    progress:    callback(done, total) called after every batch
+    progress:    callback(done, total): (0, total) when a call starts computing its new
+                 masks, then after every batch (and within one, see :meth:`report_partial`)
     """
 
     #: what one value is: "scalar" (float), "per_token" ((T,) row reduced to a float), or a
@@ -94,6 +95,7 @@ class Game:
         self.n_features = int(n_features)
         self.batch_size = batch_size
         self.progress = progress
+        self._partial = (0, 0)  # (masks before the batch computing now, masks of the call)
         self.per_token = per_token
         if per_token:
             self.value_kind = "per_token"
@@ -168,8 +170,11 @@ class Game:
             new = masks[list(todo.values())]
             new_keys = list(todo)
             bs = self.batch_size or len(new)
+            if self.progress is not None:  # shown from the start, not after the first batch
+                self.progress(0, len(new))
             for s in range(0, len(new), bs):
                 chunk = new[s : s + bs]
+                self._partial = (s, len(new))
                 vals = self.compute(chunk)
                 if len(vals) != len(chunk):
                     raise InputError(
@@ -181,6 +186,13 @@ class Game:
                 if self.progress is not None:
                     self.progress(min(s + bs, len(new)), len(new))
         return [self._memo[k] for k in keys]
+
+    def report_partial(self, done: int) -> None:
+        """Progress inside one batch: ``done`` of its masks are computed (a game whose
+        :meth:`compute` works in steps, such as the scoring engine's forwards, calls this)."""
+        start, total = self._partial
+        if self.progress is not None and total:
+            self.progress(min(start + done, total), total)
 
     def __call__(self, masks: Any) -> np.ndarray:
         """Values (m,) of the masks (memoised)."""

@@ -87,7 +87,21 @@ class ScoringGame(Game):
         )
 
     def compute(self, masks: np.ndarray) -> list[np.ndarray]:
-        vals = np.asarray(self.fn(masks), dtype=float)
+        # progress after each forward: the engines' inputs scored, averaged over the engines
+        # (a contrastive target runs two on the same masks)
+        done = [0] * len(self.engines)
+
+        def step(i: int, k: int) -> None:
+            done[i] = k
+            self.report_partial(sum(done) // len(done))
+
+        for i, e in enumerate(self.engines):
+            e.on_progress = (lambda k, _n, i=i: step(i, k)) if self.progress else None
+        try:
+            vals = np.asarray(self.fn(masks), dtype=float)
+        finally:
+            for e in self.engines:
+                e.on_progress = None
         if not np.all(np.isfinite(vals)):
             from ..errors import InputError
 

@@ -88,6 +88,8 @@ class ScoringEngine:
         if self.prompt_ids.size == 0:
             raise ValueError("ScoringEngine needs at least one prompt token.")
         self.prefix_reuse = prefix_reuse
+        #: called as (inputs scored, inputs) after each forward of :meth:`run` (progress)
+        self.on_progress: Callable[[int, int], None] | None = None
         self.max_batch_tokens = max_batch_tokens
         self.configured_batch_tokens = max_batch_tokens  # (max_batch_tokens drops after OOM)
         self.max_batch_size = max_batch_size
@@ -267,6 +269,8 @@ class ScoringEngine:
             _, err = out_of_memory_attempt(self._run_forward, rows, inputs, cut, width, twins,
                                            reducer, results, plain=plain, positions=positions)
             if err is None:
+                if self.on_progress is not None:
+                    self.on_progress(sum(r is not None for r in results), n)
                 continue
             if len(segs) == 1:
                 raise CapabilityError(
