@@ -24,6 +24,7 @@ in the cost. Subclasses may not override ``explain``.
 from __future__ import annotations
 
 import time
+import warnings
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -227,3 +228,16 @@ class Explainer(ABC):
         exp.params = {**self.params, "budget": budget, **exp.params} if self.uses_budget else {
             **self.params, **exp.params}
         return exp
+
+
+def warn_underdetermined(method: str, determined: int, total: int, evaluations: int,
+                         suggest: int) -> None:
+    """Warn that a regression's coalitions determine only ``determined`` of its ``total``
+    coefficients (a rank-deficient design: too few coalitions, or dependent ones), so the
+    scores are partly the solver's choice (the least-norm or ridge solution) and not the
+    game's; say which budget to try."""
+    warnings.warn(
+        f"{method}'s {evaluations} coalitions determine only {determined} of its {total} "
+        f"coefficients (too few, or dependent, coalitions): the scores are partly the "
+        f"solver's choice, not the game's; raise --budget (e.g. to {suggest}).",
+        stacklevel=3)

@@ -30,9 +30,9 @@ from ..games import BudgetedGame
 from ..params import Param
 from ..registry import register
 from ..solvers.kernels import LocalityKernel, WidthParam, lime_text_distances
-from ..solvers.regression import weighted_r2, weighted_ridge
+from ..solvers.regression import design_rank, weighted_r2, weighted_ridge
 from ..solvers.sampling import LIME_VARIANTS, lime_masks
-from .base import Explainer, Explanation
+from .base import Explainer, Explanation, warn_underdetermined
 
 
 @register
@@ -73,6 +73,9 @@ class LimeExplainer(Explainer):
         w, width = kernel(lime_text_distances(masks))
         X = masks.astype(np.float64)
         coef, intercept = weighted_ridge(X, y, w, alpha=p["alpha"], fit_intercept=True)
+        rank = design_rank(X[w > 0])
+        if rank is not None and rank < n:
+            warn_underdetermined(self.name, rank, n, len(masks), 2 * (n + 1))
         r2 = weighted_r2(y, X @ coef + intercept, w)
         return Explanation(
             scores=coef,

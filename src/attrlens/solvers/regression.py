@@ -15,7 +15,7 @@ import numpy as np
 from attrlens.errors import InputError
 from attrlens.params import check_param
 
-__all__ = ["fidelity_metrics", "value_scale", "weighted_ols", "weighted_r2", "weighted_ridge"]
+__all__ = ["design_rank", "fidelity_metrics", "value_scale", "weighted_ols", "weighted_r2", "weighted_ridge"]
 
 
 def weighted_ridge(
@@ -74,6 +74,17 @@ def weighted_r2(y: Any, yhat: Any, w: Any = None) -> float:
     ya, ha, wa = _check_pred(y, yhat, w)
     s = value_scale(ya, ha)  # R^2 is scale-free; unit scale keeps its squares finite
     return float(r2_score(ya / s, ha / s, sample_weight=wa))
+
+
+def design_rank(X: Any, *, max_elements: int = 4_000_000) -> int | None:
+    """How many coefficients of a linear fit with an intercept the design ``X`` (m, p)
+    determines: rank([1, X]) - 1 over its distinct rows, p when it is full. None when the
+    distinct design exceeds ``max_elements`` entries (not computed: too costly to check)."""
+    xa = np.asarray(X, dtype=float)
+    if xa.size > max_elements:
+        return None
+    xa = np.unique(xa, axis=0)
+    return int(np.linalg.matrix_rank(np.column_stack([np.ones(len(xa)), xa]))) - 1
 
 
 def value_scale(*arrays: Any) -> float:
