@@ -128,3 +128,10 @@ def test_a_kernel_that_leaves_one_sample_is_said():
         warnings.simplefilter("error")
         wide = attrlens.explain_game(fn, 5, method="lime")
     np.testing.assert_allclose(wide.scores, np.arange(1.0, 6.0), atol=0.05)
+
+
+def test_a_sample_count_beyond_memory_is_refused_before_drawing():
+    """num_samples=10**12 drew samples for minutes without a word (every sample is drawn,
+    kept and weighted, repeats included); it is refused at once, naming --num-samples."""
+    with pytest.raises(ParameterError, match=r"Lower --num-samples to at most \d+"):
+        attrlens.explain_game(lambda m: m.sum(1) * 1.0, 8, method="lime", num_samples=10**12)

@@ -208,3 +208,37 @@ def test_default_grid_and_folds_equal_the_reference(monkeypatch: pytest.MonkeyPa
     # shuffled: each test fold mixes both halves of the binary order (feature 5 = 0 and 1)
     for _, test in cv.split(z):
         assert 0 < z[test, 5].mean() < 1
+
+
+def test_ridge_refit_is_unmoved_by_a_constant_added_to_the_game() -> None:
+    """The constant was one more penalised column: an offset of 1e8 moved the Banzhaf values
+    by 0.04 and 1e10 by 4.0 (of values about 1); it is now the unpenalised intercept."""
+    from attrlens.solvers.indices import banzhaf_values
+
+    rng = np.random.default_rng(0)
+    w = rng.normal(size=12)
+    z = rng.random((400, 12)) < 0.5
+    keys = [()] + [(i,) for i in range(12)]
+    for off in (0.0, 1e4, 1e8, 1e10):
+        got = ridge_refit(keys, z, off + z @ w)
+        assert np.abs(banzhaf_values(got, 12) - w).max() < 1e-6, off
+        assert got[()] == pytest.approx(off + w.sum() / 2, rel=1e-9, abs=1e-6)
+    # without the constant among the keys there is no intercept
+    assert set(ridge_refit([(0,), (1,)], z, z @ w)) == {(0,), (1,)}
+
+
+def test_proxyspex_keeps_the_coefficient_that_reaches_the_energy_share() -> None:
+    """Twelve equal effects: the twelfth tree coefficient reaches 95% of the energy, and the
+    spectralexplain rule (only those above it) scored that feature 0 with a proxy of CV R²
+    0.99; the default keeps it (energy_cut="covering"), "strict" is the reference's rule."""
+    import attrlens
+
+    def fn(m):
+        return m.sum(1) * 1.0
+
+    cover = attrlens.explain_game(fn, 12, method="proxyspex", grid="small", budget=600)
+    np.testing.assert_allclose(cover.scores, 1.0, atol=1e-6)
+    assert cover.params["energy_cut"] == "covering"
+    strict = attrlens.explain_game(fn, 12, method="proxyspex", grid="small", budget=600,
+                                   energy_cut="strict")
+    assert (strict.scores == 0).sum() >= 1

@@ -56,6 +56,14 @@ class LimeExplainer(Explainer):
     def min_budget(self, n_features: int) -> int:
         return 2
 
+    def check(self, n_features: int) -> None:
+        from .shapley import check_plan_memory
+
+        # every sample is drawn, kept and weighted, repeats included (num_samples=10**12
+        # ran for minutes without a word before running out of memory)
+        check_plan_memory(f"The method '{self.name}'", n_features, self.params["num_samples"],
+                          2.0 * n_features + 64.0, what="--num-samples")
+
     def default_budget(self, n_features: int) -> int:
         if self.params["variant"] == "distinct":
             return int(min(512, max(64, 2 * n_features)))

@@ -119,9 +119,11 @@ def available_memory() -> int | None:
         return None
 
 
-def check_plan_memory(owner: str, n: int, m: int, bytes_per_mask: float) -> None:
+def check_plan_memory(owner: str, n: int, m: int, bytes_per_mask: float, *,
+                      what: str = "--budget") -> None:
     """Refuse a plan of ``m`` coalitions on ``n`` features whose working set (about
-    ``m * bytes_per_mask`` bytes) exceeds half the available memory, with the estimate."""
+    ``m * bytes_per_mask`` bytes) exceeds half the available memory, with the estimate;
+    ``what`` is the option that sets ``m``."""
     need = float(m) * bytes_per_mask
     avail = available_memory()
     if avail is None or need <= 0.5 * avail:
@@ -130,7 +132,7 @@ def check_plan_memory(owner: str, n: int, m: int, bytes_per_mask: float) -> None
     raise ParameterError(
         f"{owner} would evaluate {m} coalitions of {n} features, which needs about "
         f"{need / 2**30:.1f} GiB of memory; {avail / 2**30:.1f} GiB is available. Lower "
-        f"--budget to at most {fit} (or explain fewer features)."
+        f"{what} to at most {fit} (or explain fewer features)."
     )
 
 

@@ -247,6 +247,10 @@ class ProxySpexExplainer(_FourierExplainer):
         Param("grid", "reference", "LightGBM grid: reference (spectralexplain: 500/1000/5000 "
               "trees) or small (shapiq: 500/1000 trees, faster)", type=str,
               choices=("reference", "small")),
+        Param("energy_cut", "covering", "which tree coefficients the energy share keeps: "
+              "covering (through the one that reaches it, ties included: shapiq) or strict "
+              "(only those above it: spectralexplain, which can drop an effect as large as "
+              "the kept ones)", type=str, choices=("covering", "strict")),
     )
 
     def min_budget(self, n_features: int) -> int:
@@ -278,6 +282,7 @@ class ProxySpexExplainer(_FourierExplainer):
             coeffs, info = proxyspex_fit(
                 masks, values, max_order=p["max_order"], seed=seed,
                 energy=p["energy"], grid=p["grid"], return_info=True,
+                inclusive=p["energy_cut"] == "covering",
             )
             info = {"exhaustive": False, **info}
             cv = info.get("cv_r2", float("nan"))

@@ -123,20 +123,30 @@ def truncate_energy(coeffs: Coeffs, energy: float = 0.95, *, inclusive: bool = F
 
 
 def ridge_refit(keys: list[tuple[int, ...]], masks: np.ndarray, values: np.ndarray) -> Coeffs:
-    """Refit coefficients on a fixed support: RidgeCV(alphas=logspace(-6, 6, 100)), no intercept.
+    """Refit coefficients on a fixed support: RidgeCV(alphas=logspace(-6, 6, 100)).
 
     keys: the support (the constant () should be among them); masks (N, n) bool; values (N,).
+    The constant term is the fit's unpenalised intercept (a resolution: spectralexplain fits
+    the constant as one more penalised column, so a constant added to the game shrank the
+    other coefficients: an offset of 1e8 moved Banzhaf values by 0.04, 1e10 by 4.0); without
+    () among the keys there is no intercept.
     """
     from sklearn.linear_model import RidgeCV
 
     keys = list(keys)
     if not keys:
         return {}
-    x = fourier_basis(keys, masks)
+    const = () in keys
+    rest = [k for k in keys if k != ()]
     y = np.asarray(values, dtype=np.float64)
     s = value_scale(y)  # solved at unit scale: the ridge solution is scale-equivariant
-    reg = RidgeCV(alphas=np.logspace(-6, 6, 100), fit_intercept=False).fit(x, y / s)
-    return {k: float(c) * s for k, c in zip(keys, reg.coef_)}
+    if not rest:
+        return {(): float(y.mean())}
+    x = fourier_basis(rest, masks)
+    reg = RidgeCV(alphas=np.logspace(-6, 6, 100), fit_intercept=const).fit(x, y / s)
+    out = {(): float(reg.intercept_) * s} if const else {}
+    out.update({k: float(c) * s for k, c in zip(rest, reg.coef_)})
+    return {k: out[k] for k in keys}
 
 
 #: LightGBM grids besides max_depth in {max(1, t-2), t}: "reference" is spectralexplain's
@@ -158,6 +168,7 @@ def proxyspex_fit(
     n_jobs: int = 1,
     cv: int = 5,
     return_info: bool = False,
+    inclusive: bool = True,
 ) -> Coeffs | tuple[Coeffs, dict[str, Any]]:
     """ProxySPEX: LightGBM proxy -> exact spectrum -> energy truncation -> ridge refit.
 
@@ -167,7 +178,10 @@ def proxyspex_fit(
     shapiq) or an explicit sklearn param_grid dict.  Model selection: ``cv``-fold CV R^2
     with shuffled folds (KFold(shuffle=True, random_state=seed): masks may arrive in binary
     order when every coalition is evaluated).  n_jobs: LightGBM threads.  seed: LightGBM
-    random_state and the fold split.  energy: truncation share (0.95).
+    random_state and the fold split.  energy: truncation share (0.95).  inclusive: keep the
+    coefficient whose energy reaches the share, and its ties (:func:`truncate_energy`;
+    shapiq, and METHODS' "covering 95%"); False keeps only those above it (spectralexplain),
+    which dropped one feature of an additive game whose 12 effects were all equal.
     Returns {sorted feature tuple: F(k)}; with return_info also a dict holding best_params,
     cv_r2, n_tree_coeffs and n_kept.
     """
@@ -224,7 +238,7 @@ def proxyspex_fit(
     centred = y - y.mean()
     search.fit(x, centred / value_scale(centred))
     tree_coeffs = lightgbm_to_fourier(search.best_estimator_, z.shape[1])
-    kept = truncate_energy(tree_coeffs, energy)
+    kept = truncate_energy(tree_coeffs, energy, inclusive=inclusive)
     keys = sorted(set(kept) | {()}, key=lambda k: (len(k), k))
     coeffs = ridge_refit(keys, z, y)
     if not return_info:
