@@ -248,3 +248,17 @@ def test_text_values_are_refused_not_parsed(wrap):
     with pytest.raises(InputError, match=r"returned text \('3.0'\) for 4 masks; it must "
                                          r"return numbers"):
         attrlens.explain_game(lambda m: wrap([f"{x:.1f}" for x in m.sum(1)]), 3)
+
+
+def test_tensor_values_and_none_are_read_or_named():
+    """A bfloat16 tensor of values was refused as "values that are not numbers (Tensor)"
+    (numpy reads no bfloat16), and None for a mask was reported as "NaN or inf"."""
+    import torch
+
+    def bf16(m):
+        return torch.tensor(m.sum(1) * 1.0, dtype=torch.bfloat16, requires_grad=True)
+
+    a = attrlens.explain_game(bf16, 3, method="loo")
+    np.testing.assert_array_equal(a.scores, [1.0, 1.0, 1.0])
+    with pytest.raises(InputError, match="returned None for some of the 4 masks"):
+        attrlens.explain_game(lambda m: [None] * len(m), 3, method="loo")

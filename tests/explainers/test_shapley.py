@@ -255,3 +255,24 @@ def test_rank_deficient_designs_are_warned_of():
         a = attrlens.explain_game(lambda m: 0.5 + m @ w, 9, method="banzhaf", budget=64,
                                   seed=0)
     np.testing.assert_allclose(a.scores, w, atol=1e-6)
+
+
+@pytest.mark.parametrize("index", ["mobius", "sii"])
+def test_faith_banzhaf_refuses_the_polynomials_mobius_and_sii(index):
+    """An order-2 fit's Möbius terms are its FBII, and its SII is not the game's (the game's
+    reads its order-3 term): both came back under the game's index names (errors of 0.40 and
+    0.08 on a game of order 4). Its Fourier and BII terms up to order 2 are the game's."""
+    def fn(m):
+        x = np.asarray(m, float)
+        return x[:, 0] + 0.5 * x[:, 1] + 2 * x[:, 0] * x[:, 1] * x[:, 2] + x[:, 2] * x[:, 3]
+
+    with pytest.raises(ParameterError, match=f"would be the fitted polynomial's {index}"):
+        attrlens.explain_game(fn, 4, method="faith_banzhaf", order=2, budget=16, index=index)
+    for kept in ("fourier", "bii"):  # exhaustive, exact: the game's own terms up to order 2
+        got = attrlens.explain_game(fn, 4, method="faith_banzhaf", order=2, budget=16,
+                                    index=kept)
+        ref = attrlens.explain_game(fn, 4, method="spex", index=kept, order=4)
+        g, w = ({tuple(t["features"]): t["value"] for t in a.interactions["terms"]}
+                for a in (got, ref))
+        for S in set(g) | {S for S in w if len(S) <= 2}:
+            assert g.get(S, 0.0) == pytest.approx(w.get(S, 0.0), abs=1e-9), (kept, S)

@@ -113,6 +113,10 @@ class Game:
     def compute(self, masks: np.ndarray) -> list[Any]:
         """The values of new masks (one per row); typed games override this."""
         got = self.fn(masks)
+        if type(got).__module__.startswith("torch") and hasattr(got, "detach"):
+            # a tensor: numpy reads no bfloat16 (it was "values that are not numbers")
+            t = got.detach().cpu()
+            got = (t.double() if t.is_floating_point() else t).numpy()
         try:
             raw = np.asarray(got)
         except (TypeError, ValueError):  # (ragged rows: refused below)
@@ -145,6 +149,9 @@ class Game:
             raise InputError(
                 f"The value function returned {shape} ({type(got).__name__}) for "
                 f"{len(masks)} masks; it must return {want}.")
+        if raw is not None and raw.dtype.kind == "O" and any(x is None for x in raw.ravel()):
+            raise InputError(f"The value function returned None for some of the {len(masks)} "
+                             f"masks; it must return a number for every mask.")
         if not np.all(np.isfinite(vals)):
             raise InputError(f"The value function returned NaN or inf; {self.nonfinite_hint}.")
         return list(vals) if self.per_token else list(vals.reshape(len(masks)))
