@@ -180,6 +180,9 @@ def test_cheap_checks_before_the_model_loads(tmp_path, capsys):
         (["explain", "hi", "--budget", "0"], "'budget'"),
         (["explain", "hi", "--spans", "a:b", "--granularity", "span"], "--spans takes"),
         (["explain", "hi", "--html", str(tmp_path / "no" / "r.html")], "does not exist; create"),
+        # (compare and aqw took a seed beyond 2**32 - 1 until the model had loaded)
+        (["compare", "a b", "a c", "--seed", "99999999999"], "--seed must be an int in"),
+        (["aqw", "a: b. [[c:]]", "--seed", "4294967296"], "--seed must be an int in"),
     ]
     for argv, needle in cases:
         code, _, err = run(argv + missing, capsys)

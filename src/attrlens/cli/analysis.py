@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import InputError, ParameterError, unknown_name_message
+from ..params import SEED_MAX
 from .common import (
     Progress,
     add_chat_template_option,
@@ -165,8 +166,8 @@ def _checked(args: argparse.Namespace) -> Any:
     check_choice("target", args.target, TARGETS)
     if args.target == "contrastive":
         raise ParameterError("aqw and compare take no contrastive target (no --contrast-text).")
-    if args.seed < 0:
-        raise ParameterError(f"--seed must be an int >= 0; got {args.seed}.")
+    if not 0 <= args.seed <= SEED_MAX:  # (before the model loads, as explain does)
+        raise ParameterError(f"--seed must be an int in [0, {SEED_MAX}]; got {args.seed}.")
     if args.max_new_tokens < 1:
         raise ParameterError(f"--max-new-tokens must be an int >= 1; got {args.max_new_tokens}.")
     check_output_paths({"--json": args.json, "--html": args.html}, {"the model": args.model})
