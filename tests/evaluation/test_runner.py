@@ -905,3 +905,22 @@ def test_show_opens_an_evaluation_run(tiny_dir, tmp_path, capsys):
     assert main(["explain", "hi", "--output-from", str(run / "summary.json")]) == 2
     err = capsys.readouterr().err
     assert "the summary of an evaluation run" in err and "upgrade" not in err
+
+
+def test_gold_labels_outside_the_features_fail_before_the_explanation(tiny_model, tmp_path,
+                                                                       monkeypatch):
+    """A record whose 'labels' name a feature it does not have failed only after its
+    explanation and metrics were computed (paid for, then thrown away)."""
+    from attrlens.explainers.base import Explainer
+
+    runs = []
+    real = Explainer.explain
+    monkeypatch.setattr(Explainer, "explain",
+                        lambda self, *a, **k: runs.append(1) or real(self, *a, **k))
+    data = [{"id": "bad", "prompt": "a b c d", "output": " x", "labels": [1, 9]}]
+    s = attrlens.evaluate(data, methods=["loo"], metrics=["auroc"], model=tiny_model,
+                          out=tmp_path / "o", chat=False, progress=False, report=False)
+    reason = s.failed["loo"]["bad"]
+    assert "gold labels [9] are outside its 4 features (indices 0..3 at granularity word)" \
+        in reason, reason
+    assert runs == []

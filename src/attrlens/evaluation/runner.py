@@ -505,6 +505,14 @@ class ItemRunner:
         inputs = replace(inputs, generated=item.output is None)
         n = inputs.n_features
         explainer.validate(n)
+        # gold features checked before the explanation is paid for (it failed after it)
+        snapped = inputs.features.snapped
+        gold = None if item.gold is None else feature_gold(item.gold, snapped)
+        bad = [g for g in gold or () if not 0 <= g < n]
+        if bad:
+            raise InputError(f"The item's gold labels {bad} are outside its {n} features "
+                             f"(indices 0..{n - 1} at granularity {inputs.features.granularity}"
+                             f"); fix its 'labels'.")
         game = explainer.make_game(inputs, scoring, closed=backend)
         exp = explainer.explain(game, seed=self.seed)
         attr = finish(explainer, inputs, scoring, exp, t_start=t0, seed=self.seed,
@@ -551,10 +559,8 @@ class ItemRunner:
             metrics["lds"] = linear_datamodeling_score(
                 scores, _LookupGame({Game.key(r): float(v) for r, v in zip(zs, vals)}, n),
                 test_masks=zs).value
-        snapped = inputs.features.snapped
         if snapped and (snapped["moved"] or snapped["merged"]):
             extra["spans_snapped"] = {k: snapped[k] for k in ("moved", "merged")}
-        gold = None if item.gold is None else feature_gold(item.gold, snapped)
         if want & set(GOLD_METRICS):
             metrics.update(self._gold_metrics(gold, scores))
             if gold is not None:
