@@ -924,3 +924,46 @@ def test_gold_labels_outside_the_features_fail_before_the_explanation(tiny_model
     assert "gold labels [9] are outside its 4 features (indices 0..3 at granularity word)" \
         in reason, reason
     assert runs == []
+
+
+def test_a_long_record_prints_heartbeat_lines(tiny_model, tmp_path, capsys, monkeypatch):
+    """In-process runs print a line per finished record only; a first record of 70 s printed
+    nothing after "records to compute". While a record runs, a line every heartbeat_s says
+    which one and for how long."""
+    import threading
+
+    from attrlens.evaluation import runner as R
+
+    printer = R.ProgressPrinter(2, 0, heartbeat_s=3600)
+    printer.beat()  # nothing runs: no line
+    printer.started("item-7", "loo")
+    printer.beat()
+    printer.step({"item_id": "item-7", "label": "loo"})
+    printer.beat()  # finished: no line
+    printer.close()
+    err = capsys.readouterr().err.splitlines()
+    assert [ln for ln in err if "running for" in ln] == [
+        "[evaluate] 1/2 records · item-7 loo running for 0 s"]
+    # end to end: a fast heartbeat during a run of the tiny model
+    seen = threading.Event()
+    real_beat = R.ProgressPrinter.beat
+
+    def beat(self):
+        real_beat(self)
+        if self._running is not None:
+            seen.set()
+
+    slow = R.ItemRunner.run
+
+    def run(self, *a, **k):
+        seen.wait(10)  # the record lasts until a heartbeat was printed
+        return slow(self, *a, **k)
+
+    monkeypatch.setattr(R, "HEARTBEAT_S", 0.05)
+    monkeypatch.setattr(R.ProgressPrinter, "beat", beat)
+    monkeypatch.setattr(R.ItemRunner, "run", run)
+    attrlens.evaluate([{"id": "a", "prompt": "a b c", "output": " x"}], methods=["loo"],
+                      metrics=["abpc"], model=tiny_model, out=tmp_path / "o", chat=False,
+                      report=False)
+    assert seen.is_set()
+    assert any("a loo running for" in ln for ln in capsys.readouterr().err.splitlines())

@@ -48,6 +48,7 @@ import json
 import logging
 import math
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -673,19 +674,57 @@ class _LookupGame(Game):
 
 
 # ---- progress ------------------------------------------------------------------------------
-class ProgressPrinter:
-    """``[evaluate] done/total records · elapsed · ETA`` lines on stderr."""
+#: seconds between the lines that say a record is still running
+HEARTBEAT_S = 30.0
 
-    def __init__(self, total: int, skipped: int, *, enabled: bool = True):
+
+class ProgressPrinter:
+    """``[evaluate] done/total records · elapsed · ETA`` lines on stderr, and, while one
+    record runs longer than ``heartbeat_s`` (in-process runs), a line every ``heartbeat_s``
+    saying which record it is and for how long (a first record of 70 s printed nothing)."""
+
+    def __init__(self, total: int, skipped: int, *, enabled: bool = True,
+                 heartbeat_s: float = 30.0):
         self.total, self.skipped, self.enabled = total, skipped, enabled
         self.done = 0
         self.t0 = time.perf_counter()
+        self.heartbeat_s = heartbeat_s
+        self._running: tuple[str, str, float] | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
         if enabled:
             print(f"[evaluate] {total} records to compute ({skipped} already in the store)",
                   file=sys.stderr, flush=True)
 
+    def started(self, item_id: str, label: str) -> None:
+        """A record begins (its heartbeat lines start after ``heartbeat_s``)."""
+        self._running = (item_id, label, time.perf_counter())
+        if self.enabled and self._thread is None:
+            self._thread = threading.Thread(target=self._beats, daemon=True,
+                                            name="attrlens-evaluate-heartbeat")
+            self._thread.start()
+
+    def beat(self) -> None:
+        """One heartbeat line for the running record (none when no record runs)."""
+        run = self._running
+        if not self.enabled or run is None:
+            return
+        item_id, label, t = run
+        print(f"[evaluate] {self.done + 1}/{self.total} records · {item_id} {label} running "
+              f"for {time.perf_counter() - t:.0f} s", file=sys.stderr, flush=True)
+
+    def _beats(self) -> None:
+        while not self._stop.wait(self.heartbeat_s):
+            self.beat()
+
+    def close(self) -> None:
+        """Stop the heartbeat."""
+        self._running = None
+        self._stop.set()
+
     def step(self, rec: dict[str, Any]) -> None:
         self.done += 1
+        self._running = None
         if not self.enabled:
             return
         el = time.perf_counter() - self.t0
@@ -870,9 +909,12 @@ Group = tuple[EvalItem, list[tuple[MethodSpec, str]]]
 
 
 def _run_local(runner: ItemRunner, groups: list[Group],
-               on_record: Callable[[dict[str, Any]], None]) -> None:
+               on_record: Callable[[dict[str, Any]], None],
+               on_start: Callable[[str, str], None] | None = None) -> None:
     for item, todo in groups:
         for spec, key in todo:
+            if on_start is not None:
+                on_start(item.id, spec.label)
             on_record(runner.run(item, spec, key))
 
 
@@ -1144,7 +1186,8 @@ def evaluate(
         config = replace(config, metrics=metric_names + tuple(
             m for m in METRICS if m in kept and m not in metric_names))
         runner.config = config
-    prog = ProgressPrinter(sum(len(t) for _, t in groups), n_skip, enabled=progress)
+    prog = ProgressPrinter(sum(len(t) for _, t in groups), n_skip, enabled=progress,
+                           heartbeat_s=HEARTBEAT_S)
     att_dir = out_dir / "attributions"
 
     def on_record(rec: dict[str, Any]) -> None:
@@ -1166,7 +1209,10 @@ def evaluate(
         prog.step(rec)
 
     if backend == "local" or not groups:
-        _run_local(runner, groups, on_record)
+        try:
+            _run_local(runner, groups, on_record, prog.started)
+        finally:
+            prog.close()
     else:
         _run_ray(_model_for_ray(runner.model), config, seed, groups, workers=workers,
                  address=address, on_record=on_record, share_cache=share_cache,
