@@ -63,7 +63,7 @@ def test_loo_on_the_served_model_and_audit(llama_server, tmp_path, capsys, monke
     assert code == 0 and d2["cost"]["api_calls"] == 0 and d2["cost"]["cached_calls"] >= n + 1
     assert d2["input"]["features"] == d["input"]["features"]
     # kernel_shap's own masker is replace, but the served prompts deleted the text
-    code, _, err = run(["explain", prompt, "--method", "kernel_shap", "--budget", "12",
+    code, _, err = run(["explain", prompt, "--method", "kernel_shap", "--budget", "20",
                         "--route", "forced_tokens", "--json", str(path), *base], capsys)
     assert code == 0 and json.loads(path.read_text())["params"]["masker"] == "delete", err
 
