@@ -196,6 +196,9 @@ def explain(
             attr.params["route"] = route_name
             if probe is not None:
                 attr.extra["route_probe"] = probe
+                details = game.route.details()
+                if details:
+                    attr.extra["route_details"] = details
                 attr.params["masker"] = "delete"  # what the served prompts did (above)
         if contrast is not None and scoring.target.name == "contrastive":
             attr.params["contrast_text"] = contrast

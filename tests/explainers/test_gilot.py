@@ -526,3 +526,26 @@ def test_gilot_follows_prefix_reuse(tiny_model):
     assert off.params["prefix_reuse"] is False
     assert off.cost["tokens_processed"] > on.cost["tokens_processed"]
     np.testing.assert_allclose(off.scores, on.scores, atol=1e-5)
+
+
+def test_a_transport_support_beyond_memory_is_refused(tiny_model, ids, monkeypatch):
+    # one transport problem is one dense cost matrix that no batching can split: a support
+    # of 2 x vocab_k tokens beyond memory is refused before any beam is paid for (a
+    # vocab_k of 100,000 on the embedded model was killed at 24 GB)
+    vocab = int(tiny_model.embedding_matrix().shape[0])
+    assert vocab >= 64
+    free = 64 * 64 * 32 * 2  # room for a 64-token support and no more
+    monkeypatch.setattr(tiny_model, "free_memory", lambda: free)
+    with pytest.raises(ParameterError, match=r"vocab_k=10000 per side.*at most 32") as e:
+        BeamGame(tiny_model, ids, lambda m: m, len(ids),
+                 settings=BeamSettings(beams=B, horizon=J, vocab_k=10000))
+    assert f"support of up to {vocab} tokens" in str(e.value)  # the union never exceeds V
+    assert "\n" not in str(e.value)
+    with pytest.raises(ParameterError, match="Lower vocab_cap"):
+        BeamGame(tiny_model, ids, lambda m: m, len(ids),
+                 settings=BeamSettings(beams=B, horizon=J, vocab_p=0.9, vocab_cap=vocab))
+    # within memory, and the KL distance (no transport), are accepted
+    BeamGame(tiny_model, ids, lambda m: m, len(ids),
+             settings=BeamSettings(beams=B, horizon=J, vocab_k=32))
+    BeamGame(tiny_model, ids, lambda m: m, len(ids),
+             settings=BeamSettings(beams=B, horizon=J, distance="kl", vocab_k=10000))

@@ -416,6 +416,20 @@ def test_target_the_server_cannot_give_is_refused(llama_backend, default_model):
 
 
 @pytest.mark.integration
+def test_top_logprobs_route_records_its_list_and_floor(llama_backend, default_model):
+    from attrlens import api
+
+    a = api.explain("Is the sky blue? Answer yes or no.", model=default_model, method="loo",
+                    output="Yes", target_backend=llama_backend, route="top_logprobs")
+    assert a.params["route"] == "top_logprobs"
+    d = a.extra["route_details"]
+    assert d["top_k"] == 20 and d["fewest_received"] == 20 and d["floor"] == -100.0
+    assert d["floored_short_list"] == 0
+    # a value at the floor is one the server's list did not hold: counted, and only those
+    assert d["floored"] == sum(abs(s) > 50 for s in a.scores)
+
+
+@pytest.mark.integration
 def test_top_logprobs_route_needs_a_one_token_output(llama_backend, default_model):
     from attrlens import api
 
@@ -457,3 +471,49 @@ def test_white_box_method_on_a_served_output_stands_in_only_when_asked(make_fake
     with pytest.raises(ParameterError, match="cannot run through a served route"):
         attrlens.explain(text, model=tiny_model, method="attention", output=" Paris",
                          chat=False, target_backend=be, route="echo")
+
+
+class _TopListBackend:
+    """A chat backend whose first token's top list is ``top`` (a dict), for the
+    top_logprobs route on its own."""
+
+    public_url = "http://127.0.0.1:1/v1"
+    root_public_url = "http://127.0.0.1:1"
+
+    def __init__(self, top: dict[str, float]):
+        self.top = top
+
+    def chat_many(self, messages, **kw):
+        from attrlens.models.openai import Completion, TokenLogprob
+
+        tok = TokenLogprob(token=next(iter(self.top)), logprob=0.0, top=dict(self.top))
+        return [Completion(text=tok.token, tokens=[tok], prompt_tokens=1, completion_tokens=1,
+                           cached=False, finish_reason="stop", raw={}) for _ in messages]
+
+
+def test_top_logprobs_route_says_when_the_server_sent_a_shorter_list():
+    from attrlens.models.routes import TopLogprobsRoute
+
+    q = ScoreQuery(PROMPT, "No", ({"role": "user", "content": "Is it?"},))
+    full = {"Yes": -0.3, **{f"t{j}": -5.0 - j for j in range(18)}, "No": -2.0}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a full list: no warning
+        route = TopLogprobsRoute(_TopListBackend(full))
+        assert route.score_many([q, q])[0].logprobs.tolist() == [-2.0]
+        # 20 asked and 20 sent without the output: the floor is the route's rule, no warning
+        other = {k: v for k, v in full.items() if k != "No"} | {"Maybe": -9.0}
+        route20 = TopLogprobsRoute(_TopListBackend(other))
+        assert route20.score_many([q])[0].logprobs.tolist() == [-100.0]
+        assert route20.details()["floored"] == 1
+        assert route20.details()["floored_short_list"] == 0
+    # a server that sent 1 of the 20 asked: the output is floored, and it is said
+    short = TopLogprobsRoute(_TopListBackend({"Yes": -0.3}))
+    with pytest.warns(UserWarning, match=r"sent 1 of the 20 top log-probs.*floor -100"):
+        vals = short.score_many([q, q, q])
+    assert [v.logprobs.tolist() for v in vals] == [[-100.0]] * 3
+    assert short.details() == {"top_k": 20, "fewest_received": 1, "floor": -100.0,
+                               "floored": 3, "floored_short_list": 3}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # said once per route
+        short.score_many([q])
+    assert route.details()["floored"] == 0 and route.details()["fewest_received"] == 20

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..errors import InputError
+from ..errors import InputError, ParameterError
 from ..scoring.beams import BeamRunner, Marginal, make_inputs
 from ..scoring.cache import PrefixCache
 from ..scoring.distributions import kl_full, topk_union
@@ -100,6 +100,12 @@ def _check_finite(marginal: Marginal) -> None:
         )
 
 
+# bytes per support cell while one transport problem is solved: the float64 cost matrix,
+# its cosine intermediate and the solver's plan (vocab_k=3000 gave a 3,348-token union;
+# the whole process, model included, peaked at 1.6 GB)
+SUPPORT_BYTES_PER_CELL = 32
+
+
 class BeamGame(Game):
     """masks (m, n) -> (J,) distances between the reference's and each masked input's
     beam-marginalised output distributions (see the module docstring).
@@ -155,6 +161,8 @@ class BeamGame(Game):
                                  prefix_reuse=prefix_reuse)
         self.runner_progress = progress
         self.solver = resolve_solver(s.solver, getattr(model, "device", None))
+        if s.distance == "ot":
+            self._check_support_memory()
         self.timings = {"model_s": 0.0, "compress_s": 0.0, "solver_s": 0.0}
         self._union_sum = 0.0
         self._union_n = 0
@@ -185,6 +193,28 @@ class BeamGame(Game):
             settings=settings, prefix=prefix, progress=inputs.progress,
             prefix_reuse=inputs.prefix_reuse,
         )
+
+    def _check_support_memory(self) -> None:
+        """Refuse a transport support whose cost matrix cannot fit in memory (one problem
+        is one matrix, which no batching can split): a vocab_k of 100,000 asked for a
+        49,152-token support, about 58 GiB, and the process was killed."""
+        s = self.settings
+        name, k = ("vocab_cap", s.vocab_cap) if s.vocab_p is not None else ("vocab_k",
+                                                                            s.vocab_k)
+        try:
+            vocab = int(self.model.embedding_matrix().shape[0])
+        except (AttributeError, TypeError, IndexError):
+            return
+        size = min(2 * int(k), vocab)  # the union of two top-k lists
+        need = SUPPORT_BYTES_PER_CELL * size * size
+        free = getattr(self.model, "free_memory", lambda: None)()
+        if not free or need <= 0.5 * free:
+            return
+        fit = max(1, int((0.5 * free / SUPPORT_BYTES_PER_CELL) ** 0.5) // 2)
+        raise ParameterError(
+            f"GiLOT's transport support of up to {size} tokens ({name}={k} per side) needs "
+            f"about {need / 2**30:.1f} GiB for its cost matrix; {free / 2**30:.1f} GiB is "
+            f"free. Lower {name} to at most {fit}.")
 
     # ---- the reference ------------------------------------------------------------------
     def reference(self) -> Marginal:

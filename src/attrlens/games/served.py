@@ -216,10 +216,14 @@ def served_game(
     if r.name == "top_logprobs":
         full = game(np.ones((1, game.n_features), dtype=bool))[0]
         if full <= getattr(r, "floor", -100.0):
+            asked = getattr(r, "top_k", 20)
+            got = getattr(r, "fewest_received", None)
+            listed = (f"top {asked}" if got is None or got >= asked
+                      else f"top {got} (of {asked} asked; the server sent {got})")
             raise InputError(
                 f"The route top_logprobs explains one-token outputs only, and the output "
-                f"{inputs.output_text!r} is not among the served model's top "
-                f"{getattr(r, 'top_k', 20)} first tokens. Give a one-token output "
-                "(--output-text, e.g. a label or an answer letter) or use another route."
+                f"{inputs.output_text!r} is not among the served model's {listed} first "
+                "tokens. Give a one-token output (--output-text, e.g. a label or an answer "
+                "letter) or use another route."
             )
     return game, report.as_dict()

@@ -174,6 +174,10 @@ class Route(abc.ABC):
     def score(self, query: ScoreQuery) -> Scored:
         return self.score_many([query])[0]
 
+    def details(self) -> dict[str, Any]:
+        """What a result should record of how this route scored (beyond its name)."""
+        return {}
+
     def probe(self) -> None:
         """One short request; _Missing when the server lacks the route, _Broken when it
         answers with unusable log-probs, BackendError for HTTP refusals."""
@@ -472,6 +476,10 @@ class TopLogprobsRoute(Route):
         super().__init__(backend)
         self.top_k = int(top_k)
         self.floor = float(floor)
+        self.fewest_received: int | None = None  # the shortest top list a response gave
+        self.floored = 0  # values set to the floor (the output outside the list)
+        self.floored_short = 0  # ... of which the list was shorter than asked
+        self._warned = False
 
     def score_many(self, queries: Sequence[ScoreQuery], progress: Progress | None = None
                    ) -> list[Scored]:
@@ -487,10 +495,31 @@ class TopLogprobsRoute(Route):
             top = c.tokens[0].top if c.tokens else {}
             if not top:
                 raise _Broken(f"{self._where()} returned no top log-probs")
+            got = len(top)
+            self.fewest_received = got if self.fewest_received is None else min(
+                self.fewest_received, got)
             lp = answer_logprob(top, q.output)
+            if lp is None:
+                self.floored += 1
+                self.floored_short += got < self.top_k
             out.append(Scored(np.asarray([self.floor if lp is None else lp]),
                               (q.output.strip(),), c.cached))
+        if self.floored_short and not self._warned:
+            # a server that sends fewer alternatives than asked floors outputs that a full
+            # list would have scored (a list of 1 turned a 0.7 score into 98.9)
+            self._warned = True
+            warnings.warn(
+                f"{self._where()} sent {self.fewest_received} of the {self.top_k} top "
+                f"log-probs asked for, and the output was outside the list it sent "
+                f"{self.floored_short} time(s): those values are the floor {self.floor:g}, "
+                f"not the model's; use a route with full log-likelihoods (--route).",
+                stacklevel=2)
         return out
+
+    def details(self) -> dict[str, Any]:
+        return {"top_k": self.top_k, "fewest_received": self.fewest_received,
+                "floor": self.floor, "floored": self.floored,
+                "floored_short_list": self.floored_short}
 
     def probe(self) -> None:
         comp = self.backend.chat(list(_PROBE_MESSAGES), max_tokens=1, temperature=0.0,
