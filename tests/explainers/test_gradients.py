@@ -43,6 +43,27 @@ def test_every_method_end_to_end(tiny_model, method):
         assert np.all(a.scores >= 0)
 
 
+@pytest.mark.parametrize("mode", ["no_grad", "inference_mode"])
+def test_gradients_run_whatever_the_callers_grad_mode_and_leave_it(tiny_model, mode):
+    """Inside the caller's ``torch.no_grad()`` or ``inference_mode()`` a gradient method was
+    refused as a model whose forward "leaves the autograd graph"; and building a model
+    (here on every explain of a model object) switched grad mode on for the whole process."""
+    import torch
+
+    want = _explain(tiny_model, "grad_x_input").scores
+    ctx = torch.no_grad() if mode == "no_grad" else torch.inference_mode()
+    with ctx:
+        got = _explain(tiny_model, "grad_x_input").scores
+        got_object = attrlens.explain(PROMPT, model=tiny_model.model,
+                                      tokenizer=tiny_model.tokenizer, method="grad_x_input",
+                                      max_new_tokens=4).scores
+        assert not torch.is_grad_enabled()
+        assert torch.is_inference_mode_enabled() == (mode == "inference_mode")
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(got_object, want, rtol=1e-5, atol=1e-6)
+    assert torch.is_grad_enabled()
+
+
 def test_ig_completeness_tiny_model_256_steps(tiny_model):
     a = _explain(tiny_model, "ig", steps=256)
     m = a.extra["metadata"]

@@ -558,6 +558,44 @@ def test_a_truncated_copy_is_converted_again_and_quiet_hides_the_conversion(
     assert a == b
 
 
+@pytest.mark.integration
+def test_a_gguf_first_load_scores_as_every_later_load_in_bf16(tmp_path, monkeypatch) -> None:
+    """The first load of a GGUF file converts it in float32 and casts it; a plain ``.to``
+    also rounded the rotary ``inv_freq`` buffer to bf16, which ``from_pretrained`` (every
+    later load, from the converted copy) keeps in float32: the same weights, recorded with
+    the same dtype and hash, scored 0.34 nats apart."""
+    import torch
+
+    import attrlens
+    from attrlens.models import hf
+
+    monkeypatch.setenv("ATTRLENS_CACHE_DIR", str(tmp_path / "cache"))
+    kw = {"method": "loo", "granularity": "word", "chat": False, "output": " Paris"}
+    runs = []
+    for _ in range(2):  # converted, then from the converted copy
+        monkeypatch.setattr(hf, "_LOADED", {})
+        m = attrlens.load_model(dtype="bfloat16", device="cpu")
+        assert m.model.model.rotary_emb.inv_freq.dtype == torch.float32
+        runs.append(attrlens.explain("The capital of France is", model=m, **kw))
+    a, b = runs
+    assert a.model["sha256"] == b.model["sha256"]
+    np.testing.assert_array_equal(a.scores, b.scores)
+
+
+def test_cast_keeps_computed_buffers_in_their_dtype(tiny) -> None:
+    import torch
+
+    from attrlens.models.hf import _cast_like_from_pretrained
+
+    mdl = copy.deepcopy(tiny.model)
+    inv = mdl.model.rotary_emb.inv_freq.clone()
+    assert inv.dtype == torch.float32
+    out = _cast_like_from_pretrained(mdl, torch.device("cpu"), torch.bfloat16)
+    assert next(out.parameters()).dtype == torch.bfloat16
+    assert out.model.rotary_emb.inv_freq.dtype == torch.float32
+    assert torch.equal(out.model.rotary_emb.inv_freq, inv)
+
+
 def test_generation_and_wrapping_make_no_deprecated_transformers_calls(tiny) -> None:
     def run() -> None:
         m = wrap_model(tiny.model, tiny.tokenizer)
@@ -797,3 +835,23 @@ def test_a_tokenizer_that_appends_eos_scores_as_one_that_only_prepends_bos(tiny,
                                   chat=False) for t in (appends, prepends))
     np.testing.assert_allclose(got.scores, want.scores, rtol=0, atol=1e-6)
     assert got.cost["tokens_processed"] == want.cost["tokens_processed"]
+
+
+def test_loading_leaves_the_callers_transformers_logging_and_grad_mode(tiny_dir, monkeypatch
+                                                                       ) -> None:
+    import torch
+    from transformers.utils import logging as hf_logging
+
+    from attrlens.models import hf
+
+    monkeypatch.setattr(hf, "_LOADED", {})
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_info()
+    try:
+        with torch.no_grad():
+            load_model(str(tiny_dir), device="cpu", dtype="float32")
+            assert not torch.is_grad_enabled()
+        assert hf_logging.get_verbosity() == hf_logging.INFO
+        assert hf_logging.is_progress_bar_enabled()
+    finally:
+        hf_logging.set_verbosity(level)

@@ -12,7 +12,7 @@ from conftest import hub_snapshot, make_tiny_model, save_model_dir
 
 import attrlens
 from attrlens.errors import CapabilityError, InputError
-from attrlens.models.hf import load_model
+from attrlens.models.hf import load_model, wrap_model
 
 peft = pytest.importorskip("peft", reason="the PEFT tests need attrlens[peft] (make installs it)")
 
@@ -133,5 +133,13 @@ def test_prompt_learning_adapters_are_refused(tiny, dirs, tmp_path) -> None:
     c = json.loads((d / "adapter_config.json").read_text())
     c["base_model_name_or_path"] = str(base)
     (d / "adapter_config.json").write_text(json.dumps(c))
-    with pytest.raises(CapabilityError, match="virtual tokens"):
+    with pytest.raises(CapabilityError, match="PROMPT_TUNING adapter.*virtual tokens"):
         load_model(d, device="cpu", dtype="float32")
+    # the same adapter as a model object (it failed in the first forward with a raw
+    # RuntimeError about tensor sizes), also under an id of the caller's
+    refusal = "active adapter 'default' is a PROMPT_TUNING adapter.*virtual tokens"
+    with pytest.raises(CapabilityError, match=refusal):
+        attrlens.explain("The capital of France is", model=pt, tokenizer=tiny.tokenizer,
+                         method="loo", output=" Paris")
+    with pytest.raises(CapabilityError, match=refusal):
+        wrap_model(pt, tiny.tokenizer, model_id="mine")

@@ -86,6 +86,9 @@ def test_refused_on_one_line_without_the_flag(model_dir) -> None:
 def test_allowed_it_scores_as_its_own_forwards(model_dir) -> None:
     hm = load_model(str(model_dir), device="cpu", dtype="float32", trust_remote_code=True)
     assert type(hm.model).__name__ == "TinyGPTForCausalLM"
+    # a model loaded with the flag once is not handed to a later call without it
+    with pytest.raises(InputError, match="ships its own modeling"):
+        load_model(str(model_dir), device="cpu", dtype="float32")
     assert not hm.on_attention_interface and hm.packing == (True, True)
     pr = build_prompt(PROMPT, hm, chat=False)
     ids, offsets = hm.tokenize(pr.text, add_special_tokens=False)

@@ -482,6 +482,25 @@ class WhiteBoxGame(Game):
         direction: str = "path",
         attention: bool = False,
     ) -> PathGradients:
+        """See :meth:`_path_gradients`; gradients are on here whatever the caller's mode (an
+        explain inside ``torch.no_grad()`` or ``inference_mode()`` was refused as a model
+        whose forward "leaves the autograd graph"), and the caller's mode is left as it was."""
+        import torch
+
+        with torch.inference_mode(False), torch.enable_grad():
+            return self._path_gradients(alphas, step_weights, out_weights, baseline=baseline,
+                                        direction=direction, attention=attention)
+
+    def _path_gradients(
+        self,
+        alphas: Sequence[float],
+        step_weights: Sequence[float],
+        out_weights: np.ndarray,
+        *,
+        baseline: str = "zero",
+        direction: str = "path",
+        attention: bool = False,
+    ) -> PathGradients:
         """Gradients of f_r along the straight path from x' (``baseline``) to x, integrated.
 
         alphas, step_weights: (K,) quadrature points in [0, 1] and weights

@@ -144,10 +144,10 @@ class MiniLMWordEmbeddings(_CachedEmbeddings):
             import warnings
 
             from transformers import AutoModel, AutoTokenizer
-            from transformers.utils import logging as hf_logging
 
-            hf_logging.set_verbosity_error()
-            with warnings.catch_warnings():
+            from .hf import quiet_transformers
+
+            with warnings.catch_warnings(), quiet_transformers():
                 warnings.simplefilter("ignore")
                 self._tok = AutoTokenizer.from_pretrained(str(self.path))
                 self._enc = AutoModel.from_pretrained(str(self.path), **LOAD_KWARGS).eval()

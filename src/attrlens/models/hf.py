@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 
 _DTYPES = ("float32", "bfloat16", "float16")
 _HASH_CACHE: dict[tuple[str, float, int], str] = {}
-_LOADED: dict[tuple[str, str, str], tuple[tuple, HFModel]] = {}
+_LOADED: dict[tuple[str, str, str, bool], tuple[tuple, HFModel]] = {}
 
 
 def cache_dir() -> Path:
@@ -367,12 +367,14 @@ def load_model(
         if not file.exists():
             file = _cached_hub_model(str(path))
             model_id = str(path)
-    key = (str(file.resolve()), dev, dtype)
+    # (trust_remote_code too: a model loaded with it once is not handed to a call without it)
+    key = (str(file.resolve()), dev, dtype, bool(trust_remote_code))
     stamp = _files_stamp(file)
     if key in _LOADED and _LOADED[key][0] == stamp:
         return _LOADED[key][1]
-    model = _load(file, model_id=model_id, device=dev, dtype=want, cache=cache,
-                  trust_remote_code=trust_remote_code, progress=progress)
+    with quiet_transformers():
+        model = _load(file, model_id=model_id, device=dev, dtype=want, cache=cache,
+                      trust_remote_code=trust_remote_code, progress=progress)
     _LOADED[key] = (stamp, model)  # a model changed on disk since is loaded again
     return model
 
@@ -504,6 +506,43 @@ def _from_pretrained(src: Path, *, dtype: str | None, device: str, **kwargs: Any
                                                 **LOAD_KWARGS, **kwargs)
 
 
+@contextlib.contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """transformers' loading chatter (its info and warning logs, its progress bars) off
+    while attrlens loads a model, and back as the caller had it afterwards (it stayed off
+    for the whole process: the caller's own transformers logs went quiet)."""
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+def _cast_like_from_pretrained(mdl: Any, device: Any, dtype: Any) -> Any:
+    """``mdl.to(device, dtype)`` that keeps computed buffers (non-persistent: not in the
+    checkpoint, e.g. RoPE's ``inv_freq``) in the dtype they were made in, as
+    ``from_pretrained(dtype=...)`` does. A plain ``.to`` rounded ``inv_freq`` to bf16: a
+    GGUF file's first load (converted, then cast) and ``dtype="auto"`` scored 0.34 nats away
+    from every later load of the same weights in the same recorded dtype."""
+    kept = []
+    for mod in mdl.modules():
+        for name in getattr(mod, "_non_persistent_buffers_set", ()):
+            buf = mod._buffers.get(name)
+            if buf is not None and buf.is_floating_point():
+                kept.append((mod, name, buf))
+    mdl = mdl.to(device=device, dtype=dtype)
+    for mod, name, buf in kept:
+        mod._buffers[name] = buf.to(device=device)
+    return mdl
+
+
 def _first_line(exc: BaseException) -> str:
     """The first line of an exception's message ('' if it has none)."""
     text = str(exc)
@@ -596,12 +635,18 @@ def _merge_adapter(mdl: Any, adapter: Path) -> Any:
         ) from exc
     cfg = wrapped.peft_config[wrapped.active_adapter]
     if getattr(cfg, "is_prompt_learning", False) or not hasattr(wrapped, "merge_and_unload"):
-        raise CapabilityError(
-            f"The adapter '{adapter}' is a {cfg.peft_type} adapter, which adds virtual tokens "
-            f"to every prompt; attrlens explains adapters that change weights (LoRA and the "
-            f"like), merged into the model."
-        )
+        raise _prompt_learning_refused(f"The adapter '{adapter}'", cfg)
     return wrapped.merge_and_unload()
+
+
+def _prompt_learning_refused(what: str, cfg: Any) -> CapabilityError:
+    """The refusal of a PEFT prompt-learning adapter (prompt tuning, prefix tuning, ...)."""
+    kind = str(getattr(cfg, "peft_type", "PEFT")).split(".")[-1]
+    return CapabilityError(
+        f"{what} is a {kind} adapter, which adds virtual tokens to every prompt; attrlens "
+        f"explains adapters that change weights (LoRA and the like), merged into the model "
+        f"or not."
+    )
 
 
 @contextlib.contextmanager
@@ -629,10 +674,7 @@ def _load(file: Path, *, model_id: str, device: str, dtype: str | None, cache: b
     :func:`cpu_auto_dtype`)."""
     import torch
     from transformers import AutoTokenizer
-    from transformers.utils import logging as hf_logging
 
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
     t0 = time.perf_counter()
     if file.is_file():
         if file.suffix.lower() != ".gguf":
@@ -720,7 +762,7 @@ def _load(file: Path, *, model_id: str, device: str, dtype: str | None, cache: b
     target = getattr(torch, dtype)
     p0 = next(mdl.parameters())
     if p0.dtype != target or p0.device != torch.device(device):
-        mdl = mdl.to(device=torch.device(device), dtype=target)
+        mdl = _cast_like_from_pretrained(mdl, torch.device(device), target)
     return HFModel(mdl.eval(), tok, info=ModelInfo(model_id, sha),
                    load_s=time.perf_counter() - t0)
 
@@ -864,11 +906,15 @@ def wrap_model(model: Any, tokenizer: Any = None, *, model_id: str | None = None
     peft = getattr(model, "peft_config", None)
     base = model.get_base_model() if callable(getattr(model, "get_base_model", None)) else model
     name = model_id or getattr(model.config, "_name_or_path", None) or type(base).__name__
-    if model_id is None and isinstance(peft, dict) and peft:  # not the base model's weights
+    if isinstance(peft, dict) and peft:  # not the base model's weights
         active = getattr(model, "active_adapter", None)
         cfg = peft.get(active) if isinstance(active, str) else next(iter(peft.values()))
-        kind = str(getattr(cfg, "peft_type", "peft")).split(".")[-1].lower()
-        name = f"{name}+{kind}:{active}"
+        if getattr(cfg, "is_prompt_learning", False):
+            # (its virtual tokens broke the first forward's shapes: a raw RuntimeError)
+            raise _prompt_learning_refused(f"The PEFT model's active adapter '{active}'", cfg)
+        if model_id is None:
+            kind = str(getattr(cfg, "peft_type", "peft")).split(".")[-1].lower()
+            name = f"{name}+{kind}:{active}"
     return HFModel(model, tokenizer, info=ModelInfo(str(name), None))
 
 
@@ -1241,7 +1287,6 @@ class HFModel:
     )
 
     def __init__(self, model: Any, tokenizer: Any, *, info: ModelInfo, load_s: float = 0.0):
-        import torch
 
         self.model = model  # its train/eval mode is the user's: see evaluating()
         self.tokenizer = tokenizer
@@ -1290,7 +1335,6 @@ class HFModel:
                             "cannot fix to one date; its prompts follow the clock.", info.id)
             else:
                 self.info = dataclasses.replace(self.info, template_date=day)
-        torch.set_grad_enabled(True)  # callers use inference_mode where they need it
 
     # ---- description -------------------------------------------------------------------
     @property
