@@ -84,3 +84,22 @@ def test_loo_on_the_served_model_and_audit(llama_server, tmp_path, capsys, monke
     a = json.loads(apath.read_text())
     assert a["cost"]["api_calls"] > a["audit"]["cost"]["api_calls"] >= 4
     assert a["cost"]["prompt_tokens"] > 0 and a["cost"]["completion_tokens"] >= 4
+
+
+@pytest.mark.integration
+def test_rope_lime_on_a_given_output_needs_no_live_endpoint(tmp_path, capsys):
+    """RoPE-LIME makes no closed-model call on an output given to it (its answer is logged):
+    the command refused to run while the endpoint was down. A run that calls it (gSMILE)
+    still checks it before the model loads."""
+    dead = ["--target-url", "http://127.0.0.1:9/v1", "--target-model", "gpt-closed",
+            "--quiet"]
+    path = tmp_path / "r.json"
+    code, _, err = run(["explain", "Is the sky blue? Answer yes or no.", "--method",
+                        "rope_lime", "--output-text", "No.", "--budget", "8", "--json",
+                        str(path), *dead], capsys)
+    assert code == 0, err
+    d = json.loads(path.read_text())
+    assert d["cost"]["api_calls"] == 0 and d["output"]["text"] == "No."
+    code, _, err = run(["explain", "Is the sky blue?", "--method", "gsmile", "--output-text",
+                        "No.", *dead], capsys)
+    assert code != 0 and "127.0.0.1:9" in err and err.count("\n") == 1

@@ -182,6 +182,22 @@ def test_keyword_model_gets_its_keyword(tiny_model):
     np.testing.assert_allclose(b.scores, a.scores, atol=1e-12)
 
 
+def test_a_budget_that_cannot_determine_the_fit_warns(tiny_model):
+    # 6 samples for ~10 word coefficients and an intercept: a weighted R^2 of 1.0 with no
+    # word said; now a warning names the rank and a budget to try
+    with pytest.warns(UserWarning, match=r"gsmile's 6 coalitions determine only [1-6] of its"):
+        a = attrlens.explain(PROMPT, model=tiny_model, method="gsmile",
+                             target_backend=KeywordModel(), budget=6, seed=1)
+    assert a.n_features > 6
+    import warnings
+
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        attrlens.explain(PROMPT, model=tiny_model, method="gsmile",
+                         target_backend=KeywordModel(), budget=48, seed=1)
+    assert not [w for w in seen if "coalitions determine only" in str(w.message)]
+
+
 def test_reference_quirks_never_query_the_perturbations(tiny_model):
     be = KeywordModel()
     a = attrlens.explain(PROMPT, model=tiny_model, method="gsmile", target_backend=be, budget=32,

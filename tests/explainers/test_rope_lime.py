@@ -179,6 +179,17 @@ def test_k1_equals_leave_one_out(tiny_model):
     np.testing.assert_allclose(b.scores, loo.scores, atol=1e-6)
 
 
+def test_a_budget_that_cannot_determine_the_fit_warns(tiny_model):
+    import warnings
+
+    with pytest.warns(UserWarning, match=r"rope_lime's 4 coalitions determine only 3 of its"):
+        explain(tiny_model, k=1, budget=4, solver="ols")
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        explain(tiny_model, k=1, budget=40, solver="ols")  # every LOO sample: full rank
+    assert not [w for w in seen if "coalitions determine only" in str(w.message)]
+
+
 def test_result_records_every_resolution_and_round_trips(tiny_model, tmp_path):
     a = explain(tiny_model, k=2, budget=20, seed=4, return_samples=True)
     p = a.params

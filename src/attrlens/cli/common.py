@@ -261,8 +261,9 @@ def check_served(explainer: Explainer, args: argparse.Namespace) -> None:
             )
 
 
-def target_backend(args: argparse.Namespace) -> Any:
-    """The closed-model backend of --target-url/--target-model (checked), or None."""
+def target_backend(args: argparse.Namespace, *, check: bool = True) -> Any:
+    """The closed-model backend of --target-url/--target-model (checked, unless ``check`` is
+    False: a run that makes no call to it), or None."""
     if not getattr(args, "target_url", None):
         # options of the served model, ignored without one: said, not dropped
         given = [opt for opt, on in (("--target-model", getattr(args, "target_model", None)),
@@ -280,7 +281,8 @@ def target_backend(args: argparse.Namespace) -> Any:
         api_key_env=getattr(args, "api_key_env", None) or "OPENAI_API_KEY",
         cache=not args.no_cache,
     )
-    backend.check()
+    if check:
+        backend.check()
     return backend
 
 

@@ -167,14 +167,18 @@ def run(args: argparse.Namespace) -> int:
     check_served(explainer, args)
     # every other check of the arguments that needs no model, then the chat template's
     # options (JSON, date): cheap errors before the model loads
-    api.check_explain(
+    _, route_name = api.check_explain(
         prompt, method=explainer, granularity=args.granularity, target=args.target,
         output=args.output_text if source is None else source.output_text,
         seed=args.seed, masker=args.masker, spans=spans, chat=False if args.raw else None,
         max_new_tokens=args.max_new_tokens, contrast=args.contrast_text,
         route=args.route, audit=args.audit, served=bool(args.target_url))
     check_chat_template_options(args)
-    backend = target_backend(args)  # the endpoint is checked before the model loads
+    # the endpoint is checked before the model loads, unless the run makes no call to it: the
+    # local model stands in for it on an output given here (rope_lime on a logged answer)
+    given = args.output_text is not None or source is not None
+    backend = target_backend(
+        args, check=not (route_name == "surrogate" and given and args.audit is None))
 
     progress = Progress(not args.quiet, f"explaining ({explainer.name})")
     try:

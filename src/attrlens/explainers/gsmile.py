@@ -36,9 +36,9 @@ from ..models.embeddings import EMBEDDINGS, GROUND_COSTS, WordMoversDistance
 from ..params import Param
 from ..registry import register
 from ..solvers.kernels import LocalityKernel, WidthParam
-from ..solvers.regression import fidelity_metrics, weighted_ridge
+from ..solvers.regression import design_rank, fidelity_metrics, weighted_ridge
 from ..solvers.sampling import bernoulli_masks
-from .base import Explainer, Explanation
+from .base import Explainer, Explanation, warn_underdetermined
 
 if TYPE_CHECKING:
     from ..games.model import ModelInputs, ScoringGame
@@ -160,6 +160,10 @@ class GSmileExplainer(Explainer):
         kernel = LocalityKernel(p["kernel_width"], rescale=True)
         w, sigma = kernel(d_weight)
         coef, intercept, fid = self._fit(masks, y, w)
+        n = masks.shape[1]
+        rank = design_rank(masks[w > 0])
+        if rank is not None and rank < n:  # (a perfect fit of nothing: R^2 1.0 at m <= n)
+            warn_underdetermined(self.name, rank, n, len(masks), 2 * (n + 1))
 
         extra: dict[str, Any] = {
             "intercept": intercept,

@@ -38,9 +38,9 @@ from ..models.embeddings import ROPE_SPACES
 from ..params import Param
 from ..registry import register
 from ..solvers.kernels import LocalityKernel, WidthParam
-from ..solvers.regression import weighted_r2, weighted_ridge
+from ..solvers.regression import design_rank, weighted_r2, weighted_ridge
 from ..solvers.sampling import sparse_k_masks
-from .base import Explainer, Explanation
+from .base import Explainer, Explanation, warn_underdetermined
 
 if TYPE_CHECKING:
     from ..games.model import ModelInputs, ScoringGame
@@ -165,6 +165,9 @@ class RopeLimeExplainer(Explainer):
         w, sigma = kernel(D)
         y = game(masks)
         coef, intercept, r2 = self.fit(masks, y, w)
+        rank = design_rank(masks[w > 0])
+        if rank is not None and rank < n:
+            warn_underdetermined(self.name, rank, n, len(masks), 2 * (n + 1))
 
         per_token = None
         if game.per_token:
