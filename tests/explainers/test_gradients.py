@@ -551,3 +551,38 @@ def test_gilot_refuses_non_finite_beam_distributions(tiny_model, monkeypatch):
                         lambda self, h: real(self, h) + torch.tensor(float("nan")))
     with pytest.raises(InputError, match="NaN or inf next-token probabilities"):
         attrlens.explain(PROMPT, model=tiny_model, method="gilot", max_new_tokens=3, beams=2)
+
+
+def test_rollout_says_where_its_mass_went(tiny_model):
+    """Rollout on a decoder LLM sends most of its mass to the first token (an attention
+    sink): the embedded model's chat prompts kept ~1e-5 of it on the features and every
+    score printed as 0. The share is recorded, and said when it is below 1%."""
+    import warnings
+
+    from attrlens.explainers.gradients import rollout_mass
+
+    a = _explain(tiny_model, "attention_rollout")
+    meta = a.extra["metadata"]
+    # scores average the output rows of the rollout over each feature's tokens: together
+    # they are the features' share of its mass
+    assert meta["rollout_feature_share"] == pytest.approx(a.scores.sum(), rel=1e-9)
+    assert 0 < meta["rollout_top_token_share"] <= 1
+
+    class _WB:
+        n_prompt = 4
+        owner = np.array([-1, 0, 1, 1])
+
+        def aggregate(self, rows):
+            return np.stack([rows[..., 1], rows[..., 2] + rows[..., 3]], -1)
+
+    sink = np.array([[0.997, 0.001, 0.001, 0.001, 0.0], [0.995, 0.002, 0.002, 0.001, 0.0]])
+    with pytest.warns(UserWarning, match=r"features hold 0.004 .* 0\.9960 sits on prompt "
+                                         r"token 0 \(an attention sink, outside the features"):
+        got = rollout_mass("attention_rollout", _WB(), sink, 0)
+    assert got == pytest.approx({"rollout_feature_share": 0.004, "rollout_top_token": 0,
+                                 "rollout_top_token_share": 0.996})
+    spread = np.array([[0.4, 0.3, 0.2, 0.1, 0.0]])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert rollout_mass("bta", _WB(), spread, 8)["rollout_feature_share"] == \
+            pytest.approx(0.6)

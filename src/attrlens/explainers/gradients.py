@@ -254,11 +254,39 @@ class AttentionRolloutExplainer(_WhiteBoxExplainer):
         wb = self._white_box(game)
         self._check_start(wb, self.params["start_layer"])
         maps = wb.attention_maps()
-        rows = rollout_rows(maps, wb.output_rows, start=self.params["start_layer"],
-                            residual=self.params["residual"])[:, : wb.n_prompt]
-        pot = wb.aggregate(rows).T
+        roll = rollout_rows(maps, wb.output_rows, start=self.params["start_layer"],
+                            residual=self.params["residual"])
+        pot = wb.aggregate(roll[:, : wb.n_prompt]).T
         return Explanation(scores=pot.mean(1), per_output_token=pot,
-                           params=self._params(heads="mean"))
+                           params=self._params(heads="mean"),
+                           extra=rollout_mass(self.name, wb, roll, self.params["start_layer"]))
+
+
+#: below this share of the rollout's mass on the features, the result says where the rest is
+SINK_SHARE = 0.01
+
+
+def rollout_mass(name: str, wb: WhiteBoxGame, roll: np.ndarray, start: int) -> dict[str, Any]:
+    """Where the rollout rows ``roll`` (T, S) put their mass: the share on the features (mean
+    over output rows) and the prompt token holding most of it. On decoder LLMs most of the
+    mass flows to the first token (an attention sink, often a template token outside the
+    features): the embedded model's chat prompts kept ~1e-6 of it, and every score printed
+    as 0. That is the method's answer, so it is recorded and said, not changed."""
+    on_prompt = roll[:, : wb.n_prompt]
+    share = float(wb.aggregate(on_prompt).sum(-1).mean())
+    top = int(np.argmax(on_prompt.mean(0)))
+    top_share = float(on_prompt.mean(0)[top])
+    if share < SINK_SHARE:
+        import warnings
+
+        warnings.warn(
+            f"{name}: the features hold {share:.2g} of the attention rollout's mass; "
+            f"{top_share:.4f} sits on prompt token {top} (an attention sink"
+            f"{'' if wb.owner[top] >= 0 else ', outside the features'}), so the scores are "
+            f"small; a later --start-layer (now {start}) rolls out fewer layers.",
+            stacklevel=3)
+    return {"rollout_feature_share": share, "rollout_top_token": top,
+            "rollout_top_token_share": top_share}
 
 
 class _BTAExplainer(_WhiteBoxExplainer):
@@ -286,7 +314,8 @@ class _BTAExplainer(_WhiteBoxExplainer):
         pot = wb.aggregate(rel).T  # (n, T)
         scores = pot.mean(1) if self.averaged else pot.sum(1)
         return Explanation(scores=scores, per_output_token=pot,
-                           params=self._params(heads="mean", start_layer=start))
+                           params=self._params(heads="mean", start_layer=start),
+                           extra=rollout_mass(self.name, wb, roll, start))
 
 
 _BTA_PARAMS = (
