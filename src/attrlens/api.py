@@ -314,12 +314,13 @@ def _api_counters(backend: Any) -> dict[str, float]:
 
 def api_cost(backend: Any, before: dict[str, float] | None = None) -> dict[str, float]:
     """What a served backend spent since its counters were ``before`` (None: since they
-    were zero): ``api_calls``, ``cached_calls``, ``prompt_tokens``, ``completion_tokens``
+    were zero): ``api_calls``, ``cached_calls``, ``retries`` (requests sent again after a
+    refusal or a timeout, on top of the calls), ``prompt_tokens``, ``completion_tokens``
     and, with prices, ``cost_usd``; the keys of ``Attribution.cost`` for served models."""
     now, before = _api_counters(backend), before or {}
     return {key: now[key] - before.get(key, 0)
-            for key in ("api_calls", "cached_calls", "prompt_tokens", "completion_tokens",
-                        "cost_usd") if key in now}
+            for key in ("api_calls", "cached_calls", "retries", "prompt_tokens",
+                        "completion_tokens", "cost_usd") if key in now}
 
 
 def _as_list(output: Any) -> Any:

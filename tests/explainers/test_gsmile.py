@@ -306,6 +306,8 @@ def test_real_server_through_faults_gives_the_same_result(default_model, llama_s
     be = OpenAIBackend(fault_proxy.base_url, llama_server.model_name, cache=False, **FAST)
     faulty = attrlens.explain(prompt, target_backend=be, **kw)
     assert be.counters["retries"] >= 5
+    # the retries are part of the run's cost (they were only on the backend's counters)
+    assert faulty.cost["retries"] == be.counters["retries"] and clean.cost["retries"] == 0
     assert faulty.output_text == clean.output_text
     np.testing.assert_allclose(faulty.scores, clean.scores, atol=1e-9)
 

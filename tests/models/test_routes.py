@@ -517,3 +517,21 @@ def test_top_logprobs_route_says_when_the_server_sent_a_shorter_list():
         warnings.simplefilter("error")  # said once per route
         short.score_many([q])
     assert route.details()["floored"] == 0 and route.details()["fewest_received"] == 20
+
+
+def test_forced_tokens_says_whether_the_server_stopped_early_or_ignored_the_grammar():
+    from attrlens.models.routes import ForcedTokensRoute, _Broken
+
+    route = ForcedTokensRoute(_TopListBackend({"x": 0.0}))
+    route._ids["abc"] = (5, 6, 7)
+    q = ScoreQuery(PROMPT, "abc")
+
+    def probs(*ids):
+        return {"completion_probabilities": [{"id": i, "logprob": -0.5, "token": "t"}
+                                             for i in ids]}
+
+    assert route.parse(q, probs(5, 6, 7)).logprobs.tolist() == [-0.5] * 3
+    with pytest.raises(_Broken, match=r"stopped after 2 of the 3 forced tokens"):
+        route.parse(q, probs(5, 6))
+    with pytest.raises(_Broken, match="ignored the grammar"):
+        route.parse(q, probs(5, 9, 7))

@@ -433,9 +433,15 @@ class ForcedTokensRoute(RequestRoute):
         probs = data["completion_probabilities"]
         got = tuple(int(p.get("id", -1)) for p in probs)
         if got != ids:
+            # a prefix of the forced tokens: the server stopped early (its token limit, a
+            # stop string); other tokens: it did not apply the grammar
+            why = (f"it stopped after {len(got)} of the {len(ids)} forced tokens (a token "
+                   f"limit or a stop string of the server's)"
+                   if len(got) < len(ids) and got == ids[: len(got)]
+                   else "the server ignored the grammar")
             raise _Broken(
                 f"{self._where()} generated token ids {list(got)} instead of the forced "
-                f"{list(ids)}: the server ignored the grammar"
+                f"{list(ids)}: {why}"
             )
         vals = [_finite_logprob(p.get("logprob"), self._where()) for p in probs]
         return Scored(np.asarray(vals, dtype=np.float64),
