@@ -77,6 +77,10 @@ def test_bad_arguments_fail_before_any_work(tmp_path):
                        ({"seed": 2**32}, "'seed' parameter of evaluate"),
                        ({"chat": "no"}, "'chat' parameter of evaluate"),
                        ({"workers": 2}, "are Ray actors: add backend='ray'"),
+                       # it was ignored: the run went local
+                       ({"address": "127.0.0.1:1"}, "is a Ray cluster's: add backend='ray'"),
+                       ({"backend": "ray", "address": "nohost"}, "must be 'host:port'"),
+                       ({"template_date": "2026-13-45"}, "2026-13-45"),
                        # v(all) of a divergence is 0: top-k's relative change was noise
                        # over bf16 noise (135.6 under kl)
                        ({"target": "kl", "metrics": ["abpc", "topk"]},
@@ -84,6 +88,15 @@ def test_bad_arguments_fail_before_any_work(tmp_path):
         with pytest.raises(ParameterError, match=match):
             attrlens.evaluate(ITEMS, methods=["loo"], out=tmp_path / "o", **bad)
     assert not (tmp_path / "o").exists()
+    # nothing listens there: refused at once, not after the model's load and minutes of
+    # Ray's own retries
+    from attrlens.evaluation.runner import check_ray_address
+
+    with pytest.raises(InputError, match="Nothing answers at the Ray address ray://127.0.0.1:1 .Connection refused"):
+        attrlens.evaluate(ITEMS, methods=["loo"], out=tmp_path / "o", backend="ray",
+                          address="ray://127.0.0.1:1")
+    assert not (tmp_path / "o").exists()
+    check_ray_address("auto")  # Ray's own lookup of a local cluster
 
 
 def test_numpy_integers_are_taken_as_ints(tiny_model, tmp_path):
@@ -458,6 +471,24 @@ def test_an_item_a_method_cannot_explain_is_a_failed_record_and_the_run_goes_on(
     # a rerun tries the failed item again (and only it)
     again = attrlens.evaluate([ITEMS[0], TOO_LONG, ITEMS[1]], progress=False, **kw)
     assert again.computed == 1 and again.skipped == 2 and again.failed == s.failed
+
+
+def test_item_ids_with_pipes_and_controls_keep_the_tables_and_terminal_whole(
+        tiny_model, tmp_path, capfd):
+    """An id of the user's data with '|', a newline and an ANSI escape split the failures
+    row of summary.md and went raw to the terminal."""
+    nasty = "a|b\nc \x1b[31mRED"
+    item = {**TOO_LONG, "id": nasty}
+    out = tmp_path / "o"
+    attrlens.evaluate([item], methods=["loo"], metrics=["abpc"], model=tiny_model, out=out,
+                      chat=False, progress=True)
+    err = capfd.readouterr().err
+    assert "\x1b" not in err and "\n" + "c" not in err
+    assert "a|b\\nc \\x1b[31mRED" in err
+    md = (out / "summary.md").read_text()
+    rows = [ln for ln in md.splitlines() if ln.startswith("| loo | a")]
+    assert rows == [rows[0]] and rows[0].startswith("| loo | a\\|b\\nc \\x1b[31mRED | ")
+    assert rows[0].count(" | ") == 2  # three cells
 
 
 def test_a_failing_backend_still_stops_the_run(tiny_model, tmp_path, monkeypatch):

@@ -207,6 +207,10 @@ def test_index_and_dataset_report(tmp_path):
     lines = [json.dumps(r) for r in recs] + ['{"key": "torn", "item']
     (run / "records.jsonl").write_text("\n".join(lines), encoding="utf-8")
     assert [r["key"] for r in read_records(run)] == ["k1", "k2"]
+    # killed, then resumed: the torn line is mid-file (the store writes on after it)
+    resumed = [json.dumps(recs[0]), '{"key": "torn", "item', json.dumps(recs[1])]
+    (run / "records.jsonl").write_text("\n".join(resumed), encoding="utf-8")
+    assert [r["key"] for r in read_records(run)] == ["k1", "k2"]
     index = write_dataset_report(run, tmp_path / "site")
     for link in re.findall(r'href="([^"]+)"', index.read_text(encoding="utf-8")):
         item_page = (index.parent / link).read_text(encoding="utf-8")

@@ -102,3 +102,25 @@ def test_topk_divergence_equals_the_masked_full_vocabulary_form():
             assert float(got[r]) == pytest.approx(float(want), abs=1e-9)
     _ids, p, q, valid = topk_union(lp[0], lp[0], top_k=5)
     assert int(valid.sum(-1).max()) == 5  # identical rows: the union is one top-k
+
+
+def test_generation_reads_only_the_tokens_attention_off_keeps(tiny_model, raw):
+    """Regeneration from an attention_off perturbation: its masked last token is id 0 with
+    attention 0, which generate (ids only) read as a real token; the kept tokens are the
+    input, as with delete, and a mask of everything is the empty context."""
+    ids, fs, _ = raw
+    n = len(fs)
+    masks = np.ones((4, n), dtype=bool)
+    masks[1, -1] = False  # the last word: the appended id 0
+    masks[2, 2] = False
+    masks[3] = False
+    off, dele = (Masker(kind, ids, fs, empty_context_id=5) for kind in ("attention_off",
+                                                                         "delete"))
+    keep = off.token_keep(masks)
+    assert 0 in off.apply(masks)[1].ids  # the scoring input does carry it
+    for i, (p_off, p_del) in enumerate(zip(off.apply(masks), dele.apply(masks))):
+        got = off.generation_ids(p_off)
+        np.testing.assert_array_equal(got, dele.generation_ids(p_del))
+        if i < 3:
+            np.testing.assert_array_equal(got, ids[keep[i]])
+    assert off.generation_ids(off.apply(masks)[3]).tolist() == [5]  # the empty context

@@ -622,7 +622,7 @@ class ItemRunner:
             for row, pert in zip(masks, masker.apply(masks)):
                 k = np.packbits(row).tobytes()
                 if k not in memo:
-                    ids = model.generate([int(t) for t in pert.ids],
+                    ids = model.generate([int(t) for t in masker.generation_ids(pert)],
                                          max_new_tokens=self.config.regen_max_new_tokens)
                     memo[k] = model.decode(ids)
                 out.append(memo[k])
@@ -710,7 +710,7 @@ class ProgressPrinter:
         if not self.enabled or run is None:
             return
         item_id, label, t = run
-        print(f"[evaluate] {self.done + 1}/{self.total} records · {item_id} {label} running "
+        print(f"[evaluate] {self.done + 1}/{self.total} records · {_shown(item_id)} {label} running "
               f"for {time.perf_counter() - t:.0f} s", file=sys.stderr, flush=True)
 
     def _beats(self) -> None:
@@ -730,8 +730,22 @@ class ProgressPrinter:
         el = time.perf_counter() - self.t0
         eta = el / self.done * (self.total - self.done)
         failed = f" · failed: {rec['error']}" if rec.get("error") else ""
-        print(f"[evaluate] {self.done}/{self.total} records · {rec['item_id']} {rec['label']} "
+        print(f"[evaluate] {self.done}/{self.total} records · {_shown(rec['item_id'])} {rec['label']} "
               f"· {el:.1f} s elapsed · ETA {eta:.0f} s{failed}", file=sys.stderr, flush=True)
+
+
+def _shown(item_id: Any) -> str:
+    """An item id on one terminal line: control characters (a newline, an ANSI escape) as
+    escapes (an id of the user's data printed them raw)."""
+    from ..report.terminal import literal
+
+    return literal(item_id, keep_newlines=False)
+
+
+def _md_cell(text: Any) -> str:
+    """Text for one cell of a markdown table: its pipes escaped and its control characters
+    (a newline split the row) shown as escapes."""
+    return _shown(text).replace("|", "\\|")
 
 
 # ---- summary -------------------------------------------------------------------------------
@@ -831,7 +845,7 @@ class Summary:
                       "tries them again)"), "", "| method | item | reason |", "|---|---|---|"]
             for m, items in self.failed.items():
                 for i, why in sorted(items.items()):
-                    lines.append(f"| {m} | {i} | {why.replace('|', '/')} |")
+                    lines.append(f"| {m} | {_md_cell(i)} | {_md_cell(why)} |")
         return "\n".join(lines) + "\n"
 
 
@@ -983,6 +997,30 @@ def _run_ray(model: Any, config: EvalConfig, seed: int, groups: list[Group], *, 
             ray.shutdown()
 
 
+def check_ray_address(address: Any, timeout: float = 5.0) -> None:
+    """Refuse a Ray cluster address that nothing answers at, before any model loads (Ray
+    itself retried for minutes after the load). ``auto`` (a cluster started on this
+    machine) is left to Ray; ``host:port`` and ``ray://host:port`` are tried once."""
+    import socket
+
+    if not isinstance(address, str) or not address.strip():
+        raise ParameterError(f"The Ray address must be 'host:port', 'ray://host:port' or "
+                             f"'auto'; got {address!r}.")
+    if address == "auto":
+        return
+    hostport = address.split("://", 1)[1] if "://" in address else address
+    host, _, port = hostport.rpartition(":")
+    if not host or not port.isdigit():
+        raise ParameterError(f"The Ray address must be 'host:port', 'ray://host:port' or "
+                             f"'auto'; got {address!r}.")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as exc:
+        raise InputError(f"Nothing answers at the Ray address {address} "
+                         f"({exc.strerror or type(exc).__name__}); start the cluster "
+                         f"(ray start --head) or fix --address.") from None
+
+
 # ---- the entry point -----------------------------------------------------------------------
 def evaluate(
     data: str | Path | Sequence[dict[str, Any] | EvalItem],
@@ -1065,6 +1103,15 @@ def evaluate(
         raise ParameterError(f"workers={workers} are Ray actors: add backend='ray' "
                              f"(--backend ray), or leave workers out (the local backend runs "
                              f"one process).")
+    if address is not None and backend != "ray":
+        raise ParameterError(f"address={address!r} is a Ray cluster's: add backend='ray' "
+                             f"(--backend ray), or leave it out (it was ignored).")
+    if address is not None:
+        check_ray_address(address)
+    if template_date is not None:  # (it was refused after the model's load)
+        from ..models.hf import parse_template_date
+
+        parse_template_date(template_date)
     check_param("evaluate", "granularity", granularity, choices=GRANULARITIES)
     check_param("evaluate", "masker", masker, choices=EVAL_MASKERS)
     check_param("evaluate", "auc", auc, choices=("mean", "trapezoid"))

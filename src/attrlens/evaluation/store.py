@@ -64,6 +64,31 @@ def _check_out(out: Path) -> None:
                 f"): the run would overwrite its files; give an empty or new folder as --out.")
 
 
+def read_record_lines(path: Path) -> tuple[dict[str, dict[str, Any]], int]:
+    """The records of a ``records.jsonl`` (the latest line per key, in first-written order)
+    and how many lines were torn (not JSON: a write cut short by a kill, anywhere in the
+    file, since a resumed run writes on after it); a line of JSON that is not a record is a
+    one-line InputError. NaN and infinities read as None."""
+    out: dict[str, dict[str, Any]] = {}
+    torn = 0
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line, parse_constant=lambda _: None)
+            except json.JSONDecodeError:
+                torn += 1
+                continue
+            if not isinstance(rec, dict) or "key" not in rec:
+                raise InputError(
+                    f"{path} holds a line that is not a results record; give an empty or "
+                    f"attrlens output directory."
+                )
+            out[rec["key"]] = rec
+    return out, torn
+
+
 class ResultsStore:
     """Records of one output directory (``DIR/records.jsonl``)."""
 
@@ -86,21 +111,7 @@ class ResultsStore:
             self._read()
 
     def _read(self) -> None:
-        with open(self.path, encoding="utf-8") as f:
-            for line in f:
-                if not line.strip():
-                    continue
-                try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError:
-                    self.torn_lines += 1  # a write cut short by a kill
-                    continue
-                if not isinstance(rec, dict) or "key" not in rec:
-                    raise InputError(
-                        f"{self.path} holds a line that is not a results record; give an "
-                        f"empty or attrlens output directory."
-                    )
-                self._records[rec["key"]] = rec
+        self._records, self.torn_lines = read_record_lines(self.path)
 
     def __contains__(self, key: str) -> bool:
         return key in self._records

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -98,26 +97,17 @@ def records_csv(records: Sequence[dict[str, Any]], path: str | Path | None = Non
 # ---- data-set records ------------------------------------------------------------------------
 def read_records(source: str | Path) -> list[dict[str, Any]]:
     """The records of a data-set run: a run directory (its ``records.jsonl``) or the file
-    itself; a torn last line (a killed run) is skipped."""
+    itself; torn lines (a killed run, resumed after: the torn line is then mid-file) are
+    skipped, as the run's own store skips them."""
+    from ..evaluation.store import read_record_lines
+
     path = Path(source)
     if path.is_dir():
         path = path / "records.jsonl"
     if not path.is_file():
         raise InputError(f"No records file at '{path}'; give a run directory of "
                          "`attrlens evaluate` or its records.jsonl.")
-    out: dict[str, dict[str, Any]] = {}
-    lines = path.read_text(encoding="utf-8").splitlines()
-    for k, line in enumerate(lines):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line, parse_constant=lambda _: None)  # NaN, Infinity: null
-        except json.JSONDecodeError as exc:
-            if k == len(lines) - 1:
-                continue
-            raise InputError(f"'{path}' line {k + 1} is not JSON ({exc}).") from exc
-        out[str(rec.get("key", k))] = rec  # the later line wins
-    return list(out.values())
+    return list(read_record_lines(path)[0].values())
 
 
 def faithfulness_from_record(record: dict[str, Any]) -> dict[str, Any]:

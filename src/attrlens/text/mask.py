@@ -141,6 +141,15 @@ class Masker:
                 out.append(PerturbedInput(self.prompt_ids[row], pos[row], first))
         return out
 
+    def generation_ids(self, pert: PerturbedInput) -> np.ndarray:
+        """The token ids to generate from after ``pert``: its tokens without those no query
+        attends to (attention_off's masked last token, id 0, which ``generate`` would read
+        as a real token), or the empty context's one token when none is left."""
+        ids = np.asarray(pert.ids, dtype=np.int64)
+        if pert.attention is not None:
+            ids = ids[np.asarray(pert.attention) != 0]
+        return ids if ids.size else self._empty_context().ids
+
     def _empty_context(self) -> PerturbedInput:
         """``delete`` with every prompt token masked: one context token at position 0 (an
         empty sequence has no position to predict the first output token from), the output
