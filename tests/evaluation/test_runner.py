@@ -573,6 +573,9 @@ def test_a_granularity_the_data_set_does_not_use_is_refused(tiny_dir, tmp_path):
         attrlens.evaluate(data, granularity="token", **kw)
     s = attrlens.evaluate(data, **kw)
     assert s.settings["granularity"] == "span (the data set's own)"
+    # and each record says what its item used (it said the run's default, word)
+    rec = json.loads((tmp_path / "o" / "records.jsonl").read_text())
+    assert rec["eval"]["granularity"] == "span"
 
 
 @pytest.mark.parametrize("case", ["out is a file", "out under a file", "records a folder",

@@ -478,7 +478,11 @@ class ItemRunner:
                 "model": {**model_hash(self.model, _threads()),
                           "device": self.model.info.device},
                 "seed": self.seed,
-                "eval": _json_clean(asdict(self.config)),
+                # the granularity the item was explained at (a data set's own spans, not
+                # the run's default "word", which it does not apply)
+                "eval": _json_clean({**asdict(self.config),
+                                     "granularity": item.granularity
+                                     or self.config.granularity}),
                 # the library versions and torch threads the record was computed with (not in
                 # its key: a rerun on newer versions finds the record; read them to compare)
                 "environment": {"attrlens": _version(), **runtime_environment()}}
