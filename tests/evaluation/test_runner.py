@@ -661,14 +661,18 @@ def test_bf16_records_are_keyed_by_the_thread_count_that_computed_them(tiny_dir,
         torch.set_num_threads(before)
 
 
-def test_asking_for_another_metric_keeps_the_ones_stored(tiny_model, tmp_path):
+def test_asking_for_another_metric_keeps_the_ones_stored(tiny_model, tmp_path, capfd):
     """abpc, then topk: the record was computed again with topk only, so a later abpc run
-    computed it once more (4 lines for one key, the last holding one metric)."""
+    computed it once more (4 lines for one key, the last holding one metric). The progress
+    says why a stored record is computed again (it said '0 already in the store')."""
     data = [{"prompt": "the cat sat on the mat", "output": " x"}]
     kw = {"methods": ["loo"], "model": tiny_model, "out": tmp_path / "o", "progress": False,
           "report": False, "chat": False, "r_max": 2}
     first = attrlens.evaluate(data, metrics=["abpc"], **kw)
-    second = attrlens.evaluate(data, metrics=["topk"], **kw)
+    capfd.readouterr()
+    second = attrlens.evaluate(data, metrics=["topk"], **{**kw, "progress": True})
+    assert ("1 records to compute (0 already in the store; 1 stored without a "
+            "metric asked for now)") in capfd.readouterr().err
     assert second.computed == 1
     recs = [json.loads(x) for x in (tmp_path / "o" / "records.jsonl").read_text().splitlines()]
     assert set(recs[-1]["metrics"]) >= {"abpc", "morf", "lerf", "topk"}

@@ -688,7 +688,7 @@ class ProgressPrinter:
     saying which record it is and for how long (a first record of 70 s printed nothing)."""
 
     def __init__(self, total: int, skipped: int, *, enabled: bool = True,
-                 heartbeat_s: float = 30.0):
+                 heartbeat_s: float = 30.0, more_metrics: int = 0):
         self.total, self.skipped, self.enabled = total, skipped, enabled
         self.done = 0
         self.t0 = time.perf_counter()
@@ -697,8 +697,11 @@ class ProgressPrinter:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         if enabled:
-            print(f"[evaluate] {total} records to compute ({skipped} already in the store)",
-                  file=sys.stderr, flush=True)
+            # (a stored record that lacks a metric asked for now is computed again)
+            more = (f"; {more_metrics} stored without a metric asked for now"
+                    if more_metrics else "")
+            print(f"[evaluate] {total} records to compute ({skipped} already in the store"
+                  f"{more})", file=sys.stderr, flush=True)
 
     def started(self, item_id: str, label: str) -> None:
         """A record begins (its heartbeat lines start after ``heartbeat_s``)."""
@@ -1214,7 +1217,7 @@ def evaluate(
             runner.model = runner.model.with_template_date(earlier)
     mhash = model_hash(runner.model, RAY_THREADS if backend == "ray" else _threads())
     groups: list[Group] = []
-    n_skip = 0
+    n_skip = n_more = 0
     keys: list[str] = []
     kept: set[str] = set()  # metrics of records computed again for a metric they lack
     for item in items:
@@ -1228,6 +1231,7 @@ def evaluate(
                 continue
             if old is not None:
                 kept |= set(old.get("metrics", {}))
+                n_more += 1
             todo.append((spec, key))
         if todo:
             groups.append((item, todo))
@@ -1238,7 +1242,7 @@ def evaluate(
             m for m in METRICS if m in kept and m not in metric_names))
         runner.config = config
     prog = ProgressPrinter(sum(len(t) for _, t in groups), n_skip, enabled=progress,
-                           heartbeat_s=HEARTBEAT_S)
+                           heartbeat_s=HEARTBEAT_S, more_metrics=n_more)
     att_dir = out_dir / "attributions"
 
     def on_record(rec: dict[str, Any]) -> None:
