@@ -580,3 +580,23 @@ def test_the_progress_bar_extends_for_each_round_of_evaluations():
     task = bar._bar.tasks[0]
     assert (task.total, task.completed) == (12, 12)
     bar.close()
+
+
+def test_a_seed_given_to_a_method_that_draws_nothing_is_said(tiny_dir, tmp_path, capsys):
+    """--seed 3 with loo ran as if it mattered; the scores are the seed-0 scores, and the
+    command now says the seed changes nothing (methods that draw keep their seed)."""
+    base = ["explain", "the cat sat on the mat", "--model", str(tiny_dir), "--output-text",
+            " x", "--raw", "--quiet"]
+    scores = {}
+    for seed in (None, "3"):
+        path = tmp_path / f"loo{seed}.json"
+        code, _, err = run([*base, "--method", "loo", "--json", str(path),
+                            *(["--seed", seed] if seed else [])], capsys)
+        assert code == 0, err
+        assert ("draws nothing at random: --seed 3 changes none" in err) == (seed == "3")
+        d = json.loads(path.read_text())
+        scores[seed] = d["scores"]
+        assert d["seed"] == (3 if seed else 0)
+    assert scores[None] == scores["3"]
+    code, _, err = run([*base, "--method", "lime", "--seed", "3", "--budget", "40"], capsys)
+    assert code == 0 and "draws nothing" not in err, err

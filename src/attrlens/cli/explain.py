@@ -9,6 +9,7 @@ loads.
 from __future__ import annotations
 
 import argparse
+import warnings
 from typing import Any
 
 from ..errors import InputError, ParameterError
@@ -67,7 +68,9 @@ def add_parser(sub: Any, method: str | None) -> argparse.ArgumentParser:
                    "(default: the method's)")
     e.add_argument("--budget", help="maximum number of value-function evaluations "
                    "(default: the method's; 'none' = the method's)")
-    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--seed", type=int, default=None,
+                   help="seed of the method's random draws (default 0; methods that draw "
+                        "nothing, e.g. loo, ignore it and say so)")
     e.add_argument("--max-new-tokens", type=int, default=None,
                    help="the generated answer's length limit (default 32; not with a given "
                         "output)")
@@ -145,6 +148,11 @@ def run(args: argparse.Namespace) -> int:
 
     # ---- cheap checks first: method, parameters, names, spans, files, prompt ------------
     explainer = make_checked_explainer(args.method, _budget(args.budget), method_params(args))
+    if args.seed is None:
+        args.seed = 0
+    elif not explainer.draws:
+        warnings.warn(f"{explainer.name} draws nothing at random: --seed {args.seed} changes "
+                      f"none of its scores (it is recorded as given).", stacklevel=1)
     check_choice("granularity", args.granularity, GRANULARITIES)
     check_choice("masker", args.masker, MASKERS)
     check_choice("target", args.target, TARGETS)

@@ -89,6 +89,10 @@ class Explainer(ABC):
     #: False for a method that never runs the scoring engine on masked prompts (gradients
     #: and attention of one forward): its settings (prefix_reuse) are refused when given
     runs_engine: ClassVar[bool] = True
+    #: False for a method that draws nothing at random (leave-one-out, GiLOT, gradients,
+    #: attention): a seed changes none of its scores, and the command line says so when one
+    #: is given
+    draws: ClassVar[bool] = True
     #: True for a method that has the model generate answers to perturbed prompts (gsmile):
     #: max_new_tokens limits those even where the explained output is given
     regenerates: ClassVar[bool] = False

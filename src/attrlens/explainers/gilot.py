@@ -92,6 +92,8 @@ class GilotExplainer(Explainer):
     beam marginals, not a token of the displayed greedy output).
     """
 
+    draws = False
+
     name = "gilot"
     description = "GiLOT: optimal transport between beam-marginalised output distributions."
     paper = "Li, Chen, Chai, Xiong (ICML 2024), GiLOT: interpreting generative language models"

@@ -93,6 +93,8 @@ def _steps(default: int) -> Param:
 class _WhiteBoxExplainer(Explainer):
     """Shared plumbing: a WhiteBoxGame from the prepared inputs; token -> feature sums."""
 
+    draws = False
+
     needs: ClassVar[str] = "local_model"
     uses_budget: ClassVar[bool] = False
     #: gradients and attention of sum_t log p(o_t) on the whole prompt: no target, no masking

@@ -12,6 +12,8 @@ from .base import Explainer, Explanation
 class LeaveOneOutExplainer(Explainer):
     """Occlusion: how much the value drops when one feature is removed."""
 
+    draws = False
+
     name = "loo"
     description = "Leave-one-out occlusion: v(all) - v(all but i); n+1 evaluations."
     paper = "Zeiler & Fergus (2014), occlusion; Li et al. (2016), erasure"
