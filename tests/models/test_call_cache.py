@@ -32,6 +32,13 @@ def test_default_dir_follows_environment(monkeypatch, tmp_path):
     monkeypatch.delenv("XDG_CACHE_HOME")
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     assert default_cache_dir() == tmp_path / "home" / ".cache" / "attrlens"
+    # the model copies' root is the same resolver: "~" expanded in both (the models went
+    # to a folder named "~" under the working directory)
+    from attrlens.models.hf import cache_dir, gguf_copy_dir
+
+    monkeypatch.setenv("ATTRLENS_CACHE_DIR", "~/al")
+    assert cache_dir() == default_cache_dir() == tmp_path / "home" / "al"
+    assert gguf_copy_dir("ab" * 32).is_relative_to(tmp_path / "home" / "al" / "models")
 
 
 def test_default_cache_file_lives_in_default_dir(monkeypatch, tmp_path):

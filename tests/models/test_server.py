@@ -55,9 +55,16 @@ def test_broken_gguf_fails_with_log(tmp_path):
     bad = tmp_path / "broken.gguf"
     bad.write_bytes(b"GGUF" + b"\0" * 64)
     server = LlamaServer(bad, n_threads=1, startup_timeout=30)
-    with pytest.raises(BackendError, match="llama.cpp server.*(exited|never)"):
+    with pytest.raises(BackendError, match="llama.cpp server.*(exited|never)") as e:
         server.start()
     assert not server.running
+    # llama.cpp's reason, not the child's Python traceback (which pushed it out of the tail)
+    assert "failed to load model" in str(e.value)
+    assert 'File "' not in str(e.value) and "^^^" not in str(e.value)
+    text = tmp_path / "text.gguf"
+    text.write_text("hi\n")
+    with pytest.raises(BackendError, match="failed to read magic"):
+        LlamaServer(text, n_threads=1, startup_timeout=30).start()
 
 
 @pytest.mark.integration

@@ -39,12 +39,12 @@ _LOADED: dict[tuple[str, str, str, bool], tuple[tuple, HFModel]] = {}
 
 
 def cache_dir() -> Path:
-    """Root of attrlens's on-disk cache (``$ATTRLENS_CACHE_DIR`` or ``~/.cache/attrlens``)."""
-    root = os.environ.get("ATTRLENS_CACHE_DIR")
-    if root:
-        return Path(root)
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg) if xdg else Path.home() / ".cache") / "attrlens"
+    """Root of attrlens's on-disk cache (``$ATTRLENS_CACHE_DIR`` or ``~/.cache/attrlens``):
+    the call cache's resolver, so both read ``~`` alike (the model copies went to a folder
+    named ``~`` under the working directory while the call cache expanded it)."""
+    from .cache import default_cache_dir
+
+    return default_cache_dir()
 
 
 def file_sha256(path: Path) -> str:

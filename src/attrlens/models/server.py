@@ -17,6 +17,7 @@ import contextlib
 import ipaddress
 import os
 import queue
+import re
 import socket
 import subprocess
 import sys
@@ -344,7 +345,15 @@ class LlamaServer:
 
     def _failure(self, what: str, *, timed: bool = True) -> str:
         """``timed``: the start-up timed out (else the child exited on its own)."""
-        tail = self.log_tail().strip().splitlines()[-8:]
+        lines = [ln.strip() for ln in self.log_tail(8000).splitlines() if ln.strip()]
+        # llama.cpp's own reasons (a bad file: "failed to read magic", "failed to load
+        # model") come before the Python traceback of the child, which pushed them out of
+        # the shown tail; the traceback's frames say nothing to the user
+        frames = re.compile(r'^(File ".*", line \d+|Traceback \(|[\^~ ]+$)')
+        reasons = [ln for ln in lines if re.search(r"(?i)\b(error|failed|fail|cannot|"
+                                                   r"invalid|unable)\b", ln)
+                   and not frames.match(ln)]
+        tail = (reasons or [ln for ln in lines if not frames.match(ln)] or lines)[-8:]
         port = f" on port {self.port}" if self.port else ""
         within = f" within {self.startup_timeout:g} s" if timed else ""
         return (
