@@ -183,3 +183,17 @@ def test_nan_and_infinity_literals_are_read_as_null(tmp_path):
     # a file the library writes loads back the same
     same = Attribution.load(attr.save(tmp_path / "s.json"))
     np.testing.assert_array_equal(same.scores, attr.scores)
+
+
+def test_an_audit_is_shown():
+    """--audit's agreement with the served model (K paid calls) was only in the JSON."""
+    attr = Attribution(method="rope_lime", scores=np.array([0.3, -0.2, 0.1]),
+                       labels=["a", "b", "c"])
+    assert "audit" not in _plain(attr)
+    attr.extra["audit"] = {"k": 4, "spearman": -0.4, "sign_agreement": 0.75,
+                           "route": "forced_tokens", "cost": {"value_calls": 4}}
+    out = " ".join(_plain(attr).split())
+    assert ("audit 4 features checked against the served model's leave-one-out: "
+            "Spearman -0.40 · signs agree 75%") in out
+    attr.extra["audit"]["spearman"] = None  # undefined (a constant side)
+    assert "Spearman n/a" in " ".join(_plain(attr).split())

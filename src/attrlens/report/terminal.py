@@ -166,6 +166,14 @@ def render(attr: Any, *, top: int = 10, console: Any = None) -> None:
     if isinstance(conf, list) and conf:
         console.print(_row("confidence ", Text(
             "beam mass per position: " + " ".join(_fixed(x) for x in conf))))
+    audit = attr.extra.get("audit") if isinstance(attr.extra, dict) else None
+    if isinstance(audit, dict):  # (--audit's K paid calls were shown nowhere)
+        rho = _finite(audit.get("spearman"))
+        sign = _finite(audit.get("sign_agreement"))
+        console.print(_row("audit  ", Text(
+            f"{_count(audit.get('k'))} features checked against the served model's "
+            f"leave-one-out: Spearman {'n/a' if rho is None else f'{rho:+.2f}'} · signs "
+            f"agree {'n/a' if sign is None else f'{sign:.0%}'}")))
 
 
 def _finite(v: Any) -> float | None:
