@@ -160,6 +160,10 @@ def test_compare_counts_case_and_refuses_same_words_before_explaining():
     assert cmp.slots == [([2], [2])] and len(calls) == 2
     with pytest.raises(InputError, match="same words"):
         run_compare("The cat sat.", "The cat  sat.", explain)
+    # also where the spacing moves inside a word ("a,b" vs "a, b" tokenize into features
+    # that align as the same once stripped: refused after both explanations)
+    with pytest.raises(InputError, match="same words"):
+        run_compare("Say a,b please", "Say a, b please", explain)
     assert len(calls) == 2  # refused before any explanation
 
 

@@ -105,6 +105,9 @@ def run_compare(
 
 
 def _words(prompt: str | list[dict[str, str]]) -> Any:
+    """The prompt without its whitespace (per message): the features are aligned on labels
+    stripped of it, so "a,b" and "a, b" align as the same features (that was found only
+    after both explanations were paid for)."""
     if isinstance(prompt, str):
-        return prompt.split()
-    return [(m.get("role"), str(m.get("content", "")).split()) for m in prompt]
+        return "".join(prompt.split())
+    return [(m.get("role"), "".join(str(m.get("content", "")).split())) for m in prompt]
