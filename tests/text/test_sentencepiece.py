@@ -142,3 +142,16 @@ def test_control_strings_in_user_text_leave_the_rest_as_a_whole(spm_model, tiny_
     # the typed string is text (the unknown-byte token aside: this vocabulary lacks "|")
     inside = [i for i, (s, e) in zip(ids_c, offs_c) if start_c <= s and e <= start_c + 10]
     assert inside and not set(inside) & (control_token_ids(tok) - {tok.unk_token_id})
+
+
+def test_a_text_that_is_the_bos_string_keeps_its_token(spm_model):
+    """tokenize's cut after the text found the text's tokens at the first match: for the
+    text "<s>" that was the BOS the tokenizer adds, so the text's own token was cut off and
+    the prompt had no features."""
+    bos = spm_model.tokenizer.bos_token_id
+    ids, offsets = spm_model.tokenize("<s>", add_special_tokens=True)
+    assert ids == [bos, bos] and offsets == [(0, 0), (0, 3)]
+    ids, offsets = spm_model.tokenize("hello <s>", add_special_tokens=True)
+    assert ids[0] == bos and offsets[-1] == (6, 9)
+    a = attrlens.explain("<s>", model=spm_model, chat=False, output=" the", method="loo")
+    assert a.n_features == 1

@@ -1567,12 +1567,17 @@ class HFModel:
         enc = self.tokenizer(text, add_special_tokens=add_special_tokens,
                              return_offsets_mapping=True, **kw)
         ids, offsets = list(enc["input_ids"]), [tuple(o) for o in enc["offset_mapping"]]
-        plain = (list(self.tokenizer(text, add_special_tokens=False, **kw)["input_ids"])
-                 if add_special_tokens else [])
+        alone = (self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True,
+                                **kw) if add_special_tokens else None)
+        plain = list(alone["input_ids"]) if alone is not None else []
         if plain:  # (where the text alone gives no tokens, what is before or after is moot)
             n = len(plain)
-            cut = next((k + n for k in range(len(ids) - n + 1) if ids[k:k + n] == plain),
-                       len(ids))
+            spans = [tuple(o) for o in alone["offset_mapping"]]
+            at = [k for k in range(len(ids) - n + 1) if ids[k:k + n] == plain]
+            # the text's own tokens, at its offsets: a text that is the BOS string ("<s>")
+            # matched the BOS the tokenizer adds at 0, which cut the text's token off
+            k = next((k for k in at if offsets[k:k + n] == spans), at[0] if at else None)
+            cut = len(ids) if k is None else k + n
             ids, offsets = ids[:cut], offsets[:cut]
         return ids, offsets
 
