@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from attrlens.cli import main
+from attrlens.errors import InputError
 
 
 def run(argv, capsys):
@@ -24,6 +25,13 @@ def one_error_line(err: str) -> str:
     lines = [ln for ln in err.splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("attrlens: error:"), err
     assert "Traceback" not in err
+    return lines[0]
+
+
+def error_line(err: str) -> str:
+    """The one error line (notes may come before it)."""
+    lines = [ln for ln in err.splitlines() if ln.startswith("attrlens: error:")]
+    assert len(lines) == 1 and "Traceback" not in err, err
     return lines[0]
 
 
@@ -368,3 +376,48 @@ def test_aqw_refused_after_explaining_keeps_the_attribution(tiny_dir, tmp_path, 
     d = json.loads(path.read_text())
     assert d["method"] == "grad_x_input" and "aqw" not in d.get("metadata", {})
     assert min(d["scores"]) < 0
+
+
+@pytest.mark.parametrize("granularity, span", [("word", "2:6"), ("sentence", "0:6")])
+def test_aqw_span_over_part_of_a_feature_is_refused_before_the_model_loads(granularity, span,
+                                                                          capsys):
+    """A query span that holds no whole feature was refused only after the explanation had
+    run (and was lost without --json); the text's own features are known before."""
+    code, _, err = run(["aqw", "Apple: fruit. Banana: ?", "--query-span", span,
+                        "--granularity", granularity, "--model", "/no/such"], capsys)
+    assert code == 2
+    line = one_error_line(err)
+    assert f"No {granularity} feature lies inside the query span" in line
+    assert "model" not in line.lower().split("span")[0]  # not the missing model's error
+
+
+def test_aqw_span_over_whole_words_passes_the_early_check():
+    from attrlens.analysis import check_query_has_features
+
+    text = "Apple: fruit. Banana: ?"
+    check_query_has_features(text, (14, 23), "word")  # "banana: ?" holds whole words
+    check_query_has_features(text, (13, 23), "sentence")  # leading space of the sentence
+    check_query_has_features(text, (2, 4), "token")  # token features: checked afterwards
+    with pytest.raises(InputError, match="No sentence feature"):
+        check_query_has_features(text, (14, 20), "sentence")
+
+
+def test_compare_keeps_prompt_a_when_prompt_b_fails(tiny_dir, tmp_path, capsys):
+    """Prompt B with more features than the budget allows is refused after prompt A was
+    explained: A's attribution is written to --json, and the error says so."""
+    path = tmp_path / "c.json"
+    a = "Write a story."
+    b = "Write a long and very sad story about the old homemaker."
+    code, _, err = run(["compare", a, b, *GILOT, "--budget", "6", "--model", str(tiny_dir),
+                        "--json", str(path), "--quiet"], capsys)
+    assert code == 2
+    line = error_line(err)
+    assert line.startswith("attrlens: error: Prompt B: ") and "too small" in line
+    assert f"Prompt A's attribution is saved in {path}" in line
+    d = json.loads(path.read_text())
+    assert d["schema"] == "attrlens.attribution/1" and d["method"] == "gilot"
+    assert [f["label"].strip() for f in d["input"]["features"]] == ["Write", "a", "story."]
+    # without --json the message says the first explanation is gone
+    code, _, err = run(["compare", a, b, *GILOT, "--budget", "6", "--model", str(tiny_dir),
+                        "--quiet"], capsys)
+    assert code == 2 and "give --json to keep it" in error_line(err)

@@ -380,3 +380,25 @@ def test_index_escapes_hash_in_file_names():
     recs = [_record(make_attr(), "q1", "k1")]
     page = index_html(recs, href=lambda r: "items/c#1 a.html")
     assert re.findall(r'href="([^"]+)"', page) == ["items/c%231%20a.html"]
+
+
+def test_an_audit_is_shown_in_the_html_report():
+    """--audit's K paid calls (the served model's own leave-one-out of the top and bottom
+    features) were shown in the terminal only."""
+    attr = Attribution(method="rope_lime", scores=np.array([0.3, -0.2, 0.1]),
+                       labels=["alpha", "beta", "gamma"], spans=[[[0, 5]], [[6, 10]], [[11, 16]]],
+                       input_text="alpha beta gamma", output_text="x")
+    assert "<h2>Audit</h2>" not in render_html(attr)
+    attr.extra["audit"] = {"k": 3, "route": "forced_tokens", "features": [0, 1],
+                           "labels": ["alpha", "beta"], "surrogate": [0.3, -0.2],
+                           "served": [0.9, 0.25], "served_full": 1.0, "spearman": None,
+                           "sign_agreement": 0.5, "cost": {"value_calls": 3}}
+    page = render_html(attr)
+    section = page[page.index("<h2>Audit</h2>"):]
+    text = " ".join(re.sub(r"<[^>]+>", " ", section[:section.index("<h2>", 5)]).split())
+    assert ("3 exact evaluations of the served model (forced_tokens route): Spearman n/a · "
+            "signs agree 50%") in text
+    # each audited feature: its surrogate score beside the served model's effect
+    assert "#0 “alpha” +0.3 +0.9 #1 “beta” -0.2 +0.25" in text
+    attr.extra["audit"]["labels"] = [XSS, "beta"]  # labels are escaped
+    assert XSS not in render_html(attr)

@@ -193,7 +193,10 @@ def test_an_audit_is_shown():
     attr.extra["audit"] = {"k": 4, "spearman": -0.4, "sign_agreement": 0.75,
                            "route": "forced_tokens", "cost": {"value_calls": 4}}
     out = " ".join(_plain(attr).split())
-    assert ("audit 4 features checked against the served model's leave-one-out: "
-            "Spearman -0.40 · signs agree 75%") in out
+    # k = 4 evaluations: the unmasked prompt and 3 features left out
+    assert ("audit 3 features checked against the served model's leave-one-out (4 exact "
+            "evaluations): Spearman -0.40 · signs agree 75%") in out
+    attr.extra["audit"]["features"] = [0, 2]  # the recorded features count when present
+    assert "audit 2 features checked" in " ".join(_plain(attr).split())
     attr.extra["audit"]["spearman"] = None  # undefined (a constant side)
     assert "Spearman n/a" in " ".join(_plain(attr).split())

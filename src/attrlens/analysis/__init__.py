@@ -12,6 +12,7 @@ model=model, method="gilot")``.
 from .compare import Comparison, align_slots, compare_attributions, run_compare
 from .query_weight import (
     QueryWeight,
+    check_query_has_features,
     features_in_span,
     locate_query,
     marked_spans,
@@ -25,6 +26,7 @@ __all__ = [
     "Comparison",
     "QueryWeight",
     "align_slots",
+    "check_query_has_features",
     "compare_attributions",
     "features_in_span",
     "locate_query",

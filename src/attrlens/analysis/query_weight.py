@@ -51,6 +51,28 @@ def features_in_span(attribution: Attribution, span: tuple[int, int]) -> list[in
     return out
 
 
+def check_query_has_features(text: str, span: tuple[int, int], granularity: str) -> None:
+    """Refuse, before anything is explained, a query span that holds no whole ``granularity``
+    feature of ``text`` (word, sentence or message; token features need the tokenizer and
+    are checked after the explanation). The explainable text's own features are cut as the
+    explainers cut it, so a span over part of a word is refused here, not after the model
+    ran."""
+    from ..text.segment import char_segments
+
+    if granularity not in ("word", "sentence", "message"):
+        return
+    a, b = span
+    for sps in char_segments(text, [(0, len(text))], granularity):
+        parts = [_trimmed(text, s, e) for s, e in sps]
+        if all(a <= s and e <= b for s, e in parts if e > s):
+            return
+    raise InputError(
+        f"No {granularity} feature lies inside the query span {tuple(span)} "
+        f"({text[a:b]!r}): the span must cover at least one whole {granularity}; widen it "
+        f"or use a finer granularity."
+    )
+
+
 def query_weight(
     attribution: Attribution,
     query_features: Iterable[int] | None = None,

@@ -23,7 +23,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import InputError, ParameterError, unknown_name_message
+from ..errors import AttrlensError, InputError, ParameterError, unknown_name_message
 from ..params import SEED_MAX
 from .common import (
     Progress,
@@ -206,12 +206,13 @@ def _read_arg(text: str, what: str) -> str:
 def run_aqw(args: argparse.Namespace) -> int:
     """``attrlens aqw PROMPT``: the query weight, written as an attribution with
     ``metadata.aqw``, ``metadata.query_span`` and ``metadata.query_features``."""
-    from ..analysis import locate_query, parse_span, query_weight_of
+    from ..analysis import check_query_has_features, locate_query, parse_span, query_weight_of
 
     explainer = _checked(args)
     prompt = _read_arg(args.prompt, "The prompt")
     span = parse_span(args.query_span) if args.query_span else None
     text, span = locate_query(prompt, span)  # marker and span errors before the model loads
+    check_query_has_features(text, span, args.granularity)
     progress = Progress(not args.quiet, f"explaining ({explainer.name})")
     try:
         explain = _explain_fn(args, explainer, progress)
@@ -287,8 +288,27 @@ def run_compare(args: argparse.Namespace) -> int:
         raise InputError("The two prompts are the same; give prompts that differ in a few "
                          "words.")
     progress = Progress(not args.quiet, f"explaining ({explainer.name})")
+    done: list[Attribution] = []
+
+    def explain_kept(prompt: str) -> Attribution:
+        done.append(explain(prompt))
+        return done[-1]
+
     try:
-        cmp = compare(a, b, _explain_fn(args, explainer, progress))
+        explain = _explain_fn(args, explainer, progress)
+        cmp = compare(a, b, explain_kept)
+    except AttrlensError as exc:
+        if len(done) != 1:
+            raise
+        # prompt A's explanation is paid for: kept, as aqw keeps its attribution
+        _record_notes(done[0])
+        if args.json:
+            done[0].save(args.json)
+            kept = f"Prompt A's attribution is saved in {args.json} (no comparison)."
+        else:
+            kept = "Prompt A's explanation was lost: give --json to keep it next time."
+        exc.args = (f"Prompt B: {exc} {kept}",)  # the same error kind (and exit status)
+        raise
     finally:
         progress.close()
     _record_notes(cmp.a, cmp.b)

@@ -436,6 +436,35 @@ _FAITH_NAMES = {
 }
 
 
+def _audit_html(attr: Any) -> str:
+    """``--audit``: the surrogate's scores of the audited features beside the served
+    model's own leave-one-out effects (K paid calls), with their agreement."""
+    audit = (attr.extra or {}).get("audit")
+    if not isinstance(audit, dict):
+        return ""
+    feats, labels = audit.get("features"), audit.get("labels")
+    sur, served = audit.get("surrogate"), audit.get("served")
+    rows = ""
+    if (isinstance(feats, list) and all(isinstance(x, list) for x in (labels, sur, served))
+            and len(feats) == len(labels) == len(sur) == len(served)):
+        rows = "".join(
+            f"<tr><td>{name_html(int(i), str(lab)) if isinstance(i, int) else esc(lab)}</td>"
+            f"<td class='alr-num'>{esc(fmt(_num(a)))}</td>"
+            f"<td class='alr-num'>{esc(fmt(_num(b)))}</td></tr>"
+            for i, lab, a, b in zip(feats, labels, sur, served))
+    rho, sign = _num(audit.get("spearman")), _num(audit.get("sign_agreement"))
+    route = audit.get("route")
+    head = (f"{esc(_value_text(audit.get('k')))} exact evaluations of the served model"
+            f"{f' ({esc(route)} route)' if isinstance(route, str) else ''}: Spearman "
+            f"{'n/a' if rho is None else f'{rho:+.2f}'} · signs agree "
+            f"{'n/a' if sign is None else f'{sign:.0%}'}")
+    out = f"<h2>Audit</h2><p class='alr-audit'>{head}</p>"
+    if rows:
+        out += ("<table class='alr-audit-t'><tr><th>feature</th><th>score</th>"
+                "<th>served leave-one-out</th></tr>" + rows + "</table>")
+    return out
+
+
 def _faithfulness_html(attr: Any) -> str:
     faith = (attr.extra or {}).get(FAITHFULNESS_KEY)
     if not isinstance(faith, dict) or not faith:
@@ -653,6 +682,7 @@ def render_fragment(attr: Any, *, notebook: bool = False, root_id: str | None = 
     parts += [
         _interactions_html(attr),
         _faithfulness_html(attr),
+        _audit_html(attr),
         _top_html(attr, scores, scale),
         _provenance_html(attr),
         "</div>",

@@ -170,9 +170,14 @@ def render(attr: Any, *, top: int = 10, console: Any = None) -> None:
     if isinstance(audit, dict):  # (--audit's K paid calls were shown nowhere)
         rho = _finite(audit.get("spearman"))
         sign = _finite(audit.get("sign_agreement"))
+        feats = audit.get("features")
+        k = audit.get("k")
+        # k evaluations: the unmasked prompt and k - 1 features left out
+        n = (len(feats) if isinstance(feats, list)
+             else k - 1 if isinstance(k, int) and not isinstance(k, bool) else None)
         console.print(_row("audit  ", Text(
-            f"{_count(audit.get('k'))} features checked against the served model's "
-            f"leave-one-out: Spearman {'n/a' if rho is None else f'{rho:+.2f}'} · signs "
+            f"{_count(n)} features checked against the served model's leave-one-out "
+            f"({_count(k)} exact evaluations): Spearman {'n/a' if rho is None else f'{rho:+.2f}'} · signs "
             f"agree {'n/a' if sign is None else f'{sign:.0%}'}")))
 
 
