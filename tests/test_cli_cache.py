@@ -114,3 +114,46 @@ def test_a_file_or_empty_dir_or_endpoint_is_a_one_line_error(tmp_path, capsys):
         assert err.startswith("attrlens: error:") and err.count("\n") == 1, argv
         assert needle in err, (argv, err)
     assert afile.read_text() == "not a directory"
+
+
+def test_info_lists_the_model_copies_and_clear_models_deletes_only_them(fake_openai, tmp_path,
+                                                                        capsys):
+    """The de-quantized GGUF copies (~0.5 GB each) were counted nowhere: `cache info` showed
+    only the call cache, and nothing but `rm -rf` removed them."""
+    d = tmp_path / "cache"
+    _fill(fake_openai, d, ["one"])
+    models = d / "models"
+    done = models / "0123abcd.transformers5"
+    done.mkdir(parents=True)
+    (done / "config.json").write_text("{}")
+    (done / "model.safetensors").write_bytes(b"\0" * 3000)
+    (done / "attrlens_source.json").write_text(json.dumps({"gguf": "/m/tiny.gguf"}))
+    old = models / "4567ef.transformers4"  # written before the source was recorded
+    old.mkdir()
+    (old / "config.json").write_text("{}")
+    stopped = models / "89ab.transformers5.tmp4242"  # a conversion killed midway
+    stopped.mkdir()
+    (stopped / "model.safetensors").write_bytes(b"\0" * 100)
+    (models / "cpu_dtype.json").write_text("{}")  # the dtype memo is not a copy
+    code, out, err = run(["cache", "info", "--dir", str(d)], capsys)
+    assert code == 0, err
+    assert "entries  1" in out
+    assert f"model copies  3 (3.1 KiB) in {models}" in out
+    assert "0123abcd.transformers5  (from /m/tiny.gguf)" in out
+    assert "4567ef.transformers4  (source not recorded)" in out
+    assert "89ab.transformers5.tmp4242  (a conversion stopped midway)" in out
+    code, out, _ = run(["cache", "info", "--dir", str(d), "--json"], capsys)
+    info = json.loads(out)["model_copies"]
+    files = [p for p in models.rglob("*") if p.is_file() and p.name != "cpu_dtype.json"]
+    assert info["size_bytes"] == sum(c["size_bytes"] for c in info["copies"]) == sum(
+        p.stat().st_size for p in files) > 3100
+    assert [c["complete"] for c in info["copies"]].count(False) == 1
+    code, out, err = run(["cache", "clear", "--models", "--endpoint", "http://x/v1", "--dir",
+                          str(d)], capsys)
+    assert code == 2 and "not both" in err
+    code, out, err = run(["cache", "clear", "--models", "--dir", str(d)], capsys)
+    assert code == 0, err
+    assert out.startswith("deleted 3 model copies (3.1 KiB)")
+    assert sorted(p.name for p in models.iterdir()) == ["cpu_dtype.json"]
+    code, out, _ = run(["cache", "info", "--dir", str(d)], capsys)
+    assert "entries  1" in out and "model copies  0 (0 B)" in out  # the calls are kept

@@ -527,6 +527,12 @@ def test_a_copy_that_does_not_load_is_converted_again(tmp_path, monkeypatch, cap
     again = _load(gguf, model_id="smollm2", device="cpu", dtype="float32", cache=True)
     assert sum("did not load" in r.getMessage() for r in caplog.records) == 1
     assert again.info.sha256 == m.info.sha256
+    # `attrlens cache info` names the copy by the GGUF it was converted from
+    from attrlens.models.hf import model_copies
+
+    (copy,) = model_copies(tmp_path)
+    assert copy["source"] == str(gguf.resolve()) and copy["complete"]
+    assert copy["size_bytes"] > 400 * 2**20 and copy["path"] == str(copy_dir)
 
 
 @pytest.mark.integration

@@ -209,7 +209,7 @@ def _cpu_key() -> tuple[str, str]:
 
 def cpu_dtype_file() -> Path:
     """JSON file that remembers the measured CPU dtype choice per (CPU flags, torch)."""
-    return cache_dir() / "models" / "cpu_dtype.json"
+    return model_copies_dir() / "cpu_dtype.json"
 
 
 def _without_cache(module: Any) -> dict[str, Any]:
@@ -444,6 +444,13 @@ def _near_paths(name: str) -> str:
     return f" (did you mean {' or '.join(repr(s) for s in shown)}?)"
 
 
+def model_copies_dir(root: str | os.PathLike[str] | None = None) -> Path:
+    """The folder of the de-quantized GGUF copies: ``models`` under the cache root (``root``,
+    default :func:`cache_dir`)."""
+    base = Path(root).expanduser() if root is not None else cache_dir()
+    return base / "models"
+
+
 def gguf_copy_dir(sha: str) -> Path:
     """Where the de-quantized copy of the GGUF file with this sha256 is kept: one copy per
     transformers major version, since a checkpoint written by one major (its tokenizer class
@@ -451,7 +458,47 @@ def gguf_copy_dir(sha: str) -> Path:
     import transformers
 
     major = transformers.__version__.split(".")[0]
-    return cache_dir() / "models" / f"{sha[:24]}.transformers{major}"
+    return model_copies_dir() / f"{sha[:24]}.transformers{major}"
+
+
+COPY_SOURCE_FILE = "attrlens_source.json"
+
+
+def model_copies(root: str | os.PathLike[str] | None = None) -> list[dict[str, Any]]:
+    """The de-quantized GGUF copies under ``root`` (default: the cache root), oldest first:
+    ``{"name", "path", "size_bytes", "modified" (unix time), "source" (the GGUF file it was
+    converted from, or None for a copy written before that was recorded), "complete"
+    (False: a conversion that was stopped midway; it is never read)}``."""
+    base = model_copies_dir(root)
+    out: list[dict[str, Any]] = []
+    if not base.is_dir():
+        return out
+    for d in base.iterdir():
+        if not d.is_dir() or ".transformers" not in d.name:
+            continue
+        size = 0
+        for f in d.rglob("*"):
+            with contextlib.suppress(OSError):
+                size += f.stat().st_size if f.is_file() else 0
+        source = None
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            source = json.loads((d / COPY_SOURCE_FILE).read_text(encoding="utf-8")).get("gguf")
+        out.append({"name": d.name, "path": str(d), "size_bytes": size,
+                    "modified": d.stat().st_mtime,
+                    "source": source if isinstance(source, str) else None,
+                    "complete": ".tmp" not in d.name and (d / "config.json").is_file()})
+    return sorted(out, key=lambda c: (c["modified"], c["name"]))
+
+
+def delete_model_copies(root: str | os.PathLike[str] | None = None) -> tuple[int, int]:
+    """Delete every de-quantized GGUF copy (the next load of each GGUF converts it again).
+    Returns (copies deleted, bytes freed)."""
+    n = freed = 0
+    for c in model_copies(root):
+        shutil.rmtree(c["path"], ignore_errors=True)
+        if not Path(c["path"]).exists():
+            n, freed = n + 1, freed + c["size_bytes"]
+    return n, freed
 
 
 def today() -> str:
@@ -724,6 +771,9 @@ def _load(file: Path, *, model_id: str, device: str, dtype: str | None, cache: b
                     del mdl.config.quantization_config
                 mdl.save_pretrained(tmp)
                 tok.save_pretrained(tmp)
+                # what `attrlens cache info` names the copy by
+                (tmp / COPY_SOURCE_FILE).write_text(json.dumps(
+                    {"gguf": str(file.resolve()), "sha256": sha}), encoding="utf-8")
                 tmp.rename(copy_dir)
             except OSError as exc:  # a read-only cache (or a concurrent writer) costs speed
                 log.warning("could not cache the de-quantized model: %s", exc)
