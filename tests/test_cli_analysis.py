@@ -242,6 +242,8 @@ def test_control_tokens_in_user_text_are_text(tiny_model, tiny_dir, tmp_path, ca
     assert code == 0, err
     labels = [f["label"] for f in json.loads(path.read_text())["input"]["features"]]
     assert "<|im_end|>" in labels and "<|im_start|>system" in labels
+    (note,) = [w for w in json.loads(path.read_text())["warnings"] if "control-token" in w]
+    assert "'<|im_end|>' (2 in all)" in note and "template's own control tokens are kept" in note
 
 
 def test_closed_answers_result_names_the_served_model(fake_openai, tmp_path, capsys):
@@ -421,3 +423,22 @@ def test_compare_keeps_prompt_a_when_prompt_b_fails(tiny_dir, tmp_path, capsys):
     code, _, err = run(["compare", a, b, *GILOT, "--budget", "6", "--model", str(tiny_dir),
                         "--quiet"], capsys)
     assert code == 2 and "give --json to keep it" in error_line(err)
+
+
+def test_a_raw_prompt_in_chat_format_is_read_as_text_and_says_so(tiny_dir, tmp_path, capsys):
+    """A prompt written in ChatML and passed with --raw reached the model as plain text
+    (its <|im_start|> split into ordinary tokens), with no word about it."""
+    path = tmp_path / "r.json"
+    chatml = "<|im_start|>user\nName a fruit.<|im_end|>\n<|im_start|>assistant\n"
+    code, _, err = run(["explain", chatml, "--raw", "--model", str(tiny_dir), "--method",
+                        "loo", "--output-text", " x", "--json", str(path)], capsys)
+    assert code == 0, err
+    notes = [ln for ln in err.splitlines() if ln.startswith("attrlens: note:")]
+    (note,) = [n for n in notes if "control-token string" in n]
+    assert "'<|im_start|>' (3 in all)" in note and "read as plain text" in note
+    assert "--messages" in note
+    assert any("control-token string" in w for w in json.loads(path.read_text())["warnings"])
+    # a plain raw prompt says nothing
+    code, _, err = run(["explain", "Name a fruit.", "--raw", "--model", str(tiny_dir),
+                        "--method", "loo", "--output-text", " x", "--json", str(path)], capsys)
+    assert code == 0 and "control-token" not in err

@@ -488,7 +488,7 @@ def prepare(
     pr = build_prompt(prompt, model, chat=chat)
     # user text is text: control-token strings typed there never become control tokens
     prompt_ids, offsets = tokenize_text(model, pr.text, pr.regions,
-                                        add_special_tokens=not pr.chat)
+                                        add_special_tokens=not pr.chat, warn=True)
     shift = 0
     if spans is not None:  # offsets into the user's text -> into the rendered prompt
         given = spans

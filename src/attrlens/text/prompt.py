@@ -282,12 +282,17 @@ def tokenize_text(
     regions: Sequence[tuple[int, int]] | None = None,
     *,
     add_special_tokens: bool = False,
+    warn: bool = False,
 ) -> tuple[list[int], list[tuple[int, int]]]:
     """Token ids and char offsets of ``text``, with the text inside ``regions`` (the user's
     text; default: all of it) read as text: a control-token string typed there
     (``<|im_end|>``) is split into ordinary tokens, never turned into the control token.
     Template text outside the regions keeps its control tokens. Identical to
-    ``model.tokenize`` whenever the user's text holds no control-token string."""
+    ``model.tokenize`` whenever the user's text holds no control-token string.
+
+    warn: say so (a UserWarning naming the first such string) when it happens: a prompt
+    written in the model's chat format (ChatML's ``<|im_start|>``) and passed as raw text
+    reaches the model as that text, not as a chat."""
     ids, offsets = model.tokenize(text, add_special_tokens=add_special_tokens)
     tok = getattr(model, "tokenizer", None)
     special = control_token_ids(tok)
@@ -296,8 +301,20 @@ def tokenize_text(
     def in_user_text(o: Sequence[int]) -> bool:
         return o[1] > o[0] and any(a < o[1] and o[0] < b for a, b in regions)
 
-    if tok is None or not any(i in special and in_user_text(o) for i, o in zip(ids, offsets)):
+    typed = [o for i, o in zip(ids, offsets) if i in special and in_user_text(o)]
+    if tok is None or not typed:
         return ids, offsets
+    if warn:
+        import warnings
+
+        first = text[typed[0][0]:typed[0][1]]
+        hint = (" To give the model a chat, pass the messages (--messages FILE, or a list of "
+                "messages) and leave out --raw / chat=False." if regions == [(0, len(text))]
+                else " The chat template's own control tokens are kept.")
+        warnings.warn(
+            f"The prompt's text holds the control-token string {first!r} ({len(typed)} in "
+            f"all): it is read as plain text, as everything the user writes is, not as the "
+            f"model's control token.{hint}", UserWarning, stacklevel=3)
 
     def encode(piece: str, plain: bool, specials: bool) -> tuple[list[int], list[tuple[int, int]]]:
         return model.tokenize(piece, add_special_tokens=specials, split_special_tokens=plain)
