@@ -408,12 +408,18 @@ def run_job(kind: str, name: str, args: dict, timeout: float | None = None) -> d
     p = ctx.Process(target=_orphan_safe, args=(os.getpid(), kind, name, args, q))
     t0 = time.perf_counter()
     p.start()
-    try:
-        out = q.get(timeout=timeout)
-    except _queue.Empty:
-        p.kill()
-        p.join()
-        return {"timed_out_s": time.perf_counter() - t0}
+    while True:  # a job that dies (e.g. captum not installed) is not waited for to the end
+        try:
+            out = q.get(timeout=1.0)
+            break
+        except _queue.Empty:
+            if not p.is_alive():
+                return {"failed": f"the {kind} job exited with {p.exitcode} (its error is "
+                                  "above)"}
+            if timeout is not None and time.perf_counter() - t0 > timeout:
+                p.kill()
+                p.join()
+                return {"timed_out_s": time.perf_counter() - t0}
     p.join()
     return out
 
@@ -548,6 +554,8 @@ def main() -> None:
                 summary["captum_wall_s"] = cap["captum"]["wall_s"]
                 summary["captum_peak_mb"] = cap["captum"]["peak_mb"]
                 summary["speedup_vs_captum"] = cap["captum"]["wall_s"] / ours_full
+            elif "failed" in cap:
+                summary["captum_failed"] = cap["failed"]
             else:
                 summary["captum_wall_s_lower_bound"] = cap["timed_out_s"]
                 summary["speedup_vs_captum_lower_bound"] = cap["timed_out_s"] / ours_full
