@@ -1005,3 +1005,31 @@ def test_a_long_record_prints_heartbeat_lines(tiny_model, tmp_path, capsys, monk
                       report=False)
     assert seen.is_set()
     assert any("a loo running for" in ln for ln in capsys.readouterr().err.splitlines())
+
+
+def test_r2_scores_calibration_masks_only_for_attributions_without_a_surrogate(
+        tiny_model, tmp_path, monkeypatch):
+    """A surrogate's R² is its own prediction on the test masks; the calibration masks (200
+    forwards by default) were scored for every method all the same."""
+    from attrlens.evaluation.runner import ItemRunner
+
+    scored: list[tuple[str, str, int]] = []
+    real = ItemRunner._set_values
+
+    def spy(self, item, output, target, masker, name, masks):
+        scored.append((item.id, name, len(masks)))
+        return real(self, item, output, target, masker, name, masks)
+
+    monkeypatch.setattr(ItemRunner, "_set_values", spy)
+    s = attrlens.evaluate(ITEMS[:1], methods=[("lime", {"num_samples": 24})], metrics=["r2"],
+                          model=tiny_model, out=tmp_path / "a", n_test=16, n_calibration=8,
+                          chat=False, progress=False)
+    rec = json.loads((tmp_path / "a" / "records.jsonl").read_text())
+    assert s.computed == 1 and rec["r2_kind"] == "surrogate" and np.isfinite(rec["metrics"]["r2"])
+    assert [n for _, n, _ in scored] == ["test"]
+    scored.clear()
+    attrlens.evaluate(ITEMS[:1], methods=["loo"], metrics=["r2"], model=tiny_model,
+                      out=tmp_path / "b", n_test=16, n_calibration=8, chat=False, progress=False)
+    rec = json.loads((tmp_path / "b" / "records.jsonl").read_text())
+    assert rec["r2_kind"] == "calibrated"
+    assert sorted((n, m) for _, n, m in scored) == [("calibration", 8), ("test", 16)]

@@ -540,10 +540,18 @@ class ItemRunner:
             metrics.update(morf_regen=cur.morf, lerf_regen=cur.lerf, abpc_regen=cur.abpc)
             extra["regen_curves"] = cur.as_dict()
         if "r2" in want:
-            from .faithfulness import calibration_masks, faithfulness_r2, uniform_test_masks
+            from .faithfulness import (
+                calibration_masks,
+                faithfulness_r2,
+                predict_surrogate,
+                uniform_test_masks,
+            )
 
-            sets = {"test": uniform_test_masks(n, cfg.n_test, seed=self.seed),
-                    "calibration": calibration_masks(n, cfg.n_calibration, seed=self.seed)}
+            sets = {"test": uniform_test_masks(n, cfg.n_test, seed=self.seed)}
+            if predict_surrogate(attr, sets["test"][:1]) is None:
+                # only an attribution without a surrogate is calibrated (R² "calibrated");
+                # a surrogate's own prediction needs no calibration masks scored
+                sets["calibration"] = calibration_masks(n, cfg.n_calibration, seed=self.seed)
             fgame = self._fixed_game(item, output, target, method_masker, sets)
             f = faithfulness_r2(attr, fgame, test_masks=sets["test"], seed=self.seed,
                                 n_calibration=cfg.n_calibration)
