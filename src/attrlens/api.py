@@ -486,8 +486,9 @@ def prepare(
                      progress=progress)
     model = _resolve_model(model, tokenizer)
     pr = build_prompt(prompt, model, chat=chat)
-    # user text is text: control-token strings typed there never become control tokens
-    prompt_ids, offsets = tokenize_text(model, pr.text, pr.regions,
+    # what the user wrote (every message's content) is text: control-token strings typed
+    # there never become control tokens
+    prompt_ids, offsets = tokenize_text(model, pr.text, pr.text_regions(),
                                         add_special_tokens=not pr.chat, warn=True)
     shift = 0
     if spans is not None:  # offsets into the user's text -> into the rendered prompt
@@ -516,7 +517,7 @@ def prepare(
                 "explain a given output."
             )
         output_text = model.decode(output_ids)
-        again = tokenize_output(model, pr.text, pr.regions, prompt_ids, output_text,
+        again = tokenize_output(model, pr.text, pr.text_regions(), prompt_ids, output_text,
                                 add_special_tokens=not pr.chat)
         if again != output_ids:
             warnings.warn(
@@ -535,7 +536,7 @@ def prepare(
         if not isinstance(output, str):
             raise InputError("The output must be a string (or a list of token ids).")
         check_text("output", output)
-        output_ids = tokenize_output(model, pr.text, pr.regions, prompt_ids, output,
+        output_ids = tokenize_output(model, pr.text, pr.text_regions(), prompt_ids, output,
                                      add_special_tokens=not pr.chat)
         if not output_ids:
             raise InputError(
@@ -557,7 +558,7 @@ def prepare(
     if target == "contrastive":
         if not contrast:
             raise InputError("The contrastive target needs --contrast-text (the alternative).")
-        alt_ids = tokenize_output(model, pr.text, pr.regions, prompt_ids, contrast,
+        alt_ids = tokenize_output(model, pr.text, pr.text_regions(), prompt_ids, contrast,
                                   add_special_tokens=not pr.chat)
         if not alt_ids:
             raise InputError(f"The contrast text {contrast!r} tokenizes to nothing.")

@@ -31,6 +31,9 @@ class Prompt:
     region_messages: for chat prompts, the message index of each region
     messages: the chat messages (None for a raw text prompt)
     chat:     whether a chat template was applied
+    content_regions: for chat prompts, the spans of every message's content found in
+              ``text`` (explained or not: a system prompt too); what the user wrote, read
+              as text when tokenized (:meth:`text_regions`)
     """
 
     text: str
@@ -39,6 +42,12 @@ class Prompt:
     messages: tuple[Message, ...] | None = None
     chat: bool = False
     meta: dict[str, Any] = field(default_factory=dict)
+    content_regions: tuple[tuple[int, int], ...] = ()
+
+    def text_regions(self) -> tuple[tuple[int, int], ...]:
+        """The spans of :attr:`text` that the user wrote (every message's content; the
+        whole text of a raw prompt): control-token strings there stay text."""
+        return tuple(sorted(set(self.regions) | set(self.content_regions)))
 
     def text_spans(self, spans: Sequence[Sequence[int]]) -> list[tuple[int, int]]:
         """User-given char spans (offsets into the user's text: the prompt string, or the
@@ -187,6 +196,7 @@ def build_prompt(
     located = _locate_contents(renderer, messages, text)
     regions: list[tuple[int, int]] = []
     owners: list[int] = []
+    contents: list[tuple[int, int]] = []
     cursor = located[1] if located[0] is None else 0
     for i, m in enumerate(messages):
         content = m["content"]
@@ -210,6 +220,8 @@ def build_prompt(
                 )
             continue
         cursor = pos + len(piece)
+        if piece:
+            contents.append((pos, pos + len(piece)))
         if m["role"] in explain_roles and piece.strip():
             regions.append((pos, pos + len(piece)))
             owners.append(i)
@@ -219,6 +231,7 @@ def build_prompt(
         region_messages=tuple(owners),
         messages=messages,
         chat=True,
+        content_regions=tuple(contents),
     )
 
 
