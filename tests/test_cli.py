@@ -600,3 +600,16 @@ def test_a_seed_given_to_a_method_that_draws_nothing_is_said(tiny_dir, tmp_path,
     assert scores[None] == scores["3"]
     code, _, err = run([*base, "--method", "lime", "--seed", "3", "--budget", "40"], capsys)
     assert code == 0 and "draws nothing" not in err, err
+
+
+@pytest.mark.parametrize("argv", [
+    ["explain", "Hi there", "--json", ""],
+    ["explain", "Hi there", "--html", " "],
+    ["aqw", "a [[b]]", "--json", ""],
+    ["compare", "a b", "a c", "--html", ""],
+])
+def test_an_empty_output_file_name_is_refused(argv, capsys):
+    """--json '' (an unset $OUT) exited 0 and wrote nothing, silently with --quiet."""
+    code = main([*argv, "--quiet", "--model", "/no/such"])
+    err = capsys.readouterr().err
+    assert code == 2 and "got an empty file name" in err and len(err.strip().splitlines()) == 1

@@ -180,6 +180,31 @@ def test_an_attribution_that_could_not_be_saved_or_loaded_is_refused(kwargs, nee
         Attribution(method="x", **kwargs)
 
 
+@pytest.mark.parametrize(("kwargs", "needle"), [
+    ({"spans": [[[0, 3]]]}, "span [0, 3] outside the input text (0..0)"),
+    ({"labels": ["a", "b"], "scores": [1.0, 2.0], "spans": [[[0, 3]], [[2, 4]]],
+      "input_text": "abcd"}, "features 0 and 1 overlap at (2, 3)"),
+    ({"method": ""}, "'method' must be a non-empty string"),
+    ({"seed": "3"}, "'seed' must be an integer or null"),
+    ({"labels": [], "scores": []}, "no features"),
+    ({"extra": {"tags": {"a"}}}, "cannot be written as JSON"),
+])
+def test_a_result_that_load_would_refuse_is_not_written(kwargs, needle, tmp_path):
+    """Attribution(...) made and saved results that Attribution.load and attrlens show then
+    refused (and a set in extra raised a bare TypeError from json)."""
+    args = {"method": "m", "scores": [1.0], "labels": ["a"], **kwargs}
+    a = Attribution(**args)
+    path = tmp_path / "sub" / "x.json"
+    with pytest.raises(InputError, match=re.escape(needle)):
+        a.save(path)
+    assert not path.exists() and not path.parent.exists()
+    ok = Attribution(method="m", scores=[1.0], labels=["a"], spans=[[[0, 1]]], input_text="a")
+    assert Attribution.load(ok.save(path)).labels == ["a"]
+    page = tmp_path / "new" / "r.html"  # to_html makes the folder, as save does
+    ok.to_html(page)
+    assert page.read_text().startswith("<!doctype html>")
+
+
 def test_a_per_token_game_takes_a_matrix_per_call():
     """Game(fn, n, per_token=True): fn returns (m, T), as documented; it was refused."""
     w = np.arange(1.0, 7.0)

@@ -147,8 +147,12 @@ def explain(
     granularity: token | word | sentence | message | span (with ``spans``: char spans of the
                  user's text: the prompt string, or the one user message's content)
     target:      nll | logprob | kl | js | tv | contrastive (with ``contrast``); default: the
-                 method's (``logprob`` for spex/proxyspex, ``nll`` for the others)
-    masker:      delete | replace | attention_off (default: the method's)
+                 method's own (``logprob`` for the Shapley/Banzhaf regressions and
+                 spex/proxyspex, ``nll`` for loo, lime and the closed-model methods;
+                 ``attrlens methods NAME`` shows it)
+    masker:      delete | replace | attention_off (default: the method's own: ``replace`` for
+                 the Shapley/Banzhaf regressions and spex/proxyspex, ``attention_off`` for
+                 gilot, ``delete`` for the others)
     max_new_tokens: the generated answer's length limit (default 32); only without ``output``
     target_backend: a closed-model backend (OpenAIBackend) whose output is explained
     route:       how the served model is reached (models.routes.ROUTES; default: game-based

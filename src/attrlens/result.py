@@ -251,7 +251,8 @@ class Attribution:
     output_tokens: list[dict[str, Any]] | None = None
 
     def __post_init__(self) -> None:
-        # what load() would refuse is refused here, when the result is made, not when read
+        # the shapes are checked when the result is made; the whole schema (what load()
+        # would refuse) when it is written (to_json, save)
         self.scores = np.asarray(self.scores, dtype=float)
         if self.scores.ndim != 1:
             raise InputError(f"An attribution's scores are one number per feature (1-D); got "
@@ -333,12 +334,23 @@ class Attribution:
         return json_safe(d)
 
     def to_json(self, indent: int | None = 2) -> str:
-        return json.dumps(self.to_dict(), indent=indent, ensure_ascii=False)
+        """The JSON form, checked against the schema first: a result that :meth:`load` (and
+        ``attrlens show``) would refuse is refused here, before it is written (InputError
+        naming the problem)."""
+        d = self.to_dict()
+        validate_dict(d, source="This attribution")
+        try:
+            return json.dumps(d, indent=indent, ensure_ascii=False)
+        except (TypeError, ValueError) as exc:  # e.g. a set or an object in ``extra``
+            raise InputError(f"This attribution cannot be written as JSON: {exc} (its extra "
+                             f"fields must hold JSON values: dicts, lists, strings, numbers, "
+                             f"booleans or None).") from None
 
     def save(self, path: str | Path) -> Path:
+        text = self.to_json()  # (checked before anything is created)
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(self.to_json(), encoding="utf-8")
+        path.write_text(text, encoding="utf-8")
         return path
 
     @classmethod
@@ -387,7 +399,9 @@ class Attribution:
 
         html = render_html(self)
         if path is not None:
-            Path(path).write_text(html, encoding="utf-8")
+            path = Path(path)
+            path.parent.mkdir(parents=True, exist_ok=True)  # (as save and to_csv do)
+            path.write_text(html, encoding="utf-8")
         return html
 
     def _repr_html_(self) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import re
 
 import pytest
 from hypothesis import given, settings
@@ -223,3 +224,41 @@ def test_a_blank_a_template_token_holds_is_not_claimed_by_the_feature():
             toks = [offsets[t] for t in f.tokens]
             assert all(any(x <= c < y for x, y in toks) for a, b in f.spans
                        for c in range(a, b)), gran
+
+
+def test_user_spans_out_of_text_order_are_refused_not_reordered(tiny_model):
+    """Spans given out of text order were sorted silently: feature 0 was the user's second
+    span, and scores zipped with the given spans went to the wrong ones. A program's spans
+    (snap_spans, e.g. a data set's sentences) are still put in text order."""
+    import attrlens
+
+    with pytest.raises(InputError, match=re.escape("(0, 3) comes after (8, 10); sort them")):
+        attrlens.explain("The sky is blue", model=tiny_model, granularity="span",
+                         spans=[(8, 10), (0, 3)], method="loo", output=" x")
+    r = attrlens.explain("The sky is blue", model=tiny_model, granularity="span",
+                         spans=[(0, 3), (8, 10)], method="loo", output=" x")
+    assert r.labels == ["The", "is"]
+    text = "The sky is blue"
+    _, offsets = tiny_model.tokenize(text)
+    fs = segment(text, [(0, len(text))], offsets, "span", spans=[(8, 10), (0, 3)],
+                 snap_spans=True)
+    assert fs.labels == ["The", "is"]
+
+
+def test_marks_stay_with_their_letter_and_more_scripts_end_sentences(tiny_model):
+    """Token features split a combining accent (e + U+0301) or a Devanagari vowel sign into a
+    feature of its own (masking the accent without its letter); sentences did not end at
+    the Arabic question mark or the Devanagari danda."""
+    import unicodedata
+
+    for text in ("cafe\u0301 ok", "यह अच्छा है। वह भी।"):
+        _, offsets = tiny_model.tokenize(text)
+        fs = segment(text, [(0, len(text))], offsets, "token")
+        for f in fs:
+            (a, _b), = f.spans[:1]
+            assert not unicodedata.category(text[a]).startswith("M"), (text, fs.labels)
+        assert "".join(fs.labels).replace(" ", "") == text.replace(" ", "")
+    for text, want in (("كيف حالك؟ أنا بخير.", ["كيف حالك؟", "أنا بخير."]),
+                       ("यह अच्छा है। वह भी।", ["यह अच्छा है।", "वह भी।"])):
+        _, offsets = tiny_model.tokenize(text)
+        assert segment(text, [(0, len(text))], offsets, "sentence").labels == want

@@ -221,8 +221,11 @@ def check_output_paths(outputs: dict[str, str | None],
     written over config.json), all before any work."""
     seen: dict[str, str] = {}
     for option, path in outputs.items():
-        if not path:
+        if path is None:
             continue
+        if not path.strip():  # (an unset $OUT: the run said nothing and wrote nothing)
+            raise InputError(f"{option} got an empty file name; give the file to write, or "
+                             f"leave {option} out.")
         check_output_path(path, option)
         real = os.path.realpath(path)
         if real in seen:

@@ -89,7 +89,7 @@ def plot_matrix(attr: Any, path: str | Path | None = None, *, ax: Any = None,
     pot = getattr(attr, "per_output_token", None)
     if pot is None:
         raise InputError(f"The '{attr.method}' result has no per-output-token matrix; run a "
-                         "method that gives one (e.g. loo, lime, gilot with per_position).")
+                         "method that gives one (e.g. loo, ig, gilot with per_position).")
     mat = np.asarray(pot, dtype=float)
     n, T = mat.shape
     scale = max_abs(mat) or 1.0

@@ -29,7 +29,8 @@ _WORD = re.compile(r"\S+")
 # ends a sentence
 _CLOSERS = "\"'\u2019\u201d)\\]\u300d\u300f\uff09\u3011"
 _SENT_END = re.compile(
-    rf"(?:[.!?\u2026\u3002\uff01\uff1f]+[{_CLOSERS}]*(?=\s|$))"
+    # (Arabic question mark and full stop, Devanagari danda and double danda too)
+    rf"(?:[.!?\u2026\u3002\uff01\uff1f\u061f\u06d4\u0964\u0965]+[{_CLOSERS}]*(?=\s|$))"
     rf"|(?:[\u3002\uff01\uff1f]+[{_CLOSERS}]*)|\n")
 
 # a full stop after these does not end a sentence: titles and Latin abbreviations, which
@@ -50,6 +51,15 @@ _END_BEFORE_CAPITAL = frozenset([
     "aug", "sep", "sept", "oct", "nov", "dec",
 ])
 _INITIALISM = re.compile(r"(?:[A-Za-z]\.)+[A-Za-z]$")  # U.S.A, e.g, p.m (before the last dot)
+
+
+def _combining_only(piece: str) -> bool:
+    """Whether ``piece`` is marks only (Unicode categories Mn, Mc, Me: an accent written
+    after its letter, a Devanagari vowel sign): it belongs to the character before it, never
+    a feature of its own."""
+    import unicodedata
+
+    return bool(piece) and all(unicodedata.category(c).startswith("M") for c in piece)
 
 
 def _ends_sentence(chunk: str, m: re.Match[str]) -> bool:
@@ -196,9 +206,10 @@ def char_segments(
                 if b <= a or b <= s or a >= e:
                     continue
                 a, b = max(a, s), min(b, e)
-                if a < reach:
+                if a < reach or (a == reach and cuts and _combining_only(text[a:b])):
                     # a byte-level token sharing a character with the tokens before it
-                    # (the last bytes of an emoji or accented letter): no boundary here
+                    # (the last bytes of an emoji or accented letter), or one of combining
+                    # marks only (the accent of "e" + U+0301): no boundary here
                     reach = max(reach, b)
                     continue
                 if text[a:b].strip():  # a run of blank-only tokens joins the next token
@@ -426,6 +437,15 @@ def segment(
     span inside a neighbour's token joins it) instead of refused; for spans derived by a
     program (a data set's sentences), never for spans the user wrote (see
     :func:`_snap_spans`; what moved is in the FeatureSet's ``snapped``)."""
+    if granularity == "span" and spans and not snap_spans:
+        # feature k is the k-th span: a user pairing their spans with the scores needs them
+        # in text order (they were sorted silently, so scores went with the wrong spans)
+        for (a1, b1), (a2, b2) in itertools.pairwise(spans):
+            if (a2, b2) < (a1, b1):
+                raise InputError(
+                    f"Give the spans in text order (feature k is the k-th span): "
+                    f"({a2 - shift}, {b2 - shift}) comes after ({a1 - shift}, {b1 - shift}); "
+                    f"sort them by start.")
     fspans = char_segments(text, regions, granularity, offsets=offsets, spans=spans)
     tokens = assign_tokens(fspans, offsets, regions)
     snapped = None
