@@ -393,3 +393,22 @@ def test_spex_says_when_the_game_has_more_effects_than_its_bins():
                                   method="spex")
     np.testing.assert_allclose(a.scores, w, atol=0.01)
     assert a.extra["metadata"]["fit_r2"] > 0.99
+
+
+def test_a_max_order_above_n_is_capped_at_n():
+    """max_order has no upper bound; a value of 100000 built a BCH code of that degree on a
+    2-feature prompt and never returned (23 s of budget arithmetic at 1000 on 30 features).
+    No interaction has more than n features: the bound in use is min(max_order, n)."""
+    import attrlens
+
+    w = np.arange(1.0, 31.0)
+
+    def game(m):
+        return np.asarray(m, dtype=float) @ w[: np.asarray(m).shape[1]]
+
+    r = attrlens.explain_game(game, 2, method="spex", max_order=100000)
+    np.testing.assert_allclose(r.scores, [1.0, 2.0], atol=1e-9)
+    r = attrlens.explain_game(game, 12, method="spex", max_order=100000, b=3)
+    np.testing.assert_allclose(r.scores, w[:12], atol=1e-2)
+    assert r.extra["metadata"]["max_order"] == 12
+    assert r.params["max_order"] == 100000  # what was asked, as given

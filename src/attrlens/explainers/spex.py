@@ -109,6 +109,11 @@ class _FourierExplainer(Explainer):
                 f"--order or raise --max-order."
             )
 
+    def _order_bound(self, n: int) -> int:
+        """The degree bound in use: ``max_order``, at most n (no interaction has more than n
+        features; a max_order of 100000 built a code for it and never returned)."""
+        return min(int(self.params["max_order"]), max(1, int(n)))
+
     def _explanation(self, coeffs: Coeffs, n: int, extra: dict[str, Any]) -> Explanation:
         p = self.params
         scores = values_from_fourier(coeffs, n, p["scores"])
@@ -154,7 +159,7 @@ class SpexExplainer(_FourierExplainer):
     def _queries(self, n: int, b: int) -> int:
         from ..solvers.fourier import n_queries
 
-        return n_queries(n, b, t=self.params["max_order"], n_groups=self.params["n_groups"])
+        return n_queries(n, b, t=self._order_bound(n), n_groups=self.params["n_groups"])
 
     def _cheaper_to_enumerate(self, n: int, b: int) -> bool:
         total = n_coalitions(n)
@@ -180,7 +185,7 @@ class SpexExplainer(_FourierExplainer):
         b = p["b"]
         if b is None:
             b = B_MIN if self._cheaper_to_enumerate(n, B_MIN) else b_for_budget(
-                n, int(budget or 0), t=p["max_order"], n_groups=p["n_groups"])
+                n, int(budget or 0), t=self._order_bound(n), n_groups=p["n_groups"])
         total = n_coalitions(n)
         if total is not None and total <= int(budget or 0) and self._cheaper_to_enumerate(n, b):
             values = game(all_masks(n))
@@ -188,7 +193,7 @@ class SpexExplainer(_FourierExplainer):
             exp = self._explanation(coeffs, n, {"exhaustive": True, "n_queries": total})
             exp.params["b"] = None
             return exp
-        design = make_design(n, b=b, t=p["max_order"], n_groups=p["n_groups"], seed=seed)
+        design = make_design(n, b=b, t=self._order_bound(n), n_groups=p["n_groups"], seed=seed)
         masks = design.masks()
         values = game(masks)  # repeated masks are free (counted once)
         res = spex_transform(design, values, decoder=p["decoder"], chase_depth=p["chase_depth"],
@@ -196,7 +201,7 @@ class SpexExplainer(_FourierExplainer):
         extra = {
             "exhaustive": False,
             "b": b,
-            "max_order": p["max_order"],
+            "max_order": self._order_bound(n),
             "n_queries": design.n_queries,
             "n_delays": design.n_delays,
             "decoder_iterations": res.n_iterations,
@@ -280,7 +285,7 @@ class ProxySpexExplainer(_FourierExplainer):
             info: dict[str, Any] = {"exhaustive": True}
         else:
             coeffs, info = proxyspex_fit(
-                masks, values, max_order=p["max_order"], seed=seed,
+                masks, values, max_order=self._order_bound(n), seed=seed,
                 energy=p["energy"], grid=p["grid"], return_info=True,
                 inclusive=p["energy_cut"] == "covering",
             )

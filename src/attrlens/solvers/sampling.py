@@ -456,7 +456,8 @@ def kernel_shap_design(
     when the budget left covers it at its kernel mass, and the rest of the budget is filled
     with paired random samples from the remaining sizes (duplicate draws add weight). The
     weights of each part sum to its kernel mass, so the full design's weights sum to one.
-    At most ``n_samples`` distinct masks.
+    At most ``n_samples`` distinct masks; the sampled part holds whole pairs only (an odd
+    last slot is left unused).
     """
     mass = _kernel_size_mass(n)  # index s-1
     masks: list[np.ndarray] = []
@@ -481,6 +482,9 @@ def kernel_shap_design(
                 weights.append(w_each)
             remaining[size - 1] = 0.0
         left -= count
+    # whole pairs only: a coalition without its complement (an odd budget's last slot)
+    # breaks the paired design's exactness on games of order <= 2 and biases every score
+    left -= left % 2
     if left > 0 and remaining.sum() > 0:
         # paired random sampling over the sizes not enumerated
         p = remaining / remaining.sum()
@@ -492,11 +496,12 @@ def kernel_shap_design(
             size = int(rng.choice(np.arange(1, n), p=p))
             row = np.zeros(n, dtype=bool)
             row[rng.choice(n, size=size, replace=False)] = True
-            for r in (row, ~row):
-                key = np.packbits(r).tobytes()
-                if key in counts:
+            keys = [np.packbits(r).tobytes() for r in (row, ~row)]
+            if keys[0] in counts:  # (drawn before: its complement was drawn with it)
+                for key in keys:
                     counts[key][1][0] += 1.0
-                elif len(counts) < left:
+            else:  # (left is even and pairs come whole: both fit)
+                for key, r in zip(keys, (row, ~row)):
                     counts[key] = (r, [1.0])
         if counts:
             total = sum(c[0] for _, c in counts.values())
