@@ -613,3 +613,16 @@ def test_an_empty_output_file_name_is_refused(argv, capsys):
     code = main([*argv, "--quiet", "--model", "/no/such"])
     err = capsys.readouterr().err
     assert code == 2 and "got an empty file name" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["--method", "spex", "--order", "3", "--max-order", "2"], "exceeds max_order (2)"),
+    (["--method", "gilot_kl", "--vocab-k", "5"], "does not read vocab_k"),
+    (["--method", "attention_rollout", "--residual", "1"], "makes every layer the identity"),
+])
+def test_cross_parameter_errors_come_before_the_model_loads(argv, needle, capsys):
+    """These waited for the model's load and the answer's generation (11 s here) although
+    they need no feature count; attention_rollout's residual 1 gave all-zero scores."""
+    code = main(["explain", "Hi there", *argv, "--model", "/no/such/model", "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and needle in err and "/no/such" not in err, err

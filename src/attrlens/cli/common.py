@@ -129,7 +129,9 @@ def make_checked_explainer(method: str, budget: int | None,
     from ..params import validate
 
     explainer = make_explainer(method, {"budget": budget, **params})
-    validate(explainer.owner(), explainer.params, explainer.all_parameters())
+    explainer.params = validate(explainer.owner(), explainer.params,
+                                explainer.all_parameters())
+    explainer.check_params()  # (spex's order above max_order waited for the model's load)
     return explainer
 
 

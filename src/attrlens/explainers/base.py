@@ -165,8 +165,12 @@ class Explainer(ABC):
     def default_budget(self, n_features: int) -> int:
         return self.min_budget(n_features)
 
+    def check_params(self) -> None:
+        """Checks across parameters that need no feature count (optional): run before the
+        model loads (the command line's ``make_checked_explainer``) and in :meth:`validate`."""
+
     def check(self, n_features: int) -> None:
-        """Checks that involve several parameters or the number of features (optional)."""
+        """Checks that involve the number of features (optional)."""
 
     def make_game(
         self, inputs: ModelInputs, scoring: ScoringGame, *, closed: OpenAIBackend | None = None
@@ -188,6 +192,7 @@ class Explainer(ABC):
         normalised values become ``self.params``."""
         self._check_names(self.params)
         self.params = validate(self.owner(), self.params, self.all_parameters())
+        self.check_params()
         self.check(n_features)
         return self.params
 

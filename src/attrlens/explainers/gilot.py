@@ -115,7 +115,7 @@ class GilotExplainer(Explainer):
             out.append("shared_weights")
         return out
 
-    def check(self, n_features: int) -> None:
+    def check_params(self) -> None:
         # (they were recorded as if they ran: gilot_kl's vocab_k=5, solver=ipot changed
         # nothing and the result said vocab_k 5, solver ipot)
         defaults = {q.name: q.default for q in self.parameters}

@@ -247,10 +247,17 @@ class AttentionRolloutExplainer(_WhiteBoxExplainer):
     paper = "Abnar & Zuidema (2020), Quantifying attention flow in transformers"
     parameters = (
         Param("start_layer", 0, "first layer in the rollout (0 = all layers)", type=int, low=0),
-        Param("residual", 0.5, "weight of the identity (residual stream) in each layer",
-              type=float, low=0.0, high=1.0),
+        Param("residual", 0.5, "weight of the identity (residual stream) in each layer, "
+              "below 1", type=float, low=0.0, high=1.0),
         MAX_BATCH_TOKENS,
     )
+
+    def check_params(self) -> None:
+        if self.params["residual"] >= 1.0:  # (every score came out 0, blamed on a sink)
+            raise ParameterError(
+                "attention_rollout's residual 1.0 makes every layer the identity: no "
+                "attention is read and every score would be 0; give a residual below 1 "
+                "(default 0.5).")
 
     def _explain(self, game: BudgetedGame, *, budget: int | None, seed: int) -> Explanation:
         wb = self._white_box(game)

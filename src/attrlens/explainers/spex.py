@@ -100,7 +100,7 @@ class _FourierExplainer(Explainer):
     default_masker = "replace"  # masked features replaced by the mask token, as in SPEX
     default_target = "logprob"  # Σ_t log p(o_t | x(z), o_<t), teacher forced
 
-    def check(self, n_features: int) -> None:
+    def check_params(self) -> None:
         p = self.params
         if p["order"] is not None and p["index"] in ORDERED_INDICES and p["order"] > p["max_order"]:
             raise ParameterError(
