@@ -618,6 +618,7 @@ def test_an_empty_output_file_name_is_refused(argv, capsys):
 @pytest.mark.parametrize("argv, needle", [
     (["--method", "spex", "--order", "3", "--max-order", "2"], "exceeds max_order (2)"),
     (["--method", "gilot_kl", "--vocab-k", "5"], "does not read vocab_k"),
+    (["--method", "gilot_kl", "--distance", "ot"], "for distance=ot use --method gilot"),
     (["--method", "attention_rollout", "--residual", "1"], "makes every layer the identity"),
 ])
 def test_cross_parameter_errors_come_before_the_model_loads(argv, needle, capsys):

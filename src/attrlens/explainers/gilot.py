@@ -196,3 +196,10 @@ class GilotKLExplainer(GilotExplainer):
     name = "gilot_kl"
     description = "GiLOT with KL divergence instead of optimal transport (paper's ablation)."
     parameters = _parameters("kl")
+
+    def check_params(self) -> None:
+        if self.params["distance"] != "kl":  # (it ran gilot, recorded as gilot_kl)
+            raise ParameterError(
+                f"gilot_kl is GiLOT with the KL distance; for distance="
+                f"{self.params['distance']} use --method gilot.")
+        super().check_params()
