@@ -237,6 +237,19 @@ def test_non_utf8_messages_file(tmp_path, capsys):
     assert code == 2 and "not UTF-8" in err and err.count("\n") == 1
 
 
+def test_a_messages_file_with_a_byte_order_mark_is_read(tiny_dir, tmp_path, capsys):
+    """A UTF-8 file that starts with a BOM (as some editors save JSON) was refused."""
+    p = tmp_path / "m.json"
+    p.write_bytes(b"\xef\xbb\xbf" + json.dumps([{"role": "user", "content": "Name a fruit"}])
+                  .encode())
+    out = tmp_path / "r.json"
+    code, _, err = run(["explain", "--messages", str(p), "--model", str(tiny_dir), "--method",
+                        "loo", "--output-text", " x", "--quiet", "--json", str(out)], capsys)
+    assert code == 0, err
+    labels = [f["label"] for f in json.loads(out.read_text())["input"]["features"]]
+    assert labels == ["Name", "a", "fruit"]
+
+
 def _valid_result():
     from attrlens.result import Attribution
 

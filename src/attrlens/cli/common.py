@@ -143,7 +143,8 @@ def read_prompt(args: argparse.Namespace) -> str | list[dict[str, str]]:
                          "ignored).")
     if args.messages:
         try:
-            with open(args.messages, encoding="utf-8") as f:
+            # (utf-8-sig: a byte-order mark, as some editors write, was refused as not JSON)
+            with open(args.messages, encoding="utf-8-sig") as f:
                 return json.load(f)
         except UnicodeDecodeError as exc:
             raise InputError(
