@@ -1,7 +1,7 @@
 """The scoring engine against the naive batched LOO and the raw forward, with nothing else
-in the process: no resident-set sampler thread (``scoring.py`` samples memory every 5 ms in
-a thread while ours and naive run, which takes CPU time from a 2-core machine's torch
-threads), one dtype, interleaved repeats, medians.
+in the process: no memory measure at all (``scoring.py`` reads the kernel's high-water
+mark since session 25; before, it sampled the resident set every 5 ms in a thread, which took
+CPU time from a 2-core machine's torch threads), one dtype, interleaved repeats, medians.
 
     .venv/bin/python benchmarks/scoring_quiet.py --prompt medium [--row-stride 1]
         [--dtype float32] [--repeats 5] [--out benchmarks/scoring_quiet_medium.json]

@@ -273,6 +273,21 @@ def test_output_pieces_cover_the_output(tiny_model):
     assert "".join(p["text"] for p in pieces) == dec and len(pieces) == 3
 
 
+def test_output_pieces_cover_an_output_cut_inside_a_character(tiny_model):
+    from attrlens.text.pieces import output_pieces
+
+    ids, _ = tiny_model.tokenize(" ok \U0001f642 fine")  # the emoji is 4 byte tokens here
+    for cut in (4, 5, 6):  # stopped after 1, 2 or 3 of its bytes
+        gen = ids[:cut]
+        dec = tiny_model.decode(gen)
+        assert dec == " ok \ufffd"
+        pieces = output_pieces(tiny_model, gen, dec)
+        assert len(pieces) == cut
+        assert "".join(p["text"] for p in pieces) == dec  # the trailing "\ufffd" too
+        assert pieces[-1] == {"text": "\ufffd", "start": 4, "end": 5, "id": gen[-1]}
+        assert all(dec[p["start"]:p["end"]] == p["text"] for p in pieces)
+
+
 def test_beam_mass_without_a_matrix_is_shown_as_confidence():
     attr = make_gilot()
     attr.per_output_token = None  # gilot without per_position

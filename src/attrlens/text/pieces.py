@@ -23,7 +23,8 @@ def _pieces(model: Any, ids: list[int], text: str) -> list[dict[str, Any]]:
     ``model`` offers ``tokenize(text) -> (ids, offsets)`` and ``decode(ids) -> str``. When the
     text re-tokenizes to exactly ``ids`` the tokenizer's offsets are used; otherwise the
     pieces come from decoding growing prefixes (a token that completes no character, e.g.
-    half of a multi-byte character, gets an empty piece and the next one takes the text).
+    half of a multi-byte character, gets an empty piece and the next one takes the text; an
+    output cut inside a character gives its last token the "\ufffd" it decodes to).
     Pieces are contiguous and cover ``text[pieces[0].start:pieces[-1].end]``.
     """
     if not ids:
@@ -51,6 +52,12 @@ def _pieces(model: Any, ids: list[int], text: str) -> list[dict[str, Any]]:
             continue
         pieces.append({"text": cur[len(prev):], "start": len(prev), "end": len(cur)})
         prev = cur
+    rest = text[len(prev):] if text.startswith(prev) else ""
+    if rest and set(rest) == {"\ufffd"} and pieces and not pieces[-1]["text"]:
+        # the output stops inside a character (a length limit cut its bytes): the
+        # replacement character it decodes to belongs to the token that ends the text
+        pieces[-1] = {"text": rest, "start": len(prev), "end": len(text)}
+        return pieces
     if prev != text:  # decoding differs from the output text: map nothing rather than lie
         n = len(text)
         return [{"text": p["text"], "start": min(p["start"], n), "end": min(p["end"], n)}
