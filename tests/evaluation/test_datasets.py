@@ -278,3 +278,38 @@ def test_sst2_label_or_label_text_alone():
     assert load_items([{"sentence": "a fine film", "label": 1}])[0].output == " positive"
     assert load_items([{"sentence": "a dull film", "label_text": "negative"}])[0].output == (
         " negative")
+
+
+@pytest.mark.parametrize(("rec", "needle"), [
+    ({"sentence": None, "label": 1}, "'sentence' must be a string; got NoneType"),
+    ({"sentence": 12, "label": 1}, "'sentence' must be a string; got int 12"),
+    ({"passage": None, "question": "q?"}, "'passage' must be a string"),
+    ({"passage": "one two", "question": None}, "'question' must be a string"),
+    ({"passage": "one two", "question": "q?", "answers": "12"},
+     "'answers' must be a list of strings; got '12'"),
+    ({"passage": "one two", "question": "q?", "answers": [12]}, "'answers' must be a list"),
+    ({**Q, "choices": ["a", None, "c", "d"]}, "'choices' must be strings"),
+    ({**Q, "question": None}, "'question' must be a string"),
+    ({"prompt": "a b c", "id": None}, "'id' must be a string or an integer"),
+    ({"prompt": "a b c", "id": [1, 2]}, "'id' must be a string or an integer"),
+    ({"prompt": "a b c", "id": True}, "'id' must be a string or an integer"),
+    ({"question": "q", "context": [["T", "s1 s2"]], "supporting_facts": [["T", 0]]},
+     "is not [title, [sentence, ...]] of strings"),
+    ({"question": "q", "context": [["T", ["s1", None]]], "supporting_facts": [["T", 0]]},
+     "is not [title, [sentence, ...]] of strings"),
+    ({"question": "q", "context": "T s1", "supporting_facts": []}, "context is a str"),
+    ({"question": None, "context": [["T", ["s1"]]], "supporting_facts": [["T", 0]]},
+     "question is None, not a string"),
+])
+def test_fields_of_the_wrong_type_are_refused_not_turned_into_text(rec, needle):
+    """str() read a null as the text "None" (an SST-2 review "None" was explained), a DROP
+    answer "12" as its characters (the output " 1"), and a HotpotQA paragraph given as one
+    string as one feature per character; a null id became the id "None"."""
+    with pytest.raises(InputError, match=re.escape(needle)):
+        load_items([rec])
+
+
+def test_drop_answers_list_and_integer_ids_still_load():
+    it = load_items([{"passage": "one two", "question": "q?", "answers": ["12", "twelve"]}])[0]
+    assert it.output == " 12" and it.meta["answers"] == ["12", "twelve"]
+    assert load_items([{"prompt": "a b c", "id": 7}])[0].id == "7"

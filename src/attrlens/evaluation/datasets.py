@@ -164,6 +164,27 @@ def _gold(labels: Any, n: int | None) -> tuple[int, ...] | None:
     return tuple(sorted(int(i) for i in labels))
 
 
+def _text(rec: dict[str, Any], name: str) -> str:
+    """The record's field ``name``, which must be a string (``str()`` would read a null as
+    the text "None" and a number as its digits: bad data explained as if it were text)."""
+    v = rec[name]
+    if not isinstance(v, str):
+        raise InputError(f"'{name}' must be a string; got {type(v).__name__}"
+                         f"{'' if v is None else f' {v!r}'}.")
+    return v
+
+
+def _strings(rec: dict[str, Any], name: str) -> list[str]:
+    """The record's list-of-strings field ``name`` ([] when missing or null; a lone string
+    would be read character by character)."""
+    v = rec.get(name)
+    if v is None:
+        return []
+    if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
+        raise InputError(f"'{name}' must be a list of strings; got {v!r:.60}.")
+    return v
+
+
 def _generic(rec: dict[str, Any], idx: str) -> EvalItem:
     for k in rec:
         if k not in GENERIC_FIELDS:
@@ -210,8 +231,12 @@ def _generic(rec: dict[str, Any], idx: str) -> EvalItem:
                              "granularity.")
     gran = rec.get("granularity") or ("span" if spans_t is not None else None)
     n = len(spans_t) if spans_t is not None else None
+    ident = rec.get("id", idx)
+    if not isinstance(ident, (str, int)) or isinstance(ident, bool):
+        raise InputError(f"'id' must be a string or an integer (or left out: the line "
+                         f"number); got {ident!r:.60}.")
     return EvalItem(
-        id=str(rec.get("id", idx)),
+        id=str(ident),
         prompt=prompt,
         output=rec.get("output"),
         granularity=gran,
@@ -238,7 +263,7 @@ def _alpaca(rec: dict[str, Any], idx: str) -> EvalItem:
 
 def _sst2(rec: dict[str, Any], idx: str) -> EvalItem:
     head = "Review: "
-    sent = str(rec["sentence"]).strip()
+    sent = _text(rec, "sentence").strip()
     prompt = f"{head}{sent}\nIs this review positive or negative? Answer:"
     spans = word_spans(prompt, len(head), len(head) + len(sent))
     names = {0: "negative", 1: "positive"}
@@ -266,10 +291,10 @@ def _sst2(rec: dict[str, Any], idx: str) -> EvalItem:
 
 def _drop(rec: dict[str, Any], idx: str) -> EvalItem:
     head = "Passage: "
-    passage = str(rec["passage"]).strip()
-    prompt = f"{head}{passage}\nQuestion: {str(rec['question']).strip()}\nAnswer:"
+    passage = _text(rec, "passage").strip()
+    prompt = f"{head}{passage}\nQuestion: {_text(rec, 'question').strip()}\nAnswer:"
     spans = word_spans(prompt, len(head), len(head) + len(passage))
-    answers = list(rec.get("answers") or [])
+    answers = _strings(rec, "answers")
     sl = rec.get("source_line")
     return EvalItem(
         id=f"drop-{sl}" if sl is not None else idx,
@@ -287,8 +312,10 @@ def _mmlu(rec: dict[str, Any], idx: str) -> EvalItem:
     if not isinstance(choices, list) or not 2 <= len(choices) <= len(letters):
         raise InputError(f"'choices' must be a list of 2 to {len(letters)} answers.")
     answer = _mmlu_answer(rec.get("answer"), rec.get("answer_index"), letters[: len(choices)])
-    lines = [str(rec["question"]).strip()]
-    lines += [f"{letters[i]}. {str(c).strip()}" for i, c in enumerate(choices)]
+    if not all(isinstance(c, str) for c in choices):
+        raise InputError(f"'choices' must be strings; got {choices!r:.80}.")
+    lines = [_text(rec, "question").strip()]
+    lines += [f"{letters[i]}. {c.strip()}" for i, c in enumerate(choices)]
     body = "\n".join(lines)
     prompt = f"{body}\nAnswer with the letter of the correct choice. Answer:"
     spans = word_spans(prompt, 0, len(body))

@@ -140,13 +140,26 @@ def spans_in(rendered: str, prompt: str, spans: Sequence[tuple[int, int]]) -> li
     return [(a + at, b + at) for a, b in spans]
 
 
+def _question(q: object) -> str:
+    if not isinstance(q, str):
+        raise TypeError(f"question is {q!r:.40}, not a string")
+    return q
+
+
 def _parse(rec: dict, line_no: int, path: Path) -> HotpotItem:
     try:
         paragraphs = []
         facts = [(str(t), int(i)) for t, i in rec.get("supporting_facts", [])]
         n_blank = 0
+        if not isinstance(rec["context"], list):
+            raise TypeError(f"context is a {type(rec['context']).__name__}, not a list")
         for title, sents in rec["context"]:
-            title, sents = str(title), [str(s) for s in sents]
+            # (a string's characters, or str(None) = "None", would be read as sentences)
+            if not isinstance(title, str) or not isinstance(sents, list) or not all(
+                    isinstance(x, str) for x in sents):
+                raise TypeError(f"the paragraph {title!r:.40} is not [title, [sentence, "
+                                f"...]] of strings")
+            title, sents = str(title), list(sents)
             blank = [j for j, s in enumerate(sents) if not s.strip()]
             if blank:
                 # a blank sentence cannot be a feature (nothing to mask): drop it and
@@ -162,7 +175,7 @@ def _parse(rec: dict, line_no: int, path: Path) -> HotpotItem:
         return HotpotItem(
             id=rec.get("id"),
             dev_index=rec.get("dev_index"),
-            question=str(rec["question"]),
+            question=_question(rec["question"]),
             answer=str(rec.get("answer", "")),
             paragraphs=tuple(paragraphs),
             supporting_facts=tuple(facts),
