@@ -5,13 +5,14 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import re
 
 import numpy as np
 import pytest
 
 import attrlens
 from attrlens.cli.evaluate import add_arguments as add_evaluate_arguments
-from attrlens.errors import InputError, ParameterError
+from attrlens.errors import AttrlensError, InputError, ParameterError
 from attrlens.evaluation.runner import (
     METRICS,
     bin_label,
@@ -41,6 +42,27 @@ def test_parse_methods_and_metrics():
     with pytest.raises(ParameterError, match="metric"):
         parse_metrics(["abcp"])
     assert set(METRICS) >= {"morf", "lerf", "abpc", "r2", "topk", "auroc", "abpc_regen"}
+
+
+def test_evaluate_arguments_of_the_wrong_type_are_named(tmp_path):
+    """methods=None, metrics=None and data=None / 123 raised TypeError: 'NoneType' object
+    is not iterable, naming none of them."""
+    import attrlens
+
+    for kwargs, needle in [
+        ({"methods": None}, "methods must be a list of method names"),
+        ({"methods": 3}, "methods must be a list of method names"),
+        ({"metrics": None}, "metrics must be a list of metric names"),
+        ({"data": None}, "The data must be a JSONL file's path or a list of records"),
+        ({"data": 123}, "got int"),
+        ({"data": {"prompt": "a"}}, "got dict"),
+    ]:
+        args = {"data": ITEMS, "methods": ["loo"], "metrics": ["abpc"],
+                "out": str(tmp_path / "o"), **kwargs}
+        with pytest.raises(AttrlensError, match=re.escape(needle)):
+            attrlens.evaluate(**args)
+    spec = parse_methods("loo")[0]
+    assert parse_methods(spec) == [spec]  # one spec alone
 
 
 def test_bins():

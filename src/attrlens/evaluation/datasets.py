@@ -428,6 +428,10 @@ def load_items(
             line_no, rec = nxt
             items.append(item_from_record(rec, kind=kind, index=line_no - 1, path=path))
     else:
+        if isinstance(data, (bytes, dict)) or not hasattr(data, "__iter__"):
+            raise InputError(
+                f"The data must be a JSONL file's path or a list of records (dicts) or "
+                f"EvalItems; got {type(data).__name__}.")
         for i, rec in enumerate(data):
             if limit is not None and len(items) >= limit:
                 break

@@ -120,6 +120,12 @@ def parse_methods(methods: Sequence[str | tuple[str, dict[str, Any]] | MethodSpe
     read as JSON where they parse)."""
     if isinstance(methods, str):
         methods = [m for m in methods.split(",") if m.strip()]
+    elif isinstance(methods, MethodSpec):
+        methods = [methods]
+    elif not isinstance(methods, (list, tuple)):
+        raise ParameterError(
+            f"methods must be a list of method names (or (name, params) pairs), or a "
+            f"comma-separated string; got {type(methods).__name__}.")
     out: list[MethodSpec] = []
     for m in methods:
         if isinstance(m, MethodSpec):
@@ -165,6 +171,10 @@ def parse_metrics(metrics: Sequence[str] | str) -> tuple[str, ...]:
     """Metric names (a list or a comma-separated string), checked against METRICS."""
     if isinstance(metrics, str):
         metrics = [m.strip() for m in metrics.split(",") if m.strip()]
+    elif not isinstance(metrics, (list, tuple)):
+        raise ParameterError(
+            f"metrics must be a list of metric names or a comma-separated string (from "
+            f"{', '.join(METRICS)}); got {type(metrics).__name__}.")
     out = []
     for m in metrics:
         if m not in METRICS:
