@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import html
 import itertools
 import json
 import re
@@ -319,7 +320,21 @@ def test_index_links_each_record_page(tiny_model, tmp_path):
 
     out = tmp_path / "o"
     attrlens.evaluate(ITEMS, methods=["loo", ("lime", {"num_samples": 16})], metrics=["abpc"],
-                      model=tiny_model, out=out, chat=False, progress=False)
+                      model=tiny_model, out=out, chat=False, progress=False, seed=3)
+    # every result file says what it was computed with: model (hash), seed, parameters
+    page = (out / "index.html").read_text(encoding="utf-8")
+    assert "<b>seed</b> 3" in page and html.escape(tiny_model.info.id) in page
+    assert "sha256 none: an in-memory model" in page
+    assert "lime(num_samples=16): {&quot;num_samples&quot;: 16}" in page
+    assert "&quot;masker&quot;: &quot;attention_off&quot;" in page
+    md = (out / "summary.md").read_text(encoding="utf-8")
+    assert "seed 3" in md and "model sha256 `none (an in-memory model)`" in md
+    assert '"n_test": 1000' in md and '"lime(num_samples=16)": {"num_samples": 16}' in md
+    from attrlens.report.html import index_html
+
+    recs = [json.loads(x) for x in (out / "records.jsonl").read_text().splitlines()]
+    hashed = [{**r, "model": {**r["model"], "sha256": "ab" * 32}} for r in recs]
+    assert f"sha256 {'ab' * 32}, float32)" in index_html(hashed)
 
     class Links(HTMLParser):
         def __init__(self):
@@ -345,7 +360,7 @@ def test_index_links_each_record_page(tiny_model, tmp_path):
     (out / "index.html").unlink()
     s = attrlens.evaluate(ITEMS, methods=["loo", ("lime", {"num_samples": 16})],
                           metrics=["abpc"], model=tiny_model, out=out, chat=False,
-                          progress=False)
+                          progress=False, seed=3)
     assert s.computed == 0 and (out / "index.html").is_file()
     assert len(list((out / "items").iterdir())) == 4
 

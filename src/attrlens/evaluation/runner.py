@@ -186,6 +186,16 @@ def parse_metrics(metrics: Sequence[str] | str) -> tuple[str, ...]:
     return tuple(out)
 
 
+def _settings_line(settings: dict[str, Any]) -> dict[str, Any]:
+    """The run's evaluation settings without what summary.md's first line already says."""
+    shown = {"data", "model_id", "model_sha256", "seed", "methods"}
+    return {k: v for k, v in settings.items() if k not in shown}
+
+
+def _method_params(settings: dict[str, Any]) -> dict[str, Any]:
+    return {label: m.get("params", {}) for label, m in (settings.get("methods") or {}).items()}
+
+
 @dataclass(frozen=True)
 class EvalConfig:
     """Settings shared by every record of a run (all recorded, and part of the record key).
@@ -825,6 +835,10 @@ class Summary:
             f"seed {st.get('seed')}, granularity {st.get('granularity')}, evaluation masker "
             f"{st.get('masker')}, AUC {st.get('auc')}. Cells: mean [95% bootstrap CI] over "
             f"items (n = items)."),
+            "",
+            (f"model sha256 `{st.get('model_sha256') or 'none (an in-memory model)'}`; "
+             f"evaluation settings `{json.dumps(_settings_line(st), sort_keys=True)}`; "
+             f"method parameters `{json.dumps(_method_params(st), sort_keys=True)}`."),
             "",
             "| method | " + " | ".join(self.metrics) + " | n |",
             "|---|" + "---|" * (len(self.metrics) + 1),

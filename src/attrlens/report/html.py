@@ -793,6 +793,38 @@ def record_page_name(record: dict[str, Any]) -> str:
     return f"{clean(record.get('item_id', 'item'))}-{clean(label)}-{clean(key)}.html"
 
 
+def _index_provenance(records: Sequence[dict[str, Any]]) -> str:
+    """What the records were computed with: each model (name, weights hash, dtype), the
+    seeds, and the evaluation settings (one line when every record shares them)."""
+    def distinct(values: Any) -> list[str]:
+        out: list[str] = []
+        for v in values:
+            if v not in out:
+                out.append(v)
+        return out
+
+    models = distinct(
+        f"{m.get('id', '?')} (sha256 {m.get('sha256') or 'none: an in-memory model'}"
+        f"{', ' + str(m['dtype']) if m.get('dtype') else ''})"
+        for m in (r.get("model") or {} for r in records if r.get("model") is not None))
+    seeds = distinct(str(r["seed"]) for r in records if r.get("seed") is not None)
+    evals = distinct(json.dumps({k: v for k, v in (r.get("eval") or {}).items()
+                                 if k != "metrics"}, sort_keys=True)
+                     for r in records if r.get("eval") is not None)
+    params = distinct(f"{r.get('label') or r.get('method')}: "
+                      f"{json.dumps(r.get('params') or {}, sort_keys=True)}"
+                      for r in records if r.get("params") is not None)
+    if not (models or seeds or evals):
+        return ""
+    lines = [f"<b>model</b> {esc(' · '.join(models) or '?')}",
+             f"<b>seed</b> {esc(', '.join(seeds) or '?')}"]
+    details = "".join(f"<pre>{esc(e)}</pre>" for e in evals)
+    details += "".join(f"<pre>{esc(p)}</pre>" for p in params)
+    return (f"<p class='alr-sub alr-provenance'>{' · '.join(lines)}</p>"
+            f"<details><summary>evaluation settings and method parameters</summary>"
+            f"{details}</details>")
+
+
 def index_html(records: Sequence[dict[str, Any]], *,
                href: Callable[[dict[str, Any]], str] | None = None,
                title: str = "attrlens · evaluation") -> str:
@@ -838,6 +870,7 @@ def index_html(records: Sequence[dict[str, Any]], *,
     body = (f'<div class="alr" id="alr-index"><h1>{esc(title)}</h1><p class="alr-sub">'
             f"{len(records)} records{f' ({failed} failed)' if failed else ''} · "
             f"{len({str(r.get('item_id')) for r in records})} items</p>"
+            f"{_index_provenance(records)}"
             f"<table class='alr-index'><tr><th>item</th><th>method</th><th>features</th>{head}"
             f"</tr>{''.join(rows)}</table></div>")
     return _page(title, f"<style>{_asset('report.css')}</style>{body}")
