@@ -1071,3 +1071,39 @@ def test_r2_scores_calibration_masks_only_for_attributions_without_a_surrogate(
     rec = json.loads((tmp_path / "b" / "records.jsonl").read_text())
     assert rec["r2_kind"] == "calibrated"
     assert sorted((n, m) for _, n, m in scored) == [("calibration", 8), ("test", 16)]
+
+
+def test_records_serve_runs_whose_changed_settings_no_asked_metric_reads(tiny_model, tmp_path):
+    """n_test (read by r2 only), r_max (topk), max_new_tokens (a given output is not
+    generated) and the run's granularity (a data set's items bring their own) entered every
+    record's key: changing one recomputed records whose numbers it cannot change."""
+    out = tmp_path / "o"
+    sst = [{"sentence": "a fine and moving film", "label": 1, "dev_index": 7}]
+    base = {"methods": ["loo"], "model": tiny_model, "out": out, "chat": False,
+            "progress": False}
+    s1 = attrlens.evaluate(ITEMS + sst, metrics=["abpc", "topk"], **base)
+    assert s1.computed == 3
+    recs = [json.loads(x) for x in (out / "records.jsonl").read_text().splitlines()]
+    for changed in ({"n_test": 8}, {"n_calibration": 4, "n_lds": 10}, {"max_new_tokens": 4},
+                    {"regen_max_new_tokens": 3}):
+        s = attrlens.evaluate(ITEMS + sst, metrics=["abpc", "topk"], **base, **changed)
+        assert (s.computed, s.skipped) == (0, 3), changed
+        assert s.table["loo"]["abpc"]["mean"] == s1.table["loo"]["abpc"]["mean"]
+    assert (out / "records.jsonl").read_text().count("\n") == len(recs)  # nothing written
+    # the SST-2 item keeps its own spans; the others are explained by sentences now
+    s = attrlens.evaluate(ITEMS + sst, metrics=["abpc", "topk"], **base, granularity="sentence")
+    assert (s.computed, s.skipped) == (2, 1)
+    # a setting an asked metric reads is not served by another value of it
+    s = attrlens.evaluate(ITEMS + sst, metrics=["abpc", "topk"], **base, r_max=2)
+    assert s.computed == 3
+    s = attrlens.evaluate(ITEMS + sst, metrics=["abpc"], **base, masker="delete")
+    assert s.computed == 3
+    # nor is a metric the record lacks, nor a generated output of another length
+    s = attrlens.evaluate(ITEMS + sst, metrics=["r2"], **base, n_test=8, n_calibration=4)
+    assert s.computed == 3
+    gen = [{"id": "gen", "prompt": "Name a colour."}]
+    attrlens.evaluate(gen, metrics=["abpc"], **base, max_new_tokens=3)
+    s = attrlens.evaluate(gen, metrics=["abpc"], **base, max_new_tokens=4)
+    assert s.computed == 1
+    s = attrlens.evaluate(gen, metrics=["abpc"], **base, max_new_tokens=4, n_test=9)
+    assert s.computed == 0

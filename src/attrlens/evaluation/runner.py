@@ -322,6 +322,71 @@ def _json_clean(obj: Any) -> Any:
     return str(obj)
 
 
+#: evaluation settings only some metrics read: a stored record computed under another value
+#: of a setting that none of the asked metrics read answers the run as well (n_test changes
+#: r2 only, r_max topk only); the explanation itself reads none of them
+SETTING_READERS: dict[str, tuple[str, ...]] = {
+    "masker": CURVE_METRICS + REGEN_METRICS,
+    "auc": CURVE_METRICS + REGEN_METRICS,
+    "regen_max_new_tokens": REGEN_METRICS,
+    "n_test": ("r2",),
+    "n_calibration": ("r2",),
+    "mask_stream": ("r2", "lds"),
+    "r_max": ("topk",),
+    "n_lds": ("lds",),
+    "gold_ties": GOLD_METRICS,
+}
+
+
+def _unread_settings(item: EvalItem, spec: MethodSpec, metrics: Sequence[str]) -> set[str]:
+    """The settings neither ``metrics`` nor the explanation of ``item`` by ``spec`` read:
+    those of SETTING_READERS no asked metric reads, and max_new_tokens when the item's
+    output is given and the method regenerates nothing."""
+    from ..registry import get_explainer
+
+    out = {k for k, readers in SETTING_READERS.items() if not set(readers) & set(metrics)}
+    if item.output is not None and not get_explainer(spec.name).regenerates:
+        out.add("max_new_tokens")
+    return out
+
+
+class _ServingIndex:
+    """Finds a stored record that answers an (item, method) of this run although its key
+    differs: same item content, method, parameters, model weights and seed, equal values of
+    every setting the asked metrics or the explanation read, and every asked metric. A
+    change of a setting nothing asked reads then costs no recomputation."""
+
+    def __init__(self, store: ResultsStore):
+        self._by: dict[tuple[str, str, int], list[dict[str, Any]]] = {}
+        for rec in store.records():
+            if rec.get("error") or not isinstance(rec.get("eval"), dict):
+                continue
+            k = (str(rec.get("item_sha256")), str(rec.get("method")), rec.get("seed"))
+            self._by.setdefault(k, []).append(rec)
+
+    def find(self, item: EvalItem, spec: MethodSpec, model: dict[str, Any], seed: int,
+             config: EvalConfig, metrics: Sequence[str]) -> dict[str, Any] | None:
+        cands = self._by.get((item.sha256, spec.name, seed))
+        if not cands:
+            return None
+        unread = _unread_settings(item, spec, metrics)
+        mine = {k: v for k, v in asdict(config).items() if k != "metrics" and k not in unread}
+        # (a record holds the granularity its item was explained at: a data set's own)
+        mine["granularity"] = item.granularity or config.granularity
+        params = _json_clean(spec.param_dict)
+        weights = _weights_not_name(model)
+        for rec in reversed(cands):  # the latest first
+            theirs = dict(rec.get("model") or {})
+            theirs.pop("device", None)  # (written beside the key's model, not in it)
+            ev = rec["eval"]
+            if (rec.get("params") == params and _weights_not_name(theirs) == weights
+                    and set(metrics) <= set(rec.get("metrics") or {})
+                    and all(ev.get(k, EvalConfig.LATER_FIELDS.get(k)) == v
+                            for k, v in _json_clean(mine).items())):
+                return rec
+        return None
+
+
 def make_key(item: EvalItem, spec: MethodSpec, model: dict[str, Any], seed: int,
              config: EvalConfig) -> str:
     """The content key of a record."""
@@ -1252,6 +1317,7 @@ def evaluate(
     n_skip = n_more = 0
     keys: list[str] = []
     kept: set[str] = set()  # metrics of records computed again for a metric they lack
+    serving = _ServingIndex(store)
     for item in items:
         todo = []
         for spec in specs:
@@ -1259,6 +1325,12 @@ def evaluate(
             keys.append(key)
             old = store.get(key)
             if old is not None and set(metric_names) <= set(old.get("metrics", {})):
+                n_skip += 1
+                continue
+            served = None if old is not None else serving.find(
+                item, spec, mhash, seed, config, metric_names)
+            if served is not None:  # computed under settings the asked metrics do not read
+                keys[-1] = served["key"]
                 n_skip += 1
                 continue
             if old is not None:
