@@ -117,6 +117,30 @@ def test_closed_model_values_from_the_cli(fake_openai, tmp_path, capsys):
     assert code == 2 and "--target-url" in err
 
 
+def test_target_model_defaults_to_the_servers_one_model(fake_openai, tmp_path, capsys):
+    """Without --target-model the name 'default' was asked for, and the error said the
+    server serves no model named 'default' (a name the user never gave)."""
+    path = tmp_path / "c.json"
+    argv = ["explain", "is it raining", "--method", "loo", "--target-url",
+            fake_openai.base_url, "--closed-answers", "echo:,alt0", "--no-cache",
+            "--json", str(path)]
+    code, _out, err = run(argv, capsys)
+    assert code == 0, err
+    assert json.loads(path.read_text())["model"]["id"] == "fake-model"
+    fake_openai.models = ["fake-model", "other-model"]
+    code, _out, err = run(argv, capsys)
+    assert code == 2 and err.count("\n") == 1
+    assert "--target-model is needed" in err and "fake-model, other-model" in err
+
+
+def test_target_url_without_a_scheme_names_the_option(capsys):
+    code, _out, err = run(["explain", "hi", "--method", "loo", "--target-url",
+                           "127.0.0.1:8080/v1", "--target-model", "m", "--output-text", "x"],
+                          capsys)
+    assert code == 2 and err.count("\n") == 1
+    assert "--target-url must be an http(s) URL" in err and "base_url" not in err
+
+
 # ---- generated method options and `methods NAME` ---------------------------------------------
 def test_methods_name_prints_the_declaration(capsys):
     from attrlens.registry import get_explainer

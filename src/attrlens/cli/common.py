@@ -281,12 +281,27 @@ def target_backend(args: argparse.Namespace, *, check: bool = True) -> Any:
         return None
     from ..models.openai import OpenAIBackend
 
+    url = str(args.target_url)
+    if not url.startswith(("http://", "https://")):
+        raise InputError(f"--target-url must be an http(s) URL such as "
+                         f"http://127.0.0.1:8080/v1; got {url!r}.")
     backend = OpenAIBackend(
-        args.target_url,
+        url,
         args.target_model or "default",
         api_key_env=getattr(args, "api_key_env", None) or "OPENAI_API_KEY",
         cache=not args.no_cache,
     )
+    if not args.target_model and check:
+        # the server's one model when it lists exactly one; the name "default" (which
+        # servers that ignore model names accept) when it lists none
+        names = backend.served_models()
+        if names is not None and len(names) == 1:
+            backend.model = names[0]
+        elif names:
+            shown = ", ".join(names[:30]) + (f", ... ({len(names)} in all)"
+                                             if len(names) > 30 else "")
+            raise InputError(f"--target-model is needed: the server at {url} serves several "
+                             f"models ({shown}); name one.")
     if check:
         backend.check()
     return backend
