@@ -346,6 +346,25 @@ def test_show_valid_result_and_html_into_missing_directory(tmp_path, capsys):
     assert code == 2 and "does not exist" in err
 
 
+def test_show_reads_a_byte_order_mark_and_says_a_missing_cost(tmp_path, capsys):
+    """A result re-saved with a BOM was refused as not JSON; "cost": null was shown as
+    "0 forwards · 0 tokens · 0 API calls · 0.00 s"."""
+    d = _valid_result()
+    p = tmp_path / "bom.json"
+    p.write_text("\ufeff" + json.dumps(d), encoding="utf-8")
+    code, out, err = run(["show", str(p)], capsys)
+    assert code == 0 and "loo" in out, err
+    p.write_text(json.dumps({**d, "cost": None}), encoding="utf-8")
+    code, out, err = run(["show", str(p)], capsys)
+    assert code == 0, err
+    line = next(ln for ln in out.splitlines() if ln.startswith("cost"))
+    assert "not recorded" in line and "0 forwards" not in line
+    p.write_text(json.dumps({**d, "cost": {"wall_s": 1.5}}), encoding="utf-8")
+    code, out, err = run(["show", str(p)], capsys)
+    line = next(ln for ln in out.splitlines() if ln.startswith("cost"))
+    assert "n/a forwards" in line and "1.50 s" in line
+
+
 @pytest.mark.parametrize("case", ["same file", "model file", "messages file", "show input",
                                   "compare into the model"])
 def test_outputs_that_would_overwrite_each_other_or_an_input_are_refused(

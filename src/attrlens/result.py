@@ -221,11 +221,16 @@ def read_result_json(path: str | Path) -> Any:
     try:
         # NaN / Infinity literals (not JSON, but Python writes them) are read as null, the
         # non-finite value a result is saved as
-        return json.loads(path.read_text(encoding="utf-8"), parse_constant=lambda _: None)
+        # (utf-8-sig: a file re-saved by an editor that writes a byte-order mark)
+        return json.loads(path.read_text(encoding="utf-8-sig"), parse_constant=lambda _: None)
     except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
         raise InputError(f"'{path}' is not an attrlens result: it is not JSON ({exc}).") from exc
     except OSError as exc:
         raise InputError(f"Could not read the result file '{path}': {exc}.") from exc
+
+
+#: the counts every result's cost holds
+_COST_KEYS = ("model_forwards", "tokens_processed", "api_calls", "wall_s")
 
 
 @dataclass(eq=False)  # (identity: field-wise == of numpy arrays has no single truth value)
@@ -281,7 +286,7 @@ class Attribution:
                 and isinstance(self.interactions.get("terms", []), list)):
             raise InputError("An attribution's interactions are None or a dict with a 'terms' "
                              f"list; got {type(self.interactions).__name__}.")
-        for k in ("model_forwards", "tokens_processed", "api_calls", "wall_s"):
+        for k in _COST_KEYS:
             self.cost.setdefault(k, 0)
 
     @property
@@ -374,7 +379,8 @@ class Attribution:
             interactions=d["interactions"],
             per_output_token=None if pot is None else np.asarray(
                 [[np.nan if v is None else v for v in row] for row in pot], dtype=float),
-            cost=dict(d["cost"] or {}),
+            # (a count the file does not hold stays unknown, null; not the 0 of a new result)
+            cost={**dict.fromkeys(_COST_KEYS), **dict(d["cost"] or {})},
             seed=d["seed"],
             version=d["version"],
             extra=extra,

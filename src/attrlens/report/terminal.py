@@ -152,17 +152,20 @@ def render(attr: Any, *, top: int = 10, console: Any = None) -> None:
     c = attr.cost if isinstance(attr.cost, dict) else {}
     meta = attr.extra.get("metadata", {}) if isinstance(attr.extra, dict) else {}
     conf = meta.get("beam_mass") if isinstance(meta, dict) else None
+    # (a count the result does not hold is n/a, not 0: a file without a cost, or one
+    # edited by hand, was shown as costing nothing)
     parts = [
-        f"{_count(c.get('model_forwards', 0))} forwards",
-        f"{_count(c.get('tokens_processed', 0))} tokens",
-        f"{_count(c.get('api_calls', 0))} API calls",
-        f"{_fixed(c.get('wall_s', 0))} s",
+        f"{_count(c.get('model_forwards'))} forwards",
+        f"{_count(c.get('tokens_processed'))} tokens",
+        f"{_count(c.get('api_calls'))} API calls",
+        f"{_fixed(c.get('wall_s'))} s",
     ]
     if "value_calls" in c:
         parts.insert(0, f"{_count(c['value_calls'])} evaluations")
     if c.get("oom_retries"):
         parts.append(f"{_count(c['oom_retries'])} batches halved after running out of memory")
-    console.print(_row("cost   ", Text(" · ".join(parts))))
+    known = any(v is not None for v in c.values())
+    console.print(_row("cost   ", Text(" · ".join(parts) if known else "not recorded")))
     if isinstance(conf, list) and conf:
         console.print(_row("confidence ", Text(
             "beam mass per position: " + " ".join(_fixed(x) for x in conf))))
