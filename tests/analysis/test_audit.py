@@ -40,6 +40,15 @@ def test_reversed_surrogate_scores_minus_one():
     assert res.labels == ["e", "b", "a", "d"]
 
 
+def test_two_features_give_no_rank_correlation():
+    """K = 3 audits two features, whose ranks always agree or disagree wholly: a Spearman of
+    +-1.00 was reported as if it measured something."""
+    res = audit(-WEIGHTS, additive_game(), 3)
+    assert len(res.features) == 2 and res.spearman is None
+    assert res.sign_agreement == 0.0  # (the signs still say something)
+    assert audit(-WEIGHTS, additive_game(), 4).spearman == pytest.approx(-1.0)
+
+
 def test_k_is_clipped_and_checked():
     res = audit(WEIGHTS, additive_game(), 100)
     assert res.k == len(WEIGHTS) + 1 and len(res.features) == len(WEIGHTS)

@@ -25,8 +25,8 @@ from ..games import BudgetedGame, Game
 class AuditResult:
     """One audit. ``features``: audited feature indices (top first, then bottom);
     ``surrogate``/``served``: their surrogate scores and served leave-one-out effects;
-    ``spearman``: rank agreement (None when undefined: fewer than 2 features or a constant
-    side); ``sign_agreement``: fraction with equal signs; ``cost``: the exact evaluations
+    ``spearman``: rank agreement (None when undefined or empty of meaning: fewer than 3
+    features, whose ranks always agree or disagree wholly, or a constant side); ``sign_agreement``: fraction with equal signs; ``cost``: the exact evaluations
     (``value_calls`` = k) and the API/cache calls they took."""
 
     k: int
@@ -54,7 +54,7 @@ def audit_features(scores: np.ndarray, n_loo: int) -> list[int]:
 
 
 def _spearman(a: np.ndarray, b: np.ndarray) -> float | None:
-    if len(a) < 2 or np.ptp(a) == 0 or np.ptp(b) == 0:
+    if len(a) < 3 or np.ptp(a) == 0 or np.ptp(b) == 0:  # (any two points rank +-1)
         return None
     from scipy.stats import spearmanr
 
