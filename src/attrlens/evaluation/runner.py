@@ -198,7 +198,9 @@ def _method_params(settings: dict[str, Any]) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class EvalConfig:
-    """Settings shared by every record of a run (all recorded, and part of the record key).
+    """Settings shared by every record of a run (all recorded, and part of the record key;
+    a stored record under another key still serves a run whose differing settings none of
+    the asked metrics read: SETTING_READERS, ``_ServingIndex``).
 
     masker:          the evaluation's masking for the perturbation curves (GiLOT: attention_off)
     n_test, n_calibration: R² test / calibration masks (§5.2)
