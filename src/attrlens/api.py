@@ -441,6 +441,11 @@ def _resolve_model(model: Any, tokenizer: Any, loading: dict[str, Any] | None = 
     from .models.hf import HFModel, wrap_model
 
     if model is None or isinstance(model, str) or hasattr(model, "__fspath__"):
+        if tokenizer is not None:  # (checked before the model loads)
+            what = "The embedded model" if model is None else "A model path"
+            raise ParameterError(
+                f"{what} loads its own tokenizer; drop tokenizer=..., or pass a loaded "
+                f"transformers model object together with its tokenizer.")
         model = load_model(model, **(loading or {}))
     elif loading:
         refuse_loading(loading)

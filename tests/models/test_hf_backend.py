@@ -780,6 +780,35 @@ def test_a_model_directory_without_a_usable_tokenizer(tiny_dir, tmp_path) -> Non
         load_model(str(damaged), device="cpu", dtype="float32")
 
 
+def test_a_broken_config_is_named_not_the_tokenizer(tiny_dir, tmp_path) -> None:
+    """A cut-off config.json was reported as 'The tokenizer ... does not load', with the
+    fix of saving the tokenizer again (the tokenizer reads config.json too)."""
+    import shutil
+
+    from attrlens.errors import InputError
+
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_dir, broken)
+    (broken / "config.json").write_text('{"model_type": "llama",')
+    with pytest.raises(InputError, match=r"config.json .* is not valid JSON .*save the model "
+                                         r"again") as err:
+        load_model(str(broken), device="cpu", dtype="float32")
+    assert "tokenizer" not in str(err.value)
+
+
+def test_a_tokenizer_beside_a_model_path_is_refused_as_such(tiny_dir) -> None:
+    """The message spoke of 'a tokenizer given beside an attrlens model' to a user who
+    passed a path."""
+    import attrlens
+    from attrlens.errors import ParameterError
+
+    for model, who in ((str(tiny_dir), "A model path"), (None, "The embedded model")):
+        with pytest.raises(ParameterError, match=f"{who} loads its own tokenizer; drop "
+                                                 f"tokenizer="):
+            attrlens.explain("The cat sat.", model=model, tokenizer=object(),
+                             output=" x", method="loo")
+
+
 def test_an_encoder_with_a_language_model_head_is_refused_as_not_causal(tiny, tmp_path):
     """AutoModelForCausalLM loads a BERT directory (BertLMHeadModel, is_decoder off): its
     outputs read later tokens, and it ended in 'report the architecture' or, worse, in

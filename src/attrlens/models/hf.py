@@ -840,6 +840,16 @@ def _dir_tokenizer(file: Path, trust: dict[str, bool]) -> Any:
 
     fix = (f"save the model's tokenizer into it "
            f"(AutoTokenizer.from_pretrained(<its source>).save_pretrained('{file}'))")
+    config = file / "config.json"
+    if config.is_file():  # (the tokenizer reads it too: its error would blame the tokenizer)
+        try:
+            json.loads(config.read_text(encoding="utf-8-sig"))
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise InputError(
+                f"The model directory's config.json ('{config}') is not valid JSON "
+                f"({_first_line(exc)}): repair it, or save the model again "
+                f"(model.save_pretrained('{file}'))."
+            ) from None
     if not any((file / n).is_file() for n in _TOKENIZER_FILES):
         raise InputError(
             f"The model directory '{file}' has no tokenizer (none of "
