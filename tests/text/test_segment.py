@@ -58,7 +58,8 @@ def test_word_features_carry_leading_whitespace_and_punctuation():
 def test_sentences_and_unicode():
     text = "Première phrase. Deuxième… troisième!\n\nQuatre? 😀 fin"
     segs = [text[a:b] for (sp,) in char_segments(text, [(0, len(text))], "sentence") for a, b in [sp]]
-    assert segs == ["Première phrase.", " Deuxième…", " troisième!", "\n\nQuatre?", " 😀 fin"]
+    # (an end mark before a lower-case word ends no sentence: "Deuxième… troisième!")
+    assert segs == ["Première phrase.", " Deuxième… troisième!", "\n\nQuatre?", " 😀 fin"]
     # full-width end marks end a sentence without a space after them (Chinese, Japanese;
     # before, such a text was one sentence); a Latin full stop still needs the space
     # ("3.14", "e.g.x")
@@ -262,3 +263,78 @@ def test_marks_stay_with_their_letter_and_more_scripts_end_sentences(tiny_model)
                        ("यह अच्छा है। वह भी।", ["यह अच्छा है।", "वह भी।"])):
         _, offsets = tiny_model.tokenize(text)
         assert segment(text, [(0, len(text))], offsets, "sentence").labels == want
+
+
+def _sentences(text: str) -> list[str]:
+    return [text[a:b] for (sp,) in char_segments(text, [(0, len(text))], "sentence")
+            for a, b in [sp]]
+
+
+@pytest.mark.parametrize(("text", "want"), [
+    # a list number is no sentence of its own (it was: "1." scored as a feature)
+    ("1. Preheat the oven.\n2. Bake the cake.", ["1. Preheat the oven.", "\n2. Bake the cake."]),
+    ("Steps: 1. Open it. 2. Close it.", ["Steps: 1. Open it.", " 2. Close it."]),
+    ("I counted to 3. Then I stopped.", ["I counted to 3.", " Then I stopped."]),
+    ("See No. 5. He left.", ["See No. 5.", " He left."]),
+    # no end mark ends a sentence before a lower-case word (only a full stop did)
+    ('"Stop!" she cried. He stopped.', ['"Stop!" she cried.', " He stopped."]),
+    ('He asked "why?" and left.', ['He asked "why?" and left.']),
+    ("I was thinking... maybe not.", ["I was thinking... maybe not."]),
+    ("Really? Yes.", ["Really?", " Yes."]),
+])
+def test_sentence_ends_a_reader_would_agree_with(text, want):
+    assert _sentences(text) == want
+
+
+def test_a_line_break_starts_the_sentence_it_opens(tiny_model):
+    """The break went to the sentence before it while its token ("\\n   ") went to the one
+    after: masking a line of code deleted the break before it on the token route, not on
+    the text route. Every sentence's spans now hold exactly its tokens' characters."""
+    text = "def f(x):\n    return x\nprint(f(1))\n\n  - bullet one\n  - bullet two"
+    assert _sentences(text) == ["def f(x):", "\n    return x", "\nprint(f(1))",
+                                "\n\n  - bullet one", "\n  - bullet two"]
+    _, offsets = tiny_model.tokenize(text)
+    fs = segment(text, [(0, len(text))], offsets, "sentence")
+    for f in fs:
+        chars = {i for a, b in f.spans for i in range(a, b)}
+        covered = {i for t in f.tokens for i in range(*offsets[t])}
+        assert covered == chars, (f.label, [text[slice(*offsets[t])] for t in f.tokens])
+
+
+def test_chinese_and_japanese_words_are_not_one_feature_per_paragraph(tiny_model):
+    """Words were runs of non-space characters: a Chinese paragraph was one word feature,
+    coarser than its sentences."""
+    def words(t):
+        return [t[a:b] for (sp,) in char_segments(t, [(0, len(t))], "word") for a, b in [sp]]
+
+    assert words("我爱北京。今天好！") == ["我", "爱", "北", "京。", "今", "天", "好！"]
+    assert words("Hello世界abc мир") == ["Hello", "世", "界", "abc", " мир"]
+    assert words("これはペン") == ["こ", "れ", "は", "ペ", "ン"]
+    text = "我爱北京天安门。今天天气很好！"
+    _, offsets = tiny_model.tokenize(text)
+    fs = segment(text, [(0, len(text))], offsets, "word")
+    # characters that share a token are one feature; none crosses the sentence end
+    assert 2 <= len(fs) <= len(text)
+    assert "".join(fs.labels) == text
+    assert not any("。" in lab[:-1] for lab in fs.labels)
+
+
+@pytest.mark.parametrize("cluster", [
+    "\U0001f468\u200d\U0001f469\u200d\U0001f467",  # family: three emoji joined by ZWJs
+    "\U0001f44d\U0001f3fd",  # thumbs up, medium skin tone
+    "\U0001f1eb\U0001f1f7",  # the flag of France (two regional indicators)
+    "\u2764\ufe0f",  # heart + emoji presentation selector
+    "e\u0301",  # e + combining acute
+])
+def test_token_features_never_split_a_character_cluster(tiny_model, cluster):
+    """A zero-width joiner was a feature with an invisible label, and a skin tone or half
+    a flag could be masked on its own."""
+    text = f"Hi {cluster} there {cluster}{cluster}"
+    _, offsets = tiny_model.tokenize(text)
+    segs = [sp for (sp,) in char_segments(text, [(0, len(text))], "token", offsets=offsets)]
+    bounds = {a for a, _ in segs} | {b for _, b in segs}
+    starts = [i for i in range(len(text)) if text.startswith(cluster, i)]
+    assert len(starts) == 3
+    for i in starts:
+        assert not any(i < c < i + len(cluster) for c in bounds), (cluster, [
+            text[a:b] for a, b in segs])

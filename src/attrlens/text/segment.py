@@ -22,7 +22,13 @@ from ..errors import InputError, unknown_name_message
 
 GRANULARITIES = ("token", "word", "sentence", "message", "span")
 
-_WORD = re.compile(r"\S+")
+# Chinese and Japanese are written without spaces between words: without a dictionary, each
+# ideograph or kana is a word there (with the full-width punctuation after it), and features
+# that share one token are merged by ``segment`` (a token of two characters is one feature);
+# every other script's words are its runs of non-space characters
+_CJK = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
+_CJK_PUNCT = "\u3000-\u303f\uff01-\uff0f\uff1a-\uff20\uff3b-\uff40\uff5b-\uff65"
+_WORD = re.compile(rf"[{_CJK}][{_CJK_PUNCT}]*|[^\s{_CJK}]+")
 # a sentence ends at . ! ? (or runs of them, or an ellipsis), optionally followed by closing
 # quotes/brackets, and then whitespace; at a full-width end mark (。！？, Chinese and
 # Japanese, written without a space after it) with or without whitespace; a line break also
@@ -62,16 +68,56 @@ def _combining_only(piece: str) -> bool:
     return bool(piece) and all(unicodedata.category(c).startswith("M") for c in piece)
 
 
+def _is_regional(c: str) -> bool:
+    return "\U0001f1e6" <= c <= "\U0001f1ff"
+
+
+def _joins_previous(text: str, a: int, b: int) -> bool:
+    """Whether the token at ``text[a:b]`` continues the character cluster before it, so
+    that no feature boundary may fall at ``a``: combining marks only; a zero-width joiner,
+    variation selector, emoji skin-tone modifier or tag character first; the character
+    after a joiner (the parts of a family emoji); the second half of a flag (a pair of
+    regional indicators)."""
+    if a <= 0 or b <= a:
+        return False
+    first, prev = text[a], text[a - 1]
+    if _combining_only(text[a:b]) or prev == "\u200d":
+        return True
+    if (first in "\u200d\ufe0e\ufe0f" or "\U0001f3fb" <= first <= "\U0001f3ff"
+            or "\U000e0020" <= first <= "\U000e007f"):
+        return True
+    if _is_regional(first) and _is_regional(prev):
+        run = 0
+        while a - 1 - run >= 0 and _is_regional(text[a - 1 - run]):
+            run += 1
+        return run % 2 == 1
+    return False
+
+
 def _ends_sentence(chunk: str, m: re.Match[str]) -> bool:
-    """Whether the end mark ``m`` ends a sentence: a single full stop after an
-    abbreviation, a single initial ("J. Smith") or before a lower-case word does not."""
+    """Whether the end mark ``m`` ends a sentence: no end mark before a lower-case word
+    ('"Stop!" she cried', "thinking... maybe"); a single full stop after an abbreviation,
+    a single initial ("J. Smith") or a list number ("1. Preheat", "Steps: 2. Bake") does
+    not either. A line break always does."""
+    if m.group() == "\n":
+        return True
+    after = chunk[m.end():].lstrip()
+    nxt = after[:1]
+    # (a sentence seldom starts lower-case: "e.g. apples", "approx. two"; after a
+    # full-width end mark, Latin text is another sentence of a mixed text)
+    if nxt.islower() and not re.search("[\u3002\uff01\uff1f]", m.group()):
+        return False
     if m.group() != ".":
         return True
     word = re.search(r"[^\s(\[\"'“]*$", chunk[: m.start()]).group()
-    after = chunk[m.end():].lstrip()
-    nxt = after[:1]
-    if nxt.islower():  # (a sentence seldom starts lower-case: "e.g. apples", "approx. two")
-        return False
+    if re.fullmatch(r"\d{1,3}", word):
+        # a list number: first on its line, or after a colon or another sentence's end
+        before = chunk[: m.start() - len(word)].rstrip(" \t")
+        if not before or before.endswith(("\n", ":")):
+            return False
+        prev = next((p for p in _SENT_END.finditer(chunk) if p.end() == len(before)), None)
+        if prev is not None and prev.group() != "\n" and _ends_sentence(chunk, prev):
+            return False  # ("Open it. 2. Close it."; not "No. 5. He", whose "No." goes on)
     key = word.lower()
     if key in _NO_END_AFTER or (len(word) == 1 and word.isupper()):
         return False
@@ -151,9 +197,11 @@ def _sentence_spans(text: str, region: tuple[int, int]) -> list[tuple[int, int]]
     chunk = text[s:e]
     cuts: list[int] = []
     for m in _SENT_END.finditer(chunk):
-        # the next sentence (with its leading whitespace) begins after the end mark
+        # the next sentence (with its leading whitespace) begins after the end mark; a line
+        # break is whitespace, so it begins with the break (a break token such as "\n   "
+        # then lies in the sentence it starts, as its characters do)
         if chunk[m.end():].strip() and _ends_sentence(chunk, m):
-            cuts.append(s + m.end())
+            cuts.append(s + (m.start() if m.group() == "\n" else m.end()))
     spans = _spread(region, sorted(set(cuts)))
     # blank-only pieces (e.g. runs of newlines) join the following sentence
     merged: list[tuple[int, int]] = []
@@ -206,10 +254,11 @@ def char_segments(
                 if b <= a or b <= s or a >= e:
                     continue
                 a, b = max(a, s), min(b, e)
-                if a < reach or (a == reach and cuts and _combining_only(text[a:b])):
+                if a < reach or (a == reach and cuts and _joins_previous(text, a, b)):
                     # a byte-level token sharing a character with the tokens before it
-                    # (the last bytes of an emoji or accented letter), or one of combining
-                    # marks only (the accent of "e" + U+0301): no boundary here
+                    # (the last bytes of an emoji or accented letter), or one that
+                    # continues its character cluster (the accent of "e" + U+0301, a
+                    # joined emoji, a skin tone, a flag's second letter): no boundary here
                     reach = max(reach, b)
                     continue
                 if text[a:b].strip():  # a run of blank-only tokens joins the next token
