@@ -26,7 +26,8 @@ class AuditResult:
     """One audit. ``features``: audited feature indices (top first, then bottom);
     ``surrogate``/``served``: their surrogate scores and served leave-one-out effects;
     ``spearman``: rank agreement (None when undefined or empty of meaning: fewer than 3
-    features, whose ranks always agree or disagree wholly, or a constant side); ``sign_agreement``: fraction with equal signs; ``cost``: the exact evaluations
+    features, whose ranks always agree or disagree wholly, or a constant side);
+    ``sign_agreement``: fraction with equal signs; ``cost``: the exact evaluations
     (``value_calls`` = k) and the API/cache calls they took."""
 
     k: int

@@ -81,7 +81,8 @@ def add_parser(sub: Any, method: str | None) -> argparse.ArgumentParser:
     e.add_argument("--quiet", action="store_true", help="no terminal output or progress")
     c = e.add_argument_group("closed model (OpenAI-compatible endpoint)")
     c.add_argument("--target-url", help="base URL of the endpoint, e.g. http://127.0.0.1:8080/v1")
-    c.add_argument("--target-model", help="model name at the endpoint (default: the one model the server lists)")
+    c.add_argument("--target-model",
+                   help="model name at the endpoint (default: the one model the server lists)")
     c.add_argument("--api-key-env",
                    help="environment variable holding the API key (default OPENAI_API_KEY)")
     c.add_argument("--no-cache", action="store_true", help="do not use the persistent call cache")
